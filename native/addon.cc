@@ -1,0 +1,161 @@
+// The addon's exports. Everything heavier than reading a field returns a Promise (common.h: queue).
+#include "common.h"
+#include "io.h"
+#include "tensor.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+namespace x2i {
+namespace {
+
+bool cudaHooksRegistered() { return at::detail::getCUDAHooks().isBuilt(); }
+
+int cudaDeviceCount() {
+  try {
+    return at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;
+  } catch (const c10::Error&) {
+    return 0;  // a driver problem reads as "no CUDA device"; buildInfo() says more
+  }
+}
+
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  auto o = Napi::Object::New(env);
+  o.Set("libtorchVersion", X2I_LIBTORCH_VERSION);
+  o.Set("libtorchFlavour", X2I_LIBTORCH_FLAVOUR);
+#ifdef X2I_WITH_CUDA
+  o.Set("builtWithCuda", true);
+#else
+  o.Set("builtWithCuda", false);
+#endif
+  o.Set("cudaBackendRegistered", cudaHooksRegistered());
+  o.Set("intraOpThreads", at::get_num_threads());
+  o.Set("parallelInfo", at::get_parallel_info());
+  return o;
+}
+
+Napi::Value CudaIsAvailable(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), cudaDeviceCount() > 0);
+}
+Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), cudaDeviceCount());
+}
+Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
+    return queue(info.Env(), [d] { at::detail::getCUDAHooks().deviceSynchronize(d.index()); },
+                 [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsNumber() || info[0].As<Napi::Number>().Int32Value() < 1)
+      fail("ERR_INVALID_ARG", "setNumThreads expects a positive integer");
+    at::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+    return info.Env().Undefined();
+  });
+}
+
+// randn(shape, dtype, device, seed?): standard normal values drawn on the CPU (the same numbers on every
+// device for a seed, as diffusers recommends), then moved and cast.
+Napi::Value Randn(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto shape = argShape(info, 0, "shape");
+    const at::ScalarType dtype = parseDType(argString(info, 1, "dtype"));
+    const c10::Device device = parseDevice(argString(info, 2, "device"));
+    const bool seeded = info.Length() > 3 && info[3].IsNumber();
+    const uint64_t seed = seeded ? uint64_t(info[3].As<Napi::Number>().Int64Value()) : 0;
+    if (!at::isFloatingType(dtype)) fail("ERR_INVALID_DTYPE", "randn needs a floating dtype, found " + dtypeName(dtype));
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] {
+      at::Generator gen = seeded ? at::detail::createCPUGenerator(seed) : at::detail::getDefaultCPUGenerator();
+      at::Tensor t;
+      {
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        t = at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat));
+      }
+      *out = t.to(device).to(dtype);
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, std::move(*out)); });
+  });
+}
+
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    at::Tensor a = TensorWrap::Get(info[0], "a"), b = TensorWrap::Get(info[1], "b");
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [a, b, out] {
+      c10::InferenceMode guard;
+      *out = at::matmul(a, b);
+      if (out->is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out->device().index());
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, std::move(*out)); });
+  });
+}
+
+// ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
+Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
+
+Napi::Value NoopAsync(const Napi::CallbackInfo& info) {
+  return queue(info.Env(), [] {}, [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+}
+
+// benchCopy(nbytes, src, dst, iters): median seconds of dst.copy_(src) in LibTorch, synchronised.
+Napi::Value BenchCopy(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const int64_t nbytes = info[0].As<Napi::Number>().Int64Value();
+    const c10::Device src = parseDevice(argString(info, 1, "src")), dst = parseDevice(argString(info, 2, "dst"));
+    const int iters = info[3].As<Napi::Number>().Int32Value();
+    const bool pinned = info.Length() > 4 && info[4].ToBoolean();
+    auto result = std::make_shared<double>(0);
+    return queue(info.Env(), [=] {
+      auto opts = at::TensorOptions().dtype(at::kByte);
+      at::Tensor a = at::randint(0, 255, {nbytes}, opts.pinned_memory(pinned && src.is_cpu())).to(src);
+      at::Tensor b = at::empty({nbytes}, opts.device(dst).pinned_memory(pinned && dst.is_cpu()));
+      auto sync = [&] {
+        if (src.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(src.index());
+        if (dst.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(dst.index());
+      };
+      std::vector<double> times;
+      for (int i = 0; i < iters + 2; ++i) {
+        sync();
+        auto t0 = std::chrono::steady_clock::now();
+        b.copy_(a);
+        sync();
+        auto t1 = std::chrono::steady_clock::now();
+        if (i >= 2) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+      }
+      std::sort(times.begin(), times.end());
+      *result = times[times.size() / 2];
+    }, [result](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *result); });
+  });
+}
+
+}  // namespace
+}  // namespace x2i
+
+static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
+  using namespace x2i;
+  exports.Set("NativeTensor", TensorWrap::Init(env));
+  exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  exports.Set("cudaIsAvailable", Napi::Function::New(env, CudaIsAvailable));
+  exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCount));
+  exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
+  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("readSafetensors", Napi::Function::New(env, ReadSafetensors));
+  exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors));
+  exports.Set("loadTorchCheckpoint", Napi::Function::New(env, LoadTorchCheckpoint));
+  exports.Set("randn", Napi::Function::New(env, Randn));
+  exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("noop", Napi::Function::New(env, Noop));
+  exports.Set("noopAsync", Napi::Function::New(env, NoopAsync));
+  exports.Set("benchCopy", Napi::Function::New(env, BenchCopy));
+  return exports;
+}
+
+NODE_API_MODULE(x2i, InitX2I)

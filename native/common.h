@@ -1,0 +1,80 @@
+// Shared plumbing of the addon: errors with codes, dtype/device names, and the async job that runs
+// LibTorch work off the JS thread. Rule (as in sharp): JS values are read into plain C++ values on the
+// main thread; work() touches no napi; done() builds JS values back on the main thread.
+#pragma once
+#include <napi.h>
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace x2i {
+
+// An error with a stable code (ERR_*) that reaches JS as `error.code`.
+struct Error : std::runtime_error {
+  std::string code;
+  Error(std::string code, const std::string& msg) : std::runtime_error(msg), code(std::move(code)) {}
+};
+[[noreturn]] inline void fail(const std::string& code, const std::string& msg) { throw Error(code, msg); }
+
+struct Caught {
+  std::string code, message;
+};
+// Turns any in-flight exception (x2i::Error, c10::Error, OOM, std::exception, ...) into code + message.
+Caught translate(std::exception_ptr e);
+Napi::Error makeError(Napi::Env env, const Caught& c);
+
+// Runs fn on the JS thread and turns C++ exceptions into JS exceptions with a code.
+template <class F>
+Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
+  try {
+    return fn();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (...) {
+    throw makeError(info.Env(), translate(std::current_exception()));
+  }
+}
+
+// dtype names as x2i spells them ('float32', 'bfloat16', ...), and safetensors' ('F32', 'BF16', ...).
+at::ScalarType parseDType(const std::string& name);
+std::string dtypeName(at::ScalarType t);
+c10::Device parseDevice(const std::string& name);
+std::string deviceName(const c10::Device& d);
+
+// ---- async jobs: work() on a libuv worker thread, done(env) on the JS thread; returns a Promise.
+class Job : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<void()>;
+  using Done = std::function<Napi::Value(Napi::Env)>;
+  Job(Napi::Env env, Work work, Done done)
+      : Napi::AsyncWorker(env, "x2i"), deferred_(Napi::Promise::Deferred::New(env)),
+        work_(std::move(work)), done_(std::move(done)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override;
+  void OnOK() override;
+  void OnError(const Napi::Error& e) override;
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Work work_;
+  Done done_;
+  Caught caught_;
+};
+
+inline Napi::Promise queue(Napi::Env env, Job::Work work, Job::Done done) {
+  auto* job = new Job(env, std::move(work), std::move(done));
+  auto p = job->Promise();
+  job->Queue();
+  return p;
+}
+
+// Argument helpers with messages that say what was expected and what was found.
+std::string argString(const Napi::CallbackInfo& info, size_t i, const char* what);
+std::vector<int64_t> argShape(const Napi::CallbackInfo& info, size_t i, const char* what);
+
+}  // namespace x2i
