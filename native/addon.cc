@@ -75,11 +75,7 @@ Napi::Value Randn(const Napi::CallbackInfo& info) {
     auto out = std::make_shared<at::Tensor>();
     return queue(info.Env(), [=] {
       at::Generator gen = seeded ? at::detail::createCPUGenerator(seed) : at::detail::getDefaultCPUGenerator();
-      at::Tensor t;
-      {
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        t = at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat));
-      }
+      at::Tensor t = at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat));  // locks gen itself
       *out = t.to(device).to(dtype);
     }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, std::move(*out)); });
   });

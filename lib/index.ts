@@ -1,0 +1,14 @@
+/** x2i: X2I (FLUX.1 + multimodal-LLM attention distillation) for Node.js over a native LibTorch addon. */
+export { Tensor, randn, matmul, memory, setNumThreads, cuda, DTYPES } from './tensor.js';
+export type { DType, AnyDType, ExtraDType, TensorOptions } from './tensor.js';
+export { loadSafetensors, saveSafetensors, loadTorchCheckpoint, readSafetensorsHeader, MAX_HEADER_BYTES } from './io.js';
+export type { LoadOptions, SafetensorsHeader, SafetensorsEntry } from './io.js';
+export { X2IError, DisposedError } from './errors.js';
+export { SerialQueue } from './queue.js';
+export type { MemoryInfo, BuildInfo, TypedArray } from './native.js';
+import { addon, type BuildInfo } from './native.js';
+
+/** How the addon was built: LibTorch version and flavour, CUDA, threads. */
+export function buildInfo(): BuildInfo {
+  return addon().buildInfo();
+}
