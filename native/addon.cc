@@ -46,7 +46,7 @@ Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), cudaDeviceCount());
 }
 Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
     return queue(info.Env(), [d] { at::detail::getCUDAHooks().deviceSynchronize(d.index()); },
                  [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
@@ -65,7 +65,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 // randn(shape, dtype, device, seed?): standard normal values drawn on the CPU (the same numbers on every
 // device for a seed, as diffusers recommends), then moved and cast.
 Napi::Value Randn(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     auto shape = argShape(info, 0, "shape");
     const at::ScalarType dtype = parseDType(argString(info, 1, "dtype"));
     const c10::Device device = parseDevice(argString(info, 2, "device"));
@@ -82,7 +82,7 @@ Napi::Value Randn(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     at::Tensor a = TensorWrap::Get(info[0], "a"), b = TensorWrap::Get(info[1], "b");
     auto out = std::make_shared<at::Tensor>();
     return queue(info.Env(), [a, b, out] {
@@ -102,7 +102,7 @@ Napi::Value NoopAsync(const Napi::CallbackInfo& info) {
 
 // benchCopy(nbytes, src, dst, iters): median seconds of dst.copy_(src) in LibTorch, synchronised.
 Napi::Value BenchCopy(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     const int64_t nbytes = info[0].As<Napi::Number>().Int64Value();
     const c10::Device src = parseDevice(argString(info, 1, "src")), dst = parseDevice(argString(info, 2, "dst"));
     const int iters = info[3].As<Napi::Number>().Int32Value();

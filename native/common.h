@@ -38,6 +38,24 @@ Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
   }
 }
 
+// The same for entry points that return a Promise: a bad argument rejects the Promise, never throws.
+template <class F>
+Napi::Value guardAsync(const Napi::CallbackInfo& info, F&& fn) {
+  try {
+    return fn();
+  } catch (...) {
+    auto d = Napi::Promise::Deferred::New(info.Env());
+    try {
+      throw;
+    } catch (const Napi::Error& e) {
+      d.Reject(e.Value());
+    } catch (...) {
+      d.Reject(makeError(info.Env(), translate(std::current_exception())).Value());
+    }
+    return d.Promise();
+  }
+}
+
 // dtype names as x2i spells them ('float32', 'bfloat16', ...), and safetensors' ('F32', 'BF16', ...).
 at::ScalarType parseDType(const std::string& name);
 std::string dtypeName(at::ScalarType t);

@@ -54,7 +54,7 @@ Napi::Object tensorsToJs(Napi::Env env, std::vector<std::pair<std::string, at::T
 
 // readSafetensors(path, dataStart, entries[[name, dtype, shape, begin, end]], device?, dtype?)
 Napi::Value ReadSafetensors(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     const std::string path = argString(info, 0, "path");
     if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsArray())
       fail("ERR_INVALID_ARG", "readSafetensors(path, dataStart, entries, device?, dtype?)");
@@ -144,7 +144,7 @@ Napi::Value ReadSafetensors(const Napi::CallbackInfo& info) {
 // writeSafetensors(path, header: Buffer (JSON, padded), tensors[], nbytes[]): temporary file in the
 // same folder, fsync, rename over path, fsync the folder. A crash leaves the old file intact.
 Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     const std::string path = argString(info, 0, "path");
     if (info.Length() < 4 || !info[1].IsBuffer() || !info[2].IsArray() || !info[3].IsArray())
       fail("ERR_INVALID_ARG", "writeSafetensors(path, header, tensors, nbytes)");
@@ -224,7 +224,7 @@ void flatten(const c10::IValue& v, const std::string& prefix, std::vector<std::p
 // loadTorchCheckpoint(path): a torch.save zip archive of a (possibly nested) dict of tensors; nested
 // dicts are flattened with '.', values that are not tensors are skipped.
 Napi::Value LoadTorchCheckpoint(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     const std::string path = argString(info, 0, "path");
     auto out = std::make_shared<std::vector<std::pair<std::string, at::Tensor>>>();
     return queue(info.Env(), [path, out] {

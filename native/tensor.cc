@@ -271,7 +271,7 @@ Napi::Value TensorWrap::Info(const Napi::CallbackInfo& info) {
 // the tensor is already a contiguous CPU tensor, so JS never aliases tensor storage), made off-thread;
 // the fresh buffer is then handed to JS without another copy.
 Napi::Value TensorWrap::ToArray(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     auto src = tensor("tensor");
     auto out = std::make_shared<at::Tensor>();
     return queue(info.Env(), [src, out] {
@@ -284,7 +284,7 @@ Napi::Value TensorWrap::ToArray(const Napi::CallbackInfo& info) {
 
 // to(device?, dtype?): a new tensor (or the same storage where nothing changes, as in PyTorch).
 Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
+  return guardAsync(info, [&]() -> Napi::Value {
     auto src = tensor("tensor");
     const c10::Device device = info.Length() > 0 && info[0].IsString() ? parseDevice(argString(info, 0, "device"))
                                                                       : src.device();
