@@ -8,6 +8,8 @@ export default defineConfig({
     pool: 'forks',
     fileParallelism: false,
     execArgv: ['--expose-gc'],
+    // the JSON report lets .ci/run print a plain 'N passed, N failed, N skipped' line
+    reporters: ['default', ['json', { outputFile: 'build/test-results.json' }]],
     testTimeout: 60_000,
     hookTimeout: 60_000,
   },

@@ -10,6 +10,17 @@
 #include <stdexcept>
 #include <string>
 
+// The LibTorch this addon was built against, recorded by the build (CMake passes strings; binding.gyp
+// passes bare tokens, stringified here).
+#define X2I_STR2(x) #x
+#define X2I_STR(x) X2I_STR2(x)
+#ifndef X2I_LIBTORCH_VERSION
+#define X2I_LIBTORCH_VERSION X2I_STR(X2I_LIBTORCH_VERSION_RAW)
+#endif
+#ifndef X2I_LIBTORCH_FLAVOUR
+#define X2I_LIBTORCH_FLAVOUR X2I_STR(X2I_LIBTORCH_FLAVOUR_RAW)
+#endif
+
 namespace x2i {
 
 // An error with a stable code (ERR_*) that reaches JS as `error.code`.

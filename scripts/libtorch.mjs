@@ -154,7 +154,14 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     const lt = locateLibTorch({ log: (m) => process.stderr.write(m + '\n') });
     const arg = process.argv[2] ?? '--json';
     const out = { '--json': JSON.stringify(lt, null, 2), '--prefix': lt.cmakePrefix, '--root': lt.root,
-      '--include': lt.include.join(' '), '--lib': lt.lib, '--version': lt.fullVersion, '--flavour': lt.flavour }[arg];
+      '--include': lt.include.join(' '), '--lib': lt.lib, '--version': lt.fullVersion, '--flavour': lt.flavour,
+      // link flags for binding.gyp: keep torch_cuda even though no symbol of it is referenced
+      '--gyp-libs': [`-L${lt.lib}`, `-Wl,-rpath,${lt.lib}`, '-Wl,--no-as-needed',
+        ...(fs.existsSync(path.join(lt.lib, 'libtorch_cuda.so')) ? ['-ltorch_cuda', '-lc10_cuda'] : []),
+        '-ltorch', '-ltorch_cpu', '-lc10', '-Wl,--as-needed'].join(' '),
+      '--gyp-defines': [`X2I_LIBTORCH_VERSION_RAW=${lt.fullVersion}`, `X2I_LIBTORCH_FLAVOUR_RAW=${lt.flavour}`,
+        `_GLIBCXX_USE_CXX11_ABI=${lt.cxx11Abi ? 1 : 0}`,
+        ...(fs.existsSync(path.join(lt.lib, 'libtorch_cuda.so')) ? ['X2I_WITH_CUDA=1'] : [])].join(' ') }[arg];
     process.stdout.write(out + '\n');
   } catch (e) {
     process.stderr.write(e.message + '\n');
