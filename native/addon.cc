@@ -100,13 +100,15 @@ Napi::Value NoopAsync(const Napi::CallbackInfo& info) {
   return queue(info.Env(), [] {}, [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
 }
 
-// benchCopy(nbytes, src, dst, iters): median seconds of dst.copy_(src) in LibTorch, synchronised.
+// benchCopy(nbytes, src, dst, iters, pinned?, fresh?): median seconds of dst.copy_(src) in LibTorch,
+// synchronised; with fresh, dst is allocated anew each time (the page faults of new memory included).
 Napi::Value BenchCopy(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     const int64_t nbytes = info[0].As<Napi::Number>().Int64Value();
     const c10::Device src = parseDevice(argString(info, 1, "src")), dst = parseDevice(argString(info, 2, "dst"));
     const int iters = info[3].As<Napi::Number>().Int32Value();
     const bool pinned = info.Length() > 4 && info[4].ToBoolean();
+    const bool fresh = info.Length() > 5 && info[5].ToBoolean();  // allocate the destination every time
     auto result = std::make_shared<double>(0);
     return queue(info.Env(), [=] {
       auto opts = at::TensorOptions().dtype(at::kByte);
@@ -120,6 +122,10 @@ Napi::Value BenchCopy(const Napi::CallbackInfo& info) {
       for (int i = 0; i < iters + 2; ++i) {
         sync();
         auto t0 = std::chrono::steady_clock::now();
+        if (fresh) {
+          b = at::Tensor();  // free the last one first, as a JS caller dropping its array would
+          b = at::empty({nbytes}, opts.device(dst).pinned_memory(pinned && dst.is_cpu()));
+        }
         b.copy_(a);
         sync();
         auto t1 = std::chrono::steady_clock::now();

@@ -241,7 +241,8 @@ Napi::Value TensorWrap::FromArray(const Napi::CallbackInfo& info) {
                                      " has " + std::to_string(length));
     auto opts = at::TensorOptions().dtype(stored).pinned_memory(device.is_cuda() && bits);
     at::Tensor t = at::empty(shape, opts);
-    if (length) std::memcpy(t.data_ptr(), data, length * arrayElemSize(type));
+    // LibTorch's copy is parallel over the intra-op threads (a plain memcpy is one core)
+    if (length) t.copy_(at::from_blob(data, t.sizes(), at::TensorOptions().dtype(stored)));
     if (stored == at::kBool) {  // bytes other than 0/1 are not valid bools: normalise
       auto* p = static_cast<uint8_t*>(t.data_ptr());
       for (int64_t i = 0; i < numel; ++i) p[i] = p[i] != 0;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU workflow: on the GPU machine (no Node toolchain, no npm), build the addon against that machine's
+# PyTorch LibTorch (CUDA) with plain cmake, then run the GPU test suite and the benchmarks.
+#
+# On the development machine, once:   ../shared/device/make-kit.sh && npm run build:ts
+# Then with the device tool, carrying .devkit, dist and node_modules/node-addon-api:
+#   source .devkit/setup.sh && bash scripts/device-test.sh
+# Logs and results go to $OUT (or build/device-out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v node >/dev/null || [ -z "${TORCH_CMAKE_PREFIX:-}" ]; then
+  [ -f .devkit/setup.sh ] || { echo "no node and no .devkit/setup.sh: run ../shared/device/make-kit.sh and carry .devkit" >&2; exit 1; }
+  source .devkit/setup.sh
+fi
+OUT=${OUT:-build/device-out}
+mkdir -p "$OUT"
+[ -f dist/index.js ] || { echo "dist/ missing: run 'npm run build:ts' here and carry dist" >&2; exit 1; }
+[ -f node_modules/node-addon-api/napi.h ] || { echo "carry node_modules/node-addon-api" >&2; exit 1; }
+
+# ---- build (plain cmake: cmake-js is not there)
+node scripts/libtorch.mjs --json > "$OUT/libtorch.json"
+version=$(node -p "require('./$OUT/libtorch.json').fullVersion")
+flavour=$(node -p "require('./$OUT/libtorch.json').flavour")
+gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+t0=$(date +%s)
+cmake -S . -B build "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE_PREFIX" \
+  -DNODE_API_HEADERS="$NODE_API_HEADERS" -DNODE_ADDON_API_DIR="$PWD/node_modules/node-addon-api" \
+  -DX2I_LIBTORCH_VERSION="$version" -DX2I_LIBTORCH_FLAVOUR="$flavour" > "$OUT/cmake-configure.log" 2>&1 \
+  || { tail -40 "$OUT/cmake-configure.log"; exit 1; }
+cmake --build build -j "$(nproc)" > "$OUT/cmake-build.log" 2>&1 || { tail -60 "$OUT/cmake-build.log"; exit 1; }
+cp "$OUT/libtorch.json" build/libtorch.json
+echo "built in $(( $(date +%s) - t0 )) s against LibTorch $version ($flavour)"
+readelf -d build/Release/x2i.node | grep -E 'NEEDED|RUNPATH' | tee "$OUT/linkage.txt"
+grep -q 'libtorch_cuda' "$OUT/linkage.txt" || { echo "libtorch_cuda was dropped by the linker" >&2; exit 1; }
+
+# ---- info, GPU tests (failing, not skipping, without CUDA), benchmarks
+node bin/x2i.js info | tee "$OUT/info.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
+X2I_REQUIRE_GPU=1 node --test --test-reporter=spec test/gpu/ 2>&1 | tee "$OUT/gpu-tests.log"
+status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] || { echo "GPU tests failed" >&2; exit "$status"; }
+node bench/bridge.mjs --mib "${X2I_BENCH_MIB:-256}" --json "$OUT/bridge.json" 2>&1 | tee "$OUT/bridge.md"
