@@ -130,7 +130,7 @@ Napi::Value ReadSafetensors(const Napi::CallbackInfo& info) {
           std::memcpy(t.data_ptr(), p, e.end - e.begin);
         }
         if (device.is_cuda()) {
-          t = t.to(device).to(target);  // raw bytes over the bus, cast on the GPU
+          t = moveTo(t, device).to(target);  // raw bytes over the bus (staged), cast on the GPU
         } else if (target != e.dtype) {
           t = t.to(target);
         }

@@ -28,6 +28,11 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 };
 
+// t on `device`. Between pageable host memory and a GPU, large tensors go through two pinned staging
+// buffers so that the host copy of one chunk overlaps the DMA of the other (LibTorch's pageable copy is a
+// synchronous driver copy, several times slower). Returns when the copy is complete.
+at::Tensor moveTo(const at::Tensor& t, c10::Device device);
+
 // Live tensor handles and their bytes per device: { tensors, bytes, devices: { cpu: {...}, ... } }.
 Napi::Value Memory(const Napi::CallbackInfo& info);
 

@@ -19,8 +19,8 @@ mkdir -p "$OUT"
 
 # ---- build (plain cmake: cmake-js is not there)
 node scripts/libtorch.mjs --json > "$OUT/libtorch.json"
-version=$(node -p "require('./$OUT/libtorch.json').fullVersion")
-flavour=$(node -p "require('./$OUT/libtorch.json').flavour")
+version=$(node -p "require(process.argv[1]).fullVersion" "$(realpath "$OUT/libtorch.json")")
+flavour=$(node -p "require(process.argv[1]).flavour" "$(realpath "$OUT/libtorch.json")")
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 t0=$(date +%s)
 cmake -S . -B build "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE_PREFIX" \

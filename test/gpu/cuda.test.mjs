@@ -52,6 +52,45 @@ describe('CUDA', () => {
     });
   }
 
+  gpuIt('large transfers (staged through pinned buffers, odd sizes) are exact both ways', async () => {
+    for (const [n, make, dtype] of [
+      [9 * 2 ** 20 + 7, (n) => Float32Array.from({ length: n }, (_, i) => Math.fround(i * 0.37 - 1e5)), 'float32'],
+      [33 * 2 ** 20 + 1, (n) => Uint8Array.from({ length: n }, (_, i) => (i * 131) & 255), 'uint8'],
+      [5 * 2 ** 20 + 3, (n) => Uint16Array.from({ length: n }, (_, i) => (i * 7) & 0x7f7f), 'bfloat16'],
+    ]) {
+      const data = make(n);
+      const cpu = x2i.Tensor.fromArray(data, [n], { dtype });
+      const gpu = await cpu.to({ device: 'cuda' });
+      const viaArray = await gpu.toArray();
+      assert.ok(Buffer.from(viaArray.buffer).equals(Buffer.from(data.buffer)), `${dtype} toArray`);
+      const back = await gpu.to({ device: 'cpu' });
+      const arr = await back.toArray();
+      assert.ok(Buffer.from(arr.buffer).equals(Buffer.from(data.buffer)), `${dtype} to(cpu)`);
+      if (dtype === 'float32') {
+        const g16 = await gpu.to({ device: 'cpu', dtype: 'bfloat16' });
+        const c16 = await cpu.to({ dtype: 'bfloat16' });
+        assert.ok(Buffer.from((await g16.toArray()).buffer).equals(Buffer.from((await c16.toArray()).buffer)));
+        g16.dispose(); c16.dispose();
+      }
+      for (const t of [cpu, gpu, back]) t.dispose();
+    }
+  });
+
+  gpuIt('a large safetensors file goes straight to cuda exactly', async () => {
+    const os = await import('node:os');
+    const fs = await import('node:fs');
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'x2i-gpu-')), 'big.safetensors');
+    const a = await x2i.randn([3001, 2049], { seed: 4 });
+    const b = await x2i.randn([7, 3], { seed: 5, dtype: 'float64' });
+    await x2i.saveSafetensors(file, { a, b });
+    const g = await x2i.loadSafetensors(file, { device: 'cuda' });
+    assert.equal(g.a.device, 'cuda:0');
+    assert.deepEqual(await g.a.toArray(), await a.toArray());
+    assert.deepEqual(await g.b.toArray(), await b.toArray());
+    for (const t of [a, b, g.a, g.b]) t.dispose();
+    fs.rmSync(file);
+  });
+
   gpuIt('casts on the GPU exactly as on the CPU', async () => {
     const cpu = await x2i.randn([257, 3], { seed: 5 });
     const gpu = await cpu.to({ device: 'cuda' });
