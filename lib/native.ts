@@ -78,9 +78,9 @@ interface Candidate {
 }
 
 /** The LibTorch the addon is meant to run against: the one recorded by the local build, else LIBTORCH's. */
-export function targetLibTorch(): string | undefined {
+export function targetLibTorch(root = packageRoot): string | undefined {
   try {
-    const rec = JSON.parse(fs.readFileSync(path.join(packageRoot, 'build', 'libtorch.json'), 'utf8'));
+    const rec = JSON.parse(fs.readFileSync(path.join(root, 'build', 'libtorch.json'), 'utf8'));
     if (typeof rec.fullVersion === 'string') return rec.fullVersion;
   } catch { /* no local build record */ }
   const lt = process.env.LIBTORCH;
@@ -99,11 +99,11 @@ export function prebuildName(libtorchVersion: string, libc = 'glibc'): string {
   return `x2i.napi.${libc}.libtorch-${libtorchVersion}.node`;
 }
 
-function candidates(): Candidate[] {
+function candidates(root: string): Candidate[] {
   const out: Candidate[] = [];
   if (process.env.X2I_NATIVE) out.push({ path: path.resolve(process.env.X2I_NATIVE) });
-  const dir = path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
-  const want = targetLibTorch();
+  const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  const want = targetLibTorch(root);
   let files: string[] = [];
   try { files = fs.readdirSync(dir).filter((f) => f.endsWith('.node')).sort(); } catch { /* none */ }
   if (!files.length) out.push({ path: path.join(dir, prebuildName(want ?? '<version>')), why: 'no prebuild shipped' });
@@ -113,7 +113,7 @@ function candidates(): Candidate[] {
       : want && tag !== want ? `built for LibTorch ${tag}, but this install uses LibTorch ${want}` : undefined;
     out.push({ path: path.join(dir, f), why });
   }
-  out.push({ path: path.join(packageRoot, 'build', 'Release', 'x2i.node') });
+  out.push({ path: path.join(root, 'build', 'Release', 'x2i.node') });
   return out;
 }
 
@@ -139,20 +139,25 @@ process.env.THP_MEM_ALLOC_ENABLE ??= '1';
 
 /** The loaded addon (loaded on first use). */
 export function addon(): Addon {
-  if (cached) return cached;
+  cached ??= loadAddon(packageRoot);
+  return cached;
+}
+
+/** Loads the addon from a package folder, trying every candidate in order (exported for tests). */
+export function loadAddon(root: string): Addon {
   const require = createRequire(import.meta.url);
   const failures: string[] = [];
-  for (const c of candidates()) {
+  for (const c of candidates(root)) {
     if (c.why) { failures.push(`  - ${c.path}: ${c.why}`); continue; }
     if (!fs.existsSync(c.path)) { failures.push(`  - ${c.path}: not found`); continue; }
     try {
-      cached = require(c.path) as Addon;
-      const info = cached.buildInfo();
+      const loaded = require(c.path) as Addon;
+      const info = loaded.buildInfo();
       if (info.builtWithCuda && !info.cudaBackendRegistered) {
         process.emitWarning(`x2i: ${c.path} was built with CUDA but LibTorch's CUDA backend did not register ` +
           '(libtorch_cuda not loaded); CUDA is unavailable', { code: 'X2I_CUDA_NOT_REGISTERED' });
       }
-      return cached;
+      return loaded;
     } catch (e) {
       const msg = (e as Error).message.split('\n')[0];
       const h = hint(msg);
