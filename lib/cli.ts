@@ -1,5 +1,6 @@
 /** The `x2i` command line. */
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageRoot, targetLibTorch } from './native.js';
@@ -17,7 +18,7 @@ commands:
 function info(): number {
   const b = buildInfo();
   const lines = [
-    ['x2i', JSON.parse(JSON.stringify(process.env.npm_package_version ?? '')) || readVersion()],
+    ['x2i', readVersion()],
     ['node', `${process.version} (${process.platform}-${process.arch})`],
     ['libtorch', `${b.libtorchVersion} (${b.libtorchFlavour})${targetLibTorch() ? '' : ' [no build record]'}`],
     ['cuda', cuda.isAvailable() ? `${cuda.deviceCount()} device(s)` :
@@ -32,8 +33,7 @@ function info(): number {
 
 function readVersion(): string {
   try {
-    return spawnSync(process.execPath, ['-p', `require(${JSON.stringify(path.join(packageRoot, 'package.json'))}).version`],
-      { encoding: 'utf8' }).stdout.trim();
+    return JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')).version;
   } catch {
     return '?';
   }

@@ -5,7 +5,7 @@
  *   1. `X2I_NATIVE`, an explicit path to an `x2i.node`;
  *   2. a prebuild `prebuilds/<platform>-<arch>/x2i.napi.<libc>.libtorch-<version>.node` whose LibTorch tag
  *      matches the LibTorch in use (recorded at build time in build/libtorch.json, or `LIBTORCH`);
- *   3. the local build `build/Release/x2i.node`.
+ *   3. the local build `build/Release/x2i.node` (before 2 when it is newer than the matching prebuild).
  * If none loads, one error lists every candidate and why it failed, with the likely fix.
  */
 import fs from 'node:fs';
@@ -113,7 +113,12 @@ function candidates(root: string): Candidate[] {
       : want && tag !== want ? `built for LibTorch ${tag}, but this install uses LibTorch ${want}` : undefined;
     out.push({ path: path.join(dir, f), why });
   }
-  out.push({ path: path.join(root, 'build', 'Release', 'x2i.node') });
+  const local = { path: path.join(root, 'build', 'Release', 'x2i.node') };
+  // A local build newer than the prebuilds (rebuilt after `npm run prebuild`) goes first, so that it takes effect.
+  const mtime = (p: string) => { try { return fs.statSync(p).mtimeMs; } catch { return -1; } };
+  const newest = Math.max(-1, ...out.filter((c) => !c.why && c.path.includes(`${path.sep}prebuilds${path.sep}`)).map((c) => mtime(c.path)));
+  if (mtime(local.path) > newest && newest >= 0) out.splice(process.env.X2I_NATIVE ? 1 : 0, 0, local);
+  else out.push(local);
   return out;
 }
 

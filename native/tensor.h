@@ -16,7 +16,6 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   const at::Tensor& tensor(const char* what) const;
 
  private:
-  static Napi::FunctionReference* ctor_;
   at::Tensor t_;
   bool live_ = false;
   void release();

@@ -149,3 +149,31 @@ describe('build', () => {
     expect(x2i.cuda.isAvailable()).toBe(x2i.cuda.deviceCount() > 0);
   });
 });
+
+describe('worker threads', () => {
+  it('the addon works in worker threads next to the main thread', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const { pathToFileURL } = await import('node:url');
+    const path = await import('node:path');
+    const { root } = await import('./helpers.js');
+    const dist = pathToFileURL(path.join(root, 'dist', 'index.js')).href;
+    const code = `
+      const x2i = await import(${JSON.stringify(dist)});
+      const t = x2i.Tensor.fromArray(new Float32Array([1, 2, 3, 4]), [2, 2]);
+      const p = await x2i.matmul(t, t);
+      const v = Array.from(await p.toArray());
+      t.dispose(); p.dispose();
+      (await import('node:worker_threads')).parentPort.postMessage(v);`;
+    const run = () => new Promise<number[]>((resolve, reject) => {
+      const w = new Worker(code, { eval: true });
+      w.once('message', resolve);
+      w.once('error', reject);
+    });
+    using a = Tensor.fromArray(new Float32Array([1, 0, 0, 1]), [2, 2]);
+    const [r1, r2, mine] = await Promise.all([run(), run(), x2i.matmul(a, a)]);
+    expect(r1).toEqual([7, 10, 15, 22]);
+    expect(r2).toEqual([7, 10, 15, 22]);
+    expect(Array.from(await mine.toArray() as Float32Array)).toEqual([1, 0, 0, 1]);
+    mine.dispose();
+  });
+});
