@@ -4,7 +4,8 @@
 {
   "targets": [{
     "target_name": "x2i",
-    "sources": ["native/addon.cc", "native/common.cc", "native/io.cc", "native/tensor.cc"],
+    "sources": ["native/addon.cc", "native/common.cc", "native/distill.cc", "native/flux.cc", "native/flux_wrap.cc",
+                "native/io.cc", "native/tensor.cc"],
     "include_dirs": [
       "<!(node -p \"require('node-addon-api').include_dir\")",
       "<!@(node scripts/libtorch.mjs --include)"

@@ -181,13 +181,18 @@ function checkLoadOptions(opts: LoadOptions): void {
     throw invalidArg('dtype', "a floating dtype ('float32', 'float16', 'bfloat16', 'float64')", opts.dtype);
 }
 
-/** The weight files of a folder: its `*.safetensors.index.json`, else its single `*.safetensors` file. */
+/** The weight files of a folder: its `*.safetensors.index.json`, else its single `*.safetensors` file, else the
+ * diffusers/transformers standard names. */
 function resolveFolder(dir: string): string {
   const files = fs.readdirSync(dir);
   const index = files.filter((f) => f.endsWith('.safetensors.index.json'));
   if (index.length === 1) return path.join(dir, index[0]);
   const st = files.filter((f) => f.endsWith('.safetensors'));
   if (index.length === 0 && st.length === 1) return path.join(dir, st[0]);
+  // the names diffusers and transformers write
+  for (const name of ['diffusion_pytorch_model.safetensors.index.json', 'model.safetensors.index.json',
+    'diffusion_pytorch_model.safetensors', 'model.safetensors'])
+    if (files.includes(name)) return path.join(dir, name);
   throw new X2IError(`${dir}: expected one *.safetensors.index.json or one *.safetensors file, found ` +
     `${[...index, ...st].join(', ') || 'none'}`, 'ERR_FILE_NOT_FOUND');
 }

@@ -1,5 +1,7 @@
 // The addon's exports. Everything heavier than reading a field returns a Promise (common.h: queue).
 #include "common.h"
+#include "distill.h"
+#include "flux_wrap.h"
 #include "io.h"
 #include "tensor.h"
 
@@ -143,6 +145,8 @@ Napi::Value BenchCopy(const Napi::CallbackInfo& info) {
 static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   using namespace x2i;
   exports.Set("NativeTensor", TensorWrap::Init(env));
+  exports.Set("NativeFlux", FluxWrap::Init(env));
+  exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("memory", Napi::Function::New(env, Memory));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("cudaIsAvailable", Napi::Function::New(env, CudaIsAvailable));

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -36,6 +37,23 @@ struct Caught {
 // Turns any in-flight exception (x2i::Error, c10::Error, OOM, std::exception, ...) into code + message.
 Caught translate(std::exception_ptr e);
 Napi::Error makeError(Napi::Env env, const Caught& c);
+
+// Per-environment data (the main thread and each worker thread load the addon separately): the
+// constructors of the classes the addon wraps, by name.
+struct AddonData {
+  std::map<std::string, Napi::FunctionReference> ctors;
+};
+inline Napi::FunctionReference& ctorOf(Napi::Env env, const std::string& name) {
+  return env.GetInstanceData<AddonData>()->ctors.at(name);
+}
+inline void setCtor(Napi::Env env, const std::string& name, Napi::Function fn) {
+  auto* d = env.GetInstanceData<AddonData>();
+  if (!d) {
+    d = new AddonData();
+    env.SetInstanceData<AddonData>(d);
+  }
+  d->ctors[name] = Napi::Persistent(fn);
+}
 
 // Runs fn on the JS thread and turns C++ exceptions into JS exceptions with a code.
 template <class F>

@@ -217,9 +217,6 @@ at::Tensor moveTo(const at::Tensor& t, c10::Device device) {
 }
 
 // ---------------------------------------------------------------- TensorWrap
-// The class constructor is per environment (main thread and each worker thread load their own).
-static Napi::FunctionReference& ctorOf(Napi::Env env) { return *env.GetInstanceData<Napi::FunctionReference>(); }
-
 Napi::Function TensorWrap::Init(Napi::Env env) {
   auto fn = DefineClass(env, "NativeTensor", {
       StaticMethod<&TensorWrap::FromArray>("fromArray"),
@@ -228,7 +225,7 @@ Napi::Function TensorWrap::Init(Napi::Env env) {
       InstanceMethod<&TensorWrap::To>("to"),
       InstanceMethod<&TensorWrap::Dispose>("dispose"),
   });
-  env.SetInstanceData<Napi::FunctionReference>(new Napi::FunctionReference(Napi::Persistent(fn)));
+  setCtor(env, "NativeTensor", fn);
   return fn;
 }
 
@@ -252,7 +249,7 @@ void TensorWrap::release() {
 }
 
 Napi::Object TensorWrap::Wrap(Napi::Env env, at::Tensor t) {
-  return ctorOf(env).New({Napi::External<at::Tensor>::New(env, new at::Tensor(std::move(t)))});
+  return ctorOf(env, "NativeTensor").New({Napi::External<at::Tensor>::New(env, new at::Tensor(std::move(t)))});
 }
 
 const at::Tensor& TensorWrap::tensor(const char* what) const {
@@ -261,7 +258,7 @@ const at::Tensor& TensorWrap::tensor(const char* what) const {
 }
 
 at::Tensor TensorWrap::Get(Napi::Value v, const char* what) {
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(ctorOf(v.Env()).Value()))
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(ctorOf(v.Env(), "NativeTensor").Value()))
     fail("ERR_INVALID_ARG", std::string("expected a Tensor for ") + what);
   return Napi::ObjectWrap<TensorWrap>::Unwrap(v.As<Napi::Object>())->tensor(what);
 }

@@ -1,0 +1,385 @@
+// FLUX.1 MM-DiT: embedders, 3-axis RoPE, double-stream and single-stream blocks, AdaLN modulation,
+// final layer. Op order and precision follow the BFL reference (shared/docs/flux-spec.md §1, §7): every
+// elementwise step is its own op in the model dtype; RoPE angles in float64, rotations in float32;
+// norm statistics in float32.
+#include "flux.h"
+
+#include <cmath>
+#include <set>
+#include <sstream>
+
+namespace x2i::flux {
+namespace {
+
+std::string shapeStr(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  return o.str() + "]";
+}
+
+// ---------------------------------------------------------------- loading
+class Weights {
+ public:
+  Weights(std::map<std::string, at::Tensor> w, const Config& cfg, std::string source)
+      : w_(std::move(w)), cfg_(cfg), source_(std::move(source)) {}
+
+  at::Tensor take(const std::string& name, std::vector<int64_t> shape) {
+    auto it = w_.find(name);
+    if (it == w_.end())
+      fail("ERR_CHECKPOINT_KEY", where() + "missing tensor '" + name + "' (expected shape " + shapeStr(shape) + ")");
+    at::Tensor t = it->second;
+    w_.erase(it);
+    if (t.sizes() != at::IntArrayRef(shape))
+      fail("ERR_CHECKPOINT_SHAPE", where() + "tensor '" + name + "' has shape " + shapeStr(t.sizes()) +
+                                       ", expected " + shapeStr(shape) + " for " + describe());
+    return t;
+  }
+  // Rows stacked from several tensors (diffusers' split q/k/v → BFL's fused qkv).
+  at::Tensor rows(const std::vector<std::string>& names, const std::vector<int64_t>& rowsEach, int64_t cols) {
+    std::vector<at::Tensor> parts;
+    for (size_t i = 0; i < names.size(); ++i)
+      parts.push_back(cols < 0 ? take(names[i], {rowsEach[i]}) : take(names[i], {rowsEach[i], cols}));
+    return at::cat(parts, 0);
+  }
+  void finish() {
+    if (w_.empty()) return;
+    std::string extra;
+    int n = 0;
+    for (auto& [k, v] : w_) {
+      if (n++ < 5) extra += (extra.empty() ? "'" : ", '") + k + "'";
+    }
+    fail("ERR_CHECKPOINT_KEY", where() + std::to_string(w_.size()) + " unexpected tensor(s) for " + describe() +
+                                   ": " + extra + (w_.size() > 5 ? ", ..." : ""));
+  }
+
+ private:
+  std::map<std::string, at::Tensor> w_;
+  const Config& cfg_;
+  std::string source_;
+  std::string where() const { return "FluxTransformer (" + source_ + "): "; }
+  std::string describe() const {
+    std::ostringstream o;
+    o << "the config (hidden " << cfg_.hidden << ", heads " << cfg_.heads << ", in " << cfg_.inChannels << ", out "
+      << cfg_.outChannels << ", joint " << cfg_.jointDim << ", pooled " << cfg_.pooledDim << ", " << cfg_.depth
+      << " double + " << cfg_.depthSingle << " single blocks, guidance " << (cfg_.guidance ? "yes" : "no") << ")";
+    return o.str();
+  }
+};
+
+Linear linear(Weights& w, const std::string& name, int64_t out, int64_t in) {
+  return {w.take(name + ".weight", {out, in}), w.take(name + ".bias", {out})};
+}
+
+// rows [0, h) <-> [h, 2h): diffusers' norm_out is (scale, shift), BFL's final modulation (shift, scale)
+at::Tensor swapHalves(const at::Tensor& t) {
+  const int64_t h = t.size(0) / 2;
+  return at::cat({t.narrow(0, h, h), t.narrow(0, 0, h)}, 0);
+}
+
+void loadBfl(Model& m, Weights& w) {
+  const auto& c = m.cfg;
+  const int64_t h = c.hidden, hd = c.headDim(), f = 4 * h;
+  m.imgIn = linear(w, "img_in", h, c.inChannels);
+  m.txtIn = linear(w, "txt_in", h, c.jointDim);
+  m.timeIn1 = linear(w, "time_in.in_layer", h, 256);
+  m.timeIn2 = linear(w, "time_in.out_layer", h, h);
+  if (c.guidance) {
+    m.guidanceIn1 = linear(w, "guidance_in.in_layer", h, 256);
+    m.guidanceIn2 = linear(w, "guidance_in.out_layer", h, h);
+  }
+  m.vectorIn1 = linear(w, "vector_in.in_layer", h, c.pooledDim);
+  m.vectorIn2 = linear(w, "vector_in.out_layer", h, h);
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string p = "double_blocks." + std::to_string(i) + ".";
+    DoubleBlock b;
+    for (auto [s, side] : {std::pair<Stream*, std::string>{&b.img, "img"}, {&b.txt, "txt"}}) {
+      s->mod = linear(w, p + side + "_mod.lin", 6 * h, h);
+      s->qkv = linear(w, p + side + "_attn.qkv", 3 * h, h);
+      s->qNorm = w.take(p + side + "_attn.norm.query_norm.scale", {hd});
+      s->kNorm = w.take(p + side + "_attn.norm.key_norm.scale", {hd});
+      s->proj = linear(w, p + side + "_attn.proj", h, h);
+      s->mlp0 = linear(w, p + side + "_mlp.0", f, h);
+      s->mlp2 = linear(w, p + side + "_mlp.2", h, f);
+    }
+    m.doubles.push_back(std::move(b));
+  }
+  for (int64_t i = 0; i < c.depthSingle; ++i) {
+    const std::string p = "single_blocks." + std::to_string(i) + ".";
+    SingleBlock b;
+    b.linear1 = linear(w, p + "linear1", 3 * h + f, h);
+    b.linear2 = linear(w, p + "linear2", h, h + f);
+    b.qNorm = w.take(p + "norm.query_norm.scale", {hd});
+    b.kNorm = w.take(p + "norm.key_norm.scale", {hd});
+    b.mod = linear(w, p + "modulation.lin", 3 * h, h);
+    m.singles.push_back(std::move(b));
+  }
+  m.finalLinear = linear(w, "final_layer.linear", c.outChannels, h);
+  m.finalMod = linear(w, "final_layer.adaLN_modulation.1", 2 * h, h);
+}
+
+void loadDiffusers(Model& m, Weights& w) {
+  const auto& c = m.cfg;
+  const int64_t h = c.hidden, hd = c.headDim(), f = 4 * h;
+  m.imgIn = linear(w, "x_embedder", h, c.inChannels);
+  m.txtIn = linear(w, "context_embedder", h, c.jointDim);
+  m.timeIn1 = linear(w, "time_text_embed.timestep_embedder.linear_1", h, 256);
+  m.timeIn2 = linear(w, "time_text_embed.timestep_embedder.linear_2", h, h);
+  if (c.guidance) {
+    m.guidanceIn1 = linear(w, "time_text_embed.guidance_embedder.linear_1", h, 256);
+    m.guidanceIn2 = linear(w, "time_text_embed.guidance_embedder.linear_2", h, h);
+  }
+  m.vectorIn1 = linear(w, "time_text_embed.text_embedder.linear_1", h, c.pooledDim);
+  m.vectorIn2 = linear(w, "time_text_embed.text_embedder.linear_2", h, h);
+  auto fused = [&](const std::vector<std::string>& names, const std::vector<int64_t>& sizes) {
+    std::vector<std::string> ws, bs;
+    for (auto& n : names) ws.push_back(n + ".weight"), bs.push_back(n + ".bias");
+    return Linear{w.rows(ws, sizes, h), w.rows(bs, sizes, -1)};
+  };
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string p = "transformer_blocks." + std::to_string(i) + ".";
+    DoubleBlock b;
+    b.img.mod = linear(w, p + "norm1.linear", 6 * h, h);
+    b.txt.mod = linear(w, p + "norm1_context.linear", 6 * h, h);
+    b.img.qkv = fused({p + "attn.to_q", p + "attn.to_k", p + "attn.to_v"}, {h, h, h});
+    b.txt.qkv = fused({p + "attn.add_q_proj", p + "attn.add_k_proj", p + "attn.add_v_proj"}, {h, h, h});
+    b.img.qNorm = w.take(p + "attn.norm_q.weight", {hd});
+    b.img.kNorm = w.take(p + "attn.norm_k.weight", {hd});
+    b.txt.qNorm = w.take(p + "attn.norm_added_q.weight", {hd});
+    b.txt.kNorm = w.take(p + "attn.norm_added_k.weight", {hd});
+    b.img.proj = linear(w, p + "attn.to_out.0", h, h);
+    b.txt.proj = linear(w, p + "attn.to_add_out", h, h);
+    b.img.mlp0 = linear(w, p + "ff.net.0.proj", f, h);
+    b.img.mlp2 = linear(w, p + "ff.net.2", h, f);
+    b.txt.mlp0 = linear(w, p + "ff_context.net.0.proj", f, h);
+    b.txt.mlp2 = linear(w, p + "ff_context.net.2", h, f);
+    m.doubles.push_back(std::move(b));
+  }
+  for (int64_t i = 0; i < c.depthSingle; ++i) {
+    const std::string p = "single_transformer_blocks." + std::to_string(i) + ".";
+    SingleBlock b;
+    b.mod = linear(w, p + "norm.linear", 3 * h, h);
+    b.linear1 = fused({p + "attn.to_q", p + "attn.to_k", p + "attn.to_v", p + "proj_mlp"}, {h, h, h, f});
+    b.qNorm = w.take(p + "attn.norm_q.weight", {hd});
+    b.kNorm = w.take(p + "attn.norm_k.weight", {hd});
+    b.linear2 = linear(w, p + "proj_out", h, h + f);
+    m.singles.push_back(std::move(b));
+  }
+  Linear fm = linear(w, "norm_out.linear", 2 * h, h);
+  m.finalMod = {swapHalves(fm.w), swapHalves(fm.b)};
+  m.finalLinear = linear(w, "proj_out", c.outChannels, h);
+}
+
+void checkConfig(const Config& c) {
+  auto bad = [](const std::string& m) { fail("ERR_CONFIG", "FluxTransformer config: " + m); };
+  if (c.hidden <= 0 || c.heads <= 0 || c.hidden % c.heads) bad("hidden size " + std::to_string(c.hidden) +
+                                                               " is not a multiple of the head count " + std::to_string(c.heads));
+  int64_t sum = 0;
+  for (auto a : c.axes) {
+    if (a <= 0 || a % 2) bad("axes_dims_rope entries must be positive and even");
+    sum += a;
+  }
+  if (sum != c.headDim())
+    bad("axes_dims_rope sum to " + std::to_string(sum) + " but the head dim is " + std::to_string(c.headDim()) +
+        " (pass config.axes_dims_rope)");
+  if (c.depth < 0 || c.depthSingle < 0 || c.inChannels <= 0 || c.outChannels <= 0 || c.jointDim <= 0 || c.pooledDim <= 0)
+    bad("sizes must be positive");
+}
+
+// ---------------------------------------------------------------- the model's parts
+// Sinusoidal embedding of t (already ×1000), 256 channels, cos first; frequencies from the CPU table.
+at::Tensor timestepEmbedding(const at::Tensor& t, int64_t dim = 256) {
+  const int64_t half = dim / 2;
+  at::Tensor freqs = at::exp(at::arange(half, at::kFloat) * (-std::log(10000.0) / double(half))).to(t.device());
+  at::Tensor args = t.to(at::kFloat).unsqueeze(1) * freqs.unsqueeze(0);
+  return at::cat({at::cos(args), at::sin(args)}, -1);
+}
+
+at::Tensor mlpEmbedder(const Linear& in, const Linear& out, const at::Tensor& x) { return out(at::silu(in(x))); }
+
+// RoPE tables for ids [L, 3]: angles in float64, cos/sin [L, headDim/2] in float32.
+std::pair<at::Tensor, at::Tensor> ropeTables(const Config& c, const at::Tensor& ids) {
+  std::vector<at::Tensor> angles;
+  const at::Tensor pos = ids.to(at::kDouble);
+  for (size_t a = 0; a < c.axes.size(); ++a) {
+    const int64_t d = c.axes[a];
+    at::Tensor omega = 1.0 / at::pow(c.theta, at::arange(0, d, 2, pos.options()) / double(d));
+    angles.push_back(pos.select(1, int64_t(a)).unsqueeze(1) * omega.unsqueeze(0));
+  }
+  at::Tensor ang = at::cat(angles, -1);
+  return {at::cos(ang).to(at::kFloat), at::sin(ang).to(at::kFloat)};
+}
+
+// Rotates adjacent channel pairs (2m, 2m+1) of x [B, H, L, hd] in float32, rounds once.
+at::Tensor applyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  at::Tensor xf = x.to(at::kFloat).unflatten(-1, {-1, 2});
+  at::Tensor x0 = xf.select(-1, 0), x1 = xf.select(-1, 1);
+  return at::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).flatten(-2).to(x.scalar_type());
+}
+
+// QK-RMSNorm over the head dim: normalise in float32, round, then the learned scale.
+at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& scale) {
+  at::Tensor xf = x.to(at::kFloat);
+  return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + 1e-6)).to(x.scalar_type()) * scale;
+}
+
+// AdaLN: (1 + scale) · LayerNorm(x) + shift, LayerNorm without affine, eps 1e-6, as separate ops.
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  at::Tensor ln = at::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6);
+  return (1 + scale) * ln + shift;
+}
+
+// [B, L, 3·hidden] → q, k, v [B, heads, L, hd]
+std::array<at::Tensor, 3> splitHeads(const at::Tensor& qkv, int64_t heads) {
+  at::Tensor t = qkv.unflatten(-1, {3, heads, -1}).permute({2, 0, 3, 1, 4});
+  return {t[0], t[1], t[2]};
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  at::Tensor o = at::scaled_dot_product_attention(q, k, v);  // [B, H, L, hd]
+  return o.transpose(1, 2).flatten(2);                      // [B, L, hidden]
+}
+
+std::pair<at::Tensor, at::Tensor> doubleBlock(const Model& m, const DoubleBlock& b, int64_t index, at::Tensor img,
+                                              at::Tensor txt, const at::Tensor& sv, const at::Tensor& cos,
+                                              const at::Tensor& sin, const TapHook& tap) {
+  const int64_t heads = m.cfg.heads, T = txt.size(1);
+  auto im = b.img.mod(sv).unsqueeze(1).chunk(6, -1), tm = b.txt.mod(sv).unsqueeze(1).chunk(6, -1);
+  auto [qi, ki, vi] = splitHeads(b.img.qkv(modulate(img, im[0], im[1])), heads);
+  auto [qt, kt, vt] = splitHeads(b.txt.qkv(modulate(txt, tm[0], tm[1])), heads);
+  at::Tensor q = at::cat({rmsNorm(qt, b.txt.qNorm), rmsNorm(qi, b.img.qNorm)}, 2);  // text first
+  at::Tensor k = at::cat({rmsNorm(kt, b.txt.kNorm), rmsNorm(ki, b.img.kNorm)}, 2);
+  at::Tensor v = at::cat({vt, vi}, 2);
+  at::Tensor a = attention(applyRope(q, cos, sin), applyRope(k, cos, sin), v);
+  at::Tensor pImg = b.img.proj(a.narrow(1, T, a.size(1) - T)), pTxt = b.txt.proj(a.narrow(1, 0, T));
+  if (tap) {
+    tap(Tap::DoubleImg, index, pImg);
+    tap(Tap::DoubleTxt, index, pTxt);
+  }
+  auto mlp = [](const Stream& s, const at::Tensor& x) { return s.mlp2(at::gelu(s.mlp0(x), "tanh")); };
+  img = img + im[2] * pImg;
+  img = img + im[5] * mlp(b.img, modulate(img, im[3], im[4]));
+  txt = txt + tm[2] * pTxt;
+  txt = txt + tm[5] * mlp(b.txt, modulate(txt, tm[3], tm[4]));
+  return {img, txt};
+}
+
+at::Tensor singleBlock(const Model& m, const SingleBlock& b, int64_t index, const at::Tensor& x, const at::Tensor& sv,
+                       const at::Tensor& cos, const at::Tensor& sin, const TapHook& tap) {
+  const int64_t h = m.cfg.hidden;
+  auto mod = b.mod(sv).unsqueeze(1).chunk(3, -1);  // shift, scale, gate
+  at::Tensor u = b.linear1(modulate(x, mod[0], mod[1]));
+  auto [q, k, v] = splitHeads(u.narrow(-1, 0, 3 * h), m.cfg.heads);
+  at::Tensor a = attention(applyRope(rmsNorm(q, b.qNorm), cos, sin), applyRope(rmsNorm(k, b.kNorm), cos, sin), v);
+  if (tap) tap(Tap::Single, index, a);
+  at::Tensor o = b.linear2(at::cat({a, at::gelu(u.narrow(-1, 3 * h, u.size(-1) - 3 * h), "tanh")}, -1));
+  return x + mod[2] * o;
+}
+
+at::Tensor finalLayer(const Model& m, const at::Tensor& img, const at::Tensor& sv) {
+  auto mod = m.finalMod(sv).unsqueeze(1).chunk(2, -1);  // shift, scale
+  return m.finalLinear(modulate(img, mod[0], mod[1]));
+}
+
+void expectShape(const char* name, const at::Tensor& t, std::vector<int64_t> shape) {
+  if (!t.defined()) fail("ERR_INVALID_ARG", std::string("FluxTransformer.forward: missing input ") + name);
+  bool ok = t.dim() == int64_t(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || t.size(int64_t(i)) == shape[i];
+  if (!ok) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
+    fail("ERR_SHAPE_MISMATCH", std::string("FluxTransformer.forward: ") + name + " has shape " + shapeStr(t.sizes()) +
+                                   ", expected " + s + "]");
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor> weights, const std::string& layout,
+                            const std::string& source) {
+  checkConfig(cfg);
+  // ComfyUI-style single files carry a prefix
+  const std::string prefix = "model.diffusion_model.";
+  if (!weights.empty() && std::all_of(weights.begin(), weights.end(), [&](auto& kv) { return kv.first.rfind(prefix, 0) == 0; })) {
+    std::map<std::string, at::Tensor> stripped;
+    for (auto& [k, v] : weights) stripped[k.substr(prefix.size())] = v;
+    weights = std::move(stripped);
+  }
+  auto m = std::make_shared<Model>();
+  m->cfg = cfg;
+  Weights w(std::move(weights), cfg, source);
+  if (layout == "bfl") loadBfl(*m, w);
+  else if (layout == "diffusers") loadDiffusers(*m, w);
+  else fail("ERR_INVALID_ARG", "unknown FLUX checkpoint layout '" + layout + "' (expected 'bfl' or 'diffusers')");
+  w.finish();
+  // one device and dtype for all weights
+  const auto dev = m->imgIn.w.device();
+  const auto dt = m->imgIn.w.scalar_type();
+  if (!at::isFloatingType(dt)) fail("ERR_CHECKPOINT_DTYPE", "FluxTransformer (" + source + "): weights are " + dtypeName(dt));
+  auto fix = [&](at::Tensor& t) {
+    if (t.defined() && (t.device() != dev || t.scalar_type() != dt)) t = t.to(dev, dt);
+  };
+  for (Linear* l : {&m->imgIn, &m->txtIn, &m->timeIn1, &m->timeIn2, &m->guidanceIn1, &m->guidanceIn2, &m->vectorIn1,
+                    &m->vectorIn2, &m->finalMod, &m->finalLinear})
+    fix(l->w), fix(l->b);
+  for (auto& b : m->doubles)
+    for (Stream* s : {&b.img, &b.txt}) {
+      for (Linear* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) fix(l->w), fix(l->b);
+      fix(s->qNorm), fix(s->kNorm);
+    }
+  for (auto& b : m->singles) {
+    for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fix(l->w), fix(l->b);
+    fix(b.qNorm), fix(b.kNorm);
+  }
+  return m;
+}
+
+Inputs prepare(const Model& m, Inputs in) {
+  const auto& c = m.cfg;
+  expectShape("hiddenStates", in.hiddenStates, {-1, -1, c.inChannels});
+  const int64_t B = in.hiddenStates.size(0), N = in.hiddenStates.size(1);
+  expectShape("encoderHiddenStates", in.encoderHiddenStates, {B, -1, c.jointDim});
+  const int64_t T = in.encoderHiddenStates.size(1);
+  expectShape("pooledProjections", in.pooledProjections, {B, c.pooledDim});
+  if (in.timestep.defined() && in.timestep.dim() == 0) in.timestep = in.timestep.expand({B});
+  expectShape("timestep", in.timestep, {B});
+  if (c.guidance) {
+    if (!in.guidance.defined())
+      fail("ERR_INVALID_ARG", "FluxTransformer.forward: this checkpoint has a guidance embedder (FLUX.1-dev style): pass guidance");
+    if (in.guidance.dim() == 0) in.guidance = in.guidance.expand({B});
+    expectShape("guidance", in.guidance, {B});
+  }
+  for (auto* ids : {&in.imgIds, &in.txtIds})
+    if (ids->defined() && ids->dim() == 3) *ids = ids->select(0, 0);  // [B, n, 3] (BFL) → [n, 3]
+  expectShape("imgIds", in.imgIds, {N, 3});
+  expectShape("txtIds", in.txtIds, {T, 3});
+  const auto dev = m.device();
+  const auto dt = m.dtype();
+  for (at::Tensor* t : {&in.hiddenStates, &in.encoderHiddenStates, &in.pooledProjections})
+    if (!at::isFloatingType(t->scalar_type()))
+      fail("ERR_INVALID_DTYPE", "FluxTransformer.forward: inputs must be floating point, found " + dtypeName(t->scalar_type()));
+  for (at::Tensor* t : {&in.hiddenStates, &in.encoderHiddenStates, &in.pooledProjections, &in.timestep, &in.guidance})
+    if (t->defined()) *t = t->to(dev, dt);
+  in.imgIds = in.imgIds.to(dev, at::kFloat);
+  in.txtIds = in.txtIds.to(dev, at::kFloat);
+  return in;
+}
+
+at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap) {
+  const auto dt = m.dtype();
+  // conditioning vector: ((t + g) + y), the sinusoids of t·1000 and g·1000 in the model dtype
+  at::Tensor vec = mlpEmbedder(m.timeIn1, m.timeIn2, timestepEmbedding(in.timestep * 1000).to(dt));
+  if (m.cfg.guidance) vec = vec + mlpEmbedder(m.guidanceIn1, m.guidanceIn2, timestepEmbedding(in.guidance * 1000).to(dt));
+  vec = vec + mlpEmbedder(m.vectorIn1, m.vectorIn2, in.pooledProjections);
+  const at::Tensor sv = at::silu(vec);
+  at::Tensor img = m.imgIn(in.hiddenStates), txt = m.txtIn(in.encoderHiddenStates);
+  auto [cos, sin] = ropeTables(m.cfg, at::cat({in.txtIds, in.imgIds}, 0));  // text first
+  for (size_t i = 0; i < m.doubles.size(); ++i)
+    std::tie(img, txt) = doubleBlock(m, m.doubles[i], int64_t(i), img, txt, sv, cos, sin, tap);
+  const int64_t T = txt.size(1);
+  at::Tensor x = at::cat({txt, img}, 1);
+  for (size_t i = 0; i < m.singles.size(); ++i) x = singleBlock(m, m.singles[i], int64_t(i), x, sv, cos, sin, tap);
+  return finalLayer(m, x.narrow(1, T, x.size(1) - T), sv);
+}
+
+}  // namespace x2i::flux

@@ -1,0 +1,63 @@
+// The FLUX.1 MM-DiT (spec: shared/docs/flux-spec.md). Weights live in the BFL layout (fused qkv and
+// linear1, final modulation as (shift, scale)); diffusers checkpoints are mapped on load.
+#pragma once
+#include "common.h"
+
+#include <functional>
+#include <map>
+
+namespace x2i::flux {
+
+struct Config {
+  int64_t inChannels = 64, outChannels = 64, hidden = 3072, heads = 24, jointDim = 4096, pooledDim = 768;
+  int64_t depth = 19, depthSingle = 38;
+  bool guidance = true;
+  std::vector<int64_t> axes{16, 56, 56};
+  double theta = 10000;
+  int64_t headDim() const { return hidden / heads; }
+};
+
+struct Linear {
+  at::Tensor w, b;
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, w, b); }
+};
+struct Stream {  // one side (img or txt) of a double-stream block
+  Linear mod, qkv, proj, mlp0, mlp2;
+  at::Tensor qNorm, kNorm;
+};
+struct DoubleBlock {
+  Stream img, txt;
+};
+struct SingleBlock {
+  Linear mod, linear1, linear2;
+  at::Tensor qNorm, kNorm;
+};
+
+struct Model {
+  Config cfg;
+  Linear imgIn, txtIn, timeIn1, timeIn2, guidanceIn1, guidanceIn2, vectorIn1, vectorIn2, finalMod, finalLinear;
+  std::vector<DoubleBlock> doubles;
+  std::vector<SingleBlock> singles;
+  c10::Device device() const { return imgIn.w.device(); }
+  at::ScalarType dtype() const { return imgIn.w.scalar_type(); }
+};
+
+// Builds a model from named tensors in either layout ("bfl" or "diffusers"); every key is checked against
+// the config: missing, unexpected and wrongly shaped tensors are errors naming the tensor and both shapes.
+std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor> weights, const std::string& layout,
+                            const std::string& source);
+
+struct Inputs {
+  at::Tensor hiddenStates, encoderHiddenStates, pooledProjections, timestep, guidance, imgIds, txtIds;
+};
+
+// The X2I distillation taps, produced in order while the forward runs.
+enum class Tap { DoubleImg, DoubleTxt, Single };
+using TapHook = std::function<void(Tap, int64_t block, const at::Tensor&)>;
+
+// Checks shapes against the model and casts/moves the inputs to the model's device and dtype.
+Inputs prepare(const Model& m, Inputs in);
+// The velocity [B, N, out]; taps (if any) go to the hook as they are produced.
+at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap = nullptr);
+
+}  // namespace x2i::flux

@@ -1,0 +1,241 @@
+// NativeFlux: the JS handle of a loaded FLUX transformer (lib/flux.ts wraps it).
+#include "flux.h"
+#include "flux_wrap.h"
+#include "tensor.h"
+
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+namespace x2i {
+namespace {
+
+int64_t intField(const Napi::Object& o, const char* k) {
+  Napi::Value v = o.Get(k);
+  if (!v.IsNumber()) fail("ERR_CONFIG", std::string("FluxTransformer config: '") + k + "' must be a number");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+flux::Config parseConfig(const Napi::Object& o) {
+  flux::Config c;
+  c.inChannels = intField(o, "inChannels");
+  c.outChannels = intField(o, "outChannels");
+  c.hidden = intField(o, "hidden");
+  c.heads = intField(o, "heads");
+  c.jointDim = intField(o, "jointDim");
+  c.pooledDim = intField(o, "pooledDim");
+  c.depth = intField(o, "depth");
+  c.depthSingle = intField(o, "depthSingle");
+  c.guidance = o.Get("guidance").ToBoolean();
+  c.theta = o.Get("theta").IsNumber() ? o.Get("theta").As<Napi::Number>().DoubleValue() : 10000.0;
+  Napi::Value axes = o.Get("axes");
+  if (!axes.IsArray()) fail("ERR_CONFIG", "FluxTransformer config: 'axes' must be an array");
+  c.axes.clear();
+  auto a = axes.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); ++i) c.axes.push_back(Napi::Value(a[i]).As<Napi::Number>().Int64Value());
+  return c;
+}
+
+at::Tensor optTensor(const Napi::Object& o, const char* k) {
+  Napi::Value v = o.Get(k);
+  return v.IsUndefined() || v.IsNull() ? at::Tensor() : TensorWrap::Get(v, k);
+}
+
+flux::Inputs parseInputs(const Napi::Value& v) {
+  if (!v.IsObject()) fail("ERR_INVALID_ARG", "FluxTransformer.forward expects an inputs object");
+  auto o = v.As<Napi::Object>();
+  return {optTensor(o, "hiddenStates"), optTensor(o, "encoderHiddenStates"), optTensor(o, "pooledProjections"),
+          optTensor(o, "timestep"), optTensor(o, "guidance"), optTensor(o, "imgIds"), optTensor(o, "txtIds")};
+}
+
+// Collects taps and stacks them per kind on dim 1: [B, blocks, tokens, D].
+struct Captures {
+  std::array<std::vector<at::Tensor>, 3> taps;
+  flux::TapHook hook() {
+    return [this](flux::Tap k, int64_t, const at::Tensor& t) { taps[int(k)].push_back(t); };
+  }
+  std::array<at::Tensor, 3> stacked() const {
+    std::array<at::Tensor, 3> out;
+    for (int k = 0; k < 3; ++k)
+      if (!taps[k].empty()) out[k] = at::stack(taps[k], 1);
+    return out;
+  }
+};
+
+Napi::Object capturesToJs(Napi::Env env, const std::array<at::Tensor, 3>& c) {
+  auto o = Napi::Object::New(env);
+  const char* names[3] = {"doubleImg", "doubleTxt", "single"};
+  for (int k = 0; k < 3; ++k)
+    if (c[k].defined()) o.Set(names[k], TensorWrap::Wrap(env, c[k]));
+  return o;
+}
+
+void sync(const at::Tensor& t) {
+  if (t.defined() && t.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(t.device().index());
+}
+
+}  // namespace
+
+Napi::Function FluxWrap::Init(Napi::Env env) {
+  auto fn = DefineClass(env, "NativeFlux", {
+      StaticMethod<&FluxWrap::Load>("load"),
+      InstanceMethod<&FluxWrap::Info>("info"),
+      InstanceMethod<&FluxWrap::Forward>("forward"),
+      InstanceMethod<&FluxWrap::ForwardBackward>("forwardBackward"),
+      InstanceMethod<&FluxWrap::Dispose>("dispose"),
+  });
+  setCtor(env, "NativeFlux", fn);
+  return fn;
+}
+
+FluxWrap::FluxWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FluxWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw makeError(info.Env(), {"ERR_INVALID_ARG", "NativeFlux is created by FluxTransformer.fromPretrained"});
+  auto* p = info[0].As<Napi::External<std::shared_ptr<flux::Model>>>().Data();
+  model_ = std::move(*p);
+  delete p;
+}
+
+std::shared_ptr<flux::Model> FluxWrap::model() const {
+  if (!model_) fail("ERR_DISPOSED", "FluxTransformer was disposed");
+  return model_;
+}
+
+// load(config, weights: Record<string, NativeTensor>, layout, source) → Promise<NativeFlux>
+Napi::Value FluxWrap::Load(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    if (info.Length() < 4 || !info[0].IsObject() || !info[1].IsObject())
+      fail("ERR_INVALID_ARG", "NativeFlux.load(config, weights, layout, source)");
+    flux::Config cfg = parseConfig(info[0].As<Napi::Object>());
+    std::map<std::string, at::Tensor> weights;
+    auto w = info[1].As<Napi::Object>();
+    for (const auto& e : w.GetPropertyNames()) {
+      std::string k = Napi::Value(e.second).ToString().Utf8Value();
+      weights[k] = TensorWrap::Get(w.Get(k), k.c_str());
+    }
+    const std::string layout = argString(info, 2, "layout"), source = argString(info, 3, "source");
+    auto out = std::make_shared<std::shared_ptr<flux::Model>>();
+    return queue(info.Env(), [=]() mutable {
+      c10::InferenceMode guard;
+      *out = flux::load(cfg, std::move(weights), layout, source);
+      sync((*out)->imgIn.w);
+    }, [out](Napi::Env env) -> Napi::Value {
+      return ctorOf(env, "NativeFlux").New({Napi::External<std::shared_ptr<flux::Model>>::New(env, new std::shared_ptr<flux::Model>(*out))});
+    });
+  });
+}
+
+Napi::Value FluxWrap::Info(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto m = model();
+    auto env = info.Env();
+    auto o = Napi::Object::New(env);
+    o.Set("device", deviceName(m->device()));
+    o.Set("dtype", dtypeName(m->dtype()));
+    int64_t params = 0;
+    auto count = [&](const at::Tensor& t) { if (t.defined()) params += t.numel(); };
+    for (auto* l : {&m->imgIn, &m->txtIn, &m->timeIn1, &m->timeIn2, &m->guidanceIn1, &m->guidanceIn2, &m->vectorIn1,
+                    &m->vectorIn2, &m->finalMod, &m->finalLinear}) count(l->w), count(l->b);
+    for (auto& b : m->doubles)
+      for (auto* s : {&b.img, &b.txt}) {
+        for (auto* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) count(l->w), count(l->b);
+        count(s->qNorm), count(s->kNorm);
+      }
+    for (auto& b : m->singles) {
+      for (auto* l : {&b.mod, &b.linear1, &b.linear2}) count(l->w), count(l->b);
+      count(b.qNorm), count(b.kNorm);
+    }
+    o.Set("parameters", double(params));
+    return o;
+  });
+}
+
+// forward(inputs, capture) → Promise<{ sample, captures? }>
+Napi::Value FluxWrap::Forward(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    flux::Inputs in = parseInputs(info[0]);
+    const bool capture = info.Length() > 1 && info[1].ToBoolean();
+    struct Out { at::Tensor sample; std::array<at::Tensor, 3> caps; };
+    auto out = std::make_shared<Out>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      Captures caps;
+      flux::Inputs p = flux::prepare(*m, in);
+      out->sample = flux::forward(*m, p, capture ? caps.hook() : flux::TapHook());
+      if (capture) out->caps = caps.stacked();
+      sync(out->sample);
+    }, [out, capture](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("sample", TensorWrap::Wrap(env, out->sample));
+      if (capture) o.Set("captures", capturesToJs(env, out->caps));
+      return o;
+    });
+  });
+}
+
+// forwardBackward(inputs, gradSample?, gradCaptures?) → Promise<{ sample, grad: { encoderHiddenStates,
+// pooledProjections } }>: the vector-Jacobian product of the frozen transformer with respect to its
+// conditioning inputs, for the given gradients of the output and/or of the stacked captures.
+Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    flux::Inputs in = parseInputs(info[0]);
+    at::Tensor gSample = info.Length() > 1 && info[1].IsObject() ? TensorWrap::Get(info[1], "gradSample") : at::Tensor();
+    std::array<at::Tensor, 3> gCaps;
+    if (info.Length() > 2 && info[2].IsObject()) {
+      auto o = info[2].As<Napi::Object>();
+      const char* names[3] = {"doubleImg", "doubleTxt", "single"};
+      for (int k = 0; k < 3; ++k) gCaps[k] = optTensor(o, names[k]);
+    }
+    if (!gSample.defined() && !gCaps[0].defined() && !gCaps[1].defined() && !gCaps[2].defined())
+      fail("ERR_INVALID_ARG", "forwardBackward needs gradSample and/or gradCaptures");
+    struct Out { at::Tensor sample, gEhs, gPooled; };
+    auto out = std::make_shared<Out>();
+    return queue(info.Env(), [=] {
+      at::AutoGradMode enable(true);
+      flux::Inputs p = flux::prepare(*m, in);
+      p.encoderHiddenStates = p.encoderHiddenStates.detach().requires_grad_(true);
+      p.pooledProjections = p.pooledProjections.detach().requires_grad_(true);
+      Captures caps;
+      at::Tensor sample = flux::forward(*m, p, caps.hook());
+      std::vector<at::Tensor> outs, grads;
+      if (gSample.defined()) {
+        if (gSample.sizes() != sample.sizes())
+          fail("ERR_SHAPE_MISMATCH", "forwardBackward: gradSample must have the shape of sample");
+        outs.push_back(sample);
+        grads.push_back(gSample.to(sample.device(), sample.scalar_type()));
+      }
+      const char* names[3] = {"doubleImg", "doubleTxt", "single"};
+      for (int k = 0; k < 3; ++k) {
+        if (!gCaps[k].defined()) continue;
+        const auto& taps = caps.taps[k];
+        if (gCaps[k].dim() != 4 || gCaps[k].size(1) != int64_t(taps.size()) || gCaps[k].select(1, 0).sizes() != taps[0].sizes())
+          fail("ERR_SHAPE_MISMATCH", std::string("forwardBackward: gradCaptures.") + names[k] + " must have the shape of captures." + names[k]);
+        for (size_t i = 0; i < taps.size(); ++i) {
+          outs.push_back(taps[i]);
+          grads.push_back(gCaps[k].select(1, int64_t(i)).to(taps[i].device(), taps[i].scalar_type()));
+        }
+      }
+      auto g = torch::autograd::grad(outs, {p.encoderHiddenStates, p.pooledProjections}, grads,
+                                     /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+      out->sample = sample.detach();
+      out->gEhs = g[0].defined() ? g[0] : at::zeros_like(p.encoderHiddenStates);
+      out->gPooled = g[1].defined() ? g[1] : at::zeros_like(p.pooledProjections);
+      sync(out->sample);
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env), g = Napi::Object::New(env);
+      o.Set("sample", TensorWrap::Wrap(env, out->sample));
+      g.Set("encoderHiddenStates", TensorWrap::Wrap(env, out->gEhs));
+      g.Set("pooledProjections", TensorWrap::Wrap(env, out->gPooled));
+      o.Set("grad", g);
+      return o;
+    });
+  });
+}
+
+Napi::Value FluxWrap::Dispose(const Napi::CallbackInfo& info) {
+  model_.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace x2i

@@ -1,0 +1,23 @@
+// N-API wrapper of flux::Model (see flux_wrap.cc).
+#pragma once
+#include "common.h"
+#include "flux.h"
+
+namespace x2i {
+
+class FluxWrap : public Napi::ObjectWrap<FluxWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit FluxWrap(const Napi::CallbackInfo& info);
+
+ private:
+  std::shared_ptr<flux::Model> model_;  // jobs in flight hold their own reference
+  std::shared_ptr<flux::Model> model() const;
+  static Napi::Value Load(const Napi::CallbackInfo& info);
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value ForwardBackward(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+};
+
+}  // namespace x2i
