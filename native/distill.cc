@@ -54,7 +54,8 @@ Result composed(const std::array<at::Tensor, 3>& teacher, const std::array<at::T
     std::vector<at::Tensor> grads;
     for (int64_t i = 0; i < S.size(1); ++i) {
       at::Tensor t = T.select(1, i).to(acc);
-      at::Tensor s = S.select(1, i).to(acc).detach().set_requires_grad(wantGrad);
+      at::Tensor s = S.select(1, i).to(acc);
+      if (wantGrad) s = s.clone().set_requires_grad(true);  // a normal tensor even if S came from inference mode
       at::Tensor v;
       {
         at::AutoGradMode mode(wantGrad);

@@ -11,6 +11,9 @@
 namespace x2i::flux {
 namespace {
 
+// float32 for half-precision models (the references' fp32 islands), the model's own type otherwise
+at::ScalarType acc(at::ScalarType t) { return at::promote_types(at::kFloat, t); }
+
 std::string shapeStr(at::IntArrayRef s) {
   std::ostringstream o;
   o << "[";
@@ -191,14 +194,14 @@ void checkConfig(const Config& c) {
 at::Tensor timestepEmbedding(const at::Tensor& t, int64_t dim = 256) {
   const int64_t half = dim / 2;
   at::Tensor freqs = at::exp(at::arange(half, at::kFloat) * (-std::log(10000.0) / double(half))).to(t.device());
-  at::Tensor args = t.to(at::kFloat).unsqueeze(1) * freqs.unsqueeze(0);
+  at::Tensor args = t.to(acc(t.scalar_type())).unsqueeze(1) * freqs.unsqueeze(0);
   return at::cat({at::cos(args), at::sin(args)}, -1);
 }
 
 at::Tensor mlpEmbedder(const Linear& in, const Linear& out, const at::Tensor& x) { return out(at::silu(in(x))); }
 
-// RoPE tables for ids [L, 3]: angles in float64, cos/sin [L, headDim/2] in float32.
-std::pair<at::Tensor, at::Tensor> ropeTables(const Config& c, const at::Tensor& ids) {
+// RoPE tables for ids [L, 3]: angles in float64, cos/sin [L, headDim/2] in float32 (float64 models: float64).
+std::pair<at::Tensor, at::Tensor> ropeTables(const Config& c, const at::Tensor& ids, at::ScalarType dt) {
   std::vector<at::Tensor> angles;
   const at::Tensor pos = ids.to(at::kDouble);
   for (size_t a = 0; a < c.axes.size(); ++a) {
@@ -207,19 +210,19 @@ std::pair<at::Tensor, at::Tensor> ropeTables(const Config& c, const at::Tensor& 
     angles.push_back(pos.select(1, int64_t(a)).unsqueeze(1) * omega.unsqueeze(0));
   }
   at::Tensor ang = at::cat(angles, -1);
-  return {at::cos(ang).to(at::kFloat), at::sin(ang).to(at::kFloat)};
+  return {at::cos(ang).to(acc(dt)), at::sin(ang).to(acc(dt))};
 }
 
 // Rotates adjacent channel pairs (2m, 2m+1) of x [B, H, L, hd] in float32, rounds once.
 at::Tensor applyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  at::Tensor xf = x.to(at::kFloat).unflatten(-1, {-1, 2});
+  at::Tensor xf = x.to(acc(x.scalar_type())).unflatten(-1, {-1, 2});
   at::Tensor x0 = xf.select(-1, 0), x1 = xf.select(-1, 1);
   return at::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).flatten(-2).to(x.scalar_type());
 }
 
 // QK-RMSNorm over the head dim: normalise in float32, round, then the learned scale.
 at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& scale) {
-  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor xf = x.to(acc(x.scalar_type()));
   return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + 1e-6)).to(x.scalar_type()) * scale;
 }
 
@@ -373,7 +376,7 @@ at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap) {
   vec = vec + mlpEmbedder(m.vectorIn1, m.vectorIn2, in.pooledProjections);
   const at::Tensor sv = at::silu(vec);
   at::Tensor img = m.imgIn(in.hiddenStates), txt = m.txtIn(in.encoderHiddenStates);
-  auto [cos, sin] = ropeTables(m.cfg, at::cat({in.txtIds, in.imgIds}, 0));  // text first
+  auto [cos, sin] = ropeTables(m.cfg, at::cat({in.txtIds, in.imgIds}, 0), dt);  // text first
   for (size_t i = 0; i < m.doubles.size(); ++i)
     std::tie(img, txt) = doubleBlock(m, m.doubles[i], int64_t(i), img, txt, sv, cos, sin, tap);
   const int64_t T = txt.size(1);

@@ -115,7 +115,7 @@ Napi::Value FluxWrap::Load(const Napi::CallbackInfo& info) {
     const std::string layout = argString(info, 2, "layout"), source = argString(info, 3, "source");
     auto out = std::make_shared<std::shared_ptr<flux::Model>>();
     return queue(info.Env(), [=]() mutable {
-      c10::InferenceMode guard;
+      at::AutoGradMode noGrad(false);  // not inference mode: backward passes save these weights
       *out = flux::load(cfg, std::move(weights), layout, source);
       sync((*out)->imgIn.w);
     }, [out](Napi::Env env) -> Napi::Value {
@@ -194,8 +194,9 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
     return queue(info.Env(), [=] {
       at::AutoGradMode enable(true);
       flux::Inputs p = flux::prepare(*m, in);
-      p.encoderHiddenStates = p.encoderHiddenStates.detach().requires_grad_(true);
-      p.pooledProjections = p.pooledProjections.detach().requires_grad_(true);
+      // clones: leaves of their own, also when the inputs were made in inference mode
+      p.encoderHiddenStates = p.encoderHiddenStates.detach().clone().requires_grad_(true);
+      p.pooledProjections = p.pooledProjections.detach().clone().requires_grad_(true);
       Captures caps;
       at::Tensor sample = flux::forward(*m, p, caps.hook());
       std::vector<at::Tensor> outs, grads;
