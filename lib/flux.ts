@@ -83,6 +83,7 @@ interface NativeFlux {
   dispose(): void;
 }
 interface NativeFluxClass {
+  random(config: Record<string, unknown>, device: string, dtype: string, seed: number): Promise<NativeFlux>;
   load(config: Record<string, unknown>, weights: Record<string, NativeTensor>, layout: string, source: string): Promise<NativeFlux>;
 }
 
@@ -242,6 +243,21 @@ export class FluxTransformer {
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
     }
+  }
+
+  /**
+   * A model of the given config (diffusers keys; FLUX.1-dev defaults for the rest) with random weights
+   * (PyTorch's default Linear init), drawn on the device from `seed`: for benchmarks, tests and demos.
+   */
+  static async fromConfig(config: FluxConfig = {}, opts: { device?: string; dtype?: DType; seed?: number } = {}):
+    Promise<FluxTransformer> {
+    const device = opts.device ?? 'cpu';
+    const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
+    const full = { ...FLUX_DEV_CONFIG, ...checkConfigKeys({ ...config }, 'config') };
+    const nativeConfig = toNativeConfig(full, 'config');
+    const Native = (addon() as unknown as { NativeFlux: NativeFluxClass }).NativeFlux;
+    const h = await nativeCall(() => Native.random(nativeConfig, device, dtype, opts.seed ?? 0));
+    return new FluxTransformer(h, full, 'bfl');
   }
 
   get disposed(): boolean {

@@ -65,6 +65,8 @@ export interface Addon {
   loadTorchCheckpoint(path: string): Promise<Record<string, NativeTensor>>;
   randn(shape: number[], dtype: string, device: string, seed?: number): Promise<NativeTensor>;
   matmul(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
+  sdpaBackend(shape: number[], dtype: string, device: string): string;
+  relativeError(a: NativeTensor, b: NativeTensor): Promise<number>;
   noop(): void;
   noopAsync(): Promise<void>;
   benchCopy(nbytes: number, src: string, dst: string, iters: number, pinned?: boolean, fresh?: boolean): Promise<number>;

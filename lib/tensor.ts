@@ -133,6 +133,13 @@ export async function matmul(a: Tensor, b: Tensor): Promise<Tensor> {
   return new Tensor(await nativeCall(() => addon().matmul(ha, hb)));
 }
 
+/** ‖a − b‖ / ‖b‖, computed in float64 where the tensors are (for accuracy checks). */
+export async function relativeError(a: Tensor, b: Tensor): Promise<number> {
+  if (!(a instanceof Tensor) || !(b instanceof Tensor)) throw invalidArg('relativeError operands', 'two Tensors', a);
+  const [ha, hb] = [a.handle, b.handle];
+  return nativeCall(() => addon().relativeError(ha, hb));
+}
+
 /** Live tensor handles and their bytes, in total and per device (for leak checks). */
 export function memory(): MemoryInfo {
   return addon().memory();

@@ -95,6 +95,34 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   });
 }
 
+// sdpaBackend(shape [B, H, L, D], dtype, device): the kernel at::scaled_dot_product_attention picks
+// ('math' | 'flash' | 'efficient' | 'cudnn' | ...).
+Napi::Value SdpaBackend(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto shape = argShape(info, 0, "shape");
+    const at::ScalarType dtype = parseDType(argString(info, 1, "dtype"));
+    const c10::Device device = parseDevice(argString(info, 2, "device"));
+    at::Tensor q = at::empty(shape, at::TensorOptions().dtype(dtype).device(device));
+    const int64_t c = at::_fused_sdp_choice(q, q, q);
+    static const char* names[] = {"math", "flash", "efficient", "cudnn", "overrideable"};
+    return Napi::String::New(info.Env(), c >= 0 && c < 5 ? names[c] : std::to_string(c));
+  });
+}
+
+// relativeError(a, b): ‖a − b‖ / ‖b‖ in float64 on the tensors' device.
+Napi::Value RelativeError(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor a = TensorWrap::Get(info[0], "a"), b = TensorWrap::Get(info[1], "b");
+    if (a.sizes() != b.sizes()) fail("ERR_SHAPE_MISMATCH", "relativeError: the tensors differ in shape");
+    auto out = std::make_shared<double>(0);
+    return queue(info.Env(), [a, b, out] {
+      c10::InferenceMode guard;
+      at::Tensor bd = b.to(a.device(), at::kDouble), ad = a.to(at::kDouble);
+      *out = ((ad - bd).norm() / bd.norm()).item<double>();
+    }, [out](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *out); });
+  });
+}
+
 // ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
 Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 
@@ -158,6 +186,8 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("loadTorchCheckpoint", Napi::Function::New(env, LoadTorchCheckpoint));
   exports.Set("randn", Napi::Function::New(env, Randn));
   exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
+  exports.Set("relativeError", Napi::Function::New(env, RelativeError));
   exports.Set("noop", Napi::Function::New(env, Noop));
   exports.Set("noopAsync", Napi::Function::New(env, NoopAsync));
   exports.Set("benchCopy", Napi::Function::New(env, BenchCopy));

@@ -337,6 +337,53 @@ std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor>
   return m;
 }
 
+std::shared_ptr<Model> random(const Config& cfg, c10::Device device, at::ScalarType dtype, uint64_t seed) {
+  checkConfig(cfg);
+  at::Generator gen = device.is_cpu() ? at::detail::createCPUGenerator(seed) : at::globalContext().defaultGenerator(device);
+  if (!device.is_cpu()) {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed);
+  }
+  auto opts = at::TensorOptions().device(device).dtype(at::kFloat);
+  const int64_t h = cfg.hidden, f = 4 * h, hd = cfg.headDim();
+  std::map<std::string, at::Tensor> w;
+  auto lin = [&](const std::string& name, int64_t out, int64_t in) {
+    const double b = 1.0 / std::sqrt(double(in));
+    w[name + ".weight"] = at::empty({out, in}, opts).uniform_(-b, b, gen).to(dtype);
+    w[name + ".bias"] = at::empty({out}, opts).uniform_(-b, b, gen).to(dtype);
+  };
+  auto ones = [&](const std::string& name) { w[name] = at::ones({hd}, opts.dtype(dtype)); };
+  lin("img_in", h, cfg.inChannels);
+  lin("txt_in", h, cfg.jointDim);
+  lin("time_in.in_layer", h, 256);
+  lin("time_in.out_layer", h, h);
+  if (cfg.guidance) lin("guidance_in.in_layer", h, 256), lin("guidance_in.out_layer", h, h);
+  lin("vector_in.in_layer", h, cfg.pooledDim);
+  lin("vector_in.out_layer", h, h);
+  for (int64_t i = 0; i < cfg.depth; ++i)
+    for (std::string side : {"img", "txt"}) {
+      const std::string p = "double_blocks." + std::to_string(i) + "." + side;
+      lin(p + "_mod.lin", 6 * h, h);
+      lin(p + "_attn.qkv", 3 * h, h);
+      ones(p + "_attn.norm.query_norm.scale");
+      ones(p + "_attn.norm.key_norm.scale");
+      lin(p + "_attn.proj", h, h);
+      lin(p + "_mlp.0", f, h);
+      lin(p + "_mlp.2", h, f);
+    }
+  for (int64_t i = 0; i < cfg.depthSingle; ++i) {
+    const std::string p = "single_blocks." + std::to_string(i) + ".";
+    lin(p + "linear1", 3 * h + f, h);
+    lin(p + "linear2", h, h + f);
+    ones(p + "norm.query_norm.scale");
+    ones(p + "norm.key_norm.scale");
+    lin(p + "modulation.lin", 3 * h, h);
+  }
+  lin("final_layer.linear", cfg.outChannels, h);
+  lin("final_layer.adaLN_modulation.1", 2 * h, h);
+  return load(cfg, std::move(w), "bfl", "random init, seed " + std::to_string(seed));
+}
+
 Inputs prepare(const Model& m, Inputs in) {
   const auto& c = m.cfg;
   expectShape("hiddenStates", in.hiddenStates, {-1, -1, c.inChannels});

@@ -47,6 +47,10 @@ struct Model {
 std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor> weights, const std::string& layout,
                             const std::string& source);
 
+// A model of the config's shapes with PyTorch's default Linear init (uniform ±1/√fan_in; QK-norm scales 1),
+// drawn in float32 on the target device from `seed`, then cast: for benchmarks, tests and demos.
+std::shared_ptr<Model> random(const Config& cfg, c10::Device device, at::ScalarType dtype, uint64_t seed);
+
 struct Inputs {
   at::Tensor hiddenStates, encoderHiddenStates, pooledProjections, timestep, guidance, imgIds, txtIds;
 };

@@ -78,6 +78,7 @@ void sync(const at::Tensor& t) {
 Napi::Function FluxWrap::Init(Napi::Env env) {
   auto fn = DefineClass(env, "NativeFlux", {
       StaticMethod<&FluxWrap::Load>("load"),
+      StaticMethod<&FluxWrap::Random>("random"),
       InstanceMethod<&FluxWrap::Info>("info"),
       InstanceMethod<&FluxWrap::Forward>("forward"),
       InstanceMethod<&FluxWrap::ForwardBackward>("forwardBackward"),
@@ -117,6 +118,26 @@ Napi::Value FluxWrap::Load(const Napi::CallbackInfo& info) {
     return queue(info.Env(), [=]() mutable {
       at::AutoGradMode noGrad(false);  // not inference mode: backward passes save these weights
       *out = flux::load(cfg, std::move(weights), layout, source);
+      sync((*out)->imgIn.w);
+    }, [out](Napi::Env env) -> Napi::Value {
+      return ctorOf(env, "NativeFlux").New({Napi::External<std::shared_ptr<flux::Model>>::New(env, new std::shared_ptr<flux::Model>(*out))});
+    });
+  });
+}
+
+// random(config, device, dtype, seed) → Promise<NativeFlux>
+Napi::Value FluxWrap::Random(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    if (info.Length() < 4 || !info[0].IsObject() || !info[3].IsNumber())
+      fail("ERR_INVALID_ARG", "NativeFlux.random(config, device, dtype, seed)");
+    flux::Config cfg = parseConfig(info[0].As<Napi::Object>());
+    const c10::Device device = parseDevice(argString(info, 1, "device"));
+    const at::ScalarType dtype = parseDType(argString(info, 2, "dtype"));
+    const uint64_t seed = uint64_t(info[3].As<Napi::Number>().Int64Value());
+    auto out = std::make_shared<std::shared_ptr<flux::Model>>();
+    return queue(info.Env(), [=] {
+      at::AutoGradMode noGrad(false);
+      *out = flux::random(cfg, device, dtype, seed);
       sync((*out)->imgIn.w);
     }, [out](Napi::Env env) -> Napi::Value {
       return ctorOf(env, "NativeFlux").New({Napi::External<std::shared_ptr<flux::Model>>::New(env, new std::shared_ptr<flux::Model>(*out))});

@@ -14,6 +14,7 @@ class FluxWrap : public Napi::ObjectWrap<FluxWrap> {
   std::shared_ptr<flux::Model> model_;  // jobs in flight hold their own reference
   std::shared_ptr<flux::Model> model() const;
   static Napi::Value Load(const Napi::CallbackInfo& info);
+  static Napi::Value Random(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value ForwardBackward(const Napi::CallbackInfo& info);

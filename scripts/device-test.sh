@@ -40,3 +40,8 @@ X2I_REQUIRE_GPU=1 node --test --test-reporter=spec test/gpu/ 2>&1 | tee "$OUT/gp
 status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] || { echo "GPU tests failed" >&2; exit "$status"; }
 node bench/bridge.mjs --mib "${X2I_BENCH_MIB:-256}" --json "$OUT/bridge.json" 2>&1 | tee "$OUT/bridge.md"
+# FLUX blocks and whole model, with the PyTorch baseline in the same run (a copy of shared/baselines carried
+# in .cache/baselines: cp -r ../shared/baselines .cache/)
+baseline=()
+[ -f .cache/baselines/flux_blocks.py ] && baseline=(--baseline .cache/baselines/flux_blocks.py)
+[ "${X2I_BENCH_FLUX:-1}" = 1 ] && node bench/flux.mjs "${baseline[@]}" --json "$OUT/flux.json" 2>&1 | tee "$OUT/flux.md"

@@ -1,0 +1,52 @@
+// FluxTransformer on CUDA: the golden model in float32 and bf16, and the distillation gradient.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import * as x2i from '../../dist/index.js';
+
+const golden = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'golden');
+const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
+const gpuIt = (name, fn) => it(name, { skip }, fn);
+
+async function onCuda(io) {
+  const out = {};
+  for (const [k, v] of Object.entries(io)) out[k] = await v.to({ device: 'cuda' });
+  return out;
+}
+
+describe('FluxTransformer on CUDA', () => {
+  gpuIt('float32 matches the golden sample and captures (rel err <= 1e-4), bf16 stays close', async () => {
+    const io = await onCuda(await x2i.loadSafetensors(path.join(golden, 'flux-transformer', 'io.safetensors')));
+    const inputs = { hiddenStates: io.hidden_states, encoderHiddenStates: io.encoder_hidden_states,
+      pooledProjections: io.pooled_projections, timestep: io.timestep, guidance: io.guidance, imgIds: io.img_ids, txtIds: io.txt_ids };
+    for (const [dtype, tol] of [['float32', 1e-4], ['bfloat16', 3e-2]]) {
+      const m = await x2i.FluxTransformer.fromPretrained(path.join(golden, 'flux-transformer'), { device: 'cuda', dtype });
+      assert.equal(m.device, 'cuda:0');
+      const r = await m.forward(inputs, { capture: true });
+      assert.equal(r.sample.dtype, dtype);
+      for (const [got, want] of [[r.sample, io.sample], [r.captures.doubleImg, io['capture.double_img']],
+        [r.captures.doubleTxt, io['capture.double_txt']], [r.captures.single, io['capture.single']]]) {
+        const e = await x2i.relativeError(got, want);
+        assert.ok(e <= tol, `${dtype}: rel err ${e} > ${tol}`);
+      }
+      m.dispose();
+    }
+  });
+
+  gpuIt('the distillation gradient matches grad.student.* (rel err <= 1e-3)', async () => {
+    const d = await onCuda(await x2i.loadSafetensors(path.join(golden, 'x2i-distill-loss', 'io.safetensors')));
+    const m = await x2i.FluxTransformer.fromPretrained(path.join(golden, 'flux-transformer'), { device: 'cuda', dtype: 'float32' });
+    const base = { hiddenStates: d.hidden_states, timestep: d.timestep, guidance: d.guidance, imgIds: d.img_ids, txtIds: d.txt_ids };
+    const student = { ...base, encoderHiddenStates: d['student.encoder_hidden_states'], pooledProjections: d['student.pooled_projections'] };
+    const t = await m.forward({ ...base, encoderHiddenStates: d['teacher.encoder_hidden_states'], pooledProjections: d['teacher.pooled_projections'] }, { capture: true });
+    const s = await m.forward(student, { capture: true });
+    const r = await x2i.distillationLoss(t.captures, s.captures, { returnGrad: true });
+    const want = (await d.loss.toArray())[0];
+    assert.ok(Math.abs(r.loss - want) / want < 1e-4, `loss ${r.loss} vs ${want}`);
+    const fb = await m.forwardBackward(student, { gradCaptures: r.grads });
+    assert.ok(await x2i.relativeError(fb.grad.encoderHiddenStates, d['grad.student.encoder_hidden_states']) < 1e-3);
+    assert.ok(await x2i.relativeError(fb.grad.pooledProjections, d['grad.student.pooled_projections']) < 1e-3);
+    m.dispose();
+  });
+});
