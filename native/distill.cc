@@ -6,6 +6,8 @@
 
 #include "tensor.h"
 
+#include <c10/core/GradMode.h>
+
 #include <cmath>
 
 namespace x2i::distill {
@@ -58,7 +60,7 @@ Result composed(const std::array<at::Tensor, 3>& teacher, const std::array<at::T
       if (wantGrad) s = s.clone().set_requires_grad(true);  // a normal tensor even if S came from inference mode
       at::Tensor v;
       {
-        at::AutoGradMode mode(wantGrad);
+        c10::AutoGradMode mode(wantGrad);
         v = term(t, s, div, tau);
       }
       const double value = v.item<double>();

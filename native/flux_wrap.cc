@@ -3,6 +3,7 @@
 #include "flux_wrap.h"
 #include "tensor.h"
 
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -116,7 +117,7 @@ Napi::Value FluxWrap::Load(const Napi::CallbackInfo& info) {
     const std::string layout = argString(info, 2, "layout"), source = argString(info, 3, "source");
     auto out = std::make_shared<std::shared_ptr<flux::Model>>();
     return queue(info.Env(), [=]() mutable {
-      at::AutoGradMode noGrad(false);  // not inference mode: backward passes save these weights
+      c10::AutoGradMode noGrad(false);  // not inference mode: backward passes save these weights
       *out = flux::load(cfg, std::move(weights), layout, source);
       sync((*out)->imgIn.w);
     }, [out](Napi::Env env) -> Napi::Value {
@@ -136,7 +137,7 @@ Napi::Value FluxWrap::Random(const Napi::CallbackInfo& info) {
     const uint64_t seed = uint64_t(info[3].As<Napi::Number>().Int64Value());
     auto out = std::make_shared<std::shared_ptr<flux::Model>>();
     return queue(info.Env(), [=] {
-      at::AutoGradMode noGrad(false);
+      c10::AutoGradMode noGrad(false);
       *out = flux::random(cfg, device, dtype, seed);
       sync((*out)->imgIn.w);
     }, [out](Napi::Env env) -> Napi::Value {
@@ -213,7 +214,7 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
     struct Out { at::Tensor sample, gEhs, gPooled; };
     auto out = std::make_shared<Out>();
     return queue(info.Env(), [=] {
-      at::AutoGradMode enable(true);
+      c10::AutoGradMode enable(true);
       flux::Inputs p = flux::prepare(*m, in);
       // clones: leaves of their own, also when the inputs were made in inference mode
       p.encoderHiddenStates = p.encoderHiddenStates.detach().clone().requires_grad_(true);
