@@ -39,6 +39,13 @@ export interface FluxLoadOptions {
   dtype?: DType;
   /** Overrides or supplies config.json keys; for BFL single files, what tensor shapes cannot tell. */
   config?: FluxConfig;
+  /**
+   * 'fast' (default): fused LibTorch kernels (LayerNorm with the AdaLN modulation as its affine, fused
+   * RMSNorm, RoPE as one complex multiply, gate and residual in one op), rounding once where the reference
+   * rounds after every op. 'reference': the BFL op chain with one rounding per op, for bit-level parity
+   * with the reference implementations in bf16. Identical up to float rounding in float32/float64.
+   */
+  precision?: 'fast' | 'reference';
 }
 
 export interface FluxInputs {
@@ -130,6 +137,12 @@ function checkConfigKeys(cfg: Record<string, unknown>, source: string): FluxConf
   return cfg as FluxConfig;
 }
 
+function precisionFlag(p: unknown): boolean {
+  if (p === undefined || p === 'fast') return true;
+  if (p === 'reference') return false;
+  throw invalidArg('precision', "'fast' or 'reference'", p);
+}
+
 function toNativeConfig(c: FluxConfig, source: string): Record<string, unknown> {
   const full = { ...FLUX_DEV_CONFIG, ...Object.fromEntries(Object.entries(c).filter(([, v]) => v !== undefined)) };
   if (full.patch_size !== 1) throw new X2IError(`${source}: patch_size ${full.patch_size} is not supported (FLUX packs latents outside the model: 1)`, 'ERR_CONFIG');
@@ -190,8 +203,9 @@ export class FluxTransformer {
   readonly parameters: number;
   /** Checkpoint layout it was loaded from. */
   readonly layout: Layout;
+  readonly precision: 'fast' | 'reference';
 
-  private constructor(h: NativeFlux, config: FluxConfig, layout: Layout) {
+  private constructor(h: NativeFlux, config: FluxConfig, layout: Layout, precision: 'fast' | 'reference' = 'fast') {
     this.#h = h;
     const info = h.info();
     this.config = Object.freeze({ ...config });
@@ -199,6 +213,7 @@ export class FluxTransformer {
     this.dtype = info.dtype as DType;
     this.parameters = info.parameters;
     this.layout = layout;
+    this.precision = precision;
   }
 
   /**
@@ -232,14 +247,14 @@ export class FluxTransformer {
           'full config in options.config)', 'ERR_CONFIG');
       config = { ...inferBflConfig(shapes, weights), ...checkConfigKeys({ ...opts.config }, 'options.config') };
     }
-    const nativeConfig = toNativeConfig(config, configFile ?? weights);
+    const nativeConfig = { ...toNativeConfig(config, configFile ?? weights), fast: precisionFlag(opts.precision) };
     const tensors = await loadSafetensors(weights, { device, dtype });
     if (configFile) layout = detectLayout(Object.keys(tensors), weights);
     try {
       const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));
       const Native = (addon() as unknown as { NativeFlux: NativeFluxClass }).NativeFlux;
       const h = await nativeCall(() => Native.load(nativeConfig, handles, layout, weights));
-      return new FluxTransformer(h, config, layout);
+      return new FluxTransformer(h, config, layout, opts.precision ?? 'fast');
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
     }
@@ -249,15 +264,15 @@ export class FluxTransformer {
    * A model of the given config (diffusers keys; FLUX.1-dev defaults for the rest) with random weights
    * (PyTorch's default Linear init), drawn on the device from `seed`: for benchmarks, tests and demos.
    */
-  static async fromConfig(config: FluxConfig = {}, opts: { device?: string; dtype?: DType; seed?: number } = {}):
-    Promise<FluxTransformer> {
+  static async fromConfig(config: FluxConfig = {}, opts: { device?: string; dtype?: DType; seed?: number;
+    precision?: 'fast' | 'reference' } = {}): Promise<FluxTransformer> {
     const device = opts.device ?? 'cpu';
     const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
     const full = { ...FLUX_DEV_CONFIG, ...checkConfigKeys({ ...config }, 'config') };
-    const nativeConfig = toNativeConfig(full, 'config');
+    const nativeConfig = { ...toNativeConfig(full, 'config'), fast: precisionFlag(opts.precision) };
     const Native = (addon() as unknown as { NativeFlux: NativeFluxClass }).NativeFlux;
     const h = await nativeCall(() => Native.random(nativeConfig, device, dtype, opts.seed ?? 0));
-    return new FluxTransformer(h, full, 'bfl');
+    return new FluxTransformer(h, full, 'bfl', opts.precision ?? 'fast');
   }
 
   get disposed(): boolean {

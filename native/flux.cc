@@ -200,8 +200,13 @@ at::Tensor timestepEmbedding(const at::Tensor& t, int64_t dim = 256) {
 
 at::Tensor mlpEmbedder(const Linear& in, const Linear& out, const at::Tensor& x) { return out(at::silu(in(x))); }
 
+// The rotation tables: cos and sin [L, hd/2], and (fast mode) the same as unit complex numbers.
+struct Rope {
+  at::Tensor cos, sin, cis;
+};
+
 // RoPE tables for ids [L, 3]: angles in float64, cos/sin [L, headDim/2] in float32 (float64 models: float64).
-std::pair<at::Tensor, at::Tensor> ropeTables(const Config& c, const at::Tensor& ids, at::ScalarType dt) {
+Rope ropeTables(const Config& c, const at::Tensor& ids, at::ScalarType dt) {
   std::vector<at::Tensor> angles;
   const at::Tensor pos = ids.to(at::kDouble);
   for (size_t a = 0; a < c.axes.size(); ++a) {
@@ -210,26 +215,47 @@ std::pair<at::Tensor, at::Tensor> ropeTables(const Config& c, const at::Tensor& 
     angles.push_back(pos.select(1, int64_t(a)).unsqueeze(1) * omega.unsqueeze(0));
   }
   at::Tensor ang = at::cat(angles, -1);
-  return {at::cos(ang).to(acc(dt)), at::sin(ang).to(acc(dt))};
+  Rope r{at::cos(ang).to(acc(dt)), at::sin(ang).to(acc(dt)), at::Tensor()};
+  if (c.fast) r.cis = at::complex(r.cos, r.sin);
+  return r;
 }
+
 
 // Rotates adjacent channel pairs (2m, 2m+1) of x [B, H, L, hd] in float32, rounds once.
-at::Tensor applyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+at::Tensor applyRope(const at::Tensor& x, const Rope& r) {
   at::Tensor xf = x.to(acc(x.scalar_type())).unflatten(-1, {-1, 2});
+  if (r.cis.defined())  // (x0 + i·x1)·(cos + i·sin): the same rotation as one complex multiply
+    return at::view_as_real(at::view_as_complex(xf) * r.cis).flatten(-2).to(x.scalar_type());
   at::Tensor x0 = xf.select(-1, 0), x1 = xf.select(-1, 1);
-  return at::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).flatten(-2).to(x.scalar_type());
+  return at::stack({x0 * r.cos - x1 * r.sin, x0 * r.sin + x1 * r.cos}, -1).flatten(-2).to(x.scalar_type());
 }
 
-// QK-RMSNorm over the head dim: normalise in float32, round, then the learned scale.
-at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& scale) {
+// QK-RMSNorm over the head dim: normalise in float32, round, then the learned scale (fast: one kernel,
+// one rounding).
+at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& scale, bool fast) {
+  if (fast) return at::rms_norm(x, {x.size(-1)}, scale, 1e-6);
   at::Tensor xf = x.to(acc(x.scalar_type()));
   return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + 1e-6)).to(x.scalar_type()) * scale;
 }
 
-// AdaLN: (1 + scale) · LayerNorm(x) + shift, LayerNorm without affine, eps 1e-6, as separate ops.
-at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  at::Tensor ln = at::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6);
+// AdaLN: (1 + scale) · LayerNorm(x) + shift, LayerNorm without affine, eps 1e-6, as separate ops (fast: the
+// modulation is LayerNorm's own affine, per sample).
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, bool fast) {
+  const int64_t D = x.size(-1);
+  if (fast) {
+    if (x.size(0) == 1) return at::layer_norm(x, {D}, (1 + scale).reshape({D}), shift.reshape({D}), 1e-6);
+    std::vector<at::Tensor> parts;
+    for (int64_t b = 0; b < x.size(0); ++b)
+      parts.push_back(at::layer_norm(x[b], {D}, (1 + scale[b]).reshape({D}), shift[b].reshape({D}), 1e-6));
+    return at::stack(parts, 0);
+  }
+  at::Tensor ln = at::layer_norm(x, {D}, {}, {}, 1e-6);
   return (1 + scale) * ln + shift;
+}
+
+// x + gate · y (fast: one kernel)
+at::Tensor gated(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y, bool fast) {
+  return fast ? at::addcmul(x, gate, y) : x + gate * y;
 }
 
 // [B, L, 3·hidden] → q, k, v [B, heads, L, hd]
@@ -244,44 +270,46 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 }
 
 std::pair<at::Tensor, at::Tensor> doubleBlock(const Model& m, const DoubleBlock& b, int64_t index, at::Tensor img,
-                                              at::Tensor txt, const at::Tensor& sv, const at::Tensor& cos,
-                                              const at::Tensor& sin, const TapHook& tap) {
+                                              at::Tensor txt, const at::Tensor& sv, const Rope& rope,
+                                              const TapHook& tap) {
   const int64_t heads = m.cfg.heads, T = txt.size(1);
+  const bool fast = m.cfg.fast;
   auto im = b.img.mod(sv).unsqueeze(1).chunk(6, -1), tm = b.txt.mod(sv).unsqueeze(1).chunk(6, -1);
-  auto [qi, ki, vi] = splitHeads(b.img.qkv(modulate(img, im[0], im[1])), heads);
-  auto [qt, kt, vt] = splitHeads(b.txt.qkv(modulate(txt, tm[0], tm[1])), heads);
-  at::Tensor q = at::cat({rmsNorm(qt, b.txt.qNorm), rmsNorm(qi, b.img.qNorm)}, 2);  // text first
-  at::Tensor k = at::cat({rmsNorm(kt, b.txt.kNorm), rmsNorm(ki, b.img.kNorm)}, 2);
+  auto [qi, ki, vi] = splitHeads(b.img.qkv(modulate(img, im[0], im[1], fast)), heads);
+  auto [qt, kt, vt] = splitHeads(b.txt.qkv(modulate(txt, tm[0], tm[1], fast)), heads);
+  at::Tensor q = at::cat({rmsNorm(qt, b.txt.qNorm, fast), rmsNorm(qi, b.img.qNorm, fast)}, 2);  // text first
+  at::Tensor k = at::cat({rmsNorm(kt, b.txt.kNorm, fast), rmsNorm(ki, b.img.kNorm, fast)}, 2);
   at::Tensor v = at::cat({vt, vi}, 2);
-  at::Tensor a = attention(applyRope(q, cos, sin), applyRope(k, cos, sin), v);
+  at::Tensor a = attention(applyRope(q, rope), applyRope(k, rope), v);
   at::Tensor pImg = b.img.proj(a.narrow(1, T, a.size(1) - T)), pTxt = b.txt.proj(a.narrow(1, 0, T));
   if (tap) {
     tap(Tap::DoubleImg, index, pImg);
     tap(Tap::DoubleTxt, index, pTxt);
   }
   auto mlp = [](const Stream& s, const at::Tensor& x) { return s.mlp2(at::gelu(s.mlp0(x), "tanh")); };
-  img = img + im[2] * pImg;
-  img = img + im[5] * mlp(b.img, modulate(img, im[3], im[4]));
-  txt = txt + tm[2] * pTxt;
-  txt = txt + tm[5] * mlp(b.txt, modulate(txt, tm[3], tm[4]));
+  img = gated(img, im[2], pImg, fast);
+  img = gated(img, im[5], mlp(b.img, modulate(img, im[3], im[4], fast)), fast);
+  txt = gated(txt, tm[2], pTxt, fast);
+  txt = gated(txt, tm[5], mlp(b.txt, modulate(txt, tm[3], tm[4], fast)), fast);
   return {img, txt};
 }
 
 at::Tensor singleBlock(const Model& m, const SingleBlock& b, int64_t index, const at::Tensor& x, const at::Tensor& sv,
-                       const at::Tensor& cos, const at::Tensor& sin, const TapHook& tap) {
+                       const Rope& rope, const TapHook& tap) {
   const int64_t h = m.cfg.hidden;
+  const bool fast = m.cfg.fast;
   auto mod = b.mod(sv).unsqueeze(1).chunk(3, -1);  // shift, scale, gate
-  at::Tensor u = b.linear1(modulate(x, mod[0], mod[1]));
+  at::Tensor u = b.linear1(modulate(x, mod[0], mod[1], fast));
   auto [q, k, v] = splitHeads(u.narrow(-1, 0, 3 * h), m.cfg.heads);
-  at::Tensor a = attention(applyRope(rmsNorm(q, b.qNorm), cos, sin), applyRope(rmsNorm(k, b.kNorm), cos, sin), v);
+  at::Tensor a = attention(applyRope(rmsNorm(q, b.qNorm, fast), rope), applyRope(rmsNorm(k, b.kNorm, fast), rope), v);
   if (tap) tap(Tap::Single, index, a);
   at::Tensor o = b.linear2(at::cat({a, at::gelu(u.narrow(-1, 3 * h, u.size(-1) - 3 * h), "tanh")}, -1));
-  return x + mod[2] * o;
+  return gated(x, mod[2], o, fast);
 }
 
 at::Tensor finalLayer(const Model& m, const at::Tensor& img, const at::Tensor& sv) {
   auto mod = m.finalMod(sv).unsqueeze(1).chunk(2, -1);  // shift, scale
-  return m.finalLinear(modulate(img, mod[0], mod[1]));
+  return m.finalLinear(modulate(img, mod[0], mod[1], m.cfg.fast));
 }
 
 void expectShape(const char* name, const at::Tensor& t, std::vector<int64_t> shape) {
@@ -423,12 +451,12 @@ at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap) {
   vec = vec + mlpEmbedder(m.vectorIn1, m.vectorIn2, in.pooledProjections);
   const at::Tensor sv = at::silu(vec);
   at::Tensor img = m.imgIn(in.hiddenStates), txt = m.txtIn(in.encoderHiddenStates);
-  auto [cos, sin] = ropeTables(m.cfg, at::cat({in.txtIds, in.imgIds}, 0), dt);  // text first
+  const Rope rope = ropeTables(m.cfg, at::cat({in.txtIds, in.imgIds}, 0), dt);  // text first
   for (size_t i = 0; i < m.doubles.size(); ++i)
-    std::tie(img, txt) = doubleBlock(m, m.doubles[i], int64_t(i), img, txt, sv, cos, sin, tap);
+    std::tie(img, txt) = doubleBlock(m, m.doubles[i], int64_t(i), img, txt, sv, rope, tap);
   const int64_t T = txt.size(1);
   at::Tensor x = at::cat({txt, img}, 1);
-  for (size_t i = 0; i < m.singles.size(); ++i) x = singleBlock(m, m.singles[i], int64_t(i), x, sv, cos, sin, tap);
+  for (size_t i = 0; i < m.singles.size(); ++i) x = singleBlock(m, m.singles[i], int64_t(i), x, sv, rope, tap);
   return finalLayer(m, x.narrow(1, T, x.size(1) - T), sv);
 }
 

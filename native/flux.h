@@ -14,6 +14,10 @@ struct Config {
   bool guidance = true;
   std::vector<int64_t> axes{16, 56, 56};
   double theta = 10000;
+  // 'fast': fused LibTorch kernels (LayerNorm with the modulation as its affine, fused RMSNorm, RoPE as one
+  // complex multiply, gate·x + residual in one op), rounding once where the reference rounds per op;
+  // 'reference': the BFL op chain, one rounding per op (shared/docs/flux-spec.md §7.5).
+  bool fast = true;
   int64_t headDim() const { return hidden / heads; }
 };
 

@@ -28,6 +28,7 @@ flux::Config parseConfig(const Napi::Object& o) {
   c.depthSingle = intField(o, "depthSingle");
   c.guidance = o.Get("guidance").ToBoolean();
   c.theta = o.Get("theta").IsNumber() ? o.Get("theta").As<Napi::Number>().DoubleValue() : 10000.0;
+  c.fast = !o.Get("fast").IsBoolean() || o.Get("fast").ToBoolean();
   Napi::Value axes = o.Get("axes");
   if (!axes.IsArray()) fail("ERR_CONFIG", "FluxTransformer config: 'axes' must be an array");
   c.axes.clear();

@@ -41,10 +41,12 @@ afterAll(() => {
 });
 
 describe('FluxTransformer matches the golden reference', () => {
-  for (const [name, p, opts] of [['diffusers folder', folder, {}], ['BFL single file', bflFile, { config: axes }]] as const) {
+  for (const [name, p, opts] of [['diffusers folder', folder, {}], ['BFL single file', bflFile, { config: axes }],
+    ['diffusers folder, reference precision', folder, { precision: 'reference' }]] as const) {
     it(`${name}: sample and all three captures`, async () => {
       using m = await FluxTransformer.fromPretrained(p, opts);
       expect(m.layout).toBe(name.startsWith('BFL') ? 'bfl' : 'diffusers');
+      expect(m.precision).toBe(name.includes('reference') ? 'reference' : 'fast');
       expect(m.config.num_layers).toBe(2);
       expect(m.config.num_attention_heads).toBe(2);
       const r = await m.forward(inputs, { capture: true });
