@@ -85,7 +85,7 @@ interface NativeFlux {
   forward(inputs: Record<string, NativeTensor | undefined>, capture: boolean): Promise<{ sample: NativeTensor;
     captures?: Record<keyof FluxCaptures, NativeTensor> }>;
   forwardBackward(inputs: Record<string, NativeTensor | undefined>, gradSample: NativeTensor | null,
-    gradCaptures: Record<string, NativeTensor> | null): Promise<{ sample: NativeTensor;
+    gradCaptures: Record<string, NativeTensor> | null, checkpoint: boolean): Promise<{ sample: NativeTensor;
     grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
   dispose(): void;
 }
@@ -302,7 +302,10 @@ export class FluxTransformer {
    * ⟨gradSample, sample⟩ + Σ ⟨gradCaptures.*, captures.*⟩ with respect to `encoderHiddenStates` and
    * `pooledProjections` (the forward is recomputed).
    */
-  async forwardBackward(inputs: FluxInputs, grads: { gradSample?: Tensor; gradCaptures?: Partial<FluxCaptures> }):
+  async forwardBackward(inputs: FluxInputs, grads: { gradSample?: Tensor; gradCaptures?: Partial<FluxCaptures>;
+    /** Activation checkpointing: keep each block's inputs only and recompute the block in the backward pass
+     * (less memory, one more forward of every block). Default false. */
+    checkpoint?: boolean }):
     Promise<{ sample: Tensor; grad: { encoderHiddenStates: Tensor; pooledProjections: Tensor } }> {
     const h = this.#native();
     const ins = nativeInputs(inputs);
@@ -312,7 +315,7 @@ export class FluxTransformer {
       gc = {};
       for (const [k, t] of Object.entries(grads.gradCaptures)) if (t) gc[k] = (t as Tensor).handle;
     }
-    const r = await this.#queue.run(() => nativeCall(() => h.forwardBackward(ins, gs, gc)));
+    const r = await this.#queue.run(() => nativeCall(() => h.forwardBackward(ins, gs, gc, Boolean(grads?.checkpoint))));
     return { sample: new Tensor(r.sample), grad: { encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates),
       pooledProjections: new Tensor(r.grad.pooledProjections) } };
   }

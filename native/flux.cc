@@ -4,6 +4,10 @@
 // norm statistics in float32.
 #include "flux.h"
 
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
 #include <cmath>
 #include <set>
 #include <sstream>
@@ -312,6 +316,87 @@ at::Tensor finalLayer(const Model& m, const at::Tensor& img, const at::Tensor& s
   return m.finalLinear(modulate(img, mod[0], mod[1], m.cfg.fast));
 }
 
+// ---------------------------------------------------------------- activation checkpointing
+// A block as one autograd node: its forward keeps only the block's inputs; its backward runs the block again
+// with grad on and back-propagates through that recomputation. Outputs: the block's outputs, then its taps.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+const Model* modelOf(AutogradContext* ctx) { return reinterpret_cast<const Model*>(ctx->saved_data["model"].toInt()); }
+Rope ropeOf(AutogradContext* ctx) {
+  Rope r{ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(), at::Tensor()};
+  if (ctx->saved_data.count("cis")) r.cis = ctx->saved_data["cis"].toTensor();
+  return r;
+}
+void saveCommon(AutogradContext* ctx, const Model& m, int64_t index, const Rope& rope) {
+  ctx->saved_data["model"] = int64_t(reinterpret_cast<intptr_t>(&m));
+  ctx->saved_data["index"] = index;
+  ctx->saved_data["cos"] = rope.cos;
+  ctx->saved_data["sin"] = rope.sin;
+  if (rope.cis.defined()) ctx->saved_data["cis"] = rope.cis;
+}
+
+// Recomputes outs = f(inputs) with grad and returns d⟨grads, outs⟩/d inputs (undefined where unused).
+variable_list recompute(const variable_list& saved, const variable_list& grads,
+                        const std::function<variable_list(const variable_list&)>& f) {
+  variable_list ins;
+  for (auto& t : saved) ins.push_back(t.detach().requires_grad_(true));
+  variable_list outs;
+  {
+    c10::AutoGradMode enable(true);
+    outs = f(ins);
+  }
+  variable_list o, g;
+  for (size_t i = 0; i < outs.size(); ++i)
+    if (grads[i].defined()) o.push_back(outs[i]), g.push_back(grads[i]);
+  if (o.empty()) return variable_list(ins.size());
+  return torch::autograd::grad(o, ins, g, /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+}
+
+struct CheckpointedDouble : torch::autograd::Function<CheckpointedDouble> {
+  static variable_list run(const Model& m, int64_t index, const variable_list& x, const Rope& rope) {
+    variable_list taps;
+    TapHook keep = [&](Tap, int64_t, const at::Tensor& t) { taps.push_back(t); };
+    auto [img, txt] = doubleBlock(m, m.doubles[size_t(index)], index, x[0], x[1], x[2], rope, keep);
+    return {img, txt, taps[0], taps[1]};
+  }
+  static variable_list forward(AutogradContext* ctx, at::Tensor img, at::Tensor txt, at::Tensor sv, const Model* m,
+                               int64_t index, const Rope* rope) {
+    saveCommon(ctx, *m, index, *rope);
+    ctx->save_for_backward({img, txt, sv});
+    return run(*m, index, {img, txt, sv}, *rope);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Model& m = *modelOf(ctx);
+    const int64_t index = ctx->saved_data["index"].toInt();
+    const Rope rope = ropeOf(ctx);
+    auto g = recompute(ctx->get_saved_variables(), grads, [&](const variable_list& x) { return run(m, index, x, rope); });
+    return {g[0], g[1], g[2], at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct CheckpointedSingle : torch::autograd::Function<CheckpointedSingle> {
+  static variable_list run(const Model& m, int64_t index, const variable_list& x, const Rope& rope) {
+    at::Tensor tap;
+    TapHook keep = [&](Tap, int64_t, const at::Tensor& t) { tap = t; };
+    at::Tensor y = singleBlock(m, m.singles[size_t(index)], index, x[0], x[1], rope, keep);
+    return {y, tap};
+  }
+  static variable_list forward(AutogradContext* ctx, at::Tensor x, at::Tensor sv, const Model* m, int64_t index,
+                               const Rope* rope) {
+    saveCommon(ctx, *m, index, *rope);
+    ctx->save_for_backward({x, sv});
+    return run(*m, index, {x, sv}, *rope);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Model& m = *modelOf(ctx);
+    const int64_t index = ctx->saved_data["index"].toInt();
+    const Rope rope = ropeOf(ctx);
+    auto g = recompute(ctx->get_saved_variables(), grads, [&](const variable_list& x) { return run(m, index, x, rope); });
+    return {g[0], g[1], at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 void expectShape(const char* name, const at::Tensor& t, std::vector<int64_t> shape) {
   if (!t.defined()) fail("ERR_INVALID_ARG", std::string("FluxTransformer.forward: missing input ") + name);
   bool ok = t.dim() == int64_t(shape.size());
@@ -443,7 +528,8 @@ Inputs prepare(const Model& m, Inputs in) {
   return in;
 }
 
-at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap) {
+at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap, bool checkpoint) {
+  checkpoint = checkpoint && c10::GradMode::is_enabled();
   const auto dt = m.dtype();
   // conditioning vector: ((t + g) + y), the sinusoids of t·1000 and g·1000 in the model dtype
   at::Tensor vec = mlpEmbedder(m.timeIn1, m.timeIn2, timestepEmbedding(in.timestep * 1000).to(dt));
@@ -452,11 +538,26 @@ at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap) {
   const at::Tensor sv = at::silu(vec);
   at::Tensor img = m.imgIn(in.hiddenStates), txt = m.txtIn(in.encoderHiddenStates);
   const Rope rope = ropeTables(m.cfg, at::cat({in.txtIds, in.imgIds}, 0), dt);  // text first
-  for (size_t i = 0; i < m.doubles.size(); ++i)
-    std::tie(img, txt) = doubleBlock(m, m.doubles[i], int64_t(i), img, txt, sv, rope, tap);
+  for (size_t i = 0; i < m.doubles.size(); ++i) {
+    if (checkpoint) {
+      auto o = CheckpointedDouble::apply(img, txt, sv, &m, int64_t(i), &rope);
+      img = o[0], txt = o[1];
+      if (tap) tap(Tap::DoubleImg, int64_t(i), o[2]), tap(Tap::DoubleTxt, int64_t(i), o[3]);
+    } else {
+      std::tie(img, txt) = doubleBlock(m, m.doubles[i], int64_t(i), img, txt, sv, rope, tap);
+    }
+  }
   const int64_t T = txt.size(1);
   at::Tensor x = at::cat({txt, img}, 1);
-  for (size_t i = 0; i < m.singles.size(); ++i) x = singleBlock(m, m.singles[i], int64_t(i), x, sv, rope, tap);
+  for (size_t i = 0; i < m.singles.size(); ++i) {
+    if (checkpoint) {
+      auto o = CheckpointedSingle::apply(x, sv, &m, int64_t(i), &rope);
+      x = o[0];
+      if (tap) tap(Tap::Single, int64_t(i), o[1]);
+    } else {
+      x = singleBlock(m, m.singles[i], int64_t(i), x, sv, rope, tap);
+    }
+  }
   return finalLayer(m, x.narrow(1, T, x.size(1) - T), sv);
 }
 

@@ -65,7 +65,8 @@ using TapHook = std::function<void(Tap, int64_t block, const at::Tensor&)>;
 
 // Checks shapes against the model and casts/moves the inputs to the model's device and dtype.
 Inputs prepare(const Model& m, Inputs in);
-// The velocity [B, N, out]; taps (if any) go to the hook as they are produced.
-at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap = nullptr);
+// The velocity [B, N, out]; taps (if any) go to the hook as they are produced. With `checkpoint` (and grad
+// mode on), each block keeps only its inputs and is recomputed during the backward pass.
+at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap = nullptr, bool checkpoint = false);
 
 }  // namespace x2i::flux

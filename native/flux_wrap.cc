@@ -196,7 +196,7 @@ Napi::Value FluxWrap::Forward(const Napi::CallbackInfo& info) {
   });
 }
 
-// forwardBackward(inputs, gradSample?, gradCaptures?) → Promise<{ sample, grad: { encoderHiddenStates,
+// forwardBackward(inputs, gradSample?, gradCaptures?, checkpoint?) → Promise<{ sample, grad: { encoderHiddenStates,
 // pooledProjections } }>: the vector-Jacobian product of the frozen transformer with respect to its
 // conditioning inputs, for the given gradients of the output and/or of the stacked captures.
 Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
@@ -210,6 +210,7 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
       const char* names[3] = {"doubleImg", "doubleTxt", "single"};
       for (int k = 0; k < 3; ++k) gCaps[k] = optTensor(o, names[k]);
     }
+    const bool checkpoint = info.Length() > 3 && info[3].ToBoolean();
     if (!gSample.defined() && !gCaps[0].defined() && !gCaps[1].defined() && !gCaps[2].defined())
       fail("ERR_INVALID_ARG", "forwardBackward needs gradSample and/or gradCaptures");
     struct Out { at::Tensor sample, gEhs, gPooled; };
@@ -221,7 +222,7 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
       p.encoderHiddenStates = p.encoderHiddenStates.detach().clone().requires_grad_(true);
       p.pooledProjections = p.pooledProjections.detach().clone().requires_grad_(true);
       Captures caps;
-      at::Tensor sample = flux::forward(*m, p, caps.hook());
+      at::Tensor sample = flux::forward(*m, p, caps.hook(), checkpoint);
       std::vector<at::Tensor> outs, grads;
       if (gSample.defined()) {
         if (gSample.sizes() != sample.sizes())

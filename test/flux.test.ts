@@ -112,6 +112,25 @@ describe('the X2I distillation gradient through the frozen transformer', () => {
     for (const x of Object.values(d)) x.dispose();
   });
 
+  it('activation checkpointing gives the same gradients', async () => {
+    using m = await FluxTransformer.fromPretrained(folder, { dtype: 'float64' });
+    const f64 = async (t: Tensor) => t.to({ dtype: 'float64' });
+    const ins = { ...inputs, encoderHiddenStates: await f64(inputs.encoderHiddenStates), pooledProjections: await f64(inputs.pooledProjections) };
+    const caps = (await m.forward(ins, { capture: true })).captures!;
+    const gradCaptures = { doubleImg: await x2i.randn(caps.doubleImg.shape as number[], { seed: 1, dtype: 'float64' }),
+      doubleTxt: await x2i.randn(caps.doubleTxt.shape as number[], { seed: 2, dtype: 'float64' }),
+      single: await x2i.randn(caps.single.shape as number[], { seed: 3, dtype: 'float64' }) };
+    using gradSample = await x2i.randn([2, 64, 16], { seed: 4, dtype: 'float64' });
+    const plain = await m.forwardBackward(ins, { gradSample, gradCaptures });
+    const ckpt = await m.forwardBackward(ins, { gradSample, gradCaptures, checkpoint: true });
+    expect(await x2i.relativeError(ckpt.grad.encoderHiddenStates, plain.grad.encoderHiddenStates)).toBeLessThan(1e-12);
+    expect(await x2i.relativeError(ckpt.grad.pooledProjections, plain.grad.pooledProjections)).toBeLessThan(1e-12);
+    expect(await x2i.relativeError(ckpt.sample, plain.sample)).toBe(0);
+    const onlySingle = await m.forwardBackward(ins, { gradCaptures: { single: gradCaptures.single }, checkpoint: true });
+    const onlySinglePlain = await m.forwardBackward(ins, { gradCaptures: { single: gradCaptures.single } });
+    expect(await x2i.relativeError(onlySingle.grad.pooledProjections, onlySinglePlain.grad.pooledProjections)).toBeLessThan(1e-12);
+  });
+
   it('forwardBackward equals float64 finite differences (output gradient)', async () => {
     using m = await FluxTransformer.fromPretrained(folder, { dtype: 'float64' });
     const f64 = async (t: Tensor) => t.to({ dtype: 'float64' });
