@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../lib/index.js';
 import { FluxTransformer, Tensor } from '../lib/index.js';
-import { golden, tmpDir } from './helpers.js';
+import { golden, settleGc, tmpDir } from './helpers.js';
 
 const dir = tmpDir();
 const folder = path.join(golden, 'flux-transformer');
@@ -180,6 +180,7 @@ describe('FluxTransformer errors name the tensor, the expected and the found sha
   }
 
   it('checkpoint: missing, unexpected and wrongly shaped tensors', async () => {
+    await settleGc();
     const base = x2i.memory().tensors;
     const missing = await writeVariant('missing.safetensors', (w) => { w['single_blocks.1.linear2.bias'].dispose(); delete w['single_blocks.1.linear2.bias']; });
     await expect(FluxTransformer.fromPretrained(missing, { config: axes })).rejects.toMatchObject({
@@ -189,6 +190,7 @@ describe('FluxTransformer errors name the tensor, the expected and the found sha
     const shape = await writeVariant('shape.safetensors', async (w) => { w['double_blocks.0.img_mlp.0.weight'].dispose(); w['double_blocks.0.img_mlp.0.weight'] = await x2i.randn([63, 32]); });
     await expect(FluxTransformer.fromPretrained(shape, { config: axes })).rejects.toMatchObject({ code: 'ERR_CHECKPOINT_SHAPE',
       message: expect.stringMatching(/'double_blocks\.0\.img_mlp\.0\.weight' has shape \[63, 32\], expected \[128, 32\]/) });
+    await settleGc();
     expect(x2i.memory().tensors).toBe(base); // failed loads leak nothing
   });
 

@@ -36,3 +36,13 @@ export function goldenIoFiles(): string[] {
   return fs.readdirSync(golden).filter((d) => fs.existsSync(path.join(golden, d, 'io.safetensors')))
     .map((d) => path.join(golden, d, 'io.safetensors'));
 }
+
+/** Collects garbage until finalizers have run, so that x2i.memory() counts only reachable tensors. */
+export async function settleGc(): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error('run the tests with --expose-gc');
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
