@@ -8,7 +8,10 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <sstream>
 
@@ -194,10 +197,13 @@ void checkConfig(const Config& c) {
 }
 
 // ---------------------------------------------------------------- the model's parts
-// Sinusoidal embedding of t (already ×1000), 256 channels, cos first; frequencies from the CPU table.
-at::Tensor timestepEmbedding(const at::Tensor& t, int64_t dim = 256) {
-  const int64_t half = dim / 2;
-  at::Tensor freqs = at::exp(at::arange(half, at::kFloat) * (-std::log(10000.0) / double(half))).to(t.device());
+// exp(−ln(10000)·i/128), i < 128, on the CPU
+at::Tensor timestepFrequencies(int64_t half = 128) {
+  return at::exp(at::arange(half, at::kFloat) * (-std::log(10000.0) / double(half)));
+}
+
+// Sinusoidal embedding of t (already ×1000), 256 channels, cos first.
+at::Tensor timestepEmbedding(const at::Tensor& t, const at::Tensor& freqs) {
   at::Tensor args = t.to(acc(t.scalar_type())).unsqueeze(1) * freqs.unsqueeze(0);
   return at::cat({at::cos(args), at::sin(args)}, -1);
 }
@@ -447,6 +453,7 @@ std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor>
     for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fix(l->w), fix(l->b);
     fix(b.qNorm), fix(b.kNorm);
   }
+  m->timeFreqs = timestepFrequencies().to(dev);
   return m;
 }
 
@@ -528,16 +535,35 @@ Inputs prepare(const Model& m, Inputs in) {
   return in;
 }
 
+// X2I_PROFILE=1: synchronise and print the time of each phase of the forward to stderr.
+struct PhaseTimer {
+  bool on = std::getenv("X2I_PROFILE") != nullptr;
+  c10::Device dev;
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  void operator()(const char* phase) {
+    if (!on) return;
+    if (dev.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(dev.index());
+    auto now = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "x2i flux %-10s %8.3f ms\n", phase, std::chrono::duration<double, std::milli>(now - t).count());
+    t = now;
+  }
+};
+
 at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap, bool checkpoint) {
   checkpoint = checkpoint && c10::GradMode::is_enabled();
   const auto dt = m.dtype();
+  PhaseTimer phase{std::getenv("X2I_PROFILE") != nullptr, m.device()};
+  phase("start");
   // conditioning vector: ((t + g) + y), the sinusoids of t·1000 and g·1000 in the model dtype
-  at::Tensor vec = mlpEmbedder(m.timeIn1, m.timeIn2, timestepEmbedding(in.timestep * 1000).to(dt));
-  if (m.cfg.guidance) vec = vec + mlpEmbedder(m.guidanceIn1, m.guidanceIn2, timestepEmbedding(in.guidance * 1000).to(dt));
+  at::Tensor vec = mlpEmbedder(m.timeIn1, m.timeIn2, timestepEmbedding(in.timestep * 1000, m.timeFreqs).to(dt));
+  if (m.cfg.guidance) vec = vec + mlpEmbedder(m.guidanceIn1, m.guidanceIn2, timestepEmbedding(in.guidance * 1000, m.timeFreqs).to(dt));
   vec = vec + mlpEmbedder(m.vectorIn1, m.vectorIn2, in.pooledProjections);
   const at::Tensor sv = at::silu(vec);
+  phase("vec");
   at::Tensor img = m.imgIn(in.hiddenStates), txt = m.txtIn(in.encoderHiddenStates);
+  phase("embed");
   const Rope rope = ropeTables(m.cfg, at::cat({in.txtIds, in.imgIds}, 0), dt);  // text first
+  phase("rope");
   for (size_t i = 0; i < m.doubles.size(); ++i) {
     if (checkpoint) {
       auto o = CheckpointedDouble::apply(img, txt, sv, &m, int64_t(i), &rope);
@@ -558,7 +584,10 @@ at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap, bool ch
       x = singleBlock(m, m.singles[i], int64_t(i), x, sv, rope, tap);
     }
   }
-  return finalLayer(m, x.narrow(1, T, x.size(1) - T), sv);
+  phase("blocks");
+  at::Tensor out = finalLayer(m, x.narrow(1, T, x.size(1) - T), sv);
+  phase("final");
+  return out;
 }
 
 }  // namespace x2i::flux

@@ -42,6 +42,7 @@ struct Model {
   Linear imgIn, txtIn, timeIn1, timeIn2, guidanceIn1, guidanceIn2, vectorIn1, vectorIn2, finalMod, finalLinear;
   std::vector<DoubleBlock> doubles;
   std::vector<SingleBlock> singles;
+  at::Tensor timeFreqs;  // the 128 sinusoid frequencies, computed once on the CPU (as BFL does), on the device
   c10::Device device() const { return imgIn.w.device(); }
   at::ScalarType dtype() const { return imgIn.w.scalar_type(); }
 };
