@@ -12,6 +12,8 @@ commands:
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
                        options: --mib N (copy size, default 256), --json FILE
+  bench flux           FLUX.1 blocks and the whole model on CUDA, bf16 (needs a GPU)
+                       options: --baseline PATH (shared/baselines/flux_blocks.py), --json FILE
   help                 this text
 `;
 
@@ -46,14 +48,15 @@ export async function main(argv: string[]): Promise<number> {
       return info();
     case 'bench': {
       const { positionals, values } = parseArgs({ args: rest, allowPositionals: true,
-        options: { mib: { type: 'string' }, json: { type: 'string' } } });
+        options: { mib: { type: 'string' }, json: { type: 'string' }, baseline: { type: 'string' } } });
       const which = positionals[0] ?? 'bridge';
-      if (which !== 'bridge') {
-        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge)`);
+      if (which !== 'bridge' && which !== 'flux') {
+        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux)`);
         return 2;
       }
-      const args = [path.join(packageRoot, 'bench', 'bridge.mjs')];
-      if (values.mib) args.push('--mib', values.mib);
+      const args = [path.join(packageRoot, 'bench', `${which}.mjs`)];
+      if (values.mib && which === 'bridge') args.push('--mib', values.mib);
+      if (values.baseline && which === 'flux') args.push('--baseline', values.baseline);
       if (values.json) args.push('--json', values.json);
       return spawnSync(process.execPath, args, { stdio: 'inherit' }).status ?? 1;
     }
