@@ -3,6 +3,9 @@
 // elementwise step is its own op in the model dtype; RoPE angles in float64, rotations in float32;
 // norm statistics in float32.
 #include "flux.h"
+#ifdef X2I_CUDA_KERNELS
+#include "kernels.h"
+#endif
 
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -279,18 +282,81 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return o.transpose(1, 2).flatten(2);                      // [B, L, hidden]
 }
 
+// ---------------------------------------------------------------- fused QKV heads (CUDA)
+// QKV split + QK-RMSNorm + RoPE as one kernel forward and one backward (native/qkv_rope.cu), for the fast
+// precision on CUDA; X2I_NO_KERNELS=1 falls back to the LibTorch composition.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool useKernels(const Model& m, const at::Tensor& x) {
+#ifdef X2I_CUDA_KERNELS
+  return m.cfg.fast && x.is_cuda() && x.scalar_type() != at::kDouble && std::getenv("X2I_NO_KERNELS") == nullptr;
+#else
+  return false;
+#endif
+}
+
+#ifdef X2I_CUDA_KERNELS
+// Inputs: n segments of (qkv, qScale, kScale), then cos, sin, heads. Outputs: q, k, v [B, H, L, hd].
+template <int n>
+struct FusedQkv : torch::autograd::Function<FusedQkv<n>> {
+  static std::vector<kernels::QkvSegment> segments(const variable_list& v) {
+    std::vector<kernels::QkvSegment> s;
+    for (int i = 0; i < n; ++i) s.push_back({v[3 * i], v[3 * i + 1], v[3 * i + 2]});
+    return s;
+  }
+  static variable_list forward(AutogradContext* ctx, variable_list segs, at::Tensor cos, at::Tensor sin, int64_t heads) {
+    variable_list saved = segs;
+    saved.push_back(cos);
+    saved.push_back(sin);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["heads"] = heads;
+    auto r = kernels::qkvRopeForward(segments(segs), cos, sin, heads, 1e-6);
+    return {r[0], r[1], r[2]};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    auto s = ctx->get_saved_variables();
+    auto d = kernels::qkvRopeBackward(segments(s), s[3 * n], s[3 * n + 1], ctx->saved_data["heads"].toInt(), 1e-6,
+                                      g[0], g[1], g[2]);
+    variable_list out;
+    for (int i = 0; i < n; ++i) out.push_back(d[size_t(i)]), out.push_back({}), out.push_back({});
+    out.push_back({}), out.push_back({}), out.push_back({});
+    return out;
+  }
+};
+#endif
+
+// q, k, v [B, H, L, hd] from segments of qkv projections (text first), normed and rotated.
+std::array<at::Tensor, 3> qkvHeads(const Model& m, const std::vector<std::array<at::Tensor, 3>>& segs, const Rope& rope) {
+#ifdef X2I_CUDA_KERNELS
+  if (useKernels(m, segs[0][0])) {
+    variable_list flat;
+    for (auto& s : segs) flat.insert(flat.end(), s.begin(), s.end());
+    auto o = segs.size() == 1 ? FusedQkv<1>::apply(flat, rope.cos, rope.sin, m.cfg.heads)
+                              : FusedQkv<2>::apply(flat, rope.cos, rope.sin, m.cfg.heads);
+    return {o[0], o[1], o[2]};
+  }
+#endif
+  std::vector<at::Tensor> qs, ks, vs;
+  for (auto& [qkv, qScale, kScale] : segs) {
+    auto [q, k, v] = splitHeads(qkv.narrow(-1, 0, 3 * m.cfg.hidden), m.cfg.heads);
+    qs.push_back(rmsNorm(q, qScale, m.cfg.fast));
+    ks.push_back(rmsNorm(k, kScale, m.cfg.fast));
+    vs.push_back(v);
+  }
+  auto cat = [](const std::vector<at::Tensor>& t) { return t.size() == 1 ? t[0] : at::cat(t, 2); };
+  return {applyRope(cat(qs), rope), applyRope(cat(ks), rope), cat(vs)};
+}
+
 std::pair<at::Tensor, at::Tensor> doubleBlock(const Model& m, const DoubleBlock& b, int64_t index, at::Tensor img,
                                               at::Tensor txt, const at::Tensor& sv, const Rope& rope,
                                               const TapHook& tap) {
-  const int64_t heads = m.cfg.heads, T = txt.size(1);
+  const int64_t T = txt.size(1);
   const bool fast = m.cfg.fast;
   auto im = b.img.mod(sv).unsqueeze(1).chunk(6, -1), tm = b.txt.mod(sv).unsqueeze(1).chunk(6, -1);
-  auto [qi, ki, vi] = splitHeads(b.img.qkv(modulate(img, im[0], im[1], fast)), heads);
-  auto [qt, kt, vt] = splitHeads(b.txt.qkv(modulate(txt, tm[0], tm[1], fast)), heads);
-  at::Tensor q = at::cat({rmsNorm(qt, b.txt.qNorm, fast), rmsNorm(qi, b.img.qNorm, fast)}, 2);  // text first
-  at::Tensor k = at::cat({rmsNorm(kt, b.txt.kNorm, fast), rmsNorm(ki, b.img.kNorm, fast)}, 2);
-  at::Tensor v = at::cat({vt, vi}, 2);
-  at::Tensor a = attention(applyRope(q, rope), applyRope(k, rope), v);
+  auto [q, k, v] = qkvHeads(m, {{b.txt.qkv(modulate(txt, tm[0], tm[1], fast)), b.txt.qNorm, b.txt.kNorm},  // text first
+                                 {b.img.qkv(modulate(img, im[0], im[1], fast)), b.img.qNorm, b.img.kNorm}}, rope);
+  at::Tensor a = attention(q, k, v);
   at::Tensor pImg = b.img.proj(a.narrow(1, T, a.size(1) - T)), pTxt = b.txt.proj(a.narrow(1, 0, T));
   if (tap) {
     tap(Tap::DoubleImg, index, pImg);
@@ -310,8 +376,8 @@ at::Tensor singleBlock(const Model& m, const SingleBlock& b, int64_t index, cons
   const bool fast = m.cfg.fast;
   auto mod = b.mod(sv).unsqueeze(1).chunk(3, -1);  // shift, scale, gate
   at::Tensor u = b.linear1(modulate(x, mod[0], mod[1], fast));
-  auto [q, k, v] = splitHeads(u.narrow(-1, 0, 3 * h), m.cfg.heads);
-  at::Tensor a = attention(applyRope(rmsNorm(q, b.qNorm, fast), rope), applyRope(rmsNorm(k, b.kNorm, fast), rope), v);
+  auto [q, k, v] = qkvHeads(m, {{u.narrow(-1, 0, 3 * h), b.qNorm, b.kNorm}}, rope);
+  at::Tensor a = attention(q, k, v);
   if (tap) tap(Tap::Single, index, a);
   at::Tensor o = b.linear2(at::cat({a, at::gelu(u.narrow(-1, 3 * h, u.size(-1) - 3 * h), "tanh")}, -1));
   return gated(x, mod[2], o, fast);
@@ -325,8 +391,6 @@ at::Tensor finalLayer(const Model& m, const at::Tensor& img, const at::Tensor& s
 // ---------------------------------------------------------------- activation checkpointing
 // A block as one autograd node: its forward keeps only the block's inputs; its backward runs the block again
 // with grad on and back-propagates through that recomputation. Outputs: the block's outputs, then its taps.
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 const Model* modelOf(AutogradContext* ctx) { return reinterpret_cast<const Model*>(ctx->saved_data["model"].toInt()); }
 Rope ropeOf(AutogradContext* ctx) {

@@ -1,0 +1,26 @@
+// CUDA kernels (native/*.cu, compiled where LibTorch has CUDA and nvcc is found; X2I_CUDA_KERNELS is then
+// defined). Every kernel has a LibTorch composite twin that runs elsewhere and is what it is tested against.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <vector>
+
+namespace x2i::kernels {
+
+// One stretch of tokens of a joint attention: its fused projection output qkv [B, rows, ≥ 3·hidden] (the
+// q, k, v columns first; last dim contiguous) and the QK-RMSNorm scales [hd] of its stream.
+struct QkvSegment {
+  at::Tensor qkv, qScale, kScale;
+};
+
+// q, k = RoPE(RMSNorm(·)·scale), v copied, each [B, heads, Σ rows, hd] contiguous, segments in order along
+// the sequence. cos, sin [Σ rows, hd/2] float32. Float32 math, one rounding.
+std::array<at::Tensor, 3> qkvRopeForward(const std::vector<QkvSegment>& segs, const at::Tensor& cos,
+                                         const at::Tensor& sin, int64_t heads, double eps);
+// The gradients of each segment's qkv [B, rows, 3·hidden] (the scales are frozen: no gradient).
+std::vector<at::Tensor> qkvRopeBackward(const std::vector<QkvSegment>& segs, const at::Tensor& cos,
+                                        const at::Tensor& sin, int64_t heads, double eps, const at::Tensor& dq,
+                                        const at::Tensor& dk, const at::Tensor& dv);
+
+}  // namespace x2i::kernels
