@@ -297,32 +297,41 @@ bool useKernels(const Model& m, const at::Tensor& x) {
 }
 
 #ifdef X2I_CUDA_KERNELS
-// Inputs: n segments of (qkv, qScale, kScale), then cos, sin, heads. Outputs: q, k, v [B, H, L, hd].
-template <int n>
-struct FusedQkv : torch::autograd::Function<FusedQkv<n>> {
-  static std::vector<kernels::QkvSegment> segments(const variable_list& v) {
-    std::vector<kernels::QkvSegment> s;
-    for (int i = 0; i < n; ++i) s.push_back({v[3 * i], v[3 * i + 1], v[3 * i + 2]});
-    return s;
+// Autograd nodes over the kernel (tensor arguments must be named one by one to be tracked): one segment
+// (single block) or two (double block: text, then image). Outputs q, k, v [B, H, L, hd].
+variable_list fusedForward(AutogradContext* ctx, variable_list saved, int n, int64_t heads) {
+  ctx->save_for_backward(saved);
+  ctx->saved_data["heads"] = heads;
+  ctx->saved_data["n"] = int64_t(n);
+  std::vector<kernels::QkvSegment> segs;
+  for (int i = 0; i < n; ++i) segs.push_back({saved[3 * i], saved[3 * i + 1], saved[3 * i + 2]});
+  auto r = kernels::qkvRopeForward(segs, saved[3 * n], saved[3 * n + 1], heads, 1e-6);
+  return {r[0], r[1], r[2]};
+}
+variable_list fusedBackward(AutogradContext* ctx, const variable_list& g) {
+  auto s = ctx->get_saved_variables();
+  const int n = int(ctx->saved_data["n"].toInt());
+  std::vector<kernels::QkvSegment> segs;
+  for (int i = 0; i < n; ++i) segs.push_back({s[3 * i], s[3 * i + 1], s[3 * i + 2]});
+  auto d = kernels::qkvRopeBackward(segs, s[3 * n], s[3 * n + 1], ctx->saved_data["heads"].toInt(), 1e-6, g[0], g[1], g[2]);
+  variable_list out;
+  for (int i = 0; i < n; ++i) out.push_back(d[size_t(i)]), out.push_back({}), out.push_back({});
+  out.push_back({}), out.push_back({}), out.push_back({});  // cos, sin, heads
+  return out;
+}
+struct FusedQkv1 : torch::autograd::Function<FusedQkv1> {
+  static variable_list forward(AutogradContext* ctx, at::Tensor qkv, at::Tensor qs, at::Tensor ks, at::Tensor cos,
+                               at::Tensor sin, int64_t heads) {
+    return fusedForward(ctx, {qkv, qs, ks, cos, sin}, 1, heads);
   }
-  static variable_list forward(AutogradContext* ctx, variable_list segs, at::Tensor cos, at::Tensor sin, int64_t heads) {
-    variable_list saved = segs;
-    saved.push_back(cos);
-    saved.push_back(sin);
-    ctx->save_for_backward(saved);
-    ctx->saved_data["heads"] = heads;
-    auto r = kernels::qkvRopeForward(segments(segs), cos, sin, heads, 1e-6);
-    return {r[0], r[1], r[2]};
+  static variable_list backward(AutogradContext* ctx, variable_list g) { return fusedBackward(ctx, g); }
+};
+struct FusedQkv2 : torch::autograd::Function<FusedQkv2> {
+  static variable_list forward(AutogradContext* ctx, at::Tensor qkvA, at::Tensor qsA, at::Tensor ksA, at::Tensor qkvB,
+                               at::Tensor qsB, at::Tensor ksB, at::Tensor cos, at::Tensor sin, int64_t heads) {
+    return fusedForward(ctx, {qkvA, qsA, ksA, qkvB, qsB, ksB, cos, sin}, 2, heads);
   }
-  static variable_list backward(AutogradContext* ctx, variable_list g) {
-    auto s = ctx->get_saved_variables();
-    auto d = kernels::qkvRopeBackward(segments(s), s[3 * n], s[3 * n + 1], ctx->saved_data["heads"].toInt(), 1e-6,
-                                      g[0], g[1], g[2]);
-    variable_list out;
-    for (int i = 0; i < n; ++i) out.push_back(d[size_t(i)]), out.push_back({}), out.push_back({});
-    out.push_back({}), out.push_back({}), out.push_back({});
-    return out;
-  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) { return fusedBackward(ctx, g); }
 };
 #endif
 
@@ -330,10 +339,10 @@ struct FusedQkv : torch::autograd::Function<FusedQkv<n>> {
 std::array<at::Tensor, 3> qkvHeads(const Model& m, const std::vector<std::array<at::Tensor, 3>>& segs, const Rope& rope) {
 #ifdef X2I_CUDA_KERNELS
   if (useKernels(m, segs[0][0])) {
-    variable_list flat;
-    for (auto& s : segs) flat.insert(flat.end(), s.begin(), s.end());
-    auto o = segs.size() == 1 ? FusedQkv<1>::apply(flat, rope.cos, rope.sin, m.cfg.heads)
-                              : FusedQkv<2>::apply(flat, rope.cos, rope.sin, m.cfg.heads);
+    auto o = segs.size() == 1
+                 ? FusedQkv1::apply(segs[0][0], segs[0][1], segs[0][2], rope.cos, rope.sin, m.cfg.heads)
+                 : FusedQkv2::apply(segs[0][0], segs[0][1], segs[0][2], segs[1][0], segs[1][1], segs[1][2], rope.cos,
+                                    rope.sin, m.cfg.heads);
     return {o[0], o[1], o[2]};
   }
 #endif
