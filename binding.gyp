@@ -1,6 +1,7 @@
 # node-gyp route to the same addon that CMakeLists.txt builds (used by `npm run prebuild`, through
 # prebuildify). The everyday build is cmake-js (`npm install`); package.json sets "gypfile": false so that
-# npm never runs node-gyp on its own. Both read LibTorch from scripts/libtorch.mjs.
+# npm never runs node-gyp on its own. Both read LibTorch from scripts/libtorch.mjs. This route compiles the C++
+# only: the CUDA kernels (native/*.cu) come with the CMake build, and their LibTorch composites run otherwise.
 {
   "targets": [{
     "target_name": "x2i",

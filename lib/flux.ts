@@ -40,9 +40,9 @@ export interface FluxLoadOptions {
   /** Overrides or supplies config.json keys; for BFL single files, what tensor shapes cannot tell. */
   config?: FluxConfig;
   /**
-   * 'fast' (default): fused LibTorch kernels (LayerNorm with the AdaLN modulation as its affine, fused
-   * RMSNorm, RoPE as one complex multiply, gate and residual in one op), rounding once where the reference
-   * rounds after every op. 'reference': the BFL op chain with one rounding per op, for bit-level parity
+   * 'fast' (default): fused kernels (on CUDA, one kernel for QKV split + QK-RMSNorm + RoPE, forward and
+   * backward; LayerNorm with the AdaLN modulation as its affine; gate and residual in one op), rounding once
+   * where the reference rounds after every op. 'reference': the BFL op chain with one rounding per op, for bit-level parity
    * with the reference implementations in bf16. Identical up to float rounding in float32/float64.
    */
   precision?: 'fast' | 'reference';
