@@ -13,6 +13,10 @@ export interface DistillationOptions {
   temperature?: number;
   /** Also return d loss / d student captures (stacked like the captures). */
   returnGrad?: boolean;
+  /** 'fused' (default): one pass per row (a CUDA kernel on the GPU, the same formulas as LibTorch ops on the
+   * CPU), float32 accumulation. 'autograd': the loss composed from LibTorch ops and differentiated by
+   * autograd (the reference; float64 inputs give a float64 reference). */
+  method?: 'fused' | 'autograd';
 }
 
 export interface DistillationResult {
@@ -47,7 +51,7 @@ export async function distillationLoss(teacherCaptures: FluxCaptures, studentCap
   const s = handles(studentCaptures, 'studentCaptures');
   const r = await nativeCall(() => (addon() as unknown as { distillationLoss: (...a: unknown[]) => Promise<{
     loss: number; terms: DistillationResult['terms']; skipped: number; grads?: Record<string, NativeTensor> }> })
-    .distillationLoss(t, s, opts.temperature ?? 3, opts.divergence ?? 'rkl', Boolean(opts.returnGrad)));
+    .distillationLoss(t, s, opts.temperature ?? 3, opts.divergence ?? 'rkl', Boolean(opts.returnGrad), opts.method ?? 'fused'));
   const out: DistillationResult = { loss: r.loss, terms: r.terms, skipped: r.skipped };
   if (r.grads) out.grads = { doubleImg: new Tensor(r.grads.doubleImg), doubleTxt: new Tensor(r.grads.doubleTxt),
     single: new Tensor(r.grads.single) };

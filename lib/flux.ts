@@ -6,6 +6,17 @@ import { loadSafetensors, readSafetensorsHeader } from './io.js';
 import { addon, type NativeTensor } from './native.js';
 import { SerialQueue } from './queue.js';
 import { Tensor, type DType } from './tensor.js';
+import type { Divergence } from './distill.js';
+
+export interface DistillationStepResult {
+  /** Sum of the finite per-layer terms. */
+  loss: number;
+  terms: { doubleImg: number[]; doubleTxt: number[]; single: number[] };
+  /** Terms that were NaN/Inf (skipped: no loss, no gradient). */
+  skipped: number;
+  /** d loss / d the student's conditioning inputs. */
+  grad: { encoderHiddenStates: Tensor; pooledProjections: Tensor };
+}
 
 /** diffusers `FluxTransformer2DModel` config keys (snake_case, as in config.json). */
 export interface FluxConfig {
@@ -86,6 +97,9 @@ interface NativeFlux {
     captures?: Record<keyof FluxCaptures, NativeTensor> }>;
   forwardBackward(inputs: Record<string, NativeTensor | undefined>, gradSample: NativeTensor | null,
     gradCaptures: Record<string, NativeTensor> | null, checkpoint: boolean): Promise<{ sample: NativeTensor;
+    grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
+  distillationStep(teacher: Record<string, NativeTensor | undefined>, student: Record<string, NativeTensor | undefined>,
+    divergence: string, temperature: number, checkpoint: boolean): Promise<DistillationStepResult & {
     grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
   dispose(): void;
 }
@@ -318,6 +332,23 @@ export class FluxTransformer {
     const r = await this.#queue.run(() => nativeCall(() => h.forwardBackward(ins, gs, gc, Boolean(grads?.checkpoint))));
     return { sample: new Tensor(r.sample), grad: { encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates),
       pooledProjections: new Tensor(r.grad.pooledProjections) } };
+  }
+
+  /**
+   * One X2I distillation step through this frozen transformer: the teacher forward (e.g. T5 + CLIP
+   * conditioning) keeps its 76 taps; the student forward (e.g. AlignNet's conditioning, same latents,
+   * timestep, guidance and ids) computes each tap's loss term and gradient the moment the tap exists (one
+   * fused pass per row on CUDA) and sends the gradients back into the student's conditioning inputs.
+   */
+  async distillationStep(teacher: FluxInputs, student: FluxInputs, opts: { divergence?: Divergence;
+    temperature?: number; checkpoint?: boolean } = {}): Promise<DistillationStepResult> {
+    const h = this.#native();
+    const [t, s] = [nativeInputs(teacher), nativeInputs(student)];
+    const r = await this.#queue.run(() => nativeCall(() => h.distillationStep(t, s, opts.divergence ?? 'rkl',
+      opts.temperature ?? 3, Boolean(opts.checkpoint))));
+    return { loss: r.loss, terms: r.terms, skipped: r.skipped, grad: {
+      encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates as unknown as NativeTensor),
+      pooledProjections: new Tensor(r.grad.pooledProjections as unknown as NativeTensor) } };
   }
 
   /** Frees the weights once calls in flight have finished. */

@@ -6,7 +6,7 @@ export type { LoadOptions, SafetensorsHeader, SafetensorsEntry } from './io.js';
 export { X2IError, DisposedError } from './errors.js';
 export { SerialQueue } from './queue.js';
 export { FluxTransformer, FLUX_DEV_CONFIG } from './flux.js';
-export type { FluxConfig, FluxLoadOptions, FluxInputs, FluxCaptures, FluxOutput } from './flux.js';
+export type { FluxConfig, FluxLoadOptions, FluxInputs, FluxCaptures, FluxOutput, DistillationStepResult } from './flux.js';
 export { distillationLoss } from './distill.js';
 export type { Divergence, DistillationOptions, DistillationResult } from './distill.js';
 export type { MemoryInfo, BuildInfo, TypedArray } from './native.js';

@@ -5,8 +5,14 @@
 #include "distill.h"
 
 #include "tensor.h"
+#ifdef X2I_CUDA_KERNELS
+#include "kernels.h"
+#endif
 
 #include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cstdlib>
 
 #include <cmath>
 
@@ -33,7 +39,92 @@ at::Tensor term(const at::Tensor& t, const at::Tensor& s, Divergence div, double
   }
 }
 
+// Per row: the divergence and d/d student, as explicit formulas (no autograd). Rows are [..., D].
+std::pair<at::Tensor, at::Tensor> rowsComposite(const at::Tensor& S, const at::Tensor& T, Divergence div, double tau,
+                                                double eps, double gradScale) {
+  const auto acc = S.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor s = S.to(acc), t = T.to(acc);
+  const int64_t D = s.size(-1);
+  if (div == Divergence::Mse) {
+    at::Tensor d = s - t;
+    return {d.pow(2).sum(-1).to(at::kFloat), (d * (2 * gradScale)).to(S.scalar_type())};
+  }
+  auto standardise = [&](const at::Tensor& x, at::Tensor& centred, at::Tensor& sigma) {
+    centred = x - x.mean(-1, true);
+    sigma = (centred.pow(2).sum(-1, true) / double(D - 1)).sqrt();
+    return centred / (sigma + eps) / tau;
+  };
+  at::Tensor ds, sigS, dt, sigT;
+  at::Tensor ls = at::log_softmax(standardise(s, ds, sigS), -1), lt = at::log_softmax(standardise(t, dt, sigT), -1);
+  at::Tensor ps = ls.exp(), pt = lt.exp(), term, ga;
+  if (div == Divergence::Rkl) {
+    term = (ps * (ls - lt)).sum(-1, true);
+    ga = ps * ((ls - lt) - term);
+  } else if (div == Divergence::Kl) {
+    term = (pt * (lt - ls)).sum(-1, true);
+    ga = ps - pt;
+  } else {
+    at::Tensor lm = at::log(0.5 * (ps + pt));
+    term = 0.5 * (ps * (ls - lm) + pt * (lt - lm)).sum(-1, true);
+    at::Tensor g = 0.5 * (ls - lm);
+    ga = ps * (g - (ps * g).sum(-1, true));
+  }
+  at::Tensor gz = ga / tau, inv = 1 / (sigS + eps);
+  at::Tensor c = at::where(sigS > 0, inv * inv * (gz * ds).sum(-1, true) / (double(D - 1) * sigS), at::zeros_like(sigS));
+  at::Tensor grad = (inv * (gz - gz.mean(-1, true)) - ds * c) * gradScale;
+  return {term.squeeze(-1).to(at::kFloat), grad.to(S.scalar_type())};
+}
+
 }  // namespace
+
+std::pair<at::Tensor, at::Tensor> tapLossGrad(const at::Tensor& teacher, const at::Tensor& student, Divergence div,
+                                              double tau) {
+  if (teacher.sizes() != student.sizes())
+    fail("ERR_SHAPE_MISMATCH", "distillation: teacher and student taps differ in shape");
+  if (student.dim() < 2) fail("ERR_SHAPE_MISMATCH", "distillation: taps must be [B, tokens, D]");
+  const double B = double(student.size(0));
+  const double norm = div == Divergence::Mse ? double(student.numel()) : B;
+  const at::Tensor t = teacher.to(student.device(), student.scalar_type());
+  std::pair<at::Tensor, at::Tensor> r;
+#ifdef X2I_CUDA_KERNELS
+  if (student.is_cuda() && kernels::distillRowsSupported(student.size(-1)) && std::getenv("X2I_NO_KERNELS") == nullptr)
+    r = kernels::distillRows(student, t, int(div), tau, 1e-7, 1.0 / norm);
+  else
+#endif
+    r = rowsComposite(student, t, div, tau, 1e-7, 1.0 / norm);
+  at::Tensor term = r.first.sum() / norm;
+  r.second.masked_fill_(at::isfinite(term).logical_not(), 0);  // a skipped term sends no gradient
+  return {term, r.second};
+}
+
+Result fused(const std::array<at::Tensor, 3>& teacher, const std::array<at::Tensor, 3>& student, Divergence div,
+             double tau, bool wantGrad) {
+  Result r;
+  std::vector<at::Tensor> terms;
+  std::array<int64_t, 3> counts{};
+  for (int k = 0; k < 3; ++k) {
+    const at::Tensor &T = teacher[k], &S = student[k];
+    if (T.sizes() != S.sizes() || S.dim() != 4)
+      fail("ERR_SHAPE_MISMATCH", "distillationLoss: captures must be [B, layers, tokens, D] of equal shapes");
+    std::vector<at::Tensor> grads;
+    for (int64_t i = 0; i < S.size(1); ++i) {
+      auto [term, grad] = tapLossGrad(T.select(1, i), S.select(1, i), div, tau);
+      terms.push_back(term.to(at::kDouble));
+      if (wantGrad) grads.push_back(grad);
+    }
+    counts[k] = S.size(1);
+    if (wantGrad) r.grads[k] = at::stack(grads, 1);
+  }
+  at::Tensor all = terms.empty() ? at::zeros({0}, at::kDouble) : at::stack(terms).cpu();  // one sync
+  const double* v = all.data_ptr<double>();
+  for (int k = 0, j = 0; k < 3; ++k)
+    for (int64_t i = 0; i < counts[k]; ++i, ++j) {
+      r.terms[k].push_back(v[j]);
+      if (std::isfinite(v[j])) r.loss += v[j];
+      else ++r.skipped;
+    }
+  return r;
+}
 
 Divergence parseDivergence(const std::string& s) {
   if (s == "rkl") return Divergence::Rkl;
@@ -81,7 +172,8 @@ Result composed(const std::array<at::Tensor, 3>& teacher, const std::array<at::T
   return r;
 }
 
-// distillationLossComposed(teacher {doubleImg, doubleTxt, single}, student {...}, temperature, divergence, wantGrad)
+// distillationLoss(teacher {doubleImg, doubleTxt, single}, student {...}, temperature, divergence, wantGrad,
+// method 'fused' (default) | 'autograd')
 Napi::Value DistillationLoss(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     static const char* names[3] = {"doubleImg", "doubleTxt", "single"};
@@ -96,8 +188,12 @@ Napi::Value DistillationLoss(const Napi::CallbackInfo& info) {
     if (!(tau > 0)) fail("ERR_INVALID_ARG", "distillationLoss: temperature must be positive");
     const Divergence div = parseDivergence(info.Length() > 3 && info[3].IsString() ? argString(info, 3, "divergence") : "rkl");
     const bool wantGrad = info.Length() > 4 && info[4].ToBoolean();
+    const bool autograd = info.Length() > 5 && info[5].IsString() && info[5].As<Napi::String>().Utf8Value() == "autograd";
     auto out = std::make_shared<Result>();
-    return queue(info.Env(), [=] { *out = composed(T, S, div, tau, wantGrad); }, [out, wantGrad](Napi::Env env) -> Napi::Value {
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard(!autograd);
+      *out = autograd ? composed(T, S, div, tau, wantGrad) : fused(T, S, div, tau, wantGrad);
+    }, [out, wantGrad](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env), terms = Napi::Object::New(env);
       o.Set("loss", out->loss);
       for (int k = 0; k < 3; ++k) {

@@ -18,7 +18,17 @@ struct Result {
   std::array<at::Tensor, 3> grads;           // d loss / d student captures, stacked as the captures
 };
 
-// teacher/student: stacked captures [B, layers, tokens, D] in the order doubleImg, doubleTxt, single.
+// One tap [B, tokens, D]: its term (a 0-dim float32 tensor on the tap's device; zero-gradient and NaN/Inf
+// left in the term when not finite) and d term / d student in the student's dtype. The one-pass CUDA kernel
+// where it applies, else the same formulas as LibTorch ops (float32, float64 for float64 inputs). No autograd.
+std::pair<at::Tensor, at::Tensor> tapLossGrad(const at::Tensor& teacher, const at::Tensor& student, Divergence div,
+                                              double temperature);
+
+// Stacked captures [B, layers, tokens, D] (doubleImg, doubleTxt, single), through tapLossGrad per layer.
+Result fused(const std::array<at::Tensor, 3>& teacher, const std::array<at::Tensor, 3>& student, Divergence div,
+             double temperature, bool wantGrad);
+
+// The same loss through LibTorch autograd (the reference the fused paths are tested against).
 Result composed(const std::array<at::Tensor, 3>& teacher, const std::array<at::Tensor, 3>& student, Divergence div,
                 double temperature, bool wantGrad);
 

@@ -1,11 +1,14 @@
 // NativeFlux: the JS handle of a loaded FLUX transformer (lib/flux.ts wraps it).
 #include "flux.h"
 #include "flux_wrap.h"
+#include "distill.h"
 #include "tensor.h"
 
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
+
+#include <cmath>
 
 namespace x2i {
 namespace {
@@ -84,6 +87,7 @@ Napi::Function FluxWrap::Init(Napi::Env env) {
       InstanceMethod<&FluxWrap::Info>("info"),
       InstanceMethod<&FluxWrap::Forward>("forward"),
       InstanceMethod<&FluxWrap::ForwardBackward>("forwardBackward"),
+      InstanceMethod<&FluxWrap::DistillationStep>("distillationStep"),
       InstanceMethod<&FluxWrap::Dispose>("dispose"),
   });
   setCtor(env, "NativeFlux", fn);
@@ -250,6 +254,84 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
     }, [out](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env), g = Napi::Object::New(env);
       o.Set("sample", TensorWrap::Wrap(env, out->sample));
+      g.Set("encoderHiddenStates", TensorWrap::Wrap(env, out->gEhs));
+      g.Set("pooledProjections", TensorWrap::Wrap(env, out->gPooled));
+      o.Set("grad", g);
+      return o;
+    });
+  });
+}
+
+// distillationStep(teacherInputs, studentInputs, divergence, temperature, checkpoint) → Promise<{ loss, terms,
+// skipped, grad: { encoderHiddenStates, pooledProjections } }>: the X2I training step through the frozen
+// transformer. The teacher runs first (no autograd) and keeps its taps; during the student's forward each tap's
+// term and gradient are computed the moment the tap exists (one fused pass), and the gradients enter the
+// backward at the taps; no student capture is stacked, no float32 copy kept.
+Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    flux::Inputs tin = parseInputs(info[0]), sin = parseInputs(info[1]);
+    const distill::Divergence div = distill::parseDivergence(info.Length() > 2 && info[2].IsString() ? argString(info, 2, "divergence") : "rkl");
+    const double tau = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 3.0;
+    if (!(tau > 0)) fail("ERR_INVALID_ARG", "distillationStep: temperature must be positive");
+    const bool checkpoint = info.Length() > 4 && info[4].ToBoolean();
+    struct Out {
+      std::array<std::vector<double>, 3> terms;
+      double loss = 0;
+      int64_t skipped = 0;
+      at::Tensor gEhs, gPooled;
+    };
+    auto out = std::make_shared<Out>();
+    return queue(info.Env(), [=] {
+      // teacher: taps kept as they are (the model dtype), nothing else
+      std::array<std::vector<at::Tensor>, 3> teacher;
+      {
+        c10::InferenceMode guard;
+        flux::Inputs p = flux::prepare(*m, tin);
+        flux::forward(*m, p, [&](flux::Tap k, int64_t, const at::Tensor& t) { teacher[int(k)].push_back(t); });
+      }
+      // student: the loss of each tap as it appears
+      c10::AutoGradMode enable(true);
+      flux::Inputs p = flux::prepare(*m, sin);
+      p.encoderHiddenStates = p.encoderHiddenStates.detach().clone().requires_grad_(true);
+      p.pooledProjections = p.pooledProjections.detach().clone().requires_grad_(true);
+      std::vector<at::Tensor> taps, grads, terms;
+      std::array<size_t, 3> seen{};
+      flux::forward(*m, p, [&](flux::Tap k, int64_t, const at::Tensor& tap) {
+        const auto& tt = teacher[int(k)];
+        if (seen[int(k)] >= tt.size()) fail("ERR_INTERNAL", "distillationStep: more student taps than teacher taps");
+        auto [term, grad] = distill::tapLossGrad(tt[seen[int(k)]++], tap.detach(), div, tau);
+        terms.push_back(term.to(at::kDouble));
+        taps.push_back(tap);
+        grads.push_back(grad);
+      }, checkpoint);
+      teacher = {};
+      auto g = torch::autograd::grad(taps, {p.encoderHiddenStates, p.pooledProjections}, grads,
+                                     /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+      out->gEhs = g[0].defined() ? g[0] : at::zeros_like(p.encoderHiddenStates);
+      out->gPooled = g[1].defined() ? g[1] : at::zeros_like(p.pooledProjections);
+      at::Tensor all = at::stack(terms).cpu();  // one sync
+      const double* v = all.data_ptr<double>();
+      const std::array<int64_t, 3> counts{int64_t(m->doubles.size()), int64_t(m->doubles.size()), int64_t(m->singles.size())};
+      // taps arrive per double block as (img, txt), then single: regroup by kind
+      for (int64_t i = 0; i < counts[0]; ++i) out->terms[0].push_back(v[2 * i]), out->terms[1].push_back(v[2 * i + 1]);
+      for (int64_t i = 0; i < counts[2]; ++i) out->terms[2].push_back(v[2 * counts[0] + i]);
+      for (int64_t j = 0; j < all.numel(); ++j) {
+        if (std::isfinite(v[j])) out->loss += v[j];
+        else ++out->skipped;
+      }
+      sync(out->gEhs);
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env), terms = Napi::Object::New(env), g = Napi::Object::New(env);
+      const char* names[3] = {"doubleImg", "doubleTxt", "single"};
+      for (int k = 0; k < 3; ++k) {
+        auto a = Napi::Array::New(env, out->terms[k].size());
+        for (size_t i = 0; i < out->terms[k].size(); ++i) a.Set(uint32_t(i), out->terms[k][i]);
+        terms.Set(names[k], a);
+      }
+      o.Set("loss", out->loss);
+      o.Set("terms", terms);
+      o.Set("skipped", double(out->skipped));
       g.Set("encoderHiddenStates", TensorWrap::Wrap(env, out->gEhs));
       g.Set("pooledProjections", TensorWrap::Wrap(env, out->gPooled));
       o.Set("grad", g);

@@ -24,3 +24,14 @@ std::vector<at::Tensor> qkvRopeBackward(const std::vector<QkvSegment>& segs, con
                                         const at::Tensor& dk, const at::Tensor& dv);
 
 }  // namespace x2i::kernels
+
+namespace x2i::kernels {
+
+// The distillation loss of every row of student/teacher [..., D] in one pass (divergence 0 rkl, 1 kl, 2 js,
+// 3 mse on raw features): per-row terms (float32, not yet divided by anything) and the gradient of
+// gradScale·Σ rows with respect to the student, in the student's dtype.
+bool distillRowsSupported(int64_t D);
+std::pair<at::Tensor, at::Tensor> distillRows(const at::Tensor& student, const at::Tensor& teacher, int divergence,
+                                              double temperature, double eps, double gradScale);
+
+}  // namespace x2i::kernels
