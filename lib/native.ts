@@ -67,6 +67,7 @@ export interface Addon {
   matmul(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
   sdpaBackend(shape: number[], dtype: string, device: string): string;
   relativeError(a: NativeTensor, b: NativeTensor): Promise<number>;
+  benchDistillTap(teacher: NativeTensor, student: NativeTensor, divergence: string, temperature: number, iters: number): Promise<number>;
   noop(): void;
   noopAsync(): Promise<void>;
   benchCopy(nbytes: number, src: string, dst: string, iters: number, pinned?: boolean, fresh?: boolean): Promise<number>;

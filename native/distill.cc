@@ -12,6 +12,7 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
+#include <chrono>
 #include <cstdlib>
 
 #include <cmath>
@@ -124,6 +125,28 @@ Result fused(const std::array<at::Tensor, 3>& teacher, const std::array<at::Tens
       else ++r.skipped;
     }
   return r;
+}
+
+// benchTap(teacher, student, divergence, temperature, iters) → mean ms of tapLossGrad over `iters` back-to-back
+// calls (one device synchronisation at each end).
+Napi::Value BenchTap(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor T = TensorWrap::Get(info[0], "teacher"), S = TensorWrap::Get(info[1], "student");
+    const Divergence div = parseDivergence(argString(info, 2, "divergence"));
+    const double tau = info[3].As<Napi::Number>().DoubleValue();
+    const int iters = info[4].As<Napi::Number>().Int32Value();
+    auto ms = std::make_shared<double>(0);
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      auto sync = [&] { if (S.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(S.device().index()); };
+      for (int i = 0; i < 3; ++i) tapLossGrad(T, S, div, tau);
+      sync();
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < iters; ++i) tapLossGrad(T, S, div, tau);
+      sync();
+      *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+    }, [ms](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *ms); });
+  });
 }
 
 Divergence parseDivergence(const std::string& s) {

@@ -33,5 +33,6 @@ Result composed(const std::array<at::Tensor, 3>& teacher, const std::array<at::T
                 double temperature, bool wantGrad);
 
 Napi::Value DistillationLoss(const Napi::CallbackInfo& info);
+Napi::Value BenchTap(const Napi::CallbackInfo& info);
 
 }  // namespace x2i::distill

@@ -45,3 +45,6 @@ node bench/bridge.mjs --mib "${X2I_BENCH_MIB:-256}" --json "$OUT/bridge.json" 2>
 baseline=()
 [ -f .cache/baselines/flux_blocks.py ] && baseline=(--baseline .cache/baselines/flux_blocks.py)
 [ "${X2I_BENCH_FLUX:-1}" = 1 ] && node bench/flux.mjs "${baseline[@]}" --json "$OUT/flux.json" 2>&1 | tee "$OUT/flux.md"
+lossBaseline=()
+[ -f .cache/baselines/x2i_loss.py ] && lossBaseline=(--baseline .cache/baselines/x2i_loss.py)
+[ "${X2I_BENCH_DISTILL:-1}" = 1 ] && node bench/distill.mjs "${lossBaseline[@]}" --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.md"

@@ -1,0 +1,99 @@
+// The X2I distillation loss on a GPU (issue 4): one fused pass per row (loss + gradient) at 4608 and
+// 18432 rows × 3072, bf16, against the official formula in PyTorch eager and torch.compile and a bf16
+// `a + b → c` bandwidth yardstick (shared/baselines/x2i_loss.py, same run); accuracy against float64; then
+// the share of the loss in a FLUX.1-size student step.
+//   node bench/distill.mjs [--baseline path/x2i_loss.py] [--json out.json] [--no-step]
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import * as x2i from '../dist/index.js';
+import { addon } from '../dist/native.js';
+
+const { values: args } = parseArgs({ options: { baseline: { type: 'string' }, json: { type: 'string' },
+  'no-step': { type: 'boolean', default: false } } });
+if (!x2i.cuda.isAvailable()) { console.error('bench/distill.mjs needs CUDA'); process.exit(1); }
+const D = 3072;
+const result = { date: new Date().toISOString(), cases: [] };
+
+for (const rows of [4608, 18432]) {
+  const B = Math.max(1, rows / 4608), N = rows / B;
+  const s = await x2i.randn([B, N, D], { seed: 1, device: 'cuda', dtype: 'bfloat16' });
+  const t = await x2i.randn([B, N, D], { seed: 2, device: 'cuda', dtype: 'bfloat16' });
+  const ms = await addon().benchDistillTap(t.handle, s.handle, 'rkl', 3, 200);
+  const bytes = 3 * rows * D * 2;
+  // accuracy of this bf16-in, float32-accumulate pass against float64 on the same inputs
+  const wrap = (x) => ({ doubleImg: x, doubleTxt: x, single: x });
+  const [s4, t4] = [s.shape, t.shape].map((sh) => [sh[0], 1, sh[1], sh[2]]);
+  const got = await x2i.distillationLoss(wrap(await reshape(t, t4)), wrap(await reshape(s, s4)), { returnGrad: true });
+  const ref = await x2i.distillationLoss(wrap(await reshape(await t.to({ dtype: 'float64' }), t4)),
+    wrap(await reshape(await s.to({ dtype: 'float64' }), s4)), { returnGrad: true });
+  result.cases.push({ rows, batch: B, x2i_ms: ms, x2i_TBps: bytes / (ms * 1e-3) / 1e12,
+    loss_rel_err: Math.abs(got.loss - ref.loss) / ref.loss,
+    grad_rel_err: await x2i.relativeError(await got.grads.single.to({ dtype: 'float64' }), ref.grads.single),
+    extra_memory_ratio: (rows * D * 2 + rows * 4) / (rows * D * 2) });
+  s.dispose(); t.dispose();
+}
+async function reshape(t, shape) {  // [B, N, D] → [B, 1, N, D] through the host (small enough)
+  return x2i.Tensor.fromArray(await t.toArray(), shape, { dtype: t.dtype, device: t.device });
+}
+
+if (args.baseline) {
+  const out = path.join(os.tmpdir(), `x2i_loss-${process.pid}.json`);
+  const r = spawnSync('python3', [args.baseline, '--json', out], { encoding: 'utf8', timeout: 300_000 });
+  if (r.status === 0) result.baseline = JSON.parse(fs.readFileSync(out, 'utf8'));
+  else result.baselineError = (r.stderr || '').split('\n').slice(-5).join('\n');
+}
+
+// the whole step at FLUX.1-dev size, 1024², batch 1: distillationStep vs teacher forward + student fwd+bwd
+if (!args['no-step']) {
+  const m = await x2i.FluxTransformer.fromConfig({}, { device: 'cuda', dtype: 'bfloat16', seed: 0 });
+  const T = 512, N = 4096, side = 64;
+  const ids = new Float32Array(N * 3);
+  for (let n = 0; n < N; n++) { ids[3 * n + 1] = Math.floor(n / side); ids[3 * n + 2] = n % side; }
+  const base = { hiddenStates: await x2i.randn([1, N, 64], { seed: 3, device: 'cuda', dtype: 'bfloat16' }),
+    timestep: x2i.Tensor.fromArray(new Float32Array([1]), [1], { device: 'cuda' }),
+    guidance: x2i.Tensor.fromArray(new Float32Array([3.5]), [1], { device: 'cuda' }),
+    imgIds: x2i.Tensor.fromArray(ids, [N, 3], { device: 'cuda' }),
+    txtIds: x2i.Tensor.fromArray(new Float32Array(T * 3), [T, 3], { device: 'cuda' }) };
+  const teacher = { ...base, encoderHiddenStates: await x2i.randn([1, T, 4096], { seed: 4, device: 'cuda', dtype: 'bfloat16' }),
+    pooledProjections: await x2i.randn([1, 768], { seed: 5, device: 'cuda', dtype: 'bfloat16' }) };
+  const student = { ...base, encoderHiddenStates: await x2i.randn([1, T, 4096], { seed: 6, device: 'cuda', dtype: 'bfloat16' }),
+    pooledProjections: await x2i.randn([1, 768], { seed: 7, device: 'cuda', dtype: 'bfloat16' }) };
+  const gradSample = await x2i.randn([1, N, 64], { seed: 8, device: 'cuda', dtype: 'bfloat16' });
+  const median = async (fn, n = 5) => {
+    for (let i = 0; i < 2; i++) await fn();
+    const ts = [];
+    for (let i = 0; i < n; i++) { const t0 = performance.now(); await fn(); ts.push(performance.now() - t0); }
+    return ts.sort((a, b) => a - b)[Math.floor(n / 2)];
+  };
+  const dispose = (o) => { for (const v of Object.values(o)) if (v instanceof x2i.Tensor) v.dispose(); else if (v && typeof v === 'object') dispose(v); };
+  const stepMs = await median(async () => dispose(await m.distillationStep(teacher, student)));
+  const teacherMs = await median(async () => dispose(await m.forward(teacher)));
+  const studentMs = await median(async () => dispose(await m.forwardBackward(student, { gradSample })));
+  const r = await m.distillationStep(teacher, student);
+  result.step = { step_ms: stepMs, teacher_forward_ms: teacherMs, student_fwdbwd_ms: studentMs,
+    loss_and_capture_ms: stepMs - teacherMs - studentMs, share_of_student: (stepMs - teacherMs - studentMs) / studentMs,
+    loss: r.loss, skipped: r.skipped };
+  m.dispose();
+}
+
+console.log(`X2I distillation loss, bf16, D = ${D} — ${result.date}`);
+console.log('| rows | x2i fused ms | TB/s | eager ms | compile ms | a+b→c ms | x2i vs a+b | vs eager | vs compile | loss err | grad err |');
+console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const c of result.cases) {
+  const b = result.baseline?.cases?.find((x) => x.rows === c.rows);
+  const f = (x, d = 3) => (x === undefined ? '—' : x.toFixed(d));
+  console.log(`| ${c.rows} | ${f(c.x2i_ms)} | ${f(c.x2i_TBps, 2)} | ${f(b?.eager_ms)} | ${f(b?.compile_ms)} | ${f(b?.yardstick_add_ms, 4)} | ` +
+    `${b ? `${(b.yardstick_add_ms / c.x2i_ms * 100).toFixed(0)}%` : '—'} | ${b ? `${(b.eager_ms / c.x2i_ms).toFixed(1)}×` : '—'} | ` +
+    `${b ? `${(b.compile_ms / c.x2i_ms).toFixed(1)}×` : '—'} | ${c.loss_rel_err.toExponential(1)} | ${c.grad_rel_err.toExponential(1)} |`);
+}
+if (result.baseline) for (const b of result.baseline.cases)
+  console.log(`baseline ${b.rows}: eager loss/grad err ${b.eager_loss_rel_err.toExponential(1)}/${b.eager_grad_rel_err.toExponential(1)}, ` +
+    `compile ${b.compile_loss_rel_err.toExponential(1)}/${b.compile_grad_rel_err.toExponential(1)}; peak extra MiB eager ${b.eager_peak_extra_MiB.toFixed(0)}, compile ${b.compile_peak_extra_MiB.toFixed(0)}`);
+if (result.step) console.log(`step at 1024², B=1: distillationStep ${result.step.step_ms.toFixed(1)} ms = teacher forward ${result.step.teacher_forward_ms.toFixed(1)} + ` +
+  `student fwd+bwd ${result.step.student_fwdbwd_ms.toFixed(1)} + loss & capture ${result.step.loss_and_capture_ms.toFixed(1)} ms ` +
+  `(${(result.step.share_of_student * 100).toFixed(2)}% of the student's fwd+bwd)`);
+if (result.baselineError) console.log('baseline failed:', result.baselineError);
+if (args.json) fs.writeFileSync(args.json, JSON.stringify(result, null, 2));

@@ -1,0 +1,66 @@
+// The one-pass distillation kernel against the float64 CPU composition: many shapes (odd D, D not a
+// multiple of any vector width, 1 row, many rows), magnitudes, dtypes and divergences; loss and gradient.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import * as x2i from '../../dist/index.js';
+
+const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
+const gpuIt = (name, fn) => it(name, { skip }, fn);
+
+async function pair(shape, seed, scale, offset) {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const a = await (await x2i.randn([n], { seed, dtype: 'float64' })).toArray();
+  const b = await (await x2i.randn([n], { seed: seed + 1, dtype: 'float64' })).toArray();
+  const s = a.map((v) => v * scale + offset);
+  const t = s.map((v, i) => v + 0.5 * scale * b[i]);
+  return [x2i.Tensor.fromArray(t, shape), x2i.Tensor.fromArray(s, shape)];
+}
+
+const caps = (x) => {  // one tap as a capture stack of one layer of each kind: [B, 1, N, D]
+  const [B, N, D] = x.shape;
+  return x;
+};
+
+const shapes = [[1, 1, 2], [1, 1, 3], [2, 5, 31], [1, 7, 127], [3, 11, 1023], [1, 3, 1024], [2, 9, 3072], [1, 4, 3073],
+  [1, 2, 4097], [1, 1, 8192], [1, 1, 12289], [1, 333, 96]];
+
+describe('distillation kernel vs float64 on the CPU', () => {
+  for (const divergence of ['rkl', 'kl', 'js', 'mse']) {
+    for (const dtype of ['float32', 'bfloat16']) {
+      gpuIt(`${divergence}, ${dtype}: ${shapes.length} shapes × 3 magnitudes`, async () => {
+        let seed = 1;
+        for (const shape of shapes) {
+          for (const [scale, offset] of [[1, 0], [1e3, 0], [1e-3, 5]]) {
+            const [t64, s64] = await pair([shape[0], 1, shape[1], shape[2]], seed += 2, scale, offset);
+            // the same (rounded) inputs on both sides
+            const [t, s] = [await t64.to({ dtype }), await s64.to({ dtype })];
+            const [tr, sr] = [await t.to({ dtype: 'float64' }), await s.to({ dtype: 'float64' })];
+            const wrap = (x) => ({ doubleImg: x, doubleTxt: x, single: x });
+            const ref = await x2i.distillationLoss(wrap(tr), wrap(sr), { divergence, returnGrad: true });
+            const got = await x2i.distillationLoss(wrap(await t.to({ device: 'cuda' })), wrap(await s.to({ device: 'cuda' })),
+              { divergence, returnGrad: true });
+            const lossTol = dtype === 'float32' ? 1e-4 : 1e-3, gradTol = dtype === 'float32' ? 1e-4 : 1e-2;
+            const what = `${divergence} ${dtype} [${shape}] ×${scale}+${offset}`;
+            const le = Math.abs(got.loss - ref.loss) / Math.max(Math.abs(ref.loss), 1e-30);
+            assert.ok(le < lossTol || Math.abs(got.loss - ref.loss) < 1e-9, `${what}: loss ${got.loss} vs ${ref.loss}`);
+            const ge = await x2i.relativeError(await got.grads.single.to({ device: 'cpu', dtype: 'float64' }), ref.grads.single);
+            assert.ok(ge < gradTol || !(ge === ge), `${what}: grad rel err ${ge}`);
+          }
+        }
+      });
+    }
+  }
+
+  gpuIt('a NaN row is skipped with its layer, on the GPU too', async () => {
+    const [t, s] = await pair([1, 1, 4, 64], 99, 1, 0);
+    const v = await s.toArray();
+    v[70] = NaN;
+    const bad = x2i.Tensor.fromArray(v, [1, 1, 4, 64], { device: 'cuda' });
+    const tt = await t.to({ device: 'cuda' });
+    const r = await x2i.distillationLoss({ doubleImg: tt, doubleTxt: tt, single: tt }, { doubleImg: bad, doubleTxt: tt, single: tt }, { returnGrad: true });
+    assert.equal(r.skipped, 1);
+    assert.ok(Number.isFinite(r.loss));
+    const g = await r.grads.doubleImg.toArray();
+    assert.ok(g.every((x) => x === 0));
+  });
+});
