@@ -88,7 +88,8 @@ std::pair<at::Tensor, at::Tensor> tapLossGrad(const at::Tensor& teacher, const a
   const at::Tensor t = teacher.to(student.device(), student.scalar_type());
   std::pair<at::Tensor, at::Tensor> r;
 #ifdef X2I_CUDA_KERNELS
-  if (student.is_cuda() && kernels::distillRowsSupported(student.size(-1)) && std::getenv("X2I_NO_KERNELS") == nullptr)
+  if (student.is_cuda() && student.scalar_type() != at::kDouble && kernels::distillRowsSupported(student.size(-1)) &&
+      std::getenv("X2I_NO_KERNELS") == nullptr)
     r = kernels::distillRows(student, t, int(div), tau, 1e-7, 1.0 / norm);
   else
 #endif
