@@ -21,7 +21,8 @@ const caps = (x) => {  // one tap as a capture stack of one layer of each kind: 
   return x;
 };
 
-const shapes = [[1, 1, 2], [1, 1, 3], [2, 5, 31], [1, 7, 127], [3, 11, 1023], [1, 3, 1024], [2, 9, 3072], [1, 4, 3073],
+// (D = 2 is degenerate: the two z-scores are ±1/√2 whatever the inputs, so the gradient is eps-sized noise)
+const shapes = [[1, 1, 3], [2, 5, 31], [1, 7, 127], [3, 11, 1023], [1, 3, 1024], [2, 9, 3072], [1, 4, 3073],
   [1, 2, 4097], [1, 1, 8192], [1, 1, 12289], [1, 333, 96]];
 
 describe('distillation kernel vs float64 on the CPU', () => {
@@ -29,6 +30,7 @@ describe('distillation kernel vs float64 on the CPU', () => {
     for (const dtype of ['float32', 'bfloat16']) {
       gpuIt(`${divergence}, ${dtype}: ${shapes.length} shapes × 3 magnitudes`, async () => {
         let seed = 1;
+        const failures = [];
         for (const shape of shapes) {
           for (const [scale, offset] of [[1, 0], [1e3, 0], [1e-3, 5]]) {
             const [t64, s64] = await pair([shape[0], 1, shape[1], shape[2]], seed += 2, scale, offset);
@@ -42,11 +44,12 @@ describe('distillation kernel vs float64 on the CPU', () => {
             const lossTol = dtype === 'float32' ? 1e-4 : 1e-3, gradTol = dtype === 'float32' ? 1e-4 : 1e-2;
             const what = `${divergence} ${dtype} [${shape}] ×${scale}+${offset}`;
             const le = Math.abs(got.loss - ref.loss) / Math.max(Math.abs(ref.loss), 1e-30);
-            assert.ok(le < lossTol || Math.abs(got.loss - ref.loss) < 1e-9, `${what}: loss ${got.loss} vs ${ref.loss}`);
+            if (!(le < lossTol || Math.abs(got.loss - ref.loss) < 1e-9)) failures.push(`${what}: loss ${got.loss} vs ${ref.loss}`);
             const ge = await x2i.relativeError(await got.grads.single.to({ device: 'cpu', dtype: 'float64' }), ref.grads.single);
-            assert.ok(ge < gradTol || !(ge === ge), `${what}: grad rel err ${ge}`);
+            if (!(ge < gradTol)) failures.push(`${what}: grad rel err ${ge}`);
           }
         }
+        assert.deepEqual(failures, []);
       });
     }
   }
