@@ -70,8 +70,8 @@ __device__ __forceinline__ void logSoftmax(float (&a)[VPT], int D, float* scratc
   float e = 0;
 #pragma unroll
   for (int k = 0; k < VPT; ++k)
-    if (k * Threads + int(threadIdx.x) < D) e += __expf(a[k] - m);
-  const float lse = m + __logf(blockSum<Threads>(e, scratch));
+    if (k * Threads + int(threadIdx.x) < D) e += expf(a[k] - m);
+  const float lse = m + logf(blockSum<Threads>(e, scratch));
 #pragma unroll
   for (int k = 0; k < VPT; ++k) a[k] -= lse;
 }
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(Threads) rowKernel(const T* __restrict__ S, co
     const int i = k * Threads + threadIdx.x;
     g[k] = 0;
     if (i >= D) continue;
-    const float ls = xs[k], lt = xt[k], ps = __expf(ls), pt = __expf(lt);
+    const float ls = xs[k], lt = xt[k], ps = expf(ls), pt = expf(lt);
     if (divergence == 0) {  // rkl: Σ p_S (log p_S − log p_T)
       part += ps * (ls - lt);
       g[k] = ls - lt;  // × p_S, minus the row term, below
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(Threads) rowKernel(const T* __restrict__ S, co
       part += pt * (lt - ls);
       g[k] = ps - pt;
     } else {  // js
-      const float lm = __logf(0.5f * (ps + pt));
+      const float lm = logf(0.5f * (ps + pt));
       part += 0.5f * (ps * (ls - lm) + pt * (lt - lm));
       g[k] = 0.5f * (ls - lm);
     }
@@ -140,10 +140,10 @@ __global__ void __launch_bounds__(Threads) rowKernel(const T* __restrict__ S, co
     float pg = 0;
 #pragma unroll
     for (int k = 0; k < VPT; ++k)
-      if (k * Threads + int(threadIdx.x) < D) pg += __expf(xs[k]) * g[k];
+      if (k * Threads + int(threadIdx.x) < D) pg += expf(xs[k]) * g[k];
     pg = divergence == 0 ? term : blockSum<Threads>(pg, scratch);
 #pragma unroll
-    for (int k = 0; k < VPT; ++k) g[k] = __expf(xs[k]) * (g[k] - pg);
+    for (int k = 0; k < VPT; ++k) g[k] = expf(xs[k]) * (g[k] - pg);
   }
   // through z = d/(σ+eps), τ:  dx = inv·(gz − mean gz) − d·⟨gz, d⟩·inv² / ((D−1)·σ),  gz = g_a/τ
   float sg = 0, sgd = 0;
