@@ -36,51 +36,42 @@ __device__ __forceinline__ float blockMax(float v, float* scratch) {
   return v;
 }
 
-// Per row of D values: mean, σ (unbiased), 1/(σ + eps) → z/τ in place; returns σ and 1/(σ+eps).
 template <int Threads, int VPT>
-__device__ __forceinline__ void standardise(float (&x)[VPT], int D, float eps, float invTau, float* scratch,
-                                            float& sigma, float& inv) {
+__device__ __forceinline__ float sumOf(const float (&x)[VPT], int D) {
   float s = 0;
 #pragma unroll
   for (int k = 0; k < VPT; ++k) s += x[k];  // padded entries are 0
-  const float mean = blockSum<Threads>(s, scratch) / D;
-  float q = 0;
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int i = k * Threads + threadIdx.x;
-    if (i < D) {
-      x[k] -= mean;
-      q += x[k] * x[k];
-    }
-  }
-  sigma = sqrtf(blockSum<Threads>(q, scratch) / float(D - 1));
-  inv = 1.f / (sigma + eps);
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) x[k] *= inv * invTau;  // x now holds a = z/τ (d = x/(inv·invTau))
+  return s;
 }
 
-// log-softmax in place over the row (padded entries ignored); returns nothing.
-template <int Threads, int VPT>
-__device__ __forceinline__ void logSoftmax(float (&a)[VPT], int D, float* scratch) {
-  float m = -INFINITY;
-#pragma unroll
-  for (int k = 0; k < VPT; ++k)
-    if (k * Threads + int(threadIdx.x) < D) m = fmaxf(m, a[k]);
-  m = blockMax<Threads>(m, scratch);
-  float e = 0;
-#pragma unroll
-  for (int k = 0; k < VPT; ++k)
-    if (k * Threads + int(threadIdx.x) < D) e += expf(a[k] - m);
-  const float lse = m + logf(blockSum<Threads>(e, scratch));
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) a[k] -= lse;
+// Two sums (or maxima) at once: one pair of barriers for both.
+template <int Threads, bool Max>
+__device__ __forceinline__ float2 blockReduce2(float a, float b, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float x = __shfl_xor_sync(0xffffffffu, a, o), y = __shfl_xor_sync(0xffffffffu, b, o);
+    a = Max ? fmaxf(a, x) : a + x;
+    b = Max ? fmaxf(b, y) : b + y;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a, scratch[32 + warp] = b;
+  __syncthreads();
+  const float init = Max ? -INFINITY : 0.f;
+  a = lane < Threads / 32 ? scratch[lane] : init;
+  b = lane < Threads / 32 ? scratch[32 + lane] : init;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float x = __shfl_xor_sync(0xffffffffu, a, o), y = __shfl_xor_sync(0xffffffffu, b, o);
+    a = Max ? fmaxf(a, x) : a + x;
+    b = Max ? fmaxf(b, y) : b + y;
+  }
+  return make_float2(a, b);
 }
 
 template <typename T, int Threads, int VPT>
 __global__ void __launch_bounds__(Threads) rowKernel(const T* __restrict__ S, const T* __restrict__ Tt, int D,
                                                      int divergence, float invTau, float eps, float gradScale,
                                                      T* __restrict__ grad, float* __restrict__ rowLoss) {
-  __shared__ float scratch[32];
+  __shared__ float scratch[64];
   const int64_t row = blockIdx.x;
   const T* s = S + row * D;
   const T* t = Tt + row * D;
@@ -106,44 +97,66 @@ __global__ void __launch_bounds__(Threads) rowKernel(const T* __restrict__ S, co
     if (threadIdx.x == 0) rowLoss[row] = q;
     return;
   }
-  float sigS, invS, sigT, invT;
-  standardise<Threads, VPT>(xs, D, eps, invTau, scratch, sigS, invS);  // xs = a_S
-  standardise<Threads, VPT>(xt, D, eps, invTau, scratch, sigT, invT);  // xt = a_T
-  // keep d_S (centred student) implicitly: d = a_S / (invS·invTau)
-  float dS[VPT];
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) dS[k] = xs[k] / (invS * invTau);
-  logSoftmax<Threads, VPT>(xs, D, scratch);  // log p_S
-  logSoftmax<Threads, VPT>(xt, D, scratch);  // log p_T
-  // the row's divergence and g = d term / d a_S
-  float part = 0, g[VPT];
+  // z-normalise both rows (paired reductions: one pair of barriers serves student and teacher)
+  float2 r = blockReduce2<Threads, false>(sumOf<Threads, VPT>(xs, D), sumOf<Threads, VPT>(xt, D), scratch);
+  const float meanS = r.x / D, meanT = r.y / D;
+  float qs = 0, qt = 0;
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
-    const int i = k * Threads + threadIdx.x;
+    if (k * Threads + int(threadIdx.x) >= D) continue;
+    xs[k] -= meanS;
+    xt[k] -= meanT;
+    qs += xs[k] * xs[k];
+    qt += xt[k] * xt[k];
+  }
+  r = blockReduce2<Threads, false>(qs, qt, scratch);
+  const float sigS = sqrtf(r.x / float(D - 1)), sigT = sqrtf(r.y / float(D - 1));
+  const float invS = 1.f / (sigS + eps), invT = 1.f / (sigT + eps);
+  float dS[VPT];  // the centred student row
+  float ms = -INFINITY, mt = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    dS[k] = xs[k];
+    xs[k] *= invS * invTau;  // a_S
+    xt[k] *= invT * invTau;  // a_T
+    if (k * Threads + int(threadIdx.x) < D) ms = fmaxf(ms, xs[k]), mt = fmaxf(mt, xt[k]);
+  }
+  r = blockReduce2<Threads, true>(ms, mt, scratch);
+  ms = r.x, mt = r.y;
+  float es = 0, et = 0;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k)
+    if (k * Threads + int(threadIdx.x) < D) es += expf(xs[k] - ms), et += expf(xt[k] - mt);
+  r = blockReduce2<Threads, false>(es, et, scratch);
+  const float lseS = ms + logf(r.x), lseT = mt + logf(r.y);
+  // the row's divergence and g = d term / d log p_S (before the softmax Jacobian)
+  float part = 0, pgPart = 0, g[VPT], ps[VPT];
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
     g[k] = 0;
-    if (i >= D) continue;
-    const float ls = xs[k], lt = xt[k], ps = expf(ls), pt = expf(lt);
+    ps[k] = 0;
+    if (k * Threads + int(threadIdx.x) >= D) continue;
+    const float ls = xs[k] - lseS, lt = xt[k] - lseT, p = expf(ls), pt = expf(lt);
+    ps[k] = p;
     if (divergence == 0) {  // rkl: Σ p_S (log p_S − log p_T)
-      part += ps * (ls - lt);
-      g[k] = ls - lt;  // × p_S, minus the row term, below
+      part += p * (ls - lt);
+      g[k] = ls - lt;
     } else if (divergence == 1) {  // kl: Σ p_T (log p_T − log p_S)
       part += pt * (lt - ls);
-      g[k] = ps - pt;
+      g[k] = p - pt;
     } else {  // js
-      const float lm = logf(0.5f * (ps + pt));
-      part += 0.5f * (ps * (ls - lm) + pt * (lt - lm));
+      const float lm = logf(0.5f * (p + pt));
+      part += 0.5f * (p * (ls - lm) + pt * (lt - lm));
       g[k] = 0.5f * (ls - lm);
+      pgPart += p * g[k];
     }
   }
-  const float term = blockSum<Threads>(part, scratch);
+  r = blockReduce2<Threads, false>(part, pgPart, scratch);
+  const float term = r.x;
   if (divergence != 1) {  // through the softmax: g_a = p_S (g − Σ p_S g)
-    float pg = 0;
+    const float pg = divergence == 0 ? term : r.y;
 #pragma unroll
-    for (int k = 0; k < VPT; ++k)
-      if (k * Threads + int(threadIdx.x) < D) pg += expf(xs[k]) * g[k];
-    pg = divergence == 0 ? term : blockSum<Threads>(pg, scratch);
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) g[k] = expf(xs[k]) * (g[k] - pg);
+    for (int k = 0; k < VPT; ++k) g[k] = ps[k] * (g[k] - pg);
   }
   // through z = d/(σ+eps), τ:  dx = inv·(gz − mean gz) − d·⟨gz, d⟩·inv² / ((D−1)·σ),  gz = g_a/τ
   float sg = 0, sgd = 0;
@@ -153,10 +166,9 @@ __global__ void __launch_bounds__(Threads) rowKernel(const T* __restrict__ S, co
     sg += g[k];
     sgd += g[k] * dS[k];
   }
-  sg = blockSum<Threads>(sg, scratch) * invTau;
-  sgd = blockSum<Threads>(sgd, scratch) * invTau;
-  const float meanG = sg / D;
-  const float c = sigS > 0.f ? invS * invS * sgd / (float(D - 1) * sigS) : 0.f;
+  r = blockReduce2<Threads, false>(sg, sgd, scratch);
+  const float meanG = r.x * invTau / D;
+  const float c = sigS > 0.f ? invS * invS * r.y * invTau / (float(D - 1) * sigS) : 0.f;
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
     const int i = k * Threads + threadIdx.x;
