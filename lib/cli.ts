@@ -14,6 +14,8 @@ commands:
                        options: --mib N (copy size, default 256), --json FILE
   bench flux           FLUX.1 blocks and the whole model on CUDA, bf16 (needs a GPU)
                        options: --baseline PATH (shared/baselines/flux_blocks.py), --json FILE
+  bench distill        the distillation loss kernel and training step on CUDA (needs a GPU)
+                       options: --baseline PATH (shared/baselines/x2i_loss.py), --json FILE
   help                 this text
 `;
 
@@ -50,13 +52,13 @@ export async function main(argv: string[]): Promise<number> {
       const { positionals, values } = parseArgs({ args: rest, allowPositionals: true,
         options: { mib: { type: 'string' }, json: { type: 'string' }, baseline: { type: 'string' } } });
       const which = positionals[0] ?? 'bridge';
-      if (which !== 'bridge' && which !== 'flux') {
-        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux)`);
+      if (which !== 'bridge' && which !== 'flux' && which !== 'distill') {
+        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux, distill)`);
         return 2;
       }
       const args = [path.join(packageRoot, 'bench', `${which}.mjs`)];
       if (values.mib && which === 'bridge') args.push('--mib', values.mib);
-      if (values.baseline && which === 'flux') args.push('--baseline', values.baseline);
+      if (values.baseline && which !== 'bridge') args.push('--baseline', values.baseline);
       if (values.json) args.push('--json', values.json);
       return spawnSync(process.execPath, args, { stdio: 'inherit' }).status ?? 1;
     }
