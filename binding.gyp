@@ -5,7 +5,7 @@
 {
   "targets": [{
     "target_name": "x2i",
-    "sources": ["native/addon.cc", "native/common.cc", "native/distill.cc", "native/flux.cc", "native/flux_wrap.cc",
+    "sources": ["native/addon.cc", "native/alignnet.cc", "native/common.cc", "native/distill.cc", "native/flux.cc", "native/flux_wrap.cc",
                 "native/io.cc", "native/tensor.cc"],
     "include_dirs": [
       "<!(node -p \"require('node-addon-api').include_dir\")",

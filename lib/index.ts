@@ -8,6 +8,8 @@ export { SerialQueue } from './queue.js';
 export { FluxTransformer, FLUX_DEV_CONFIG } from './flux.js';
 export type { FluxConfig, FluxLoadOptions, FluxInputs, FluxCaptures, FluxOutput, DistillationStepResult } from './flux.js';
 export { distillationLoss } from './distill.js';
+export { AlignNet } from './alignnet.js';
+export type { AlignNetInfo, AlignNetLoadOptions } from './alignnet.js';
 export type { Divergence, DistillationOptions, DistillationResult } from './distill.js';
 export type { MemoryInfo, BuildInfo, TypedArray } from './native.js';
 import { addon, type BuildInfo } from './native.js';

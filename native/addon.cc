@@ -1,4 +1,5 @@
 // The addon's exports. Everything heavier than reading a field returns a Promise (common.h: queue).
+#include "alignnet.h"
 #include "common.h"
 #include "distill.h"
 #include "flux_wrap.h"
@@ -174,6 +175,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   using namespace x2i;
   exports.Set("NativeTensor", TensorWrap::Init(env));
   exports.Set("NativeFlux", FluxWrap::Init(env));
+  exports.Set("NativeAlignNet", alignnet::Wrap::Init(env));
   exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("benchDistillTap", Napi::Function::New(env, distill::BenchTap));
   exports.Set("memory", Napi::Function::New(env, Memory));
