@@ -1,9 +1,11 @@
 // The addon's exports. Everything heavier than reading a field returns a Promise (common.h: queue).
 #include "alignnet.h"
+#include "clip.h"
 #include "common.h"
 #include "distill.h"
 #include "flux_wrap.h"
 #include "io.h"
+#include "t5.h"
 #include "tensor.h"
 
 #include <ATen/Parallel.h>
@@ -176,6 +178,8 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeTensor", TensorWrap::Init(env));
   exports.Set("NativeFlux", FluxWrap::Init(env));
   exports.Set("NativeAlignNet", alignnet::Wrap::Init(env));
+  exports.Set("NativeT5Encoder", ModelWrap<t5::Model>::Init(env));
+  exports.Set("NativeClipTextEncoder", ModelWrap<clip::Model>::Init(env));
   exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("benchDistillTap", Napi::Function::New(env, distill::BenchTap));
   exports.Set("memory", Napi::Function::New(env, Memory));

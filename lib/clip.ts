@@ -1,0 +1,66 @@
+/** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/clip.cc). */
+import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
+import { addon, type NativeTensor } from './native.js';
+import { defaultDtype, field, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
+import { SerialQueue } from './queue.js';
+import { Tensor } from './tensor.js';
+
+interface NativeClip {
+  forward(inputs: { inputIds: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; pooledOutput: NativeTensor; hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
+const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
+
+export class ClipTextEncoder {
+  #h: NativeClip | null;
+  #queue = new SerialQueue();
+  readonly config: Readonly<Record<string, unknown>>;
+
+  private constructor(h: NativeClip, config: Record<string, unknown>) {
+    this.#h = h;
+    this.config = Object.freeze(config);
+  }
+
+  /** A transformers CLIP text folder (`config.json` + weights, with or without the `text_model.` prefix; a full
+   * CLIP config's `text_config` is used), e.g. FLUX's `text_encoder/`. */
+  static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<ClipTextEncoder> {
+    if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
+    const read = readModelFolder(p, opts.config);
+    const config = (read.config.text_config as Record<string, unknown> | undefined) ?? read.config;
+    const file = read.configFile;
+    const act = String(config.hidden_act ?? 'quick_gelu');
+    if (act !== 'quick_gelu' && act !== 'gelu')
+      throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
+    const native = {
+      vocabSize: field(config, 'vocab_size', file), hiddenSize: field(config, 'hidden_size', file),
+      intermediateSize: field(config, 'intermediate_size', file), numAttentionHeads: field(config, 'num_attention_heads', file),
+      numHiddenLayers: field(config, 'num_hidden_layers', file), maxPositionEmbeddings: field(config, 'max_position_embeddings', file, 77),
+      eosTokenId: field(config, 'eos_token_id', file, 2), layerNormEps: field(config, 'layer_norm_eps', file, 1e-5), hiddenAct: act,
+    };
+    const Native = (addon() as unknown as { NativeClipTextEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeClip> } }).NativeClipTextEncoder;
+    const h = await loadNative(read.weights, defaultDtype(opts), (w) => Native.load(native, w, read.weights));
+    return new ClipTextEncoder(h, config);
+  }
+
+  /** inputIds [B, S ≤ 77] → lastHiddenState (after the final LayerNorm), pooledOutput (at the first EOS) and
+   * hiddenStates [B, L+1, S, H] (embeddings, every layer; the last before the final LayerNorm, as transformers). */
+  async forward(inputs: { inputIds: Tensor }): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+    if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    if (!this.#h) throw new DisposedError('ClipTextEncoder');
+    const h = this.#h;
+    const ids = inputs.inputIds.handle;
+    const r = await this.#queue.run(() => nativeCall(() => h.forward({ inputIds: ids })));
+    return { lastHiddenState: new Tensor(r.lastHiddenState), pooledOutput: new Tensor(r.pooledOutput), hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+  dispose(): void {
+    const h = this.#h;
+    this.#h = null;
+    if (h) void this.#queue.run(async () => h.dispose());
+  }
+
+  [disposeSymbol](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,57 @@
+/** Shared loading steps of the pretrained models: folder layout, config.json, weights, the native handle. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { X2IError, nativeCall } from './errors.js';
+import { loadSafetensors } from './io.js';
+import type { NativeTensor } from './native.js';
+import type { DType } from './tensor.js';
+
+export interface PretrainedOptions {
+  /** 'cpu' (default) or 'cuda[:N]'. */
+  device?: string;
+  /** Default: 'bfloat16' on CUDA, 'float32' on the CPU. */
+  dtype?: DType;
+  /** Overrides or supplies config.json keys (snake_case, as in config.json). */
+  config?: Record<string, unknown>;
+}
+
+export function defaultDtype(opts: PretrainedOptions): { device: string; dtype: DType } {
+  const device = opts.device ?? 'cpu';
+  return { device, dtype: opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32') };
+}
+
+/** A model folder: its config.json (merged with overrides) and its weights (single or sharded safetensors). */
+export function readModelFolder(p: string, overrides: Record<string, unknown> = {}): { config: Record<string, unknown>;
+  configFile: string; weights: string } {
+  if (!fs.existsSync(p)) throw new X2IError(`${p}: no such folder`, 'ERR_FILE_NOT_FOUND');
+  const dir = fs.statSync(p).isDirectory() ? p : path.dirname(p);
+  const configFile = path.join(dir, 'config.json');
+  if (!fs.existsSync(configFile)) throw new X2IError(`${dir}: no config.json`, 'ERR_FILE_NOT_FOUND');
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+  } catch (e) {
+    throw new X2IError(`${configFile}: not valid JSON (${(e as Error).message})`, 'ERR_CONFIG');
+  }
+  return { config: { ...config, ...overrides }, configFile, weights: fs.statSync(p).isDirectory() ? dir : p };
+}
+
+/** A number field of a config, or a clear error naming the file and the field. */
+export function field(config: Record<string, unknown>, key: string, file: string, fallback?: number): number {
+  const v = config[key] ?? fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new X2IError(`${file}: field '${key}' is ${v === undefined ? 'missing' : `not a number (${JSON.stringify(v)})`}`, 'ERR_CONFIG');
+  return v;
+}
+
+/** Loads the weights and hands them to a native loader; the JS handles are released afterwards. */
+export async function loadNative<H>(weightsPath: string, opts: { device: string; dtype: DType },
+  load: (weights: Record<string, NativeTensor>) => Promise<H>): Promise<H> {
+  const tensors = await loadSafetensors(weightsPath, opts);
+  try {
+    const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));
+    return await nativeCall(() => load(handles));
+  } finally {
+    for (const t of Object.values(tensors)) t.dispose();
+  }
+}

@@ -1,0 +1,69 @@
+/** x2i.T5Encoder: the T5 v1.1 encoder, FLUX's text_encoder_2 (native/t5.cc). */
+import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
+import { addon, type NativeTensor } from './native.js';
+import { defaultDtype, field, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
+import { SerialQueue } from './queue.js';
+import { Tensor } from './tensor.js';
+
+interface NativeT5 {
+  forward(inputs: { inputIds: NativeTensor; attentionMask?: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
+const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
+
+export class T5Encoder {
+  #h: NativeT5 | null;
+  #queue = new SerialQueue();
+  readonly config: Readonly<Record<string, unknown>>;
+
+  private constructor(h: NativeT5, config: Record<string, unknown>) {
+    this.#h = h;
+    this.config = Object.freeze(config);
+  }
+
+  /** A transformers T5 folder (`config.json` + `model.safetensors`, sharded or not), e.g. FLUX's `text_encoder_2/`. */
+  static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<T5Encoder> {
+    if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
+    const { config, configFile, weights } = readModelFolder(p, opts.config);
+    if (config.model_type !== undefined && config.model_type !== 't5' && config.model_type !== 'umt5')
+      throw new X2IError(`${configFile}: model_type '${config.model_type}' is not a T5 model`, 'ERR_CONFIG');
+    const proj = String(config.feed_forward_proj ?? 'relu');
+    const gated = proj.startsWith('gated-');
+    const base = proj.replace(/^gated-/, '');
+    // transformers maps 'gated-gelu' to gelu_new (tanh approximation), whatever dense_act_fn says
+    const act = gated && base === 'gelu' ? 'gelu_new' : String(config.dense_act_fn ?? base);
+    const native = {
+      vocabSize: field(config, 'vocab_size', configFile), dModel: field(config, 'd_model', configFile),
+      dKv: field(config, 'd_kv', configFile), dFf: field(config, 'd_ff', configFile),
+      numLayers: field(config, 'num_layers', configFile), numHeads: field(config, 'num_heads', configFile),
+      relativeAttentionNumBuckets: field(config, 'relative_attention_num_buckets', configFile, 32),
+      relativeAttentionMaxDistance: field(config, 'relative_attention_max_distance', configFile, 128),
+      layerNormEpsilon: field(config, 'layer_norm_epsilon', configFile, 1e-6), gated, act,
+    };
+    const Native = (addon() as unknown as { NativeT5Encoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeT5> } }).NativeT5Encoder;
+    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    return new T5Encoder(h, config);
+  }
+
+  /** inputIds [B, S] (int64; FLUX pads with 0 to 512 and passes no mask) → lastHiddenState [B, S, d] (after the final
+   * norm) and hiddenStates [B, L+1, S, d] (embeddings, every layer; the last after the final norm). */
+  async forward(inputs: { inputIds: Tensor; attentionMask?: Tensor }): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
+    if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    if (!this.#h) throw new DisposedError('T5Encoder');
+    const h = this.#h;
+    const ins = { inputIds: inputs.inputIds.handle, ...(inputs.attentionMask ? { attentionMask: inputs.attentionMask.handle } : {}) };
+    const r = await this.#queue.run(() => nativeCall(() => h.forward(ins)));
+    return { lastHiddenState: new Tensor(r.lastHiddenState), hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+  dispose(): void {
+    const h = this.#h;
+    this.#h = null;
+    if (h) void this.#queue.run(async () => h.dispose());
+  }
+
+  [disposeSymbol](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,111 @@
+// CLIP text encoder (FLUX's text_encoder; shared/docs/encoders-spec.md §4): token + position embeddings,
+// pre-LN blocks with causal attention and quick-GELU MLPs, final LayerNorm; the pooled output is the final
+// hidden state at the first EOS (or, for configs with eos_token_id 2, at the largest id, as transformers does).
+#include "clip.h"
+
+namespace x2i::clip {
+
+Config Model::parseConfig(const Napi::Object& o) {
+  Config c;
+  c.vocab = configInt(o, "vocabSize", "ClipTextEncoder");
+  c.hidden = configInt(o, "hiddenSize", "ClipTextEncoder");
+  c.intermediate = configInt(o, "intermediateSize", "ClipTextEncoder");
+  c.heads = configInt(o, "numAttentionHeads", "ClipTextEncoder");
+  c.layers = configInt(o, "numHiddenLayers", "ClipTextEncoder");
+  c.maxPositions = configInt(o, "maxPositionEmbeddings", "ClipTextEncoder");
+  c.eosTokenId = configInt(o, "eosTokenId", "ClipTextEncoder");
+  c.eps = o.Get("layerNormEps").As<Napi::Number>().DoubleValue();
+  c.act = o.Get("hiddenAct").ToString().Utf8Value();
+  if (c.act != "quick_gelu" && c.act != "gelu")
+    fail("ERR_CONFIG", "ClipTextEncoder config: unsupported hidden_act '" + c.act + "' (expected quick_gelu or gelu)");
+  if (c.hidden % c.heads) fail("ERR_CONFIG", "ClipTextEncoder config: hidden_size is not a multiple of num_attention_heads");
+  return c;
+}
+
+std::shared_ptr<Model> Model::load(const Config& c, std::map<std::string, at::Tensor> weights, const std::string& source) {
+  // transformers ≥ 5 writes the text tower without the `text_model.` prefix: accept both
+  std::map<std::string, at::Tensor> w0;
+  for (auto& [k, v] : weights) w0[k.rfind("text_model.", 0) == 0 ? k.substr(11) : k] = v;
+  WeightMap w(std::move(w0), "ClipTextEncoder", source);
+  w.drop("embeddings.position_ids");
+  auto m = std::make_shared<Model>();
+  m->cfg = c;
+  const int64_t H = c.hidden, I = c.intermediate;
+  m->tokenEmbed = w.take("embeddings.token_embedding.weight", {c.vocab, H});
+  m->posEmbed = w.take("embeddings.position_embedding.weight", {c.maxPositions, H});
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const std::string p = "encoder.layers." + std::to_string(i) + ".";
+    Layer l;
+    l.ln1w = w.take(p + "layer_norm1.weight", {H});
+    l.ln1b = w.take(p + "layer_norm1.bias", {H});
+    l.qw = w.take(p + "self_attn.q_proj.weight", {H, H});
+    l.qb = w.take(p + "self_attn.q_proj.bias", {H});
+    l.kw = w.take(p + "self_attn.k_proj.weight", {H, H});
+    l.kb = w.take(p + "self_attn.k_proj.bias", {H});
+    l.vw = w.take(p + "self_attn.v_proj.weight", {H, H});
+    l.vb = w.take(p + "self_attn.v_proj.bias", {H});
+    l.ow = w.take(p + "self_attn.out_proj.weight", {H, H});
+    l.ob = w.take(p + "self_attn.out_proj.bias", {H});
+    l.ln2w = w.take(p + "layer_norm2.weight", {H});
+    l.ln2b = w.take(p + "layer_norm2.bias", {H});
+    l.fc1w = w.take(p + "mlp.fc1.weight", {I, H});
+    l.fc1b = w.take(p + "mlp.fc1.bias", {I});
+    l.fc2w = w.take(p + "mlp.fc2.weight", {H, I});
+    l.fc2b = w.take(p + "mlp.fc2.bias", {H});
+    m->layers.push_back(std::move(l));
+  }
+  m->finalW = w.take("final_layer_norm.weight", {H});
+  m->finalB = w.take("final_layer_norm.bias", {H});
+  w.finish();
+  return m;
+}
+
+Inputs Model::parseInputs(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsObject()) fail("ERR_INVALID_ARG", "ClipTextEncoder.forward expects { inputIds }");
+  return {TensorWrap::Get(info[0].As<Napi::Object>().Get("inputIds"), "inputIds")};
+}
+
+Outputs Model::run(const Model& m, const Inputs& in) {
+  const auto& c = m.cfg;
+  if (in.ids.dim() != 2 || at::isFloatingType(in.ids.scalar_type()))
+    fail("ERR_SHAPE_MISMATCH", "ClipTextEncoder.forward: inputIds must be integer ids [B, S], found " +
+                                   dtypeName(in.ids.scalar_type()) + " " + shapeString(in.ids.sizes()));
+  const int64_t B = in.ids.size(0), S = in.ids.size(1), H = c.hidden, hd = H / c.heads;
+  if (S > c.maxPositions)
+    fail("ERR_SHAPE_MISMATCH", "ClipTextEncoder.forward: " + std::to_string(S) + " tokens, at most " + std::to_string(c.maxPositions));
+  const auto dev = m.tokenEmbed.device();
+  at::Tensor ids = in.ids.to(dev, at::kLong);
+  if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
+    fail("ERR_INVALID_ARG", "ClipTextEncoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");
+  Outputs out;
+  out.hidden = at::empty({B, c.layers + 1, S, H}, m.tokenEmbed.options());
+  at::Tensor x = at::embedding(m.tokenEmbed, ids) + m.posEmbed.narrow(0, 0, S);
+  for (int64_t i = 0; i < c.layers; ++i) {
+    out.hidden.select(1, i).copy_(x);
+    const Layer& l = m.layers[size_t(i)];
+    at::Tensor h = at::layer_norm(x, {H}, l.ln1w, l.ln1b, c.eps);
+    auto heads = [&](const at::Tensor& w, const at::Tensor& b) { return at::linear(h, w, b).view({B, S, c.heads, hd}).transpose(1, 2); };
+    at::Tensor a = at::scaled_dot_product_attention(heads(l.qw, l.qb), heads(l.kw, l.kb), heads(l.vw, l.vb), {}, 0.0, /*is_causal=*/true);
+    x = x + at::linear(a.transpose(1, 2).reshape({B, S, H}), l.ow, l.ob);
+    h = at::linear(at::layer_norm(x, {H}, l.ln2w, l.ln2b, c.eps), l.fc1w, l.fc1b);
+    h = c.act == "quick_gelu" ? h * at::sigmoid(1.702 * h) : at::gelu(h);
+    x = x + at::linear(h, l.fc2w, l.fc2b);
+  }
+  out.hidden.select(1, c.layers).copy_(x);  // the last entry is before the final norm (as transformers)
+  out.last = at::layer_norm(x, {H}, m.finalW, m.finalB, c.eps);
+  // pooled: the first EOS; legacy configs (eos_token_id 2) take the largest id's position
+  at::Tensor pos = c.eosTokenId == 2 ? ids.argmax(-1) : (ids == c.eosTokenId).to(at::kInt).argmax(-1);
+  out.pooled = out.last.index({at::arange(B, ids.options()), pos});
+  if (out.last.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out.last.device().index());
+  return out;
+}
+
+Napi::Value Model::toJs(Napi::Env env, Outputs& o) {
+  auto r = Napi::Object::New(env);
+  r.Set("lastHiddenState", TensorWrap::Wrap(env, o.last));
+  r.Set("pooledOutput", TensorWrap::Wrap(env, o.pooled));
+  r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
+  return r;
+}
+
+}  // namespace x2i::clip
