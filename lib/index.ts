@@ -12,6 +12,8 @@ export { AlignNet } from './alignnet.js';
 export { T5Encoder } from './t5.js';
 export { ClipTextEncoder } from './clip.js';
 export type { PretrainedOptions } from './pretrained.js';
+export { QwenTokenizer, T5Tokenizer, ClipTokenizer, pythonRepr, QWEN_VL_CHAT_TEMPLATE } from './tokenizers.js';
+export type { Encoded, EncodeOptions, ChatMessage, ChatContent } from './tokenizers.js';
 export type { AlignNetInfo, AlignNetLoadOptions } from './alignnet.js';
 export type { Divergence, DistillationOptions, DistillationResult } from './distill.js';
 export type { MemoryInfo, BuildInfo, TypedArray } from './native.js';
