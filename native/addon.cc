@@ -5,6 +5,7 @@
 #include "distill.h"
 #include "flux_wrap.h"
 #include "io.h"
+#include "qwen.h"
 #include "t5.h"
 #include "tensor.h"
 
@@ -180,6 +181,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeAlignNet", alignnet::Wrap::Init(env));
   exports.Set("NativeT5Encoder", ModelWrap<t5::Model>::Init(env));
   exports.Set("NativeClipTextEncoder", ModelWrap<clip::Model>::Init(env));
+  exports.Set("NativeQwenVLEncoder", ModelWrap<qwen::Model>::Init(env));
   exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("benchDistillTap", Napi::Function::New(env, distill::BenchTap));
   exports.Set("memory", Napi::Function::New(env, Memory));
