@@ -1,12 +1,12 @@
 /** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
-import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
+import { DisposedError, X2IError, invalidArg, nativeCall, nativeSync } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
 import { defaultDtype, field, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
 import { SerialQueue } from './queue.js';
 import { Tensor } from './tensor.js';
 
 interface NativeQwen {
-  forward(inputs: { inputIds: NativeTensor; attentionMask?: NativeTensor; padRule?: string }): Promise<{ hiddenStates: NativeTensor }>;
+  forward(inputs: Record<string, NativeTensor | string | number | undefined>): Promise<{ hiddenStates: NativeTensor }>;
   dispose(): void;
 }
 
@@ -15,11 +15,18 @@ export interface QwenVLInputs {
   inputIds: Tensor;
   /** [B, S], 1 for tokens, 0 for padding. */
   attentionMask?: Tensor;
-  /** Images and videos: the vision tower is not implemented yet; passing them is an error. */
+  /** Image patches [Σ t·h·w, C·T·14·14] in the processor's order, with imageGridThw [n, 3] (t, h, w per image);
+   * their merged features replace the `<|image_pad|>` tokens (t·h·w/4 per image), in order. */
   pixelValues?: Tensor;
   imageGridThw?: Tensor;
+  /** The same for videos (`<|video_pad|>`). */
   pixelValuesVideos?: Tensor;
   videoGridThw?: Tensor;
+  /** Videos: seconds per temporal patch (temporal_patch_size / fps; default 1). */
+  secondPerGridT?: number;
+  /** 'mrope' (default): image/video tokens take (t, h, w) position ids as Qwen2.5-VL was trained (get_rope_index);
+   * 'sequential': every token its index, as transformers 5 does when it is not given `mm_token_type_ids`. */
+  positions?: 'mrope' | 'sequential';
   /** 'x2i' (default): pad rows attend to every key, as in the official X2I training (transformers 4.49, SDPA
    * on CUDA), which is what official AlignNet checkpoints saw; 'mask': a pad row that sees no key gets a zero
    * attention output (transformers 5 with PyTorch's SDPA). Real-token rows are the same in both. */
@@ -57,7 +64,22 @@ export class QwenVLEncoder {
       numAttentionHeads: field(text, 'num_attention_heads', file), numKeyValueHeads: field(text, 'num_key_value_heads', file),
       rmsNormEps: field(text, 'rms_norm_eps', file), ropeTheta: field({ ...text, ...rope }, 'rope_theta', file),
       mropeSection: section,
+      vision: undefined as Record<string, unknown> | undefined,
     };
+    const vc = top.vision_config as Record<string, unknown> | undefined;
+    if (vc) {
+      const vf = (k: string, fallback?: number) => field(vc, k, `${file} (vision_config)`, fallback);
+      native.vision = {
+        depth: vf('depth'), hiddenSize: vf('hidden_size'), numHeads: vf('num_heads'), intermediateSize: vf('intermediate_size'),
+        outHiddenSize: vf('out_hidden_size'), patchSize: vf('patch_size', 14), spatialMergeSize: vf('spatial_merge_size', 2),
+        temporalPatchSize: vf('temporal_patch_size', 2), windowSize: vf('window_size', 112),
+        inChannels: field({ ...vc, in_channels: vc.in_channels ?? vc.in_chans }, 'in_channels', `${file} (vision_config)`, 3),
+        tokensPerSecond: vf('tokens_per_second', 2),
+        fullAttBlockIndexes: Array.isArray(vc.fullatt_block_indexes) ? vc.fullatt_block_indexes : [],
+        imageTokenId: field(top, 'image_token_id', file, 151655), videoTokenId: field(top, 'video_token_id', file, 151656),
+        visionStartTokenId: field(top, 'vision_start_token_id', file, 151652),
+      };
+    }
     const Native = (addon() as unknown as { NativeQwenVLEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeQwen> } }).NativeQwenVLEncoder;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
     return new QwenVLEncoder(h, top);
@@ -67,15 +89,29 @@ export class QwenVLEncoder {
    * final RMSNorm), written into one buffer: AlignNet's input. No lm_head. */
   async forward(inputs: QwenVLInputs): Promise<{ hiddenStates: Tensor }> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
-    if (inputs.pixelValues || inputs.pixelValuesVideos)
-      throw new X2IError('QwenVLEncoder: image and video inputs need the vision tower, which this version does not have yet',
-        'ERR_NOT_SUPPORTED');
     if (!this.#h) throw new DisposedError('QwenVLEncoder');
     const h = this.#h;
-    const ins = { inputIds: inputs.inputIds.handle, padRule: inputs.padRule ?? 'x2i',
-      ...(inputs.attentionMask ? { attentionMask: inputs.attentionMask.handle } : {}) };
+    const ins: Record<string, NativeTensor | string | number | undefined> = { padRule: inputs.padRule ?? 'x2i',
+      secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope' };
+    for (const k of ['inputIds', 'attentionMask', 'pixelValues', 'imageGridThw', 'pixelValuesVideos', 'videoGridThw'] as const) {
+      const t = inputs[k];
+      if (t === undefined || t === null) continue;
+      if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
+      ins[k] = t.handle;
+    }
     const r = await this.#queue.run(() => nativeCall(() => h.forward(ins)));
     return { hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+  /** The [3, B, S] M-RoPE position ids (temporal, height, width) of a prompt with image/video blocks, as
+   * get_rope_index computes them; pads get 1. */
+  ropeIndex(inputs: Pick<QwenVLInputs, 'inputIds' | 'attentionMask' | 'imageGridThw' | 'videoGridThw' | 'secondPerGridT'>): Tensor {
+    const vc = (this.config.vision_config ?? {}) as Record<string, unknown>;
+    const h = (t?: Tensor) => t?.handle;
+    const fn = (addon() as unknown as { qwenRopeIndex: (...a: unknown[]) => NativeTensor }).qwenRopeIndex;
+    return new Tensor(nativeSync(() => fn(inputs.inputIds.handle, h(inputs.attentionMask), h(inputs.imageGridThw), h(inputs.videoGridThw), {
+      imageTokenId: this.config.image_token_id ?? 151655, videoTokenId: this.config.video_token_id ?? 151656,
+      merge: vc.spatial_merge_size ?? 2, tokensPerSecond: vc.tokens_per_second ?? 2, secondPerGridT: inputs.secondPerGridT ?? 1 })));
   }
 
   dispose(): void {

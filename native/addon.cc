@@ -182,6 +182,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeT5Encoder", ModelWrap<t5::Model>::Init(env));
   exports.Set("NativeClipTextEncoder", ModelWrap<clip::Model>::Init(env));
   exports.Set("NativeQwenVLEncoder", ModelWrap<qwen::Model>::Init(env));
+  exports.Set("qwenRopeIndex", Napi::Function::New(env, qwen::RopeIndex));
   exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("benchDistillTap", Napi::Function::New(env, distill::BenchTap));
   exports.Set("memory", Napi::Function::New(env, Memory));

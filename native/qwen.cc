@@ -6,7 +6,9 @@
 // CUDA): pads take position 1, and a query row with no visible key (every left pad) attends to all keys.
 #include "qwen.h"
 
+#include <algorithm>
 #include <limits>
+#include <tuple>
 
 namespace x2i::qwen {
 namespace {
@@ -40,10 +42,164 @@ std::pair<at::Tensor, at::Tensor> mrope(const Config& c, const at::Tensor& P, at
   return {at::cos(sel).to(dt), at::sin(sel).to(dt)};
 }
 
+// ---------------------------------------------------------------- vision tower
+// Per patch (row, col) in the processor's (t, h/2, w/2, 2, 2) order.
+at::Tensor visionPositions(const at::Tensor& grid, int64_t merge) {
+  std::vector<at::Tensor> pos;
+  auto g = grid.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* v = g.data_ptr<int64_t>();
+  for (int64_t i = 0; i < g.size(0); ++i) {
+    const int64_t t = v[3 * i], h = v[3 * i + 1], w = v[3 * i + 2];
+    auto o = at::TensorOptions().dtype(at::kLong);
+    at::Tensor hp = at::arange(h, o).unsqueeze(1).expand({h, w}).reshape({h / merge, merge, w / merge, merge}).permute({0, 2, 1, 3}).flatten();
+    at::Tensor wp = at::arange(w, o).unsqueeze(0).expand({h, w}).reshape({h / merge, merge, w / merge, merge}).permute({0, 2, 1, 3}).flatten();
+    pos.push_back(at::stack({hp, wp}, -1).repeat({t, 1}));
+  }
+  return at::cat(pos, 0);  // [N, 2]
+}
+
+// The window order of the merge units and the window boundaries (in patches), as transformers computes them.
+std::pair<at::Tensor, std::vector<int64_t>> windowIndex(const at::Tensor& grid, const VisionConfig& v) {
+  const int64_t win = v.windowSize / v.merge / v.patch, unit = v.merge * v.merge;
+  std::vector<at::Tensor> index;
+  std::vector<int64_t> cu{0};
+  int64_t base = 0;
+  auto g = grid.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* gv = g.data_ptr<int64_t>();
+  for (int64_t i = 0; i < g.size(0); ++i) {
+    const int64_t t = gv[3 * i], lh = gv[3 * i + 1] / v.merge, lw = gv[3 * i + 2] / v.merge;
+    at::Tensor idx = at::arange(t * lh * lw, at::kLong).reshape({t, lh, lw});
+    const int64_t ph = win - lh % win, pw = win - lw % win, nh = (lh + ph) / win, nw = (lw + pw) / win;
+    at::Tensor padded = at::constant_pad_nd(idx, {0, pw, 0, ph}, -100).reshape({t, nh, win, nw, win}).permute({0, 1, 3, 2, 4})
+                            .reshape({t, nh * nw, win, win});
+    at::Tensor lens = (padded != -100).sum({2, 3}).reshape({-1});
+    at::Tensor flat = padded.reshape({-1});
+    index.push_back(flat.masked_select(flat != -100) + base);
+    at::Tensor ends = lens.cumsum(0) * unit + cu.back();
+    for (int64_t k = 0; k < ends.numel(); ++k) {
+      const int64_t e = ends[k].item<int64_t>();
+      if (e != cu.back()) cu.push_back(e);  // unique_consecutive
+    }
+    base += t * lh * lw;
+  }
+  return {at::cat(index), cu};
+}
+
+at::Tensor visionForward(const Model& m, const at::Tensor& pixels, const at::Tensor& grid) {
+  const auto& v = m.vcfg;
+  const auto& V = m.vision;
+  const auto dev = V.patchEmbed.device();
+  const auto dt = V.patchEmbed.scalar_type();
+  const int64_t rowLen = V.patchEmbed.size(1), D = v.hidden, hd = D / v.heads, unit = v.merge * v.merge;
+  if (pixels.dim() != 2 || pixels.size(1) != rowLen)
+    fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: pixel values have shape " + shapeString(pixels.sizes()) +
+                                   ", expected [patches, " + std::to_string(rowLen) + "]");
+  if (grid.dim() != 2 || grid.size(1) != 3) fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: grid_thw must be [n, 3]");
+  const int64_t N = pixels.size(0);
+  if (grid.to(at::kLong).prod(1).sum().item<int64_t>() != N)
+    fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: grid_thw describes " + std::to_string(grid.to(at::kLong).prod(1).sum().item<int64_t>()) +
+                                   " patches but pixel values hold " + std::to_string(N));
+  at::Tensor x = at::linear(pixels.to(dev, dt), V.patchEmbed);  // the Conv3d as a matrix product
+  // 2-D rotary of each patch: cat(row·inv_freq, col·inv_freq), dim hd/2
+  const int64_t rd = hd / 2;
+  at::Tensor invFreq = 1.0 / at::pow(10000.0, at::arange(0, rd, 2, at::kFloat) / double(rd));
+  at::Tensor pos = visionPositions(grid, v.merge).to(at::kFloat);
+  at::Tensor rot = at::cat({pos.select(1, 0).unsqueeze(1) * invFreq, pos.select(1, 1).unsqueeze(1) * invFreq}, -1);  // [N, rd]
+  auto [widx, cuWin] = windowIndex(grid, v);
+  widx = widx.to(dev);
+  x = x.reshape({N / unit, unit, D}).index_select(0, widx).reshape({N, D});
+  rot = rot.to(dev).reshape({N / unit, unit, rd}).index_select(0, widx).reshape({N, rd});
+  at::Tensor emb = at::cat({rot, rot}, -1);
+  at::Tensor cos = emb.cos().unsqueeze(1), sin = emb.sin().unsqueeze(1);  // [N, 1, hd] float32
+  std::vector<int64_t> cuFull{0};
+  {
+    auto g = grid.to(at::kCPU, at::kLong).contiguous();
+    const int64_t* gv = g.data_ptr<int64_t>();
+    for (int64_t i = 0; i < g.size(0); ++i)
+      for (int64_t t = 0; t < gv[3 * i]; ++t) cuFull.push_back(cuFull.back() + gv[3 * i + 1] * gv[3 * i + 2]);
+  }
+  for (size_t bi = 0; bi < V.blocks.size(); ++bi) {
+    const VisionBlock& b = V.blocks[bi];
+    const bool full = std::find(v.fullAttBlocks.begin(), v.fullAttBlocks.end(), int64_t(bi)) != v.fullAttBlocks.end();
+    const auto& cu = full ? cuFull : cuWin;
+    at::Tensor h = rmsNorm(x, b.norm1, 1e-6);
+    at::Tensor qkv = at::linear(h, b.qkvW, b.qkvB).reshape({N, 3, v.heads, hd}).permute({1, 0, 2, 3});
+    at::Tensor q = qkv[0], k = qkv[1], vv = qkv[2];
+    auto rope = [&](const at::Tensor& t) {
+      at::Tensor f = t.to(at::kFloat);
+      return (f * cos + rotateHalf(f) * sin).to(t.scalar_type());
+    };
+    q = rope(q), k = rope(k);
+    std::vector<at::Tensor> outs;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {  // attention within each window / frame
+      const int64_t a = cu[s], len = cu[s + 1] - cu[s];
+      auto seg = [&](const at::Tensor& t) { return t.narrow(0, a, len).transpose(0, 1).unsqueeze(0); };  // [1, heads, len, hd]
+      outs.push_back(at::scaled_dot_product_attention(seg(q), seg(k), seg(vv)).squeeze(0).transpose(0, 1).reshape({len, D}));
+    }
+    x = x + at::linear(at::cat(outs, 0), b.projW, b.projB);
+    h = rmsNorm(x, b.norm2, 1e-6);
+    x = x + at::linear(at::silu(at::linear(h, b.gateW, b.gateB)) * at::linear(h, b.upW, b.upB), b.downW, b.downB);
+  }
+  at::Tensor merged = rmsNorm(x, V.lnQ, 1e-6).reshape({N / unit, unit * D});
+  merged = at::linear(at::gelu(at::linear(merged, V.mlp0W, V.mlp0B)), V.mlp2W, V.mlp2B);
+  return merged.index_select(0, at::argsort(widx));  // undo the window order
+}
+
+// M-RoPE position ids [3, B, S] for text with image/video blocks (get_rope_index); pads keep position 1.
+at::Tensor ropeIndex(const Model& m, const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& imageGrid,
+                     const at::Tensor& videoGrid, double secondPerGridT) {
+  const auto& v = m.vcfg;
+  const int64_t B = ids.size(0), S = ids.size(1);
+  at::Tensor P = at::ones({3, B, S}, at::kLong);
+  at::Tensor idsC = ids.to(at::kCPU).contiguous(), maskC = mask.to(at::kCPU).contiguous();
+  at::Tensor ig = imageGrid.defined() ? imageGrid.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  at::Tensor vg = videoGrid.defined() ? videoGrid.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  int64_t nextImage = 0, nextVideo = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int64_t> tok;
+    std::vector<int64_t> where;
+    for (int64_t s = 0; s < S; ++s)
+      if (maskC[b][s].item<int64_t>() == 1) tok.push_back(idsC[b][s].item<int64_t>()), where.push_back(s);
+    std::vector<std::array<int64_t, 3>> pos;
+    auto maxSoFar = [&] {
+      int64_t mx = -1;
+      for (auto& p : pos) mx = std::max({mx, p[0], p[1], p[2]});
+      return mx + 1;
+    };
+    size_t st = 0;
+    while (true) {
+      size_t ed = st;
+      while (ed < tok.size() && tok[ed] != v.imageTokenId && tok[ed] != v.videoTokenId) ++ed;
+      const int64_t base = maxSoFar();
+      for (size_t i = st; i < ed; ++i) { const int64_t p = base + int64_t(i - st); pos.push_back({p, p, p}); }
+      if (ed >= tok.size()) break;
+      const bool image = tok[ed] == v.imageTokenId;
+      const at::Tensor& g = image ? ig : vg;
+      int64_t& next = image ? nextImage : nextVideo;
+      if (!g.defined() || next >= g.size(0))
+        fail("ERR_SHAPE_MISMATCH", std::string("QwenVLEncoder.forward: more ") + (image ? "image" : "video") +
+                                       " blocks in inputIds than grids in " + (image ? "imageGridThw" : "videoGridThw"));
+      const int64_t t = g[next][0].item<int64_t>(), h = g[next][1].item<int64_t>() / v.merge, w = g[next][2].item<int64_t>() / v.merge;
+      ++next;
+      const double step = image ? 0.0 : secondPerGridT * v.tokensPerSecond;
+      const int64_t start = base + int64_t(ed - st);
+      for (int64_t ti = 0; ti < t; ++ti)
+        for (int64_t hi = 0; hi < h; ++hi)
+          for (int64_t wi = 0; wi < w; ++wi) pos.push_back({start + int64_t(double(ti) * step), start + hi, start + wi});
+      st = ed + size_t(t * h * w);
+      if (st > tok.size()) fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: a vision block is cut off by the end of inputIds");
+    }
+    for (size_t i = 0; i < where.size(); ++i)
+      for (int a = 0; a < 3; ++a) P[a][b][where[i]] = pos[i][size_t(a)];
+  }
+  return P;
+}
+
 }  // namespace
 
-Config Model::parseConfig(const Napi::Object& o) {
-  Config c;
+Model::FullConfig Model::parseConfig(const Napi::Object& o) {
+  FullConfig full;
+  Config& c = full.text;
   const char* n = "QwenVLEncoder";
   c.vocab = configInt(o, "vocabSize", n);
   c.hidden = configInt(o, "hiddenSize", n);
@@ -60,17 +216,42 @@ Config Model::parseConfig(const Napi::Object& o) {
     fail("ERR_CONFIG", "QwenVLEncoder config: hidden_size, num_attention_heads and num_key_value_heads do not divide");
   if (2 * (c.mropeSection[0] + c.mropeSection[1] + c.mropeSection[2]) != c.hidden / c.heads)
     fail("ERR_CONFIG", "QwenVLEncoder config: 2 × sum(mrope_section) must equal the head dim " + std::to_string(c.hidden / c.heads));
-  return c;
+  Napi::Value vv = o.Get("vision");
+  if (vv.IsObject()) {
+    auto v = vv.As<Napi::Object>();
+    VisionConfig& vc = full.vision;
+    vc.present = true;
+    vc.depth = configInt(v, "depth", n);
+    vc.hidden = configInt(v, "hiddenSize", n);
+    vc.heads = configInt(v, "numHeads", n);
+    vc.intermediate = configInt(v, "intermediateSize", n);
+    vc.outHidden = configInt(v, "outHiddenSize", n);
+    vc.patch = configInt(v, "patchSize", n);
+    vc.merge = configInt(v, "spatialMergeSize", n);
+    vc.temporalPatch = configInt(v, "temporalPatchSize", n);
+    vc.windowSize = configInt(v, "windowSize", n);
+    vc.inChannels = configInt(v, "inChannels", n);
+    vc.tokensPerSecond = v.Get("tokensPerSecond").As<Napi::Number>().DoubleValue();
+    auto fa = v.Get("fullAttBlockIndexes").As<Napi::Array>();
+    for (uint32_t i = 0; i < fa.Length(); ++i) vc.fullAttBlocks.push_back(Napi::Value(fa[i]).As<Napi::Number>().Int64Value());
+    vc.imageTokenId = configInt(v, "imageTokenId", n);
+    vc.videoTokenId = configInt(v, "videoTokenId", n);
+    vc.visionStartId = configInt(v, "visionStartTokenId", n);
+    if (vc.hidden % vc.heads || (vc.hidden / vc.heads) % 4)
+      fail("ERR_CONFIG", "QwenVLEncoder config: vision hidden_size / num_heads must be a multiple of 4");
+  }
+  return full;
 }
 
-std::shared_ptr<Model> Model::load(const Config& c, std::map<std::string, at::Tensor> weights, const std::string& source) {
+std::shared_ptr<Model> Model::load(const FullConfig& full, std::map<std::string, at::Tensor> weights, const std::string& source) {
+  const Config& c = full.text;
   // released names (model.layers.*, visual.*, lm_head), and the model.language_model.* / model.visual.* re-saves
   std::map<std::string, at::Tensor> w0;
   for (auto& [k, v] : weights) {
     std::string n = k;
     if (n.rfind("model.language_model.", 0) == 0) n = "model." + n.substr(21);
     else if (n.rfind("model.visual.", 0) == 0) n = "visual." + n.substr(13);
-    if (n.rfind("visual.", 0) == 0 || n == "lm_head.weight") continue;  // the vision tower is not used by text prompts
+    if (n == "lm_head.weight" || (n.rfind("visual.", 0) == 0 && !full.vision.present)) continue;  // no lm_head: no logits
     w0[n] = v;
   }
   WeightMap w(std::move(w0), "QwenVLEncoder", source);
@@ -96,6 +277,35 @@ std::shared_ptr<Model> Model::load(const Config& c, std::map<std::string, at::Te
     m->layers.push_back(std::move(l));
   }
   m->norm = w.take("model.norm.weight", {H});
+  m->vcfg = full.vision;
+  if (full.vision.present) {
+    const auto& v = full.vision;
+    const int64_t D = v.hidden, F = v.intermediate, M = D * v.merge * v.merge;
+    m->vision.patchEmbed = w.take("visual.patch_embed.proj.weight", {D, v.inChannels, v.temporalPatch, v.patch, v.patch}).reshape({D, -1});
+    for (int64_t i = 0; i < v.depth; ++i) {
+      const std::string p = "visual.blocks." + std::to_string(i) + ".";
+      VisionBlock b;
+      b.norm1 = w.take(p + "norm1.weight", {D});
+      b.norm2 = w.take(p + "norm2.weight", {D});
+      b.qkvW = w.take(p + "attn.qkv.weight", {3 * D, D});
+      b.qkvB = w.take(p + "attn.qkv.bias", {3 * D});
+      b.projW = w.take(p + "attn.proj.weight", {D, D});
+      b.projB = w.take(p + "attn.proj.bias", {D});
+      b.gateW = w.take(p + "mlp.gate_proj.weight", {F, D});
+      b.gateB = w.take(p + "mlp.gate_proj.bias", {F});
+      b.upW = w.take(p + "mlp.up_proj.weight", {F, D});
+      b.upB = w.take(p + "mlp.up_proj.bias", {F});
+      b.downW = w.take(p + "mlp.down_proj.weight", {D, F});
+      b.downB = w.take(p + "mlp.down_proj.bias", {D});
+      m->vision.blocks.push_back(std::move(b));
+    }
+    m->vision.lnQ = w.take("visual.merger.ln_q.weight", {D});
+    m->vision.mlp0W = w.take("visual.merger.mlp.0.weight", {M, M});
+    m->vision.mlp0B = w.take("visual.merger.mlp.0.bias", {M});
+    m->vision.mlp2W = w.take("visual.merger.mlp.2.weight", {v.outHidden, M});
+    m->vision.mlp2B = w.take("visual.merger.mlp.2.bias", {v.outHidden});
+    if (v.outHidden != H) fail("ERR_CONFIG", "QwenVLEncoder (" + source + "): vision out_hidden_size differs from hidden_size");
+  }
   w.finish();
   return m;
 }
@@ -107,7 +317,19 @@ Inputs Model::parseInputs(const Napi::CallbackInfo& info) {
   in.ids = TensorWrap::Get(o.Get("inputIds"), "inputIds");
   if (!o.Get("attentionMask").IsUndefined() && !o.Get("attentionMask").IsNull())
     in.mask = TensorWrap::Get(o.Get("attentionMask"), "attentionMask");
+  auto opt = [&](const char* k) {
+    Napi::Value x = o.Get(k);
+    return x.IsUndefined() || x.IsNull() ? at::Tensor() : TensorWrap::Get(x, k);
+  };
+  in.pixelValues = opt("pixelValues");
+  in.imageGridThw = opt("imageGridThw");
+  in.pixelValuesVideos = opt("pixelValuesVideos");
+  in.videoGridThw = opt("videoGridThw");
+  if (o.Get("secondPerGridT").IsNumber()) in.secondPerGridT = o.Get("secondPerGridT").As<Napi::Number>().DoubleValue();
   in.padRule = o.Get("padRule").IsString() ? o.Get("padRule").ToString().Utf8Value() : "x2i";
+  in.positions = o.Get("positions").IsString() ? o.Get("positions").ToString().Utf8Value() : "mrope";
+  if (in.positions != "mrope" && in.positions != "sequential")
+    fail("ERR_INVALID_ARG", "QwenVLEncoder.forward: positions must be 'mrope' or 'sequential'");
   if (in.padRule != "x2i" && in.padRule != "mask")
     fail("ERR_INVALID_ARG", "QwenVLEncoder.forward: padRule must be 'x2i' or 'mask'");
   return in;
@@ -128,9 +350,15 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   if (mask.sizes() != ids.sizes())
     fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: attentionMask has shape " + shapeString(mask.sizes()) +
                                    ", expected " + shapeString(ids.sizes()));
-  // text positions: cumsum(mask) − 1, pads at 1 (the same on all three M-RoPE axes)
-  at::Tensor pos = at::where(mask == 1, mask.cumsum(-1) - 1, at::ones_like(mask));
-  auto [cos, sin] = mrope(c, pos.unsqueeze(0).expand({3, B, S}), dt);
+  const bool vision = in.pixelValues.defined() || in.pixelValuesVideos.defined();
+  if (vision && !m.vcfg.present)
+    fail("ERR_NOT_SUPPORTED", "QwenVLEncoder.forward: this checkpoint was loaded without its vision tower");
+  // positions: text only — cumsum(mask) − 1 with pads at 1, the same on the three M-RoPE axes; with images or
+  // videos — get_rope_index's (t, h, w) ids
+  at::Tensor P = vision && in.positions == "mrope"
+                     ? ropeIndex(m, ids, mask, in.imageGridThw, in.videoGridThw, in.secondPerGridT).to(dev)
+                     : at::where(mask == 1, mask.cumsum(-1) - 1, at::ones_like(mask)).unsqueeze(0).expand({3, B, S});
+  auto [cos, sin] = mrope(c, P, dt);
   // additive mask: causal and key padding; rows that see no key at all are unmasked (x2i rule)
   const auto f = at::TensorOptions().dtype(dt).device(dev);
   at::Tensor causal = at::ones({S, S}, f.dtype(at::kBool)).tril();
@@ -145,6 +373,19 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   Outputs out;
   out.hidden = at::empty({B, c.layers + 1, S, H}, m.embed.options());
   at::Tensor x = at::embedding(m.embed, ids);
+  // vision features replace the <|image_pad|> / <|video_pad|> rows, in order
+  for (auto [px, grid, token, what] : {std::make_tuple(in.pixelValues, in.imageGridThw, m.vcfg.imageTokenId, "image"),
+                                       std::make_tuple(in.pixelValuesVideos, in.videoGridThw, m.vcfg.videoTokenId, "video")}) {
+    if (!px.defined()) continue;
+    if (!grid.defined()) fail("ERR_INVALID_ARG", std::string("QwenVLEncoder.forward: ") + what + " pixel values need their grid_thw");
+    at::Tensor feats = visionForward(m, px, grid);
+    at::Tensor slots = (ids == token);
+    const int64_t n = slots.sum().item<int64_t>();
+    if (n != feats.size(0))
+      fail("ERR_SHAPE_MISMATCH", std::string("QwenVLEncoder.forward: ") + std::to_string(feats.size(0)) + " " + what +
+                                     " features but " + std::to_string(n) + " placeholder tokens in inputIds");
+    x = x.index_put({slots}, feats.to(x.scalar_type()));
+  }
   out.hidden.select(1, 0).copy_(x);
   const int64_t g = c.heads / c.kvHeads;
   for (int64_t i = 0; i < c.layers; ++i) {
@@ -166,6 +407,25 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   out.hidden.select(1, c.layers).copy_(rmsNorm(x, m.norm, c.eps));  // the last entry after the final norm
   if (x.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(x.device().index());
   return out;
+}
+
+// qwenRopeIndex(inputIds, attentionMask?, imageGridThw?, videoGridThw?, { imageTokenId, videoTokenId, merge,
+// tokensPerSecond, secondPerGridT }) → the [3, B, S] M-RoPE position ids (synchronous: small integer work).
+Napi::Value RopeIndex(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto opt = [&](size_t i) { return info.Length() > i && info[i].IsObject() ? TensorWrap::Get(info[i], "tensor") : at::Tensor(); };
+    at::Tensor ids = TensorWrap::Get(info[0], "inputIds"), mask = opt(1), ig = opt(2), vg = opt(3);
+    if (ids.dim() != 2) fail("ERR_SHAPE_MISMATCH", "qwenRopeIndex: inputIds must be [B, S]");
+    auto o = info[4].As<Napi::Object>();
+    Model m;
+    m.vcfg.imageTokenId = configInt(o, "imageTokenId", "qwenRopeIndex");
+    m.vcfg.videoTokenId = configInt(o, "videoTokenId", "qwenRopeIndex");
+    m.vcfg.merge = configInt(o, "merge", "qwenRopeIndex");
+    m.vcfg.tokensPerSecond = o.Get("tokensPerSecond").As<Napi::Number>().DoubleValue();
+    const double spg = o.Get("secondPerGridT").IsNumber() ? o.Get("secondPerGridT").As<Napi::Number>().DoubleValue() : 1.0;
+    if (!mask.defined()) mask = at::ones_like(ids, at::kLong);
+    return TensorWrap::Wrap(info.Env(), ropeIndex(m, ids.to(at::kLong), mask.to(at::kLong), ig, vg, spg));
+  });
 }
 
 Napi::Value Model::toJs(Napi::Env env, Outputs& o) {

@@ -14,9 +14,29 @@ struct Config {
 struct Layer {
   at::Tensor inLn, qw, qb, kw, kb, vw, vb, ow, postLn, gate, up, down;
 };
+struct VisionConfig {
+  bool present = false;
+  int64_t depth = 0, hidden = 0, heads = 0, intermediate = 0, outHidden = 0, patch = 14, merge = 2, temporalPatch = 2,
+          windowSize = 112, inChannels = 3;
+  double tokensPerSecond = 2;
+  std::vector<int64_t> fullAttBlocks;
+  int64_t imageTokenId = -1, videoTokenId = -1, visionStartId = -1;
+};
+struct VisionBlock {
+  at::Tensor norm1, qkvW, qkvB, projW, projB, norm2, gateW, gateB, upW, upB, downW, downB;
+};
+struct Vision {
+  at::Tensor patchEmbed;  // [hidden, C·T·P·P]
+  std::vector<VisionBlock> blocks;
+  at::Tensor lnQ, mlp0W, mlp0B, mlp2W, mlp2B;
+};
+
 struct Inputs {
   at::Tensor ids, mask;
-  std::string padRule;  // "x2i" (default) or "mask"
+  at::Tensor pixelValues, imageGridThw, pixelValuesVideos, videoGridThw;
+  double secondPerGridT = 1.0;  // videos: seconds per temporal patch (temporal_patch_size / fps)
+  std::string padRule;    // "x2i" (default) or "mask"
+  std::string positions;  // "mrope" (default: get_rope_index's t/h/w ids) or "sequential"
 };
 struct Outputs {
   at::Tensor hidden;  // [B, L+1, S, H]
@@ -26,14 +46,22 @@ struct Model {
   static constexpr const char* jsName = "NativeQwenVLEncoder";
   using Outputs = qwen::Outputs;
   Config cfg;
+  VisionConfig vcfg;
   at::Tensor embed, norm;
   std::vector<Layer> layers;
+  Vision vision;
 
-  static Config parseConfig(const Napi::Object& o);
-  static std::shared_ptr<Model> load(const Config& c, std::map<std::string, at::Tensor> w, const std::string& source);
+  struct FullConfig {
+    Config text;
+    VisionConfig vision;
+  };
+  static FullConfig parseConfig(const Napi::Object& o);
+  static std::shared_ptr<Model> load(const FullConfig& c, std::map<std::string, at::Tensor> w, const std::string& source);
   static Inputs parseInputs(const Napi::CallbackInfo& info);
   static Outputs run(const Model& m, const Inputs& in);
   static Napi::Value toJs(Napi::Env env, Outputs& o);
 };
+
+Napi::Value RopeIndex(const Napi::CallbackInfo& info);
 
 }  // namespace x2i::qwen

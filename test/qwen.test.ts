@@ -53,6 +53,35 @@ describe('QwenVLEncoder (text): every layer\'s hidden state, left padding', () =
     expect(await (await a.forward(inputs)).hiddenStates.toArray()).toEqual(await (await b.forward(inputs)).hiddenStates.toArray());
   });
 
+  it('an image: vision tower (patch embed, 2-D rotary, window and full attention, merger) scattered into the prompt', async () => {
+    const io = await x2i.loadSafetensors(path.join(dir, 'io.safetensors'));
+    using m = await QwenVLEncoder.fromPretrained(dir);
+    const inputs = { inputIds: io['image.input_ids'], pixelValues: io['image.pixel_values'], imageGridThw: io['image.image_grid_thw'] };
+    // the reference file was computed by transformers 5.17 without mm_token_type_ids, which then numbers every
+    // token sequentially; Qwen2.5-VL's own (t, h, w) positions are the default here
+    const seq = await m.forward({ ...inputs, positions: 'sequential' });
+    expect(await x2i.relativeError(seq.hiddenStates, io['image.hidden_states'])).toBeLessThan(1e-4);
+    const mrope = await m.forward(inputs);
+    const first = async (t: x2i.Tensor) => Array.from(await t.toArray() as Float32Array).slice(0, 4 * 64);  // layer 0, tokens 0-3
+    expect(await first(mrope.hiddenStates)).toEqual(await first(seq.hiddenStates));
+    await expect(m.forward({ ...inputs, imageGridThw: x2i.Tensor.fromArray(new BigInt64Array([1n, 4n, 8n]), [1, 3]) }))
+      .rejects.toThrow(/grid_thw describes 32 patches but pixel values hold 16/);
+  });
+
+  it('M-RoPE position ids: the worked example of the spec (and pads at 1)', async () => {
+    using m = await QwenVLEncoder.fromPretrained(dir);
+    const [T, VS, I, VE] = [5n, 292n, 290n, 293n];
+    const ids = x2i.Tensor.fromArray(new BigInt64Array([T, T, VS, I, I, I, I, VE, T, T]), [1, 10]);
+    const P = m.ropeIndex({ inputIds: ids, imageGridThw: x2i.Tensor.fromArray(new BigInt64Array([1n, 4n, 4n]), [1, 3]) });
+    const v = Array.from(await P.toArray() as BigInt64Array, Number);
+    expect(v.slice(0, 10)).toEqual([0, 1, 2, 3, 3, 3, 3, 5, 6, 7]);
+    expect(v.slice(10, 20)).toEqual([0, 1, 2, 3, 3, 4, 4, 5, 6, 7]);
+    expect(v.slice(20, 30)).toEqual([0, 1, 2, 3, 4, 3, 4, 5, 6, 7]);
+    const padded = x2i.Tensor.fromArray(new BigInt64Array([0n, 0n, T, T]), [1, 4]);
+    const mask = x2i.Tensor.fromArray(new BigInt64Array([0n, 0n, 1n, 1n]), [1, 4]);
+    expect(Array.from(await m.ropeIndex({ inputIds: padded, attentionMask: mask }).toArray() as BigInt64Array, Number).slice(0, 4)).toEqual([1, 1, 0, 1]);
+  });
+
   it('errors: config fields, weights, inputs', async () => {
     const c = flatConfig();
     delete (c as { rope_scaling?: unknown }).rope_scaling;
@@ -66,7 +95,9 @@ describe('QwenVLEncoder (text): every layer\'s hidden state, left padding', () =
     await expect(QwenVLEncoder.fromPretrained(wrong)).rejects.toThrow(/(has shape \[300, 64\], expected \[300, 32\]|mrope_section)/);
     using m = await QwenVLEncoder.fromPretrained(dir);
     const io = await x2i.loadSafetensors(path.join(dir, 'io.safetensors'));
-    await expect(m.forward({ inputIds: io['image.input_ids'], pixelValues: io['image.pixel_values'] })).rejects.toMatchObject({ code: 'ERR_NOT_SUPPORTED' });
+    await expect(m.forward({ inputIds: io['image.input_ids'], pixelValues: io['image.pixel_values'] })).rejects.toThrow(/more image blocks in inputIds than grids in imageGridThw/);
+    await expect(m.forward({ inputIds: io['text.input_ids'], pixelValues: io['image.pixel_values'], imageGridThw: io['image.image_grid_thw'] }))
+      .rejects.toThrow(/4 image features but 0 placeholder tokens/);
     await expect(m.forward({ inputIds: io['text.input_ids'], attentionMask: io['image.input_ids'] })).rejects.toThrow(/attentionMask has shape \[1, 13\], expected \[2, 10\]/);
   });
 });
