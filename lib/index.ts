@@ -13,6 +13,8 @@ export { T5Encoder } from './t5.js';
 export { ClipTextEncoder } from './clip.js';
 export { QwenVLEncoder } from './qwen.js';
 export type { QwenVLInputs } from './qwen.js';
+export { preprocessImages, preprocessVideo, smartResize } from './qwen_vision.js';
+export type { RgbImage, QwenVisionOptions } from './qwen_vision.js';
 export type { PretrainedOptions } from './pretrained.js';
 export { QwenTokenizer, T5Tokenizer, ClipTokenizer, pythonRepr, QWEN_VL_CHAT_TEMPLATE } from './tokenizers.js';
 export type { Encoded, EncodeOptions, ChatMessage, ChatContent } from './tokenizers.js';

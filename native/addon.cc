@@ -127,6 +127,25 @@ Napi::Value RelativeError(const Napi::CallbackInfo& info) {
   });
 }
 
+// resizeImage(rgb: Uint8Array [H, W, 3] as a tensor, outH, outW) → Promise<uint8 tensor [outH, outW, 3]>: bicubic
+// with antialiasing (the kernel PyTorch matches to PIL's BICUBIC), rounded and clamped to 0..255 like PIL.
+Napi::Value ResizeImage(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor img = TensorWrap::Get(info[0], "image");
+    if (img.dim() != 3 || img.scalar_type() != at::kByte)
+      fail("ERR_INVALID_ARG", "resizeImage expects a uint8 [H, W, C] tensor, found " + dtypeName(img.scalar_type()));
+    const int64_t oh = info[1].As<Napi::Number>().Int64Value(), ow = info[2].As<Napi::Number>().Int64Value();
+    if (oh <= 0 || ow <= 0) fail("ERR_INVALID_ARG", "resizeImage: the output size must be positive");
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [img, oh, ow, out] {
+      c10::InferenceMode guard;
+      at::Tensor x = img.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat);
+      at::Tensor y = (x.size(2) == oh && x.size(3) == ow) ? x : at::_upsample_bicubic2d_aa(x, {oh, ow}, false);
+      *out = y.round().clamp(0, 255).to(at::kByte).squeeze(0).permute({1, 2, 0}).contiguous();
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  });
+}
+
 // ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
 Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 
@@ -197,6 +216,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("randn", Napi::Function::New(env, Randn));
   exports.Set("matmul", Napi::Function::New(env, Matmul));
   exports.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
+  exports.Set("resizeImage", Napi::Function::New(env, ResizeImage));
   exports.Set("relativeError", Napi::Function::New(env, RelativeError));
   exports.Set("noop", Napi::Function::New(env, Noop));
   exports.Set("noopAsync", Napi::Function::New(env, NoopAsync));
