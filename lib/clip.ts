@@ -1,9 +1,12 @@
 /** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/clip.cc). */
 import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
-import { defaultDtype, field, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
+import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
 import { SerialQueue } from './queue.js';
 import { Tensor } from './tensor.js';
+import { ClipTokenizer, type EncodeOptions, type Encoded } from './tokenizers.js';
+import fs from 'node:fs';
+import path from 'node:path';
 
 interface NativeClip {
   forward(inputs: { inputIds: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; pooledOutput: NativeTensor; hiddenStates: NativeTensor }>;
@@ -17,9 +20,28 @@ export class ClipTextEncoder {
   #queue = new SerialQueue();
   readonly config: Readonly<Record<string, unknown>>;
 
-  private constructor(h: NativeClip, config: Record<string, unknown>) {
+  #folder: string;
+  #tokenizer?: { encode(text: string | string[], opts?: EncodeOptions): Encoded };
+
+  private constructor(h: NativeClip, config: Record<string, unknown>, folder: string) {
     this.#h = h;
     this.config = Object.freeze(config);
+    this.#folder = folderOf(folder);
+  }
+
+  /** Tokenizes (BOS, EOS, padding with EOS to 77) and encodes. The tokenizer: `opts.tokenizer`, else the model
+   * folder's, else FLUX's sibling `tokenizer/` (vocab.json + merges.txt is enough). */
+  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: { encode(text: string | string[],
+    opts?: EncodeOptions): Encoded } } = {}): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+    const own = ['tokenizer.json', 'vocab.json'].some((f) => fs.existsSync(path.join(this.#folder, f)));
+    const tok = opts.tokenizer ?? (this.#tokenizer ??= ClipTokenizer.fromPretrained(own ? this.#folder : path.join(this.#folder, '..', 'tokenizer')));
+    const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 77, padding: opts.padding });
+    try {
+      return await this.forward({ inputIds });
+    } finally {
+      inputIds.dispose();
+      attentionMask.dispose();
+    }
   }
 
   /** A transformers CLIP text folder (`config.json` + weights, with or without the `text_model.` prefix; a full
@@ -40,7 +62,7 @@ export class ClipTextEncoder {
     };
     const Native = (addon() as unknown as { NativeClipTextEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeClip> } }).NativeClipTextEncoder;
     const h = await loadNative(read.weights, defaultDtype(opts), (w) => Native.load(native, w, read.weights));
-    return new ClipTextEncoder(h, config);
+    return new ClipTextEncoder(h, config, read.weights);
   }
 
   /** inputIds [B, S ≤ 77] → lastHiddenState (after the final LayerNorm), pooledOutput (at the first EOS) and

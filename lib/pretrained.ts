@@ -55,3 +55,8 @@ export async function loadNative<H>(weightsPath: string, opts: { device: string;
     for (const t of Object.values(tensors)) t.dispose();
   }
 }
+
+/** The folder of a model path (the path itself, or a weights file's folder). */
+export function folderOf(p: string): string {
+  return fs.existsSync(p) && fs.statSync(p).isDirectory() ? p : path.dirname(p);
+}

@@ -1,9 +1,21 @@
 /** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
 import { DisposedError, X2IError, invalidArg, nativeCall, nativeSync } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
-import { defaultDtype, field, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
+import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
 import { SerialQueue } from './queue.js';
 import { Tensor } from './tensor.js';
+import { QwenTokenizer, type ChatMessage, type EncodeOptions } from './tokenizers.js';
+import { preprocessImages, preprocessVideo, type QwenVisionOptions, type RgbImage } from './qwen_vision.js';
+import fs from 'node:fs';
+import path from 'node:path';
+
+/** What `encodePrompt` takes: text in any language, images, a video (decoded frames), or a mix. */
+export interface QwenPrompt {
+  text?: string;
+  images?: RgbImage[];
+  /** Decoded, already sampled frames of one video. */
+  video?: RgbImage[];
+}
 
 interface NativeQwen {
   forward(inputs: Record<string, NativeTensor | string | number | undefined>): Promise<{ hiddenStates: NativeTensor }>;
@@ -40,9 +52,51 @@ export class QwenVLEncoder {
   #queue = new SerialQueue();
   readonly config: Readonly<Record<string, unknown>>;
 
-  private constructor(h: NativeQwen, config: Record<string, unknown>) {
+  #folder: string;
+  #tokenizer?: QwenTokenizer;
+
+  private constructor(h: NativeQwen, config: Record<string, unknown>, folder: string) {
     this.#h = h;
     this.config = Object.freeze(config);
+    this.#folder = folderOf(folder);
+  }
+
+  /**
+   * Prompt in, AlignNet input out: builds the messages (text-only prompts in X2I's training template
+   * `{'Text input': …}` unless `template: 'chat'`; images and video go first, then the text, as X2I's
+   * inference does), preprocesses the pixels, tokenizes with the image/video placeholders expanded, left-pads
+   * to `maxLength` (512) and runs the prefill. The tokenizer: `opts.tokenizer`, else the model folder's.
+   */
+  async encodePrompt(prompt: string | QwenPrompt, opts: EncodeOptions & QwenVisionOptions & { tokenizer?: QwenTokenizer;
+    template?: 'x2i' | 'chat' } = {}): Promise<{ hiddenStates: Tensor; attentionMask: Tensor }> {
+    const p: QwenPrompt = typeof prompt === 'string' ? { text: prompt } : prompt;
+    if (!p || (p.text === undefined && !p.images?.length && !p.video?.length))
+      throw invalidArg('prompt', 'a string or { text?, images?, video? }', prompt);
+    const tok = opts.tokenizer ?? (this.#tokenizer ??= QwenTokenizer.fromPretrained(
+      fs.existsSync(path.join(this.#folder, 'tokenizer.json')) ? this.#folder : path.join(this.#folder, 'tokenizer.json')));
+    const vision = !!(p.images?.length || p.video?.length);
+    let text: string;
+    if (!vision && (opts.template ?? 'x2i') === 'x2i') {
+      text = tok.x2iPrompt(p.text ?? '');
+    } else {
+      const content: Exclude<ChatMessage['content'], string> = [];
+      for (let i = 0; i < (p.images?.length ?? 0); i++) content.push({ type: 'image' });
+      if (p.video?.length) content.push({ type: 'video' });
+      if (p.text !== undefined) content.push({ type: 'text', text: p.text });
+      text = tok.applyChatTemplate([{ role: 'user', content }]);
+    }
+    const img = p.images?.length ? await preprocessImages(p.images, opts) : undefined;
+    const vid = p.video?.length ? await preprocessVideo(p.video, opts) : undefined;
+    const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 512, padding: opts.padding,
+      imageTokens: img ? [img.imageTokens] : undefined, videoTokens: vid ? [vid.videoTokens] : undefined });
+    try {
+      const r = await this.forward({ inputIds, attentionMask, pixelValues: img?.pixelValues, imageGridThw: img?.imageGridThw,
+        pixelValuesVideos: vid?.pixelValues, videoGridThw: vid?.videoGridThw });
+      return { hiddenStates: r.hiddenStates, attentionMask };
+    } finally {
+      inputIds.dispose();
+      for (const t of [img?.pixelValues, img?.imageGridThw, vid?.pixelValues, vid?.videoGridThw]) t?.dispose();
+    }
   }
 
   /** A Qwen2.5-VL folder: the released flat config.json (`rope_scaling.mrope_section`) or the transformers-5
@@ -82,7 +136,7 @@ export class QwenVLEncoder {
     }
     const Native = (addon() as unknown as { NativeQwenVLEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeQwen> } }).NativeQwenVLEncoder;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
-    return new QwenVLEncoder(h, top);
+    return new QwenVLEncoder(h, top, weights);
   }
 
   /** One prefill: hiddenStates [B, L+1, S, H] = the embeddings, then every layer's output (the last after the

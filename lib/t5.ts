@@ -1,9 +1,12 @@
 /** x2i.T5Encoder: the T5 v1.1 encoder, FLUX's text_encoder_2 (native/t5.cc). */
 import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
-import { defaultDtype, field, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
+import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
 import { SerialQueue } from './queue.js';
 import { Tensor } from './tensor.js';
+import { T5Tokenizer, type EncodeOptions, type Encoded } from './tokenizers.js';
+import fs from 'node:fs';
+import path from 'node:path';
 
 interface NativeT5 {
   forward(inputs: { inputIds: NativeTensor; attentionMask?: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; hiddenStates: NativeTensor }>;
@@ -17,9 +20,31 @@ export class T5Encoder {
   #queue = new SerialQueue();
   readonly config: Readonly<Record<string, unknown>>;
 
-  private constructor(h: NativeT5, config: Record<string, unknown>) {
+  #folder: string;
+  #tokenizer?: { encode(text: string | string[], opts?: EncodeOptions): Encoded };
+
+  private constructor(h: NativeT5, config: Record<string, unknown>, folder: string) {
     this.#h = h;
     this.config = Object.freeze(config);
+    this.#folder = folderOf(folder);
+  }
+
+  /**
+   * Tokenizes (`</s>`, padding with 0 to 512 as FLUX does) and encodes. The tokenizer: `opts.tokenizer`, else the
+   * model folder's tokenizer.json, else FLUX's sibling `tokenizer_2/`.
+   */
+  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: { encode(text: string | string[],
+    opts?: EncodeOptions): Encoded } } = {}): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
+    const tok = opts.tokenizer ?? (this.#tokenizer ??= T5Tokenizer.fromPretrained(
+      [path.join(this.#folder, 'tokenizer.json'), path.join(this.#folder, '..', 'tokenizer_2')].find((p) => fs.existsSync(p)) ??
+      path.join(this.#folder, 'tokenizer.json')));
+    const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 512, padding: opts.padding });
+    try {
+      return await this.forward({ inputIds });  // FLUX passes no mask
+    } finally {
+      inputIds.dispose();
+      attentionMask.dispose();
+    }
   }
 
   /** A transformers T5 folder (`config.json` + `model.safetensors`, sharded or not), e.g. FLUX's `text_encoder_2/`. */
@@ -43,7 +68,7 @@ export class T5Encoder {
     };
     const Native = (addon() as unknown as { NativeT5Encoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeT5> } }).NativeT5Encoder;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
-    return new T5Encoder(h, config);
+    return new T5Encoder(h, config, weights);
   }
 
   /** inputIds [B, S] (int64; FLUX pads with 0 to 512 and passes no mask) → lastHiddenState [B, S, d] (after the final

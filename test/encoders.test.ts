@@ -87,3 +87,29 @@ describe('ClipTextEncoder', () => {
     await expect(ClipTextEncoder.fromPretrained(missing)).rejects.toThrow(/missing tensor 'final_layer_norm\.bias'/);
   });
 });
+
+describe('encodePrompt on the teacher encoders', () => {
+  const fakeTok = (vocab: number) => ({
+    encode: (text: string | string[], opts?: { maxLength?: number }) => {
+      const L = opts?.maxLength ?? 8;
+      const ids = BigInt64Array.from({ length: L }, (_, i) => BigInt(((String(text).charCodeAt(i % String(text).length) || 1) + i) % vocab));
+      return { inputIds: Tensor.fromArray(ids, [1, L]), attentionMask: Tensor.fromArray(new BigInt64Array(L).fill(1n), [1, L]) };
+    },
+  });
+  it('T5 and CLIP: the same as tokenizing and calling forward', async () => {
+    using t5 = await T5Encoder.fromPretrained(path.join(golden, 't5-encoder'));
+    const tok = fakeTok(120);
+    const a = await t5.encodePrompt('a red circle', { tokenizer: tok, maxLength: 12 });
+    const b = await t5.forward({ inputIds: tok.encode('a red circle', { maxLength: 12 }).inputIds });
+    expect(await a.lastHiddenState.toArray()).toEqual(await b.lastHiddenState.toArray());
+    using clip = await ClipTextEncoder.fromPretrained(path.join(golden, 'clip-text'));
+    const tc = fakeTok(100);
+    const c = await clip.encodePrompt('a red circle', { tokenizer: tc, maxLength: 20 });
+    const d = await clip.forward({ inputIds: tc.encode('a red circle', { maxLength: 20 }).inputIds });
+    expect(await c.pooledOutput.toArray()).toEqual(await d.pooledOutput.toArray());
+  });
+  it('without a tokenizer beside the model, a clear error', async () => {
+    using t5 = await T5Encoder.fromPretrained(path.join(golden, 't5-encoder'));
+    await expect(t5.encodePrompt('x')).rejects.toThrow(/tokenizer\.json: no such file/);
+  });
+});

@@ -57,3 +57,40 @@ describe('Qwen2-VL preprocessing', () => {
     await expect(preprocessImages([{ data: new Uint8Array(10), width: 56, height: 56 }])).rejects.toThrow(/10 bytes, expected 56×56×3/);
   });
 });
+
+describe('encodePrompt (tokenize, preprocess, prefill in one call)', () => {
+  // a stand-in tokenizer whose ids fit the tiny golden model's vocabulary (300)
+  const fake = {
+    x2iPrompt: (t: string) => `X:${t}`,
+    applyChatTemplate: (m: { content: unknown }[]) => JSON.stringify(m),
+    encode(text: string, opts: { maxLength?: number; imageTokens?: number[][] }) {
+      const ids: bigint[] = [];
+      if (text.startsWith('[')) {
+        ids.push(5n, 292n);
+        for (let i = 0; i < (opts.imageTokens?.[0]?.[0] ?? 0); i++) ids.push(290n);
+        ids.push(293n);
+      }
+      for (const ch of text.slice(0, 6)) ids.push(BigInt(ch.charCodeAt(0) % 280));
+      const L = opts.maxLength ?? 512;
+      const pad = L - ids.length;
+      return { inputIds: x2i.Tensor.fromArray(BigInt64Array.from([...Array(pad).fill(0n), ...ids]), [1, L]),
+        attentionMask: x2i.Tensor.fromArray(BigInt64Array.from([...Array(pad).fill(0n), ...ids.map(() => 1n)]), [1, L]) };
+    },
+  } as unknown as x2i.QwenTokenizer;
+
+  it('text and image prompts equal the manual steps', async () => {
+    using m = await QwenVLEncoder.fromPretrained(path.join(golden, 'qwen2_5_vl'));
+    const a = await m.encodePrompt('a cat', { tokenizer: fake, maxLength: 16 });
+    const e = fake.encode('X:a cat', { maxLength: 16 });
+    const b = await m.forward({ inputIds: e.inputIds, attentionMask: e.attentionMask });
+    expect(await a.hiddenStates.toArray()).toEqual(await b.hiddenStates.toArray());
+    const picture = img(56, 56, (x, y, c) => (x * 7 + y + c * 50) % 256);
+    const withImage = await m.encodePrompt({ text: 'smile', images: [picture] }, { tokenizer: fake, maxLength: 24 });
+    const pre = await preprocessImages([picture]);
+    const e2 = fake.encode(fake.applyChatTemplate([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'smile' }] }]),
+      { maxLength: 24, imageTokens: [pre.imageTokens] });
+    const b2 = await m.forward({ inputIds: e2.inputIds, attentionMask: e2.attentionMask, pixelValues: pre.pixelValues, imageGridThw: pre.imageGridThw });
+    expect(await withImage.hiddenStates.toArray()).toEqual(await b2.hiddenStates.toArray());
+    await expect(m.encodePrompt({}, { tokenizer: fake })).rejects.toThrow(/a string or \{ text\?, images\?, video\? \}/);
+  });
+});
