@@ -1,10 +1,10 @@
 /** x2i.AlignNet: X2I's bridge from the MLLM's stacked hidden states to FLUX's conditioning (native/alignnet.cc). */
 import fs from 'node:fs';
 import path from 'node:path';
-import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
+import { X2IError, invalidArg, nativeCall } from './errors.js';
 import { loadSafetensors, loadTorchCheckpoint, saveSafetensors } from './io.js';
 import { addon, type NativeTensor } from './native.js';
-import { SerialQueue } from './queue.js';
+import { NativeModel } from './model.js';
 import { Tensor, type DType } from './tensor.js';
 
 export interface AlignNetLoadOptions {
@@ -59,17 +59,14 @@ function canonical(w: Record<string, Tensor>): Record<string, Tensor> {
   return out;
 }
 
-const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
 
-export class AlignNet {
-  #h: NativeAlignNet | null;
-  #queue = new SerialQueue();
+export class AlignNet extends NativeModel<NativeAlignNet> {
   readonly info: Readonly<AlignNetInfo>;
   readonly device: string;
   readonly dtype: DType;
 
   private constructor(h: NativeAlignNet) {
-    this.#h = h;
+    super(h, 'AlignNet');
     const { device, dtype, ...info } = h.info();
     this.info = Object.freeze(info);
     this.device = device;
@@ -100,25 +97,20 @@ export class AlignNet {
     }
   }
 
-  #native(): NativeAlignNet {
-    if (!this.#h) throw new DisposedError('AlignNet');
-    return this.#h;
-  }
 
   /** hiddenStates [B, C, S, H] (embeddings + every MLLM layer) → encoderHiddenStates [B, S, Dseq] (the T5
    * replacement) and pooledProjections [B, Dpooled] (the CLIP replacement, mean over all S tokens). */
   async forward(hiddenStates: Tensor): Promise<{ encoderHiddenStates: Tensor; pooledProjections: Tensor }> {
     if (!(hiddenStates instanceof Tensor)) throw invalidArg('hiddenStates', 'a Tensor', hiddenStates);
-    const h = this.#native();
     const x = hiddenStates.handle;
-    const r = await this.#queue.run(() => nativeCall(() => h.forward(x)));
+    const r = await this.call((h) => h.forward(x));
     return { encoderHiddenStates: new Tensor(r.encoderHiddenStates), pooledProjections: new Tensor(r.pooledProjections) };
   }
 
   /** Saves the weights as safetensors under the official names (loadable here and, after prefixing nothing,
    * by the official Python code's state_dict). */
   async save(file: string, metadata: Record<string, string> = {}): Promise<void> {
-    const w = Object.fromEntries(Object.entries(this.#native().weights()).map(([k, h]) => [k, new Tensor(h)]));
+    const w = Object.fromEntries(Object.entries(this.native().weights()).map(([k, h]) => [k, new Tensor(h)]));
     try {
       await saveSafetensors(file, w, { format: 'pt', 'x2i.model': 'AlignNet', 'x2i.variant': this.info.variant, ...metadata });
     } finally {
@@ -126,13 +118,4 @@ export class AlignNet {
     }
   }
 
-  dispose(): void {
-    const h = this.#h;
-    this.#h = null;
-    if (h) void this.#queue.run(async () => h.dispose());
-  }
-
-  [disposeSymbol](): void {
-    this.dispose();
-  }
 }

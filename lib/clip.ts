@@ -1,8 +1,8 @@
 /** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/clip.cc). */
-import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
+import { X2IError, invalidArg } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
 import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
-import { SerialQueue } from './queue.js';
+import { NativeModel } from './model.js';
 import { Tensor } from './tensor.js';
 import { ClipTokenizer, type EncodeOptions, type Encoded } from './tokenizers.js';
 import fs from 'node:fs';
@@ -13,18 +13,15 @@ interface NativeClip {
   dispose(): void;
 }
 
-const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
 
-export class ClipTextEncoder {
-  #h: NativeClip | null;
-  #queue = new SerialQueue();
+export class ClipTextEncoder extends NativeModel<NativeClip> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
   #tokenizer?: { encode(text: string | string[], opts?: EncodeOptions): Encoded };
 
   private constructor(h: NativeClip, config: Record<string, unknown>, folder: string) {
-    this.#h = h;
+    super(h, 'ClipTextEncoder');
     this.config = Object.freeze(config);
     this.#folder = folderOf(folder);
   }
@@ -69,20 +66,10 @@ export class ClipTextEncoder {
    * hiddenStates [B, L+1, S, H] (embeddings, every layer; the last before the final LayerNorm, as transformers). */
   async forward(inputs: { inputIds: Tensor }): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
-    if (!this.#h) throw new DisposedError('ClipTextEncoder');
-    const h = this.#h;
+    this.native();  // a DisposedError before any work
     const ids = inputs.inputIds.handle;
-    const r = await this.#queue.run(() => nativeCall(() => h.forward({ inputIds: ids })));
+    const r = await this.call((h) => h.forward({ inputIds: ids }));
     return { lastHiddenState: new Tensor(r.lastHiddenState), pooledOutput: new Tensor(r.pooledOutput), hiddenStates: new Tensor(r.hiddenStates) };
   }
 
-  dispose(): void {
-    const h = this.#h;
-    this.#h = null;
-    if (h) void this.#queue.run(async () => h.dispose());
-  }
-
-  [disposeSymbol](): void {
-    this.dispose();
-  }
 }

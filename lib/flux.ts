@@ -1,10 +1,10 @@
 /** x2i.FluxTransformer: the FLUX.1 MM-DiT (native/flux.cc), teacher and student of X2I. */
 import fs from 'node:fs';
 import path from 'node:path';
-import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
+import { X2IError, invalidArg, nativeCall } from './errors.js';
 import { loadSafetensors, readSafetensorsHeader } from './io.js';
 import { addon, type NativeTensor } from './native.js';
-import { SerialQueue } from './queue.js';
+import { NativeModel } from './model.js';
 import { Tensor, type DType } from './tensor.js';
 import type { Divergence } from './distill.js';
 
@@ -204,11 +204,8 @@ function nativeInputs(inputs: FluxInputs): Record<string, NativeTensor | undefin
   return out;
 }
 
-const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
 
-export class FluxTransformer {
-  #h: NativeFlux | null;
-  #queue = new SerialQueue();
+export class FluxTransformer extends NativeModel<NativeFlux> {
   /** The resolved config (diffusers keys). */
   readonly config: Readonly<FluxConfig>;
   readonly device: string;
@@ -220,7 +217,7 @@ export class FluxTransformer {
   readonly precision: 'fast' | 'reference';
 
   private constructor(h: NativeFlux, config: FluxConfig, layout: Layout, precision: 'fast' | 'reference' = 'fast') {
-    this.#h = h;
+    super(h, 'FluxTransformer');
     const info = h.info();
     this.config = Object.freeze({ ...config });
     this.device = info.device;
@@ -289,20 +286,12 @@ export class FluxTransformer {
     return new FluxTransformer(h, full, 'bfl', opts.precision ?? 'fast');
   }
 
-  get disposed(): boolean {
-    return this.#h === null;
-  }
 
-  #native(): NativeFlux {
-    if (!this.#h) throw new DisposedError('FluxTransformer');
-    return this.#h;
-  }
 
   /** The velocity for packed latents; with `capture`, the X2I distillation taps of every block. */
   async forward(inputs: FluxInputs, opts: { capture?: boolean } = {}): Promise<FluxOutput> {
-    const h = this.#native();
     const ins = nativeInputs(inputs);
-    const r = await this.#queue.run(() => nativeCall(() => h.forward(ins, Boolean(opts.capture))));
+    const r = await this.call((h) => h.forward(ins, Boolean(opts.capture)));
     const out: FluxOutput = { sample: new Tensor(r.sample) };
     if (r.captures) {
       out.captures = { doubleImg: new Tensor(r.captures.doubleImg), doubleTxt: new Tensor(r.captures.doubleTxt),
@@ -321,7 +310,6 @@ export class FluxTransformer {
      * (less memory, one more forward of every block). Default false. */
     checkpoint?: boolean }):
     Promise<{ sample: Tensor; grad: { encoderHiddenStates: Tensor; pooledProjections: Tensor } }> {
-    const h = this.#native();
     const ins = nativeInputs(inputs);
     const gs = grads?.gradSample ? grads.gradSample.handle : null;
     let gc: Record<string, NativeTensor> | null = null;
@@ -329,7 +317,7 @@ export class FluxTransformer {
       gc = {};
       for (const [k, t] of Object.entries(grads.gradCaptures)) if (t) gc[k] = (t as Tensor).handle;
     }
-    const r = await this.#queue.run(() => nativeCall(() => h.forwardBackward(ins, gs, gc, Boolean(grads?.checkpoint))));
+    const r = await this.call((h) => h.forwardBackward(ins, gs, gc, Boolean(grads?.checkpoint)));
     return { sample: new Tensor(r.sample), grad: { encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates),
       pooledProjections: new Tensor(r.grad.pooledProjections) } };
   }
@@ -342,23 +330,13 @@ export class FluxTransformer {
    */
   async distillationStep(teacher: FluxInputs, student: FluxInputs, opts: { divergence?: Divergence;
     temperature?: number; checkpoint?: boolean } = {}): Promise<DistillationStepResult> {
-    const h = this.#native();
     const [t, s] = [nativeInputs(teacher), nativeInputs(student)];
-    const r = await this.#queue.run(() => nativeCall(() => h.distillationStep(t, s, opts.divergence ?? 'rkl',
-      opts.temperature ?? 3, Boolean(opts.checkpoint))));
+    const r = await this.call((h) => h.distillationStep(t, s, opts.divergence ?? 'rkl',
+      opts.temperature ?? 3, Boolean(opts.checkpoint)));
     return { loss: r.loss, terms: r.terms, skipped: r.skipped, grad: {
       encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates as unknown as NativeTensor),
       pooledProjections: new Tensor(r.grad.pooledProjections as unknown as NativeTensor) } };
   }
 
   /** Frees the weights once calls in flight have finished. */
-  dispose(): void {
-    const h = this.#h;
-    this.#h = null;
-    if (h) void this.#queue.run(async () => h.dispose());
-  }
-
-  [disposeSymbol](): void {
-    this.dispose();
-  }
 }

@@ -1,8 +1,8 @@
 /** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
-import { DisposedError, X2IError, invalidArg, nativeCall, nativeSync } from './errors.js';
+import { X2IError, invalidArg, nativeSync } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
 import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
-import { SerialQueue } from './queue.js';
+import { NativeModel } from './model.js';
 import { Tensor } from './tensor.js';
 import { QwenTokenizer, type ChatMessage, type EncodeOptions } from './tokenizers.js';
 import { preprocessImages, preprocessVideo, type QwenVisionOptions, type RgbImage } from './qwen_vision.js';
@@ -45,18 +45,15 @@ export interface QwenVLInputs {
   padRule?: 'x2i' | 'mask';
 }
 
-const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
 
-export class QwenVLEncoder {
-  #h: NativeQwen | null;
-  #queue = new SerialQueue();
+export class QwenVLEncoder extends NativeModel<NativeQwen> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
   #tokenizer?: QwenTokenizer;
 
   private constructor(h: NativeQwen, config: Record<string, unknown>, folder: string) {
-    this.#h = h;
+    super(h, 'QwenVLEncoder');
     this.config = Object.freeze(config);
     this.#folder = folderOf(folder);
   }
@@ -143,8 +140,7 @@ export class QwenVLEncoder {
    * final RMSNorm), written into one buffer: AlignNet's input. No lm_head. */
   async forward(inputs: QwenVLInputs): Promise<{ hiddenStates: Tensor }> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
-    if (!this.#h) throw new DisposedError('QwenVLEncoder');
-    const h = this.#h;
+    this.native();  // a DisposedError before any work
     const ins: Record<string, NativeTensor | string | number | undefined> = { padRule: inputs.padRule ?? 'x2i',
       secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope' };
     for (const k of ['inputIds', 'attentionMask', 'pixelValues', 'imageGridThw', 'pixelValuesVideos', 'videoGridThw'] as const) {
@@ -153,7 +149,7 @@ export class QwenVLEncoder {
       if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
       ins[k] = t.handle;
     }
-    const r = await this.#queue.run(() => nativeCall(() => h.forward(ins)));
+    const r = await this.call((h) => h.forward(ins));
     return { hiddenStates: new Tensor(r.hiddenStates) };
   }
 
@@ -168,13 +164,4 @@ export class QwenVLEncoder {
       merge: vc.spatial_merge_size ?? 2, tokensPerSecond: vc.tokens_per_second ?? 2, secondPerGridT: inputs.secondPerGridT ?? 1 })));
   }
 
-  dispose(): void {
-    const h = this.#h;
-    this.#h = null;
-    if (h) void this.#queue.run(async () => h.dispose());
-  }
-
-  [disposeSymbol](): void {
-    this.dispose();
-  }
 }

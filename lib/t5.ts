@@ -1,8 +1,8 @@
 /** x2i.T5Encoder: the T5 v1.1 encoder, FLUX's text_encoder_2 (native/t5.cc). */
-import { DisposedError, X2IError, invalidArg, nativeCall } from './errors.js';
+import { X2IError, invalidArg } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
 import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
-import { SerialQueue } from './queue.js';
+import { NativeModel } from './model.js';
 import { Tensor } from './tensor.js';
 import { T5Tokenizer, type EncodeOptions, type Encoded } from './tokenizers.js';
 import fs from 'node:fs';
@@ -13,18 +13,15 @@ interface NativeT5 {
   dispose(): void;
 }
 
-const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
 
-export class T5Encoder {
-  #h: NativeT5 | null;
-  #queue = new SerialQueue();
+export class T5Encoder extends NativeModel<NativeT5> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
   #tokenizer?: { encode(text: string | string[], opts?: EncodeOptions): Encoded };
 
   private constructor(h: NativeT5, config: Record<string, unknown>, folder: string) {
-    this.#h = h;
+    super(h, 'T5Encoder');
     this.config = Object.freeze(config);
     this.#folder = folderOf(folder);
   }
@@ -75,20 +72,10 @@ export class T5Encoder {
    * norm) and hiddenStates [B, L+1, S, d] (embeddings, every layer; the last after the final norm). */
   async forward(inputs: { inputIds: Tensor; attentionMask?: Tensor }): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
-    if (!this.#h) throw new DisposedError('T5Encoder');
-    const h = this.#h;
+    this.native();  // a DisposedError before any work
     const ins = { inputIds: inputs.inputIds.handle, ...(inputs.attentionMask ? { attentionMask: inputs.attentionMask.handle } : {}) };
-    const r = await this.#queue.run(() => nativeCall(() => h.forward(ins)));
+    const r = await this.call((h) => h.forward(ins));
     return { lastHiddenState: new Tensor(r.lastHiddenState), hiddenStates: new Tensor(r.hiddenStates) };
   }
 
-  dispose(): void {
-    const h = this.#h;
-    this.#h = null;
-    if (h) void this.#queue.run(async () => h.dispose());
-  }
-
-  [disposeSymbol](): void {
-    this.dispose();
-  }
 }

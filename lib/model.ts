@@ -1,0 +1,43 @@
+/** The base of the classes that hold a native model: one handle, calls serialised on it, deterministic disposal. */
+import { DisposedError, nativeCall } from './errors.js';
+import { SerialQueue } from './queue.js';
+
+const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
+
+export abstract class NativeModel<H extends { dispose(): void }> {
+  #h: H | null;
+  #queue = new SerialQueue();
+  readonly #name: string;
+
+  protected constructor(handle: H, name: string) {
+    this.#h = handle;
+    this.#name = name;
+  }
+
+  get disposed(): boolean {
+    return this.#h === null;
+  }
+
+  /** @internal The native handle; throws a DisposedError after dispose(). */
+  protected native(): H {
+    if (!this.#h) throw new DisposedError(this.#name);
+    return this.#h;
+  }
+
+  /** Runs a native call after the calls already queued on this model (one at a time per model). */
+  protected call<T>(fn: (h: H) => Promise<T>): Promise<T> {
+    const h = this.native();
+    return this.#queue.run(() => nativeCall(() => fn(h)));
+  }
+
+  /** Frees the weights once the calls in flight have finished (idempotent). */
+  dispose(): void {
+    const h = this.#h;
+    this.#h = null;
+    if (h) void this.#queue.run(async () => h.dispose());
+  }
+
+  [disposeSymbol](): void {
+    this.dispose();
+  }
+}
