@@ -9,6 +9,8 @@ export { FluxTransformer, FLUX_DEV_CONFIG } from './flux.js';
 export type { FluxConfig, FluxLoadOptions, FluxInputs, FluxCaptures, FluxOutput, DistillationStepResult } from './flux.js';
 export { distillationLoss } from './distill.js';
 export { AlignNet } from './alignnet.js';
+export { FlowMatchEulerScheduler, FLUX_DEV_SCHEDULER } from './scheduler.js';
+export type { FlowMatchEulerConfig } from './scheduler.js';
 export { T5Encoder } from './t5.js';
 export { ClipTextEncoder } from './clip.js';
 export { QwenVLEncoder } from './qwen.js';
