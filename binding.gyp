@@ -6,7 +6,7 @@
   "targets": [{
     "target_name": "x2i",
     "sources": ["native/addon.cc", "native/alignnet.cc", "native/common.cc", "native/distill.cc", "native/flux.cc", "native/flux_wrap.cc",
-                "native/io.cc", "native/qwen.cc", "native/t5.cc", "native/clip.cc", "native/tensor.cc"],
+                "native/io.cc", "native/qwen.cc", "native/t5.cc", "native/clip.cc", "native/tensor.cc", "native/vae.cc"],
     "include_dirs": [
       "<!(node -p \"require('node-addon-api').include_dir\")",
       "<!@(node scripts/libtorch.mjs --include)"

@@ -10,6 +10,7 @@ export type { FluxConfig, FluxLoadOptions, FluxInputs, FluxCaptures, FluxOutput,
 export { distillationLoss } from './distill.js';
 export { AlignNet } from './alignnet.js';
 export { FlowMatchEulerScheduler, FLUX_DEV_SCHEDULER } from './scheduler.js';
+export { AutoencoderKL } from './vae.js';
 export type { FlowMatchEulerConfig } from './scheduler.js';
 export { T5Encoder } from './t5.js';
 export { ClipTextEncoder } from './clip.js';

@@ -8,6 +8,7 @@
 #include "qwen.h"
 #include "t5.h"
 #include "tensor.h"
+#include "vae.h"
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -202,6 +203,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeClipTextEncoder", ModelWrap<clip::Model>::Init(env));
   exports.Set("NativeQwenVLEncoder", ModelWrap<qwen::Model>::Init(env));
   exports.Set("qwenRopeIndex", Napi::Function::New(env, qwen::RopeIndex));
+  exports.Set("NativeAutoencoderKL", ModelWrap<vae::Model>::Init(env));
   exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("benchDistillTap", Napi::Function::New(env, distill::BenchTap));
   exports.Set("memory", Napi::Function::New(env, Memory));

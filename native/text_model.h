@@ -7,6 +7,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <map>
+#include <set>
 #include <sstream>
 
 namespace x2i {
