@@ -101,6 +101,8 @@ interface NativeFlux {
   distillationStep(teacher: Record<string, NativeTensor | undefined>, student: Record<string, NativeTensor | undefined>,
     divergence: string, temperature: number, checkpoint: boolean): Promise<DistillationStepResult & {
     grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
+  denoise(inputs: Record<string, NativeTensor | undefined>, timesteps: number[], sigmas: number[]): Promise<{
+    latents: NativeTensor; stepLatents: NativeTensor }>;
   dispose(): void;
 }
 interface NativeFluxClass {
@@ -320,6 +322,15 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     const r = await this.call((h) => h.forwardBackward(ins, gs, gc, Boolean(grads?.checkpoint)));
     return { sample: new Tensor(r.sample), grad: { encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates),
       pooledProjections: new Tensor(r.grad.pooledProjections) } };
+  }
+
+  /** Euler steps of FLUX's sampler (FluxPipeline): at step i the model sees timestep t_i / 1000 and
+   * x ← x + (σ_{i+1} − σ_i)·v, in float32; `sigmas` has one entry more than `timesteps`. */
+  async denoise(inputs: Omit<FluxInputs, 'timestep'> & { timestep?: Tensor }, timesteps: number[], sigmas: number[]):
+    Promise<{ latents: Tensor; stepLatents: Tensor }> {
+    const ins = nativeInputs(inputs as FluxInputs);
+    const r = await this.call((h) => h.denoise(ins, timesteps, sigmas));
+    return { latents: new Tensor(r.latents), stepLatents: new Tensor(r.stepLatents) };
   }
 
   /**

@@ -11,6 +11,8 @@ export { distillationLoss } from './distill.js';
 export { AlignNet } from './alignnet.js';
 export { FlowMatchEulerScheduler, FLUX_DEV_SCHEDULER } from './scheduler.js';
 export { AutoencoderKL } from './vae.js';
+export { FluxPipeline } from './pipeline.js';
+export type { FluxGenerateOptions } from './pipeline.js';
 export type { FlowMatchEulerConfig } from './scheduler.js';
 export { T5Encoder } from './t5.js';
 export { ClipTextEncoder } from './clip.js';

@@ -147,6 +147,47 @@ Napi::Value ResizeImage(const Napi::CallbackInfo& info) {
   });
 }
 
+// packLatents(z [B, C, h, w]) → [B, (h/2)(w/2), 4C]; unpackLatents(x [B, N, 4C], h, w, scale, shift) →
+// z / scale + shift as [B, C, h, w]; toImage(decoded) → (x/2 + 0.5) clamped to [0, 1] in float32 (FluxPipeline).
+Napi::Value PackLatents(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor z = TensorWrap::Get(info[0], "latents");
+    if (z.dim() != 4 || z.size(2) % 2 || z.size(3) % 2)
+      fail("ERR_SHAPE_MISMATCH", "packLatents: expected [B, C, h, w] with even h and w");
+    const int64_t B = z.size(0), C = z.size(1), h = z.size(2), w = z.size(3);
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode g;
+      *out = z.view({B, C, h / 2, 2, w / 2, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({B, (h / 2) * (w / 2), C * 4});
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  });
+}
+Napi::Value UnpackLatents(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor x = TensorWrap::Get(info[0], "latents");
+    const int64_t h = info[1].As<Napi::Number>().Int64Value(), w = info[2].As<Napi::Number>().Int64Value();
+    const double scale = info[3].As<Napi::Number>().DoubleValue(), shift = info[4].As<Napi::Number>().DoubleValue();
+    if (x.dim() != 3 || h % 2 || w % 2 || x.size(1) != (h / 2) * (w / 2) || x.size(2) % 4)
+      fail("ERR_SHAPE_MISMATCH", "unpackLatents: expected [B, (h/2)(w/2), 4C] for even h, w");
+    const int64_t B = x.size(0), C = x.size(2) / 4;
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode g;
+      *out = x.view({B, h / 2, w / 2, C, 2, 2}).permute({0, 3, 1, 4, 2, 5}).reshape({B, C, h, w}) / scale + shift;
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  });
+}
+Napi::Value ToImage(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor x = TensorWrap::Get(info[0], "decoded");
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode g;
+      *out = (x.to(at::kFloat) / 2 + 0.5).clamp(0, 1);
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  });
+}
+
 // ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
 Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 
@@ -219,6 +260,9 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("matmul", Napi::Function::New(env, Matmul));
   exports.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
   exports.Set("resizeImage", Napi::Function::New(env, ResizeImage));
+  exports.Set("packLatents", Napi::Function::New(env, PackLatents));
+  exports.Set("unpackLatents", Napi::Function::New(env, UnpackLatents));
+  exports.Set("toImage", Napi::Function::New(env, ToImage));
   exports.Set("relativeError", Napi::Function::New(env, RelativeError));
   exports.Set("noop", Napi::Function::New(env, Noop));
   exports.Set("noopAsync", Napi::Function::New(env, NoopAsync));

@@ -88,6 +88,7 @@ Napi::Function FluxWrap::Init(Napi::Env env) {
       InstanceMethod<&FluxWrap::Forward>("forward"),
       InstanceMethod<&FluxWrap::ForwardBackward>("forwardBackward"),
       InstanceMethod<&FluxWrap::DistillationStep>("distillationStep"),
+      InstanceMethod<&FluxWrap::Denoise>("denoise"),
       InstanceMethod<&FluxWrap::Dispose>("dispose"),
   });
   setCtor(env, "NativeFlux", fn);
@@ -335,6 +336,49 @@ Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
       g.Set("encoderHiddenStates", TensorWrap::Wrap(env, out->gEhs));
       g.Set("pooledProjections", TensorWrap::Wrap(env, out->gPooled));
       o.Set("grad", g);
+      return o;
+    });
+  });
+}
+
+// denoise(inputs, timesteps: number[], sigmas: number[]) → Promise<{ latents, stepLatents }>: FLUX's Euler loop
+// (FluxPipeline): at step i the transformer sees timestep t_i / 1000, and x ← x + (σ_{i+1} − σ_i)·v in float32.
+Napi::Value FluxWrap::Denoise(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    flux::Inputs in = parseInputs(info[0]);
+    auto nums = [&](size_t i, const char* what) {
+      if (info.Length() <= i || !info[i].IsArray()) fail("ERR_INVALID_ARG", std::string("denoise: expected an array of ") + what);
+      std::vector<float> v;
+      auto a = info[i].As<Napi::Array>();
+      for (uint32_t k = 0; k < a.Length(); ++k) v.push_back(Napi::Value(a[k]).As<Napi::Number>().FloatValue());
+      return v;
+    };
+    const std::vector<float> ts = nums(1, "timesteps"), sig = nums(2, "sigmas");
+    if (sig.size() != ts.size() + 1) fail("ERR_INVALID_ARG", "denoise: sigmas must have one entry more than timesteps");
+    struct Out { at::Tensor latents, steps; };
+    auto out = std::make_shared<Out>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      flux::Inputs p = flux::prepare(*m, [&] { flux::Inputs q = in; q.timestep = at::zeros({in.hiddenStates.size(0)}); return q; }());
+      at::Tensor x = p.hiddenStates;
+      std::vector<at::Tensor> steps;
+      const int64_t B = x.size(0);
+      for (size_t i = 0; i < ts.size(); ++i) {
+        // the pipeline's timestep: t / 1000 in the latents' dtype (the model multiplies by 1000 again)
+        p.timestep = (at::full({B}, ts[i], at::TensorOptions().dtype(at::kFloat)).to(x.device(), x.scalar_type()) / 1000);
+        p.hiddenStates = x;
+        at::Tensor v = flux::forward(*m, p);
+        x = (x.to(at::kFloat) + v.to(at::kFloat) * (sig[i + 1] - sig[i])).to(x.scalar_type());
+        steps.push_back(x);
+      }
+      out->latents = x;
+      out->steps = at::stack(steps, 0);
+      sync(x);
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("latents", TensorWrap::Wrap(env, out->latents));
+      o.Set("stepLatents", TensorWrap::Wrap(env, out->steps));
       return o;
     });
   });

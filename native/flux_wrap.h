@@ -19,6 +19,7 @@ class FluxWrap : public Napi::ObjectWrap<FluxWrap> {
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value ForwardBackward(const Napi::CallbackInfo& info);
   Napi::Value DistillationStep(const Napi::CallbackInfo& info);
+  Napi::Value Denoise(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 };
 

@@ -1,0 +1,124 @@
+/** x2i.FluxPipeline: FLUX.1 text-to-image sampling (the teacher; diffusers FluxPipeline's steps). */
+import { X2IError, invalidArg, nativeCall } from './errors.js';
+import type { FluxTransformer } from './flux.js';
+import { addon, type NativeTensor } from './native.js';
+import { FlowMatchEulerScheduler } from './scheduler.js';
+import { Tensor, randn } from './tensor.js';
+import type { AutoencoderKL } from './vae.js';
+
+export interface FluxGenerateOptions {
+  /** T5 sequence embeddings [B, T, 4096] (or an X2I student's AlignNet output). */
+  promptEmbeds: Tensor;
+  /** CLIP pooled embeddings [B, 768]. */
+  pooledPromptEmbeds: Tensor;
+  /** Packed initial latents [B, (h/2)(w/2), 64]; default: seeded noise. */
+  latents?: Tensor;
+  height?: number;
+  width?: number;
+  /** Default 28. */
+  numInferenceSteps?: number;
+  /** Default 3.5 (dev); ignored by checkpoints without a guidance embedder. */
+  guidanceScale?: number;
+  /** Noise seed (CPU generator, the same noise on every device). Default 0. */
+  seed?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: { step: number; total: number; phase: 'denoise' | 'decode' }) => void;
+  /** Also return the latents after every step [steps, B, N, C]. */
+  returnStepLatents?: boolean;
+}
+
+interface NativeOps {
+  packLatents(z: NativeTensor): Promise<NativeTensor>;
+  unpackLatents(x: NativeTensor, h: number, w: number, scale: number, shift: number): Promise<NativeTensor>;
+  toImage(x: NativeTensor): Promise<NativeTensor>;
+}
+
+export class FluxPipeline {
+  readonly transformer: FluxTransformer;
+  readonly vae: AutoencoderKL;
+  readonly scheduler: FlowMatchEulerScheduler;
+
+  constructor(parts: { transformer: FluxTransformer; vae: AutoencoderKL; scheduler?: FlowMatchEulerScheduler }) {
+    if (!parts?.transformer || !parts?.vae) throw invalidArg('FluxPipeline parts', '{ transformer, vae, scheduler? }', parts);
+    this.transformer = parts.transformer;
+    this.vae = parts.vae;
+    this.scheduler = parts.scheduler ?? new FlowMatchEulerScheduler();
+  }
+
+  /** The VAE's spatial factor (2^(blocks − 1); FLUX: 8). */
+  get vaeScaleFactor(): number {
+    return 2 ** ((this.vae.config.block_out_channels as number[]).length - 1);
+  }
+
+  /** (0, row, col) of each packed latent token. */
+  static imageIds(latentHeight: number, latentWidth: number, device = 'cpu'): Tensor {
+    const h = latentHeight / 2, w = latentWidth / 2;
+    const ids = new Float32Array(h * w * 3);
+    for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) { ids[(i * w + j) * 3 + 1] = i; ids[(i * w + j) * 3 + 2] = j; }
+    return Tensor.fromArray(ids, [h * w, 3], { device });
+  }
+
+  /** Denoises and decodes: `images` [B, 3, H, W] in [0, 1] (float32). */
+  async generate(opts: FluxGenerateOptions): Promise<{ images: Tensor; stepLatents?: Tensor }> {
+    const { promptEmbeds, pooledPromptEmbeds } = opts;
+    if (!(promptEmbeds instanceof Tensor) || !(pooledPromptEmbeds instanceof Tensor))
+      throw invalidArg('promptEmbeds / pooledPromptEmbeds', 'Tensors (T5 and CLIP embeddings)', promptEmbeds);
+    opts.signal?.throwIfAborted();
+    const f = this.vaeScaleFactor;
+    const height = opts.height ?? 1024, width = opts.width ?? 1024;
+    const lh = 2 * Math.floor(height / (f * 2)), lw = 2 * Math.floor(width / (f * 2));
+    if (lh < 2 || lw < 2) throw new X2IError(`height and width must be at least ${2 * f}`, 'ERR_INVALID_ARG');
+    const B = promptEmbeds.shape[0];
+    const device = this.transformer.device;
+    const ops = addon() as unknown as NativeOps;
+    const owned: Tensor[] = [];
+    const own = (t: Tensor) => (owned.push(t), t);
+    try {
+      const C = Number(this.transformer.config.in_channels ?? 64) / 4;
+      let latents = opts.latents;
+      if (!latents) {
+        const noise = own(await randn([B, C, lh, lw], { seed: opts.seed ?? 0, device, dtype: this.transformer.dtype }));
+        latents = own(new Tensor(await nativeCall(() => ops.packLatents(noise.handle))));
+      }
+      const steps = opts.numInferenceSteps ?? 28;
+      const { timesteps, sigmas } = this.scheduler.setTimesteps(steps, { imageSeqLen: (lh / 2) * (lw / 2) });
+      const guidance = own(Tensor.fromArray(new Float32Array(B).fill(opts.guidanceScale ?? 3.5), [B], { device }));
+      const inputs = { hiddenStates: latents, encoderHiddenStates: promptEmbeds, pooledProjections: pooledPromptEmbeds,
+        guidance, imgIds: own(FluxPipeline.imageIds(lh, lw, device)),
+        txtIds: own(Tensor.fromArray(new Float32Array(promptEmbeds.shape[1] * 3), [promptEmbeds.shape[1], 3], { device })) };
+      // one native call per step keeps AbortSignal and progress between steps
+      const stepLatents: Tensor[] = [];
+      let x = latents;
+      const dropAll = () => { if (x !== latents) x.dispose(); for (const t of stepLatents) t.dispose(); };
+      for (let i = 0; i < steps; i++) {
+        if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
+        const r = await this.transformer.denoise({ ...inputs, hiddenStates: x }, [timesteps[i]], [sigmas[i], sigmas[i + 1]]);
+        r.stepLatents.dispose();
+        if (x !== latents) (opts.returnStepLatents ? stepLatents.push(x) : x.dispose());
+        x = r.latents;
+        opts.onProgress?.({ step: i + 1, total: steps, phase: 'denoise' });
+      }
+      if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
+      const z = own(new Tensor(await nativeCall(() => ops.unpackLatents(x.handle, lh, lw, this.vae.scalingFactor, this.vae.shiftFactor))));
+      if (opts.returnStepLatents) stepLatents.push(x); else own(x);
+      const decoded = own(await this.vae.decode(z));
+      const images = new Tensor(await nativeCall(() => ops.toImage(decoded.handle)));
+      opts.onProgress?.({ step: steps, total: steps, phase: 'decode' });
+      if (!opts.returnStepLatents) return { images };
+      const stacked = await stack(stepLatents);
+      for (const t of stepLatents) t.dispose();
+      return { images, stepLatents: stacked };
+    } finally {
+      for (const t of owned) if (t !== opts.latents) t.dispose();
+    }
+  }
+}
+
+/** Stacks tensors of one shape on a new first dim (through the host: small, per-step latents). */
+async function stack(ts: Tensor[]): Promise<Tensor> {
+  const arrays = await Promise.all(ts.map((t) => t.toArray()));
+  const n = arrays[0].length;
+  const out = new (arrays[0].constructor as Float32ArrayConstructor)(n * arrays.length);
+  arrays.forEach((a, i) => out.set(a as Float32Array, i * n));
+  return Tensor.fromArray(out, [ts.length, ...ts[0].shape], { dtype: ts[0].dtype, device: ts[0].device });
+}
