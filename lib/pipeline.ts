@@ -27,10 +27,37 @@ export interface FluxGenerateOptions {
   returnStepLatents?: boolean;
 }
 
+/** Encodes image i of a [B, 3, H, W] tensor in [0, 1] as PNG, JPEG or WebP (through sharp). */
+export async function encodeImage(images: Tensor, i = 0, format: 'png' | 'jpeg' | 'webp' = 'png'): Promise<Buffer> {
+  if (!(images instanceof Tensor) || images.shape.length !== 4 || images.shape[1] !== 3)
+    throw invalidArg('images', 'a [B, 3, H, W] Tensor', images);
+  const [B, , H, W] = images.shape;
+  if (!(Number.isSafeInteger(i) && i >= 0 && i < B)) throw invalidArg('image index', `0..${B - 1}`, i);
+  const fn = (addon() as unknown as { imageToUint8(t: NativeTensor): Promise<NativeTensor> }).imageToUint8;
+  const u8 = new Tensor(await nativeCall(() => fn(images.handle)));
+  try {
+    const all = await u8.toArray() as Uint8Array;
+    const one = Buffer.from(all.buffer, all.byteOffset + i * H * W * 3, H * W * 3);
+    const { default: sharp } = await import('sharp');
+    const img = sharp(one, { raw: { width: W, height: H, channels: 3 } });
+    return format === 'png' ? img.png().toBuffer() : format === 'jpeg' ? img.jpeg({ quality: 95 }).toBuffer() : img.webp({ quality: 95 }).toBuffer();
+  } finally {
+    u8.dispose();
+  }
+}
+
 interface NativeOps {
   packLatents(z: NativeTensor): Promise<NativeTensor>;
   unpackLatents(x: NativeTensor, h: number, w: number, scale: number, shift: number): Promise<NativeTensor>;
   toImage(x: NativeTensor): Promise<NativeTensor>;
+}
+
+export interface FluxImages {
+  /** [B, 3, H, W] in [0, 1], float32. */
+  images: Tensor;
+  stepLatents?: Tensor;
+  /** Image i as PNG (`encodeImage` gives JPEG and WebP too). */
+  toPng(i?: number): Promise<Buffer>;
 }
 
 export class FluxPipeline {
@@ -59,7 +86,7 @@ export class FluxPipeline {
   }
 
   /** Denoises and decodes: `images` [B, 3, H, W] in [0, 1] (float32). */
-  async generate(opts: FluxGenerateOptions): Promise<{ images: Tensor; stepLatents?: Tensor }> {
+  async generate(opts: FluxGenerateOptions): Promise<FluxImages> {
     const { promptEmbeds, pooledPromptEmbeds } = opts;
     if (!(promptEmbeds instanceof Tensor) || !(pooledPromptEmbeds instanceof Tensor))
       throw invalidArg('promptEmbeds / pooledPromptEmbeds', 'Tensors (T5 and CLIP embeddings)', promptEmbeds);
@@ -104,10 +131,11 @@ export class FluxPipeline {
       const decoded = own(await this.vae.decode(z));
       const images = new Tensor(await nativeCall(() => ops.toImage(decoded.handle)));
       opts.onProgress?.({ step: steps, total: steps, phase: 'decode' });
-      if (!opts.returnStepLatents) return { images };
+      const toPng = (i = 0) => encodeImage(images, i, 'png');
+      if (!opts.returnStepLatents) return { images, toPng };
       const stacked = await stack(stepLatents);
       for (const t of stepLatents) t.dispose();
-      return { images, stepLatents: stacked };
+      return { images, stepLatents: stacked, toPng };
     } finally {
       for (const t of owned) if (t !== opts.latents) t.dispose();
     }

@@ -188,6 +188,19 @@ Napi::Value ToImage(const Napi::CallbackInfo& info) {
   });
 }
 
+// imageToUint8(images [B, 3, H, W] in [0, 1]) → uint8 [B, H, W, 3] (×255, rounded, as diffusers' numpy_to_pil)
+Napi::Value ImageToUint8(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor x = TensorWrap::Get(info[0], "images");
+    if (x.dim() != 4 || x.size(1) != 3) fail("ERR_SHAPE_MISMATCH", "images must be [B, 3, H, W], found " + std::to_string(x.dim()) + "-D");
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode g;
+      *out = (x.to(at::kCPU, at::kFloat) * 255).round().clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  });
+}
+
 // ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
 Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 
@@ -263,6 +276,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("packLatents", Napi::Function::New(env, PackLatents));
   exports.Set("unpackLatents", Napi::Function::New(env, UnpackLatents));
   exports.Set("toImage", Napi::Function::New(env, ToImage));
+  exports.Set("imageToUint8", Napi::Function::New(env, ImageToUint8));
   exports.Set("relativeError", Napi::Function::New(env, RelativeError));
   exports.Set("noop", Napi::Function::New(env, Noop));
   exports.Set("noopAsync", Napi::Function::New(env, NoopAsync));

@@ -24,6 +24,16 @@ describe('FluxPipeline', () => {
     expect(r.images.shape).toEqual([1, 3, 32, 32]);
     expect(await x2i.relativeError(r.stepLatents!, io.step_latents)).toBeLessThan(1e-3);
     expect(await x2i.relativeError(r.images, io.image)).toBeLessThan(1e-3);
+    const png = await r.toPng();
+    expect(png.subarray(1, 4).toString()).toBe('PNG');
+    const { default: sharp } = await import('sharp');
+    const meta = await sharp(png).metadata();
+    expect([meta.width, meta.height, meta.channels]).toEqual([32, 32, 3]);
+    const raw = await sharp(png).raw().toBuffer();
+    const want = Array.from(await io.image.toArray() as Float32Array);
+    expect(raw[0]).toBe(Math.round(want[0] * 255));                  // pixel (0,0) red
+    expect(raw[1]).toBe(Math.round(want[32 * 32] * 255));            // pixel (0,0) green
+    expect((await x2i.encodeImage(r.images, 0, 'jpeg')).subarray(0, 2)).toEqual(Buffer.from([0xff, 0xd8]));
   });
 
   it('seeded noise is reproducible; progress events; abort between steps', async () => {
