@@ -32,6 +32,10 @@ interface NativeAlignNet {
   info(): AlignNetInfo & { device: string; dtype: string };
   forward(x: NativeTensor): Promise<{ encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor }>;
   weights(): Record<string, NativeTensor>;
+  backward(x: NativeTensor, gSeq: NativeTensor, gPooled: NativeTensor): Promise<void>;
+  optimizerStep(o: object): Promise<number>;
+  trainingState(restore?: object): { step: number; master: Record<string, NativeTensor>; expAvg: Record<string, NativeTensor>;
+    expAvgSq: Record<string, NativeTensor> };
   dispose(): void;
 }
 
@@ -105,6 +109,32 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
     const x = hiddenStates.handle;
     const r = await this.call((h) => h.forward(x));
     return { encoderHiddenStates: new Tensor(r.encoderHiddenStates), pooledProjections: new Tensor(r.pooledProjections) };
+  }
+
+  /** Training: accumulates d⟨grad, output⟩ / d weights for this input (the forward is recomputed from the
+   * float32 master weights). */
+  async backward(hiddenStates: Tensor, grad: { encoderHiddenStates: Tensor; pooledProjections: Tensor }): Promise<void> {
+    const [x, gs, gp] = [hiddenStates.handle, grad.encoderHiddenStates.handle, grad.pooledProjections.handle];
+    await this.call((h) => h.backward(x, gs, gp));
+  }
+
+  /** AdamW (decoupled weight decay) on the float32 masters with the accumulated (averaged) gradients, after
+   * clipping their global norm; returns the norm before clipping. */
+  async optimizerStep(opts: { lr?: number; beta1?: number; beta2?: number; eps?: number; weightDecay?: number;
+    maxGradNorm?: number } = {}): Promise<number> {
+    return this.call((h) => h.optimizerStep(opts));
+  }
+
+  /** The optimizer state as tensors (step, float32 masters, first and second moments); with `restore`, sets it. */
+  trainingState(restore?: { step: number; master: Record<string, Tensor>; expAvg: Record<string, Tensor>;
+    expAvgSq: Record<string, Tensor> }): { step: number; master: Record<string, Tensor>; expAvg: Record<string, Tensor>;
+    expAvgSq: Record<string, Tensor> } {
+    const handles = (r: Record<string, Tensor>) => Object.fromEntries(Object.entries(r).map(([k, t]) => [k, t.handle]));
+    const arg = restore ? { step: restore.step, master: handles(restore.master), expAvg: handles(restore.expAvg),
+      expAvgSq: handles(restore.expAvgSq) } : undefined;
+    const st = this.native().trainingState(arg);
+    const wrap = (r: Record<string, NativeTensor>) => Object.fromEntries(Object.entries(r).map(([k, h]) => [k, new Tensor(h)]));
+    return { step: st.step, master: wrap(st.master), expAvg: wrap(st.expAvg), expAvgSq: wrap(st.expAvgSq) };
   }
 
   /** Saves the weights as safetensors under the official names (loadable here and, after prefixing nothing,

@@ -5,7 +5,11 @@
 
 #include "tensor.h"
 
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cmath>
 
 #include <sstream>
 
@@ -119,6 +123,89 @@ std::map<std::string, at::Tensor> weights(const Model& m) {
   return w;
 }
 
+// ---------------------------------------------------------------- training
+namespace {
+// The parameters by their official names (pointers into the model, so that updates land in place).
+std::vector<std::pair<std::string, at::Tensor*>> params(Model& m) {
+  std::vector<std::pair<std::string, at::Tensor*>> p{{"mlp.layernorm.weight", &m.lnW}, {"mlp.layernorm.bias", &m.lnB},
+    {"mlp.projector.0.weight", &m.proj0}, {"mlp.projector.2.weight", &m.proj2}, {"mlp.fc.1.weight", &m.fcW}, {"mlp.fc.1.bias", &m.fcB}};
+  if (m.convW.defined()) p.push_back({"conv.weight", &m.convW}), p.push_back({"conv.bias", &m.convB});
+  if (m.scale.defined()) p.push_back({"cha_scale", &m.scale});
+  return p;
+}
+
+Training& trainingOf(Model& m) {
+  if (!m.training) {
+    m.training = std::make_shared<Training>();
+    for (auto& [k, t] : params(m)) {
+      at::Tensor master = t->detach().to(at::kFloat).clone();
+      m.training->master[k] = master;
+      m.training->expAvg[k] = at::zeros_like(master);
+      m.training->expAvgSq[k] = at::zeros_like(master);
+    }
+  }
+  return *m.training;
+}
+}  // namespace
+
+// d⟨gSeq, seq⟩ + ⟨gPooled, pooled⟩ / d parameters, recomputing the forward from the float32 master weights,
+// added to the accumulated gradients. Returns nothing; optimizerStep() applies them.
+void backward(Model& m, const at::Tensor& hiddenStates, const at::Tensor& gSeq, const at::Tensor& gPooled) {
+  Training& tr = trainingOf(m);
+  c10::AutoGradMode enable(true);
+  Model shadow = m;  // the same structure over leaf copies of the master weights
+  shadow.training = nullptr;
+  std::map<std::string, at::Tensor> leaves;
+  for (auto& [k, ptr] : params(shadow)) {
+    leaves[k] = tr.master.at(k).detach().requires_grad_(true);
+    *ptr = leaves[k];
+  }
+  auto [seq, pooled] = forward(shadow, hiddenStates.to(at::kFloat).detach());
+  std::vector<at::Tensor> outs{seq, pooled}, grads{gSeq.to(seq.device(), at::kFloat), gPooled.to(pooled.device(), at::kFloat)};
+  std::vector<at::Tensor> inputs;
+  std::vector<std::string> names;
+  for (auto& [k, t] : leaves) inputs.push_back(t), names.push_back(k);
+  auto g = torch::autograd::grad(outs, inputs, grads, false, false, true);
+  for (size_t i = 0; i < names.size(); ++i) {
+    at::Tensor gi = g[i].defined() ? g[i] : at::zeros_like(inputs[i]);
+    auto it = tr.grad.find(names[i]);
+    if (it == tr.grad.end()) tr.grad[names[i]] = gi.detach().clone();
+    else it->second.add_(gi.detach());
+  }
+  ++tr.accumulated;
+}
+
+// AdamW on the float32 masters (PyTorch's formula, decoupled weight decay) after averaging the accumulated
+// gradients and clipping their global norm; the model's weights become the cast masters. Returns the
+// pre-clipping gradient norm.
+double optimizerStep(Model& m, double lr, double beta1, double beta2, double eps, double weightDecay, double maxNorm) {
+  Training& tr = trainingOf(m);
+  if (tr.accumulated == 0) fail("ERR_INVALID_ARG", "AlignNet.optimizerStep: no gradients were accumulated");
+  c10::InferenceMode guard;
+  double sq = 0;
+  for (auto& [k, g] : tr.grad) {
+    g.div_(double(tr.accumulated));
+    sq += g.pow(2).sum().item<double>();
+  }
+  const double norm = std::sqrt(sq);
+  const double clip = maxNorm > 0 && norm > maxNorm ? maxNorm / (norm + 1e-6) : 1.0;
+  ++tr.step;
+  const double bc1 = 1 - std::pow(beta1, double(tr.step)), bc2 = 1 - std::pow(beta2, double(tr.step));
+  for (auto& [k, ptr] : params(m)) {
+    at::Tensor g = tr.grad.at(k) * clip;
+    at::Tensor& p = tr.master.at(k);
+    p.mul_(1 - lr * weightDecay);
+    tr.expAvg.at(k).mul_(beta1).add_(g, 1 - beta1);
+    tr.expAvgSq.at(k).mul_(beta2).addcmul_(g, g, 1 - beta2);
+    at::Tensor denom = (tr.expAvgSq.at(k) / bc2).sqrt_().add_(eps);
+    p.addcdiv_(tr.expAvg.at(k), denom, -lr / bc1);
+    *ptr = p.to(ptr->scalar_type());
+  }
+  tr.grad.clear();
+  tr.accumulated = 0;
+  return norm;
+}
+
 // ---------------------------------------------------------------- N-API
 Napi::Function Wrap::Init(Napi::Env env) {
   auto fn = DefineClass(env, "NativeAlignNet", {
@@ -126,6 +213,9 @@ Napi::Function Wrap::Init(Napi::Env env) {
       InstanceMethod<&Wrap::Info>("info"),
       InstanceMethod<&Wrap::Forward>("forward"),
       InstanceMethod<&Wrap::Weights>("weights"),
+      InstanceMethod<&Wrap::Backward>("backward"),
+      InstanceMethod<&Wrap::OptimizerStep>("optimizerStep"),
+      InstanceMethod<&Wrap::TrainingState>("trainingState"),
       InstanceMethod<&Wrap::Dispose>("dispose"),
   });
   setCtor(env, "NativeAlignNet", fn);
@@ -204,6 +294,64 @@ Napi::Value Wrap::Weights(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     auto o = Napi::Object::New(info.Env());
     for (auto& [k, v] : weights(*model())) o.Set(k, TensorWrap::Wrap(info.Env(), v));
+    return o;
+  });
+}
+
+// backward(hiddenStates, gradEncoderHiddenStates, gradPooledProjections) → Promise<void>
+Napi::Value Wrap::Backward(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    at::Tensor x = TensorWrap::Get(info[0], "hiddenStates"), gs = TensorWrap::Get(info[1], "gradEncoderHiddenStates"),
+               gp = TensorWrap::Get(info[2], "gradPooledProjections");
+    return queue(info.Env(), [=] { backward(*m, x, gs, gp); }, [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+// optimizerStep({ lr, beta1, beta2, eps, weightDecay, maxGradNorm }) → Promise<gradient norm>
+Napi::Value Wrap::OptimizerStep(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    auto o = info[0].As<Napi::Object>();
+    auto num = [&](const char* k, double d) { return o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : d; };
+    const double lr = num("lr", 1e-4), b1 = num("beta1", 0.9), b2 = num("beta2", 0.999), eps = num("eps", 1e-8),
+                 wd = num("weightDecay", 1e-2), clip = num("maxGradNorm", 1.0);
+    auto norm = std::make_shared<double>(0);
+    return queue(info.Env(), [=] { *norm = optimizerStep(*m, lr, b1, b2, eps, wd, clip); },
+                 [norm](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *norm); });
+  });
+}
+
+// trainingState() → { step, master: {...}, expAvg: {...}, expAvgSq: {...} } (for checkpoints); setTrainingState
+// is done through load + this object's tensors on the JS side.
+Napi::Value Wrap::TrainingState(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto m = model();
+    Training& tr = trainingOf(*m);
+    auto env = info.Env();
+    auto o = Napi::Object::New(env);
+    if (info.Length() > 0 && info[0].IsObject()) {  // restore
+      auto in = info[0].As<Napi::Object>();
+      tr.step = in.Get("step").As<Napi::Number>().Int64Value();
+      for (const char* part : {"master", "expAvg", "expAvgSq"}) {
+        auto src = in.Get(part).As<Napi::Object>();
+        auto& dst = std::string(part) == "master" ? tr.master : std::string(part) == "expAvg" ? tr.expAvg : tr.expAvgSq;
+        for (auto& [k, t] : dst) {
+          at::Tensor v = TensorWrap::Get(src.Get(k), k.c_str());
+          if (v.sizes() != t.sizes()) fail("ERR_CHECKPOINT_SHAPE", "AlignNet optimizer state: '" + k + "' has another shape");
+          t.copy_(v);
+        }
+      }
+      for (auto& [k, ptr] : params(*m)) *ptr = tr.master.at(k).to(ptr->scalar_type());
+      tr.grad.clear();
+      tr.accumulated = 0;
+    }
+    o.Set("step", double(tr.step));
+    for (auto [name, map] : {std::make_pair("master", &tr.master), std::make_pair("expAvg", &tr.expAvg), std::make_pair("expAvgSq", &tr.expAvgSq)}) {
+      auto t = Napi::Object::New(env);
+      for (auto& [k, v] : *map) t.Set(k, TensorWrap::Wrap(env, v.clone()));
+      o.Set(name, t);
+    }
     return o;
   });
 }

@@ -6,6 +6,13 @@
 
 namespace x2i::alignnet {
 
+// Training state: float32 master weights, AdamW moments and step count, gradients being accumulated.
+struct Training {
+  std::map<std::string, at::Tensor> master, expAvg, expAvgSq, grad;
+  int64_t step = 0;
+  int64_t accumulated = 0;
+};
+
 struct Model {
   std::string variant;     // "conv" (Qwen/MiniCPM/InternVL-4B), "scale" (InternVL-1B), "mean"
   int64_t layers = 0;      // C, the stacked hidden states (0: any, for "mean")
@@ -15,7 +22,9 @@ struct Model {
   at::Tensor lnW, lnB;     // LayerNorm(H)
   at::Tensor proj0, proj2; // Linear(H → Dseq), Linear(Dseq → Dseq), no bias
   at::Tensor fcW, fcB;     // Linear(Dseq → Dpooled)
+  std::shared_ptr<Training> training;
 };
+
 
 std::shared_ptr<Model> load(std::map<std::string, at::Tensor> weights, double eps, const std::string& source);
 // hiddenStates [B, C, S, H] → (encoderHiddenStates [B, S, Dseq], pooledProjections [B, Dpooled])
@@ -34,6 +43,9 @@ class Wrap : public Napi::ObjectWrap<Wrap> {
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value Weights(const Napi::CallbackInfo& info);
+  Napi::Value Backward(const Napi::CallbackInfo& info);
+  Napi::Value OptimizerStep(const Napi::CallbackInfo& info);
+  Napi::Value TrainingState(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 };
 

@@ -1,0 +1,239 @@
+/**
+ * x2i.X2ITrainer: AlignNet trained by attention distillation (x2i-method.md §2–3). Teacher = the FLUX
+ * transformer conditioned on T5 + CLIP; student = the same frozen weights conditioned on AlignNet(MLLM hidden
+ * states); pure-noise latents at σ = 1, guidance 3.5; the loss is computed tap by tap inside
+ * `FluxTransformer.distillationStep`, and its gradient flows into AlignNet only (AdamW on float32 masters,
+ * warmup + cosine, gradient clipping, accumulation). Checkpoints are written atomically and resume exactly.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { X2IError, invalidArg } from './errors.js';
+import type { AlignNet } from './alignnet.js';
+import type { Divergence } from './distill.js';
+import type { FluxTransformer } from './flux.js';
+import { loadSafetensors, saveSafetensors } from './io.js';
+import { FluxPipeline } from './pipeline.js';
+import type { QwenPrompt, QwenVLEncoder } from './qwen.js';
+import type { T5Encoder } from './t5.js';
+import type { ClipTextEncoder } from './clip.js';
+import { Tensor, randn } from './tensor.js';
+
+export interface X2ITrainerOptions {
+  /** AdamW, as the official recipe: lr 1e-4, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8. */
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  weightDecay?: number;
+  eps?: number;
+  /** Global gradient-norm clip (default 1.0). */
+  maxGradNorm?: number;
+  /** Micro-batches per optimizer step (default 1). */
+  gradientAccumulation?: number;
+  /** Linear warmup steps, then cosine decay to 0 over totalSteps (default: no warmup, constant lr). */
+  warmupSteps?: number;
+  totalSteps?: number;
+  /** Latent size in pixels (default 1024 × 1024). */
+  height?: number;
+  width?: number;
+  /** Guidance fed to both passes (default 3.5). */
+  guidance?: number;
+  divergence?: Divergence;
+  temperature?: number;
+  /** Activation checkpointing in the student's backward. */
+  checkpoint?: boolean;
+  /** Seed of the noise latents (step i uses seed + i). */
+  seed?: number;
+}
+
+/** One micro-batch: the teacher's conditioning (or a caption for T5 + CLIP) and the student's MLLM input
+ * (hidden states [B, C, S, H], or a prompt for the MLLM). */
+export interface X2IBatch {
+  teacher: { encoderHiddenStates: Tensor; pooledProjections: Tensor } | { caption: string };
+  student: { hiddenStates: Tensor } | { prompt: string | QwenPrompt };
+}
+
+export interface X2IStepInfo {
+  step: number;
+  microStep: number;
+  loss: number;
+  terms: { doubleImg: number[]; doubleTxt: number[]; single: number[] };
+  skipped: number;
+  lr: number;
+  gradNorm?: number;
+  samplesPerSecond: number;
+  memory: { tensors: number; bytes: number };
+}
+
+const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1.0, gradientAccumulation: 1,
+  warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
+  checkpoint: false, seed: 0 };
+
+export class X2ITrainer {
+  readonly transformer: FluxTransformer;
+  readonly alignNet: AlignNet;
+  readonly mllm?: QwenVLEncoder;
+  readonly t5?: T5Encoder;
+  readonly clip?: ClipTextEncoder;
+  readonly options: Readonly<typeof DEFAULTS>;
+  /** Optimizer steps taken and micro-batches seen. */
+  step = 0;
+  microStep = 0;
+
+  constructor(parts: { transformer: FluxTransformer; alignNet: AlignNet; mllm?: QwenVLEncoder; t5?: T5Encoder;
+    clip?: ClipTextEncoder }, options: X2ITrainerOptions = {}) {
+    if (!parts?.transformer || !parts?.alignNet) throw invalidArg('X2ITrainer parts', '{ transformer, alignNet, mllm?, t5?, clip? }', parts);
+    Object.assign(this, { transformer: parts.transformer, alignNet: parts.alignNet, mllm: parts.mllm, t5: parts.t5, clip: parts.clip });
+    this.transformer = parts.transformer;
+    this.alignNet = parts.alignNet;
+    this.options = Object.freeze({ ...DEFAULTS, ...options });
+  }
+
+  /** The learning rate of optimizer step `s` (0-based): linear warmup, then cosine to 0 at totalSteps. */
+  learningRate(s = this.step): number {
+    const o = this.options;
+    if (o.warmupSteps > 0 && s < o.warmupSteps) return (o.lr * (s + 1)) / o.warmupSteps;
+    if (!o.totalSteps) return o.lr;
+    const p = Math.min(1, (s - o.warmupSteps) / Math.max(1, o.totalSteps - o.warmupSteps));
+    return 0.5 * o.lr * (1 + Math.cos(Math.PI * p));
+  }
+
+  /** One micro-batch: teacher pass, student pass with the fused loss, gradient into AlignNet; every
+   * `gradientAccumulation` micro-batches an optimizer step. */
+  async trainStep(batch: X2IBatch): Promise<X2IStepInfo> {
+    const t0 = performance.now();
+    const o = this.options;
+    const owned: Tensor[] = [];
+    const own = <T extends Tensor>(t: T) => (owned.push(t), t);
+    try {
+      // teacher conditioning
+      let tEhs: Tensor, tPooled: Tensor;
+      if ('caption' in batch.teacher) {
+        if (!this.t5 || !this.clip) throw new X2IError('X2ITrainer: captions need the t5 and clip encoders (or pass teacher features)', 'ERR_INVALID_ARG');
+        tEhs = own((await this.t5.encodePrompt(batch.teacher.caption)).lastHiddenState);
+        tPooled = own((await this.clip.encodePrompt(batch.teacher.caption)).pooledOutput);
+      } else {
+        ({ encoderHiddenStates: tEhs, pooledProjections: tPooled } = batch.teacher);
+      }
+      // student: MLLM hidden states → AlignNet
+      let hidden: Tensor;
+      if ('prompt' in batch.student) {
+        if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
+        const r = await this.mllm.encodePrompt(batch.student.prompt);
+        own(r.attentionMask);
+        hidden = own(r.hiddenStates);
+      } else {
+        hidden = batch.student.hiddenStates;
+      }
+      const student = await this.alignNet.forward(hidden);
+      own(student.encoderHiddenStates);
+      own(student.pooledProjections);
+      // pure noise at σ = 1, the same latents for both passes
+      const B = tEhs.shape[0];
+      const lh = 2 * Math.floor(o.height / 16), lw = 2 * Math.floor(o.width / 16);
+      const device = this.transformer.device, dtype = this.transformer.dtype;
+      const C = Number(this.transformer.config.in_channels ?? 64);
+      const latents = own(await randn([B, (lh / 2) * (lw / 2), C], { seed: o.seed + this.microStep, device, dtype }));
+      const ones = own(Tensor.fromArray(new Float32Array(B).fill(1), [B], { device }));
+      const guidance = own(Tensor.fromArray(new Float32Array(B).fill(o.guidance), [B], { device }));
+      const imgIds = own(FluxPipeline.imageIds(lh, lw, device));
+      const txt = (n: number) => own(Tensor.fromArray(new Float32Array(n * 3), [n, 3], { device }));
+      const common = { hiddenStates: latents, timestep: ones, guidance, imgIds };
+      const r = await this.transformer.distillationStep(
+        { ...common, encoderHiddenStates: tEhs, pooledProjections: tPooled, txtIds: txt(tEhs.shape[1]) },
+        { ...common, encoderHiddenStates: student.encoderHiddenStates, pooledProjections: student.pooledProjections,
+          txtIds: txt(student.encoderHiddenStates.shape[1]) },
+        { divergence: o.divergence, temperature: o.temperature, checkpoint: o.checkpoint });
+      own(r.grad.encoderHiddenStates);
+      own(r.grad.pooledProjections);
+      await this.alignNet.backward(hidden, r.grad);
+      this.microStep++;
+      let gradNorm: number | undefined;
+      const lr = this.learningRate();
+      if (this.microStep % o.gradientAccumulation === 0) {
+        gradNorm = await this.alignNet.optimizerStep({ lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps,
+          weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm });
+        this.step++;
+      }
+      const { memory } = await import('./tensor.js');
+      const mem = memory();
+      return { step: this.step, microStep: this.microStep, loss: r.loss, terms: r.terms, skipped: r.skipped, lr, gradNorm,
+        samplesPerSecond: B / ((performance.now() - t0) / 1000), memory: { tensors: mem.tensors, bytes: mem.bytes } };
+    } finally {
+      for (const t of owned) t.dispose();
+    }
+  }
+
+  /** Trains over `data` (cycled) for `steps` micro-batches; `onStep` after each; `signal` stops at a step
+   * boundary; with `checkpointDir`, saves every `checkpointEvery` optimizer steps and when stopped. */
+  async fit(opts: { data: X2IBatch[]; steps: number; signal?: AbortSignal; onStep?: (i: X2IStepInfo) => void;
+    checkpointDir?: string; checkpointEvery?: number }): Promise<X2IStepInfo[]> {
+    if (!Array.isArray(opts?.data) || opts.data.length === 0) throw invalidArg('data', 'a non-empty array of batches', opts?.data);
+    const out: X2IStepInfo[] = [];
+    for (let i = 0; i < opts.steps; i++) {
+      if (opts.signal?.aborted) break;
+      const info = await this.trainStep(opts.data[this.microStep % opts.data.length]);
+      out.push(info);
+      opts.onStep?.(info);
+      if (opts.checkpointDir && opts.checkpointEvery && info.gradNorm !== undefined && this.step % opts.checkpointEvery === 0)
+        await this.save(opts.checkpointDir);
+    }
+    if (opts.checkpointDir) await this.save(opts.checkpointDir);
+    return out;
+  }
+
+  /**
+   * Writes a checkpoint folder `dir/step-NNNNNN/` with `alignnet.safetensors` (official names: loadable by
+   * AlignNet.fromPretrained and, after a key check, by the official code) and `optimizer.safetensors` (float32
+   * masters and AdamW moments), then points `dir/trainer.json` at it with one atomic rename, then removes older
+   * step folders. A save killed at any point leaves trainer.json naming a complete, earlier checkpoint.
+   */
+  async save(dir: string): Promise<string> {
+    const name = `step-${String(this.step).padStart(6, '0')}-${this.microStep}`;
+    const target = path.join(dir, name);
+    fs.mkdirSync(target, { recursive: true });
+    const st = this.alignNet.trainingState();
+    const tensors: Record<string, Tensor> = {};
+    for (const [part, rec] of [['master', st.master], ['exp_avg', st.expAvg], ['exp_avg_sq', st.expAvgSq]] as const)
+      for (const [k, t] of Object.entries(rec)) tensors[`${part}.${k}`] = t;
+    try {
+      await this.alignNet.save(path.join(target, 'alignnet.safetensors'), { 'x2i.step': String(this.step) });
+      await saveSafetensors(path.join(target, 'optimizer.safetensors'), tensors, { step: String(st.step) });
+    } finally {
+      for (const t of Object.values(tensors)) t.dispose();
+    }
+    const tmp = path.join(dir, `trainer.json.tmp-${process.pid}`);
+    const fd = fs.openSync(tmp, 'w');
+    fs.writeSync(fd, JSON.stringify({ step: this.step, microStep: this.microStep, checkpoint: name, options: this.options }, null, 2));
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(tmp, path.join(dir, 'trainer.json'));
+    for (const d of fs.readdirSync(dir))
+      if (d.startsWith('step-') && d !== name) fs.rmSync(path.join(dir, d), { recursive: true, force: true });
+    return target;
+  }
+
+  /** The checkpoint folder trainer.json points at (holding alignnet.safetensors and optimizer.safetensors). */
+  static latestCheckpoint(dir: string): string {
+    const file = path.join(dir, 'trainer.json');
+    if (!fs.existsSync(file)) throw new X2IError(`${dir}: no trainer.json (not an X2ITrainer checkpoint)`, 'ERR_FILE_NOT_FOUND');
+    return path.join(dir, JSON.parse(fs.readFileSync(file, 'utf8')).checkpoint);
+  }
+
+  /** Continues from a checkpoint written by save(): the AlignNet weights, the optimizer state and the counters. */
+  async resume(dir: string): Promise<void> {
+    const ckpt = X2ITrainer.latestCheckpoint(dir);
+    const meta = JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'));
+    const opt = await loadSafetensors(path.join(ckpt, 'optimizer.safetensors'));
+    try {
+      const pick = (prefix: string) => Object.fromEntries(Object.entries(opt).filter(([k]) => k.startsWith(prefix + '.'))
+        .map(([k, t]) => [k.slice(prefix.length + 1), t]));
+      const restored = this.alignNet.trainingState({ step: meta.step, master: pick('master'), expAvg: pick('exp_avg'),
+        expAvgSq: pick('exp_avg_sq') });
+      for (const rec of [restored.master, restored.expAvg, restored.expAvgSq]) for (const t of Object.values(rec)) t.dispose();
+    } finally {
+      for (const t of Object.values(opt)) t.dispose();
+    }
+    this.step = meta.step;
+    this.microStep = meta.microStep;
+  }
+}
