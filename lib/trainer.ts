@@ -68,6 +68,25 @@ const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1
   warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
   checkpoint: false, seed: 0 };
 
+/** Captions for training from a JSONL file (the `caption_en` field, as X2I's data; `caption` or `text` also
+ * accepted) or a text file (one caption per line); blank lines are skipped. */
+export function loadCaptions(file: string): string[] {
+  if (!fs.existsSync(file)) throw new X2IError(`${file}: no such file`, 'ERR_FILE_NOT_FOUND');
+  const lines = fs.readFileSync(file, 'utf8').split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  if (!/\.jsonl?$/i.test(file)) return lines;
+  return lines.map((l, i) => {
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(l);
+    } catch (e) {
+      throw new X2IError(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`, 'ERR_DATA');
+    }
+    const c = o.caption_en ?? o.caption ?? o.text;
+    if (typeof c !== 'string') throw new X2IError(`${file}:${i + 1}: no "caption_en" (or "caption", "text") string`, 'ERR_DATA');
+    return c;
+  });
+}
+
 export class X2ITrainer {
   readonly transformer: FluxTransformer;
   readonly alignNet: AlignNet;

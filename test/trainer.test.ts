@@ -96,6 +96,15 @@ describe('X2ITrainer', () => {
     expect(t2.step).toBe(2);
   });
 
+  it('captions from JSONL (caption_en) and TXT', () => {
+    fs.writeFileSync(path.join(tmp, 'c.jsonl'), '{"caption_en": "a red circle", "id": 1}\n\n{"caption_en": "一只猫"}\n');
+    fs.writeFileSync(path.join(tmp, 'c.txt'), 'first caption\r\nsecond\n\n');
+    expect(x2i.loadCaptions(path.join(tmp, 'c.jsonl'))).toEqual(['a red circle', '一只猫']);
+    expect(x2i.loadCaptions(path.join(tmp, 'c.txt'))).toEqual(['first caption', 'second']);
+    fs.writeFileSync(path.join(tmp, 'bad.jsonl'), '{"caption_en": 3}\n');
+    expect(() => x2i.loadCaptions(path.join(tmp, 'bad.jsonl'))).toThrow(/bad\.jsonl:1: no "caption_en"/);
+  });
+
   it('the learning-rate schedule: warmup, then cosine', () => {
     const t = new X2ITrainer({ transformer: flux, alignNet: {} as AlignNet }, { lr: 1, warmupSteps: 4, totalSteps: 12 });
     expect([0, 1, 3].map((s) => t.learningRate(s))).toEqual([0.25, 0.5, 1]);
