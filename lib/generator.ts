@@ -6,7 +6,7 @@ import { FluxPipeline, type FluxGenerateOptions, type FluxImages } from './pipel
 import type { QwenPrompt, QwenVLEncoder } from './qwen.js';
 import type { QwenTokenizer } from './tokenizers.js';
 
-export interface X2IGenerateOptions extends Omit<FluxGenerateOptions, 'promptEmbeds' | 'pooledPromptEmbeds'> {
+export interface X2IGenerateOptions extends Omit<FluxGenerateOptions, 'prompt' | 'promptEmbeds' | 'pooledPromptEmbeds'> {
   /** The prompt: text in any language, images, a video (decoded frames), or a mix. */
   prompt: string | QwenPrompt;
   /** Token length the MLLM prompt is padded to (X2I: 512). */

@@ -5,12 +5,19 @@ import { addon, type NativeTensor } from './native.js';
 import { FlowMatchEulerScheduler } from './scheduler.js';
 import { Tensor, randn } from './tensor.js';
 import type { AutoencoderKL } from './vae.js';
+import type { ClipTextEncoder } from './clip.js';
+import type { T5Encoder } from './t5.js';
+import type { EncodeOptions, Encoded } from './tokenizers.js';
+
+type AnyTokenizer = { encode(text: string | string[], opts?: EncodeOptions): Encoded };
 
 export interface FluxGenerateOptions {
+  /** A prompt (or a batch) for the pipeline's text encoders (T5 → sequence, CLIP → pooled); or give the embeddings. */
+  prompt?: string | string[];
   /** T5 sequence embeddings [B, T, 4096] (or an X2I student's AlignNet output). */
-  promptEmbeds: Tensor;
+  promptEmbeds?: Tensor;
   /** CLIP pooled embeddings [B, 768]. */
-  pooledPromptEmbeds: Tensor;
+  pooledPromptEmbeds?: Tensor;
   /** Packed initial latents [B, (h/2)(w/2), 64]; default: seeded noise. */
   latents?: Tensor;
   height?: number;
@@ -64,12 +71,33 @@ export class FluxPipeline {
   readonly transformer: FluxTransformer;
   readonly vae: AutoencoderKL;
   readonly scheduler: FlowMatchEulerScheduler;
+  /** CLIP (pooled) and T5 (sequence), as diffusers names them; with their tokenizers (else found beside them). */
+  readonly textEncoder?: ClipTextEncoder;
+  readonly textEncoder2?: T5Encoder;
+  readonly tokenizer?: AnyTokenizer;
+  readonly tokenizer2?: AnyTokenizer;
 
-  constructor(parts: { transformer: FluxTransformer; vae: AutoencoderKL; scheduler?: FlowMatchEulerScheduler }) {
-    if (!parts?.transformer || !parts?.vae) throw invalidArg('FluxPipeline parts', '{ transformer, vae, scheduler? }', parts);
+  constructor(parts: { transformer: FluxTransformer; vae: AutoencoderKL; scheduler?: FlowMatchEulerScheduler;
+    textEncoder?: ClipTextEncoder; textEncoder2?: T5Encoder; tokenizer?: AnyTokenizer; tokenizer2?: AnyTokenizer }) {
+    if (!parts?.transformer || !parts?.vae) throw invalidArg('FluxPipeline parts', '{ transformer, vae, scheduler?, textEncoder?, textEncoder2? }', parts);
     this.transformer = parts.transformer;
     this.vae = parts.vae;
     this.scheduler = parts.scheduler ?? new FlowMatchEulerScheduler();
+    Object.assign(this, { textEncoder: parts.textEncoder, textEncoder2: parts.textEncoder2, tokenizer: parts.tokenizer,
+      tokenizer2: parts.tokenizer2 });
+  }
+
+  /** FLUX's text conditioning: T5 (padded to 512, no mask) → sequence, CLIP (77) → pooled. */
+  async encodePrompt(prompt: string | string[], opts: { maxSequenceLength?: number } = {}): Promise<{ promptEmbeds: Tensor;
+    pooledPromptEmbeds: Tensor }> {
+    if (!this.textEncoder || !this.textEncoder2)
+      throw new X2IError('FluxPipeline: a prompt needs textEncoder (CLIP) and textEncoder2 (T5); or pass promptEmbeds', 'ERR_INVALID_ARG');
+    const t5 = await this.textEncoder2.encodePrompt(prompt, { tokenizer: this.tokenizer2, maxLength: opts.maxSequenceLength ?? 512 });
+    const clip = await this.textEncoder.encodePrompt(prompt, { tokenizer: this.tokenizer });
+    t5.hiddenStates.dispose();
+    clip.lastHiddenState.dispose();
+    clip.hiddenStates.dispose();
+    return { promptEmbeds: t5.lastHiddenState, pooledPromptEmbeds: clip.pooledOutput };
   }
 
   /** The VAE's spatial factor (2^(blocks − 1); FLUX: 8). */
@@ -87,10 +115,19 @@ export class FluxPipeline {
 
   /** Denoises and decodes: `images` [B, 3, H, W] in [0, 1] (float32). */
   async generate(opts: FluxGenerateOptions): Promise<FluxImages> {
+    opts.signal?.throwIfAborted();
+    if (opts.prompt !== undefined && !opts.promptEmbeds) {
+      const e = await this.encodePrompt(opts.prompt);
+      try {
+        return await this.generate({ ...opts, prompt: undefined, ...e });
+      } finally {
+        e.promptEmbeds.dispose();
+        e.pooledPromptEmbeds.dispose();
+      }
+    }
     const { promptEmbeds, pooledPromptEmbeds } = opts;
     if (!(promptEmbeds instanceof Tensor) || !(pooledPromptEmbeds instanceof Tensor))
-      throw invalidArg('promptEmbeds / pooledPromptEmbeds', 'Tensors (T5 and CLIP embeddings)', promptEmbeds);
-    opts.signal?.throwIfAborted();
+      throw invalidArg('promptEmbeds / pooledPromptEmbeds', 'Tensors (T5 and CLIP embeddings), or a prompt', promptEmbeds);
     const f = this.vaeScaleFactor;
     const height = opts.height ?? 1024, width = opts.width ?? 1024;
     const lh = 2 * Math.floor(height / (f * 2)), lw = 2 * Math.floor(width / (f * 2));

@@ -52,3 +52,13 @@ it('X2IGenerator = MLLM hidden states → AlignNet → FLUX (the same images as 
   expect(await other.images.toArray()).not.toEqual(await a.images.toArray());
   expect((await a.toPng()).subarray(1, 4).toString()).toBe('PNG');
 });
+
+it('no tensor leak across 50 X2IGenerator calls', async () => {
+  const { settleGc } = await import('./helpers.js');
+  await settleGc();
+  const before = x2i.memory().tensors;
+  for (let i = 0; i < 50; i++)
+    (await gen.generate({ prompt: `cat ${i}`, tokenizer: fake, maxLength: 16, height: 32, width: 32, numInferenceSteps: 1, seed: i })).images.dispose();
+  await settleGc();
+  expect(x2i.memory().tensors).toBe(before);
+});

@@ -63,3 +63,25 @@ describe('FluxPipeline', () => {
     expect(x2i.memory().tensors).toBe(before);
   });
 });
+
+describe('FluxPipeline with text encoders', () => {
+  it('a prompt goes through T5 (sequence) and CLIP (pooled), as passing their embeddings does', async () => {
+    const t5 = await x2i.T5Encoder.fromPretrained(path.join(golden, 't5-encoder'));
+    const tok2 = { encode: (text: string | string[], o?: { maxLength?: number }) => {
+      const L = Math.min(o?.maxLength ?? 7, 7);
+      const ids = BigInt64Array.from({ length: L }, (_, i) => BigInt((String(text).charCodeAt(i % String(text).length) + i) % 120));
+      return { inputIds: x2i.Tensor.fromArray(ids, [1, L]), attentionMask: x2i.Tensor.fromArray(new BigInt64Array(L).fill(1n), [1, L]) };
+    } };
+    const pooled = await x2i.randn([1, 24], { seed: 9 });
+    const clipStub = { encodePrompt: async () => ({ lastHiddenState: await x2i.randn([1, 2, 2]), hiddenStates: await x2i.randn([1, 1, 2, 2]),
+      pooledOutput: await pooled.to({}) }) } as unknown as x2i.ClipTextEncoder;
+    const p2 = new FluxPipeline({ transformer: pipe.transformer, vae: pipe.vae, scheduler: pipe.scheduler, textEncoder: clipStub,
+      textEncoder2: t5, tokenizer2: tok2 });
+    const a = await p2.generate({ prompt: 'a red circle', height: 32, width: 32, numInferenceSteps: 2, seed: 3 });
+    const e = await t5.forward({ inputIds: tok2.encode('a red circle', { maxLength: 512 }).inputIds });
+    const b = await pipe.generate({ promptEmbeds: e.lastHiddenState, pooledPromptEmbeds: pooled, height: 32, width: 32, numInferenceSteps: 2, seed: 3 });
+    expect(await a.images.toArray()).toEqual(await b.images.toArray());
+    await expect(pipe.generate({ prompt: 'x', height: 32, width: 32 })).rejects.toThrow(/needs textEncoder \(CLIP\) and textEncoder2 \(T5\)/);
+    t5.dispose();
+  });
+});
