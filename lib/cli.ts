@@ -5,10 +5,21 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageRoot, targetLibTorch } from './native.js';
 import { buildInfo, cuda, memory } from './index.js';
+import type { DType } from './tensor.js';
+import type { FluxImages } from './pipeline.js';
 
 const USAGE = `usage: x2i <command> [options]
 
 commands:
+  generate             an image with FLUX, conditioned by its own text encoders (teacher) or by an MLLM +
+                       AlignNet (X2I student)
+                       --flux DIR|FILE (transformer: a diffusers folder, its pipeline folder, or a BFL file)
+                       --vae DIR (default: FLUX folder's vae/)
+                       teacher: --prompt TEXT with --text-encoder DIR --text-encoder-2 DIR (default: beside --flux),
+                                or --embeds FILE.safetensors (prompt_embeds, pooled_prompt_embeds)
+                       student: --prompt TEXT --mllm DIR --alignnet FILE [--image FILE ...]
+                       --out FILE.png|.jpg|.webp (default out.png) --height 1024 --width 1024 --steps 28
+                       --guidance 3.5 --seed 0 --device cpu|cuda[:N] --dtype float32|bfloat16
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
                        options: --mib N (copy size, default 256), --json FILE
@@ -43,9 +54,69 @@ function readVersion(): string {
   }
 }
 
+function progressBar(label: string): (p: { step: number; total: number; phase: string }) => void {
+  return ({ step, total, phase }) => {
+    const width = 30, done = Math.round((step / total) * width);
+    process.stderr.write(`\r${label} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${step}/${total} ${phase}   `);
+    if (phase === 'decode') process.stderr.write('\n');
+  };
+}
+
+async function generate(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: {
+    flux: { type: 'string' }, vae: { type: 'string' }, prompt: { type: 'string' }, embeds: { type: 'string' },
+    'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' }, mllm: { type: 'string' }, alignnet: { type: 'string' },
+    image: { type: 'string', multiple: true }, out: { type: 'string', default: 'out.png' }, height: { type: 'string', default: '1024' },
+    width: { type: 'string', default: '1024' }, steps: { type: 'string', default: '28' }, guidance: { type: 'string', default: '3.5' },
+    seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } });
+  if (!v.flux) { process.stderr.write('x2i generate: --flux is required\n'); return 2; }
+  if (!v.prompt && !v.embeds) { process.stderr.write('x2i generate: give --prompt or --embeds\n'); return 2; }
+  if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet || !v.prompt)) {
+    process.stderr.write('x2i generate: the student needs --mllm, --alignnet and --prompt\n');
+    return 2;
+  }
+  const x2i = await import('./index.js');
+  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
+  const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
+  const scheduler = new x2i.FlowMatchEulerScheduler(fs.existsSync(schedulerFile) ? JSON.parse(fs.readFileSync(schedulerFile, 'utf8')) : {});
+  const gen = { height: Number(v.height), width: Number(v.width), numInferenceSteps: Number(v.steps),
+    guidanceScale: Number(v.guidance), seed: Number(v.seed), onProgress: progressBar('x2i generate') };
+  let out: FluxImages;
+  if (v.mllm || v.alignnet) {
+    const images = [];
+    for (const f of v.image ?? []) {
+      const { default: sharp } = await import('sharp');
+      const { data, info } = await sharp(f).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      images.push({ data: new Uint8Array(data), width: info.width, height: info.height });
+    }
+    const g = new x2i.X2IGenerator({ mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm, opts),
+      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler }) });
+    out = await g.generate({ ...gen, prompt: images.length ? { text: v.prompt, images } : v.prompt });
+  } else if (v.embeds) {
+    const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
+    if (!e.prompt_embeds || !e.pooled_prompt_embeds) { process.stderr.write(`x2i generate: ${v.embeds} lacks prompt_embeds / pooled_prompt_embeds\n`); return 2; }
+    out = await new x2i.FluxPipeline({ transformer, vae, scheduler }).generate({ ...gen, promptEmbeds: e.prompt_embeds,
+      pooledPromptEmbeds: e.pooled_prompt_embeds });
+  } else {
+    const pipe = new x2i.FluxPipeline({ transformer, vae, scheduler,
+      textEncoder: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts),
+      textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts) });
+    out = await pipe.generate({ ...gen, prompt: v.prompt });
+  }
+  const format = /\.jpe?g$/i.test(v.out!) ? 'jpeg' : /\.webp$/i.test(v.out!) ? 'webp' : 'png';
+  fs.writeFileSync(v.out!, await x2i.encodeImage(out.images, 0, format));
+  process.stderr.write(`x2i generate: wrote ${v.out}\n`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
+    case 'generate':
+      return generate(rest);
     case 'info':
       return info();
     case 'bench': {
