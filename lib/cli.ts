@@ -92,9 +92,9 @@ async function generate(args: string[]): Promise<number> {
       const { data, info } = await sharp(f).removeAlpha().raw().toBuffer({ resolveWithObject: true });
       images.push({ data: new Uint8Array(data), width: info.width, height: info.height });
     }
-    const g = new x2i.X2IGenerator({ mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm, opts),
-      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler }) });
-    out = await g.generate({ ...gen, prompt: images.length ? { text: v.prompt, images } : v.prompt });
+    const g = new x2i.X2IGenerator({ mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts),
+      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler }) });
+    out = await g.generate({ ...gen, prompt: images.length ? { text: v.prompt!, images } : v.prompt! });
   } else if (v.embeds) {
     const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
     if (!e.prompt_embeds || !e.pooled_prompt_embeds) { process.stderr.write(`x2i generate: ${v.embeds} lacks prompt_embeds / pooled_prompt_embeds\n`); return 2; }
