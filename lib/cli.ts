@@ -20,6 +20,14 @@ commands:
                        student: --prompt TEXT --mllm DIR --alignnet FILE [--image FILE ...]
                        --out FILE.png|.jpg|.webp (default out.png) --height 1024 --width 1024 --steps 28
                        --guidance 3.5 --seed 0 --device cpu|cuda[:N] --dtype float32|bfloat16
+  train                train AlignNet by attention distillation (X2ITrainer)
+                       --flux DIR|FILE --alignnet FILE (initial weights) --out DIR (checkpoints)
+                       data: --captions FILE.jsonl|.txt with --mllm DIR (student) and --text-encoder DIR
+                             --text-encoder-2 DIR (teacher; default: beside --flux),
+                             or --features FILE.safetensors (teacher.encoder_hidden_states,
+                             teacher.pooled_projections, student.hidden_states; batch on dim 0)
+                       --steps 1000 --lr 1e-4 --warmup 0 --accumulate 1 --checkpoint-every 100
+                       --height 1024 --width 1024 --resume --device cpu|cuda[:N] --dtype ...
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
                        options: --mib N (copy size, default 256), --json FILE
@@ -112,9 +120,57 @@ async function generate(args: string[]): Promise<number> {
   return 0;
 }
 
+async function train(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: {
+    flux: { type: 'string' }, alignnet: { type: 'string' }, out: { type: 'string' }, captions: { type: 'string' },
+    features: { type: 'string' }, mllm: { type: 'string' }, 'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' },
+    steps: { type: 'string', default: '1000' }, lr: { type: 'string', default: '1e-4' }, warmup: { type: 'string', default: '0' },
+    accumulate: { type: 'string', default: '1' }, 'checkpoint-every': { type: 'string', default: '100' },
+    height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, resume: { type: 'boolean', default: false },
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } });
+  if (!v.flux || !v.alignnet || !v.out) { process.stderr.write('x2i train: --flux, --alignnet and --out are required\n'); return 2; }
+  if (!v.captions && !v.features) { process.stderr.write('x2i train: give --captions (with --mllm) or --features\n'); return 2; }
+  if (v.captions && !v.mllm) { process.stderr.write('x2i train: --captions needs --mllm for the student\n'); return 2; }
+  const x2i = await import('./index.js');
+  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  const alignNet = await x2i.AlignNet.fromPretrained(v.alignnet, { ...opts, dtype: 'float32' });
+  let data: import('./trainer.js').X2IBatch[];
+  let parts: ConstructorParameters<typeof x2i.X2ITrainer>[0] = { transformer, alignNet };
+  if (v.features) {
+    const f = await x2i.loadSafetensors(v.features, { device: v.device });
+    for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
+      if (!f[k]) { process.stderr.write(`x2i train: ${v.features} lacks '${k}'\n`); return 2; }
+    data = [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'], pooledProjections: f['teacher.pooled_projections'] },
+      student: { hiddenStates: f['student.hidden_states'] } }];
+  } else {
+    const captions = x2i.loadCaptions(v.captions!);
+    data = captions.map((c) => ({ teacher: { caption: c }, student: { prompt: c } }));
+    parts = { ...parts, mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts),
+      t5: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts),
+      clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
+  }
+  const steps = Number(v.steps);
+  const trainer = new x2i.X2ITrainer(parts, { lr: Number(v.lr), warmupSteps: Number(v.warmup), totalSteps: steps,
+    gradientAccumulation: Number(v.accumulate), height: Number(v.height), width: Number(v.width) });
+  if (v.resume && fs.existsSync(path.join(v.out, 'trainer.json'))) await trainer.resume(v.out);
+  const ac = new AbortController();
+  process.once('SIGINT', () => { process.stderr.write('\nx2i train: stopping at the next step boundary\n'); ac.abort(); });
+  const bar = progressBar('x2i train');
+  await trainer.fit({ data, steps: steps - trainer.microStep, signal: ac.signal, checkpointDir: v.out,
+    checkpointEvery: Number(v['checkpoint-every']), onStep: (i) => {
+      bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` });
+    } });
+  process.stderr.write(`\nx2i train: step ${trainer.step}; checkpoint ${x2i.X2ITrainer.latestCheckpoint(v.out)}\n`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
+    case 'train':
+      return train(rest);
     case 'generate':
       return generate(rest);
     case 'info':

@@ -29,3 +29,21 @@ it('x2i generate: a PNG from precomputed embeddings through FLUX and its VAE, wi
   expect(x2i('generate', '--flux', 'x').stderr).toMatch(/give --prompt or --embeds/);
   expect(x2i('generate', '--flux', 'nowhere', '--prompt', 'x', '--mllm', 'm').stderr).toMatch(/student needs --mllm, --alignnet and --prompt/);
 });
+
+it('x2i train: AlignNet from precomputed features, checkpoints, resume', async () => {
+  const x = await import('../lib/index.js');
+  const feats = path.join(tmp, 'features.safetensors');
+  await x.saveSafetensors(feats, { 'teacher.encoder_hidden_states': await x.randn([1, 7, 32], { seed: 1 }),
+    'teacher.pooled_projections': await x.randn([1, 24], { seed: 2 }), 'student.hidden_states': await x.randn([1, 5, 7, 32], { seed: 3 }) });
+  const out = path.join(tmp, 'run');
+  const common = ['--flux', path.join(golden, 'flux-transformer'), '--alignnet', path.join(golden, 'alignnet', 'diffusion_pytorch_model.bin'),
+    '--features', feats, '--out', out, '--height', '32', '--width', '32', '--lr', '1e-3', '--checkpoint-every', '2'];
+  const r = x2i('train', ...common, '--steps', '3');
+  expect(r.status, r.stderr).toBe(0);
+  expect(r.stderr).toMatch(/3\/3 loss \d/);
+  expect(JSON.parse(fs.readFileSync(path.join(out, 'trainer.json'), 'utf8')).step).toBe(3);
+  const again = x2i('train', ...common, '--steps', '5', '--resume');
+  expect(again.status, again.stderr).toBe(0);
+  expect(JSON.parse(fs.readFileSync(path.join(out, 'trainer.json'), 'utf8')).step).toBe(5);
+  expect(x2i('train', '--flux', 'a').status).toBe(2);
+});
