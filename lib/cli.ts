@@ -28,6 +28,10 @@ commands:
                              teacher.pooled_projections, student.hidden_states; batch on dim 0)
                        --steps 1000 --lr 1e-4 --warmup 0 --accumulate 1 --checkpoint-every 100
                        --height 1024 --width 1024 --resume --device cpu|cuda[:N] --dtype ...
+  eval                 teacher–student agreement: SSIM/PSNR of images from the same noise and the distillation
+                       loss, on held-out samples
+                       --flux DIR|FILE --vae DIR --alignnet FILE|DIR --features FILE.safetensors (as for train)
+                       --steps 28 --height 1024 --width 1024 --device ... --json FILE
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
                        options: --mib N (copy size, default 256), --json FILE
@@ -166,9 +170,36 @@ async function train(args: string[]): Promise<number> {
   return 0;
 }
 
+async function evaluate(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: {
+    flux: { type: 'string' }, vae: { type: 'string' }, alignnet: { type: 'string' }, features: { type: 'string' },
+    steps: { type: 'string', default: '28' }, height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' },
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, json: { type: 'string' } } });
+  if (!v.flux || !v.alignnet || !v.features) { process.stderr.write('x2i eval: --flux, --alignnet and --features are required\n'); return 2; }
+  const x2i = await import('./index.js');
+  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
+  const alignnetPath = fs.existsSync(path.join(v.alignnet, 'trainer.json'))
+    ? path.join(x2i.X2ITrainer.latestCheckpoint(v.alignnet), 'alignnet.safetensors') : v.alignnet;
+  const pipeline = new x2i.FluxPipeline({ transformer: await x2i.FluxTransformer.fromPretrained(v.flux, opts),
+    vae: await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts) });
+  const alignNet = await x2i.AlignNet.fromPretrained(alignnetPath, opts);
+  const f = await x2i.loadSafetensors(v.features, { device: v.device });
+  for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
+    if (!f[k]) { process.stderr.write(`x2i eval: ${v.features} lacks '${k}'\n`); return 2; }
+  const r = await x2i.evaluateAgreement({ pipeline, alignNet, height: Number(v.height), width: Number(v.width),
+    numInferenceSteps: Number(v.steps), samples: [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'],
+      pooledProjections: f['teacher.pooled_projections'] }, student: { hiddenStates: f['student.hidden_states'] } }] });
+  console.log(`ssim ${r.ssim.toFixed(4)}  psnr ${r.psnr.toFixed(2)} dB  distillation loss ${r.loss.toFixed(5)}`);
+  if (v.json) fs.writeFileSync(v.json, JSON.stringify(r, null, 2));
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
+    case 'eval':
+      return evaluate(rest);
     case 'train':
       return train(rest);
     case 'generate':

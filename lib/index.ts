@@ -15,6 +15,8 @@ export { FluxPipeline, encodeImage } from './pipeline.js';
 export type { FluxGenerateOptions, FluxImages } from './pipeline.js';
 export { X2IGenerator } from './generator.js';
 export { X2ITrainer, loadCaptions } from './trainer.js';
+export { imageAgreement, evaluateAgreement } from './evaluate.js';
+export type { AgreementResult } from './evaluate.js';
 export type { X2ITrainerOptions, X2IBatch, X2IStepInfo } from './trainer.js';
 export type { X2IGenerateOptions } from './generator.js';
 export type { FlowMatchEulerConfig } from './scheduler.js';

@@ -14,6 +14,8 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <chrono>
 #include <vector>
 
@@ -201,6 +203,47 @@ Napi::Value ImageToUint8(const Napi::CallbackInfo& info) {
   });
 }
 
+// imageAgreement(a, b [B, 3, H, W] in [0, 1]) → { ssim: number[], psnr: number[] } per image: SSIM with an 11×11
+// Gaussian window (σ = 1.5), constants (0.01, 0.03)², valid region, mean over channels (Wang et al. 2004); PSNR
+// for a peak of 1.
+Napi::Value ImageAgreement(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor a = TensorWrap::Get(info[0], "a"), b = TensorWrap::Get(info[1], "b");
+    if (a.sizes() != b.sizes() || a.dim() != 4) fail("ERR_SHAPE_MISMATCH", "imageAgreement: two images [B, C, H, W] of one shape");
+    auto out = std::make_shared<std::pair<std::vector<double>, std::vector<double>>>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode g;
+      at::Tensor x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
+      const int64_t C = x.size(1);
+      at::Tensor r = at::arange(11, at::kDouble) - 5;
+      at::Tensor g1 = at::exp(-(r * r) / (2 * 1.5 * 1.5));
+      g1 = g1 / g1.sum();
+      at::Tensor win = (g1.unsqueeze(1) * g1.unsqueeze(0)).expand({C, 1, 11, 11}).contiguous();
+      const std::vector<int64_t> one{1, 1}, zero{0, 0};
+      auto f = [&](const at::Tensor& t) {
+        return at::conv2d(t, win, at::Tensor(), at::IntArrayRef(one), at::IntArrayRef(zero), at::IntArrayRef(one), C);
+      };
+      at::Tensor mx = f(x), my = f(y);
+      at::Tensor sxx = f(x * x) - mx * mx, syy = f(y * y) - my * my, sxy = f(x * y) - mx * my;
+      const double c1 = 0.01 * 0.01, c2 = 0.03 * 0.03;
+      at::Tensor ssim = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2));
+      at::Tensor s = ssim.mean({1, 2, 3}), mse = (x - y).pow(2).mean({1, 2, 3});
+      for (int64_t i = 0; i < x.size(0); ++i) {
+        out->first.push_back(s[i].item<double>());
+        const double m = mse[i].item<double>();
+        out->second.push_back(m > 0 ? 10 * std::log10(1.0 / m) : std::numeric_limits<double>::infinity());
+      }
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      auto s = Napi::Array::New(env), p = Napi::Array::New(env);
+      for (size_t i = 0; i < out->first.size(); ++i) s.Set(uint32_t(i), out->first[i]), p.Set(uint32_t(i), out->second[i]);
+      o.Set("ssim", s);
+      o.Set("psnr", p);
+      return o;
+    });
+  });
+}
+
 // ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
 Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 
@@ -277,6 +320,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("unpackLatents", Napi::Function::New(env, UnpackLatents));
   exports.Set("toImage", Napi::Function::New(env, ToImage));
   exports.Set("imageToUint8", Napi::Function::New(env, ImageToUint8));
+  exports.Set("imageAgreement", Napi::Function::New(env, ImageAgreement));
   exports.Set("relativeError", Napi::Function::New(env, RelativeError));
   exports.Set("noop", Napi::Function::New(env, Noop));
   exports.Set("noopAsync", Napi::Function::New(env, NoopAsync));

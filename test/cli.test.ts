@@ -46,4 +46,13 @@ it('x2i train: AlignNet from precomputed features, checkpoints, resume', async (
   expect(again.status, again.stderr).toBe(0);
   expect(JSON.parse(fs.readFileSync(path.join(out, 'trainer.json'), 'utf8')).step).toBe(5);
   expect(x2i('train', '--flux', 'a').status).toBe(2);
+  // x2i eval on the trained checkpoint folder
+  const json = path.join(tmp, 'eval.json');
+  const ev = x2i('eval', '--flux', path.join(golden, 'flux-transformer'), '--vae', path.join(golden, 'vae'), '--alignnet', out,
+    '--features', feats, '--height', '32', '--width', '32', '--steps', '2', '--json', json);
+  expect(ev.status, ev.stderr).toBe(0);
+  expect(ev.stdout).toMatch(/ssim [\d.-]+ +psnr [\d.]+ dB +distillation loss \d/);
+  const ej = JSON.parse(fs.readFileSync(json, 'utf8'));
+  expect(ej.ssim).toBeGreaterThan(-1);
+  expect(ej.ssim).toBeLessThanOrEqual(1);
 });
