@@ -13,6 +13,19 @@ import type { Divergence } from './distill.js';
 import type { FluxTransformer } from './flux.js';
 import { loadSafetensors, saveSafetensors } from './io.js';
 import { FluxPipeline } from './pipeline.js';
+import { FlowMatchEulerScheduler } from './scheduler.js';
+
+/** A small seeded PRNG (the trajectory step of each micro-batch). */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
 import type { QwenPrompt, QwenVLEncoder } from './qwen.js';
 import type { T5Encoder } from './t5.js';
 import type { ClipTextEncoder } from './clip.js';
@@ -43,6 +56,10 @@ export interface X2ITrainerOptions {
   checkpoint?: boolean;
   /** Seed of the noise latents (step i uses seed + i). */
   seed?: number;
+  /** Distil along the teacher's denoising trajectory (the paper's variant; the official code uses σ = 1 only):
+   * each micro-batch samples a step k < steps of the FLUX schedule, the teacher denoises the noise for k steps,
+   * and both passes see that latent at σ_k. */
+  trajectory?: { steps: number } | null;
 }
 
 /** One micro-batch: the teacher's conditioning (or a caption for T5 + CLIP) and the student's MLLM input
@@ -66,7 +83,7 @@ export interface X2IStepInfo {
 
 const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1.0, gradientAccumulation: 1,
   warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
-  checkpoint: false, seed: 0 };
+  checkpoint: false, seed: 0, trajectory: null as { steps: number } | null };
 
 /** Captions for training from a JSONL file (the `caption_en` field, as X2I's data; `caption` or `text` also
  * accepted) or a text file (one caption per line); blank lines are skipped. */
@@ -151,11 +168,24 @@ export class X2ITrainer {
       const lh = 2 * Math.floor(o.height / 16), lw = 2 * Math.floor(o.width / 16);
       const device = this.transformer.device, dtype = this.transformer.dtype;
       const C = Number(this.transformer.config.in_channels ?? 64);
-      const latents = own(await randn([B, (lh / 2) * (lw / 2), C], { seed: o.seed + this.microStep, device, dtype }));
-      const ones = own(Tensor.fromArray(new Float32Array(B).fill(1), [B], { device }));
+      let latents = own(await randn([B, (lh / 2) * (lw / 2), C], { seed: o.seed + this.microStep, device, dtype }));
       const guidance = own(Tensor.fromArray(new Float32Array(B).fill(o.guidance), [B], { device }));
       const imgIds = own(FluxPipeline.imageIds(lh, lw, device));
       const txt = (n: number) => own(Tensor.fromArray(new Float32Array(n * 3), [n, 3], { device }));
+      let sigma = 1;
+      if (o.trajectory) {  // the teacher's latent after k of its own denoising steps, at σ_k
+        const sched = new FlowMatchEulerScheduler();
+        const { timesteps, sigmas } = sched.setTimesteps(o.trajectory.steps, { imageSeqLen: (lh / 2) * (lw / 2) });
+        const k = Math.floor(mulberry32(o.seed * 7919 + this.microStep)() * o.trajectory.steps);
+        if (k > 0) {
+          const r = await this.transformer.denoise({ hiddenStates: latents, encoderHiddenStates: tEhs, pooledProjections: tPooled,
+            guidance, imgIds, txtIds: txt(tEhs.shape[1]) }, timesteps.slice(0, k), sigmas.slice(0, k + 1));
+          own(r.stepLatents);
+          latents = own(r.latents);
+        }
+        sigma = timesteps[k] / 1000;
+      }
+      const ones = own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device }));
       const common = { hiddenStates: latents, timestep: ones, guidance, imgIds };
       const r = await this.transformer.distillationStep(
         { ...common, encoderHiddenStates: tEhs, pooledProjections: tPooled, txtIds: txt(tEhs.shape[1]) },

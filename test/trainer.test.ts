@@ -105,6 +105,15 @@ describe('X2ITrainer', () => {
     expect(() => x2i.loadCaptions(path.join(tmp, 'bad.jsonl'))).toThrow(/bad\.jsonl:1: no "caption_en"/);
   });
 
+  it('trajectory distillation: latents from the teacher\'s own denoising, at sampled timesteps; the loss falls', async () => {
+    using net = await AlignNet.fromPretrained(await alignNetFile());
+    const t = new X2ITrainer({ transformer: flux, alignNet: net }, { ...opts, seed: 0, trajectory: { steps: 4 } });
+    const infos = await t.fit({ data: [data[0]], steps: 16 });
+    expect(new Set(infos.map((i) => i.loss.toFixed(6))).size).toBeGreaterThan(2);  // different σ per step
+    const early = infos.slice(0, 4).reduce((a, i) => a + i.loss, 0), late = infos.slice(-4).reduce((a, i) => a + i.loss, 0);
+    expect(late).toBeLessThan(early);
+  });
+
   it('the learning-rate schedule: warmup, then cosine', () => {
     const t = new X2ITrainer({ transformer: flux, alignNet: {} as AlignNet }, { lr: 1, warmupSteps: 4, totalSteps: 12 });
     expect([0, 1, 3].map((s) => t.learningRate(s))).toEqual([0.25, 0.5, 1]);
