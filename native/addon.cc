@@ -57,7 +57,7 @@ Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info) {
 Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
-    return queue(info.Env(), [d] { at::detail::getCUDAHooks().deviceSynchronize(d.index()); },
+    return queue(info.Env(), [d] { syncDevice(d); },
                  [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
   });
 }
@@ -97,7 +97,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     return queue(info.Env(), [a, b, out] {
       c10::InferenceMode guard;
       *out = at::matmul(a, b);
-      if (out->is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out->device().index());
+      syncDevice(*out);
     }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, std::move(*out)); });
   });
 }
@@ -266,8 +266,8 @@ Napi::Value BenchCopy(const Napi::CallbackInfo& info) {
       at::Tensor a = at::randint(0, 255, {nbytes}, opts.pinned_memory(pinned && src.is_cpu())).to(src);
       at::Tensor b = at::empty({nbytes}, opts.device(dst).pinned_memory(pinned && dst.is_cpu()));
       auto sync = [&] {
-        if (src.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(src.index());
-        if (dst.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(dst.index());
+        syncDevice(src);
+        syncDevice(dst);
       };
       std::vector<double> times;
       for (int i = 0; i < iters + 2; ++i) {

@@ -11,17 +11,9 @@
 
 #include <cmath>
 
-#include <sstream>
 
 namespace x2i::alignnet {
 namespace {
-
-std::string shapeStr(at::IntArrayRef s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  return o.str() + "]";
-}
 
 }  // namespace
 
@@ -41,8 +33,8 @@ std::shared_ptr<Model> load(std::map<std::string, at::Tensor> w, double eps, con
   };
   auto expect = [&](const char* k, const at::Tensor& t, std::vector<int64_t> shape) {
     if (t.sizes() != at::IntArrayRef(shape))
-      fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): tensor '" + k + "' has shape " + shapeStr(t.sizes()) +
-                                       ", expected " + shapeStr(shape));
+      fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): tensor '" + k + "' has shape " + shapeString(t.sizes()) +
+                                       ", expected " + shapeString(shape));
   };
   m->convW = take("conv.weight", false);
   m->convB = take("conv.bias", false);
@@ -57,17 +49,17 @@ std::shared_ptr<Model> load(std::map<std::string, at::Tensor> w, double eps, con
   if (m->lnW.dim() != 1) fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): mlp.layernorm.weight must be 1-D");
   expect("mlp.layernorm.bias", m->lnB, {H});
   if (m->proj0.dim() != 2 || m->proj0.size(1) != H)
-    fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): mlp.projector.0.weight has shape " + shapeStr(m->proj0.sizes()) +
+    fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): mlp.projector.0.weight has shape " + shapeString(m->proj0.sizes()) +
                                      ", expected [*, " + std::to_string(H) + "]");
   const int64_t Dseq = m->proj0.size(0);
   expect("mlp.projector.2.weight", m->proj2, {Dseq, Dseq});
   if (m->fcW.dim() != 2 || m->fcW.size(1) != Dseq)
-    fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): mlp.fc.1.weight has shape " + shapeStr(m->fcW.sizes()) +
+    fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): mlp.fc.1.weight has shape " + shapeString(m->fcW.sizes()) +
                                      ", expected [*, " + std::to_string(Dseq) + "]");
   expect("mlp.fc.1.bias", m->fcB, {m->fcW.size(0)});
   if (m->convW.defined()) {
     if (m->convW.dim() != 4 || m->convW.size(0) != 1 || m->convW.size(2) != m->convW.size(3) || m->convW.size(2) % 2 == 0)
-      fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): conv.weight has shape " + shapeStr(m->convW.sizes()) +
+      fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): conv.weight has shape " + shapeString(m->convW.sizes()) +
                                        ", expected [1, layers, k, k] with an odd k");
     m->layers = m->convW.size(1);
     if (!m->convB.defined()) fail("ERR_CHECKPOINT_KEY", "AlignNet (" + source + "): missing tensor 'conv.bias'");
@@ -75,7 +67,7 @@ std::shared_ptr<Model> load(std::map<std::string, at::Tensor> w, double eps, con
     m->variant = "conv";
   } else if (m->scale.defined()) {
     if (m->scale.dim() != 4 || m->scale.size(0) != 1 || m->scale.size(2) != 1 || m->scale.size(3) != 1)
-      fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): cha_scale has shape " + shapeStr(m->scale.sizes()) +
+      fail("ERR_CHECKPOINT_SHAPE", "AlignNet (" + source + "): cha_scale has shape " + shapeString(m->scale.sizes()) +
                                        ", expected [1, layers, 1, 1]");
     m->layers = m->scale.size(1);
     m->variant = "scale";
@@ -95,7 +87,7 @@ std::shared_ptr<Model> load(std::map<std::string, at::Tensor> w, double eps, con
 std::pair<at::Tensor, at::Tensor> forward(const Model& m, const at::Tensor& hiddenStates) {
   const int64_t H = m.lnW.size(0);
   if (hiddenStates.dim() != 4 || hiddenStates.size(3) != H || (m.layers > 0 && hiddenStates.size(1) != m.layers))
-    fail("ERR_SHAPE_MISMATCH", "AlignNet.forward: hiddenStates has shape " + shapeStr(hiddenStates.sizes()) +
+    fail("ERR_SHAPE_MISMATCH", "AlignNet.forward: hiddenStates has shape " + shapeString(hiddenStates.sizes()) +
                                    ", expected [B, " + (m.layers > 0 ? std::to_string(m.layers) : std::string("layers")) +
                                    ", tokens, " + std::to_string(H) + "]");
   const at::Tensor x = hiddenStates.to(m.lnW.device(), m.lnW.scalar_type());
@@ -280,7 +272,7 @@ Napi::Value Wrap::Forward(const Napi::CallbackInfo& info) {
     return queue(info.Env(), [=] {
       c10::InferenceMode guard;
       *out = forward(*m, x);
-      if (out->first.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out->first.device().index());
+      syncDevice(out->first);
     }, [out](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       o.Set("encoderHiddenStates", TensorWrap::Wrap(env, out->first));

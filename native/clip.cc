@@ -96,7 +96,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   // pooled: the first EOS; legacy configs (eos_token_id 2) take the largest id's position
   at::Tensor pos = c.eosTokenId == 2 ? ids.argmax(-1) : (ids == c.eosTokenId).to(at::kInt).argmax(-1);
   out.pooled = out.last.index({at::arange(B, ids.options()), pos});
-  if (out.last.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out.last.device().index());
+  syncDevice(out.last);
   return out;
 }
 

@@ -116,6 +116,16 @@ std::string deviceName(const c10::Device& d) {
   return d.str();
 }
 
+std::string shapeString(at::IntArrayRef s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+void syncDevice(const c10::Device& d) {
+  if (d.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(d.index());
+}
+
 std::string argString(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (info.Length() <= i || !info[i].IsString())
     fail("ERR_INVALID_ARG", std::string("expected a string for ") + what);

@@ -90,6 +90,15 @@ at::ScalarType parseDType(const std::string& name);
 std::string dtypeName(at::ScalarType t);
 c10::Device parseDevice(const std::string& name);
 std::string deviceName(const c10::Device& d);
+// "[2, 3, 4]", for messages that say what shape was found and what was expected.
+std::string shapeString(at::IntArrayRef s);
+
+// Waits for the device's queued work (no-op on CPU), so that a job's Promise settles after its results
+// exist; the CUDA hooks are absent from CPU builds, hence the runtime dispatch.
+void syncDevice(const c10::Device& d);
+inline void syncDevice(const at::Tensor& t) {
+  if (t.defined()) syncDevice(t.device());
+}
 
 // ---- async jobs: work() on a libuv worker thread, done(env) on the JS thread; returns a Promise.
 class Job : public Napi::AsyncWorker {

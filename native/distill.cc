@@ -139,7 +139,7 @@ Napi::Value BenchTap(const Napi::CallbackInfo& info) {
     auto ms = std::make_shared<double>(0);
     return queue(info.Env(), [=] {
       c10::InferenceMode guard;
-      auto sync = [&] { if (S.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(S.device().index()); };
+      auto sync = [&] { syncDevice(S); };
       for (int i = 0; i < 3; ++i) tapLossGrad(T, S, div, tau);
       sync();
       auto t0 = std::chrono::steady_clock::now();

@@ -3,6 +3,7 @@
 // elementwise step is its own op in the model dtype; RoPE angles in float64, rotations in float32;
 // norm statistics in float32.
 #include "flux.h"
+#include "weights.h"
 #ifdef X2I_CUDA_KERNELS
 #include "kernels.h"
 #endif
@@ -24,63 +25,25 @@ namespace {
 // float32 for half-precision models (the references' fp32 islands), the model's own type otherwise
 at::ScalarType acc(at::ScalarType t) { return at::promote_types(at::kFloat, t); }
 
-std::string shapeStr(at::IntArrayRef s) {
+// ---------------------------------------------------------------- loading
+// the config the expected shapes come from, for loading errors
+std::string describe(const Config& c) {
   std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  return o.str() + "]";
+  o << "for the config (hidden " << c.hidden << ", heads " << c.heads << ", in " << c.inChannels << ", out "
+    << c.outChannels << ", joint " << c.jointDim << ", pooled " << c.pooledDim << ", " << c.depth << " double + "
+    << c.depthSingle << " single blocks, guidance " << (c.guidance ? "yes" : "no") << ")";
+  return o.str();
 }
 
-// ---------------------------------------------------------------- loading
-class Weights {
- public:
-  Weights(std::map<std::string, at::Tensor> w, const Config& cfg, std::string source)
-      : w_(std::move(w)), cfg_(cfg), source_(std::move(source)) {}
+// Rows stacked from several tensors (diffusers' split q/k/v → BFL's fused qkv).
+at::Tensor rows(WeightMap& w, const std::vector<std::string>& names, const std::vector<int64_t>& rowsEach, int64_t cols) {
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < names.size(); ++i)
+    parts.push_back(cols < 0 ? w.take(names[i], {rowsEach[i]}) : w.take(names[i], {rowsEach[i], cols}));
+  return at::cat(parts, 0);
+}
 
-  at::Tensor take(const std::string& name, std::vector<int64_t> shape) {
-    auto it = w_.find(name);
-    if (it == w_.end())
-      fail("ERR_CHECKPOINT_KEY", where() + "missing tensor '" + name + "' (expected shape " + shapeStr(shape) + ")");
-    at::Tensor t = it->second;
-    w_.erase(it);
-    if (t.sizes() != at::IntArrayRef(shape))
-      fail("ERR_CHECKPOINT_SHAPE", where() + "tensor '" + name + "' has shape " + shapeStr(t.sizes()) +
-                                       ", expected " + shapeStr(shape) + " for " + describe());
-    return t;
-  }
-  // Rows stacked from several tensors (diffusers' split q/k/v → BFL's fused qkv).
-  at::Tensor rows(const std::vector<std::string>& names, const std::vector<int64_t>& rowsEach, int64_t cols) {
-    std::vector<at::Tensor> parts;
-    for (size_t i = 0; i < names.size(); ++i)
-      parts.push_back(cols < 0 ? take(names[i], {rowsEach[i]}) : take(names[i], {rowsEach[i], cols}));
-    return at::cat(parts, 0);
-  }
-  void finish() {
-    if (w_.empty()) return;
-    std::string extra;
-    int n = 0;
-    for (auto& [k, v] : w_) {
-      if (n++ < 5) extra += (extra.empty() ? "'" : ", '") + k + "'";
-    }
-    fail("ERR_CHECKPOINT_KEY", where() + std::to_string(w_.size()) + " unexpected tensor(s) for " + describe() +
-                                   ": " + extra + (w_.size() > 5 ? ", ..." : ""));
-  }
-
- private:
-  std::map<std::string, at::Tensor> w_;
-  const Config& cfg_;
-  std::string source_;
-  std::string where() const { return "FluxTransformer (" + source_ + "): "; }
-  std::string describe() const {
-    std::ostringstream o;
-    o << "the config (hidden " << cfg_.hidden << ", heads " << cfg_.heads << ", in " << cfg_.inChannels << ", out "
-      << cfg_.outChannels << ", joint " << cfg_.jointDim << ", pooled " << cfg_.pooledDim << ", " << cfg_.depth
-      << " double + " << cfg_.depthSingle << " single blocks, guidance " << (cfg_.guidance ? "yes" : "no") << ")";
-    return o.str();
-  }
-};
-
-Linear linear(Weights& w, const std::string& name, int64_t out, int64_t in) {
+Linear linear(WeightMap& w, const std::string& name, int64_t out, int64_t in) {
   return {w.take(name + ".weight", {out, in}), w.take(name + ".bias", {out})};
 }
 
@@ -90,7 +53,7 @@ at::Tensor swapHalves(const at::Tensor& t) {
   return at::cat({t.narrow(0, h, h), t.narrow(0, 0, h)}, 0);
 }
 
-void loadBfl(Model& m, Weights& w) {
+void loadBfl(Model& m, WeightMap& w) {
   const auto& c = m.cfg;
   const int64_t h = c.hidden, hd = c.headDim(), f = 4 * h;
   m.imgIn = linear(w, "img_in", h, c.inChannels);
@@ -131,7 +94,7 @@ void loadBfl(Model& m, Weights& w) {
   m.finalMod = linear(w, "final_layer.adaLN_modulation.1", 2 * h, h);
 }
 
-void loadDiffusers(Model& m, Weights& w) {
+void loadDiffusers(Model& m, WeightMap& w) {
   const auto& c = m.cfg;
   const int64_t h = c.hidden, hd = c.headDim(), f = 4 * h;
   m.imgIn = linear(w, "x_embedder", h, c.inChannels);
@@ -147,7 +110,7 @@ void loadDiffusers(Model& m, Weights& w) {
   auto fused = [&](const std::vector<std::string>& names, const std::vector<int64_t>& sizes) {
     std::vector<std::string> ws, bs;
     for (auto& n : names) ws.push_back(n + ".weight"), bs.push_back(n + ".bias");
-    return Linear{w.rows(ws, sizes, h), w.rows(bs, sizes, -1)};
+    return Linear{rows(w, ws, sizes, h), rows(w, bs, sizes, -1)};
   };
   for (int64_t i = 0; i < c.depth; ++i) {
     const std::string p = "transformer_blocks." + std::to_string(i) + ".";
@@ -483,7 +446,7 @@ void expectShape(const char* name, const at::Tensor& t, std::vector<int64_t> sha
   if (!ok) {
     std::string s = "[";
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
-    fail("ERR_SHAPE_MISMATCH", std::string("FluxTransformer.forward: ") + name + " has shape " + shapeStr(t.sizes()) +
+    fail("ERR_SHAPE_MISMATCH", std::string("FluxTransformer.forward: ") + name + " has shape " + shapeString(t.sizes()) +
                                    ", expected " + s + "]");
   }
 }
@@ -502,7 +465,7 @@ std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor>
   }
   auto m = std::make_shared<Model>();
   m->cfg = cfg;
-  Weights w(std::move(weights), cfg, source);
+  WeightMap w(std::move(weights), "FluxTransformer", source, describe(cfg));
   if (layout == "bfl") loadBfl(*m, w);
   else if (layout == "diffusers") loadDiffusers(*m, w);
   else fail("ERR_INVALID_ARG", "unknown FLUX checkpoint layout '" + layout + "' (expected 'bfl' or 'diffusers')");
@@ -615,7 +578,7 @@ struct PhaseTimer {
   std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
   void operator()(const char* phase) {
     if (!on) return;
-    if (dev.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(dev.index());
+    syncDevice(dev);
     auto now = std::chrono::steady_clock::now();
     std::fprintf(stderr, "x2i flux %-10s %8.3f ms\n", phase, std::chrono::duration<double, std::milli>(now - t).count());
     t = now;

@@ -74,10 +74,6 @@ Napi::Object capturesToJs(Napi::Env env, const std::array<at::Tensor, 3>& c) {
   return o;
 }
 
-void sync(const at::Tensor& t) {
-  if (t.defined() && t.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(t.device().index());
-}
-
 }  // namespace
 
 Napi::Function FluxWrap::Init(Napi::Env env) {
@@ -125,7 +121,7 @@ Napi::Value FluxWrap::Load(const Napi::CallbackInfo& info) {
     return queue(info.Env(), [=]() mutable {
       c10::AutoGradMode noGrad(false);  // not inference mode: backward passes save these weights
       *out = flux::load(cfg, std::move(weights), layout, source);
-      sync((*out)->imgIn.w);
+      syncDevice((*out)->imgIn.w);
     }, [out](Napi::Env env) -> Napi::Value {
       return ctorOf(env, "NativeFlux").New({Napi::External<std::shared_ptr<flux::Model>>::New(env, new std::shared_ptr<flux::Model>(*out))});
     });
@@ -145,7 +141,7 @@ Napi::Value FluxWrap::Random(const Napi::CallbackInfo& info) {
     return queue(info.Env(), [=] {
       c10::AutoGradMode noGrad(false);
       *out = flux::random(cfg, device, dtype, seed);
-      sync((*out)->imgIn.w);
+      syncDevice((*out)->imgIn.w);
     }, [out](Napi::Env env) -> Napi::Value {
       return ctorOf(env, "NativeFlux").New({Napi::External<std::shared_ptr<flux::Model>>::New(env, new std::shared_ptr<flux::Model>(*out))});
     });
@@ -191,7 +187,7 @@ Napi::Value FluxWrap::Forward(const Napi::CallbackInfo& info) {
       flux::Inputs p = flux::prepare(*m, in);
       out->sample = flux::forward(*m, p, capture ? caps.hook() : flux::TapHook());
       if (capture) out->caps = caps.stacked();
-      sync(out->sample);
+      syncDevice(out->sample);
     }, [out, capture](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       o.Set("sample", TensorWrap::Wrap(env, out->sample));
@@ -251,7 +247,7 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
       out->sample = sample.detach();
       out->gEhs = g[0].defined() ? g[0] : at::zeros_like(p.encoderHiddenStates);
       out->gPooled = g[1].defined() ? g[1] : at::zeros_like(p.pooledProjections);
-      sync(out->sample);
+      syncDevice(out->sample);
     }, [out](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env), g = Napi::Object::New(env);
       o.Set("sample", TensorWrap::Wrap(env, out->sample));
@@ -321,7 +317,7 @@ Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
         if (std::isfinite(v[j])) out->loss += v[j];
         else ++out->skipped;
       }
-      sync(out->gEhs);
+      syncDevice(out->gEhs);
     }, [out](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env), terms = Napi::Object::New(env), g = Napi::Object::New(env);
       const char* names[3] = {"doubleImg", "doubleTxt", "single"};
@@ -374,7 +370,7 @@ Napi::Value FluxWrap::Denoise(const Napi::CallbackInfo& info) {
       }
       out->latents = x;
       out->steps = at::stack(steps, 0);
-      sync(x);
+      syncDevice(x);
     }, [out](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       o.Set("latents", TensorWrap::Wrap(env, out->latents));

@@ -136,7 +136,7 @@ Napi::Value ReadSafetensors(const Napi::CallbackInfo& info) {
         }
         out->emplace_back(e.name, std::move(t));
       }
-      if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index());
+      syncDevice(device);
     }, [out](Napi::Env env) -> Napi::Value { return tensorsToJs(env, *out); });
   });
 }

@@ -405,7 +405,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
     if (i + 1 < c.layers) out.hidden.select(1, i + 1).copy_(x);
   }
   out.hidden.select(1, c.layers).copy_(rmsNorm(x, m.norm, c.eps));  // the last entry after the final norm
-  if (x.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(x.device().index());
+  syncDevice(x);
   return out;
 }
 

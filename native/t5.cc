@@ -135,7 +135,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   }
   out.last = rmsNorm(x, m.finalLn, c.eps);
   out.hidden.select(1, c.layers).copy_(out.last);  // the last entry is after the final norm
-  if (out.last.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out.last.device().index());
+  syncDevice(out.last);
   return out;
 }
 

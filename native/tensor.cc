@@ -121,11 +121,6 @@ size_t arrayElemSize(napi_typedarray_type t) {
   }
 }
 
-std::string shapeStr(at::IntArrayRef s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 }  // namespace
 
 Napi::Value TypedArrayOf(Napi::Env env, at::Tensor owned) {
@@ -207,7 +202,7 @@ at::Tensor moveTo(const at::Tensor& t, c10::Device device) {
   const at::Tensor host = t.is_cpu() ? t : at::Tensor();
   if (!cross || nbytesOf(t) < kStageThreshold || (host.defined() && host.is_pinned())) {
     at::Tensor out = t.to(device);
-    if (out.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out.device().index());
+    syncDevice(out);
     return out;
   }
   const at::Tensor src = t.contiguous();
@@ -299,7 +294,7 @@ Napi::Value TensorWrap::FromArray(const Napi::CallbackInfo& info) {
     for (auto s : shape) numel *= s;
     const int64_t expected = (stored == at::kComplexFloat ? 2 : 1) * numel;
     if (int64_t(length) != expected)
-      fail("ERR_SHAPE_MISMATCH", "shape " + shapeStr(shape) + " (" + dtypeName(dtype) + ") needs " +
+      fail("ERR_SHAPE_MISMATCH", "shape " + shapeString(shape) + " (" + dtypeName(dtype) + ") needs " +
                                      std::to_string(expected) + " elements but the " + typedArrayName(type) +
                                      " has " + std::to_string(length));
     auto opts = at::TensorOptions().dtype(stored).pinned_memory(device.is_cuda() && bits);
@@ -363,7 +358,7 @@ Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
       } else {
         *out = src.to(device, dtype);
       }
-      if (out->is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(out->device().index());
+      syncDevice(*out);
     }, [out](Napi::Env env) -> Napi::Value { return Wrap(env, std::move(*out)); });
   });
 }

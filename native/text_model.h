@@ -3,57 +3,14 @@
 #pragma once
 #include "common.h"
 #include "tensor.h"
+#include "weights.h"
 
 #include <c10/core/InferenceMode.h>
 
 #include <map>
 #include <set>
-#include <sstream>
 
 namespace x2i {
-
-inline std::string shapeString(at::IntArrayRef s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  return o.str() + "]";
-}
-
-// Takes tensors out of a name → tensor map, checking shapes; finish() reports what is left.
-class WeightMap {
- public:
-  WeightMap(std::map<std::string, at::Tensor> w, std::string model, std::string source)
-      : w_(std::move(w)), model_(std::move(model)), source_(std::move(source)) {}
-  // The first of `names` present (aliases, e.g. with and without a prefix).
-  at::Tensor take(const std::vector<std::string>& names, const std::vector<int64_t>& shape) {
-    for (auto& n : names) {
-      auto it = w_.find(n);
-      if (it == w_.end()) continue;
-      at::Tensor t = it->second;
-      w_.erase(it);
-      if (t.sizes() != at::IntArrayRef(shape))
-        fail("ERR_CHECKPOINT_SHAPE", where() + "tensor '" + n + "' has shape " + shapeString(t.sizes()) + ", expected " +
-                                         shapeString(shape) + " (from config.json)");
-      return t;
-    }
-    fail("ERR_CHECKPOINT_KEY", where() + "missing tensor '" + names[0] + "' (expected shape " + shapeString(shape) + ")");
-  }
-  at::Tensor take(const std::string& name, const std::vector<int64_t>& shape) { return take(std::vector<std::string>{name}, shape); }
-  void drop(const std::string& name) { w_.erase(name); }
-  void finish() {
-    if (w_.empty()) return;
-    std::string extra;
-    int n = 0;
-    for (auto& [k, v] : w_)
-      if (n++ < 5) extra += (extra.empty() ? "'" : ", '") + k + "'";
-    fail("ERR_CHECKPOINT_KEY", where() + std::to_string(w_.size()) + " unexpected tensor(s): " + extra + (w_.size() > 5 ? ", ..." : ""));
-  }
-
- private:
-  std::map<std::string, at::Tensor> w_;
-  std::string model_, source_;
-  std::string where() const { return model_ + " (" + source_ + "): "; }
-};
 
 inline int64_t configInt(const Napi::Object& o, const char* k, const char* model) {
   Napi::Value v = o.Get(k);

@@ -174,7 +174,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   if (in.encode) x = runMid(k.mid, x, G);
   x = at::conv2d(at::silu(gn(x, k.normOut, G)), k.convOut.w, k.convOut.b, 1, 1);
   if (in.encode) x = x.narrow(1, 0, c.latentChannels).contiguous();  // the posterior mean
-  if (x.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(x.device().index());
+  syncDevice(x);
   return {x};
 }
 
