@@ -76,6 +76,9 @@ export interface FluxInputs {
   txtIds: Tensor;
 }
 
+/** FluxInputs for {@link FluxTransformer.denoise}: the timestep comes from the schedule. */
+export type DenoiseInputs = Omit<FluxInputs, 'timestep'> & { timestep?: Tensor };
+
 /** The X2I distillation taps, stacked over blocks on dim 1. */
 export interface FluxCaptures {
   /** [B, num_layers, N, D]: image-stream attention output after its output projection, before the gate. */
@@ -101,8 +104,8 @@ interface NativeFlux {
   distillationStep(teacher: Record<string, NativeTensor | undefined>, student: Record<string, NativeTensor | undefined>,
     divergence: string, temperature: number, checkpoint: boolean): Promise<DistillationStepResult & {
     grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
-  denoise(inputs: Record<string, NativeTensor | undefined>, timesteps: number[], sigmas: number[]): Promise<{
-    latents: NativeTensor; stepLatents: NativeTensor }>;
+  denoise(inputs: Record<string, NativeTensor | undefined>, timesteps: number[], sigmas: number[], keepSteps?: boolean):
+    Promise<{ latents: NativeTensor; stepLatents?: NativeTensor }>;
   dispose(): void;
 }
 interface NativeFluxClass {
@@ -325,12 +328,17 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
   }
 
   /** Euler steps of FLUX's sampler (FluxPipeline): at step i the model sees timestep t_i / 1000 and
-   * x ← x + (σ_{i+1} − σ_i)·v, in float32; `sigmas` has one entry more than `timesteps`. */
-  async denoise(inputs: Omit<FluxInputs, 'timestep'> & { timestep?: Tensor }, timesteps: number[], sigmas: number[]):
-    Promise<{ latents: Tensor; stepLatents: Tensor }> {
+   * x ← x + (σ_{i+1} − σ_i)·v, in float32; `sigmas` has one entry more than `timesteps`. `stepLatents`
+   * stacks the latent after each step ([steps, ...]); pass `{ returnStepLatents: false }` to skip it. */
+  async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[]):
+    Promise<{ latents: Tensor; stepLatents: Tensor }>;
+  async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[], options: { returnStepLatents: false }):
+    Promise<{ latents: Tensor; stepLatents?: undefined }>;
+  async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[], options: { returnStepLatents?: boolean } = {}):
+    Promise<{ latents: Tensor; stepLatents?: Tensor }> {
     const ins = nativeInputs(inputs as FluxInputs);
-    const r = await this.call((h) => h.denoise(ins, timesteps, sigmas));
-    return { latents: new Tensor(r.latents), stepLatents: new Tensor(r.stepLatents) };
+    const r = await this.call((h) => h.denoise(ins, timesteps, sigmas, options.returnStepLatents ?? true));
+    return { latents: new Tensor(r.latents), stepLatents: r.stepLatents && new Tensor(r.stepLatents) };
   }
 
   /**

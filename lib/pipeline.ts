@@ -156,8 +156,8 @@ export class FluxPipeline {
       const dropAll = () => { if (x !== latents) x.dispose(); for (const t of stepLatents) t.dispose(); };
       for (let i = 0; i < steps; i++) {
         if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
-        const r = await this.transformer.denoise({ ...inputs, hiddenStates: x }, [timesteps[i]], [sigmas[i], sigmas[i + 1]]);
-        r.stepLatents.dispose();
+        const r = await this.transformer.denoise({ ...inputs, hiddenStates: x }, [timesteps[i]], [sigmas[i], sigmas[i + 1]],
+          { returnStepLatents: false });
         if (x !== latents) (opts.returnStepLatents ? stepLatents.push(x) : x.dispose());
         x = r.latents;
         opts.onProgress?.({ step: i + 1, total: steps, phase: 'denoise' });

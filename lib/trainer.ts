@@ -179,8 +179,7 @@ export class X2ITrainer {
         const k = Math.floor(mulberry32(o.seed * 7919 + this.microStep)() * o.trajectory.steps);
         if (k > 0) {
           const r = await this.transformer.denoise({ hiddenStates: latents, encoderHiddenStates: tEhs, pooledProjections: tPooled,
-            guidance, imgIds, txtIds: txt(tEhs.shape[1]) }, timesteps.slice(0, k), sigmas.slice(0, k + 1));
-          own(r.stepLatents);
+            guidance, imgIds, txtIds: txt(tEhs.shape[1]) }, timesteps.slice(0, k), sigmas.slice(0, k + 1), { returnStepLatents: false });
           latents = own(r.latents);
         }
         sigma = timesteps[k] / 1000;

@@ -337,8 +337,9 @@ Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
   });
 }
 
-// denoise(inputs, timesteps: number[], sigmas: number[]) → Promise<{ latents, stepLatents }>: FLUX's Euler loop
-// (FluxPipeline): at step i the transformer sees timestep t_i / 1000, and x ← x + (σ_{i+1} − σ_i)·v in float32.
+// denoise(inputs, timesteps: number[], sigmas: number[], keepSteps = true) → Promise<{ latents, stepLatents? }>:
+// FLUX's Euler loop (FluxPipeline): at step i the transformer sees timestep t_i / 1000, and
+// x ← x + (σ_{i+1} − σ_i)·v in float32. stepLatents [steps, ...] only when keepSteps.
 Napi::Value FluxWrap::Denoise(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     auto m = model();
@@ -352,6 +353,7 @@ Napi::Value FluxWrap::Denoise(const Napi::CallbackInfo& info) {
     };
     const std::vector<float> ts = nums(1, "timesteps"), sig = nums(2, "sigmas");
     if (sig.size() != ts.size() + 1) fail("ERR_INVALID_ARG", "denoise: sigmas must have one entry more than timesteps");
+    const bool keepSteps = info.Length() <= 3 || info[3].IsUndefined() || info[3].ToBoolean().Value();
     struct Out { at::Tensor latents, steps; };
     auto out = std::make_shared<Out>();
     return queue(info.Env(), [=] {
@@ -366,15 +368,15 @@ Napi::Value FluxWrap::Denoise(const Napi::CallbackInfo& info) {
         p.hiddenStates = x;
         at::Tensor v = flux::forward(*m, p);
         x = (x.to(at::kFloat) + v.to(at::kFloat) * (sig[i + 1] - sig[i])).to(x.scalar_type());
-        steps.push_back(x);
+        if (keepSteps) steps.push_back(x);
       }
       out->latents = x;
-      out->steps = at::stack(steps, 0);
+      if (keepSteps) out->steps = at::stack(steps, 0);
       syncDevice(x);
     }, [out](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       o.Set("latents", TensorWrap::Wrap(env, out->latents));
-      o.Set("stepLatents", TensorWrap::Wrap(env, out->steps));
+      if (out->steps.defined()) o.Set("stepLatents", TensorWrap::Wrap(env, out->steps));
       return o;
     });
   });

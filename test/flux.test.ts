@@ -89,6 +89,33 @@ describe('FluxTransformer matches the golden reference', () => {
   });
 });
 
+describe('FluxTransformer.denoise', () => {
+  it('is Euler steps over forward; stepLatents only when asked', async () => {
+    using m = await FluxTransformer.fromPretrained(folder);
+    const { timestep: _t, ...ins } = inputs;
+    const [ts, sig] = [[1000, 500], [1, 0.5, 0]];
+    const a = await m.denoise(ins, ts, sig);
+    const b = await m.denoise(ins, ts, sig, { returnStepLatents: false });
+    expect(b.stepLatents).toBeUndefined();
+    expect(a.stepLatents.shape).toEqual([2, ...a.latents.shape]);
+    expect(await b.latents.toArray()).toEqual(await a.latents.toArray());
+    // by hand: x1 = x0 − 0.5·v(x0, t=1), x2 = x1 − 0.5·v(x1, t=0.5)
+    const B = inputs.hiddenStates.shape[0];
+    let x = Float32Array.from(await inputs.hiddenStates.toArray() as Float32Array);
+    for (const [i, t] of [1, 0.5].entries()) {
+      using tt = Tensor.fromArray(new Float32Array(B).fill(t), [B]);
+      using xt = Tensor.fromArray(x, inputs.hiddenStates.shape);
+      const r = await m.forward({ ...ins, hiddenStates: xt, timestep: tt });
+      const v = await r.sample.toArray() as Float32Array;
+      r.sample.dispose();
+      x = x.map((xi, k) => xi + (sig[i + 1] - sig[i]) * v[k]);
+    }
+    using want = Tensor.fromArray(x, inputs.hiddenStates.shape);
+    expect(await relErr(b.latents, want)).toBeLessThan(1e-5);
+    for (const t of [a.latents, a.stepLatents, b.latents]) t.dispose();
+  });
+});
+
 describe('the X2I distillation gradient through the frozen transformer', () => {
   it('matches the golden loss, every term and grad.student.*', async () => {
     const d = await x2i.loadSafetensors(path.join(golden, 'x2i-distill-loss', 'io.safetensors'));
