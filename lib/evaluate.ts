@@ -4,7 +4,7 @@ import type { AlignNet } from './alignnet.js';
 import { distillationLoss } from './distill.js';
 import { addon, type NativeTensor } from './native.js';
 import { FluxPipeline } from './pipeline.js';
-import { Tensor } from './tensor.js';
+import { Tensor, randn } from './tensor.js';
 
 /** SSIM (11×11 Gaussian window, σ 1.5) and PSNR (peak 1) per image of two [B, C, H, W] batches in [0, 1]. */
 export async function imageAgreement(a: Tensor, b: Tensor): Promise<{ ssim: number[]; psnr: number[] }> {
@@ -43,7 +43,6 @@ export async function evaluateAgreement(opts: { pipeline: FluxPipeline; alignNet
     const f = pipeline.transformer;
     const B = s.teacher.encoderHiddenStates.shape[0];
     const lh = 2 * Math.floor(gen.height / 16), lw = 2 * Math.floor(gen.width / 16);
-    const { randn } = await import('./tensor.js');
     const latents = await randn([B, (lh / 2) * (lw / 2), Number(f.config.in_channels ?? 64)], { seed, device: f.device, dtype: f.dtype });
     const ones = Tensor.fromArray(new Float32Array(B).fill(1), [B], { device: f.device });
     const guidance = Tensor.fromArray(new Float32Array(B).fill(gen.guidanceScale), [B], { device: f.device });

@@ -29,7 +29,7 @@ function mulberry32(seed: number): () => number {
 import type { QwenPrompt, QwenVLEncoder } from './qwen.js';
 import type { T5Encoder } from './t5.js';
 import type { ClipTextEncoder } from './clip.js';
-import { Tensor, randn } from './tensor.js';
+import { Tensor, memory, randn } from './tensor.js';
 
 export interface X2ITrainerOptions {
   /** AdamW, as the official recipe: lr 1e-4, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8. */
@@ -202,7 +202,6 @@ export class X2ITrainer {
           weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm });
         this.step++;
       }
-      const { memory } = await import('./tensor.js');
       const mem = memory();
       return { step: this.step, microStep: this.microStep, loss: r.loss, terms: r.terms, skipped: r.skipped, lr, gradNorm,
         samplesPerSecond: B / ((performance.now() - t0) / 1000), memory: { tensors: mem.tensors, bytes: mem.bytes } };

@@ -151,7 +151,9 @@ at::Tensor ropeIndex(const Model& m, const at::Tensor& ids, const at::Tensor& ma
   const auto& v = m.vcfg;
   const int64_t B = ids.size(0), S = ids.size(1);
   at::Tensor P = at::ones({3, B, S}, at::kLong);
-  at::Tensor idsC = ids.to(at::kCPU).contiguous(), maskC = mask.to(at::kCPU).contiguous();
+  at::Tensor idsC = ids.to(at::kCPU, at::kLong).contiguous(), maskC = mask.to(at::kCPU, at::kLong).contiguous();
+  auto Pa = P.accessor<int64_t, 3>();
+  auto idsA = idsC.accessor<int64_t, 2>(), maskA = maskC.accessor<int64_t, 2>();
   at::Tensor ig = imageGrid.defined() ? imageGrid.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
   at::Tensor vg = videoGrid.defined() ? videoGrid.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
   int64_t nextImage = 0, nextVideo = 0;
@@ -159,19 +161,19 @@ at::Tensor ropeIndex(const Model& m, const at::Tensor& ids, const at::Tensor& ma
     std::vector<int64_t> tok;
     std::vector<int64_t> where;
     for (int64_t s = 0; s < S; ++s)
-      if (maskC[b][s].item<int64_t>() == 1) tok.push_back(idsC[b][s].item<int64_t>()), where.push_back(s);
+      if (maskA[b][s] == 1) tok.push_back(idsA[b][s]), where.push_back(s);
     std::vector<std::array<int64_t, 3>> pos;
-    auto maxSoFar = [&] {
-      int64_t mx = -1;
-      for (auto& p : pos) mx = std::max({mx, p[0], p[1], p[2]});
-      return mx + 1;
+    int64_t mx = -1;  // the largest position so far
+    auto push = [&](int64_t t, int64_t h, int64_t w) {
+      pos.push_back({t, h, w});
+      mx = std::max({mx, t, h, w});
     };
     size_t st = 0;
     while (true) {
       size_t ed = st;
       while (ed < tok.size() && tok[ed] != v.imageTokenId && tok[ed] != v.videoTokenId) ++ed;
-      const int64_t base = maxSoFar();
-      for (size_t i = st; i < ed; ++i) { const int64_t p = base + int64_t(i - st); pos.push_back({p, p, p}); }
+      const int64_t base = mx + 1;
+      for (size_t i = st; i < ed; ++i) { const int64_t p = base + int64_t(i - st); push(p, p, p); }
       if (ed >= tok.size()) break;
       const bool image = tok[ed] == v.imageTokenId;
       const at::Tensor& g = image ? ig : vg;
@@ -179,18 +181,22 @@ at::Tensor ropeIndex(const Model& m, const at::Tensor& ids, const at::Tensor& ma
       if (!g.defined() || next >= g.size(0))
         fail("ERR_SHAPE_MISMATCH", std::string("QwenVLEncoder.forward: more ") + (image ? "image" : "video") +
                                        " blocks in inputIds than grids in " + (image ? "imageGridThw" : "videoGridThw"));
-      const int64_t t = g[next][0].item<int64_t>(), h = g[next][1].item<int64_t>() / v.merge, w = g[next][2].item<int64_t>() / v.merge;
+      if (g.dim() != 2 || g.size(1) != 3)
+        fail("ERR_SHAPE_MISMATCH", std::string("QwenVLEncoder.forward: ") + (image ? "imageGridThw" : "videoGridThw") +
+                                       " must be [n, 3] (t, h, w), found " + shapeString(g.sizes()));
+      auto gA = g.accessor<int64_t, 2>();
+      const int64_t t = gA[next][0], h = gA[next][1] / v.merge, w = gA[next][2] / v.merge;
       ++next;
       const double step = image ? 0.0 : secondPerGridT * v.tokensPerSecond;
       const int64_t start = base + int64_t(ed - st);
       for (int64_t ti = 0; ti < t; ++ti)
         for (int64_t hi = 0; hi < h; ++hi)
-          for (int64_t wi = 0; wi < w; ++wi) pos.push_back({start + int64_t(double(ti) * step), start + hi, start + wi});
+          for (int64_t wi = 0; wi < w; ++wi) push(start + int64_t(double(ti) * step), start + hi, start + wi);
       st = ed + size_t(t * h * w);
       if (st > tok.size()) fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: a vision block is cut off by the end of inputIds");
     }
     for (size_t i = 0; i < where.size(); ++i)
-      for (int a = 0; a < 3; ++a) P[a][b][where[i]] = pos[i][size_t(a)];
+      for (int a = 0; a < 3; ++a) Pa[a][b][where[i]] = pos[i][size_t(a)];
   }
   return P;
 }
