@@ -81,24 +81,18 @@ Napi::Value Randn(const Napi::CallbackInfo& info) {
     const bool seeded = info.Length() > 3 && info[3].IsNumber();
     const uint64_t seed = seeded ? uint64_t(info[3].As<Napi::Number>().Int64Value()) : 0;
     if (!at::isFloatingType(dtype)) fail("ERR_INVALID_DTYPE", "randn needs a floating dtype, found " + dtypeName(dtype));
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [=] {
+    return queueTensor(info.Env(), [=] {  // a plain tensor: usable where autograd records
       at::Generator gen = seeded ? at::detail::createCPUGenerator(seed) : at::detail::getDefaultCPUGenerator();
       at::Tensor t = at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat));  // locks gen itself
-      *out = t.to(device).to(dtype);
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, std::move(*out)); });
+      return t.to(device).to(dtype);
+    }, /*inference=*/false);
   });
 }
 
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     at::Tensor a = TensorWrap::Get(info[0], "a"), b = TensorWrap::Get(info[1], "b");
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [a, b, out] {
-      c10::InferenceMode guard;
-      *out = at::matmul(a, b);
-      syncDevice(*out);
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, std::move(*out)); });
+    return queueTensor(info.Env(), [a, b] { return at::matmul(a, b); });
   });
 }
 
@@ -139,13 +133,11 @@ Napi::Value ResizeImage(const Napi::CallbackInfo& info) {
       fail("ERR_INVALID_ARG", "resizeImage expects a uint8 [H, W, C] tensor, found " + dtypeName(img.scalar_type()));
     const int64_t oh = info[1].As<Napi::Number>().Int64Value(), ow = info[2].As<Napi::Number>().Int64Value();
     if (oh <= 0 || ow <= 0) fail("ERR_INVALID_ARG", "resizeImage: the output size must be positive");
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [img, oh, ow, out] {
-      c10::InferenceMode guard;
+    return queueTensor(info.Env(), [img, oh, ow] {
       at::Tensor x = img.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat);
       at::Tensor y = (x.size(2) == oh && x.size(3) == ow) ? x : at::_upsample_bicubic2d_aa(x, {oh, ow}, false);
-      *out = y.round().clamp(0, 255).to(at::kByte).squeeze(0).permute({1, 2, 0}).contiguous();
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+      return y.round().clamp(0, 255).to(at::kByte).squeeze(0).permute({1, 2, 0}).contiguous();
+    });
   });
 }
 
@@ -157,11 +149,9 @@ Napi::Value PackLatents(const Napi::CallbackInfo& info) {
     if (z.dim() != 4 || z.size(2) % 2 || z.size(3) % 2)
       fail("ERR_SHAPE_MISMATCH", "packLatents: expected [B, C, h, w] with even h and w");
     const int64_t B = z.size(0), C = z.size(1), h = z.size(2), w = z.size(3);
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [=] {
-      c10::InferenceMode g;
-      *out = z.view({B, C, h / 2, 2, w / 2, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({B, (h / 2) * (w / 2), C * 4});
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+    return queueTensor(info.Env(), [=] {
+      return z.view({B, C, h / 2, 2, w / 2, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({B, (h / 2) * (w / 2), C * 4});
+    });
   });
 }
 Napi::Value UnpackLatents(const Napi::CallbackInfo& info) {
@@ -172,21 +162,15 @@ Napi::Value UnpackLatents(const Napi::CallbackInfo& info) {
     if (x.dim() != 3 || h % 2 || w % 2 || x.size(1) != (h / 2) * (w / 2) || x.size(2) % 4)
       fail("ERR_SHAPE_MISMATCH", "unpackLatents: expected [B, (h/2)(w/2), 4C] for even h, w");
     const int64_t B = x.size(0), C = x.size(2) / 4;
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [=] {
-      c10::InferenceMode g;
-      *out = x.view({B, h / 2, w / 2, C, 2, 2}).permute({0, 3, 1, 4, 2, 5}).reshape({B, C, h, w}) / scale + shift;
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+    return queueTensor(info.Env(), [=] {
+      return x.view({B, h / 2, w / 2, C, 2, 2}).permute({0, 3, 1, 4, 2, 5}).reshape({B, C, h, w}) / scale + shift;
+    });
   });
 }
 Napi::Value ToImage(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     at::Tensor x = TensorWrap::Get(info[0], "decoded");
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [=] {
-      c10::InferenceMode g;
-      *out = (x.to(at::kFloat) / 2 + 0.5).clamp(0, 1);
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+    return queueTensor(info.Env(), [=] { return (x.to(at::kFloat) / 2 + 0.5).clamp(0, 1); });
   });
 }
 
@@ -195,11 +179,9 @@ Napi::Value ImageToUint8(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     at::Tensor x = TensorWrap::Get(info[0], "images");
     if (x.dim() != 4 || x.size(1) != 3) fail("ERR_SHAPE_MISMATCH", "images must be [B, 3, H, W], found " + std::to_string(x.dim()) + "-D");
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [=] {
-      c10::InferenceMode g;
-      *out = (x.to(at::kCPU, at::kFloat) * 255).round().clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+    return queueTensor(info.Env(), [=] {
+      return (x.to(at::kCPU, at::kFloat) * 255).round().clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+    });
   });
 }
 

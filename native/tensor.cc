@@ -349,17 +349,11 @@ Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
                                                                       : src.device();
     const at::ScalarType dtype = info.Length() > 1 && info[1].IsString() ? parseDType(argString(info, 1, "dtype"))
                                                                         : src.scalar_type();
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [src, device, dtype, out] {
-      if (device.is_cuda() && !src.is_cuda()) {
-        *out = moveTo(src, device).to(dtype);  // cast on the GPU
-      } else if (src.is_cuda() && device.is_cpu()) {
-        *out = moveTo(src.to(dtype), device);  // cast on the GPU
-      } else {
-        *out = src.to(device, dtype);
-      }
-      syncDevice(*out);
-    }, [out](Napi::Env env) -> Napi::Value { return Wrap(env, std::move(*out)); });
+    return queueTensor(info.Env(), [src, device, dtype] {
+      if (device.is_cuda() && !src.is_cuda()) return moveTo(src, device).to(dtype);  // cast on the GPU
+      if (src.is_cuda() && device.is_cpu()) return moveTo(src.to(dtype), device);    // cast on the GPU
+      return src.to(device, dtype);
+    }, /*inference=*/false);
   });
 }
 

@@ -3,6 +3,10 @@
 #pragma once
 #include "common.h"
 
+#include <c10/core/InferenceMode.h>
+
+#include <memory>
+
 namespace x2i {
 
 class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
@@ -38,5 +42,17 @@ Napi::Value Memory(const Napi::CallbackInfo& info);
 // A JS typed array viewing (or, where external buffers are not allowed, copying) a contiguous CPU
 // tensor that nobody else references.
 Napi::Value TypedArrayOf(Napi::Env env, at::Tensor owned);
+
+// The async op that makes one tensor: fn() runs on a worker thread (under InferenceMode unless told
+// otherwise), the Promise settles once the device has finished it, with a new handle owning the result.
+template <class F>
+Napi::Promise queueTensor(Napi::Env env, F fn, bool inference = true) {
+  auto out = std::make_shared<at::Tensor>();
+  return queue(env, [fn = std::move(fn), out, inference] {
+    c10::InferenceMode guard(inference);
+    *out = fn();
+    syncDevice(*out);
+  }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, std::move(*out)); });
+}
 
 }  // namespace x2i
