@@ -38,20 +38,14 @@ std::shared_ptr<Model> Model::load(const Config& c, std::map<std::string, at::Te
     Layer l;
     l.ln1w = w.take(p + "layer_norm1.weight", {H});
     l.ln1b = w.take(p + "layer_norm1.bias", {H});
-    l.qw = w.take(p + "self_attn.q_proj.weight", {H, H});
-    l.qb = w.take(p + "self_attn.q_proj.bias", {H});
-    l.kw = w.take(p + "self_attn.k_proj.weight", {H, H});
-    l.kb = w.take(p + "self_attn.k_proj.bias", {H});
-    l.vw = w.take(p + "self_attn.v_proj.weight", {H, H});
-    l.vb = w.take(p + "self_attn.v_proj.bias", {H});
-    l.ow = w.take(p + "self_attn.out_proj.weight", {H, H});
-    l.ob = w.take(p + "self_attn.out_proj.bias", {H});
+    std::tie(l.qw, l.qb) = w.linear(p + "self_attn.q_proj", H, H);
+    std::tie(l.kw, l.kb) = w.linear(p + "self_attn.k_proj", H, H);
+    std::tie(l.vw, l.vb) = w.linear(p + "self_attn.v_proj", H, H);
+    std::tie(l.ow, l.ob) = w.linear(p + "self_attn.out_proj", H, H);
     l.ln2w = w.take(p + "layer_norm2.weight", {H});
     l.ln2b = w.take(p + "layer_norm2.bias", {H});
-    l.fc1w = w.take(p + "mlp.fc1.weight", {I, H});
-    l.fc1b = w.take(p + "mlp.fc1.bias", {I});
-    l.fc2w = w.take(p + "mlp.fc2.weight", {H, I});
-    l.fc2b = w.take(p + "mlp.fc2.bias", {H});
+    std::tie(l.fc1w, l.fc1b) = w.linear(p + "mlp.fc1", I, H);
+    std::tie(l.fc2w, l.fc2b) = w.linear(p + "mlp.fc2", H, I);
     m->layers.push_back(std::move(l));
   }
   m->finalW = w.take("final_layer_norm.weight", {H});

@@ -44,7 +44,8 @@ at::Tensor rows(WeightMap& w, const std::vector<std::string>& names, const std::
 }
 
 Linear linear(WeightMap& w, const std::string& name, int64_t out, int64_t in) {
-  return {w.take(name + ".weight", {out, in}), w.take(name + ".bias", {out})};
+  auto [W, b] = w.linear(name, out, in);
+  return {W, b};
 }
 
 // rows [0, h) <-> [h, 2h): diffusers' norm_out is (scale, shift), BFL's final modulation (shift, scale)

@@ -269,12 +269,9 @@ std::shared_ptr<Model> Model::load(const FullConfig& full, std::map<std::string,
     const std::string p = "model.layers." + std::to_string(i) + ".";
     Layer l;
     l.inLn = w.take(p + "input_layernorm.weight", {H});
-    l.qw = w.take(p + "self_attn.q_proj.weight", {H, H});
-    l.qb = w.take(p + "self_attn.q_proj.bias", {H});
-    l.kw = w.take(p + "self_attn.k_proj.weight", {kv, H});
-    l.kb = w.take(p + "self_attn.k_proj.bias", {kv});
-    l.vw = w.take(p + "self_attn.v_proj.weight", {kv, H});
-    l.vb = w.take(p + "self_attn.v_proj.bias", {kv});
+    std::tie(l.qw, l.qb) = w.linear(p + "self_attn.q_proj", H, H);
+    std::tie(l.kw, l.kb) = w.linear(p + "self_attn.k_proj", kv, H);
+    std::tie(l.vw, l.vb) = w.linear(p + "self_attn.v_proj", kv, H);
     l.ow = w.take(p + "self_attn.o_proj.weight", {H, H});
     l.postLn = w.take(p + "post_attention_layernorm.weight", {H});
     l.gate = w.take(p + "mlp.gate_proj.weight", {I, H});
@@ -293,23 +290,16 @@ std::shared_ptr<Model> Model::load(const FullConfig& full, std::map<std::string,
       VisionBlock b;
       b.norm1 = w.take(p + "norm1.weight", {D});
       b.norm2 = w.take(p + "norm2.weight", {D});
-      b.qkvW = w.take(p + "attn.qkv.weight", {3 * D, D});
-      b.qkvB = w.take(p + "attn.qkv.bias", {3 * D});
-      b.projW = w.take(p + "attn.proj.weight", {D, D});
-      b.projB = w.take(p + "attn.proj.bias", {D});
-      b.gateW = w.take(p + "mlp.gate_proj.weight", {F, D});
-      b.gateB = w.take(p + "mlp.gate_proj.bias", {F});
-      b.upW = w.take(p + "mlp.up_proj.weight", {F, D});
-      b.upB = w.take(p + "mlp.up_proj.bias", {F});
-      b.downW = w.take(p + "mlp.down_proj.weight", {D, F});
-      b.downB = w.take(p + "mlp.down_proj.bias", {D});
+      std::tie(b.qkvW, b.qkvB) = w.linear(p + "attn.qkv", 3 * D, D);
+      std::tie(b.projW, b.projB) = w.linear(p + "attn.proj", D, D);
+      std::tie(b.gateW, b.gateB) = w.linear(p + "mlp.gate_proj", F, D);
+      std::tie(b.upW, b.upB) = w.linear(p + "mlp.up_proj", F, D);
+      std::tie(b.downW, b.downB) = w.linear(p + "mlp.down_proj", D, F);
       m->vision.blocks.push_back(std::move(b));
     }
     m->vision.lnQ = w.take("visual.merger.ln_q.weight", {D});
-    m->vision.mlp0W = w.take("visual.merger.mlp.0.weight", {M, M});
-    m->vision.mlp0B = w.take("visual.merger.mlp.0.bias", {M});
-    m->vision.mlp2W = w.take("visual.merger.mlp.2.weight", {v.outHidden, M});
-    m->vision.mlp2B = w.take("visual.merger.mlp.2.bias", {v.outHidden});
+    std::tie(m->vision.mlp0W, m->vision.mlp0B) = w.linear("visual.merger.mlp.0", M, M);
+    std::tie(m->vision.mlp2W, m->vision.mlp2B) = w.linear("visual.merger.mlp.2", v.outHidden, M);
     if (v.outHidden != H) fail("ERR_CONFIG", "QwenVLEncoder (" + source + "): vision out_hidden_size differs from hidden_size");
   }
   w.finish();

@@ -33,14 +33,10 @@ Mid mid(WeightMap& w, const std::string& p, int64_t c, bool attn) {
   if (attn) {
     const std::string a = p + ".attentions.0.";
     m.attn.norm = norm(w, a + "group_norm", c);
-    m.attn.qw = w.take(a + "to_q.weight", {c, c});
-    m.attn.qb = w.take(a + "to_q.bias", {c});
-    m.attn.kw = w.take(a + "to_k.weight", {c, c});
-    m.attn.kb = w.take(a + "to_k.bias", {c});
-    m.attn.vw = w.take(a + "to_v.weight", {c, c});
-    m.attn.vb = w.take(a + "to_v.bias", {c});
-    m.attn.ow = w.take(a + "to_out.0.weight", {c, c});
-    m.attn.ob = w.take(a + "to_out.0.bias", {c});
+    std::tie(m.attn.qw, m.attn.qb) = w.linear(a + "to_q", c, c);
+    std::tie(m.attn.kw, m.attn.kb) = w.linear(a + "to_k", c, c);
+    std::tie(m.attn.vw, m.attn.vb) = w.linear(a + "to_v", c, c);
+    std::tie(m.attn.ow, m.attn.ob) = w.linear(a + "to_out.0", c, c);
   }
   return m;
 }

@@ -6,6 +6,8 @@
 
 #include <map>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace x2i {
@@ -30,6 +32,11 @@ class WeightMap {
     fail("ERR_CHECKPOINT_KEY", where() + "missing tensor '" + names[0] + "' (expected shape " + shapeString(shape) + ")");
   }
   at::Tensor take(const std::string& name, const std::vector<int64_t>& shape) { return take(std::vector<std::string>{name}, shape); }
+  // A linear layer's name.weight [out, in] and name.bias [out].
+  std::pair<at::Tensor, at::Tensor> linear(const std::string& name, int64_t out, int64_t in) {
+    at::Tensor W = take(name + ".weight", {out, in});
+    return {W, take(name + ".bias", {out})};
+  }
   void drop(const std::string& name) { w_.erase(name); }
   void finish() {
     if (w_.empty()) return;
