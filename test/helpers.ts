@@ -2,9 +2,23 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
+import type { Tensor } from '../lib/index.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const golden = path.join(root, 'test', 'fixtures', 'golden');
+
+/** The distillation loss and its per-block terms against the golden io (relative error ≤ 1e-4), no skipped layer. */
+export async function expectGoldenLoss(r: { loss: number; skipped: number; terms: Record<'doubleImg' | 'doubleTxt' | 'single', number[]> },
+  d: Record<string, Tensor>): Promise<void> {
+  const want = (await d.loss.toArray() as Float32Array)[0];
+  expect(Math.abs(r.loss - want) / want).toBeLessThan(1e-4);
+  expect(r.skipped).toBe(0);
+  for (const [k, key] of [['doubleImg', 'terms.double_img'], ['doubleTxt', 'terms.double_txt'], ['single', 'terms.single']] as const) {
+    const ref = Array.from(await d[key].toArray() as Float32Array);
+    r.terms[k].forEach((v, i) => expect(Math.abs(v - ref[i]) / ref[i], `${k}[${i}]`).toBeLessThan(1e-4));
+  }
+}
 
 export function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'x2i-test-'));
