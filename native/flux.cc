@@ -478,18 +478,7 @@ std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor>
   auto fix = [&](at::Tensor& t) {
     if (t.defined() && (t.device() != dev || t.scalar_type() != dt)) t = t.to(dev, dt);
   };
-  for (Linear* l : {&m->imgIn, &m->txtIn, &m->timeIn1, &m->timeIn2, &m->guidanceIn1, &m->guidanceIn2, &m->vectorIn1,
-                    &m->vectorIn2, &m->finalMod, &m->finalLinear})
-    fix(l->w), fix(l->b);
-  for (auto& b : m->doubles)
-    for (Stream* s : {&b.img, &b.txt}) {
-      for (Linear* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) fix(l->w), fix(l->b);
-      fix(s->qNorm), fix(s->kNorm);
-    }
-  for (auto& b : m->singles) {
-    for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fix(l->w), fix(l->b);
-    fix(b.qNorm), fix(b.kNorm);
-  }
+  m->forEachParameter(fix);
   m->timeFreqs = timestepFrequencies().to(dev);
   return m;
 }

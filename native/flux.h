@@ -45,6 +45,23 @@ struct Model {
   at::Tensor timeFreqs;  // the 128 sinusoid frequencies, computed once on the CPU (as BFL does), on the device
   c10::Device device() const { return imgIn.w.device(); }
   at::ScalarType dtype() const { return imgIn.w.scalar_type(); }
+
+  // Calls fn(at::Tensor&) on every parameter (undefined ones too: the absent guidance embedder).
+  template <class F>
+  void forEachParameter(F&& fn) {
+    for (Linear* l : {&imgIn, &txtIn, &timeIn1, &timeIn2, &guidanceIn1, &guidanceIn2, &vectorIn1, &vectorIn2, &finalMod,
+                      &finalLinear})
+      fn(l->w), fn(l->b);
+    for (auto& b : doubles)
+      for (Stream* s : {&b.img, &b.txt}) {
+        for (Linear* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) fn(l->w), fn(l->b);
+        fn(s->qNorm), fn(s->kNorm);
+      }
+    for (auto& b : singles) {
+      for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fn(l->w), fn(l->b);
+      fn(b.qNorm), fn(b.kNorm);
+    }
+  }
 };
 
 // Builds a model from named tensors in either layout ("bfl" or "diffusers"); every key is checked against

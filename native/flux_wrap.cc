@@ -156,18 +156,7 @@ Napi::Value FluxWrap::Info(const Napi::CallbackInfo& info) {
     o.Set("device", deviceName(m->device()));
     o.Set("dtype", dtypeName(m->dtype()));
     int64_t params = 0;
-    auto count = [&](const at::Tensor& t) { if (t.defined()) params += t.numel(); };
-    for (auto* l : {&m->imgIn, &m->txtIn, &m->timeIn1, &m->timeIn2, &m->guidanceIn1, &m->guidanceIn2, &m->vectorIn1,
-                    &m->vectorIn2, &m->finalMod, &m->finalLinear}) count(l->w), count(l->b);
-    for (auto& b : m->doubles)
-      for (auto* s : {&b.img, &b.txt}) {
-        for (auto* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) count(l->w), count(l->b);
-        count(s->qNorm), count(s->kNorm);
-      }
-    for (auto& b : m->singles) {
-      for (auto* l : {&b.mod, &b.linear1, &b.linear2}) count(l->w), count(l->b);
-      count(b.qNorm), count(b.kNorm);
-    }
+    m->forEachParameter([&](const at::Tensor& t) { if (t.defined()) params += t.numel(); });
     o.Set("parameters", double(params));
     return o;
   });

@@ -59,6 +59,14 @@ describe('FluxTransformer matches the golden reference', () => {
     });
   }
 
+  it('counts its parameters: every tensor of the checkpoint', async () => {
+    using m = await FluxTransformer.fromPretrained(bflFile, { config: axes });
+    const w = await x2i.loadSafetensors(bflFile);
+    const n = Object.values(w).reduce((acc, t) => acc + t.shape.reduce((p, d) => p * d, 1), 0);
+    for (const t of Object.values(w)) t.dispose();
+    expect(m.parameters).toBe(n);
+  });
+
   it('both layouts give identical outputs', async () => {
     using a = await FluxTransformer.fromPretrained(folder);
     using b = await FluxTransformer.fromPretrained(bflFile, { config: axes });
