@@ -4,7 +4,7 @@ import { addon, type NativeTensor } from './native.js';
 import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
 import { NativeModel } from './model.js';
 import { Tensor } from './tensor.js';
-import { ClipTokenizer, type EncodeOptions, type Encoded } from './tokenizers.js';
+import { ClipTokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -18,7 +18,7 @@ export class ClipTextEncoder extends NativeModel<NativeClip> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
-  #tokenizer?: { encode(text: string | string[], opts?: EncodeOptions): Encoded };
+  #tokenizer?: PromptTokenizer;
 
   private constructor(h: NativeClip, config: Record<string, unknown>, folder: string) {
     super(h, 'ClipTextEncoder');
@@ -28,8 +28,7 @@ export class ClipTextEncoder extends NativeModel<NativeClip> {
 
   /** Tokenizes (BOS, EOS, padding with EOS to 77) and encodes. The tokenizer: `opts.tokenizer`, else the model
    * folder's, else FLUX's sibling `tokenizer/` (vocab.json + merges.txt is enough). */
-  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: { encode(text: string | string[],
-    opts?: EncodeOptions): Encoded } } = {}): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
     const own = ['tokenizer.json', 'vocab.json'].some((f) => fs.existsSync(path.join(this.#folder, f)));
     const tok = opts.tokenizer ?? (this.#tokenizer ??= ClipTokenizer.fromPretrained(own ? this.#folder : path.join(this.#folder, '..', 'tokenizer')));
     const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 77, padding: opts.padding });

@@ -28,7 +28,7 @@ export { preprocessImages, preprocessVideo, smartResize } from './qwen_vision.js
 export type { RgbImage, QwenVisionOptions } from './qwen_vision.js';
 export type { PretrainedOptions } from './pretrained.js';
 export { QwenTokenizer, T5Tokenizer, ClipTokenizer, pythonRepr, QWEN_VL_CHAT_TEMPLATE } from './tokenizers.js';
-export type { Encoded, EncodeOptions, ChatMessage, ChatContent } from './tokenizers.js';
+export type { Encoded, EncodeOptions, PromptTokenizer, ChatMessage, ChatContent } from './tokenizers.js';
 export type { AlignNetInfo, AlignNetLoadOptions } from './alignnet.js';
 export type { Divergence, DistillationOptions, DistillationResult } from './distill.js';
 export type { MemoryInfo, BuildInfo, TypedArray } from './native.js';

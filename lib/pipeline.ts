@@ -7,9 +7,8 @@ import { Tensor, randn } from './tensor.js';
 import type { AutoencoderKL } from './vae.js';
 import type { ClipTextEncoder } from './clip.js';
 import type { T5Encoder } from './t5.js';
-import type { EncodeOptions, Encoded } from './tokenizers.js';
+import type { PromptTokenizer } from './tokenizers.js';
 
-type AnyTokenizer = { encode(text: string | string[], opts?: EncodeOptions): Encoded };
 
 export interface FluxGenerateOptions {
   /** A prompt (or a batch) for the pipeline's text encoders (T5 → sequence, CLIP → pooled); or give the embeddings. */
@@ -74,11 +73,11 @@ export class FluxPipeline {
   /** CLIP (pooled) and T5 (sequence), as diffusers names them; with their tokenizers (else found beside them). */
   readonly textEncoder?: ClipTextEncoder;
   readonly textEncoder2?: T5Encoder;
-  readonly tokenizer?: AnyTokenizer;
-  readonly tokenizer2?: AnyTokenizer;
+  readonly tokenizer?: PromptTokenizer;
+  readonly tokenizer2?: PromptTokenizer;
 
   constructor(parts: { transformer: FluxTransformer; vae: AutoencoderKL; scheduler?: FlowMatchEulerScheduler;
-    textEncoder?: ClipTextEncoder; textEncoder2?: T5Encoder; tokenizer?: AnyTokenizer; tokenizer2?: AnyTokenizer }) {
+    textEncoder?: ClipTextEncoder; textEncoder2?: T5Encoder; tokenizer?: PromptTokenizer; tokenizer2?: PromptTokenizer }) {
     if (!parts?.transformer || !parts?.vae) throw invalidArg('FluxPipeline parts', '{ transformer, vae, scheduler?, textEncoder?, textEncoder2? }', parts);
     this.transformer = parts.transformer;
     this.vae = parts.vae;

@@ -4,7 +4,7 @@ import { addon, type NativeTensor } from './native.js';
 import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
 import { NativeModel } from './model.js';
 import { Tensor } from './tensor.js';
-import { T5Tokenizer, type EncodeOptions, type Encoded } from './tokenizers.js';
+import { T5Tokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -18,7 +18,7 @@ export class T5Encoder extends NativeModel<NativeT5> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
-  #tokenizer?: { encode(text: string | string[], opts?: EncodeOptions): Encoded };
+  #tokenizer?: PromptTokenizer;
 
   private constructor(h: NativeT5, config: Record<string, unknown>, folder: string) {
     super(h, 'T5Encoder');
@@ -30,8 +30,7 @@ export class T5Encoder extends NativeModel<NativeT5> {
    * Tokenizes (`</s>`, padding with 0 to 512 as FLUX does) and encodes. The tokenizer: `opts.tokenizer`, else the
    * model folder's tokenizer.json, else FLUX's sibling `tokenizer_2/`.
    */
-  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: { encode(text: string | string[],
-    opts?: EncodeOptions): Encoded } } = {}): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
+  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
     const tok = opts.tokenizer ?? (this.#tokenizer ??= T5Tokenizer.fromPretrained(
       [path.join(this.#folder, 'tokenizer.json'), path.join(this.#folder, '..', 'tokenizer_2')].find((p) => fs.existsSync(p)) ??
       path.join(this.#folder, 'tokenizer.json')));

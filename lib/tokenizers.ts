@@ -18,6 +18,11 @@ export interface Encoded {
   attentionMask: Tensor;
 }
 
+/** Anything that tokenizes prompts the way the text encoders expect (ClipTokenizer, T5Tokenizer, or your own). */
+export interface PromptTokenizer {
+  encode(text: string | string[], opts?: EncodeOptions): Encoded;
+}
+
 export interface EncodeOptions {
   /** Length to pad and truncate to. */
   maxLength?: number;
