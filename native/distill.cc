@@ -11,6 +11,7 @@
 
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -79,24 +80,63 @@ std::pair<at::Tensor, at::Tensor> rowsComposite(const at::Tensor& S, const at::T
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> tapLossGrad(const at::Tensor& teacher, const at::Tensor& student, Divergence div,
-                                              double tau) {
+                                              double tau, const at::Tensor& incoming, bool composite) {
   if (teacher.sizes() != student.sizes())
-    fail("ERR_SHAPE_MISMATCH", "distillation: teacher and student taps differ in shape");
-  if (student.dim() < 2) fail("ERR_SHAPE_MISMATCH", "distillation: taps must be [B, tokens, D]");
+    fail("ERR_SHAPE_MISMATCH", "distillation: teacher and student taps differ in shape (teacher " + shapeString(teacher.sizes()) +
+                                   ", student " + shapeString(student.sizes()) + ")");
+  if (student.dim() < 2) fail("ERR_SHAPE_MISMATCH", "distillation: taps must be [B, tokens, D], got " + shapeString(student.sizes()));
   const double B = double(student.size(0));
   const double norm = div == Divergence::Mse ? double(student.numel()) : B;
   const at::Tensor t = teacher.to(student.device(), student.scalar_type());
-  std::pair<at::Tensor, at::Tensor> r;
 #ifdef X2I_CUDA_KERNELS
-  if (student.is_cuda() && student.scalar_type() != at::kDouble && kernels::distillRowsSupported(student.size(-1)) &&
-      std::getenv("X2I_NO_KERNELS") == nullptr)
-    r = kernels::distillRows(student, t, int(div), tau, 1e-7, 1.0 / norm);
-  else
+  if (!composite && student.is_cuda() && student.scalar_type() != at::kDouble &&
+      kernels::distillRowsSupported(student.size(-1)) && std::getenv("X2I_NO_KERNELS") == nullptr)
+    return kernels::distillRows(student, t, incoming, int(div), tau, 1e-7, 1.0 / norm, 1.0 / norm);
 #endif
-    r = rowsComposite(student, t, div, tau, 1e-7, 1.0 / norm);
-  at::Tensor term = r.first.sum() / norm;
-  r.second.masked_fill_(at::isfinite(term).logical_not(), 0);  // a skipped term sends no gradient
-  return {term, r.second};
+  auto [rowTerms, grad] = rowsComposite(student, t, div, tau, 1e-7, 1.0 / norm);
+  at::Tensor term = rowTerms.sum() / norm;
+  grad.masked_fill_(at::isfinite(term).logical_not(), 0);  // a skipped term sends no gradient
+  if (incoming.defined()) grad.add_(incoming.to(grad.scalar_type()));
+  return {term, grad};
+}
+
+namespace {
+// The student's tap as one autograd node: forward passes the tap on unchanged (and an anchor to start the
+// backward from); backward turns the gradient arriving at the tap into incoming + d term/d tap in one
+// fused pass and writes the term to terms[slot].
+struct TapLoss : torch::autograd::Function<TapLoss> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::Tensor tap,
+                                                at::Tensor teacher, at::Tensor terms, int64_t slot, int64_t div,
+                                                double tau) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({tap});
+    ctx->saved_data["teacher"] = teacher;
+    ctx->saved_data["terms"] = terms;
+    ctx->saved_data["slot"] = slot;
+    ctx->saved_data["div"] = div;
+    ctx->saved_data["tau"] = tau;
+    return {tap, at::empty({}, tap.options().dtype(at::kFloat))};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor tap = ctx->get_saved_variables()[0];
+    auto [term, grad] = tapLossGrad(ctx->saved_data["teacher"].toTensor(), tap,
+                                    Divergence(ctx->saved_data["div"].toInt()), ctx->saved_data["tau"].toDouble(),
+                                    grads[0]);
+    ctx->saved_data["terms"].toTensor().select(0, ctx->saved_data["slot"].toInt()).copy_(term);
+    ctx->saved_data.clear();  // the teacher's tap is not needed any more
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> attachTapLoss(const at::Tensor& studentTap, const at::Tensor& teacherTap,
+                                                Divergence div, double tau, const at::Tensor& terms, int64_t slot) {
+  if (teacherTap.sizes() != studentTap.sizes())
+    fail("ERR_SHAPE_MISMATCH", "distillation: teacher and student taps differ in shape (teacher " +
+                                   shapeString(teacherTap.sizes()) + ", student " + shapeString(studentTap.sizes()) + ")");
+  auto o = TapLoss::apply(studentTap, teacherTap, terms, slot, int64_t(div), tau);
+  return {o[0], o[1]};
 }
 
 Result fused(const std::array<at::Tensor, 3>& teacher, const std::array<at::Tensor, 3>& student, Divergence div,
@@ -128,25 +168,56 @@ Result fused(const std::array<at::Tensor, 3>& teacher, const std::array<at::Tens
   return r;
 }
 
-// benchTap(teacher, student, divergence, temperature, iters) → mean ms of tapLossGrad over `iters` back-to-back
-// calls (one device synchronisation at each end).
+// benchTap(teacher, student, divergence, temperature, iters, incoming?, method 'fused' | 'composite') → mean
+// ms of tapLossGrad over `iters` back-to-back calls (one device synchronisation at each end). 'composite'
+// times the same formulas as unfused LibTorch ops (the baseline of the fused pass).
 Napi::Value BenchTap(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     at::Tensor T = TensorWrap::Get(info[0], "teacher"), S = TensorWrap::Get(info[1], "student");
     const Divergence div = parseDivergence(argString(info, 2, "divergence"));
     const double tau = info[3].As<Napi::Number>().DoubleValue();
     const int iters = info[4].As<Napi::Number>().Int32Value();
+    at::Tensor In = info.Length() > 5 && info[5].IsObject() ? TensorWrap::Get(info[5], "incoming") : at::Tensor();
+    const bool composite = info.Length() > 6 && info[6].IsString() && info[6].As<Napi::String>().Utf8Value() == "composite";
     auto ms = std::make_shared<double>(0);
     return queue(info.Env(), [=] {
       c10::InferenceMode guard;
       auto sync = [&] { syncDevice(S); };
-      for (int i = 0; i < 3; ++i) tapLossGrad(T, S, div, tau);
+      for (int i = 0; i < 3; ++i) tapLossGrad(T, S, div, tau, In, composite);
       sync();
       auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < iters; ++i) tapLossGrad(T, S, div, tau);
+      for (int i = 0; i < iters; ++i) tapLossGrad(T, S, div, tau, In, composite);
       sync();
       *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
     }, [ms](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *ms); });
+  });
+}
+
+// distillTap(teacher, student, divergence, temperature, incoming?, method 'fused' | 'composite') →
+// Promise<{ term, grad }>: one tap through tapLossGrad (the form the training step's backward uses).
+Napi::Value DistillTap(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor T = TensorWrap::Get(info[0], "teacher"), S = TensorWrap::Get(info[1], "student");
+    const Divergence div = parseDivergence(argString(info, 2, "divergence"));
+    const double tau = info[3].As<Napi::Number>().DoubleValue();
+    if (!(tau > 0)) fail("ERR_INVALID_ARG", "distillTap: temperature must be positive");
+    at::Tensor In = info.Length() > 4 && info[4].IsObject() ? TensorWrap::Get(info[4], "incoming") : at::Tensor();
+    if (In.defined() && In.sizes() != S.sizes())
+      fail("ERR_SHAPE_MISMATCH", "distillTap: incoming gradient " + shapeString(In.sizes()) + " for a tap of " + shapeString(S.sizes()));
+    const bool composite = info.Length() > 5 && info[5].IsString() && info[5].As<Napi::String>().Utf8Value() == "composite";
+    struct Out { double term = 0; at::Tensor grad; };
+    auto out = std::make_shared<Out>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      auto [term, grad] = tapLossGrad(T, S, div, tau, In.defined() ? In.to(S.device()) : In, composite);
+      out->term = term.item<double>();
+      out->grad = grad;
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("term", out->term);
+      o.Set("grad", TensorWrap::Wrap(env, out->grad));
+      return o;
+    });
   });
 }
 

@@ -77,9 +77,10 @@ struct Inputs {
   at::Tensor hiddenStates, encoderHiddenStates, pooledProjections, timestep, guidance, imgIds, txtIds;
 };
 
-// The X2I distillation taps, produced in order while the forward runs.
+// The X2I distillation taps, produced in order while the forward runs. A hook may replace the tap it is
+// given (the training step passes each student tap through its loss node); the forward goes on with it.
 enum class Tap { DoubleImg, DoubleTxt, Single };
-using TapHook = std::function<void(Tap, int64_t block, const at::Tensor&)>;
+using TapHook = std::function<void(Tap, int64_t block, at::Tensor&)>;
 
 // Checks shapes against the model and casts/moves the inputs to the model's device and dtype.
 Inputs prepare(const Model& m, Inputs in);

@@ -250,9 +250,11 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
 
 // distillationStep(teacherInputs, studentInputs, divergence, temperature, checkpoint) → Promise<{ loss, terms,
 // skipped, grad: { encoderHiddenStates, pooledProjections } }>: the X2I training step through the frozen
-// transformer. The teacher runs first (no autograd) and keeps its taps; during the student's forward each tap's
-// term and gradient are computed the moment the tap exists (one fused pass), and the gradients enter the
-// backward at the taps; no student capture is stacked, no float32 copy kept.
+// transformer. The teacher runs first (no autograd) and keeps its taps; each student tap passes through a
+// loss node as it is produced (distill::attachTapLoss): nothing of the student is stacked, and in the
+// backward the gradient arriving at the tap and the tap's own loss gradient are one fused pass, so
+// distillation adds one pass over each tap (reading student, teacher and the incoming gradient, writing
+// the sum) to the backward and no tensor to the forward.
 Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     auto m = model();
@@ -276,32 +278,35 @@ Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
         flux::Inputs p = flux::prepare(*m, tin);
         flux::forward(*m, p, [&](flux::Tap k, int64_t, const at::Tensor& t) { teacher[int(k)].push_back(t); });
       }
-      // student: the loss of each tap as it appears
+      // student: every tap through its loss node, in the order the taps come (per double block img, txt;
+      // then the single blocks)
       c10::AutoGradMode enable(true);
       flux::Inputs p = flux::prepare(*m, sin);
       p.encoderHiddenStates = p.encoderHiddenStates.detach().clone().requires_grad_(true);
       p.pooledProjections = p.pooledProjections.detach().clone().requires_grad_(true);
-      std::vector<at::Tensor> taps, grads, terms;
+      const int64_t nDouble = int64_t(m->doubles.size()), nSingle = int64_t(m->singles.size());
+      at::Tensor terms = at::full({2 * nDouble + nSingle}, NAN, at::TensorOptions().dtype(at::kFloat).device(m->device()));
+      std::vector<at::Tensor> anchors;
       std::array<size_t, 3> seen{};
-      flux::forward(*m, p, [&](flux::Tap k, int64_t, const at::Tensor& tap) {
-        const auto& tt = teacher[int(k)];
+      flux::forward(*m, p, [&](flux::Tap k, int64_t, at::Tensor& tap) {
+        auto& tt = teacher[int(k)];
         if (seen[int(k)] >= tt.size()) fail("ERR_INTERNAL", "distillationStep: more student taps than teacher taps");
-        auto [term, grad] = distill::tapLossGrad(tt[seen[int(k)]++], tap.detach(), div, tau);
-        terms.push_back(term.to(at::kDouble));
-        taps.push_back(tap);
-        grads.push_back(grad);
+        auto [passOn, anchor] = distill::attachTapLoss(tap, tt[seen[int(k)]], div, tau, terms, int64_t(anchors.size()));
+        tt[seen[int(k)]++] = at::Tensor();  // the loss node holds it now, until its backward
+        tap = passOn;
+        anchors.push_back(anchor);
       }, checkpoint);
-      teacher = {};
-      auto g = torch::autograd::grad(taps, {p.encoderHiddenStates, p.pooledProjections}, grads,
+      if (int64_t(anchors.size()) != terms.numel()) fail("ERR_INTERNAL", "distillationStep: fewer student taps than expected");
+      const at::Tensor one = at::ones({}, terms.options());
+      auto g = torch::autograd::grad(anchors, {p.encoderHiddenStates, p.pooledProjections},
+                                     std::vector<at::Tensor>(anchors.size(), one),
                                      /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
       out->gEhs = g[0].defined() ? g[0] : at::zeros_like(p.encoderHiddenStates);
       out->gPooled = g[1].defined() ? g[1] : at::zeros_like(p.pooledProjections);
-      at::Tensor all = at::stack(terms).cpu();  // one sync
+      at::Tensor all = terms.to(at::kDouble).cpu();  // one sync
       const double* v = all.data_ptr<double>();
-      const std::array<int64_t, 3> counts{int64_t(m->doubles.size()), int64_t(m->doubles.size()), int64_t(m->singles.size())};
-      // taps arrive per double block as (img, txt), then single: regroup by kind
-      for (int64_t i = 0; i < counts[0]; ++i) out->terms[0].push_back(v[2 * i]), out->terms[1].push_back(v[2 * i + 1]);
-      for (int64_t i = 0; i < counts[2]; ++i) out->terms[2].push_back(v[2 * counts[0] + i]);
+      for (int64_t i = 0; i < nDouble; ++i) out->terms[0].push_back(v[2 * i]), out->terms[1].push_back(v[2 * i + 1]);
+      for (int64_t i = 0; i < nSingle; ++i) out->terms[2].push_back(v[2 * nDouble + i]);
       for (int64_t j = 0; j < all.numel(); ++j) {
         if (std::isfinite(v[j])) out->loss += v[j];
         else ++out->skipped;

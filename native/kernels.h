@@ -28,10 +28,12 @@ std::vector<at::Tensor> qkvRopeBackward(const std::vector<QkvSegment>& segs, con
 namespace x2i::kernels {
 
 // The distillation loss of every row of student/teacher [..., D] in one pass (divergence 0 rkl, 1 kl, 2 js,
-// 3 mse on raw features): per-row terms (float32, not yet divided by anything) and the gradient of
-// gradScale·Σ rows with respect to the student, in the student's dtype.
+// 3 mse on raw features; float32, bfloat16 or float16, 2 ≤ D ≤ 16384): term (0-dim float32 on the device)
+// = termScale·Σ rows' terms, and grad = incoming (if defined) + gradScale·d Σ rows / d student, in the
+// student's dtype. Where the term is not finite the gradient is the incoming one (or zeros).
 bool distillRowsSupported(int64_t D);
-std::pair<at::Tensor, at::Tensor> distillRows(const at::Tensor& student, const at::Tensor& teacher, int divergence,
-                                              double temperature, double eps, double gradScale);
+std::pair<at::Tensor, at::Tensor> distillRows(const at::Tensor& student, const at::Tensor& teacher,
+                                              const at::Tensor& incoming, int divergence, double temperature,
+                                              double eps, double gradScale, double termScale);
 
 }  // namespace x2i::kernels

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as x2i from '../../dist/index.js';
+import { addon } from '../../dist/native.js';
 
 const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
 const gpuIt = (name, fn) => it(name, { skip }, fn);
@@ -27,7 +28,7 @@ const shapes = [[1, 1, 3], [2, 5, 31], [1, 7, 127], [3, 11, 1023], [1, 3, 1024],
 
 describe('distillation kernel vs float64 on the CPU', () => {
   for (const divergence of ['rkl', 'kl', 'js', 'mse']) {
-    for (const dtype of ['float32', 'bfloat16']) {
+    for (const dtype of ['float32', 'bfloat16', 'float16']) {
       gpuIt(`${divergence}, ${dtype}: ${shapes.length} shapes × 3 magnitudes`, async () => {
         let seed = 1;
         const failures = [];
@@ -55,6 +56,50 @@ describe('distillation kernel vs float64 on the CPU', () => {
     }
   }
 
+  // the backward form of the training step: out = incoming + d term/d student in the same pass
+  for (const divergence of ['rkl', 'kl', 'js', 'mse']) {
+    gpuIt(`${divergence}: with an incoming gradient, float32 / bfloat16 / float16 vs float64`, async () => {
+      let seed = 500;
+      const failures = [];
+      for (const dtype of ['float32', 'bfloat16', 'float16']) {
+        for (const shape of [[1, 1, 3], [2, 5, 31], [1, 4, 3073], [2, 9, 3072], [1, 2, 4097], [1, 333, 96], [1, 1, 12289]]) {
+          const [t64, s64] = await pair(shape, seed += 3, 1, 0);
+          const g64 = await x2i.randn(shape, { seed: seed + 2, dtype: 'float64' });
+          const [t, s, g] = [await t64.to({ dtype }), await s64.to({ dtype }), await g64.to({ dtype })];
+          const f64 = async (x) => x.to({ dtype: 'float64' });
+          const ref = await addon().distillTap((await f64(t)).handle, (await f64(s)).handle, divergence, 3, (await f64(g)).handle);
+          const cu = async (x) => x.to({ device: 'cuda' });
+          const got = await addon().distillTap((await cu(t)).handle, (await cu(s)).handle, divergence, 3, (await cu(g)).handle);
+          const what = `${divergence} ${dtype} [${shape}]`;
+          const lossTol = dtype === 'float32' ? 1e-4 : 1e-3, gradTol = dtype === 'float32' ? 1e-4 : 1e-2;
+          const le = Math.abs(got.term - ref.term) / Math.max(Math.abs(ref.term), 1e-30);
+          if (!(le < lossTol)) failures.push(`${what}: term ${got.term} vs ${ref.term}`);
+          const refGrad = new x2i.Tensor(ref.grad), gotGrad = new x2i.Tensor(got.grad);
+          const ge = await x2i.relativeError(await gotGrad.to({ device: 'cpu', dtype: 'float64' }), refGrad);
+          if (!(ge < gradTol)) failures.push(`${what}: grad rel err ${ge}`);
+        }
+      }
+      assert.deepEqual(failures, []);
+    });
+  }
+
+  gpuIt('extreme inputs: large offsets, tiny spreads, a temperature of 0.5 (the max-shifted softmax)', async () => {
+    const failures = [];
+    let seed = 900;
+    for (const [scale, offset, tau] of [[1, 1e4, 3], [1e-4, 1, 3], [30, 0, 0.5], [1, 0, 0.05]]) {
+      for (const shape of [[1, 3, 3072], [1, 2, 1000]]) {
+        const [t64, s64] = await pair(shape, seed += 2, scale, offset);
+        const [t, s] = [await t64.to({ dtype: 'float32' }), await s64.to({ dtype: 'float32' })];  // the same rounded inputs
+        const ref = await addon().distillTap((await t.to({ dtype: 'float64' })).handle, (await s.to({ dtype: 'float64' })).handle, 'rkl', tau);
+        const got = await addon().distillTap((await t.to({ device: 'cuda' })).handle, (await s.to({ device: 'cuda' })).handle, 'rkl', tau);
+        const le = Math.abs(got.term - ref.term) / Math.abs(ref.term);
+        const ge = await x2i.relativeError(await new x2i.Tensor(got.grad).to({ device: 'cpu', dtype: 'float64' }), new x2i.Tensor(ref.grad));
+        if (!(le < 1e-4 && ge < 1e-3)) failures.push(`×${scale}+${offset} τ=${tau} [${shape}]: term ${got.term} vs ${ref.term}, grad ${ge}`);
+      }
+    }
+    assert.deepEqual(failures, []);
+  });
+
   gpuIt('a NaN row is skipped with its layer, on the GPU too', async () => {
     const [t, s] = await pair([1, 1, 4, 64], 99, 1, 0);
     const v = await s.toArray();
@@ -66,5 +111,18 @@ describe('distillation kernel vs float64 on the CPU', () => {
     assert.ok(Number.isFinite(r.loss));
     const g = await r.grads.doubleImg.toArray();
     assert.ok(g.every((x) => x === 0));
+  });
+
+  gpuIt('a NaN row in the backward form passes the incoming gradient through unchanged (3072 bf16, many rows)', async () => {
+    const shape = [2, 777, 3072];
+    const [t, s] = await pair(shape, 7, 1, 0);
+    const v = await s.toArray();
+    v[5 * 3072 + 17] = NaN;
+    const bad = await x2i.Tensor.fromArray(v, shape).to({ device: 'cuda', dtype: 'bfloat16' });
+    const inc = await x2i.randn(shape, { seed: 3, device: 'cuda', dtype: 'bfloat16' });
+    const r = await addon().distillTap((await t.to({ device: 'cuda', dtype: 'bfloat16' })).handle, bad.handle, 'rkl', 3, inc.handle);
+    assert.ok(!Number.isFinite(r.term));
+    const a = await new x2i.Tensor(r.grad).toArray(), b = await inc.toArray();
+    assert.ok(a.every((x, i) => x === b[i]));
   });
 });

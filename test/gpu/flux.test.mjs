@@ -68,4 +68,27 @@ describe('FluxTransformer on CUDA', () => {
     assert.ok(await x2i.relativeError(fb.grad.pooledProjections, d['grad.student.pooled_projections']) < 1e-3);
     m.dispose();
   });
+
+  for (const checkpoint of [false, true]) {
+    gpuIt(`distillationStep (loss nodes at the taps, fused backward) matches the golden loss, terms and gradients${checkpoint ? ', checkpointed' : ''}`, async () => {
+      const d = await onCuda(await x2i.loadSafetensors(path.join(golden, 'x2i-distill-loss', 'io.safetensors')));
+      const m = await x2i.FluxTransformer.fromPretrained(path.join(golden, 'flux-transformer'), { device: 'cuda', dtype: 'float32' });
+      const base = { hiddenStates: d.hidden_states, timestep: d.timestep, guidance: d.guidance, imgIds: d.img_ids, txtIds: d.txt_ids };
+      const r = await m.distillationStep(
+        { ...base, encoderHiddenStates: d['teacher.encoder_hidden_states'], pooledProjections: d['teacher.pooled_projections'] },
+        { ...base, encoderHiddenStates: d['student.encoder_hidden_states'], pooledProjections: d['student.pooled_projections'] },
+        { checkpoint });
+      const want = (await d.loss.toArray())[0];
+      assert.ok(Math.abs(r.loss - want) / want < 1e-4, `loss ${r.loss} vs ${want}`);
+      assert.equal(r.skipped, 0);
+      for (const [k, key] of [['doubleImg', 'terms.double_img'], ['doubleTxt', 'terms.double_txt'], ['single', 'terms.single']]) {
+        if (!d[key]) continue;
+        const w = await d[key].toArray();
+        r.terms[k].forEach((v, i) => assert.ok(Math.abs(v - w[i]) / Math.abs(w[i]) < 1e-4, `${k}[${i}] ${v} vs ${w[i]}`));
+      }
+      assert.ok(await x2i.relativeError(r.grad.encoderHiddenStates, d['grad.student.encoder_hidden_states']) < 1e-3);
+      assert.ok(await x2i.relativeError(r.grad.pooledProjections, d['grad.student.pooled_projections']) < 1e-3);
+      m.dispose();
+    });
+  }
 });

@@ -1,0 +1,405 @@
+// The X2I distillation loss of many rows in one pass over memory (plain CUDA, no ATen: distill_kernel.cu
+// instantiates and launches it). A row group of W warps owns one row of D channels: it reads the student
+// and the teacher row once (16-byte loads, kept packed in registers), and writes the row's term and the
+// gradient with respect to the student's raw features, plus an optional incoming gradient (the backward
+// at a tap: out = incoming + gradScale·d term/d student), once. Every reduction is a warp shuffle (and, for
+// W > 1, one exchange through shared memory). Per row, in float32:
+//   z = (x − mean) / (σ + eps), σ the unbiased std;  a = z/τ;  p = softmax(a)            (student and teacher)
+//   rkl: term = Σ p_S (log p_S − log p_T)   kl: Σ p_T (log p_T − log p_S)   js: ½ Σ p (log p − log m) + …
+//   mse: Σ (s − t)² on the raw features.
+// The softmax is taken in base 2 (one ex2 per element and side); the row's partition functions and the
+// sums the gradient needs are gathered in the same pass for rkl and kl (the logits need no max: |z| ≤
+// (D − 1)/√D bounds them, and a max pass is taken only where that bound could overflow). Gradient:
+//   g_a = d term / d a  (rkl: p_S (ls − lt − term), kl: p_S − p_T, js: p_S (g − Σ p_S g), g = ½(ls − lm));
+//   d term / d x = (inv/τ) · (g_a − d · inv · Σ g_a d / ((D − 1) σ)),  inv = 1/(σ + eps), d = x − mean
+// (Σ g_a = 0 for a softmax, so the mean-gradient term of the z-normalisation vanishes exactly).
+// Each block writes the sum of its rows' terms to partials[block]; distillFinalize sums them in a fixed
+// order (deterministic), writes term = termScale · Σ, and where it is not finite overwrites the gradient
+// with the incoming gradient (or zeros): a skipped tap sends no gradient of its own.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace x2i::kernels::rows {
+
+enum Div { Rkl = 0, Kl = 1, Js = 2, Mse = 3 };
+
+// Word i of a 16-byte vector (i a compile-time constant after unrolling: no address is taken, so the
+// vectors stay in registers).
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
+// 16 bytes of T: element j of a packed vector as float, and VEC floats packed back.
+template <typename T> struct Pack;
+template <> struct Pack<float> {
+  static constexpr int VEC = 4;
+  __device__ static float get(const uint4& v, int j) { return __uint_as_float(word(v, j)); }
+  __device__ static uint4 put(const float (&f)[4]) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+  }
+  __device__ static float scalar(const float* p) { return *p; }
+  __device__ static void store(float* p, float f) { *p = f; }
+};
+template <> struct Pack<__nv_bfloat16> {
+  static constexpr int VEC = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = word(v, j / 2);
+    return __uint_as_float(j % 2 ? (w & 0xffff0000u) : (w << 16));
+  }
+  __device__ static uint32_t two(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static uint4 put(const float (&f)[8]) {
+    return make_uint4(two(f[0], f[1]), two(f[2], f[3]), two(f[4], f[5]), two(f[6], f[7]));
+  }
+  __device__ static float scalar(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+  __device__ static void store(__nv_bfloat16* p, float f) { *p = __float2bfloat16_rn(f); }
+};
+template <> struct Pack<__half> {
+  static constexpr int VEC = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = word(v, j / 2);
+    return __half2float(__ushort_as_half(uint16_t(j % 2 ? w >> 16 : w & 0xffffu)));
+  }
+  __device__ static uint32_t two(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static uint4 put(const float (&f)[8]) {
+    return make_uint4(two(f[0], f[1]), two(f[2], f[3]), two(f[4], f[5]), two(f[6], f[7]));
+  }
+  __device__ static float scalar(const __half* p) { return __half2float(*p); }
+  __device__ static void store(__half* p, float f) { *p = __float2half_rn(f); }
+};
+
+__device__ __forceinline__ float ex2(float x) {  // 2^x, MUFU (rel. err ~2^-22), flushes 2^-126 and below to 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+constexpr float kLn2 = 0.693147180559945309f, kLog2e = 1.442695040888963407f;
+
+// Sums (or maxima) of K values over the W warps of a row group; every thread gets the same result.
+// `scratch` holds K·W floats per row group; W == 1 uses no shared memory and no barrier.
+template <int W, bool Max, int K>
+__device__ __forceinline__ void groupReduce(float (&v)[K], float* scratch) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const float x = __shfl_xor_sync(0xffffffffu, v[k], o);
+      v[k] = Max ? fmaxf(v[k], x) : v[k] + x;
+    }
+  if constexpr (W > 1) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();  // the previous reduction's readers are done
+    if (lane == 0)
+#pragma unroll
+      for (int k = 0; k < K; ++k) scratch[k * W + warp] = v[k];
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      float s = scratch[k * W];
+#pragma unroll
+      for (int w = 1; w < W; ++w) s = Max ? fmaxf(s, scratch[k * W + w]) : s + scratch[k * W + w];
+      v[k] = s;
+    }
+  }
+}
+
+struct Params {
+  const void* s;
+  const void* t;
+  const void* incoming;  // may be null
+  void* grad;
+  float* partials;       // one per block
+  int64_t rows;
+  int D;
+  bool aligned;          // rows start on 16-byte boundaries (D·sizeof(T) % 16 == 0 and 16-byte bases)
+  float invTau, eps, gradScale;
+};
+
+// Threads per block: one row group for W > 1, four one-warp rows for W == 1.
+template <int W> __host__ __device__ constexpr int blockThreads() { return W == 1 ? 128 : 32 * W; }
+
+// E elements of the row per thread and side, as float32 in registers (NV = E/VEC 16-byte loads).
+template <typename T, int W, int E, bool Masked, int DIV>
+__global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P) {
+  using PK = Pack<T>;
+  constexpr int VEC = PK::VEC, NV = E / VEC, G = 32 * W, GROUPS = blockThreads<W>() / G;
+  static_assert(E % VEC == 0, "E must be a multiple of the vector width");
+  __shared__ float scratch[8 * W];
+  __shared__ float blockTerms[GROUPS];
+  const int group = threadIdx.x / G, r = threadIdx.x % G, D = P.D;
+  const T* S = static_cast<const T*>(P.s);
+  const T* Tt = static_cast<const T*>(P.t);
+  const T* In = static_cast<const T*>(P.incoming);
+  T* Out = static_cast<T*>(P.grad);
+  const bool hasIn = In != nullptr;
+  // element j of vector v of this thread: channel (v·G + r)·VEC + j
+  auto ok = [&](int v, int j) { return !Masked || (v * G + r) * VEC + j < D; };
+  auto load = [&](const T* row, int v, float* f) {  // padding reads as 0
+    const int i = (v * G + r) * VEC;
+    if constexpr (Masked) {
+      if (!P.aligned || i + VEC > D) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) f[j] = i + j < D ? PK::scalar(row + i + j) : 0.f;
+        return;
+      }
+    }
+    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(row + i));
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) f[j] = PK::get(u, j);
+  };
+  auto store = [&](T* row, int v, const float (&f)[VEC]) {
+    const int i = (v * G + r) * VEC;
+    if constexpr (Masked) {
+      if (!P.aligned || i + VEC > D) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j)
+          if (i + j < D) PK::store(row + i + j, f[j]);
+        return;
+      }
+    }
+    __stcs(reinterpret_cast<uint4*>(row + i), PK::put(f));
+  };
+  // the logits need no max shift while 2^U·D (U = (D−1)/√D/τ in base 2, the largest logit) stays far
+  // inside float's range (2^64: the gradient's sums also carry a factor |u|·|d|)
+  const float U = float(D - 1) * rsqrtf(float(D)) * P.invTau * kLog2e;
+  const bool needMax = U + log2f(float(D)) > 64.f;
+  const float invD = 1.f / float(D), invDm1 = 1.f / float(D - 1);
+
+  float acc = 0.f;  // Σ of this row group's terms
+  const int64_t groupsTotal = int64_t(gridDim.x) * GROUPS;
+  for (int64_t row = int64_t(blockIdx.x) * GROUPS + group; row < P.rows; row += groupsTotal) {
+    float xs[E], xt[E];  // student, teacher
+#pragma unroll
+    for (int v = 0; v < NV; ++v) load(S + row * D, v, xs + v * VEC), load(Tt + row * D, v, xt + v * VEC);
+    float term;
+    if constexpr (DIV == Mse) {
+      float q[1] = {0.f};
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        float g[VEC];
+        if (hasIn) load(In + row * D, v, g);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const float d = xs[v * VEC + j] - xt[v * VEC + j];  // padding: 0 − 0
+          q[0] = fmaf(d, d, q[0]);
+          g[j] = fmaf(2.f * P.gradScale, d, hasIn ? g[j] : 0.f);
+        }
+        store(Out + row * D, v, g);
+      }
+      groupReduce<W, false>(q, scratch);
+      term = q[0];
+    } else {
+      // centre (in place: only d = x − mean is needed from here on), then the unbiased std
+      float m[2] = {0.f, 0.f};
+#pragma unroll
+      for (int e = 0; e < E; ++e) m[0] += xs[e], m[1] += xt[e];  // padding is 0
+      groupReduce<W, false>(m, scratch);
+      const float meanS = m[0] * invD, meanT = m[1] * invD;
+      float q[2] = {0.f, 0.f};
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          float &ds = xs[v * VEC + j], &dt = xt[v * VEC + j];
+          ds = ok(v, j) ? ds - meanS : 0.f, dt = ok(v, j) ? dt - meanT : 0.f;  // padding stays 0
+          q[0] = fmaf(ds, ds, q[0]), q[1] = fmaf(dt, dt, q[1]);
+        }
+      groupReduce<W, false>(q, scratch);
+      const float sigS = sqrtf(q[0] * invDm1), sigT = sqrtf(q[1] * invDm1);
+      const float invS = 1.f / (sigS + P.eps), invT = 1.f / (sigT + P.eps);
+      const float KS = invS * P.invTau * kLog2e, KT = invT * P.invTau * kLog2e;  // base-2 logit per unit of d
+      float offS = 0.f, offT = 0.f;                                             // the logits' shift
+      if (needMax) {
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+#pragma unroll
+          for (int j = 0; j < VEC; ++j)
+            if (ok(v, j)) mx[0] = fmaxf(mx[0], xs[v * VEC + j]), mx[1] = fmaxf(mx[1], xt[v * VEC + j]);
+        groupReduce<W, true>(mx, scratch);
+        offS = -mx[0] * KS, offT = -mx[1] * KT;
+      }
+      // u = d·K + off: base-2 logits; e = 2^u
+      float lseS, lseT, L, Sgd;  // log2 partition functions, the term (natural log), Σ g_a d
+      float PG = 0.f;            // js: Σ p_S g
+      if constexpr (DIV == Rkl || DIV == Kl) {
+        // one pass: Zs, Zt and the sums, unnormalised; then normalised
+        float a[5] = {0.f, 0.f, 0.f, 0.f, 0.f};  // Zs, Zt, X, A, B
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+#pragma unroll
+          for (int j = 0; j < VEC; ++j)
+            if (ok(v, j)) {
+              const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
+              const float us = fmaf(ds, KS, offS), ut = fmaf(dt, KT, offT);
+              const float es = ex2(us), et = ex2(ut);
+              a[0] += es, a[1] += et;
+              if constexpr (DIV == Rkl) {  // X = Σ es (us − ut), A = Σ es (us − ut) d, B = Σ es d
+                const float w = es * (us - ut);
+                a[2] += w, a[3] = fmaf(w, ds, a[3]), a[4] = fmaf(es, ds, a[4]);
+              } else {  // X = Σ et (ut − us), A = Σ es d, B = Σ et d
+                a[2] = fmaf(et, ut - us, a[2]), a[3] = fmaf(es, ds, a[3]), a[4] = fmaf(et, ds, a[4]);
+              }
+            }
+        groupReduce<W, false>(a, scratch);
+        lseS = lg2(a[0]), lseT = lg2(a[1]);
+        const float delta = lseS - lseT, rZs = 1.f / a[0], rZt = 1.f / a[1];
+        if constexpr (DIV == Rkl) {
+          L = kLn2 * (a[2] * rZs - delta);
+          Sgd = kLn2 * (a[3] * rZs - delta * a[4] * rZs) - L * a[4] * rZs;
+        } else {
+          L = kLn2 * (a[2] * rZt + delta);
+          Sgd = a[3] * rZs - a[4] * rZt;
+        }
+      } else {  // js: the partition functions first, then the normalised sums
+        float z[2] = {0.f, 0.f};
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+#pragma unroll
+          for (int j = 0; j < VEC; ++j)
+            if (ok(v, j)) z[0] += ex2(fmaf(xs[v * VEC + j], KS, offS)), z[1] += ex2(fmaf(xt[v * VEC + j], KT, offT));
+        groupReduce<W, false>(z, scratch);
+        lseS = lg2(z[0]), lseT = lg2(z[1]);
+        float a[4] = {0.f, 0.f, 0.f, 0.f};  // term, PG = Σ p g, A = Σ p g d, B = Σ p d
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+#pragma unroll
+          for (int j = 0; j < VEC; ++j)
+            if (ok(v, j)) {
+              const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
+              const float ls = fmaf(ds, KS, offS) - lseS, lt = fmaf(dt, KT, offT) - lseT;  // base 2
+              const float ps = ex2(ls), pt = ex2(lt), lm = lg2(fmaxf(0.5f * (ps + pt), 1e-37f));  // 0·log 0 = 0
+              const float g = 0.5f * kLn2 * (ls - lm);
+              a[0] += 0.5f * kLn2 * (ps * (ls - lm) + pt * (lt - lm));
+              a[1] = fmaf(ps, g, a[1]), a[2] = fmaf(ps * g, ds, a[2]), a[3] = fmaf(ps, ds, a[3]);
+            }
+        groupReduce<W, false>(a, scratch);
+        L = a[0], PG = a[1];
+        Sgd = a[2] - PG * a[3];
+      }
+      term = L;
+      // the gradient: gr = k·(g_a − C·d),  k = gradScale·inv/τ,  C = inv·Sgd/((D−1)σ)
+      const float k = P.gradScale * invS * P.invTau;
+      const float C = sigS > 0.f ? invS * Sgd * invDm1 / sigS : 0.f;
+      const float kC = k * C, cS = offS - lseS, cT = offT - lseT;
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        float g[VEC];
+        if (hasIn) load(In + row * D, v, g);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
+          const float ls = fmaf(ds, KS, cS), lt = fmaf(dt, KT, cT);  // normalised, base 2
+          const float ps = ex2(ls);
+          float ga;
+          if constexpr (DIV == Rkl) ga = ps * fmaf(kLn2, ls - lt, -L);
+          else if constexpr (DIV == Kl) ga = ps - ex2(lt);
+          else ga = ps * (0.5f * kLn2 * (ls - lg2(fmaxf(0.5f * (ps + ex2(lt)), 1e-37f))) - PG);
+          g[j] = fmaf(k, ga, fmaf(-kC, ds, hasIn ? g[j] : 0.f));
+        }
+        store(Out + row * D, v, g);
+      }
+    }
+    acc += term;
+  }
+  // the block's partial: its row groups' sums in a fixed order
+  if (r == 0) blockTerms[group] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < GROUPS; ++i) s += blockTerms[i];
+    P.partials[blockIdx.x] = s;
+  }
+}
+
+// term = termScale · Σ partials (the same fixed order in every block); if not finite, grad = incoming or 0.
+template <typename T>
+__global__ void __launch_bounds__(256) distillFinalize(const float* __restrict__ partials, int n, float termScale,
+                                                      float* __restrict__ term, T* __restrict__ grad,
+                                                      const T* __restrict__ incoming, int64_t numel) {
+  __shared__ double red[256];
+  double s = 0;
+  for (int i = threadIdx.x; i < n; i += 256) s += partials[i];
+  red[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = 128; o > 0; o >>= 1) {
+    if (int(threadIdx.x) < o) red[threadIdx.x] += red[threadIdx.x + o];
+    __syncthreads();
+  }
+  const float v = float(red[0] * double(termScale));
+  if (blockIdx.x == 0 && threadIdx.x == 0) *term = v;
+  if (isfinite(v)) return;
+  for (int64_t i = int64_t(blockIdx.x) * 256 + threadIdx.x; i < numel; i += int64_t(gridDim.x) * 256)
+    grad[i] = incoming ? incoming[i] : T(0.f);
+}
+
+// The kernel for a row width, dtype and divergence: the smallest register tile (W warps × E channels per
+// thread) that holds D; unmasked where D fills it exactly and the rows are 16-byte aligned.
+using KernelFn = void (*)(Params);
+struct Choice {
+  KernelFn fn = nullptr;
+  int threads = 0, groups = 0;  // threads per block, rows per block at a time
+};
+constexpr int kMaxD = 16384;
+
+// Instantiated once per dtype and divergence, each in its own translation unit (CMake writes them:
+// distill_rows_<dtype>_<div>.cu), so that the 16 kernels of each compile in parallel.
+template <typename T, int DIV>
+Choice chooseKernel(int D, bool aligned);
+
+#ifdef X2I_ROWS_INSTANTIATE
+template <typename T, int DIV, int W, int E>
+bool tile(int D, bool aligned, Choice& c) {
+  constexpr int cap = 32 * W * E;
+  if (D > cap) return false;
+  c.fn = aligned && D == cap ? distillRowsKernel<T, W, E, false, DIV> : distillRowsKernel<T, W, E, true, DIV>;
+  c.threads = blockThreads<W>();
+  c.groups = blockThreads<W>() / (32 * W);
+  return true;
+}
+
+template <typename T, int DIV>
+Choice chooseKernel(int D, bool aligned) {
+  Choice c;
+  if (D < 2 || D > kMaxD) return c;
+  tile<T, DIV, 1, 32>(D, aligned, c) || tile<T, DIV, 2, 32>(D, aligned, c) || tile<T, DIV, 2, 48>(D, aligned, c) ||
+      tile<T, DIV, 4, 32>(D, aligned, c) || tile<T, DIV, 4, 48>(D, aligned, c) || tile<T, DIV, 8, 32>(D, aligned, c) ||
+      tile<T, DIV, 8, 48>(D, aligned, c) || tile<T, DIV, 16, 32>(D, aligned, c);
+  return c;
+}
+#endif
+
+template <typename T>
+Choice choose(int D, bool aligned, int div) {
+  switch (div) {
+    case Rkl: return chooseKernel<T, Rkl>(D, aligned);
+    case Kl: return chooseKernel<T, Kl>(D, aligned);
+    case Js: return chooseKernel<T, Js>(D, aligned);
+    default: return chooseKernel<T, Mse>(D, aligned);
+  }
+}
+
+// The number of blocks for `rows` rows (persistent: at most what stays resident on the device).
+inline int gridFor(const Choice& c, int64_t rows, int numSMs) {
+  int perSM = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, c.fn, c.threads, 0) != cudaSuccess || perSM < 1) perSM = 1;
+  const int64_t need = (rows + c.groups - 1) / c.groups;
+  const int64_t most = int64_t(perSM) * numSMs;
+  return int(need < most ? need : most);
+}
+
+}  // namespace x2i::kernels::rows
