@@ -101,6 +101,10 @@ std::pair<at::Tensor, at::Tensor> tapLossGrad(const at::Tensor& teacher, const a
 }
 
 namespace {
+// X2I_DISTILL_PASSTHROUGH=1 (benchmarks only): the loss nodes hand the incoming gradient on unchanged and
+// compute nothing, so that a step's time with and without the loss passes can be told apart.
+bool passThrough() { return std::getenv("X2I_DISTILL_PASSTHROUGH") != nullptr; }
+
 // The student's tap as one autograd node: forward passes the tap on unchanged (and an anchor to start the
 // backward from); backward turns the gradient arriving at the tap into incoming + d term/d tap in one
 // fused pass and writes the term to terms[slot].
@@ -120,6 +124,10 @@ struct TapLoss : torch::autograd::Function<TapLoss> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const at::Tensor tap = ctx->get_saved_variables()[0];
+    if (passThrough()) {  // the benchmark's baseline: the same graph and nodes, no loss pass
+      ctx->saved_data.clear();
+      return {grads[0].defined() ? grads[0] : at::zeros_like(tap), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     auto [term, grad] = tapLossGrad(ctx->saved_data["teacher"].toTensor(), tap,
                                     Divergence(ctx->saved_data["div"].toInt()), ctx->saved_data["tau"].toDouble(),
                                     grads[0]);

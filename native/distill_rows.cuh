@@ -22,6 +22,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace x2i::kernels::rows {
 
@@ -84,6 +87,27 @@ __device__ __forceinline__ float lg2(float x) {
   float y;
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+}
+
+// 16-byte asynchronous copies global → shared (sm_80+), completing in commit groups.
+__device__ __forceinline__ void copyAsync16(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+#else
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
+#endif
+}
+__device__ __forceinline__ void commitAsync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void waitAsync() {  // until at most N of the latest groups are in flight
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 constexpr float kLn2 = 0.693147180559945309f, kLog2e = 1.442695040888963407f;
@@ -178,19 +202,60 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
   const bool needMax = U + log2f(float(D)) > 64.f;
   const float invD = 1.f / float(D), invDm1 = 1.f / float(D - 1);
 
+  // Unmasked tiles stream the next row into shared memory while the current one is computed from registers
+  // (cp.async: each thread copies, and later reads, only its own 16-byte slots, so no barrier is needed).
+  // Groups: A = the student and teacher row, B = the incoming gradient row (needed only at the end).
+  constexpr bool Prefetch = !Masked && 3 * blockThreads<W>() * NV * 16 <= 48 * 1024;
+  __shared__ uint4 stage[Prefetch ? 3 * NV * blockThreads<W>() : 1];
+  auto slot = [&](int side, int v) { return &stage[(side * NV + v) * blockThreads<W>() + threadIdx.x]; };
+  auto prefetchRows = [&](int64_t row) {  // group A
+    if (row < P.rows)
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        const int64_t i = row * D + (v * G + r) * VEC;
+        copyAsync16(slot(0, v), S + i), copyAsync16(slot(1, v), Tt + i);
+      }
+    commitAsync();
+  };
+  auto prefetchIncoming = [&](int64_t row) {  // group B
+    if (hasIn && row < P.rows)
+#pragma unroll
+      for (int v = 0; v < NV; ++v) copyAsync16(slot(2, v), In + row * D + (v * G + r) * VEC);
+    commitAsync();
+  };
+  auto unpack = [&](const uint4& u, float* f) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) f[j] = PK::get(u, j);
+  };
+  // the incoming gradient's vector v of `row` (from the stage when prefetched), added into g
+  auto incoming = [&](int64_t row, int v, float* g) {
+    if constexpr (Prefetch) unpack(*slot(2, v), g);
+    else load(In + row * D, v, g);
+  };
+
   float acc = 0.f;  // Σ of this row group's terms
   const int64_t groupsTotal = int64_t(gridDim.x) * GROUPS;
-  for (int64_t row = int64_t(blockIdx.x) * GROUPS + group; row < P.rows; row += groupsTotal) {
+  const int64_t first = int64_t(blockIdx.x) * GROUPS + group;
+  if constexpr (Prefetch) prefetchRows(first), prefetchIncoming(first);
+  for (int64_t row = first; row < P.rows; row += groupsTotal) {
     float xs[E], xt[E];  // student, teacher
+    if constexpr (Prefetch) {
+      waitAsync<1>();  // this row's A (its B may still be in flight)
 #pragma unroll
-    for (int v = 0; v < NV; ++v) load(S + row * D, v, xs + v * VEC), load(Tt + row * D, v, xt + v * VEC);
+      for (int v = 0; v < NV; ++v) unpack(*slot(0, v), xs + v * VEC), unpack(*slot(1, v), xt + v * VEC);
+      prefetchRows(row + groupsTotal);
+    } else {
+#pragma unroll
+      for (int v = 0; v < NV; ++v) load(S + row * D, v, xs + v * VEC), load(Tt + row * D, v, xt + v * VEC);
+    }
+    if constexpr (Prefetch) waitAsync<1>();  // this row's B (the next row's A may still be in flight)
     float term;
     if constexpr (DIV == Mse) {
       float q[1] = {0.f};
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
         float g[VEC];
-        if (hasIn) load(In + row * D, v, g);
+        if (hasIn) incoming(row, v, g);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const float d = xs[v * VEC + j] - xt[v * VEC + j];  // padding: 0 − 0
@@ -235,6 +300,7 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
       // u = d·K + off: base-2 logits; e = 2^u
       float lseS, lseT, L, Sgd;  // log2 partition functions, the term (natural log), Σ g_a d
       float PG = 0.f;            // js: Σ p_S g
+      float delta = 0.f;         // log2 Zs/Zt
       if constexpr (DIV == Rkl || DIV == Kl) {
         // one pass: Zs, Zt and the sums, unnormalised; then normalised
         float a[5] = {0.f, 0.f, 0.f, 0.f, 0.f};  // Zs, Zt, X, A, B
@@ -256,7 +322,8 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
             }
         groupReduce<W, false>(a, scratch);
         lseS = lg2(a[0]), lseT = lg2(a[1]);
-        const float delta = lseS - lseT, rZs = 1.f / a[0], rZt = 1.f / a[1];
+        delta = log2f(a[0] / a[1]);  // lseS − lseT without the rounding of two numbers near log2 D
+        const float rZs = 1.f / a[0], rZt = 1.f / a[1];
         if constexpr (DIV == Rkl) {
           L = kLn2 * (a[2] * rZs - delta);
           Sgd = kLn2 * (a[3] * rZs - delta * a[4] * rZs) - L * a[4] * rZs;
@@ -273,6 +340,9 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
             if (ok(v, j)) z[0] += ex2(fmaf(xs[v * VEC + j], KS, offS)), z[1] += ex2(fmaf(xt[v * VEC + j], KT, offT));
         groupReduce<W, false>(z, scratch);
         lseS = lg2(z[0]), lseT = lg2(z[1]);
+        delta = log2f(z[0] / z[1]);
+        // per channel r = log2(p_T/p_S) from the logits (small numbers: no difference of two log-probabilities
+        // near log2 D), and log2 p − log2 m = 1 − log2(1 + 2^r) through log1p
         float a[4] = {0.f, 0.f, 0.f, 0.f};  // term, PG = Σ p g, A = Σ p g d, B = Σ p d
 #pragma unroll
         for (int v = 0; v < NV; ++v)
@@ -280,10 +350,11 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
           for (int j = 0; j < VEC; ++j)
             if (ok(v, j)) {
               const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
-              const float ls = fmaf(ds, KS, offS) - lseS, lt = fmaf(dt, KT, offT) - lseT;  // base 2
-              const float ps = ex2(ls), pt = ex2(lt), lm = lg2(fmaxf(0.5f * (ps + pt), 1e-37f));  // 0·log 0 = 0
-              const float g = 0.5f * kLn2 * (ls - lm);
-              a[0] += 0.5f * kLn2 * (ps * (ls - lm) + pt * (lt - lm));
+              const float us = fmaf(ds, KS, offS), ut = fmaf(dt, KT, offT), rr = (ut - us) + delta;
+              const float ps = ex2(us - lseS), pt = ex2(ut - lseT);
+              const float L1 = 1.f - (fmaxf(rr, 0.f) + log1pf(ex2(-fabsf(rr))) * kLog2e);  // log2 p_S − log2 m
+              const float g = 0.5f * kLn2 * L1;
+              a[0] += 0.5f * kLn2 * ((ps + pt) * L1 + pt * rr);
               a[1] = fmaf(ps, g, a[1]), a[2] = fmaf(ps * g, ds, a[2]), a[3] = fmaf(ps, ds, a[3]);
             }
         groupReduce<W, false>(a, scratch);
@@ -298,7 +369,7 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
         float g[VEC];
-        if (hasIn) load(In + row * D, v, g);
+        if (hasIn) incoming(row, v, g);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
@@ -307,12 +378,17 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
           float ga;
           if constexpr (DIV == Rkl) ga = ps * fmaf(kLn2, ls - lt, -L);
           else if constexpr (DIV == Kl) ga = ps - ex2(lt);
-          else ga = ps * (0.5f * kLn2 * (ls - lg2(fmaxf(0.5f * (ps + ex2(lt)), 1e-37f))) - PG);
+          else {
+            const float rr = (fmaf(dt, KT, offT) - fmaf(ds, KS, offS)) + delta;
+            const float L1 = 1.f - (fmaxf(rr, 0.f) + log1pf(ex2(-fabsf(rr))) * kLog2e);
+            ga = ps * (0.5f * kLn2 * L1 - PG);
+          }
           g[j] = fmaf(k, ga, fmaf(-kC, ds, hasIn ? g[j] : 0.f));
         }
         store(Out + row * D, v, g);
       }
     }
+    if constexpr (Prefetch) prefetchIncoming(row + groupsTotal);
     acc += term;
   }
   // the block's partial: its row groups' sums in a fixed order
@@ -393,10 +469,26 @@ Choice choose(int D, bool aligned, int div) {
   }
 }
 
-// The number of blocks for `rows` rows (persistent: at most what stays resident on the device).
+// The number of blocks for `rows` rows (persistent: at most what stays resident on the device). The
+// occupancy of each kernel is asked once per device (with shared memory preferred over L1: the rows stream
+// through and the prefetch stage lives there).
 inline int gridFor(const Choice& c, int64_t rows, int numSMs) {
+  static std::mutex mu;
+  static std::map<std::pair<KernelFn, int>, int> perSMOf;
+  int dev = 0;
+  cudaGetDevice(&dev);
   int perSM = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, c.fn, c.threads, 0) != cudaSuccess || perSM < 1) perSM = 1;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = perSMOf.find({c.fn, dev});
+    if (it != perSMOf.end()) perSM = it->second;
+    else {
+      cudaFuncSetAttribute(c.fn, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, c.fn, c.threads, 0) != cudaSuccess || perSM < 1) perSM = 1;
+      cudaGetLastError();  // clear a failure of the attribute call (an older driver): the default carveout stays
+      perSMOf[{c.fn, dev}] = perSM;
+    }
+  }
   const int64_t need = (rows + c.groups - 1) / c.groups;
   const int64_t most = int64_t(perSM) * numSMs;
   return int(need < most ? need : most);
