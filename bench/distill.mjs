@@ -48,6 +48,21 @@ async function reshape(t, shape) {  // [B, N, D] → [B, 1, N, D] through the ho
   return x2i.Tensor.fromArray(await t.toArray(), shape, { dtype: t.dtype, device: t.device });
 }
 
+// other register tiles for 3072-wide bf16 rows (X2I_DISTILL_TILE), same inputs
+result.tiles = [];
+for (const tile of ['2x48', '4x24', '2x48b8']) {
+  if (tile !== '2x48') process.env.X2I_DISTILL_TILE = tile;
+  const row = { tile };
+  for (const rows of [4608, 18432]) {
+    const [s, t, inc] = await Promise.all([1, 2, 9].map((seed) => x2i.randn([rows / 4608, 4608, D], { seed, device: 'cuda', dtype: 'bfloat16' })));
+    row[`fwd_${rows}`] = await bench(t, s);
+    row[`bwd_${rows}`] = await bench(t, s, inc);
+    s.dispose(); t.dispose(); inc.dispose();
+  }
+  delete process.env.X2I_DISTILL_TILE;
+  result.tiles.push(row);
+}
+
 // the loss passes of one 1024² training step (B = 1): 19 double-stream image taps of 4096 rows, 19 text
 // taps of 512, 38 single-stream taps of 4608, each in the backward form the step uses
 {
@@ -129,5 +144,6 @@ if (result.step) console.log(`step at 1024², B=1: distillationStep ${result.ste
   `student fwd+bwd ${result.step.student_fwdbwd_ms.toFixed(1)} + loss & capture ${result.step.loss_and_capture_ms.toFixed(1)} ms ` +
   `(${(result.step.share_of_student * 100).toFixed(2)}% of the student's fwd+bwd; the loss passes alone ${(result.step.loss_passes_share_of_student * 100).toFixed(2)}%); ` +
   `with pass-through loss nodes ${result.step.passthrough_step_ms.toFixed(1)} ms: the loss in the step ${result.step.loss_in_step_ms.toFixed(2)} ms = ${(result.step.loss_in_step_share * 100).toFixed(2)}%`);
+for (const r of result.tiles) console.log(`tile ${r.tile}: fwd ${r.fwd_4608.toFixed(4)} / ${r.fwd_18432.toFixed(4)} ms, bwd ${r.bwd_4608.toFixed(4)} / ${r.bwd_18432.toFixed(4)} ms (4608 / 18432 rows)`);
 if (result.baselineError) console.log('baseline failed:', result.baselineError);
 if (args.json) fs.writeFileSync(args.json, JSON.stringify(result, null, 2));

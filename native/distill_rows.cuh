@@ -22,6 +22,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -156,8 +159,8 @@ struct Params {
 template <int W> __host__ __device__ constexpr int blockThreads() { return W == 1 ? 128 : 32 * W; }
 
 // E elements of the row per thread and side, as float32 in registers (NV = E/VEC 16-byte loads).
-template <typename T, int W, int E, bool Masked, int DIV>
-__global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P) {
+template <typename T, int W, int E, bool Masked, int DIV, int MinBlocks = 1>
+__global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKernel(Params P) {
   using PK = Pack<T>;
   constexpr int VEC = PK::VEC, NV = E / VEC, G = 32 * W, GROUPS = blockThreads<W>() / G;
   static_assert(E % VEC == 0, "E must be a multiple of the vector width");
@@ -402,25 +405,26 @@ __global__ void __launch_bounds__(blockThreads<W>()) distillRowsKernel(Params P)
   }
 }
 
-// term = termScale · Σ partials (the same fixed order in every block); if not finite, grad = incoming or 0.
+// term = termScale · Σ partials in a fixed order (one block); if it is not finite, grad = incoming or 0
+// (rare: the one block then rewrites the tap on its own).
 template <typename T>
-__global__ void __launch_bounds__(256) distillFinalize(const float* __restrict__ partials, int n, float termScale,
-                                                      float* __restrict__ term, T* __restrict__ grad,
-                                                      const T* __restrict__ incoming, int64_t numel) {
-  __shared__ double red[256];
+__global__ void __launch_bounds__(1024) distillFinalize(const float* __restrict__ partials, int n, float termScale,
+                                                       float* __restrict__ term, T* __restrict__ grad,
+                                                       const T* __restrict__ incoming, int64_t numel) {
+  __shared__ double red[32];
   double s = 0;
-  for (int i = threadIdx.x; i < n; i += 256) s += partials[i];
-  red[threadIdx.x] = s;
+  for (int i = threadIdx.x; i < n; i += 1024) s += partials[i];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
   __syncthreads();
-  for (int o = 128; o > 0; o >>= 1) {
-    if (int(threadIdx.x) < o) red[threadIdx.x] += red[threadIdx.x + o];
-    __syncthreads();
-  }
-  const float v = float(red[0] * double(termScale));
-  if (blockIdx.x == 0 && threadIdx.x == 0) *term = v;
+  s = threadIdx.x < 32 ? red[threadIdx.x] : 0.0;
+  if (threadIdx.x < 32)
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  __shared__ float v;
+  if (threadIdx.x == 0) v = float(s * double(termScale)), *term = v;
+  __syncthreads();
   if (isfinite(v)) return;
-  for (int64_t i = int64_t(blockIdx.x) * 256 + threadIdx.x; i < numel; i += int64_t(gridDim.x) * 256)
-    grad[i] = incoming ? incoming[i] : T(0.f);
+  for (int64_t i = threadIdx.x; i < numel; i += 1024) grad[i] = incoming ? incoming[i] : T(0.f);
 }
 
 // The kernel for a row width, dtype and divergence: the smallest register tile (W warps × E channels per
@@ -438,11 +442,11 @@ template <typename T, int DIV>
 Choice chooseKernel(int D, bool aligned);
 
 #ifdef X2I_ROWS_INSTANTIATE
-template <typename T, int DIV, int W, int E>
+template <typename T, int DIV, int W, int E, int MinBlocks = 1>
 bool tile(int D, bool aligned, Choice& c) {
   constexpr int cap = 32 * W * E;
   if (D > cap) return false;
-  c.fn = aligned && D == cap ? distillRowsKernel<T, W, E, false, DIV> : distillRowsKernel<T, W, E, true, DIV>;
+  c.fn = aligned && D == cap ? distillRowsKernel<T, W, E, false, DIV, MinBlocks> : distillRowsKernel<T, W, E, true, DIV>;
   c.threads = blockThreads<W>();
   c.groups = blockThreads<W>() / (32 * W);
   return true;
@@ -452,6 +456,13 @@ template <typename T, int DIV>
 Choice chooseKernel(int D, bool aligned) {
   Choice c;
   if (D < 2 || D > kMaxD) return c;
+  // other tiles for FLUX's width (bf16, rkl), for the benchmark to compare: X2I_DISTILL_TILE = 4x24 | 2x48b8
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && DIV == Rkl) {
+    if (const char* v = std::getenv("X2I_DISTILL_TILE"); v && D == 3072 && aligned) {
+      if (std::strcmp(v, "4x24") == 0 && tile<T, DIV, 4, 24>(D, aligned, c)) return c;
+      if (std::strcmp(v, "2x48b8") == 0 && tile<T, DIV, 2, 48, 8>(D, aligned, c)) return c;
+    }
+  }
   tile<T, DIV, 1, 32>(D, aligned, c) || tile<T, DIV, 2, 32>(D, aligned, c) || tile<T, DIV, 2, 48>(D, aligned, c) ||
       tile<T, DIV, 4, 32>(D, aligned, c) || tile<T, DIV, 4, 48>(D, aligned, c) || tile<T, DIV, 8, 32>(D, aligned, c) ||
       tile<T, DIV, 8, 48>(D, aligned, c) || tile<T, DIV, 16, 32>(D, aligned, c);
