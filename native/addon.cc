@@ -286,6 +286,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("benchDistillTap", Napi::Function::New(env, distill::BenchTap));
   exports.Set("distillTap", Napi::Function::New(env, distill::DistillTap));
+  exports.Set("narrowView", Napi::Function::New(env, distill::NarrowView));
   exports.Set("memory", Napi::Function::New(env, Memory));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("cudaIsAvailable", Napi::Function::New(env, CudaIsAvailable));

@@ -229,6 +229,19 @@ Napi::Value DistillTap(const Napi::CallbackInfo& info) {
   });
 }
 
+// narrowView(tensor, dim, start, length) → a view (internal: the GPU tests feed the kernel row-strided taps)
+Napi::Value NarrowView(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    at::Tensor x = TensorWrap::Get(info[0], "tensor");
+    const int64_t dim = info[1].As<Napi::Number>().Int64Value(), start = info[2].As<Napi::Number>().Int64Value(),
+                  len = info[3].As<Napi::Number>().Int64Value();
+    if (dim < 0 || dim >= x.dim() || start < 0 || len < 0 || start + len > x.size(dim))
+      fail("ERR_INVALID_ARG", "narrowView: [" + std::to_string(start) + ", " + std::to_string(start + len) +
+                                  ") of dim " + std::to_string(dim) + " of " + shapeString(x.sizes()));
+    return TensorWrap::Wrap(info.Env(), x.narrow(dim, start, len));
+  });
+}
+
 Divergence parseDivergence(const std::string& s) {
   if (s == "rkl") return Divergence::Rkl;
   if (s == "kl") return Divergence::Kl;

@@ -45,5 +45,6 @@ Result composed(const std::array<at::Tensor, 3>& teacher, const std::array<at::T
 Napi::Value DistillationLoss(const Napi::CallbackInfo& info);
 Napi::Value BenchTap(const Napi::CallbackInfo& info);
 Napi::Value DistillTap(const Napi::CallbackInfo& info);
+Napi::Value NarrowView(const Napi::CallbackInfo& info);
 
 }  // namespace x2i::distill

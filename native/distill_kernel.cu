@@ -12,21 +12,42 @@
 namespace x2i::kernels {
 namespace {
 
+// Rows of x viewed as [rows, D] with unit channel stride and one row stride (a narrow of a wider tensor, as
+// the gradient arriving at a single-stream tap is), or -1 when x is not such a view.
+int64_t rowStride(const at::Tensor& x) {
+  const int64_t n = x.dim(), D = x.size(n - 1);
+  if (x.stride(n - 1) != 1 && D > 1) return -1;
+  int64_t rs = -1, expect = 0;
+  for (int64_t i = n - 2; i >= 0; --i) {
+    if (x.size(i) == 1) continue;
+    if (rs < 0) {
+      rs = x.stride(i), expect = rs * x.size(i);
+      continue;
+    }
+    if (x.stride(i) != expect) return -1;
+    expect *= x.size(i);
+  }
+  if (rs < 0) return D;
+  return rs >= D ? rs : -1;
+}
+
 template <typename T>
 void run(const at::Tensor& s, const at::Tensor& t, const at::Tensor& in, at::Tensor& grad, at::Tensor& term,
          int div, double tau, double eps, double gradScale, double termScale) {
   const int D = int(s.size(-1));
   const int64_t rows = s.numel() / D;
-  auto aligned16 = [](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0; };
-  const bool aligned = (D * s.element_size()) % 16 == 0 && aligned16(s) && aligned16(t) && aligned16(grad) &&
-                       (!in.defined() || aligned16(in));
+  const int64_t ss = rowStride(s), ts = rowStride(t), is = in.defined() ? rowStride(in) : D;
+  auto aligned16 = [](const at::Tensor& x, int64_t stride) {
+    return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (stride * x.element_size()) % 16 == 0;
+  };
+  const bool aligned = aligned16(s, ss) && aligned16(t, ts) && aligned16(grad, D) && (!in.defined() || aligned16(in, is));
   const rows::Choice c = rows::choose<T>(D, aligned, div);
   TORCH_CHECK(c.fn, "distillRows: no kernel for D = ", D);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int grid = rows::gridFor(c, rows, sms);
   at::Tensor partials = at::empty({grid}, s.options().dtype(at::kFloat));
   rows::Params p{s.data_ptr(), t.data_ptr(), in.defined() ? in.data_ptr() : nullptr, grad.data_ptr(),
-                 partials.data_ptr<float>(), rows, D, aligned, float(1.0 / tau), float(eps), float(gradScale)};
+                 partials.data_ptr<float>(), rows, D, ss, ts, is, aligned, float(1.0 / tau), float(eps), float(gradScale)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   c.fn<<<grid, c.threads, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -50,9 +71,11 @@ std::pair<at::Tensor, at::Tensor> distillRows(const at::Tensor& student, const a
   const int64_t D = student.size(-1);
   TORCH_CHECK(distillRowsSupported(D), "distillRows: D out of range");
   c10::cuda::CUDAGuard guard(student.device());
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous();
-  const at::Tensor in = incoming.defined() ? incoming.to(s.scalar_type()).contiguous() : at::Tensor();
-  at::Tensor grad = at::empty_like(s, at::MemoryFormat::Contiguous);
+  // row-strided views (the gradient at a single-stream tap is a narrow of a wider one) are read in place
+  auto rowsOf = [](const at::Tensor& x) { return rowStride(x) >= 0 ? x : x.contiguous(); };
+  const at::Tensor s = rowsOf(student), t = rowsOf(teacher);
+  const at::Tensor in = incoming.defined() ? rowsOf(incoming.to(s.scalar_type())) : at::Tensor();
+  at::Tensor grad = at::empty(s.sizes(), s.options());  // packed rows
   at::Tensor term = at::empty({}, s.options().dtype(at::kFloat));
   if (s.numel() == 0) {
     term.zero_();

@@ -151,7 +151,8 @@ struct Params {
   float* partials;       // one per block
   int64_t rows;
   int D;
-  bool aligned;          // rows start on 16-byte boundaries (D·sizeof(T) % 16 == 0 and 16-byte bases)
+  int64_t sStride, tStride, inStride;  // elements from one row to the next (the gradient's rows are packed: D)
+  bool aligned;          // every row starts on a 16-byte boundary
   float invTau, eps, gradScale;
 };
 
@@ -215,15 +216,15 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
     if (row < P.rows)
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
-        const int64_t i = row * D + (v * G + r) * VEC;
-        copyAsync16(slot(0, v), S + i), copyAsync16(slot(1, v), Tt + i);
+        const int i = (v * G + r) * VEC;
+        copyAsync16(slot(0, v), S + row * P.sStride + i), copyAsync16(slot(1, v), Tt + row * P.tStride + i);
       }
     commitAsync();
   };
   auto prefetchIncoming = [&](int64_t row) {  // group B
     if (hasIn && row < P.rows)
 #pragma unroll
-      for (int v = 0; v < NV; ++v) copyAsync16(slot(2, v), In + row * D + (v * G + r) * VEC);
+      for (int v = 0; v < NV; ++v) copyAsync16(slot(2, v), In + row * P.inStride + (v * G + r) * VEC);
     commitAsync();
   };
   auto unpack = [&](const uint4& u, float* f) {
@@ -233,7 +234,7 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
   // the incoming gradient's vector v of `row` (from the stage when prefetched), added into g
   auto incoming = [&](int64_t row, int v, float* g) {
     if constexpr (Prefetch) unpack(*slot(2, v), g);
-    else load(In + row * D, v, g);
+    else load(In + row * P.inStride, v, g);
   };
 
   float acc = 0.f;  // Σ of this row group's terms
@@ -249,7 +250,7 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
       prefetchRows(row + groupsTotal);
     } else {
 #pragma unroll
-      for (int v = 0; v < NV; ++v) load(S + row * D, v, xs + v * VEC), load(Tt + row * D, v, xt + v * VEC);
+      for (int v = 0; v < NV; ++v) load(S + row * P.sStride, v, xs + v * VEC), load(Tt + row * P.tStride, v, xt + v * VEC);
     }
     if constexpr (Prefetch) waitAsync<1>();  // this row's B (the next row's A may still be in flight)
     float term;
@@ -456,14 +457,17 @@ template <typename T, int DIV>
 Choice chooseKernel(int D, bool aligned) {
   Choice c;
   if (D < 2 || D > kMaxD) return c;
-  // other tiles for FLUX's width (bf16, rkl), for the benchmark to compare: X2I_DISTILL_TILE = 4x24 | 2x48b8
+  // other tiles for FLUX's width (bf16, rkl), for the benchmark to compare: X2I_DISTILL_TILE = 2x48 | 6x16 | 4x24b5
   if constexpr (std::is_same_v<T, __nv_bfloat16> && DIV == Rkl) {
     if (const char* v = std::getenv("X2I_DISTILL_TILE"); v && D == 3072 && aligned) {
-      if (std::strcmp(v, "4x24") == 0 && tile<T, DIV, 4, 24>(D, aligned, c)) return c;
-      if (std::strcmp(v, "2x48b8") == 0 && tile<T, DIV, 2, 48, 8>(D, aligned, c)) return c;
+      if (std::strcmp(v, "2x48") == 0 && tile<T, DIV, 2, 48>(D, aligned, c)) return c;
+      if (std::strcmp(v, "6x16") == 0 && tile<T, DIV, 6, 16>(D, aligned, c)) return c;
+      if (std::strcmp(v, "4x24b5") == 0 && tile<T, DIV, 4, 24, 5>(D, aligned, c)) return c;
     }
   }
-  tile<T, DIV, 1, 32>(D, aligned, c) || tile<T, DIV, 2, 32>(D, aligned, c) || tile<T, DIV, 2, 48>(D, aligned, c) ||
+  // W warps per row × E channels per thread (4 × 24 holds FLUX's 3072: the fastest of 1–12 warps per row
+  // measured on an H200, bench/RESULTS.md)
+  tile<T, DIV, 1, 32>(D, aligned, c) || tile<T, DIV, 2, 32>(D, aligned, c) || tile<T, DIV, 4, 24>(D, aligned, c) ||
       tile<T, DIV, 4, 32>(D, aligned, c) || tile<T, DIV, 4, 48>(D, aligned, c) || tile<T, DIV, 8, 32>(D, aligned, c) ||
       tile<T, DIV, 8, 48>(D, aligned, c) || tile<T, DIV, 16, 32>(D, aligned, c);
   return c;

@@ -88,6 +88,25 @@ describe('distillation kernel vs float64 on the CPU', () => {
     });
   }
 
+  gpuIt('row-strided views (a narrow of a wider tensor, as at a single-stream tap) are read in place', async () => {
+    const failures = [];
+    for (const [dtype, D, wide] of [['bfloat16', 3072, 15360], ['float32', 3072, 3080], ['bfloat16', 1000, 1003]]) {
+      const shape = [2, 37, D];
+      const [t64, s64] = await pair([2, 37, wide], 77, 1, 0);
+      const g64 = await x2i.randn([2, 37, wide], { seed: 78, dtype: 'float64' });
+      const cut = (x) => new x2i.Tensor(addon().narrowView(x.handle, 2, 0, D));
+      const [t, s, g] = [await t64.to({ dtype }), await s64.to({ dtype }), await g64.to({ dtype })];
+      const packed = async (x) => x2i.Tensor.fromArray(await cut(x).toArray(), shape, { dtype: 'float64' });  // a contiguous copy
+      const ref = await addon().distillTap((await packed(t)).handle, (await packed(s)).handle, 'rkl', 3, (await packed(g)).handle);
+      const [tc, sc, gc] = [await t.to({ device: 'cuda' }), await s.to({ device: 'cuda' }), await g.to({ device: 'cuda' })];
+      const got = await addon().distillTap(cut(tc).handle, cut(sc).handle, 'rkl', 3, cut(gc).handle);
+      const le = Math.abs(got.term - ref.term) / Math.abs(ref.term);
+      const ge = await gradError(new x2i.Tensor(got.grad), new x2i.Tensor(ref.grad), dtype);
+      if (!(le < 1e-3 && ge < 1e-2)) failures.push(`${dtype} ${D} of ${wide}: term ${got.term} vs ${ref.term}, grad ${ge}`);
+    }
+    assert.deepEqual(failures, []);
+  });
+
   gpuIt('extreme inputs: large offsets, tiny spreads, a temperature of 0.5 (the max-shifted softmax)', async () => {
     const failures = [];
     let seed = 900;
