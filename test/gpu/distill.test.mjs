@@ -96,7 +96,7 @@ describe('distillation kernel vs float64 on the CPU', () => {
       const g64 = await x2i.randn([2, 37, wide], { seed: 78, dtype: 'float64' });
       const cut = (x) => new x2i.Tensor(addon().narrowView(x.handle, 2, 0, D));
       const [t, s, g] = [await t64.to({ dtype }), await s64.to({ dtype }), await g64.to({ dtype })];
-      const packed = async (x) => x2i.Tensor.fromArray(await cut(x).toArray(), shape, { dtype: 'float64' });  // a contiguous copy
+      const packed = async (x) => x2i.Tensor.fromArray(await (await cut(x).to({ dtype: 'float64' })).toArray(), shape);  // a contiguous copy
       const ref = await addon().distillTap((await packed(t)).handle, (await packed(s)).handle, 'rkl', 3, (await packed(g)).handle);
       const [tc, sc, gc] = [await t.to({ device: 'cuda' }), await s.to({ device: 'cuda' }), await g.to({ device: 'cuda' })];
       const got = await addon().distillTap(cut(tc).handle, cut(sc).handle, 'rkl', 3, cut(gc).handle);
