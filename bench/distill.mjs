@@ -107,19 +107,34 @@ if (!args['no-step']) {
     return ts.sort((a, b) => a - b)[Math.floor(n / 2)];
   };
   const dispose = (o) => { for (const v of Object.values(o)) if (v instanceof x2i.Tensor) v.dispose(); else if (v && typeof v === 'object') dispose(v); };
-  const stepMs = await median(async () => dispose(await m.distillationStep(teacher, student)), 9);
-  // the same step with the loss nodes passing the gradient on unchanged (no loss pass): what is left is the
-  // teacher forward, the student forward and the backward from the taps
-  process.env.X2I_DISTILL_PASSTHROUGH = '1';
-  const nullMs = await median(async () => dispose(await m.distillationStep(teacher, student)), 9);
-  delete process.env.X2I_DISTILL_PASSTHROUGH;
+  // the step, and the same step with the loss nodes passing the gradient on unchanged (no loss pass: what is
+  // left is the teacher forward, the student forward and the backward from the taps), interleaved in pairs so
+  // that clock drift hits both alike; the loss's cost in the step is the median of the pairs' differences
+  const timeStep = async (passThrough) => {
+    if (passThrough) process.env.X2I_DISTILL_PASSTHROUGH = '1';
+    const t0 = performance.now();
+    dispose(await m.distillationStep(teacher, student));
+    const ms = performance.now() - t0;
+    delete process.env.X2I_DISTILL_PASSTHROUGH;
+    return ms;
+  };
+  for (let i = 0; i < 2; i++) await timeStep(false), await timeStep(true);
+  const pairs = [];
+  for (let i = 0; i < 21; i++) {
+    const a = await timeStep(false), b = await timeStep(true);
+    pairs.push([a, b]);
+  }
+  const med = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+  const stepMs = med(pairs.map((p) => p[0])), nullMs = med(pairs.map((p) => p[1]));
+  const diffMs = med(pairs.map((p) => p[0] - p[1]));
   const teacherMs = await median(async () => dispose(await m.forward(teacher)));
   const studentMs = await median(async () => dispose(await m.forwardBackward(student, { gradSample })));
   const r = await m.distillationStep(teacher, student);
   result.step = { step_ms: stepMs, teacher_forward_ms: teacherMs, student_fwdbwd_ms: studentMs,
     loss_and_capture_ms: stepMs - teacherMs - studentMs, share_of_student: (stepMs - teacherMs - studentMs) / studentMs,
     loss_passes_share_of_student: result.stepLoss.total_ms / studentMs, passthrough_step_ms: nullMs,
-    loss_in_step_ms: stepMs - nullMs, loss_in_step_share: (stepMs - nullMs) / studentMs, loss: r.loss, skipped: r.skipped };
+    loss_in_step_ms: diffMs, loss_in_step_share: diffMs / studentMs,
+    loss_in_step_pairs_ms: pairs.map((p) => p[0] - p[1]), loss: r.loss, skipped: r.skipped };
   m.dispose();
 }
 
@@ -143,7 +158,8 @@ console.log(`loss passes of a 1024² step (backward form): 19 × ${sl.per_tap_ms
 if (result.step) console.log(`step at 1024², B=1: distillationStep ${result.step.step_ms.toFixed(1)} ms = teacher forward ${result.step.teacher_forward_ms.toFixed(1)} + ` +
   `student fwd+bwd ${result.step.student_fwdbwd_ms.toFixed(1)} + loss & capture ${result.step.loss_and_capture_ms.toFixed(1)} ms ` +
   `(${(result.step.share_of_student * 100).toFixed(2)}% of the student's fwd+bwd; the loss passes alone ${(result.step.loss_passes_share_of_student * 100).toFixed(2)}%); ` +
-  `with pass-through loss nodes ${result.step.passthrough_step_ms.toFixed(1)} ms: the loss in the step ${result.step.loss_in_step_ms.toFixed(2)} ms = ${(result.step.loss_in_step_share * 100).toFixed(2)}%`);
+  `with pass-through loss nodes ${result.step.passthrough_step_ms.toFixed(1)} ms: the loss in the step (median of 21 interleaved pairs) ${result.step.loss_in_step_ms.toFixed(2)} ms = ${(result.step.loss_in_step_share * 100).toFixed(2)}%; ` +
+  `pairs' differences ${[...result.step.loss_in_step_pairs_ms].sort((a, b) => a - b).map((x) => x.toFixed(1)).join(' ')} ms`);
 for (const r of result.tiles) console.log(`tile ${r.tile}: fwd ${r.fwd_4608.toFixed(4)} / ${r.fwd_18432.toFixed(4)} ms, bwd ${r.bwd_4608.toFixed(4)} / ${r.bwd_18432.toFixed(4)} ms (4608 / 18432 rows)`);
 if (result.baselineError) console.log('baseline failed:', result.baselineError);
 if (args.json) fs.writeFileSync(args.json, JSON.stringify(result, null, 2));

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as x2i from '../lib/index.js';
 import { FluxTransformer } from '../lib/index.js';
+import { addon } from '../lib/native.js';
 import { expectGoldenLoss, golden } from './helpers.js';
 
 async function captures(seed: number, dtype: x2i.DType, scale = 1) {
@@ -38,6 +39,39 @@ describe('fused distillation loss = the float64 autograd composition', () => {
     const ref = await x2i.distillationLoss(await f64(t), await f64(s), { temperature: 0.7, returnGrad: true, method: 'autograd' });
     expect(Math.abs(got.loss - ref.loss) / ref.loss).toBeLessThan(1e-5);
     expect(await x2i.relativeError(await got.grads!.single.to({ dtype: 'float64' }), ref.grads!.single)).toBeLessThan(1e-4);
+  });
+});
+
+// The training step's backward form at one tap: incoming + d term/d student in one pass (the CPU path).
+describe('one tap in the backward form (incoming gradient)', () => {
+  type Tap = { term: number; grad: x2i.NativeTensor };
+  const tap = (t: x2i.Tensor, s: x2i.Tensor, div: string, inc?: x2i.Tensor) =>
+    (addon() as unknown as { distillTap: (...a: unknown[]) => Promise<Tap> }).distillTap(t.handle, s.handle, div, 3, inc?.handle);
+  for (const divergence of ['rkl', 'kl', 'js', 'mse']) {
+    it(`${divergence}: float32 and bf16 against float64, and = the forward form + incoming`, async () => {
+      for (const [dtype, tol] of [['float32', 1e-5], ['bfloat16', 1e-2]] as const) {
+        const [t64, s64, g64] = await Promise.all([1, 2, 3].map((seed) => x2i.randn([2, 9, 37], { seed, dtype: 'float64' })));
+        const [t, s, g] = await Promise.all([t64, s64, g64].map((x) => x.to({ dtype })));
+        const f64 = (x: x2i.Tensor) => x.to({ dtype: 'float64' });
+        const ref = await tap(await f64(t), await f64(s), divergence, await f64(g));
+        const got = await tap(t, s, divergence, g);
+        expect(Math.abs(got.term - ref.term) / Math.abs(ref.term)).toBeLessThan(dtype === 'float32' ? 1e-5 : 1e-3);
+        expect(await x2i.relativeError(await new x2i.Tensor(got.grad).to({ dtype: 'float64' }), new x2i.Tensor(ref.grad))).toBeLessThan(tol);
+        // without incoming, then added: the same gradient
+        const plain = await tap(await f64(t), await f64(s), divergence);
+        const a = await new x2i.Tensor(plain.grad).toArray(), b = await new x2i.Tensor(ref.grad).toArray(), c = await (await f64(g)).toArray();
+        expect(Math.max(...Array.from(a, (v, i) => Math.abs(v + c[i] - b[i])))).toBeLessThan(1e-12);
+      }
+    });
+  }
+
+  it('a NaN term passes the incoming gradient through unchanged', async () => {
+    const [t, s, g] = await Promise.all([1, 2, 3].map((seed) => x2i.randn([1, 4, 16], { seed })));
+    const v = await s.toArray();
+    v[20] = NaN;
+    const r = await tap(t, x2i.Tensor.fromArray(v, [1, 4, 16]), 'rkl', g);
+    expect(Number.isNaN(r.term)).toBe(true);
+    expect(Array.from(await new x2i.Tensor(r.grad).toArray())).toEqual(Array.from(await g.toArray()));
   });
 });
 
