@@ -50,7 +50,7 @@ async function reshape(t, shape) {  // [B, N, D] → [B, 1, N, D] through the ho
 
 // other register tiles for 3072-wide bf16 rows (X2I_DISTILL_TILE), same inputs
 result.tiles = [];
-for (const tile of ['4x24', '2x48', '6x16', '4x24b5']) {  // 4x24 is the default
+for (const tile of ['4x24', '2x48', '6x16', '4x24b5', '4x24np', '4x24b5np']) {  // 4x24 is the default
   if (tile !== '4x24') process.env.X2I_DISTILL_TILE = tile;
   const row = { tile };
   for (const rows of [4608, 18432]) {

@@ -160,7 +160,7 @@ struct Params {
 template <int W> __host__ __device__ constexpr int blockThreads() { return W == 1 ? 128 : 32 * W; }
 
 // E elements of the row per thread and side, as float32 in registers (NV = E/VEC 16-byte loads).
-template <typename T, int W, int E, bool Masked, int DIV, int MinBlocks = 1>
+template <typename T, int W, int E, bool Masked, int DIV, int MinBlocks = 1, bool NoPrefetch = false>
 __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKernel(Params P) {
   using PK = Pack<T>;
   constexpr int VEC = PK::VEC, NV = E / VEC, G = 32 * W, GROUPS = blockThreads<W>() / G;
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
   // Unmasked tiles stream the next row into shared memory while the current one is computed from registers
   // (cp.async: each thread copies, and later reads, only its own 16-byte slots, so no barrier is needed).
   // Groups: A = the student and teacher row, B = the incoming gradient row (needed only at the end).
-  constexpr bool Prefetch = !Masked && 3 * blockThreads<W>() * NV * 16 <= 48 * 1024;
+  constexpr bool Prefetch = !NoPrefetch && !Masked && 3 * blockThreads<W>() * NV * 16 <= 40 * 1024;  // static shared memory: 48 KiB in all
   __shared__ uint4 stage[Prefetch ? 3 * NV * blockThreads<W>() : 1];
   auto slot = [&](int side, int v) { return &stage[(side * NV + v) * blockThreads<W>() + threadIdx.x]; };
   auto prefetchRows = [&](int64_t row) {  // group A
@@ -443,11 +443,11 @@ template <typename T, int DIV>
 Choice chooseKernel(int D, bool aligned);
 
 #ifdef X2I_ROWS_INSTANTIATE
-template <typename T, int DIV, int W, int E, int MinBlocks = 1>
+template <typename T, int DIV, int W, int E, int MinBlocks = 1, bool NoPrefetch = false>
 bool tile(int D, bool aligned, Choice& c) {
   constexpr int cap = 32 * W * E;
   if (D > cap) return false;
-  c.fn = aligned && D == cap ? distillRowsKernel<T, W, E, false, DIV, MinBlocks> : distillRowsKernel<T, W, E, true, DIV>;
+  c.fn = aligned && D == cap ? distillRowsKernel<T, W, E, false, DIV, MinBlocks, NoPrefetch> : distillRowsKernel<T, W, E, true, DIV>;
   c.threads = blockThreads<W>();
   c.groups = blockThreads<W>() / (32 * W);
   return true;
@@ -457,12 +457,14 @@ template <typename T, int DIV>
 Choice chooseKernel(int D, bool aligned) {
   Choice c;
   if (D < 2 || D > kMaxD) return c;
-  // other tiles for FLUX's width (bf16, rkl), for the benchmark to compare: X2I_DISTILL_TILE = 2x48 | 6x16 | 4x24b5
+  // other tiles for FLUX's width (bf16, rkl), for the benchmark to compare: X2I_DISTILL_TILE = 2x48 | 6x16 | 4x24b5 | 4x24np | 4x24b5np (np: no shared-memory prefetch)
   if constexpr (std::is_same_v<T, __nv_bfloat16> && DIV == Rkl) {
     if (const char* v = std::getenv("X2I_DISTILL_TILE"); v && D == 3072 && aligned) {
       if (std::strcmp(v, "2x48") == 0 && tile<T, DIV, 2, 48>(D, aligned, c)) return c;
       if (std::strcmp(v, "6x16") == 0 && tile<T, DIV, 6, 16>(D, aligned, c)) return c;
       if (std::strcmp(v, "4x24b5") == 0 && tile<T, DIV, 4, 24, 5>(D, aligned, c)) return c;
+      if (std::strcmp(v, "4x24np") == 0 && tile<T, DIV, 4, 24, 1, true>(D, aligned, c)) return c;
+      if (std::strcmp(v, "4x24b5np") == 0 && tile<T, DIV, 4, 24, 5, true>(D, aligned, c)) return c;
     }
   }
   // W warps per row × E channels per thread (4 × 24 holds FLUX's 3072: the fastest of 1–12 warps per row
