@@ -1,9 +1,9 @@
 /** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
-import { X2IError, invalidArg, nativeSync } from './errors.js';
+import { X2IError, invalidArg, nativeCall, nativeSync } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
 import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
 import { NativeModel } from './model.js';
-import { Tensor } from './tensor.js';
+import { Tensor, type DType } from './tensor.js';
 import { QwenTokenizer, type ChatMessage, type EncodeOptions } from './tokenizers.js';
 import { preprocessImages, preprocessVideo, type QwenVisionOptions, type RgbImage } from './qwen_vision.js';
 import fs from 'node:fs';
@@ -18,7 +18,7 @@ export interface QwenPrompt {
 }
 
 interface NativeQwen {
-  forward(inputs: Record<string, NativeTensor | string | number | undefined>): Promise<{ hiddenStates: NativeTensor }>;
+  forward(inputs: Record<string, NativeTensor | string | number | boolean | undefined>): Promise<{ hiddenStates: NativeTensor }>;
   dispose(): void;
 }
 
@@ -43,6 +43,9 @@ export interface QwenVLInputs {
    * on CUDA), which is what official AlignNet checkpoints saw; 'mask': a pad row that sees no key gets a zero
    * attention output (transformers 5 with PyTorch's SDPA). Real-token rows are the same in both. */
   padRule?: 'x2i' | 'mask';
+  /** true (default): every layer's hidden state ([B, L+1, S, H], AlignNet's input); false: only the last
+   * one after the final norm, [B, 1, S, H]. */
+  capture?: boolean;
 }
 
 
@@ -102,47 +105,34 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
   static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<QwenVLEncoder> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
     const { config: top, configFile: file, weights } = readModelFolder(p, opts.config);
-    if (top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
-      throw new X2IError(`${file}: model_type '${top.model_type}' is not a Qwen2/2.5-VL model`, 'ERR_CONFIG');
-    const text = { ...top, ...(top.text_config as Record<string, unknown> | undefined ?? {}) };
-    const rope = (text.rope_parameters ?? text.rope_scaling ?? top.rope_scaling ?? {}) as Record<string, unknown>;
-    const section = rope.mrope_section;
-    if (!Array.isArray(section) || section.length !== 3)
-      throw new X2IError(`${file}: field 'rope_scaling.mrope_section' (or text_config.rope_parameters.mrope_section) is missing`, 'ERR_CONFIG');
-    const native = {
-      vocabSize: field(text, 'vocab_size', file), hiddenSize: field(text, 'hidden_size', file),
-      intermediateSize: field(text, 'intermediate_size', file), numHiddenLayers: field(text, 'num_hidden_layers', file),
-      numAttentionHeads: field(text, 'num_attention_heads', file), numKeyValueHeads: field(text, 'num_key_value_heads', file),
-      rmsNormEps: field(text, 'rms_norm_eps', file), ropeTheta: field({ ...text, ...rope }, 'rope_theta', file),
-      mropeSection: section,
-      vision: undefined as Record<string, unknown> | undefined,
-    };
-    const vc = top.vision_config as Record<string, unknown> | undefined;
-    if (vc) {
-      const vf = (k: string, fallback?: number) => field(vc, k, `${file} (vision_config)`, fallback);
-      native.vision = {
-        depth: vf('depth'), hiddenSize: vf('hidden_size'), numHeads: vf('num_heads'), intermediateSize: vf('intermediate_size'),
-        outHiddenSize: vf('out_hidden_size'), patchSize: vf('patch_size', 14), spatialMergeSize: vf('spatial_merge_size', 2),
-        temporalPatchSize: vf('temporal_patch_size', 2), windowSize: vf('window_size', 112),
-        inChannels: field({ ...vc, in_channels: vc.in_channels ?? vc.in_chans }, 'in_channels', `${file} (vision_config)`, 3),
-        tokensPerSecond: vf('tokens_per_second', 2),
-        fullAttBlockIndexes: Array.isArray(vc.fullatt_block_indexes) ? vc.fullatt_block_indexes : [],
-        imageTokenId: field(top, 'image_token_id', file, 151655), videoTokenId: field(top, 'video_token_id', file, 151656),
-        visionStartTokenId: field(top, 'vision_start_token_id', file, 151652),
-      };
-    }
+    const native = nativeConfig(top, file);
     const Native = (addon() as unknown as { NativeQwenVLEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeQwen> } }).NativeQwenVLEncoder;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
     return new QwenVLEncoder(h, top, weights);
   }
 
+  /**
+   * A model of the given config (a Qwen2.5-VL `config.json` object, flat or nested) with random weights
+   * (PyTorch's default Linear init, drawn on the device from `seed`): benchmarks and tests at real sizes
+   * without a checkpoint. No tokenizer comes with it (`encodePrompt` needs `opts.tokenizer`).
+   */
+  static async fromConfig(config: Record<string, unknown>, opts: { device?: string; dtype?: DType; seed?: number } = {}): Promise<QwenVLEncoder> {
+    if (!config || typeof config !== 'object') throw invalidArg('config', 'a Qwen2.5-VL config object', config);
+    const native = nativeConfig(config, 'config');
+    const { device, dtype } = defaultDtype(opts);
+    const fn = (addon() as unknown as { qwenRandom: (c: object, d: string, t: string, s: number) => Promise<NativeQwen> }).qwenRandom;
+    const h = await nativeCall(() => fn(native, device, dtype, opts.seed ?? 0));
+    return new QwenVLEncoder(h, config, '.');
+  }
+
   /** One prefill: hiddenStates [B, L+1, S, H] = the embeddings, then every layer's output (the last after the
-   * final RMSNorm), written into one buffer: AlignNet's input. No lm_head. */
+   * final RMSNorm), each written into its slot of one buffer as it is made: AlignNet's input. No lm_head.
+   * `capture: false`: only the last state, [B, 1, S, H]. */
   async forward(inputs: QwenVLInputs): Promise<{ hiddenStates: Tensor }> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
     this.native();  // a DisposedError before any work
-    const ins: Record<string, NativeTensor | string | number | undefined> = { padRule: inputs.padRule ?? 'x2i',
-      secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope' };
+    const ins: Record<string, NativeTensor | string | number | boolean | undefined> = { padRule: inputs.padRule ?? 'x2i',
+      secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope', capture: inputs.capture ?? true };
     for (const k of ['inputIds', 'attentionMask', 'pixelValues', 'imageGridThw', 'pixelValuesVideos', 'videoGridThw'] as const) {
       const t = inputs[k];
       if (t === undefined || t === null) continue;
@@ -164,4 +154,38 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
       merge: vc.spatial_merge_size ?? 2, tokensPerSecond: vc.tokens_per_second ?? 2, secondPerGridT: inputs.secondPerGridT ?? 1 })));
   }
 
+}
+
+/** The native config of a Qwen2.5-VL config.json object (flat, or transformers 5's nested `text_config`). */
+function nativeConfig(top: Record<string, unknown>, file: string): Record<string, unknown> {
+  if (top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
+    throw new X2IError(`${file}: model_type '${top.model_type}' is not a Qwen2/2.5-VL model`, 'ERR_CONFIG');
+  const text = { ...top, ...(top.text_config as Record<string, unknown> | undefined ?? {}) };
+  const rope = (text.rope_parameters ?? text.rope_scaling ?? top.rope_scaling ?? {}) as Record<string, unknown>;
+  const section = rope.mrope_section;
+  if (!Array.isArray(section) || section.length !== 3)
+    throw new X2IError(`${file}: field 'rope_scaling.mrope_section' (or text_config.rope_parameters.mrope_section) is missing`, 'ERR_CONFIG');
+  const native: Record<string, unknown> = {
+    vocabSize: field(text, 'vocab_size', file), hiddenSize: field(text, 'hidden_size', file),
+    intermediateSize: field(text, 'intermediate_size', file), numHiddenLayers: field(text, 'num_hidden_layers', file),
+    numAttentionHeads: field(text, 'num_attention_heads', file), numKeyValueHeads: field(text, 'num_key_value_heads', file),
+    rmsNormEps: field(text, 'rms_norm_eps', file), ropeTheta: field({ ...text, ...rope }, 'rope_theta', file),
+    mropeSection: section,
+    vision: undefined,
+  };
+  const vc = top.vision_config as Record<string, unknown> | undefined;
+  if (vc) {
+    const vf = (k: string, fallback?: number) => field(vc, k, `${file} (vision_config)`, fallback);
+    native.vision = {
+      depth: vf('depth'), hiddenSize: vf('hidden_size'), numHeads: vf('num_heads'), intermediateSize: vf('intermediate_size'),
+      outHiddenSize: vf('out_hidden_size'), patchSize: vf('patch_size', 14), spatialMergeSize: vf('spatial_merge_size', 2),
+      temporalPatchSize: vf('temporal_patch_size', 2), windowSize: vf('window_size', 112),
+      inChannels: field({ ...vc, in_channels: vc.in_channels ?? vc.in_chans }, 'in_channels', `${file} (vision_config)`, 3),
+      tokensPerSecond: vf('tokens_per_second', 2),
+      fullAttBlockIndexes: Array.isArray(vc.fullatt_block_indexes) ? vc.fullatt_block_indexes : [],
+      imageTokenId: field(top, 'image_token_id', file, 151655), videoTokenId: field(top, 'video_token_id', file, 151656),
+      visionStartTokenId: field(top, 'vision_start_token_id', file, 151652),
+    };
+  }
+  return native;
 }

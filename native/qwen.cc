@@ -306,6 +306,72 @@ std::shared_ptr<Model> Model::load(const FullConfig& full, std::map<std::string,
   return m;
 }
 
+// The weights of a config with PyTorch's default Linear init (uniform ±1/√fan_in, biases likewise), norms 1,
+// embeddings N(0, 1), drawn on the target device from `seed`: for benchmarks at real sizes without a download.
+std::map<std::string, at::Tensor> randomWeights(const Model::FullConfig& full, c10::Device device, at::ScalarType dtype,
+                                                uint64_t seed) {
+  const auto& c = full.text;
+  at::Generator gen = device.is_cpu() ? at::detail::createCPUGenerator(seed) : at::globalContext().defaultGenerator(device);
+  if (!device.is_cpu()) {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed);
+  }
+  const auto o = at::TensorOptions().device(device).dtype(dtype);
+  std::map<std::string, at::Tensor> w;
+  auto lin = [&](const std::string& n, int64_t out, int64_t in, bool bias) {
+    const double b = 1.0 / std::sqrt(double(in));
+    w[n + ".weight"] = at::empty({out, in}, o).uniform_(-b, b, gen);
+    if (bias) w[n + ".bias"] = at::empty({out}, o).uniform_(-b, b, gen);
+  };
+  const int64_t H = c.hidden, kv = c.kvHeads * (H / c.heads), I = c.intermediate;
+  w["model.embed_tokens.weight"] = at::empty({c.vocab, H}, o).normal_(0, 1, gen);
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    w[p + "input_layernorm.weight"] = at::ones({H}, o);
+    w[p + "post_attention_layernorm.weight"] = at::ones({H}, o);
+    lin(p + "self_attn.q_proj", H, H, true), lin(p + "self_attn.k_proj", kv, H, true), lin(p + "self_attn.v_proj", kv, H, true);
+    lin(p + "self_attn.o_proj", H, H, false);
+    lin(p + "mlp.gate_proj", I, H, false), lin(p + "mlp.up_proj", I, H, false), lin(p + "mlp.down_proj", H, I, false);
+  }
+  w["model.norm.weight"] = at::ones({H}, o);
+  if (full.vision.present) {
+    const auto& v = full.vision;
+    const int64_t D = v.hidden, F = v.intermediate, M = D * v.merge * v.merge, K = v.inChannels * v.temporalPatch * v.patch * v.patch;
+    const double b = 1.0 / std::sqrt(double(K));
+    w["visual.patch_embed.proj.weight"] = at::empty({D, v.inChannels, v.temporalPatch, v.patch, v.patch}, o).uniform_(-b, b, gen);
+    for (int64_t i = 0; i < v.depth; ++i) {
+      const std::string p = "visual.blocks." + std::to_string(i) + ".";
+      w[p + "norm1.weight"] = at::ones({D}, o);
+      w[p + "norm2.weight"] = at::ones({D}, o);
+      lin(p + "attn.qkv", 3 * D, D, true), lin(p + "attn.proj", D, D, true);
+      lin(p + "mlp.gate_proj", F, D, true), lin(p + "mlp.up_proj", F, D, true), lin(p + "mlp.down_proj", D, F, true);
+    }
+    w["visual.merger.ln_q.weight"] = at::ones({D}, o);
+    lin("visual.merger.mlp.0", M, M, true), lin("visual.merger.mlp.2", v.outHidden, M, true);
+  }
+  return w;
+}
+
+// NativeQwenVLEncoder.random(config, device, dtype, seed) → Promise<NativeQwenVLEncoder>
+Napi::Value Random(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    if (info.Length() < 4 || !info[0].IsObject())
+      fail("ERR_INVALID_ARG", "NativeQwenVLEncoder.random(config, device, dtype, seed)");
+    auto cfg = Model::parseConfig(info[0].As<Napi::Object>());
+    const c10::Device device = parseDevice(argString(info, 1, "device"));
+    const at::ScalarType dtype = parseDType(argString(info, 2, "dtype"));
+    const uint64_t seed = uint64_t(info[3].As<Napi::Number>().Int64Value());
+    auto out = std::make_shared<std::shared_ptr<Model>>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      *out = Model::load(cfg, randomWeights(cfg, device, dtype, seed), "random weights");
+      syncDevice(out->get()->embed);
+    }, [out](Napi::Env env) -> Napi::Value {
+      return ctorOf(env, Model::jsName).New({Napi::External<std::shared_ptr<Model>>::New(env, new std::shared_ptr<Model>(*out))});
+    });
+  });
+}
+
 Inputs Model::parseInputs(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsObject()) fail("ERR_INVALID_ARG", "QwenVLEncoder.forward expects { inputIds, attentionMask? }");
   auto o = info[0].As<Napi::Object>();
@@ -323,6 +389,7 @@ Inputs Model::parseInputs(const Napi::CallbackInfo& info) {
   in.videoGridThw = opt("videoGridThw");
   if (o.Get("secondPerGridT").IsNumber()) in.secondPerGridT = o.Get("secondPerGridT").As<Napi::Number>().DoubleValue();
   in.padRule = o.Get("padRule").IsString() ? o.Get("padRule").ToString().Utf8Value() : "x2i";
+  in.capture = o.Get("capture").IsUndefined() || o.Get("capture").ToBoolean().Value();
   in.positions = o.Get("positions").IsString() ? o.Get("positions").ToString().Utf8Value() : "mrope";
   if (in.positions != "mrope" && in.positions != "sequential")
     fail("ERR_INVALID_ARG", "QwenVLEncoder.forward: positions must be 'mrope' or 'sequential'");
@@ -367,7 +434,9 @@ Outputs Model::run(const Model& m, const Inputs& in) {
                                                                       : double(std::numeric_limits<float>::lowest());
   at::Tensor bias = at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowest);  // finfo(dtype).min
   Outputs out;
-  out.hidden = at::empty({B, c.layers + 1, S, H}, m.embed.options());
+  // all-layer capture: one [B, L+1, S, H] buffer, each layer's output written into its slot as it is made;
+  // without capture only the last (normed) state is returned, as [B, 1, S, H]
+  if (in.capture) out.hidden = at::empty({B, c.layers + 1, S, H}, m.embed.options());
   at::Tensor x = at::embedding(m.embed, ids);
   // vision features replace the <|image_pad|> / <|video_pad|> rows, in order
   for (auto [px, grid, token, what] : {std::make_tuple(in.pixelValues, in.imageGridThw, m.vcfg.imageTokenId, "image"),
@@ -382,7 +451,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
                                      " features but " + std::to_string(n) + " placeholder tokens in inputIds");
     x = x.index_put({slots}, feats.to(x.scalar_type()));
   }
-  out.hidden.select(1, 0).copy_(x);
+  if (in.capture) out.hidden.select(1, 0).copy_(x);
   const int64_t g = c.heads / c.kvHeads;
   for (int64_t i = 0; i < c.layers; ++i) {
     const Layer& l = m.layers[size_t(i)];
@@ -398,9 +467,10 @@ Outputs Model::run(const Model& m, const Inputs& in) {
     x = x + at::linear(a.transpose(1, 2).reshape({B, S, H}), l.ow);
     h = rmsNorm(x, l.postLn, c.eps);
     x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
-    if (i + 1 < c.layers) out.hidden.select(1, i + 1).copy_(x);
+    if (in.capture && i + 1 < c.layers) out.hidden.select(1, i + 1).copy_(x);
   }
-  out.hidden.select(1, c.layers).copy_(rmsNorm(x, m.norm, c.eps));  // the last entry after the final norm
+  if (in.capture) out.hidden.select(1, c.layers).copy_(rmsNorm(x, m.norm, c.eps));  // the last entry after the final norm
+  else out.hidden = rmsNorm(x, m.norm, c.eps).unsqueeze(1);
   syncDevice(x);
   return out;
 }

@@ -37,6 +37,7 @@ struct Inputs {
   double secondPerGridT = 1.0;  // videos: seconds per temporal patch (temporal_patch_size / fps)
   std::string padRule;    // "x2i" (default) or "mask"
   std::string positions;  // "mrope" (default: get_rope_index's t/h/w ids) or "sequential"
+  bool capture = true;    // every layer's output; false: only the last (normed) one, [B, 1, S, H]
 };
 struct Outputs {
   at::Tensor hidden;  // [B, L+1, S, H]
@@ -63,5 +64,6 @@ struct Model {
 };
 
 Napi::Value RopeIndex(const Napi::CallbackInfo& info);
+Napi::Value Random(const Napi::CallbackInfo& info);
 
 }  // namespace x2i::qwen

@@ -101,3 +101,27 @@ describe('QwenVLEncoder (text): every layer\'s hidden state, left padding', () =
     await expect(m.forward({ inputIds: io['text.input_ids'], attentionMask: io['image.input_ids'] })).rejects.toThrow(/attentionMask has shape \[1, 13\], expected \[2, 10\]/);
   });
 });
+
+describe('QwenVLEncoder.fromConfig (random weights) and forward without capture', () => {
+  it('builds a model of the config, deterministic per seed; capture: false returns the last state of the same prefill', async () => {
+    const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    using a = await QwenVLEncoder.fromConfig(config, { seed: 3 });
+    using b = await QwenVLEncoder.fromConfig(config, { seed: 3 });
+    using c = await QwenVLEncoder.fromConfig(config, { seed: 4 });
+    const ids = x2i.Tensor.fromArray(new BigInt64Array([5n, 17n, 42n, 99n, 7n, 250n, 1n, 3n]), [2, 4]);
+    const full = (await a.forward({ inputIds: ids })).hiddenStates;
+    expect(full.shape).toEqual([2, 4, 4, 64]);  // [B, L+1, S, H], L = 3
+    const last = (await a.forward({ inputIds: ids, capture: false })).hiddenStates;
+    expect(last.shape).toEqual([2, 1, 4, 64]);
+    const f = await full.toArray() as Float32Array, l = await last.toArray() as Float32Array;
+    for (let bi = 0; bi < 2; bi++)
+      for (let i = 0; i < 4 * 64; i++) expect(l[bi * 256 + i]).toBe(f[bi * 4 * 256 + 3 * 256 + i]);
+    expect(await x2i.relativeError((await b.forward({ inputIds: ids })).hiddenStates, full)).toBe(0);
+    expect(await x2i.relativeError((await c.forward({ inputIds: ids })).hiddenStates, full)).toBeGreaterThan(1e-2);
+    expect(f.every(Number.isFinite)).toBe(true);
+  });
+
+  it('rejects a config without mrope_section', async () => {
+    await expect(QwenVLEncoder.fromConfig({ hidden_size: 64 })).rejects.toThrow(/mrope_section/);
+  });
+});
