@@ -434,7 +434,8 @@ Outputs Model::run(const Model& m, const Inputs& in) {
                                                                       : double(std::numeric_limits<float>::lowest());
   at::Tensor bias = at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowest);  // finfo(dtype).min
   Outputs out;
-  // all-layer capture: one [B, L+1, S, H] buffer, each layer's output written into its slot as it is made;
+  // all-layer capture: one [B, L+1, S, H] buffer; each layer's residual sum is computed into its slot (no
+  // copy), the embeddings and the final norm are copied in;
   // without capture only the last (normed) state is returned, as [B, 1, S, H]
   if (in.capture) out.hidden = at::empty({B, c.layers + 1, S, H}, m.embed.options());
   at::Tensor x = at::embedding(m.embed, ids);
@@ -466,8 +467,14 @@ Outputs Model::run(const Model& m, const Inputs& in) {
     if (in.padRule == "mask") a = a.masked_fill(blind.unsqueeze(1), 0);
     x = x + at::linear(a.transpose(1, 2).reshape({B, S, H}), l.ow);
     h = rmsNorm(x, l.postLn, c.eps);
-    x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
-    if (in.capture && i + 1 < c.layers) out.hidden.select(1, i + 1).copy_(x);
+    at::Tensor y = at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+    if (in.capture && i + 1 < c.layers) {  // the residual sum is written straight into its slot, and read from there
+      at::Tensor slot = out.hidden.select(1, i + 1);
+      at::add_out(slot, x, y);
+      x = slot;
+    } else {
+      x = x + y;
+    }
   }
   if (in.capture) out.hidden.select(1, c.layers).copy_(rmsNorm(x, m.norm, c.eps));  // the last entry after the final norm
   else out.hidden = rmsNorm(x, m.norm, c.eps).unsqueeze(1);
