@@ -39,6 +39,9 @@ commands:
                        options: --baseline PATH (shared/baselines/flux_blocks.py), --json FILE
   bench distill        the distillation loss kernel and training step on CUDA (needs a GPU)
                        options: --baseline PATH (shared/baselines/x2i_loss.py), --json FILE
+  bench qwen           the Qwen2.5-VL-7B-size encoder on CUDA: prefill with and without all-layer
+                       capture, the vision tower (needs a GPU)
+                       options: --baseline PATH (bench/baselines/qwen_prefill.py, transformers), --json FILE
   help                 this text
 `;
 
@@ -210,8 +213,8 @@ export async function main(argv: string[]): Promise<number> {
       const { positionals, values } = parseArgs({ args: rest, allowPositionals: true,
         options: { mib: { type: 'string' }, json: { type: 'string' }, baseline: { type: 'string' } } });
       const which = positionals[0] ?? 'bridge';
-      if (which !== 'bridge' && which !== 'flux' && which !== 'distill') {
-        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux, distill)`);
+      if (!['bridge', 'flux', 'distill', 'qwen'].includes(which)) {
+        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux, distill, qwen)`);
         return 2;
       }
       const args = [path.join(packageRoot, 'bench', `${which}.mjs`)];
