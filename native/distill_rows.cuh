@@ -48,37 +48,40 @@ template <> struct Pack<float> {
   __device__ static float scalar(const float* p) { return *p; }
   __device__ static void store(float* p, float f) { *p = f; }
 };
-template <> struct Pack<__nv_bfloat16> {
+// The two 16-bit float types: D gives get (element j of a vector), pair (two floats rounded into one word),
+// toFloat and fromFloat.
+template <class D, typename H>
+struct Pack16 {
   static constexpr int VEC = 8;
-  __device__ static float get(const uint4& v, int j) {
+  __device__ static uint4 put(const float (&f)[8]) {
+    return make_uint4(D::pair(f[0], f[1]), D::pair(f[2], f[3]), D::pair(f[4], f[5]), D::pair(f[6], f[7]));
+  }
+  __device__ static float scalar(const H* p) { return D::toFloat(*p); }
+  __device__ static void store(H* p, float f) { *p = D::fromFloat(f); }
+};
+template <> struct Pack<__nv_bfloat16> : Pack16<Pack<__nv_bfloat16>, __nv_bfloat16> {
+  __device__ static float get(const uint4& v, int j) {  // bf16 → float is a 16-bit shift
     const uint32_t w = word(v, j / 2);
     return __uint_as_float(j % 2 ? (w & 0xffff0000u) : (w << 16));
   }
-  __device__ static uint32_t two(float a, float b) {
+  __device__ static uint32_t pair(float a, float b) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
     return *reinterpret_cast<const uint32_t*>(&h);
   }
-  __device__ static uint4 put(const float (&f)[8]) {
-    return make_uint4(two(f[0], f[1]), two(f[2], f[3]), two(f[4], f[5]), two(f[6], f[7]));
-  }
-  __device__ static float scalar(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  __device__ static void store(__nv_bfloat16* p, float f) { *p = __float2bfloat16_rn(f); }
+  __device__ static float toFloat(__nv_bfloat16 h) { return __bfloat162float(h); }
+  __device__ static __nv_bfloat16 fromFloat(float f) { return __float2bfloat16_rn(f); }
 };
-template <> struct Pack<__half> {
-  static constexpr int VEC = 8;
+template <> struct Pack<__half> : Pack16<Pack<__half>, __half> {
   __device__ static float get(const uint4& v, int j) {
     const uint32_t w = word(v, j / 2);
     return __half2float(__ushort_as_half(uint16_t(j % 2 ? w >> 16 : w & 0xffffu)));
   }
-  __device__ static uint32_t two(float a, float b) {
+  __device__ static uint32_t pair(float a, float b) {
     const __half2 h = __floats2half2_rn(a, b);
     return *reinterpret_cast<const uint32_t*>(&h);
   }
-  __device__ static uint4 put(const float (&f)[8]) {
-    return make_uint4(two(f[0], f[1]), two(f[2], f[3]), two(f[4], f[5]), two(f[6], f[7]));
-  }
-  __device__ static float scalar(const __half* p) { return __half2float(*p); }
-  __device__ static void store(__half* p, float f) { *p = __float2half_rn(f); }
+  __device__ static float toFloat(__half h) { return __half2float(h); }
+  __device__ static __half fromFloat(float f) { return __float2half_rn(f); }
 };
 
 __device__ __forceinline__ float ex2(float x) {  // 2^x, MUFU (rel. err ~2^-22), flushes 2^-126 and below to 0
