@@ -18,7 +18,8 @@ export interface QwenPrompt {
 }
 
 interface NativeQwen {
-  forward(inputs: Record<string, NativeTensor | string | number | boolean | undefined>): Promise<{ hiddenStates: NativeTensor }>;
+  forward(inputs: Record<string, NativeTensor | string | number | boolean | number[] | undefined>): Promise<{ hiddenStates: NativeTensor;
+    answerStates?: NativeTensor; tokens?: number[] }>;
   dispose(): void;
 }
 
@@ -129,18 +130,40 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
    * final RMSNorm), each written into its slot of one buffer as it is made: AlignNet's input. No lm_head.
    * `capture: false`: only the last state, [B, 1, S, H]. */
   async forward(inputs: QwenVLInputs): Promise<{ hiddenStates: Tensor }> {
+    const r = await this.#run(inputs, {});
+    return { hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+  async #run(inputs: QwenVLInputs, extra: Record<string, number | number[]>) {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
     this.native();  // a DisposedError before any work
-    const ins: Record<string, NativeTensor | string | number | boolean | undefined> = { padRule: inputs.padRule ?? 'x2i',
-      secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope', capture: inputs.capture ?? true };
+    const ins: Record<string, NativeTensor | string | number | boolean | number[] | undefined> = { padRule: inputs.padRule ?? 'x2i',
+      secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope', capture: inputs.capture ?? true, ...extra };
     for (const k of ['inputIds', 'attentionMask', 'pixelValues', 'imageGridThw', 'pixelValuesVideos', 'videoGridThw'] as const) {
       const t = inputs[k];
       if (t === undefined || t === null) continue;
       if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
       ins[k] = t.handle;
     }
-    const r = await this.call((h) => h.forward(ins));
-    return { hiddenStates: new Tensor(r.hiddenStates) };
+    return this.call((h) => h.forward(ins));
+  }
+
+  /**
+   * X2I's answer mode (its `--use_answer` inference): the prefill, then greedy decoding of up to
+   * `maxNewTokens` (default 128) tokens with the keys and values cached, stopping after an id in `eosTokenIds`
+   * (default `<|im_end|>` 151645 and `<|endoftext|>` 151643). `answerStates` [1, L+1, n, H] are the states of
+   * the generated tokens as they are fed back (all but the last: transformers' `hidden_states[1:]` of
+   * `generate(output_hidden_states=True)`), laid out as AlignNet's input; `hiddenStates` the prompt's. Uses
+   * the checkpoint's `lm_head` (or the tied embeddings). One prompt at a time.
+   */
+  async generate(inputs: QwenVLInputs, opts: { maxNewTokens?: number; eosTokenIds?: number[] } = {}): Promise<{
+    tokens: number[]; answerStates: Tensor; hiddenStates: Tensor }> {
+    const maxNewTokens = opts.maxNewTokens ?? 128;
+    if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1) throw invalidArg('maxNewTokens', 'a positive integer', maxNewTokens);
+    const eos = opts.eosTokenIds ?? [151645, 151643];
+    if (!Array.isArray(eos) || !eos.every(Number.isSafeInteger)) throw invalidArg('eosTokenIds', 'an array of token ids', eos);
+    const r = await this.#run(inputs, { maxNewTokens, eosTokenIds: eos });
+    return { tokens: r.tokens ?? [], answerStates: new Tensor(r.answerStates!), hiddenStates: new Tensor(r.hiddenStates) };
   }
 
   /** The [3, B, S] M-RoPE position ids (temporal, height, width) of a prompt with image/video blocks, as

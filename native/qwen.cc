@@ -1,7 +1,8 @@
 // Qwen2.5-VL's language model as X2I's encoder (shared/docs/encoders-spec.md §1): one prefill that writes the
 // embeddings and every layer's output (the last after the final RMSNorm) straight into a preallocated
 // [B, L+1, S, H] buffer — AlignNet's input. GQA attention with q/k/v biases, SwiGLU, RMSNorm, M-RoPE
-// (half-split rotation; the temporal/height/width sections of the 128 channels), no lm_head.
+// (half-split rotation; the temporal/height/width sections of the 128 channels), no lm_head (except for the
+// answer mode's greedy decoding, `decode`).
 // Left padding follows the rule under which X2I computed its AlignNet inputs (transformers 4.49, SDPA on
 // CUDA): pads take position 1, and a query row with no visible key (every left pad) attends to all keys.
 #include "qwen.h"
@@ -253,15 +254,24 @@ std::shared_ptr<Model> Model::load(const FullConfig& full, std::map<std::string,
   const Config& c = full.text;
   // released names (model.layers.*, visual.*, lm_head), and the model.language_model.* / model.visual.* re-saves
   std::map<std::string, at::Tensor> w0;
+  at::Tensor lmHead;  // absent: tied to the embeddings
   for (auto& [k, v] : weights) {
     std::string n = k;
     if (n.rfind("model.language_model.", 0) == 0) n = "model." + n.substr(21);
     else if (n.rfind("model.visual.", 0) == 0) n = "visual." + n.substr(13);
-    if (n == "lm_head.weight" || (n.rfind("visual.", 0) == 0 && !full.vision.present)) continue;  // no lm_head: no logits
+    if (n == "lm_head.weight") {  // kept aside: only generation (the answer mode) computes logits
+      lmHead = v;
+      continue;
+    }
+    if (n.rfind("visual.", 0) == 0 && !full.vision.present) continue;
     w0[n] = v;
   }
   WeightMap w(std::move(w0), "QwenVLEncoder", source);
   auto m = std::make_shared<Model>();
+  if (lmHead.defined() && lmHead.sizes() != at::IntArrayRef({c.vocab, c.hidden}))
+    fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder (" + source + "): lm_head.weight has shape " + shapeString(lmHead.sizes()) +
+                                   ", expected [" + std::to_string(c.vocab) + ", " + std::to_string(c.hidden) + "]");
+  m->lmHead = lmHead;
   m->cfg = c;
   const int64_t H = c.hidden, kv = c.kvHeads * (H / c.heads), I = c.intermediate;
   m->embed = w.take("model.embed_tokens.weight", {c.vocab, H});
@@ -390,6 +400,12 @@ Inputs Model::parseInputs(const Napi::CallbackInfo& info) {
   if (o.Get("secondPerGridT").IsNumber()) in.secondPerGridT = o.Get("secondPerGridT").As<Napi::Number>().DoubleValue();
   in.padRule = o.Get("padRule").IsString() ? o.Get("padRule").ToString().Utf8Value() : "x2i";
   in.capture = o.Get("capture").IsUndefined() || o.Get("capture").ToBoolean().Value();
+  if (o.Get("maxNewTokens").IsNumber()) in.maxNewTokens = o.Get("maxNewTokens").As<Napi::Number>().Int64Value();
+  if (in.maxNewTokens < 0 || in.maxNewTokens > 4096) fail("ERR_INVALID_ARG", "QwenVLEncoder.generate: maxNewTokens must be in [0, 4096]");
+  if (o.Get("eosTokenIds").IsArray()) {
+    auto a = o.Get("eosTokenIds").As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) in.eosIds.push_back(Napi::Value(a[i]).As<Napi::Number>().Int64Value());
+  }
   in.positions = o.Get("positions").IsString() ? o.Get("positions").ToString().Utf8Value() : "mrope";
   if (in.positions != "mrope" && in.positions != "sequential")
     fail("ERR_INVALID_ARG", "QwenVLEncoder.forward: positions must be 'mrope' or 'sequential'");
@@ -398,12 +414,61 @@ Inputs Model::parseInputs(const Napi::CallbackInfo& info) {
   return in;
 }
 
+// X2I's answer mode (generate(..., output_hidden_states=True): hidden_states[1:]): greedy decoding after the
+// prefill, with the prompt's keys and values cached. Each generated token but the last is fed back; its states
+// (embedding, every layer, the last after the final norm) form out.answer [1, L+1, n, H]. Positions continue
+// from the prompt's largest M-RoPE id on all three axes (transformers' rope_deltas). Stops at an EOS id.
+void decode(const Model& m, const Inputs& in, const at::Tensor& P, const at::Tensor& mask, at::Tensor last,
+            std::vector<at::Tensor>& cacheK, std::vector<at::Tensor>& cacheV, Outputs& out) {
+  const auto& c = m.cfg;
+  const int64_t H = c.hidden, hd = H / c.heads, g = c.heads / c.kvHeads;
+  const at::Tensor head = m.lmHead.defined() ? m.lmHead : m.embed;  // tied when the checkpoint has no lm_head
+  const int64_t next = P.max().item<int64_t>() + 1;
+  const auto dt = m.embed.scalar_type();
+  const double lowest = dt == at::kBFloat16 ? -3.3895313892515355e38 : dt == at::kHalf ? -65504.0
+                                                                      : double(std::numeric_limits<float>::lowest());
+  at::Tensor keyBias = at::zeros({1, 1, 1, mask.size(1)}, last.options()).masked_fill((mask == 0).view({1, 1, 1, -1}), lowest);
+  std::vector<at::Tensor> steps;
+  for (int64_t step = 0; step < in.maxNewTokens; ++step) {
+    const int64_t tok = at::linear(last, head).argmax(-1).item<int64_t>();  // [1, 1, V] → greedy
+    out.tokens.push_back(tok);
+    if (std::find(in.eosIds.begin(), in.eosIds.end(), tok) != in.eosIds.end() || step + 1 == in.maxNewTokens) break;
+    at::Tensor x = at::embedding(m.embed, at::full({1, 1}, tok, mask.options()));  // [1, 1, H]
+    std::vector<at::Tensor> states{x};
+    auto [cos, sin] = mrope(c, at::full({3, 1, 1}, next + step, mask.options()), dt);
+    keyBias = at::cat({keyBias, at::zeros({1, 1, 1, 1}, keyBias.options())}, -1);
+    for (int64_t i = 0; i < c.layers; ++i) {
+      const Layer& l = m.layers[size_t(i)];
+      at::Tensor h = rmsNorm(x, l.inLn, c.eps);
+      at::Tensor q = at::linear(h, l.qw, l.qb).view({1, 1, c.heads, hd}).transpose(1, 2);
+      at::Tensor k = at::linear(h, l.kw, l.kb).view({1, 1, c.kvHeads, hd}).transpose(1, 2);
+      at::Tensor v = at::linear(h, l.vw, l.vb).view({1, 1, c.kvHeads, hd}).transpose(1, 2);
+      q = q * cos + rotateHalf(q) * sin;
+      k = k * cos + rotateHalf(k) * sin;
+      cacheK[size_t(i)] = at::cat({cacheK[size_t(i)], k}, 2), cacheV[size_t(i)] = at::cat({cacheV[size_t(i)], v}, 2);
+      at::Tensor kk = cacheK[size_t(i)], vv = cacheV[size_t(i)];
+      if (g > 1) kk = kk.repeat_interleave(g, 1), vv = vv.repeat_interleave(g, 1);
+      at::Tensor a = at::scaled_dot_product_attention(q, kk, vv, keyBias);
+      x = x + at::linear(a.transpose(1, 2).reshape({1, 1, H}), l.ow);
+      h = rmsNorm(x, l.postLn, c.eps);
+      x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+      if (i + 1 < c.layers) states.push_back(x);
+    }
+    last = rmsNorm(x, m.norm, c.eps);
+    states.push_back(last);
+    steps.push_back(at::stack(states, 1));  // [1, L+1, 1, H]
+  }
+  out.answer = steps.empty() ? at::empty({1, c.layers + 1, 0, H}, last.options()) : at::cat(steps, 2);
+}
+
 Outputs Model::run(const Model& m, const Inputs& in) {
   const auto& c = m.cfg;
   if (in.ids.dim() != 2 || at::isFloatingType(in.ids.scalar_type()))
     fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: inputIds must be integer ids [B, S], found " +
                                    dtypeName(in.ids.scalar_type()) + " " + shapeString(in.ids.sizes()));
   const int64_t B = in.ids.size(0), S = in.ids.size(1), H = c.hidden, hd = H / c.heads;
+  if (in.maxNewTokens > 0 && B != 1)
+    fail("ERR_NOT_SUPPORTED", "QwenVLEncoder.generate: one prompt at a time (inputIds [1, S]), got " + shapeString(in.ids.sizes()));
   const auto dev = m.embed.device();
   const auto dt = m.embed.scalar_type();
   at::Tensor ids = in.ids.to(dev, at::kLong);
@@ -454,6 +519,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   }
   if (in.capture) out.hidden.select(1, 0).copy_(x);
   const int64_t g = c.heads / c.kvHeads;
+  std::vector<at::Tensor> cacheK, cacheV;  // generation: every layer's rotated keys and values
   for (int64_t i = 0; i < c.layers; ++i) {
     const Layer& l = m.layers[size_t(i)];
     at::Tensor h = rmsNorm(x, l.inLn, c.eps);
@@ -462,6 +528,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
     at::Tensor v = at::linear(h, l.vw, l.vb).view({B, S, c.kvHeads, hd}).transpose(1, 2);
     q = q * cos + rotateHalf(q) * sin;
     k = k * cos + rotateHalf(k) * sin;
+    if (in.maxNewTokens > 0) cacheK.push_back(k), cacheV.push_back(v);
     if (g > 1) k = k.repeat_interleave(g, 1), v = v.repeat_interleave(g, 1);
     at::Tensor a = at::scaled_dot_product_attention(q, k, v, bias);
     if (in.padRule == "mask") a = a.masked_fill(blind.unsqueeze(1), 0);
@@ -476,8 +543,10 @@ Outputs Model::run(const Model& m, const Inputs& in) {
       x = x + y;
     }
   }
-  if (in.capture) out.hidden.select(1, c.layers).copy_(rmsNorm(x, m.norm, c.eps));  // the last entry after the final norm
-  else out.hidden = rmsNorm(x, m.norm, c.eps).unsqueeze(1);
+  at::Tensor last = rmsNorm(x, m.norm, c.eps);
+  if (in.capture) out.hidden.select(1, c.layers).copy_(last);  // the last entry after the final norm
+  else out.hidden = last.unsqueeze(1);
+  if (in.maxNewTokens > 0) decode(m, in, P, mask, last.select(1, S - 1).unsqueeze(1), cacheK, cacheV, out);
   syncDevice(x);
   return out;
 }
@@ -504,6 +573,12 @@ Napi::Value RopeIndex(const Napi::CallbackInfo& info) {
 Napi::Value Model::toJs(Napi::Env env, Outputs& o) {
   auto r = Napi::Object::New(env);
   r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
+  if (o.answer.defined()) {
+    r.Set("answerStates", TensorWrap::Wrap(env, o.answer));
+    auto t = Napi::Array::New(env, o.tokens.size());
+    for (size_t i = 0; i < o.tokens.size(); ++i) t.Set(uint32_t(i), double(o.tokens[i]));
+    r.Set("tokens", t);
+  }
   return r;
 }
 

@@ -38,9 +38,13 @@ struct Inputs {
   std::string padRule;    // "x2i" (default) or "mask"
   std::string positions;  // "mrope" (default: get_rope_index's t/h/w ids) or "sequential"
   bool capture = true;    // every layer's output; false: only the last (normed) one, [B, 1, S, H]
+  int64_t maxNewTokens = 0;     // > 0: greedy generation after the prefill (the answer mode)
+  std::vector<int64_t> eosIds;  // generation stops after one of these
 };
 struct Outputs {
-  at::Tensor hidden;  // [B, L+1, S, H]
+  at::Tensor hidden;               // [B, L+1, S, H]
+  at::Tensor answer;               // generation: the fed-back tokens' states [1, L+1, n, H]
+  std::vector<int64_t> tokens;     // generation: the generated ids
 };
 
 struct Model {
@@ -48,7 +52,7 @@ struct Model {
   using Outputs = qwen::Outputs;
   Config cfg;
   VisionConfig vcfg;
-  at::Tensor embed, norm;
+  at::Tensor embed, norm, lmHead;  // lmHead undefined: tied to embed
   std::vector<Layer> layers;
   Vision vision;
 

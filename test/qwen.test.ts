@@ -125,3 +125,50 @@ describe('QwenVLEncoder.fromConfig (random weights) and forward without capture'
     await expect(QwenVLEncoder.fromConfig({ hidden_size: 64 })).rejects.toThrow(/mrope_section/);
   });
 });
+
+describe('QwenVLEncoder.generate (X2I\'s answer mode)', () => {
+  it('greedy decoding with the cache = one full prefill over the prompt and the answer', async () => {
+    using m = await QwenVLEncoder.fromPretrained(dir);
+    // a left-padded prompt, as X2I pads
+    const prompt = [0n, 0n, 0n, 5n, 17n, 42n, 99n, 7n, 250n];
+    const mask = [0n, 0n, 0n, 1n, 1n, 1n, 1n, 1n, 1n];
+    const S = prompt.length;
+    const r = await m.generate({ inputIds: x2i.Tensor.fromArray(new BigInt64Array(prompt), [1, S]),
+      attentionMask: x2i.Tensor.fromArray(new BigInt64Array(mask), [1, S]) }, { maxNewTokens: 6, eosTokenIds: [] });
+    expect(r.tokens.length).toBe(6);
+    r.tokens.forEach((t) => expect(t >= 0 && t < 300).toBe(true));
+    const n = r.tokens.length - 1;  // every generated token but the last is fed back
+    expect(r.answerStates.shape).toEqual([1, 4, n, 64]);
+    expect(r.hiddenStates.shape).toEqual([1, 4, S, 64]);
+    // the same states from one forward over prompt + fed-back tokens (positions continue, pads stay masked)
+    const ids2 = new BigInt64Array([...prompt, ...r.tokens.slice(0, n).map(BigInt)]);
+    const mask2 = new BigInt64Array([...mask, ...Array(n).fill(1n)]);
+    const full = await (await m.forward({ inputIds: x2i.Tensor.fromArray(ids2, [1, S + n]),
+      attentionMask: x2i.Tensor.fromArray(mask2, [1, S + n]) })).hiddenStates.toArray() as Float32Array;
+    const got = await r.answerStates.toArray() as Float32Array;
+    let num = 0, den = 0;
+    for (let l = 0; l < 4; l++)
+      for (let j = 0; j < n; j++)
+        for (let h = 0; h < 64; h++) {
+          const want = full[(l * (S + n) + S + j) * 64 + h], g = got[(l * n + j) * 64 + h];
+          num += (g - want) ** 2, den += want ** 2;
+        }
+    expect(Math.sqrt(num / den)).toBeLessThan(1e-5);
+    // the prompt's states are the plain prefill's
+    const plain = (await m.forward({ inputIds: x2i.Tensor.fromArray(new BigInt64Array(prompt), [1, S]),
+      attentionMask: x2i.Tensor.fromArray(new BigInt64Array(mask), [1, S]) })).hiddenStates;
+    expect(await x2i.relativeError(r.hiddenStates, plain)).toBe(0);
+  });
+
+  it('stops at an EOS id, and takes one prompt at a time', async () => {
+    using m = await QwenVLEncoder.fromPretrained(dir);
+    const ids = x2i.Tensor.fromArray(new BigInt64Array([5n, 17n, 42n]), [1, 3]);
+    const first = (await m.generate({ inputIds: ids }, { maxNewTokens: 4, eosTokenIds: [] })).tokens[0];
+    const r = await m.generate({ inputIds: ids }, { maxNewTokens: 4, eosTokenIds: [first] });
+    expect(r.tokens).toEqual([first]);
+    expect(r.answerStates.shape).toEqual([1, 4, 0, 64]);
+    const two = x2i.Tensor.fromArray(new BigInt64Array([5n, 17n, 42n, 5n, 17n, 42n]), [2, 3]);
+    await expect(m.generate({ inputIds: two })).rejects.toThrow(/one prompt at a time/);
+    await expect(m.generate({ inputIds: ids }, { maxNewTokens: 0 })).rejects.toThrow(/maxNewTokens/);
+  });
+});
