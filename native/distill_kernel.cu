@@ -41,7 +41,7 @@ void run(const at::Tensor& s, const at::Tensor& t, const at::Tensor& in, at::Ten
     return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (stride * x.element_size()) % 16 == 0;
   };
   const bool aligned = aligned16(s, ss) && aligned16(t, ts) && aligned16(grad, D) && (!in.defined() || aligned16(in, is));
-  const rows::Choice c = rows::choose<T>(D, aligned, div);
+  const rows::Choice c = rows::choose<T>(D, aligned, div, in.defined());
   TORCH_CHECK(c.fn, "distillRows: no kernel for D = ", D);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int grid = rows::gridFor(c, rows, sms);

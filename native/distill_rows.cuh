@@ -163,7 +163,8 @@ struct Params {
 template <int W> __host__ __device__ constexpr int blockThreads() { return W == 1 ? 128 : 32 * W; }
 
 // E elements of the row per thread and side, as float32 in registers (NV = E/VEC 16-byte loads).
-template <typename T, int W, int E, bool Masked, int DIV, int MinBlocks = 1, bool NoPrefetch = false>
+// InMode: 0 no incoming gradient, 1 one, 2 decided at run time (the masked tiles).
+template <typename T, int W, int E, bool Masked, int DIV, int MinBlocks = 1, bool NoPrefetch = false, int InMode = 2>
 __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKernel(Params P) {
   using PK = Pack<T>;
   constexpr int VEC = PK::VEC, NV = E / VEC, G = 32 * W, GROUPS = blockThreads<W>() / G;
@@ -175,7 +176,7 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
   const T* Tt = static_cast<const T*>(P.t);
   const T* In = static_cast<const T*>(P.incoming);
   T* Out = static_cast<T*>(P.grad);
-  const bool hasIn = In != nullptr;
+  const bool hasIn = InMode == 2 ? In != nullptr : InMode == 1;
   // element j of vector v of this thread: channel (v·G + r)·VEC + j
   auto ok = [&](int v, int j) { return !Masked || (v * G + r) * VEC + j < D; };
   auto load = [&](const T* row, int v, float* f) {  // padding reads as 0
@@ -323,8 +324,10 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
               if constexpr (DIV == Rkl) {  // X = Σ es (us − ut), A = Σ es (us − ut) d, B = Σ es d
                 const float w = es * (us - ut);
                 a[2] += w, a[3] = fmaf(w, ds, a[3]), a[4] = fmaf(es, ds, a[4]);
+                xt[v * VEC + j] = us - ut;  // the teacher is needed from here on only through this
               } else {  // X = Σ et (ut − us), A = Σ es d, B = Σ et d
                 a[2] = fmaf(et, ut - us, a[2]), a[3] = fmaf(es, ds, a[3]), a[4] = fmaf(et, ds, a[4]);
+                xt[v * VEC + j] = ut;
               }
             }
         groupReduce<W, false>(a, scratch);
@@ -363,6 +366,7 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
               const float g = 0.5f * kLn2 * L1;
               a[0] += 0.5f * kLn2 * ((ps + pt) * L1 + pt * rr);
               a[1] = fmaf(ps, g, a[1]), a[2] = fmaf(ps * g, ds, a[2]), a[3] = fmaf(ps, ds, a[3]);
+              xt[v * VEC + j] = rr;
             }
         groupReduce<W, false>(a, scratch);
         L = a[0], PG = a[1];
@@ -372,25 +376,21 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
       // the gradient: gr = k·(g_a − C·d),  k = gradScale·inv/τ,  C = inv·Sgd/((D−1)σ)
       const float k = P.gradScale * invS * P.invTau;
       const float C = sigS > 0.f ? invS * Sgd * invDm1 / sigS : 0.f;
-      const float kC = k * C, cS = offS - lseS, cT = offT - lseT;
+      // rkl: k·g_a = p_S·(α·(us − ut) + β) with the base-2 logit difference kept by the pass above
+      const float kC = k * C, cS = offS - lseS, alpha = k * kLn2, beta = -k * (kLn2 * delta + L);
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
         float g[VEC];
         if (hasIn) incoming(row, v, g);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
-          const float ls = fmaf(ds, KS, cS), lt = fmaf(dt, KT, cT);  // normalised, base 2
-          const float ps = ex2(ls);
-          float ga;
-          if constexpr (DIV == Rkl) ga = ps * fmaf(kLn2, ls - lt, -L);
-          else if constexpr (DIV == Kl) ga = ps - ex2(lt);
-          else {
-            const float rr = (fmaf(dt, KT, offT) - fmaf(ds, KS, offS)) + delta;
-            const float L1 = 1.f - (fmaxf(rr, 0.f) + log1pf(ex2(-fabsf(rr))) * kLog2e);
-            ga = ps * (0.5f * kLn2 * L1 - PG);
-          }
-          g[j] = fmaf(k, ga, fmaf(-kC, ds, hasIn ? g[j] : 0.f));
+          const float ds = xs[v * VEC + j], q = xt[v * VEC + j];  // q: rkl us − ut, kl ut, js log2 p_T/p_S
+          const float ps = ex2(fmaf(ds, KS, cS));                  // p_S
+          float kga;                                               // k·g_a
+          if constexpr (DIV == Rkl) kga = ps * fmaf(alpha, q, beta);
+          else if constexpr (DIV == Kl) kga = k * (ps - ex2(q - lseT));
+          else kga = k * ps * (0.5f * kLn2 * (1.f - (fmaxf(q, 0.f) + log1pf(ex2(-fabsf(q))) * kLog2e)) - PG);
+          g[j] = fmaf(-kC, ds, hasIn ? kga + g[j] : kga);
         }
         store(Out + row * D, v, g);
       }
@@ -443,49 +443,51 @@ constexpr int kMaxD = 16384;
 // Instantiated once per dtype and divergence, each in its own translation unit (CMake writes them:
 // distill_rows_<dtype>_<div>.cu), so that the 16 kernels of each compile in parallel.
 template <typename T, int DIV>
-Choice chooseKernel(int D, bool aligned);
+Choice chooseKernel(int D, bool aligned, bool incoming);
 
 #ifdef X2I_ROWS_INSTANTIATE
 template <typename T, int DIV, int W, int E, int MinBlocks = 1, bool NoPrefetch = false>
-bool tile(int D, bool aligned, Choice& c) {
+bool tile(int D, bool aligned, bool incoming, Choice& c) {
   constexpr int cap = 32 * W * E;
   if (D > cap) return false;
-  c.fn = aligned && D == cap ? distillRowsKernel<T, W, E, false, DIV, MinBlocks, NoPrefetch> : distillRowsKernel<T, W, E, true, DIV>;
+  c.fn = !(aligned && D == cap) ? distillRowsKernel<T, W, E, true, DIV>
+         : incoming             ? distillRowsKernel<T, W, E, false, DIV, MinBlocks, NoPrefetch, 1>
+                                : distillRowsKernel<T, W, E, false, DIV, MinBlocks, NoPrefetch, 0>;
   c.threads = blockThreads<W>();
   c.groups = blockThreads<W>() / (32 * W);
   return true;
 }
 
 template <typename T, int DIV>
-Choice chooseKernel(int D, bool aligned) {
+Choice chooseKernel(int D, bool aligned, bool incoming) {
   Choice c;
   if (D < 2 || D > kMaxD) return c;
   // other tiles for FLUX's width (bf16, rkl), for the benchmark to compare: X2I_DISTILL_TILE = 2x48 | 6x16 | 4x24b5 | 4x24np | 4x24b5np (np: no shared-memory prefetch)
   if constexpr (std::is_same_v<T, __nv_bfloat16> && DIV == Rkl) {
     if (const char* v = std::getenv("X2I_DISTILL_TILE"); v && D == 3072 && aligned) {
-      if (std::strcmp(v, "2x48") == 0 && tile<T, DIV, 2, 48>(D, aligned, c)) return c;
-      if (std::strcmp(v, "6x16") == 0 && tile<T, DIV, 6, 16>(D, aligned, c)) return c;
-      if (std::strcmp(v, "4x24b5") == 0 && tile<T, DIV, 4, 24, 5>(D, aligned, c)) return c;
-      if (std::strcmp(v, "4x24np") == 0 && tile<T, DIV, 4, 24, 1, true>(D, aligned, c)) return c;
-      if (std::strcmp(v, "4x24b5np") == 0 && tile<T, DIV, 4, 24, 5, true>(D, aligned, c)) return c;
+      if (std::strcmp(v, "2x48") == 0 && tile<T, DIV, 2, 48>(D, aligned, incoming, c)) return c;
+      if (std::strcmp(v, "6x16") == 0 && tile<T, DIV, 6, 16>(D, aligned, incoming, c)) return c;
+      if (std::strcmp(v, "4x24b5") == 0 && tile<T, DIV, 4, 24, 5>(D, aligned, incoming, c)) return c;
+      if (std::strcmp(v, "4x24np") == 0 && tile<T, DIV, 4, 24, 1, true>(D, aligned, incoming, c)) return c;
+      if (std::strcmp(v, "4x24b5np") == 0 && tile<T, DIV, 4, 24, 5, true>(D, aligned, incoming, c)) return c;
     }
   }
   // W warps per row × E channels per thread (4 × 24 holds FLUX's 3072: the fastest of 1–12 warps per row
   // measured on an H200, bench/RESULTS.md)
-  tile<T, DIV, 1, 32>(D, aligned, c) || tile<T, DIV, 2, 32>(D, aligned, c) || tile<T, DIV, 4, 24>(D, aligned, c) ||
-      tile<T, DIV, 4, 32>(D, aligned, c) || tile<T, DIV, 4, 48>(D, aligned, c) || tile<T, DIV, 8, 32>(D, aligned, c) ||
-      tile<T, DIV, 8, 48>(D, aligned, c) || tile<T, DIV, 16, 32>(D, aligned, c);
+  tile<T, DIV, 1, 32>(D, aligned, incoming, c) || tile<T, DIV, 2, 32>(D, aligned, incoming, c) || tile<T, DIV, 4, 24>(D, aligned, incoming, c) ||
+      tile<T, DIV, 4, 32>(D, aligned, incoming, c) || tile<T, DIV, 4, 48>(D, aligned, incoming, c) || tile<T, DIV, 8, 32>(D, aligned, incoming, c) ||
+      tile<T, DIV, 8, 48>(D, aligned, incoming, c) || tile<T, DIV, 16, 32>(D, aligned, incoming, c);
   return c;
 }
 #endif
 
 template <typename T>
-Choice choose(int D, bool aligned, int div) {
+Choice choose(int D, bool aligned, int div, bool incoming) {
   switch (div) {
-    case Rkl: return chooseKernel<T, Rkl>(D, aligned);
-    case Kl: return chooseKernel<T, Kl>(D, aligned);
-    case Js: return chooseKernel<T, Js>(D, aligned);
-    default: return chooseKernel<T, Mse>(D, aligned);
+    case Rkl: return chooseKernel<T, Rkl>(D, aligned, incoming);
+    case Kl: return chooseKernel<T, Kl>(D, aligned, incoming);
+    case Js: return chooseKernel<T, Js>(D, aligned, incoming);
+    default: return chooseKernel<T, Mse>(D, aligned, incoming);
   }
 }
 

@@ -52,7 +52,9 @@ baseline=()
 [ "${X2I_BENCH_FLUX:-1}" = 1 ] && node bench/flux.mjs "${baseline[@]}" --json "$OUT/flux.json" 2>&1 | tee "$OUT/flux.md"
 lossBaseline=()
 [ -f .cache/baselines/x2i_loss.py ] && lossBaseline=(--baseline .cache/baselines/x2i_loss.py)
-[ "${X2I_BENCH_DISTILL:-1}" = 1 ] && node bench/distill.mjs "${lossBaseline[@]}" --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.md"
+# X2I_BENCH_DISTILL_ARGS: more options for bench/distill.mjs (e.g. --no-step)
+read -r -a distillArgs <<< "${X2I_BENCH_DISTILL_ARGS:-}"
+[ "${X2I_BENCH_DISTILL:-1}" = 1 ] && node bench/distill.mjs "${lossBaseline[@]}" "${distillArgs[@]}" --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.md"
 # the Qwen2.5-VL-7B-size encoder (issue 5), transformers in the same run
 [ "${X2I_BENCH_QWEN:-1}" = 1 ] && node bench/qwen.mjs --baseline bench/baselines/qwen_prefill.py --json "$OUT/qwen.json" 2>&1 | tee "$OUT/qwen.md"
 exit "$status"

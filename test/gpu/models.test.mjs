@@ -54,4 +54,19 @@ describe('models on CUDA', () => {
     await close(r.stepLatents, p.step_latents, 1e-3, 'step latents');
     await close(r.images, p.image, 1e-3, 'image');
   });
+
+  gpuIt('QwenVLEncoder.generate on CUDA (float32) = on the CPU: the same tokens and answer states', async () => {
+    const dir = path.join(golden, 'qwen2_5_vl');
+    const ids = new BigInt64Array([0n, 0n, 5n, 17n, 42n, 99n, 7n]), mask = new BigInt64Array([0n, 0n, 1n, 1n, 1n, 1n, 1n]);
+    const run = async (device) => {
+      const m = await x2i.QwenVLEncoder.fromPretrained(dir, { device, dtype: 'float32' });
+      const r = await m.generate({ inputIds: await x2i.Tensor.fromArray(ids, [1, 7]).to({ device }),
+        attentionMask: await x2i.Tensor.fromArray(mask, [1, 7]).to({ device }) }, { maxNewTokens: 8, eosTokenIds: [] });
+      m.dispose();
+      return r;
+    };
+    const [cpu, gpu] = [await run('cpu'), await run('cuda')];
+    assert.deepEqual(gpu.tokens, cpu.tokens);
+    await close(await gpu.answerStates.to({ device: 'cpu' }), cpu.answerStates, 1e-4, 'answer states');
+  });
 });
