@@ -184,6 +184,12 @@ function nativeConfig(top: Record<string, unknown>, file: string): Record<string
   if (top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
     throw new X2IError(`${file}: model_type '${top.model_type}' is not a Qwen2/2.5-VL model`, 'ERR_CONFIG');
   const text = { ...top, ...(top.text_config as Record<string, unknown> | undefined ?? {}) };
+  // what this implementation computes: SwiGLU (silu) in both towers, full attention in every layer
+  const act = String(text.hidden_act ?? 'silu'), vact = String((top.vision_config as Record<string, unknown> | undefined)?.hidden_act ?? 'silu');
+  if (act !== 'silu') throw new X2IError(`${file}: hidden_act '${act}' is not supported (Qwen2.5-VL: silu)`, 'ERR_CONFIG');
+  if (vact !== 'silu') throw new X2IError(`${file}: vision_config.hidden_act '${vact}' is not supported (Qwen2.5-VL: silu)`, 'ERR_CONFIG');
+  if (text.use_sliding_window === true)
+    throw new X2IError(`${file}: use_sliding_window is not supported (Qwen2.5-VL uses full attention)`, 'ERR_CONFIG');
   const rope = (text.rope_parameters ?? text.rope_scaling ?? top.rope_scaling ?? {}) as Record<string, unknown>;
   const section = rope.mrope_section;
   if (!Array.isArray(section) || section.length !== 3)

@@ -121,8 +121,14 @@ describe('QwenVLEncoder.fromConfig (random weights) and forward without capture'
     expect(f.every(Number.isFinite)).toBe(true);
   });
 
-  it('rejects a config without mrope_section', async () => {
+  it('rejects a config without mrope_section, or asking for what is not implemented', async () => {
     await expect(QwenVLEncoder.fromConfig({ hidden_size: 64 })).rejects.toThrow(/mrope_section/);
+    const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    const text = (extra: Record<string, unknown>) => ({ ...config, text_config: { ...config.text_config, ...extra } });
+    await expect(QwenVLEncoder.fromConfig(text({ hidden_act: 'gelu' }))).rejects.toThrow(/config: hidden_act 'gelu' is not supported/);
+    await expect(QwenVLEncoder.fromConfig(text({ use_sliding_window: true }))).rejects.toThrow(/use_sliding_window is not supported/);
+    await expect(QwenVLEncoder.fromConfig({ ...config, vision_config: { ...config.vision_config, hidden_act: 'quick_gelu' } }))
+      .rejects.toThrow(/vision_config\.hidden_act 'quick_gelu'/);
   });
 });
 
