@@ -123,6 +123,8 @@ struct TapLoss : torch::autograd::Function<TapLoss> {
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    if (!ctx->saved_data.count("teacher"))
+      fail("ERR_INTERNAL", "distillation: a tap's loss node was differentiated twice (its teacher tap is released after one backward)");
     const at::Tensor tap = ctx->get_saved_variables()[0];
     if (passThrough()) {  // the benchmark's baseline: the same graph and nodes, no loss pass (and no zeros:
       ctx->saved_data.clear();  // the backward's GEMMs would run on zeros, faster than on real gradients)
