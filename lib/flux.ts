@@ -106,7 +106,19 @@ interface NativeFlux {
     grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
   denoise(inputs: Record<string, NativeTensor | undefined>, timesteps: number[], sigmas: number[], keepSteps?: boolean):
     Promise<{ latents: NativeTensor; stepLatents?: NativeTensor }>;
+  trainStep(inputs: Record<string, NativeTensor | undefined>, target: NativeTensor, opts: FluxTrainOptions):
+    Promise<{ loss: number; gradNorm: number; step: number }>;
   dispose(): void;
+}
+
+/** AdamW for `FluxTransformer.trainStep` (PyTorch's AdamW; clipping by the global gradient norm, 0 = off). */
+export interface FluxTrainOptions {
+  /** Default 1e-4. */ lr?: number;
+  /** Default 0.9. */ beta1?: number;
+  /** Default 0.999. */ beta2?: number;
+  /** Default 1e-2. */ weightDecay?: number;
+  /** Default 1e-8. */ eps?: number;
+  /** Default 1. */ maxGradNorm?: number;
 }
 interface NativeFluxClass {
   random(config: Record<string, unknown>, device: string, dtype: string, seed: number): Promise<NativeFlux>;
@@ -325,6 +337,18 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     const r = await this.call((h) => h.forwardBackward(ins, gs, gc, Boolean(grads?.checkpoint)));
     return { sample: new Tensor(r.sample), grad: { encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates),
       pooledProjections: new Tensor(r.grad.pooledProjections) } };
+  }
+
+  /**
+   * One training step of the transformer's own weights (a teacher trained from scratch, as `x2i demo` does):
+   * the mean squared error of the predicted velocity against `target` (flow matching: noise − x0), backward to
+   * every parameter, clipping, AdamW with the moments this model keeps across calls. float32 models only; the
+   * weights are frozen again after the step (the other methods never compute weight gradients).
+   */
+  async trainStep(inputs: FluxInputs, target: Tensor, opts: FluxTrainOptions = {}): Promise<{ loss: number; gradNorm: number; step: number }> {
+    if (!(target instanceof Tensor)) throw invalidArg('target', 'a Tensor', target);
+    const ins = nativeInputs(inputs);
+    return this.call((h) => h.trainStep(ins, target.handle, opts));
   }
 
   /** Euler steps of FLUX's sampler (FluxPipeline): at step i the model sees timestep t_i / 1000 and

@@ -6,7 +6,7 @@ export type { LoadOptions, SafetensorsHeader, SafetensorsEntry } from './io.js';
 export { X2IError, DisposedError } from './errors.js';
 export { SerialQueue } from './queue.js';
 export { FluxTransformer, FLUX_DEV_CONFIG } from './flux.js';
-export type { FluxConfig, FluxLoadOptions, FluxInputs, DenoiseInputs, FluxCaptures, FluxOutput, DistillationStepResult } from './flux.js';
+export type { FluxConfig, FluxLoadOptions, FluxInputs, DenoiseInputs, FluxCaptures, FluxOutput, DistillationStepResult, FluxTrainOptions } from './flux.js';
 export { distillationLoss } from './distill.js';
 export { AlignNet } from './alignnet.js';
 export { FlowMatchEulerScheduler, FLUX_DEV_SCHEDULER } from './scheduler.js';

@@ -84,6 +84,7 @@ Napi::Function FluxWrap::Init(Napi::Env env) {
       InstanceMethod<&FluxWrap::Forward>("forward"),
       InstanceMethod<&FluxWrap::ForwardBackward>("forwardBackward"),
       InstanceMethod<&FluxWrap::DistillationStep>("distillationStep"),
+      InstanceMethod<&FluxWrap::TrainStep>("trainStep"),
       InstanceMethod<&FluxWrap::Denoise>("denoise"),
       InstanceMethod<&FluxWrap::Dispose>("dispose"),
   });
@@ -372,6 +373,78 @@ Napi::Value FluxWrap::Denoise(const Napi::CallbackInfo& info) {
       o.Set("latents", TensorWrap::Wrap(env, out->latents));
       if (out->steps.defined()) o.Set("stepLatents", TensorWrap::Wrap(env, out->steps));
       return o;
+    });
+  });
+}
+
+// trainStep(inputs, target, { lr, beta1, beta2, weightDecay, eps, maxGradNorm }) → Promise<{ loss, gradNorm, step }>:
+// one step of training the transformer itself (a teacher trained from scratch, as in `x2i demo`): the mean
+// squared error of the velocity against `target`, backward to every parameter, gradient clipping by the global
+// norm, AdamW (PyTorch's formula, decoupled weight decay) with moments kept by this model. float32 models only.
+Napi::Value FluxWrap::TrainStep(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    if (m->dtype() != at::kFloat)
+      fail("ERR_NOT_SUPPORTED", "trainStep: the transformer is trained in float32, this one is " + dtypeName(m->dtype()));
+    flux::Inputs in = parseInputs(info[0]);
+    at::Tensor target = TensorWrap::Get(info[1], "target");
+    auto o = info.Length() > 2 && info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(info.Env());
+    auto num = [&](const char* k, double d) { return o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : d; };
+    const double lr = num("lr", 1e-4), b1 = num("beta1", 0.9), b2 = num("beta2", 0.999), wd = num("weightDecay", 1e-2),
+                 eps = num("eps", 1e-8), maxNorm = num("maxGradNorm", 1.0);
+    if (!(lr > 0) || !(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1) || !(wd >= 0) || !(eps > 0))
+      fail("ERR_INVALID_ARG", "trainStep: lr > 0, 0 <= beta1, beta2 < 1, weightDecay >= 0 and eps > 0 expected");
+    struct Out { double loss = 0, gradNorm = 0; int64_t step = 0; };
+    auto out = std::make_shared<Out>();
+    auto st = train_;
+    return queue(info.Env(), [=] {
+      std::vector<at::Tensor*> params;
+      m->forEachParameter([&](at::Tensor& t) { if (t.defined()) params.push_back(&t); });
+      struct Frozen {  // the weights are frozen again however the step ends
+        std::vector<at::Tensor*>& ps;
+        ~Frozen() { for (auto* p : ps) p->requires_grad_(false); }
+      } frozen{params};
+      at::Tensor loss;
+      std::vector<at::Tensor> grads;
+      {
+        c10::AutoGradMode enable(true);
+        for (auto* p : params) p->requires_grad_(true);
+        flux::Inputs p = flux::prepare(*m, in);
+        at::Tensor v = flux::forward(*m, p);
+        if (target.sizes() != v.sizes())
+          fail("ERR_SHAPE_MISMATCH", "trainStep: target " + shapeString(target.sizes()) + " for a velocity of " + shapeString(v.sizes()));
+        loss = at::mse_loss(v, target.to(v.device(), v.scalar_type()));
+        std::vector<at::Tensor> ps;
+        for (auto* q : params) ps.push_back(*q);
+        grads = torch::autograd::grad({loss}, ps, {}, false, false, /*allow_unused=*/true);
+      }
+      c10::NoGradGuard noGrad;
+      at::Tensor sq = at::zeros({}, loss.options());
+      for (auto& g : grads) if (g.defined()) sq += g.pow(2).sum();
+      const double norm = std::sqrt(sq.item<double>());
+      const double clip = maxNorm > 0 && norm > maxNorm ? maxNorm / (norm + 1e-6) : 1.0;
+      if (st->m.empty())
+        for (auto* q : params) st->m.push_back(at::zeros_like(*q)), st->v.push_back(at::zeros_like(*q));
+      const int64_t t = ++st->step;
+      const double bc1 = 1 - std::pow(b1, double(t)), bc2 = 1 - std::pow(b2, double(t));
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (!grads[i].defined()) continue;  // (a frozen piece of a fused kernel: no gradient)
+        at::Tensor& p = *params[i];
+        const at::Tensor g = clip == 1.0 ? grads[i] : grads[i] * clip;
+        p.mul_(1 - lr * wd);
+        st->m[i].mul_(b1).add_(g, 1 - b1);
+        st->v[i].mul_(b2).addcmul_(g, g, 1 - b2);
+        p.addcdiv_(st->m[i], (st->v[i] / bc2).sqrt_().add_(eps), -lr / bc1);
+      }
+      out->loss = loss.item<double>();
+      out->gradNorm = norm;
+      out->step = t;
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto r = Napi::Object::New(env);
+      r.Set("loss", out->loss);
+      r.Set("gradNorm", out->gradNorm);
+      r.Set("step", double(out->step));
+      return r;
     });
   });
 }
