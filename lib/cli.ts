@@ -32,6 +32,10 @@ commands:
                        loss, on held-out samples
                        --flux DIR|FILE --vae DIR --alignnet FILE|DIR --features FILE.safetensors (as for train)
                        --steps 28 --height 1024 --width 1024 --device ... --json FILE
+  demo                 the whole pipeline on a built-in tiny configuration (no download, CPU, ~3 min on 2
+                       cores): train a tiny teacher on drawn shapes, distill a tiny MLLM + AlignNet into it,
+                       generate held-out prompts with both; writes before.png, after.png, loss.png, summary.json
+                       --out DIR (default x2i-demo) --seed 0 --quick (a few steps of each: seconds)
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
                        options: --mib N (copy size, default 256), --json FILE
@@ -198,9 +202,33 @@ async function evaluate(args: string[]): Promise<number> {
   return 0;
 }
 
+async function demo(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: { out: { type: 'string', default: 'x2i-demo' },
+    seed: { type: 'string', default: '0' }, quick: { type: 'boolean', default: false } } });
+  const { runDemo } = await import('./demo.js');
+  const label: Record<string, string> = { teacher: 'training the teacher', distill: 'distilling the student', generate: 'generating' };
+  let phase = '';
+  const s = await runDemo({ out: v.out!, seed: Number(v.seed), quick: v.quick, onProgress: (e) => {
+    if (e.phase !== phase) { if (phase) process.stderr.write('\n'); phase = e.phase; }
+    const width = 30, done = Math.round((e.step / e.total) * width);
+    process.stderr.write(`\rx2i demo: ${label[e.phase]} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${e.step}/${e.total}` +
+      (e.loss !== undefined ? ` loss ${e.loss.toFixed(4)}` : '') + '   ');
+  } });
+  process.stderr.write('\n');
+  const f = (x: number, d = 3) => x.toFixed(d);
+  console.log(`teacher: flow-matching loss ${f(s.teacher.lossFirst)} → ${f(s.teacher.lossLast)} over ${s.teacher.steps} steps`);
+  console.log(`distillation loss ${f(s.loss.first)} → ${f(s.loss.last)}`);
+  console.log(`teacher–student agreement on ${s.heldOut.length} held-out prompts: SSIM ${f(s.agreement.before.ssim)} → ${f(s.agreement.after.ssim)}, ` +
+    `PSNR ${f(s.agreement.before.psnr, 1)} → ${f(s.agreement.after.psnr, 1)} dB`);
+  console.log(`${s.seconds.toFixed(0)} s; wrote ${s.files.map((x) => path.join(v.out!, x)).join(', ')}`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
+    case 'demo':
+      return demo(rest);
     case 'eval':
       return evaluate(rest);
     case 'train':

@@ -16,6 +16,8 @@ export type { FluxGenerateOptions, FluxImages } from './pipeline.js';
 export { X2IGenerator } from './generator.js';
 export { X2ITrainer, loadCaptions } from './trainer.js';
 export { imageAgreement, evaluateAgreement } from './evaluate.js';
+export { runDemo } from './demo.js';
+export type { DemoOptions, DemoSummary } from './demo.js';
 export type { AgreementResult } from './evaluate.js';
 export type { X2ITrainerOptions, X2IBatch, X2IStepInfo } from './trainer.js';
 export type { X2IGenerateOptions } from './generator.js';
