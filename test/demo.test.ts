@@ -12,7 +12,9 @@ describe('x2i demo (the built-in tiny pipeline)', () => {
   it('quick: every phase runs and every file is written', async () => {
     const out = path.join(tmp, 'quick');
     const phases = new Set<string>();
+    const live = x2i.memory().tensors;
     const s = await x2i.runDemo({ out, quick: true, onProgress: (e) => phases.add(e.phase) });
+    expect(x2i.memory().tensors).toBe(live);  // every tensor of the run is freed
     expect([...phases].sort()).toEqual(['distill', 'generate', 'teacher']);
     for (const f of ['before.png', 'after.png', 'loss.png', 'summary.json']) expect(fs.statSync(path.join(out, f)).size).toBeGreaterThan(100);
     const j = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
