@@ -43,6 +43,36 @@ std::pair<at::Tensor, at::Tensor> mrope(const Config& c, const at::Tensor& P, at
   return {at::cos(sel).to(dt), at::sin(sel).to(dt)};
 }
 
+// finfo(dtype).min: the additive mask of a hidden key
+double lowestOf(at::ScalarType dt) {
+  return dt == at::kBFloat16 ? -3.3895313892515355e38 : dt == at::kHalf ? -65504.0 : double(std::numeric_limits<float>::lowest());
+}
+
+// One decoder layer of x [B, S, H], in three parts shared by the prefill and the decoding: the attention inputs
+// (q [B, heads, S, hd], rotated k and v [B, kvHeads, S, hd]); the residual update of attention over keys and
+// values (GQA: kv heads repeated; rows in `zeroRows` [B, S, 1], if given, get a zero attention output); SwiGLU.
+std::array<at::Tensor, 3> attentionInputs(const Config& c, const Layer& l, const at::Tensor& x, const at::Tensor& cos,
+                                          const at::Tensor& sin) {
+  const int64_t B = x.size(0), S = x.size(1), hd = c.hidden / c.heads;
+  const at::Tensor h = rmsNorm(x, l.inLn, c.eps);
+  at::Tensor q = at::linear(h, l.qw, l.qb).view({B, S, c.heads, hd}).transpose(1, 2);
+  at::Tensor k = at::linear(h, l.kw, l.kb).view({B, S, c.kvHeads, hd}).transpose(1, 2);
+  at::Tensor v = at::linear(h, l.vw, l.vb).view({B, S, c.kvHeads, hd}).transpose(1, 2);
+  return {q * cos + rotateHalf(q) * sin, k * cos + rotateHalf(k) * sin, v};
+}
+at::Tensor attention(const Config& c, const Layer& l, const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& bias,
+                     const at::Tensor& zeroRows = {}) {
+  const int64_t g = c.heads / c.kvHeads;
+  if (g > 1) k = k.repeat_interleave(g, 1), v = v.repeat_interleave(g, 1);
+  at::Tensor a = at::scaled_dot_product_attention(q, k, v, bias);
+  if (zeroRows.defined()) a = a.masked_fill(zeroRows.unsqueeze(1), 0);
+  return at::linear(a.transpose(1, 2).reshape({q.size(0), q.size(2), c.hidden}), l.ow);
+}
+at::Tensor mlp(const Config& c, const Layer& l, const at::Tensor& x) {
+  const at::Tensor h = rmsNorm(x, l.postLn, c.eps);
+  return at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+}
+
 // ---------------------------------------------------------------- vision tower
 // Per patch (row, col) in the processor's (t, h/2, w/2, 2, 2) order.
 at::Tensor visionPositions(const at::Tensor& grid, int64_t merge) {
@@ -421,13 +451,11 @@ Inputs Model::parseInputs(const Napi::CallbackInfo& info) {
 void decode(const Model& m, const Inputs& in, const at::Tensor& P, const at::Tensor& mask, at::Tensor last,
             std::vector<at::Tensor>& cacheK, std::vector<at::Tensor>& cacheV, Outputs& out) {
   const auto& c = m.cfg;
-  const int64_t H = c.hidden, hd = H / c.heads, g = c.heads / c.kvHeads;
+  const int64_t H = c.hidden;
   const at::Tensor head = m.lmHead.defined() ? m.lmHead : m.embed;  // tied when the checkpoint has no lm_head
   const int64_t next = P.max().item<int64_t>() + 1;
   const auto dt = m.embed.scalar_type();
-  const double lowest = dt == at::kBFloat16 ? -3.3895313892515355e38 : dt == at::kHalf ? -65504.0
-                                                                      : double(std::numeric_limits<float>::lowest());
-  at::Tensor keyBias = at::zeros({1, 1, 1, mask.size(1)}, last.options()).masked_fill((mask == 0).view({1, 1, 1, -1}), lowest);
+  at::Tensor keyBias = at::zeros({1, 1, 1, mask.size(1)}, last.options()).masked_fill((mask == 0).view({1, 1, 1, -1}), lowestOf(dt));
   std::vector<at::Tensor> steps;
   for (int64_t step = 0; step < in.maxNewTokens; ++step) {
     const int64_t tok = at::linear(last, head).argmax(-1).item<int64_t>();  // [1, 1, V] → greedy
@@ -439,19 +467,10 @@ void decode(const Model& m, const Inputs& in, const at::Tensor& P, const at::Ten
     keyBias = at::cat({keyBias, at::zeros({1, 1, 1, 1}, keyBias.options())}, -1);
     for (int64_t i = 0; i < c.layers; ++i) {
       const Layer& l = m.layers[size_t(i)];
-      at::Tensor h = rmsNorm(x, l.inLn, c.eps);
-      at::Tensor q = at::linear(h, l.qw, l.qb).view({1, 1, c.heads, hd}).transpose(1, 2);
-      at::Tensor k = at::linear(h, l.kw, l.kb).view({1, 1, c.kvHeads, hd}).transpose(1, 2);
-      at::Tensor v = at::linear(h, l.vw, l.vb).view({1, 1, c.kvHeads, hd}).transpose(1, 2);
-      q = q * cos + rotateHalf(q) * sin;
-      k = k * cos + rotateHalf(k) * sin;
+      auto [q, k, v] = attentionInputs(c, l, x, cos, sin);
       cacheK[size_t(i)] = at::cat({cacheK[size_t(i)], k}, 2), cacheV[size_t(i)] = at::cat({cacheV[size_t(i)], v}, 2);
-      at::Tensor kk = cacheK[size_t(i)], vv = cacheV[size_t(i)];
-      if (g > 1) kk = kk.repeat_interleave(g, 1), vv = vv.repeat_interleave(g, 1);
-      at::Tensor a = at::scaled_dot_product_attention(q, kk, vv, keyBias);
-      x = x + at::linear(a.transpose(1, 2).reshape({1, 1, H}), l.ow);
-      h = rmsNorm(x, l.postLn, c.eps);
-      x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+      x = x + attention(c, l, q, cacheK[size_t(i)], cacheV[size_t(i)], keyBias);
+      x = x + mlp(c, l, x);
       if (i + 1 < c.layers) states.push_back(x);
     }
     last = rmsNorm(x, m.norm, c.eps);
@@ -466,7 +485,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   if (in.ids.dim() != 2 || at::isFloatingType(in.ids.scalar_type()))
     fail("ERR_SHAPE_MISMATCH", "QwenVLEncoder.forward: inputIds must be integer ids [B, S], found " +
                                    dtypeName(in.ids.scalar_type()) + " " + shapeString(in.ids.sizes()));
-  const int64_t B = in.ids.size(0), S = in.ids.size(1), H = c.hidden, hd = H / c.heads;
+  const int64_t B = in.ids.size(0), S = in.ids.size(1), H = c.hidden;
   if (in.maxNewTokens > 0 && B != 1)
     fail("ERR_NOT_SUPPORTED", "QwenVLEncoder.generate: one prompt at a time (inputIds [1, S]), got " + shapeString(in.ids.sizes()));
   const auto dev = m.embed.device();
@@ -495,9 +514,7 @@ Outputs Model::run(const Model& m, const Inputs& in) {
   // attention output (what PyTorch's SDPA returns for a fully masked row, as transformers 5 relies on)
   const at::Tensor blind = ~visible.any(-1, true);  // [B, S, 1]
   visible = visible | blind;
-  const double lowest = dt == at::kBFloat16 ? -3.3895313892515355e38 : dt == at::kHalf ? -65504.0
-                                                                      : double(std::numeric_limits<float>::lowest());
-  at::Tensor bias = at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowest);  // finfo(dtype).min
+  at::Tensor bias = at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowestOf(dt));
   Outputs out;
   // all-layer capture: one [B, L+1, S, H] buffer; each layer's residual sum is computed into its slot (no
   // copy), the embeddings and the final norm are copied in;
@@ -518,23 +535,14 @@ Outputs Model::run(const Model& m, const Inputs& in) {
     x = x.index_put({slots}, feats.to(x.scalar_type()));
   }
   if (in.capture) out.hidden.select(1, 0).copy_(x);
-  const int64_t g = c.heads / c.kvHeads;
   std::vector<at::Tensor> cacheK, cacheV;  // generation: every layer's rotated keys and values
+  const at::Tensor zeroRows = in.padRule == "mask" ? blind : at::Tensor();
   for (int64_t i = 0; i < c.layers; ++i) {
     const Layer& l = m.layers[size_t(i)];
-    at::Tensor h = rmsNorm(x, l.inLn, c.eps);
-    at::Tensor q = at::linear(h, l.qw, l.qb).view({B, S, c.heads, hd}).transpose(1, 2);
-    at::Tensor k = at::linear(h, l.kw, l.kb).view({B, S, c.kvHeads, hd}).transpose(1, 2);
-    at::Tensor v = at::linear(h, l.vw, l.vb).view({B, S, c.kvHeads, hd}).transpose(1, 2);
-    q = q * cos + rotateHalf(q) * sin;
-    k = k * cos + rotateHalf(k) * sin;
+    auto [q, k, v] = attentionInputs(c, l, x, cos, sin);
     if (in.maxNewTokens > 0) cacheK.push_back(k), cacheV.push_back(v);
-    if (g > 1) k = k.repeat_interleave(g, 1), v = v.repeat_interleave(g, 1);
-    at::Tensor a = at::scaled_dot_product_attention(q, k, v, bias);
-    if (in.padRule == "mask") a = a.masked_fill(blind.unsqueeze(1), 0);
-    x = x + at::linear(a.transpose(1, 2).reshape({B, S, H}), l.ow);
-    h = rmsNorm(x, l.postLn, c.eps);
-    at::Tensor y = at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+    x = x + attention(c, l, q, k, v, bias, zeroRows);
+    at::Tensor y = mlp(c, l, x);
     if (in.capture && i + 1 < c.layers) {  // the residual sum is written straight into its slot, and read from there
       at::Tensor slot = out.hidden.select(1, i + 1);
       at::add_out(slot, x, y);
