@@ -20,7 +20,7 @@ import { QwenVLEncoder } from './qwen.js';
 import { FlowMatchEulerScheduler } from './scheduler.js';
 import { T5Encoder } from './t5.js';
 import { Tensor } from './tensor.js';
-import { X2ITrainer } from './trainer.js';
+import { X2ITrainer, mulberry32 } from './trainer.js';
 
 export interface DemoOptions {
   /** Output folder (created). */
@@ -82,16 +82,7 @@ function unpack(tokens: Float32Array, offset = 0): Float32Array {
   return img;
 }
 
-function rng(seed: number): () => number {
-  let a = (seed * 2654435761) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = (seed: number) => mulberry32((seed * 2654435761) >>> 0);  // spread small seeds apart
 function gaussian(r: () => number, n: number): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i += 2) {

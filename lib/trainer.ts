@@ -15,8 +15,8 @@ import { loadSafetensors, saveSafetensors } from './io.js';
 import { FluxPipeline } from './pipeline.js';
 import { FlowMatchEulerScheduler } from './scheduler.js';
 
-/** A small seeded PRNG (the trajectory step of each micro-batch). */
-function mulberry32(seed: number): () => number {
+/** A small seeded PRNG: uniform in [0, 1) (the trajectory step of each micro-batch; the demo's data). */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
