@@ -67,7 +67,12 @@ export interface Addon {
   matmul(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
   sdpaBackend(shape: number[], dtype: string, device: string): string;
   relativeError(a: NativeTensor, b: NativeTensor): Promise<number>;
-  benchDistillTap(teacher: NativeTensor, student: NativeTensor, divergence: string, temperature: number, iters: number): Promise<number>;
+  /** One tap of the distillation loss (internal: benchmarks and tests); method 'fused' (default) | 'composite'. */
+  benchDistillTap(teacher: NativeTensor, student: NativeTensor, divergence: string, temperature: number,
+    incoming?: NativeTensor, method?: string, iters?: number): Promise<number>;
+  distillTap(teacher: NativeTensor, student: NativeTensor, divergence: string, temperature: number,
+    incoming?: NativeTensor, method?: string): Promise<{ term: number; grad: NativeTensor }>;
+  narrowView(tensor: NativeTensor, dim: number, start: number, length: number): NativeTensor;
   noop(): void;
   noopAsync(): Promise<void>;
   benchCopy(nbytes: number, src: string, dst: string, iters: number, pinned?: boolean, fresh?: boolean): Promise<number>;

@@ -178,48 +178,61 @@ Result fused(const std::array<at::Tensor, 3>& teacher, const std::array<at::Tens
   return r;
 }
 
-// benchTap(teacher, student, divergence, temperature, iters, incoming?, method 'fused' | 'composite') → mean
-// ms of tapLossGrad over `iters` back-to-back calls (one device synchronisation at each end). 'composite'
-// times the same formulas as unfused LibTorch ops (the baseline of the fused pass).
+// The arguments of one tap's call (distillTap, benchDistillTap): teacher, student, divergence, temperature,
+// incoming? (moved to the student's device), method 'fused' (default) | 'composite'.
+struct TapCall {
+  at::Tensor T, S, In;
+  Divergence div;
+  double tau;
+  bool composite;
+};
+TapCall parseTapCall(const Napi::CallbackInfo& info, const char* name) {
+  TapCall c;
+  c.T = TensorWrap::Get(info[0], "teacher"), c.S = TensorWrap::Get(info[1], "student");
+  c.div = parseDivergence(argString(info, 2, "divergence"));
+  c.tau = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
+  if (!(c.tau > 0)) fail("ERR_INVALID_ARG", std::string(name) + ": temperature must be positive");
+  if (info.Length() > 4 && info[4].IsObject()) c.In = TensorWrap::Get(info[4], "incoming");
+  if (c.In.defined() && c.In.sizes() != c.S.sizes())
+    fail("ERR_SHAPE_MISMATCH", std::string(name) + ": incoming gradient " + shapeString(c.In.sizes()) + " for a tap of " +
+                                   shapeString(c.S.sizes()));
+  if (c.In.defined()) c.In = c.In.to(c.S.device());
+  c.composite = info.Length() > 5 && info[5].IsString() && info[5].As<Napi::String>().Utf8Value() == "composite";
+  return c;
+}
+
+// benchDistillTap(teacher, student, divergence, temperature, incoming?, method?, iters) → mean ms of tapLossGrad
+// over `iters` back-to-back calls (one device synchronisation at each end). 'composite' times the same formulas
+// as unfused LibTorch ops (the baseline of the fused pass).
 Napi::Value BenchTap(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
-    at::Tensor T = TensorWrap::Get(info[0], "teacher"), S = TensorWrap::Get(info[1], "student");
-    const Divergence div = parseDivergence(argString(info, 2, "divergence"));
-    const double tau = info[3].As<Napi::Number>().DoubleValue();
-    const int iters = info[4].As<Napi::Number>().Int32Value();
-    at::Tensor In = info.Length() > 5 && info[5].IsObject() ? TensorWrap::Get(info[5], "incoming") : at::Tensor();
-    const bool composite = info.Length() > 6 && info[6].IsString() && info[6].As<Napi::String>().Utf8Value() == "composite";
+    const TapCall c = parseTapCall(info, "benchDistillTap");
+    const int iters = info.Length() > 6 && info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : 100;
+    if (iters < 1) fail("ERR_INVALID_ARG", "benchDistillTap: iters must be positive");
     auto ms = std::make_shared<double>(0);
     return queue(info.Env(), [=] {
       c10::InferenceMode guard;
-      auto sync = [&] { syncDevice(S); };
-      for (int i = 0; i < 3; ++i) tapLossGrad(T, S, div, tau, In, composite);
+      auto sync = [&] { syncDevice(c.S); };
+      for (int i = 0; i < 3; ++i) tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
       sync();
       auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < iters; ++i) tapLossGrad(T, S, div, tau, In, composite);
+      for (int i = 0; i < iters; ++i) tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
       sync();
       *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
     }, [ms](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *ms); });
   });
 }
 
-// distillTap(teacher, student, divergence, temperature, incoming?, method 'fused' | 'composite') →
-// Promise<{ term, grad }>: one tap through tapLossGrad (the form the training step's backward uses).
+// distillTap(teacher, student, divergence, temperature, incoming?, method?) → Promise<{ term, grad }>: one tap
+// through tapLossGrad (the form the training step's backward uses).
 Napi::Value DistillTap(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
-    at::Tensor T = TensorWrap::Get(info[0], "teacher"), S = TensorWrap::Get(info[1], "student");
-    const Divergence div = parseDivergence(argString(info, 2, "divergence"));
-    const double tau = info[3].As<Napi::Number>().DoubleValue();
-    if (!(tau > 0)) fail("ERR_INVALID_ARG", "distillTap: temperature must be positive");
-    at::Tensor In = info.Length() > 4 && info[4].IsObject() ? TensorWrap::Get(info[4], "incoming") : at::Tensor();
-    if (In.defined() && In.sizes() != S.sizes())
-      fail("ERR_SHAPE_MISMATCH", "distillTap: incoming gradient " + shapeString(In.sizes()) + " for a tap of " + shapeString(S.sizes()));
-    const bool composite = info.Length() > 5 && info[5].IsString() && info[5].As<Napi::String>().Utf8Value() == "composite";
+    const TapCall c = parseTapCall(info, "distillTap");
     struct Out { double term = 0; at::Tensor grad; };
     auto out = std::make_shared<Out>();
     return queue(info.Env(), [=] {
       c10::InferenceMode guard;
-      auto [term, grad] = tapLossGrad(T, S, div, tau, In.defined() ? In.to(S.device()) : In, composite);
+      auto [term, grad] = tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
       out->term = term.item<double>();
       out->grad = grad;
     }, [out](Napi::Env env) -> Napi::Value {
