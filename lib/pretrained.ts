@@ -11,7 +11,8 @@ export interface PretrainedOptions {
   device?: string;
   /** Default: 'bfloat16' on CUDA, 'float32' on the CPU. */
   dtype?: DType;
-  /** Overrides or supplies config.json keys (snake_case, as in config.json). */
+  /** Overrides config.json fields (snake_case, as in config.json), each where it lives (top level, `text_config`,
+   * `vision_config`); a key that is no field of the config is an error. */
   config?: Record<string, unknown>;
 }
 
@@ -33,7 +34,22 @@ export function readModelFolder(p: string, overrides: Record<string, unknown> = 
   } catch (e) {
     throw new X2IError(`${configFile}: not valid JSON (${(e as Error).message})`, 'ERR_CONFIG');
   }
-  return { config: { ...config, ...overrides }, configFile, weights: fs.statSync(p).isDirectory() ? dir : p };
+  return { config: applyOverrides(config, overrides, configFile), configFile, weights: fs.statSync(p).isDirectory() ? dir : p };
+}
+
+/** `overrides` set on a copy of `config`, each where the field lives: the top level and/or the nested
+ * `text_config` / `vision_config` (transformers 5's layout). A key that is no field of the config is an error
+ * (a typo would otherwise be ignored). */
+function applyOverrides(config: Record<string, unknown>, overrides: Record<string, unknown>, file: string): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...config };
+  const nested = ['text_config', 'vision_config'].filter((k) => out[k] && typeof out[k] === 'object');
+  for (const k of nested) out[k] = { ...(out[k] as Record<string, unknown>) };
+  for (const [k, v] of Object.entries(overrides)) {
+    const homes = [out, ...nested.map((n) => out[n] as Record<string, unknown>)].filter((h) => k in h);
+    if (!homes.length) throw new X2IError(`${file}: config override '${k}' is not a field of this config`, 'ERR_CONFIG');
+    for (const h of homes) h[k] = v;
+  }
+  return out;
 }
 
 /** A number field of a config, or a clear error naming the file and the field. */

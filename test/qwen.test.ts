@@ -178,3 +178,15 @@ describe('QwenVLEncoder.generate (X2I\'s answer mode)', () => {
     await expect(m.generate({ inputIds: ids }, { maxNewTokens: 0 })).rejects.toThrow(/maxNewTokens/);
   });
 });
+
+describe('QwenVLEncoder.fromPretrained config overrides', () => {
+  it('an override reaches the field where it lives (text_config of a nested config); an unknown key is an error', async () => {
+    const ids = x2i.Tensor.fromArray(new BigInt64Array([5n, 17n, 42n]), [1, 3]);
+    using plain = await QwenVLEncoder.fromPretrained(dir);
+    using eps = await QwenVLEncoder.fromPretrained(dir, { config: { rms_norm_eps: 0.5 } });
+    const a = (await plain.forward({ inputIds: ids })).hiddenStates, b = (await eps.forward({ inputIds: ids })).hiddenStates;
+    expect(await x2i.relativeError(b, a)).toBeGreaterThan(1e-3);
+    await expect(QwenVLEncoder.fromPretrained(dir, { config: { rms_norm_epsilon: 0.5 } }))
+      .rejects.toThrow(/config\.json: config override 'rms_norm_epsilon' is not a field of this config/);
+  });
+});
