@@ -1,7 +1,7 @@
 /** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/clip.cc). */
 import { X2IError, invalidArg } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
-import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
+import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel } from './model.js';
 import { Tensor } from './tensor.js';
 import { ClipTokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
@@ -13,6 +13,19 @@ interface NativeClip {
   dispose(): void;
 }
 
+
+/** The native loader's config from a CLIP text config. */
+function nativeConfig(config: Record<string, unknown>, file: string) {
+  const act = String(config.hidden_act ?? 'quick_gelu');
+  if (act !== 'quick_gelu' && act !== 'gelu')
+    throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
+  return {
+    vocabSize: field(config, 'vocab_size', file), hiddenSize: field(config, 'hidden_size', file),
+    intermediateSize: field(config, 'intermediate_size', file), numAttentionHeads: field(config, 'num_attention_heads', file),
+    numHiddenLayers: field(config, 'num_hidden_layers', file), maxPositionEmbeddings: field(config, 'max_position_embeddings', file, 77),
+    eosTokenId: field(config, 'eos_token_id', file, 2), layerNormEps: field(config, 'layer_norm_eps', file, 1e-5), hiddenAct: act,
+  };
+}
 
 export class ClipTextEncoder extends NativeModel<NativeClip> {
   readonly config: Readonly<Record<string, unknown>>;
@@ -46,19 +59,18 @@ export class ClipTextEncoder extends NativeModel<NativeClip> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
     const read = readModelFolder(p, opts.config);
     const config = (read.config.text_config as Record<string, unknown> | undefined) ?? read.config;
-    const file = read.configFile;
-    const act = String(config.hidden_act ?? 'quick_gelu');
-    if (act !== 'quick_gelu' && act !== 'gelu')
-      throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
-    const native = {
-      vocabSize: field(config, 'vocab_size', file), hiddenSize: field(config, 'hidden_size', file),
-      intermediateSize: field(config, 'intermediate_size', file), numAttentionHeads: field(config, 'num_attention_heads', file),
-      numHiddenLayers: field(config, 'num_hidden_layers', file), maxPositionEmbeddings: field(config, 'max_position_embeddings', file, 77),
-      eosTokenId: field(config, 'eos_token_id', file, 2), layerNormEps: field(config, 'layer_norm_eps', file, 1e-5), hiddenAct: act,
-    };
+    const native = nativeConfig(config, read.configFile);
     const Native = (addon() as unknown as { NativeClipTextEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeClip> } }).NativeClipTextEncoder;
     const h = await loadNative(read.weights, defaultDtype(opts), (w) => Native.load(native, w, read.weights));
     return new ClipTextEncoder(h, config, read.weights);
+  }
+
+  /** A model of the given config (a CLIP text `config.json` object, or a full CLIP config with `text_config`)
+   * with random weights drawn on the device; no tokenizer comes with it (`forward` takes ids). */
+  static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<ClipTextEncoder> {
+    if (!config || typeof config !== 'object') throw invalidArg('config', 'a CLIP text config object', config);
+    const c = (config.text_config as Record<string, unknown> | undefined) ?? config;
+    return new ClipTextEncoder(await randomNative<NativeClip>('NativeClipTextEncoder', nativeConfig(c, 'config'), opts), c, '.');
   }
 
   /** inputIds [B, S ≤ 77] → lastHiddenState (after the final LayerNorm), pooledOutput (at the first EOS) and

@@ -39,6 +39,14 @@ export interface MemoryInfo {
   devices: Record<string, { tensors: number; bytes: number }>;
 }
 
+/** The CUDA caching allocator's bytes on one device (torch.cuda.memory_allocated and friends). */
+export interface CudaMemoryInfo {
+  allocated: number;
+  peakAllocated: number;
+  reserved: number;
+  peakReserved: number;
+}
+
 export interface BuildInfo {
   libtorchVersion: string;
   libtorchFlavour: string;
@@ -58,6 +66,7 @@ export interface Addon {
   cudaIsAvailable(): boolean;
   cudaDeviceCount(): number;
   cudaSynchronize(device?: string): Promise<void>;
+  cudaMemory(device?: string, reset?: boolean): CudaMemoryInfo;
   setNumThreads(n: number): void;
   readSafetensors(path: string, dataStart: number, entries: [string, string, number[], number, number][],
     device?: string, dtype?: string): Promise<Record<string, NativeTensor>>;

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, nativeCall } from './errors.js';
 import { loadSafetensors } from './io.js';
-import type { NativeTensor } from './native.js';
+import { addon, type NativeTensor } from './native.js';
 import type { DType } from './tensor.js';
 
 export interface PretrainedOptions {
@@ -70,6 +70,26 @@ export async function loadNative<H>(weightsPath: string, opts: { device: string;
   } finally {
     for (const t of Object.values(tensors)) t.dispose();
   }
+}
+
+/** Options of the models' `fromConfig`: random weights drawn on `device` from `seed` (native RandomInit: PyTorch's
+ * default Linear init, norms 1, biases 0, embeddings N(0, 1)). */
+export interface RandomOptions {
+  /** 'cpu' (default) or 'cuda[:N]'. */
+  device?: string;
+  /** Default: 'bfloat16' on CUDA, 'float32' on the CPU. */
+  dtype?: DType;
+  /** Default 0: the same seed gives the same weights. */
+  seed?: number;
+}
+
+/** A native model of `nativeConfig` with random weights (the `random` of a native class built on ModelWrap). */
+export async function randomNative<H>(cls: string, nativeConfig: object, opts: RandomOptions): Promise<H> {
+  const { device, dtype } = defaultDtype(opts);
+  const seed = opts.seed ?? 0;
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new X2IError(`fromConfig: seed must be a non-negative integer, got ${seed}`, 'ERR_INVALID_ARG');
+  const Native = (addon() as unknown as Record<string, { random(c: object, d: string, t: string, s: number): Promise<H> }>)[cls];
+  return nativeCall(() => Native.random(nativeConfig, device, dtype, seed));
 }
 
 /** The folder of a model path (the path itself, or a weights file's folder). */

@@ -1,6 +1,6 @@
 /** x2i.Tensor: a typed handle on one LibTorch tensor (native/tensor.cc). */
 import { DisposedError, X2IError, invalidArg, nativeCall, nativeSync } from './errors.js';
-import { addon, type MemoryInfo, type NativeTensor, type TypedArray } from './native.js';
+import { addon, type CudaMemoryInfo, type MemoryInfo, type NativeTensor, type TypedArray } from './native.js';
 
 /** The dtypes of the public API; tensors loaded from files may also carry the extra ones. */
 export type DType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'uint8' | 'bool';
@@ -158,6 +158,12 @@ export const cuda = {
   },
   deviceCount(): number {
     return addon().cudaDeviceCount();
+  },
+  /** The caching allocator's bytes on `device` (now and peak, allocated and reserved), after a device
+   * synchronisation; `reset: true` starts the peaks again from now (torch.cuda.reset_peak_memory_stats). */
+  memory(device = 'cuda', opts: { reset?: boolean } = {}): CudaMemoryInfo {
+    checkDevice(device);
+    return addon().cudaMemory(device, opts.reset ?? false);
   },
   /** Waits for all work queued on the device. */
   async synchronize(device = 'cuda'): Promise<void> {

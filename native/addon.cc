@@ -8,6 +8,7 @@
 #include "qwen.h"
 #include "t5.h"
 #include "tensor.h"
+#include "kernels.h"
 #include "vae.h"
 
 #include <ATen/Parallel.h>
@@ -59,6 +60,31 @@ Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
     const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
     return queue(info.Env(), [d] { syncDevice(d); },
                  [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+// cudaMemory(device, reset?) → { allocated, peakAllocated, reserved, peakReserved } (bytes, the caching allocator's
+// counters); reset: the peaks start again from now. Needs the CUDA build (X2I_CUDA_KERNELS).
+Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
+    if (!d.is_cuda() || cudaDeviceCount() == 0) fail("ERR_CUDA_UNAVAILABLE", "cuda.memory: no CUDA device");
+    const bool reset = info.Length() > 1 && info[1].ToBoolean();
+#ifdef X2I_CUDA_KERNELS
+    const int idx = d.has_index() ? d.index() : 0;
+    syncDevice(d);
+    auto m = kernels::cudaMemory(idx);
+    if (reset) kernels::cudaResetPeakMemory(idx);
+    auto o = Napi::Object::New(info.Env());
+    o.Set("allocated", double(m.allocated));
+    o.Set("peakAllocated", double(m.peakAllocated));
+    o.Set("reserved", double(m.reserved));
+    o.Set("peakReserved", double(m.peakReserved));
+    return o;
+#else
+    (void)reset;
+    fail("ERR_NOT_SUPPORTED", "cuda.memory: this build has no CUDA kernels (built without nvcc)");
+#endif
   });
 }
 
@@ -293,6 +319,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaIsAvailable", Napi::Function::New(env, CudaIsAvailable));
   exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCount));
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
+  exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("readSafetensors", Napi::Function::New(env, ReadSafetensors));
   exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors));

@@ -4,6 +4,7 @@
 #include "alignnet.h"
 
 #include "tensor.h"
+#include "weights.h"
 
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
@@ -202,6 +203,7 @@ double optimizerStep(Model& m, double lr, double beta1, double beta2, double eps
 Napi::Function Wrap::Init(Napi::Env env) {
   auto fn = DefineClass(env, "NativeAlignNet", {
       StaticMethod<&Wrap::Load>("load"),
+      StaticMethod<&Wrap::Random>("random"),
       InstanceMethod<&Wrap::Info>("info"),
       InstanceMethod<&Wrap::Forward>("forward"),
       InstanceMethod<&Wrap::Weights>("weights"),
@@ -242,6 +244,43 @@ Napi::Value Wrap::Load(const Napi::CallbackInfo& info) {
     const std::string source = argString(info, 2, "source");
     auto out = std::make_shared<std::shared_ptr<Model>>();
     return queue(info.Env(), [=]() mutable { *out = load(std::move(w), eps, source); }, [out](Napi::Env env) -> Napi::Value {
+      return ctorOf(env, "NativeAlignNet").New({Napi::External<std::shared_ptr<Model>>::New(env, new std::shared_ptr<Model>(*out))});
+    });
+  });
+}
+
+// random({ layers, inputDim, sequenceDim, pooledDim, kernelSize }, eps, device, dtype, seed) → Promise<NativeAlignNet>:
+// the 'conv' variant with random weights (RandomInit's rules), for benchmarks at real sizes.
+Napi::Value Wrap::Random(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    if (info.Length() < 5 || !info[0].IsObject() || !info[1].IsNumber() || !info[4].IsNumber())
+      fail("ERR_INVALID_ARG", "NativeAlignNet.random(config, eps, device, dtype, seed)");
+    auto o = info[0].As<Napi::Object>();
+    auto num = [&](const char* k) {
+      Napi::Value v = o.Get(k);
+      if (!v.IsNumber() || v.As<Napi::Number>().Int64Value() < 1)
+        fail("ERR_CONFIG", std::string("AlignNet config: '") + k + "' must be a positive integer");
+      return v.As<Napi::Number>().Int64Value();
+    };
+    const int64_t C = num("layers"), H = num("inputDim"), D = num("sequenceDim"), P = num("pooledDim"), k = num("kernelSize");
+    if (k % 2 == 0) fail("ERR_CONFIG", "AlignNet config: 'kernelSize' must be odd, got " + std::to_string(k));
+    const double eps = info[1].As<Napi::Number>().DoubleValue();
+    const c10::Device device = parseDevice(argString(info, 2, "device"));
+    const at::ScalarType dtype = parseDType(argString(info, 3, "dtype"));
+    const uint64_t seed = uint64_t(info[4].As<Napi::Number>().Int64Value());
+    auto out = std::make_shared<std::shared_ptr<Model>>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      RandomInit init(device, dtype, seed);
+      std::map<std::string, at::Tensor> w;
+      for (auto& [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+               {"conv.weight", {1, C, k, k}}, {"conv.bias", {1}}, {"mlp.layernorm.weight", {H}}, {"mlp.layernorm.bias", {H}},
+               {"mlp.projector.0.weight", {D, H}}, {"mlp.projector.2.weight", {D, D}}, {"mlp.fc.1.weight", {P, D}},
+               {"mlp.fc.1.bias", {P}}})
+        w[name] = init.draw(name, shape);
+      *out = load(std::move(w), eps, "random weights, seed " + std::to_string(seed));
+      syncDevice(device);
+    }, [out](Napi::Env env) -> Napi::Value {
       return ctorOf(env, "NativeAlignNet").New({Napi::External<std::shared_ptr<Model>>::New(env, new std::shared_ptr<Model>(*out))});
     });
   });

@@ -40,6 +40,7 @@ class Wrap : public Napi::ObjectWrap<Wrap> {
   std::shared_ptr<Model> model_;
   std::shared_ptr<Model> model() const;
   static Napi::Value Load(const Napi::CallbackInfo& info);
+  static Napi::Value Random(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value Weights(const Napi::CallbackInfo& info);

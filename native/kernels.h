@@ -37,3 +37,14 @@ std::pair<at::Tensor, at::Tensor> distillRows(const at::Tensor& student, const a
                                               double eps, double gradScale, double termScale);
 
 }  // namespace x2i::kernels
+
+namespace x2i::kernels {
+
+// The CUDA caching allocator's bytes on one device: now and the peak since the last reset.
+struct DeviceMemory {
+  int64_t allocated, peakAllocated, reserved, peakReserved;
+};
+DeviceMemory cudaMemory(int device);
+void cudaResetPeakMemory(int device);
+
+}  // namespace x2i::kernels

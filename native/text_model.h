@@ -39,6 +39,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<M>> {
   static Napi::Function Init(Napi::Env env) {
     auto fn = ModelWrap::DefineClass(env, M::jsName, {
         ModelWrap::template StaticMethod<&ModelWrap::Load>("load"),
+        ModelWrap::template StaticMethod<&ModelWrap::Random>("random"),
         ModelWrap::template InstanceMethod<&ModelWrap::Forward>("forward"),
         ModelWrap::template InstanceMethod<&ModelWrap::Dispose>("dispose"),
     });
@@ -68,6 +69,27 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<M>> {
                    [out](Napi::Env env) -> Napi::Value {
                      return ctorOf(env, M::jsName).New({Napi::External<std::shared_ptr<M>>::New(env, new std::shared_ptr<M>(*out))});
                    });
+    });
+  }
+
+  // random(config, device, dtype, seed) → Promise<handle>: the model of a config with random weights (RandomInit)
+  static Napi::Value Random(const Napi::CallbackInfo& info) {
+    return guardAsync(info, [&]() -> Napi::Value {
+      if (info.Length() < 4 || !info[0].IsObject() || !info[3].IsNumber())
+        fail("ERR_INVALID_ARG", std::string(M::jsName) + ".random(config, device, dtype, seed)");
+      auto cfg = M::parseConfig(info[0].As<Napi::Object>());
+      const c10::Device device = parseDevice(argString(info, 1, "device"));
+      const at::ScalarType dtype = parseDType(argString(info, 2, "dtype"));
+      const uint64_t seed = uint64_t(info[3].As<Napi::Number>().Int64Value());
+      auto out = std::make_shared<std::shared_ptr<M>>();
+      return queue(info.Env(), [=] {
+        c10::InferenceMode guard;
+        RandomInit init(device, dtype, seed);
+        *out = M::load(cfg, {}, "random weights, seed " + std::to_string(seed));
+        syncDevice(device);
+      }, [out](Napi::Env env) -> Napi::Value {
+        return ctorOf(env, M::jsName).New({Napi::External<std::shared_ptr<M>>::New(env, new std::shared_ptr<M>(*out))});
+      });
     });
   }
 

@@ -88,6 +88,7 @@ std::shared_ptr<Model> Model::load(const Config& c, std::map<std::string, at::Te
   std::set<std::string> keys;
   bool encoder = false;
   for (auto& [k, v] : weights) keys.insert(k), encoder = encoder || k.rfind("encoder.", 0) == 0;
+  encoder = encoder || RandomInit::active();  // random weights: both halves
   WeightMap w(std::move(weights), "AutoencoderKL", source);
   auto m = std::make_shared<Model>();
   m->cfg = c;

@@ -4,13 +4,60 @@
 #pragma once
 #include "common.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+
+#include <cmath>
 #include <map>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 namespace x2i {
+
+// Random weights for a model built from its config alone (benchmarks and tests at real sizes, no checkpoint):
+// while a RandomInit is alive on a thread, WeightMap::take draws each missing tensor on the device instead of
+// failing, with PyTorch's default Linear/Conv init (uniform ±1/√fan_in), norm weights 1, biases 0 and
+// embeddings N(0, 1), in the order the loader asks for them (so a seed gives the same model every time).
+class RandomInit {
+ public:
+  RandomInit(c10::Device device, at::ScalarType dtype, uint64_t seed)
+      : opts_(at::TensorOptions().device(device).dtype(dtype)),
+        gen_(device.is_cpu() ? at::detail::createCPUGenerator(seed) : at::globalContext().defaultGenerator(device)),
+        prev_(current()) {
+    if (!device.is_cpu()) {
+      std::lock_guard<std::mutex> lock(gen_.mutex());
+      gen_.set_current_seed(seed);
+    }
+    current() = this;
+  }
+  ~RandomInit() { current() = prev_; }
+  RandomInit(const RandomInit&) = delete;
+  RandomInit& operator=(const RandomInit&) = delete;
+  static RandomInit* active() { return current(); }
+
+  at::Tensor draw(const std::string& name, const std::vector<int64_t>& shape) {
+    auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+    const bool bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (shape.size() == 1) return bias ? at::zeros(shape, opts_) : at::ones(shape, opts_);  // norms, scales, biases
+    if (has("embed") || has("shared.") || has("relative_attention_bias")) return at::empty(shape, opts_).normal_(0, 1, gen_);
+    int64_t fanIn = 1;
+    for (size_t i = 1; i < shape.size(); ++i) fanIn *= shape[i];
+    const double b = 1.0 / std::sqrt(double(fanIn));
+    return at::empty(shape, opts_).uniform_(-b, b, gen_);
+  }
+
+ private:
+  static RandomInit*& current() {
+    thread_local RandomInit* p = nullptr;
+    return p;
+  }
+  at::TensorOptions opts_;
+  at::Generator gen_;
+  RandomInit* prev_;
+};
 
 class WeightMap {
  public:
@@ -29,6 +76,7 @@ class WeightMap {
                                          shapeString(shape) + " " + context_);
       return t;
     }
+    if (RandomInit* r = RandomInit::active()) return r->draw(names[0], shape);
     fail("ERR_CHECKPOINT_KEY", where() + "missing tensor '" + names[0] + "' (expected shape " + shapeString(shape) + ")");
   }
   at::Tensor take(const std::string& name, const std::vector<int64_t>& shape) { return take(std::vector<std::string>{name}, shape); }
