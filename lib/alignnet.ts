@@ -105,11 +105,11 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
   /**
    * An AlignNet ('conv' variant, as X2I's Qwen2.5-VL-7B checkpoint) of the given sizes with random weights drawn on
    * the device: benchmarks and tests without a checkpoint. Defaults: Qwen2.5-VL-7B → FLUX.1 (layers 29, inputDim
-   * 3584, sequenceDim 4096, pooledDim 768, kernelSize 3).
+   * 3584, sequenceDim 4096, pooledDim 768, kernelSize 5 as the official Conv2d).
    */
   static async fromConfig(config: Partial<Omit<AlignNetInfo, 'variant'>> & { normEps?: number } = {},
     opts: { device?: string; dtype?: DType; seed?: number } = {}): Promise<AlignNet> {
-    const c = { layers: 29, inputDim: 3584, sequenceDim: 4096, pooledDim: 768, kernelSize: 3, ...config };
+    const c = { layers: 29, inputDim: 3584, sequenceDim: 4096, pooledDim: 768, kernelSize: 5, ...config };
     const device = opts.device ?? 'cpu';
     const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
     const Native = (addon() as unknown as { NativeAlignNet: { random(c: object, eps: number, d: string, t: string, s: number):

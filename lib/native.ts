@@ -66,7 +66,7 @@ export interface Addon {
   cudaIsAvailable(): boolean;
   cudaDeviceCount(): number;
   cudaSynchronize(device?: string): Promise<void>;
-  cudaMemory(device?: string, reset?: boolean): CudaMemoryInfo;
+  cudaMemory(device?: string, reset?: boolean, emptyCache?: boolean): CudaMemoryInfo;
   setNumThreads(n: number): void;
   readSafetensors(path: string, dataStart: number, entries: [string, string, number[], number, number][],
     device?: string, dtype?: string): Promise<Record<string, NativeTensor>>;

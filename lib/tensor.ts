@@ -160,10 +160,11 @@ export const cuda = {
     return addon().cudaDeviceCount();
   },
   /** The caching allocator's bytes on `device` (now and peak, allocated and reserved), after a device
-   * synchronisation; `reset: true` starts the peaks again from now (torch.cuda.reset_peak_memory_stats). */
-  memory(device = 'cuda', opts: { reset?: boolean } = {}): CudaMemoryInfo {
+   * synchronisation; `reset: true` starts the peaks again from now (torch.cuda.reset_peak_memory_stats);
+   * `emptyCache: true` first returns the cached free blocks to the driver (torch.cuda.empty_cache). */
+  memory(device = 'cuda', opts: { reset?: boolean; emptyCache?: boolean } = {}): CudaMemoryInfo {
     checkDevice(device);
-    return addon().cudaMemory(device, opts.reset ?? false);
+    return addon().cudaMemory(device, opts.reset ?? false, opts.emptyCache ?? false);
   },
   /** Waits for all work queued on the device. */
   async synchronize(device = 'cuda'): Promise<void> {

@@ -63,16 +63,18 @@ Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
   });
 }
 
-// cudaMemory(device, reset?) → { allocated, peakAllocated, reserved, peakReserved } (bytes, the caching allocator's
-// counters); reset: the peaks start again from now. Needs the CUDA build (X2I_CUDA_KERNELS).
+// cudaMemory(device, reset?, emptyCache?) → { allocated, peakAllocated, reserved, peakReserved } (bytes, the caching
+// allocator's counters); reset: the peaks start again from now; emptyCache: cached free blocks go back first. Needs the CUDA build (X2I_CUDA_KERNELS).
 Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
     if (!d.is_cuda() || cudaDeviceCount() == 0) fail("ERR_CUDA_UNAVAILABLE", "cuda.memory: no CUDA device");
     const bool reset = info.Length() > 1 && info[1].ToBoolean();
+    const bool empty = info.Length() > 2 && info[2].ToBoolean();
 #ifdef X2I_CUDA_KERNELS
     const int idx = d.has_index() ? d.index() : 0;
     syncDevice(d);
+    if (empty) kernels::cudaEmptyCache();
     auto m = kernels::cudaMemory(idx);
     if (reset) kernels::cudaResetPeakMemory(idx);
     auto o = Napi::Object::New(info.Env());
@@ -82,7 +84,7 @@ Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
     o.Set("peakReserved", double(m.peakReserved));
     return o;
 #else
-    (void)reset;
+    (void)reset, (void)empty;
     fail("ERR_NOT_SUPPORTED", "cuda.memory: this build has no CUDA kernels (built without nvcc)");
 #endif
   });

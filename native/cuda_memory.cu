@@ -14,4 +14,6 @@ DeviceMemory cudaMemory(int device) {
 
 void cudaResetPeakMemory(int device) { c10::cuda::CUDACachingAllocator::resetPeakStats(c10::DeviceIndex(device)); }
 
+void cudaEmptyCache() { c10::cuda::CUDACachingAllocator::emptyCache(); }
+
 }  // namespace x2i::kernels

@@ -46,5 +46,7 @@ struct DeviceMemory {
 };
 DeviceMemory cudaMemory(int device);
 void cudaResetPeakMemory(int device);
+// Returns the cached, unused blocks to the driver (torch.cuda.empty_cache), e.g. before another process runs.
+void cudaEmptyCache();
 
 }  // namespace x2i::kernels

@@ -54,7 +54,7 @@ describe('fromConfig (random weights)', () => {
     const cfg = { layers: 4, inputDim: 16, sequenceDim: 12, pooledDim: 8 };
     using a = await AlignNet.fromConfig(cfg, { seed: 3 });
     using b = await AlignNet.fromConfig(cfg, { seed: 3 });
-    expect(a.info).toMatchObject({ variant: 'conv', layers: 4, inputDim: 16, sequenceDim: 12, pooledDim: 8, kernelSize: 3 });
+    expect(a.info).toMatchObject({ variant: 'conv', layers: 4, inputDim: 16, sequenceDim: 12, pooledDim: 8, kernelSize: 5 });
     using h = await randn([2, 4, 5, 16], { seed: 9 });
     const [ra, rb] = await Promise.all([a.forward(h), b.forward(h)]);
     expect(ra.encoderHiddenStates.shape).toEqual([2, 5, 12]);

@@ -158,4 +158,36 @@ describe('CUDA', () => {
       { code: 'ERR_INVALID_DEVICE' });
     await x2i.cuda.synchronize();
   });
+
+  gpuIt('cuda.memory: the allocator counts a new tensor, peaks reset, the cache empties', async () => {
+    const m0 = x2i.cuda.memory('cuda', { reset: true });
+    const t = x2i.Tensor.fromArray(new Float32Array(1 << 24), [1 << 24], { device: 'cuda' });  // 64 MiB
+    const m1 = x2i.cuda.memory();
+    assert.ok(m1.allocated - m0.allocated >= 64 * 2 ** 20, JSON.stringify({ m0, m1 }));
+    assert.ok(m1.peakAllocated >= m1.allocated && m1.reserved >= m1.allocated);
+    t.dispose();
+    await x2i.cuda.synchronize();
+    const m2 = x2i.cuda.memory('cuda', { emptyCache: true });
+    assert.ok(m2.allocated <= m0.allocated + 2 ** 20 && m2.peakAllocated >= m1.allocated, JSON.stringify({ m1, m2 }));
+    assert.ok(m2.reserved <= m1.reserved - 64 * 2 ** 20, 'emptyCache gives the freed block back');
+  });
+
+  gpuIt('fromConfig draws random weights on the GPU: deterministic in the seed, finite outputs', async () => {
+    const c = { model_type: 't5', vocab_size: 64, d_model: 32, d_kv: 8, d_ff: 48, num_layers: 2, num_heads: 4, feed_forward_proj: 'gated-gelu' };
+    const a = await x2i.T5Encoder.fromConfig(c, { device: 'cuda', seed: 7 });
+    const b = await x2i.T5Encoder.fromConfig(c, { device: 'cuda', seed: 7 });
+    const ids = x2i.Tensor.fromArray(BigInt64Array.from({ length: 10 }, (_, i) => BigInt(i * 5 % 64)), [1, 10], { device: 'cuda' });
+    const [ra, rb] = await Promise.all([a.forward({ inputIds: ids }), b.forward({ inputIds: ids })]);
+    const va = await (await ra.lastHiddenState.to({ device: 'cpu', dtype: 'float32' })).toArray();
+    const vb = await (await rb.lastHiddenState.to({ device: 'cpu', dtype: 'float32' })).toArray();
+    assert.deepEqual(vb, va);
+    assert.ok(va.every(Number.isFinite));
+    const al = await x2i.AlignNet.fromConfig({ layers: 3, inputDim: 16, sequenceDim: 8, pooledDim: 4 }, { device: 'cuda', seed: 1 });
+    assert.equal(al.dtype, 'bfloat16');
+    const vae = await x2i.AutoencoderKL.fromConfig({ block_out_channels: [32, 32] }, { device: 'cuda' });
+    const z = await x2i.randn([1, 16, 4, 4], { device: 'cuda', dtype: 'bfloat16' });
+    const y = await vae.decode(z);
+    assert.deepEqual(y.shape, [1, 3, 8, 8]);
+    for (const m of [a, b, al, vae]) m.dispose();
+  });
 });

@@ -1,0 +1,277 @@
+"""PyTorch eager baseline for bench/x2i_step.mjs (the GPU machine's python3, same run as x2i).
+
+The X2I training step as the official code composes it (x2i-method.md §2-3), at real sizes with random bf16
+weights, batch 1, 1024² (4096 image tokens), 512 text tokens:
+  T5-XXL (transformers T5EncoderModel) + CLIP-L (CLIPTextModel) under no_grad -> teacher conditioning;
+  Qwen2.5-VL-7B (transformers, output_hidden_states, 29 states stacked) under no_grad;
+  teacher FLUX.1-dev forward under no_grad with forward hooks' features (double blocks: after the output
+  projections, before the gates; single blocks: the raw attention output), stacked per kind;
+  AlignNet (Conv2d 5x5 over the 29 states, LayerNorm, MLP) -> the student's conditioning;
+  the same frozen FLUX forward with grad, the same features, the official loss (z-norm, tau 3, softmax over
+  channels, kl_div(log p_T, p_S, 'batchmean'), 76 terms), backward into AlignNet, clip_grad_norm 1.0, AdamW.
+And the teacher's generation: T5 + CLIP + 28 Euler steps of FLUX.1-dev at 1024² (no VAE: diffusers is not on
+the machine), eager and (--compile) with torch.compile of the transformer.
+The FLUX transformer here is written out in plain PyTorch (BFL's math: AdaLN, QK-RMSNorm, 3-axis RoPE, joint
+attention text-first, GELU-tanh), one module per part, weights frozen.
+    python3 x2i_step.py [--steps 5] [--gen-iters 3] [--compile] [--json out.json]
+"""
+import argparse, json, math, statistics, time, traceback
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+p = argparse.ArgumentParser()
+p.add_argument("--steps", type=int, default=5)
+p.add_argument("--gen-iters", type=int, default=3)
+p.add_argument("--compile", action="store_true")
+p.add_argument("--json")
+a = p.parse_args()
+dev, dt = "cuda", torch.bfloat16
+D, H, HD, MLP, T, N = 3072, 24, 128, 12288, 512, 4096
+GiB = 2 ** 30
+
+
+# ---------------------------------------------------------------- FLUX.1-dev in plain PyTorch
+class RMSNorm(nn.Module):
+    def __init__(self, d):
+        super().__init__(); self.scale = nn.Parameter(torch.ones(d))
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * self.scale
+
+
+def rope_tables(ids, axes=(16, 56, 56)):             # ids [L, 3] -> cos, sin [L, HD/2]
+    ang = torch.cat([ids[:, i:i + 1].double() / (10000 ** (torch.arange(0, d, 2, device=ids.device, dtype=torch.float64) / d))
+                     for i, d in enumerate(axes)], -1)
+    return ang.cos().float(), ang.sin().float()
+
+
+def rope(x, cos, sin):                               # adjacent pairs (2m, 2m+1)
+    xf = x.float(); x0, x1 = xf[..., 0::2], xf[..., 1::2]
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), -1).flatten(-2).type_as(x)
+
+
+def heads(t):                                        # [B, L, 3D] -> 3 x [B, H, L, HD]
+    B, L, _ = t.shape
+    return t.view(B, L, 3, H, HD).permute(2, 0, 3, 1, 4)
+
+
+def modulate(x, shift, scale):
+    return F.layer_norm(x, (D,), eps=1e-6) * (1 + scale) + shift
+
+
+def timestep_embedding(t, dim=256):                  # t in [0, 1] (x 1000 inside, as BFL)
+    half = dim // 2
+    f = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * f[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class MLPEmbedder(nn.Module):
+    def __init__(self, i, h):
+        super().__init__(); self.in_layer = nn.Linear(i, h); self.out_layer = nn.Linear(h, h)
+    def forward(self, x):
+        return self.out_layer(F.silu(self.in_layer(x)))
+
+
+class Stream(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mod = nn.Linear(D, 6 * D); self.qkv = nn.Linear(D, 3 * D); self.qn = RMSNorm(HD); self.kn = RMSNorm(HD)
+        self.proj = nn.Linear(D, D); self.mlp = nn.Sequential(nn.Linear(D, MLP), nn.GELU(approximate="tanh"), nn.Linear(MLP, D))
+
+
+class DoubleBlock(nn.Module):
+    def __init__(self):
+        super().__init__(); self.img = Stream(); self.txt = Stream()
+    def forward(self, img, txt, vec, cos, sin, taps):
+        qs, ks, vs, mods = [], [], [], []
+        for st, x in ((self.txt, txt), (self.img, img)):
+            m = st.mod(F.silu(vec))[:, None].chunk(6, -1); mods.append(m)
+            q, k, v = heads(st.qkv(modulate(x, m[0], m[1])))
+            qs.append(st.qn(q)); ks.append(st.kn(k)); vs.append(v)
+        q, k, v = torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2)
+        o = F.scaled_dot_product_attention(rope(q, cos, sin), rope(k, cos, sin), v).transpose(1, 2).flatten(2)
+        Tn = txt.shape[1]
+        out = []
+        for kind, st, x, ao, m in (("txt", self.txt, txt, o[:, :Tn], mods[0]), ("img", self.img, img, o[:, Tn:], mods[1])):
+            pr = st.proj(ao)
+            if taps is not None: taps[kind].append(pr)      # the official hook: after to_out / to_add_out, pre-gate
+            x = x + m[2] * pr
+            out.append(x + m[5] * st.mlp(modulate(x, m[3], m[4])))
+        return out[1], out[0]
+
+
+class SingleBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mod = nn.Linear(D, 3 * D); self.l1 = nn.Linear(D, 3 * D + MLP); self.l2 = nn.Linear(D + MLP, D)
+        self.qn = RMSNorm(HD); self.kn = RMSNorm(HD)
+    def forward(self, x, vec, cos, sin, taps):
+        sh, sc, g = self.mod(F.silu(vec))[:, None].chunk(3, -1)
+        qkv, mlp = self.l1(modulate(x, sh, sc)).split([3 * D, MLP], -1)
+        q, k, v = heads(qkv)
+        o = F.scaled_dot_product_attention(rope(self.qn(q), cos, sin), rope(self.kn(k), cos, sin), v).transpose(1, 2).flatten(2)
+        if taps is not None: taps["single"].append(o)       # the raw attention output, text first
+        return x + g * self.l2(torch.cat((o, F.gelu(mlp, approximate="tanh")), -1))
+
+
+class Flux(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.img_in = nn.Linear(64, D); self.txt_in = nn.Linear(4096, D)
+        self.time_in = MLPEmbedder(256, D); self.guidance_in = MLPEmbedder(256, D); self.vector_in = MLPEmbedder(768, D)
+        self.double_blocks = nn.ModuleList(DoubleBlock() for _ in range(19))
+        self.single_blocks = nn.ModuleList(SingleBlock() for _ in range(38))
+        self.final_mod = nn.Linear(D, 2 * D); self.final = nn.Linear(D, 64)
+    def forward(self, img, txt, pooled, t, g, cos, sin, taps=None):
+        vec = self.time_in(timestep_embedding(t).to(img.dtype)) + self.guidance_in(timestep_embedding(g).to(img.dtype)) + self.vector_in(pooled)
+        img, txt = self.img_in(img), self.txt_in(txt)
+        for b in self.double_blocks:
+            img, txt = b(img, txt, vec, cos, sin, taps)
+        x = torch.cat((txt, img), 1)
+        for b in self.single_blocks:
+            x = b(x, vec, cos, sin, taps)
+        shift, scale = self.final_mod(F.silu(vec))[:, None].chunk(2, -1)
+        return self.final(modulate(x[:, txt.shape[1]:], shift, scale))
+
+
+class AlignNet(nn.Module):                            # x2i-method.md §1.2, Qwen2.5-VL-7B sizes
+    def __init__(self, C=29, Hq=3584):
+        super().__init__()
+        self.conv = nn.Conv2d(C, 1, 5, padding=2)
+        self.ln = nn.LayerNorm(Hq, eps=1e-6)
+        self.projector = nn.Sequential(nn.Linear(Hq, 4096, bias=False), nn.GELU(), nn.Linear(4096, 4096, bias=False))
+        self.fc = nn.Sequential(nn.GELU(), nn.Linear(4096, 768))
+    def forward(self, x):                             # [B, C, S, H] -> prompt_embeds [B, S, 4096], pooled [B, 768]
+        seq = self.projector(self.ln(self.conv(x).squeeze(1)))
+        return seq, self.fc(seq).mean(1)
+
+
+def official_loss(teacher, student):                  # x2i-method.md §2.2, in bf16 as the official code
+    def normalize(x):
+        return (x - x.mean(-1, keepdim=True)) / (1e-7 + x.std(-1, keepdim=True))
+    total = 0
+    for kind in ("img", "txt", "single"):
+        Tk, Sk = torch.stack(teacher[kind], 1), torch.stack(student[kind], 1)
+        for i in range(Tk.shape[1]):
+            pT = F.softmax(normalize(Tk[:, i]) / 3, -1)
+            pS = F.softmax(normalize(Sk[:, i]) / 3, -1)
+            term = F.kl_div(torch.log(pT), pS, reduction="batchmean")
+            if torch.isfinite(term):
+                total = total + term
+    return total
+
+
+def save():                                          # after every phase: a timeout keeps what was measured
+    if a.json:
+        json.dump(res, open(a.json, "w"), indent=1)
+
+
+def timed(fn, iters, warm):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts), ts
+
+
+res = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}
+try:
+    import transformers
+    from transformers import CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+    res["transformers"] = transformers.__version__
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    torch.set_default_dtype(dt)
+    with torch.device(dev), torch.no_grad():
+        flux = Flux().eval().requires_grad_(False)
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                                     feed_forward_proj="gated-gelu", is_encoder_decoder=False)).eval().requires_grad_(False)
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                            num_hidden_layers=12, max_position_embeddings=77)).eval().requires_grad_(False)
+        text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                    num_key_value_heads=4, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+                    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
+        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_chans=3, in_channels=3, out_hidden_size=3584,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
+        qcfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **text)
+        qcfg._attn_implementation = "sdpa"
+        qwen = Qwen2_5_VLForConditionalGeneration(qcfg).eval().requires_grad_(False)
+    with torch.device(dev):
+        align = AlignNet()                               # bf16 parameters, as the official recipe
+    torch.set_default_dtype(torch.float32)
+    res["build_s"] = time.perf_counter() - t0
+    res["weights_GiB"] = torch.cuda.memory_allocated() / GiB
+    opt = torch.optim.AdamW(align.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    t5_ids = torch.randint(0, 32128, (1, T), generator=g).to(dev)
+    clip_ids = torch.randint(0, 49407, (1, 77), generator=g).to(dev)
+    qwen_ids = torch.randint(0, 150000, (1, T), generator=g).to(dev)
+    side = int(N ** 0.5)
+    ids = torch.zeros(T + N, 3, device=dev)
+    ids[T:, 1] = torch.arange(N, device=dev).div(side, rounding_mode="floor").float()
+    ids[T:, 2] = (torch.arange(N, device=dev) % side).float()
+    cos, sin = rope_tables(ids)
+    ones, guid = torch.ones(1, device=dev), torch.full((1,), 3.5, device=dev)
+
+    def conditioning():
+        with torch.no_grad():
+            return t5(input_ids=t5_ids).last_hidden_state, clip(input_ids=clip_ids).pooler_output
+
+    def step():
+        ehs, pooled = conditioning()
+        with torch.no_grad():
+            hs = torch.stack(qwen.model(input_ids=qwen_ids, output_hidden_states=True, use_cache=False).hidden_states, 1)
+            lat = torch.randn(1, N, 64, device=dev, dtype=dt)
+            tt = {"img": [], "txt": [], "single": []}
+            flux(lat, ehs, pooled, ones, guid, cos, sin, tt)
+        seq, pool = align(hs)
+        ss = {"img": [], "txt": [], "single": []}
+        flux(lat, seq, pool, ones, guid, cos, sin, ss)
+        loss = official_loss(tt, ss)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(align.parameters(), 1.0)
+        opt.step(); opt.zero_grad(set_to_none=True)
+        res.setdefault("loss", float(loss))
+
+    torch.cuda.reset_peak_memory_stats()
+    ms, all_ms = timed(step, a.steps, 2)
+    res["step"] = {"ms": ms, "all_ms": all_ms, "peak_allocated_GiB": torch.cuda.max_memory_allocated() / GiB}
+    save()
+
+    # ---- teacher generation: T5 + CLIP + 28 Euler steps (FLUX.1-dev's shifted schedule at 4096 tokens)
+    def sampler(model):
+        mu = 0.5 + (1.15 - 0.5) * (N - 256) / (4096 - 256)
+        s = torch.linspace(1.0, 1.0 / 28, 28, dtype=torch.float64)
+        s = math.exp(mu) / (math.exp(mu) + (1 / s - 1))
+        sig = torch.cat([s, torch.zeros(1, dtype=torch.float64)]).tolist()
+        def run():
+            with torch.no_grad():
+                ehs, pooled = conditioning()
+                x = torch.randn(1, N, 64, device=dev, dtype=dt)
+                for i in range(28):
+                    v = model(x, ehs, pooled, torch.full((1,), sig[i], device=dev), guid, cos, sin)
+                    x = (x.float() + (sig[i + 1] - sig[i]) * v.float()).to(dt)
+        return run
+    torch.cuda.reset_peak_memory_stats()
+    ms, all_ms = timed(sampler(flux), a.gen_iters, 1)
+    res["generate"] = {"ms": ms, "all_ms": all_ms, "peak_allocated_GiB": torch.cuda.max_memory_allocated() / GiB,
+                       "note": "no VAE decode (diffusers is not on the machine)"}
+    save()
+    if a.compile:
+        t0 = time.perf_counter()
+        cflux = torch.compile(flux, dynamic=False)
+        run = sampler(cflux)
+        run()
+        res["compile_s"] = time.perf_counter() - t0
+        ms, all_ms = timed(run, a.gen_iters, 0)
+        res["generate_compile"] = {"ms": ms, "all_ms": all_ms}
+except Exception as e:  # report, do not hide
+    res["error"] = "".join(traceback.format_exception(e))[-3000:]
+print(json.dumps(res, indent=1))
+save()

@@ -1,0 +1,161 @@
+// The X2I training step and the teacher's generation at real sizes on one GPU (issue 6), random bf16 weights
+// (every model's fromConfig): FLUX.1-dev-size transformer (one copy, shared by teacher and student), T5-XXL-size
+// and CLIP-L-size teacher encoders, a Qwen2.5-VL-7B-size MLLM and X2I's AlignNet; 1024² (4096 image tokens), 512
+// text tokens, batch 1.
+//   step = T5 + CLIP (teacher conditioning) + Qwen prefill with all 29 states + X2ITrainer.trainStep (teacher
+//          forward with its 76 taps, AlignNet, student forward + backward through the frozen transformer with the
+//          fused loss, AlignNet backward, clipping, AdamW on float32 masters)
+//   generation = T5 + CLIP + 28 Euler steps of the transformer + VAE decode at 1024²
+// Peak memory: the caching allocator's peak over the timed steps (what must fit in 80 GB), with and without
+// activation checkpointing. Baseline: the same step and generation as a PyTorch eager composition
+// (--baseline bench/baselines/x2i_step.py; transformers T5 / CLIP / Qwen2.5-VL), run after this process has
+// freed the GPU.
+//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--baseline-args "--compile"] [--json out.json]
+//                           [--steps 5] [--gen-iters 3]
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import * as x2i from '../dist/index.js';
+
+const { values: args } = parseArgs({ options: {
+  baseline: { type: 'string' }, 'baseline-args': { type: 'string', default: '' }, json: { type: 'string' },
+  steps: { type: 'string', default: '5' }, 'gen-iters': { type: 'string', default: '3' },
+} });
+if (!x2i.cuda.isAvailable()) { console.error('bench/x2i_step.mjs needs CUDA'); process.exit(1); }
+const device = 'cuda', dtype = 'bfloat16', T = 512, GiB = 2 ** 30;
+const steps = Number(args.steps), genIters = Number(args['gen-iters']);
+const T5_XXL = { model_type: 't5', vocab_size: 32128, d_model: 4096, d_kv: 64, d_ff: 10240, num_layers: 24, num_heads: 64,
+  relative_attention_num_buckets: 32, relative_attention_max_distance: 128, layer_norm_epsilon: 1e-6, feed_forward_proj: 'gated-gelu' };
+const CLIP_L = { vocab_size: 49408, hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12,
+  max_position_embeddings: 77, eos_token_id: 2, layer_norm_eps: 1e-5, hidden_act: 'quick_gelu' };
+const QWEN_7B = { model_type: 'qwen2_5_vl', vocab_size: 152064, hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28,
+  num_attention_heads: 28, num_key_value_heads: 4, rms_norm_eps: 1e-6, rope_theta: 1e6, rope_scaling: { type: 'mrope', mrope_section: [16, 24, 24] },
+  image_token_id: 151655, video_token_id: 151656, vision_start_token_id: 151652,
+  vision_config: { depth: 32, hidden_size: 1280, intermediate_size: 3420, num_heads: 16, in_chans: 3, out_hidden_size: 3584,
+    patch_size: 14, spatial_merge_size: 2, temporal_patch_size: 2, window_size: 112, fullatt_block_indexes: [7, 15, 23, 31], tokens_per_second: 2 } };
+
+const result = { date: new Date().toISOString(), device: null, tokens: { image: 4096, text: T }, runs: {} };
+const gib = (b) => b / GiB;
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const now = () => performance.now();
+
+// ---- the models, one copy each
+let t0 = now();
+const flux = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0 });
+const t5 = await x2i.T5Encoder.fromConfig(T5_XXL, { device, dtype, seed: 1 });
+const clip = await x2i.ClipTextEncoder.fromConfig(CLIP_L, { device, dtype, seed: 2 });
+const qwen = await x2i.QwenVLEncoder.fromConfig(QWEN_7B, { device, dtype, seed: 3 });
+const alignNet = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
+result.build_s = (now() - t0) / 1000;
+result.weights_GiB = gib(x2i.cuda.memory(device).allocated);
+
+const ids = (n, vocab, seed) => x2i.Tensor.fromArray(BigInt64Array.from({ length: n }, (_, i) => BigInt((i * 7919 + seed * 104729) % vocab)), [1, n]);
+const t5Ids = await ids(T, 32128, 1).to({ device });
+const clipIds = await ids(77, 49407, 2).to({ device });
+const qwenIds = await ids(T, 150000, 3).to({ device });
+
+async function teacherConditioning() {
+  const a = await t5.forward({ inputIds: t5Ids });
+  a.hiddenStates.dispose();
+  const c = await clip.forward({ inputIds: clipIds });
+  c.lastHiddenState.dispose();
+  c.hiddenStates.dispose();
+  return { encoderHiddenStates: a.lastHiddenState, pooledProjections: c.pooledOutput };
+}
+
+// ---- the training step, with and without activation checkpointing
+for (const checkpoint of [false, true]) {
+  const trainer = new x2i.X2ITrainer({ transformer: flux, alignNet, mllm: qwen, t5, clip }, { checkpoint, seed: 0 });
+  const ts = [], parts = { encoders: [], trainStep: [] };
+  let last;
+  const one = async () => {
+    const s0 = now();
+    const teacher = await teacherConditioning();
+    const { hiddenStates } = await qwen.forward({ inputIds: qwenIds });
+    await x2i.cuda.synchronize(device);
+    const s1 = now();
+    try {
+      last = await trainer.trainStep({ teacher, student: { hiddenStates } });
+    } finally {
+      teacher.encoderHiddenStates.dispose();
+      teacher.pooledProjections.dispose();
+      hiddenStates.dispose();
+    }
+    await x2i.cuda.synchronize(device);
+    const s2 = now();
+    return [s2 - s0, s1 - s0, s2 - s1];
+  };
+  for (let i = 0; i < 2; i++) await one();
+  x2i.cuda.memory(device, { reset: true });
+  for (let i = 0; i < steps; i++) {
+    const [all, enc, step] = await one();
+    ts.push(all), parts.encoders.push(enc), parts.trainStep.push(step);
+  }
+  const m = x2i.cuda.memory(device);
+  result.runs[checkpoint ? 'step_checkpoint' : 'step'] = {
+    ms: median(ts), encoders_ms: median(parts.encoders), trainStep_ms: median(parts.trainStep), all_ms: ts,
+    peak_allocated_GiB: gib(m.peakAllocated), peak_reserved_GiB: gib(m.peakReserved), loss: last.loss, skipped: last.skipped,
+    gradNorm: last.gradNorm,
+  };
+}
+
+// ---- teacher generation: T5 + CLIP + 28 steps + VAE decode at 1024²
+const vae = await x2i.AutoencoderKL.fromConfig({}, { device, dtype, seed: 5 });
+const pipe = new x2i.FluxPipeline({ transformer: flux, vae });
+const gen = async () => {
+  const e = await teacherConditioning();
+  try {
+    const r = await pipe.generate({ promptEmbeds: e.encoderHiddenStates, pooledPromptEmbeds: e.pooledProjections, height: 1024,
+      width: 1024, numInferenceSteps: 28, seed: 0 });
+    r.images.dispose();
+  } finally {
+    e.encoderHiddenStates.dispose();
+    e.pooledProjections.dispose();
+  }
+  await x2i.cuda.synchronize(device);
+};
+await gen();
+x2i.cuda.memory(device, { reset: true });
+const gts = [];
+for (let i = 0; i < genIters; i++) { const s = now(); await gen(); gts.push(now() - s); }
+const z = await x2i.randn([1, 16, 128, 128], { seed: 6, device, dtype });
+const dts = [];
+for (let i = 0; i < 4; i++) { const s = now(); (await vae.decode(z)).dispose(); await x2i.cuda.synchronize(device); dts.push(now() - s); }
+z.dispose();
+result.runs.generate = { ms: median(gts), all_ms: gts, vae_decode_ms: median(dts.slice(1)),
+  peak_allocated_GiB: gib(x2i.cuda.memory(device).peakAllocated) };
+
+for (const m of [flux, t5, clip, qwen, alignNet, vae]) m.dispose();
+for (const t of [t5Ids, clipIds, qwenIds]) t.dispose();
+result.leftover_GiB = gib(x2i.cuda.memory(device, { emptyCache: true }).reserved);
+
+// ---- the PyTorch eager composition, once this process holds (almost) nothing on the GPU
+if (args.baseline) {
+  const out = path.join(os.tmpdir(), `x2i_step-${process.pid}.json`);
+  const extra = args['baseline-args'].split(/\s+/).filter(Boolean);
+  const r = spawnSync('python3', [args.baseline, '--steps', String(steps), '--gen-iters', String(genIters), ...extra, '--json', out],
+    { encoding: 'utf8', timeout: 540_000 });
+  if (fs.existsSync(out)) result.baseline = JSON.parse(fs.readFileSync(out, 'utf8'));  // a timeout keeps the phases done
+  if (r.status !== 0) result.baselineError = ((r.stderr || '') + (r.stdout || '')).split('\n').slice(-25).join('\n');
+}
+
+// ---- report
+const f = (x, d = 1) => (typeof x === 'number' ? x.toFixed(d) : '—');
+const b = result.baseline ?? {};
+result.device = b.device ?? null;
+const R = result.runs;
+console.log(`X2I at real sizes (FLUX.1-dev, T5-XXL, CLIP-L, Qwen2.5-VL-7B, AlignNet; bf16 random weights; 1024², ${T} tokens) — ${result.date}`);
+console.log(`weights on the GPU: ${f(result.weights_GiB, 2)} GiB (one transformer), built in ${f(result.build_s)} s`);
+console.log('| run | x2i ms | peak allocated | PyTorch eager ms | peak allocated | eager / x2i |');
+console.log('|---|---:|---:|---:|---:|---:|');
+const row = (name, x, y) => console.log(`| ${name} | ${f(x?.ms)} | ${f(x?.peak_allocated_GiB, 2)} GiB | ${f(y?.ms)} | ${f(y?.peak_allocated_GiB, 2)} GiB | ${y?.ms ? f(y.ms / x.ms, 2) + '×' : '—'} |`);
+row('training step', R.step, b.step);
+row('training step, activation checkpointing', R.step_checkpoint, b.step_checkpoint);
+row('teacher generation 1024², 28 steps', R.generate, b.generate);
+if (b.generate_compile) console.log(`| teacher generation, torch.compile | | | ${f(b.generate_compile.ms)} | | ${f(b.generate_compile.ms / R.generate.ms, 2)}× |`);
+console.log(`step parts (x2i): encoders ${f(R.step.encoders_ms)} ms, trainStep ${f(R.step.trainStep_ms)} ms; loss ${f(R.step.loss, 3)}, skipped ${R.step.skipped}`);
+console.log(`generation parts (x2i): VAE decode 1024² ${f(R.generate.vae_decode_ms)} ms`);
+if (result.baselineError) console.log(`baseline failed:\n${result.baselineError}`);
+if (args.json) fs.writeFileSync(args.json, JSON.stringify(result, null, 1));
