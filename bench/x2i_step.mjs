@@ -10,7 +10,7 @@
 // activation checkpointing. Baseline: the same step and generation as a PyTorch eager composition
 // (--baseline bench/baselines/x2i_step.py; transformers T5 / CLIP / Qwen2.5-VL), run after this process has
 // freed the GPU.
-//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--baseline-args "--compile"] [--json out.json]
+//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--compile (the baseline also times torch.compile)] [--json out.json]
 //                           [--steps 5] [--gen-iters 3]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -20,7 +20,7 @@ import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
 
 const { values: args } = parseArgs({ options: {
-  baseline: { type: 'string' }, 'baseline-args': { type: 'string', default: '' }, json: { type: 'string' },
+  baseline: { type: 'string' }, compile: { type: 'boolean', default: false }, json: { type: 'string' },
   steps: { type: 'string', default: '5' }, 'gen-iters': { type: 'string', default: '3' },
 } });
 if (!x2i.cuda.isAvailable()) { console.error('bench/x2i_step.mjs needs CUDA'); process.exit(1); }
@@ -129,12 +129,13 @@ result.runs.generate = { ms: median(gts), all_ms: gts, vae_decode_ms: median(dts
 
 for (const m of [flux, t5, clip, qwen, alignNet, vae]) m.dispose();
 for (const t of [t5Ids, clipIds, qwenIds]) t.dispose();
+await new Promise((r) => setImmediate(r));  // dispose() frees once each model's queue is empty: a tick later
 result.leftover_GiB = gib(x2i.cuda.memory(device, { emptyCache: true }).reserved);
 
 // ---- the PyTorch eager composition, once this process holds (almost) nothing on the GPU
 if (args.baseline) {
   const out = path.join(os.tmpdir(), `x2i_step-${process.pid}.json`);
-  const extra = args['baseline-args'].split(/\s+/).filter(Boolean);
+  const extra = args.compile ? ['--compile'] : [];
   const r = spawnSync('python3', [args.baseline, '--steps', String(steps), '--gen-iters', String(genIters), ...extra, '--json', out],
     { encoding: 'utf8', timeout: 540_000 });
   if (fs.existsSync(out)) result.baseline = JSON.parse(fs.readFileSync(out, 'utf8'));  // a timeout keeps the phases done
@@ -158,4 +159,5 @@ if (b.generate_compile) console.log(`| teacher generation, torch.compile | | | $
 console.log(`step parts (x2i): encoders ${f(R.step.encoders_ms)} ms, trainStep ${f(R.step.trainStep_ms)} ms; loss ${f(R.step.loss, 3)}, skipped ${R.step.skipped}`);
 console.log(`generation parts (x2i): VAE decode 1024² ${f(R.generate.vae_decode_ms)} ms`);
 if (result.baselineError) console.log(`baseline failed:\n${result.baselineError}`);
+if (b.error) console.log(`baseline error:\n${b.error}`);
 if (args.json) fs.writeFileSync(args.json, JSON.stringify(result, null, 1));

@@ -58,7 +58,7 @@ read -r -a distillArgs <<< "${X2I_BENCH_DISTILL_ARGS:-}"
 # the Qwen2.5-VL-7B-size encoder (issue 5), transformers in the same run
 [ "${X2I_BENCH_QWEN:-1}" = 1 ] && node bench/qwen.mjs --baseline bench/baselines/qwen_prefill.py --json "$OUT/qwen.json" 2>&1 | tee "$OUT/qwen.md"
 # the X2I training step and the teacher's generation at real sizes (issue 6), the PyTorch eager composition after
-# (X2I_BENCH_STEP_ARGS: more options, e.g. --baseline-args --compile)
+# (X2I_BENCH_STEP_ARGS: more options, e.g. --compile)
 read -r -a stepArgs <<< "${X2I_BENCH_STEP_ARGS:-}"
 [ "${X2I_BENCH_STEP:-1}" = 1 ] && node bench/x2i_step.mjs --baseline bench/baselines/x2i_step.py "${stepArgs[@]}" --json "$OUT/x2i_step.json" 2>&1 | tee "$OUT/x2i_step.md"
 exit "$status"
