@@ -17,6 +17,8 @@ export { X2IGenerator } from './generator.js';
 export { X2ITrainer, loadCaptions } from './trainer.js';
 export { imageAgreement, evaluateAgreement } from './evaluate.js';
 export { runDemo } from './demo.js';
+export { ProcessGroup, launch } from './distributed.js';
+export type { ProcessGroupOptions, LaunchOptions } from './distributed.js';
 export type { DemoOptions, DemoSummary } from './demo.js';
 export type { AgreementResult } from './evaluate.js';
 export type { X2ITrainerOptions, X2IBatch, X2IStepInfo } from './trainer.js';
@@ -28,12 +30,12 @@ export { QwenVLEncoder } from './qwen.js';
 export type { QwenVLInputs, QwenPrompt } from './qwen.js';
 export { preprocessImages, preprocessVideo, smartResize } from './qwen_vision.js';
 export type { RgbImage, QwenVisionOptions } from './qwen_vision.js';
-export type { PretrainedOptions } from './pretrained.js';
+export type { PretrainedOptions, RandomOptions } from './pretrained.js';
 export { QwenTokenizer, T5Tokenizer, ClipTokenizer, pythonRepr, QWEN_VL_CHAT_TEMPLATE } from './tokenizers.js';
 export type { Encoded, EncodeOptions, PromptTokenizer, ChatMessage, ChatContent } from './tokenizers.js';
 export type { AlignNetInfo, AlignNetLoadOptions } from './alignnet.js';
 export type { Divergence, DistillationOptions, DistillationResult } from './distill.js';
-export type { MemoryInfo, BuildInfo, TypedArray } from './native.js';
+export type { MemoryInfo, BuildInfo, TypedArray, CudaMemoryInfo } from './native.js';
 import { addon, type BuildInfo } from './native.js';
 
 /** How the addon was built: LibTorch version and flavour, CUDA, threads. */

@@ -3,6 +3,7 @@
 #include "clip.h"
 #include "common.h"
 #include "distill.h"
+#include "distributed.h"
 #include "flux_wrap.h"
 #include "io.h"
 #include "qwen.h"
@@ -322,6 +323,10 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCount));
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
   exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
+  exports.Set("NativeProcessGroup", dist::Wrap::Init(env));
+  exports.Set("ncclAvailable", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return Napi::Boolean::New(info.Env(), dist::ncclAvailable());
+  }));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("readSafetensors", Napi::Function::New(env, ReadSafetensors));
   exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors));
