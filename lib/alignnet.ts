@@ -6,6 +6,7 @@ import { loadSafetensors, loadTorchCheckpoint, saveSafetensors } from './io.js';
 import { addon, type NativeTensor } from './native.js';
 import { NativeModel } from './model.js';
 import { Tensor, type DType } from './tensor.js';
+import { nativeGroup, type ProcessGroup } from './distributed.js';
 
 export interface AlignNetLoadOptions {
   /** 'cpu' (default) or 'cuda[:N]'. */
@@ -33,7 +34,8 @@ interface NativeAlignNet {
   forward(x: NativeTensor): Promise<{ encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor }>;
   weights(): Record<string, NativeTensor>;
   backward(x: NativeTensor, gSeq: NativeTensor, gPooled: NativeTensor): Promise<void>;
-  optimizerStep(o: object): Promise<number>;
+  optimizerStep(o: object, group?: object): Promise<number>;
+  broadcastWeights(group: object, root: number): Promise<void>;
   trainingState(restore?: object): { step: number; master: Record<string, NativeTensor>; expAvg: Record<string, NativeTensor>;
     expAvgSq: Record<string, NativeTensor> };
   dispose(): void;
@@ -134,10 +136,19 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
   }
 
   /** AdamW (decoupled weight decay) on the float32 masters with the accumulated (averaged) gradients, after
-   * clipping their global norm; returns the norm before clipping. */
+   * clipping their global norm; returns the norm before clipping. With `opts.group` (data parallel), the
+   * average is over the micro-batches of every rank (one all-reduce), so every rank takes the same step. */
   async optimizerStep(opts: { lr?: number; beta1?: number; beta2?: number; eps?: number; weightDecay?: number;
-    maxGradNorm?: number } = {}): Promise<number> {
-    return this.call((h) => h.optimizerStep(opts));
+    maxGradNorm?: number; group?: ProcessGroup } = {}): Promise<number> {
+    const { group, ...o } = opts;
+    const g = group ? nativeGroup(group) : undefined;
+    return this.call((h) => h.optimizerStep(o, g));
+  }
+
+  /** `root`'s weights (float32 masters) on every rank of `group`. */
+  async broadcastWeights(group: ProcessGroup, root = 0): Promise<void> {
+    const g = nativeGroup(group);
+    await this.call((h) => h.broadcastWeights(g, root));
   }
 
   /** The optimizer state as tensors (step, float32 masters, first and second moments); with `restore`, sets it. */

@@ -77,6 +77,12 @@ export class ProcessGroup {
     return this.#h;
   }
 
+  /** @internal The native handle, for the models' collective steps. */
+  static handleOf(g: ProcessGroup): object {
+    if (!(g instanceof ProcessGroup)) throw invalidArg('group', 'a ProcessGroup', g);
+    return g.#native();
+  }
+
   #op(name: Op, t?: Tensor, peer?: number): Promise<void> {
     const h = this.#native();
     if (name !== 'barrier' && !(t instanceof Tensor)) throw invalidArg(`ProcessGroup.${name}: tensor`, 'a Tensor', t);
@@ -158,4 +164,9 @@ export function launch(script: string, opts: LaunchOptions): Promise<number[]> {
       });
     }
   });
+}
+
+/** @internal */
+export function nativeGroup(g: ProcessGroup): object {
+  return ProcessGroup.handleOf(g);
 }

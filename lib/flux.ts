@@ -101,7 +101,7 @@ interface NativeFlux {
   forwardBackward(inputs: Record<string, NativeTensor | undefined>, gradSample: NativeTensor | null,
     gradCaptures: Record<string, NativeTensor> | null, checkpoint: boolean): Promise<{ sample: NativeTensor;
     grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
-  distillationStep(teacher: Record<string, NativeTensor | undefined>, student: Record<string, NativeTensor | undefined>,
+  distillationStep(teacher: Record<string, NativeTensor | undefined> | { captures: Record<string, NativeTensor> }, student: Record<string, NativeTensor | undefined>,
     divergence: string, temperature: number, checkpoint: boolean): Promise<DistillationStepResult & {
     grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
   denoise(inputs: Record<string, NativeTensor | undefined>, timesteps: number[], sigmas: number[], keepSteps?: boolean):
@@ -370,10 +370,14 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    * conditioning) keeps its 76 taps; the student forward (e.g. AlignNet's conditioning, same latents,
    * timestep, guidance and ids) computes each tap's loss term and gradient the moment the tap exists (one
    * fused pass per row on CUDA) and sends the gradients back into the student's conditioning inputs.
+   * `teacher` may also be the teacher's taps computed elsewhere (`{ captures }` of `forward(..., { capture: true })`,
+   * e.g. on another GPU: X2ITrainer's `parallel: { mode: 'split' }`).
    */
-  async distillationStep(teacher: FluxInputs, student: FluxInputs, opts: { divergence?: Divergence;
+  async distillationStep(teacher: FluxInputs | { captures: FluxCaptures }, student: FluxInputs, opts: { divergence?: Divergence;
     temperature?: number; checkpoint?: boolean } = {}): Promise<DistillationStepResult> {
-    const [t, s] = [nativeInputs(teacher), nativeInputs(student)];
+    const t = 'captures' in teacher ? { captures: { doubleImg: teacher.captures.doubleImg.handle,
+      doubleTxt: teacher.captures.doubleTxt.handle, single: teacher.captures.single.handle } } : nativeInputs(teacher);
+    const s = nativeInputs(student);
     const r = await this.call((h) => h.distillationStep(t, s, opts.divergence ?? 'rkl',
       opts.temperature ?? 3, Boolean(opts.checkpoint)));
     return { loss: r.loss, terms: r.terms, skipped: r.skipped, grad: {

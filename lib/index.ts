@@ -1,5 +1,5 @@
 /** x2i: X2I (FLUX.1 + multimodal-LLM attention distillation) for Node.js over a native LibTorch addon. */
-export { Tensor, randn, matmul, relativeError, memory, setNumThreads, cuda, DTYPES } from './tensor.js';
+export { Tensor, randn, zeros, matmul, relativeError, memory, setNumThreads, cuda, DTYPES } from './tensor.js';
 export type { DType, AnyDType, ExtraDType, TensorOptions } from './tensor.js';
 export { loadSafetensors, saveSafetensors, loadTorchCheckpoint, readSafetensorsHeader, MAX_HEADER_BYTES } from './io.js';
 export type { LoadOptions, SafetensorsHeader, SafetensorsEntry } from './io.js';

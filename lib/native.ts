@@ -72,6 +72,7 @@ export interface Addon {
     device?: string, dtype?: string): Promise<Record<string, NativeTensor>>;
   writeSafetensors(path: string, header: Buffer, tensors: NativeTensor[], nbytes: number[]): Promise<void>;
   loadTorchCheckpoint(path: string): Promise<Record<string, NativeTensor>>;
+  zeros(shape: number[], dtype: string, device: string): Promise<NativeTensor>;
   randn(shape: number[], dtype: string, device: string, seed?: number): Promise<NativeTensor>;
   matmul(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
   sdpaBackend(shape: number[], dtype: string, device: string): string;

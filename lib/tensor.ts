@@ -126,6 +126,14 @@ export async function randn(shape: number[], opts: TensorOptions & { seed?: numb
   return new Tensor(await nativeCall(() => addon().randn(shape, dtype, device, opts.seed)));
 }
 
+/** Zeros, allocated on the device itself. */
+export async function zeros(shape: number[], opts: TensorOptions = {}): Promise<Tensor> {
+  checkShape(shape);
+  const dtype = checkDType(opts.dtype) ?? 'float32';
+  const device = checkDevice(opts.device) ?? 'cpu';
+  return new Tensor(await nativeCall(() => addon().zeros(shape, dtype, device)));
+}
+
 /** Matrix product (LibTorch `matmul` semantics, broadcasting batch dimensions). */
 export async function matmul(a: Tensor, b: Tensor): Promise<Tensor> {
   if (!(a instanceof Tensor) || !(b instanceof Tensor)) throw invalidArg('matmul operands', 'two Tensors', a);

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { X2IError, invalidArg } from './errors.js';
 import type { AlignNet } from './alignnet.js';
 import type { Divergence } from './distill.js';
-import type { FluxTransformer } from './flux.js';
+import type { FluxCaptures, FluxTransformer } from './flux.js';
 import { loadSafetensors, saveSafetensors } from './io.js';
 import { FluxPipeline } from './pipeline.js';
 import { FlowMatchEulerScheduler } from './scheduler.js';
@@ -29,7 +29,9 @@ export function mulberry32(seed: number): () => number {
 import type { QwenPrompt, QwenVLEncoder } from './qwen.js';
 import type { T5Encoder } from './t5.js';
 import type { ClipTextEncoder } from './clip.js';
-import { Tensor, memory, randn } from './tensor.js';
+import { Tensor, memory, randn, zeros } from './tensor.js';
+import type { ProcessGroup } from './distributed.js';
+import { FLUX_DEV_CONFIG } from './flux.js';
 
 export interface X2ITrainerOptions {
   /** AdamW, as the official recipe: lr 1e-4, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8. */
@@ -60,6 +62,20 @@ export interface X2ITrainerOptions {
    * each micro-batch samples a step k < steps of the FLUX schedule, the teacher denoises the noise for k steps,
    * and both passes see that latent at σ_k. */
   trajectory?: { steps: number } | null;
+  /**
+   * Several processes (one per GPU, e.g. started by `x2i.launch` or `x2i train --nproc-per-node`), one group:
+   * - `mode: 'data'`: every rank holds every model and trains on its own micro-batches (its shard of the data);
+   *   AlignNet starts from rank 0's weights and every optimizer step averages the gradients of all ranks'
+   *   micro-batches (one all-reduce of AlignNet's gradients), so all ranks stay identical. Rank r's micro-batch
+   *   m draws the noise of micro-batch m·worldSize + r: N ranks train exactly like one process accumulating N.
+   *   Rank 0 writes the checkpoints.
+   * - `mode: 'split'` (2 ranks): rank 0 is the teacher (T5, CLIP and a transformer), rank 1 the student (MLLM,
+   *   AlignNet and a transformer). Per micro-batch the teacher sends its latents and 76 taps to the student and
+   *   goes on with the next one (at most two in flight), so teacher and student passes overlap. Both ranks get
+   *   the same batches (the teacher reads `batch.teacher`, the student `batch.student`); the student reports the
+   *   loss and writes the checkpoints; the teacher's step info has loss NaN.
+   */
+  parallel?: { group: ProcessGroup; mode: 'data' | 'split' } | null;
 }
 
 /** One micro-batch: the teacher's conditioning (or a caption for T5 + CLIP) and the student's MLLM input
@@ -70,6 +86,8 @@ export interface X2IBatch {
 }
 
 export interface X2IStepInfo {
+  /** 'single' (one process), 'data' (a data-parallel rank), 'teacher' / 'student' (split mode). */
+  role: 'single' | 'data' | 'teacher' | 'student';
   step: number;
   microStep: number;
   loss: number;
@@ -83,7 +101,8 @@ export interface X2IStepInfo {
 
 const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1.0, gradientAccumulation: 1,
   warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
-  checkpoint: false, seed: 0, trajectory: null as { steps: number } | null };
+  checkpoint: false, seed: 0, trajectory: null as { steps: number } | null,
+  parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null };
 
 /** Captions for training from a JSONL file (the `caption_en` field, as X2I's data; `caption` or `text` also
  * accepted) or a text file (one caption per line); blank lines are skipped. */
@@ -122,7 +141,28 @@ export class X2ITrainer {
     this.transformer = parts.transformer;
     this.alignNet = parts.alignNet;
     this.options = Object.freeze({ ...DEFAULTS, ...options });
+    const par = this.options.parallel;
+    if (par) {
+      if (par.mode !== 'data' && par.mode !== 'split') throw invalidArg('parallel.mode', "'data' or 'split'", par.mode);
+      if (!par.group || typeof par.group.allReduce !== 'function') throw invalidArg('parallel.group', 'a ProcessGroup', par.group);
+      if (par.mode === 'split' && par.group.worldSize !== 2)
+        throw new X2IError(`X2ITrainer: parallel mode 'split' needs 2 ranks (teacher, student), the group has ${par.group.worldSize}`, 'ERR_INVALID_ARG');
+    }
   }
+
+  /** This process's part: 'single', 'data', or 'teacher' (rank 0) / 'student' (rank 1) in split mode. */
+  get role(): X2IStepInfo['role'] {
+    const par = this.options.parallel;
+    if (!par) return 'single';
+    return par.mode === 'data' ? 'data' : par.group.rank === 0 ? 'teacher' : 'student';
+  }
+
+  /** The micro-batch index that seeds the noise (and the trajectory step) of this rank's next micro-batch. */
+  #sampleIndex(): number {
+    const par = this.options.parallel;
+    return par?.mode === 'data' ? this.microStep * par.group.worldSize + par.group.rank : this.microStep;
+  }
+  #synced = false;
 
   /** The learning rate of optimizer step `s` (0-based): linear warmup, then cosine to 0 at totalSteps. */
   learningRate(s = this.step): number {
@@ -134,23 +174,64 @@ export class X2ITrainer {
   }
 
   /** One micro-batch: teacher pass, student pass with the fused loss, gradient into AlignNet; every
-   * `gradientAccumulation` micro-batches an optimizer step. */
+   * `gradientAccumulation` micro-batches an optimizer step. In split mode, the teacher rank's call runs the
+   * teacher half and sends it; the student rank's call receives it and runs the rest. */
   async trainStep(batch: X2IBatch): Promise<X2IStepInfo> {
     const t0 = performance.now();
     const o = this.options;
+    const role = this.role;
     const owned: Tensor[] = [];
     const own = <T extends Tensor>(t: T) => (owned.push(t), t);
     try {
-      // teacher conditioning
-      let tEhs: Tensor, tPooled: Tensor;
-      if ('caption' in batch.teacher) {
-        if (!this.t5 || !this.clip) throw new X2IError('X2ITrainer: captions need the t5 and clip encoders (or pass teacher features)', 'ERR_INVALID_ARG');
-        tEhs = own((await this.t5.encodePrompt(batch.teacher.caption)).lastHiddenState);
-        tPooled = own((await this.clip.encodePrompt(batch.teacher.caption)).pooledOutput);
-      } else {
-        ({ encoderHiddenStates: tEhs, pooledProjections: tPooled } = batch.teacher);
+      if (role === 'data' && !this.#synced) {  // every rank starts from rank 0's AlignNet
+        await this.alignNet.broadcastWeights(o.parallel!.group, 0);
+        this.#synced = true;
       }
-      // student: MLLM hidden states → AlignNet
+      const device = this.transformer.device, dtype = this.transformer.dtype;
+      const lh = 2 * Math.floor(o.height / 16), lw = 2 * Math.floor(o.width / 16), N = (lh / 2) * (lw / 2);
+      const guidanceOf = (B: number) => own(Tensor.fromArray(new Float32Array(B).fill(o.guidance), [B], { device }));
+      const imgIds = own(FluxPipeline.imageIds(lh, lw, device));
+      const txt = (n: number) => own(Tensor.fromArray(new Float32Array(n * 3), [n, 3], { device }));
+      const index = this.#sampleIndex();
+
+      // ---- the teacher half: conditioning, latents (σ = 1, or along its own trajectory), and either its taps
+      // sent to the student rank or its inputs for distillationStep
+      let teacher: Parameters<FluxTransformer['distillationStep']>[0];
+      let latents: Tensor, sigma = 1;
+      if (role === 'student') {
+        ({ teacher, latents, sigma } = await this.#receiveTeacher(own, N));
+      } else {
+        let tEhs: Tensor, tPooled: Tensor;
+        if ('caption' in batch.teacher) {
+          if (!this.t5 || !this.clip) throw new X2IError('X2ITrainer: captions need the t5 and clip encoders (or pass teacher features)', 'ERR_INVALID_ARG');
+          tEhs = own((await this.t5.encodePrompt(batch.teacher.caption)).lastHiddenState);
+          tPooled = own((await this.clip.encodePrompt(batch.teacher.caption)).pooledOutput);
+        } else {
+          ({ encoderHiddenStates: tEhs, pooledProjections: tPooled } = batch.teacher);
+        }
+        const B = tEhs.shape[0];
+        const C = Number(this.transformer.config.in_channels ?? 64);
+        latents = own(await randn([B, N, C], { seed: o.seed + index, device, dtype }));
+        if (o.trajectory) {  // the teacher's latent after k of its own denoising steps, at σ_k
+          const sched = new FlowMatchEulerScheduler();
+          const { timesteps, sigmas } = sched.setTimesteps(o.trajectory.steps, { imageSeqLen: N });
+          const k = Math.floor(mulberry32(o.seed * 7919 + index)() * o.trajectory.steps);
+          if (k > 0) {
+            const r = await this.transformer.denoise({ hiddenStates: latents, encoderHiddenStates: tEhs, pooledProjections: tPooled,
+              guidance: guidanceOf(B), imgIds, txtIds: txt(tEhs.shape[1]) }, timesteps.slice(0, k), sigmas.slice(0, k + 1), { returnStepLatents: false });
+            latents = own(r.latents);
+          }
+          sigma = timesteps[k] / 1000;
+        }
+        teacher = { hiddenStates: latents, timestep: own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device })),
+          guidance: guidanceOf(B), imgIds, encoderHiddenStates: tEhs, pooledProjections: tPooled, txtIds: txt(tEhs.shape[1]) };
+        if (role === 'teacher') {
+          await this.#sendTeacher(teacher as Parameters<FluxTransformer['forward']>[0], latents, sigma, own);
+          return this.#advance(t0, B, { loss: NaN, terms: { doubleImg: [], doubleTxt: [], single: [] }, skipped: 0 });
+        }
+      }
+
+      // ---- the student half: MLLM hidden states → AlignNet → the student pass with the fused loss
       let hidden: Tensor;
       if ('prompt' in batch.student) {
         if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
@@ -163,51 +244,67 @@ export class X2ITrainer {
       const student = await this.alignNet.forward(hidden);
       own(student.encoderHiddenStates);
       own(student.pooledProjections);
-      // pure noise at σ = 1, the same latents for both passes
-      const B = tEhs.shape[0];
-      const lh = 2 * Math.floor(o.height / 16), lw = 2 * Math.floor(o.width / 16);
-      const device = this.transformer.device, dtype = this.transformer.dtype;
-      const C = Number(this.transformer.config.in_channels ?? 64);
-      let latents = own(await randn([B, (lh / 2) * (lw / 2), C], { seed: o.seed + this.microStep, device, dtype }));
-      const guidance = own(Tensor.fromArray(new Float32Array(B).fill(o.guidance), [B], { device }));
-      const imgIds = own(FluxPipeline.imageIds(lh, lw, device));
-      const txt = (n: number) => own(Tensor.fromArray(new Float32Array(n * 3), [n, 3], { device }));
-      let sigma = 1;
-      if (o.trajectory) {  // the teacher's latent after k of its own denoising steps, at σ_k
-        const sched = new FlowMatchEulerScheduler();
-        const { timesteps, sigmas } = sched.setTimesteps(o.trajectory.steps, { imageSeqLen: (lh / 2) * (lw / 2) });
-        const k = Math.floor(mulberry32(o.seed * 7919 + this.microStep)() * o.trajectory.steps);
-        if (k > 0) {
-          const r = await this.transformer.denoise({ hiddenStates: latents, encoderHiddenStates: tEhs, pooledProjections: tPooled,
-            guidance, imgIds, txtIds: txt(tEhs.shape[1]) }, timesteps.slice(0, k), sigmas.slice(0, k + 1), { returnStepLatents: false });
-          latents = own(r.latents);
-        }
-        sigma = timesteps[k] / 1000;
-      }
-      const ones = own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device }));
-      const common = { hiddenStates: latents, timestep: ones, guidance, imgIds };
-      const r = await this.transformer.distillationStep(
-        { ...common, encoderHiddenStates: tEhs, pooledProjections: tPooled, txtIds: txt(tEhs.shape[1]) },
-        { ...common, encoderHiddenStates: student.encoderHiddenStates, pooledProjections: student.pooledProjections,
+      const B = latents.shape[0];
+      const r = await this.transformer.distillationStep(teacher,
+        { hiddenStates: latents, timestep: own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device })), guidance: guidanceOf(B),
+          imgIds, encoderHiddenStates: student.encoderHiddenStates, pooledProjections: student.pooledProjections,
           txtIds: txt(student.encoderHiddenStates.shape[1]) },
         { divergence: o.divergence, temperature: o.temperature, checkpoint: o.checkpoint });
       own(r.grad.encoderHiddenStates);
       own(r.grad.pooledProjections);
       await this.alignNet.backward(hidden, r.grad);
-      this.microStep++;
-      let gradNorm: number | undefined;
-      const lr = this.learningRate();
-      if (this.microStep % o.gradientAccumulation === 0) {
-        gradNorm = await this.alignNet.optimizerStep({ lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps,
-          weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm });
-        this.step++;
-      }
-      const mem = memory();
-      return { step: this.step, microStep: this.microStep, loss: r.loss, terms: r.terms, skipped: r.skipped, lr, gradNorm,
-        samplesPerSecond: B / ((performance.now() - t0) / 1000), memory: { tensors: mem.tensors, bytes: mem.bytes } };
+      return await this.#advance(t0, B, r);
     } finally {
       for (const t of owned) t.dispose();
     }
+  }
+
+  /** Counts the micro-batch; every `gradientAccumulation` of them, the optimizer step (averaged over the ranks
+   * in data mode; none on the split teacher, which only counts). */
+  async #advance(t0: number, B: number, r: Pick<X2IStepInfo, 'loss' | 'terms' | 'skipped'>): Promise<X2IStepInfo> {
+    const o = this.options;
+    this.microStep++;
+    let gradNorm: number | undefined;
+    const lr = this.learningRate();
+    if (this.microStep % o.gradientAccumulation === 0) {
+      if (this.role !== 'teacher')
+        gradNorm = await this.alignNet.optimizerStep({ lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay,
+          maxGradNorm: o.maxGradNorm, group: this.role === 'data' ? o.parallel!.group : undefined });
+      this.step++;
+    }
+    const mem = memory();
+    return { role: this.role, step: this.step, microStep: this.microStep, loss: r.loss, terms: r.terms, skipped: r.skipped, lr, gradNorm,
+      samplesPerSecond: B / ((performance.now() - t0) / 1000), memory: { tensors: mem.tensors, bytes: mem.bytes } };
+  }
+
+  /** The split teacher: a header (B, tokens, σ), the latents and the three stacked taps, to rank 1. */
+  async #sendTeacher(inputs: Parameters<FluxTransformer['forward']>[0], latents: Tensor, sigma: number,
+    own: <T extends Tensor>(t: T) => T): Promise<void> {
+    const g = this.options.parallel!.group, device = this.transformer.device;
+    const { captures } = await this.transformer.forward(inputs, { capture: true });
+    const caps = captures as FluxCaptures;
+    for (const t of [caps.doubleImg, caps.doubleTxt, caps.single]) own(t);
+    const [B, N] = latents.shape;
+    const header = own(Tensor.fromArray(new Float64Array([B, N, caps.doubleTxt.shape[2], sigma]), [4], { device }));
+    for (const t of [header, latents, caps.doubleImg, caps.doubleTxt, caps.single]) await g.send(t, 1);
+  }
+
+  /** The split student: what #sendTeacher sent, into tensors of the shapes the header and the transformer give. */
+  async #receiveTeacher(own: <T extends Tensor>(t: T) => T, N: number):
+    Promise<{ teacher: { captures: FluxCaptures }; latents: Tensor; sigma: number }> {
+    const g = this.options.parallel!.group, device = this.transformer.device, dtype = this.transformer.dtype;
+    const cfg = { ...FLUX_DEV_CONFIG, ...this.transformer.config };
+    const header = own(Tensor.fromArray(new Float64Array(4), [4], { device }));
+    await g.recv(header, 0);
+    const [B, n, T, sigma] = Array.from(await header.toArray() as Float64Array);
+    if (n !== N) throw new X2IError(`X2ITrainer (split): the teacher sent ${n} image tokens, this rank expects ${N} (height/width differ)`, 'ERR_SHAPE_MISMATCH');
+    const D = cfg.attention_head_dim * cfg.num_attention_heads;
+    const empty = async (shape: number[]) => own(await zeros(shape, { device, dtype }));
+    const latents = await empty([B, N, Number(cfg.in_channels)]);
+    const captures = { doubleImg: await empty([B, cfg.num_layers, N, D]), doubleTxt: await empty([B, cfg.num_layers, T, D]),
+      single: await empty([B, cfg.num_single_layers, T + N, D]) };
+    for (const t of [latents, captures.doubleImg, captures.doubleTxt, captures.single]) await g.recv(t, 0);
+    return { teacher: { captures }, latents, sigma };
   }
 
   /** Trains over `data` (cycled) for `steps` micro-batches; `onStep` after each; `signal` stops at a step
@@ -237,6 +334,9 @@ export class X2ITrainer {
   async save(dir: string): Promise<string> {
     const name = `step-${String(this.step).padStart(6, '0')}-${this.microStep}`;
     const target = path.join(dir, name);
+    // one writer: rank 0 in data mode (all ranks hold the same state), the student in split mode
+    const par = this.options.parallel;
+    if (par && (this.role === 'teacher' || (this.role === 'data' && par.group.rank !== 0))) return target;
     fs.mkdirSync(target, { recursive: true });
     const st = this.alignNet.trainingState();
     const tensors: Record<string, Tensor> = {};
@@ -250,7 +350,9 @@ export class X2ITrainer {
     }
     const tmp = path.join(dir, `trainer.json.tmp-${process.pid}`);
     const fd = fs.openSync(tmp, 'w');
-    fs.writeSync(fd, JSON.stringify({ step: this.step, microStep: this.microStep, checkpoint: name, options: this.options }, null, 2));
+    const { parallel, ...options } = this.options;
+    fs.writeSync(fd, JSON.stringify({ step: this.step, microStep: this.microStep, checkpoint: name, options,
+      parallel: parallel ? { mode: parallel.mode, worldSize: parallel.group.worldSize } : null }, null, 2));
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     fs.renameSync(tmp, path.join(dir, 'trainer.json'));
@@ -270,6 +372,11 @@ export class X2ITrainer {
   async resume(dir: string): Promise<void> {
     const ckpt = X2ITrainer.latestCheckpoint(dir);
     const meta = JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'));
+    if (this.role === 'teacher') {  // the split teacher holds no AlignNet: only the counters
+      this.step = meta.step;
+      this.microStep = meta.microStep;
+      return;
+    }
     const opt = await loadSafetensors(path.join(ckpt, 'optimizer.safetensors'));
     try {
       const pick = (prefix: string) => Object.fromEntries(Object.entries(opt).filter(([k]) => k.startsWith(prefix + '.'))

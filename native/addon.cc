@@ -118,6 +118,17 @@ Napi::Value Randn(const Napi::CallbackInfo& info) {
   });
 }
 
+// zeros(shape, dtype, device) → Promise<NativeTensor>, allocated on the device (no host copy)
+Napi::Value Zeros(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto shape = argShape(info, 0, "shape");
+    const at::ScalarType dtype = parseDType(argString(info, 1, "dtype"));
+    const c10::Device device = parseDevice(argString(info, 2, "device"));
+    return queueTensor(info.Env(), [=] { return at::zeros(shape, at::TensorOptions().dtype(dtype).device(device)); },
+                       /*inference=*/false);
+  });
+}
+
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     at::Tensor a = TensorWrap::Get(info[0], "a"), b = TensorWrap::Get(info[1], "b");
@@ -333,6 +344,7 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("loadTorchCheckpoint", Napi::Function::New(env, LoadTorchCheckpoint));
   exports.Set("randn", Napi::Function::New(env, Randn));
   exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("zeros", Napi::Function::New(env, Zeros));
   exports.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
   exports.Set("resizeImage", Napi::Function::New(env, ResizeImage));
   exports.Set("packLatents", Napi::Function::New(env, PackLatents));

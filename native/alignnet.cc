@@ -5,6 +5,7 @@
 
 #include "tensor.h"
 #include "weights.h"
+#include "distributed.h"
 
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
@@ -171,10 +172,27 @@ void backward(Model& m, const at::Tensor& hiddenStates, const at::Tensor& gSeq, 
 // AdamW on the float32 masters (PyTorch's formula, decoupled weight decay) after averaging the accumulated
 // gradients and clipping their global norm; the model's weights become the cast masters. Returns the
 // pre-clipping gradient norm.
-double optimizerStep(Model& m, double lr, double beta1, double beta2, double eps, double weightDecay, double maxNorm) {
+double optimizerStep(Model& m, double lr, double beta1, double beta2, double eps, double weightDecay, double maxNorm,
+                     dist::Group* group) {
   Training& tr = trainingOf(m);
   if (tr.accumulated == 0) fail("ERR_INVALID_ARG", "AlignNet.optimizerStep: no gradients were accumulated");
   c10::InferenceMode guard;
+  if (group && group->size > 1) {  // data parallel: the gradients and micro-batch counts of all ranks, one collective
+    std::vector<at::Tensor> parts;
+    for (auto& [k, g] : tr.grad) parts.push_back(g.reshape({-1}));
+    parts.push_back(at::full({1}, double(tr.accumulated), parts[0].options()));
+    at::Tensor flat = at::cat(parts);
+    {
+      std::lock_guard<std::mutex> lock(group->mutex);
+      group->allReduceSum(flat);
+    }
+    int64_t off = 0;
+    for (auto& [k, g] : tr.grad) {
+      g.copy_(flat.narrow(0, off, g.numel()).view_as(g));
+      off += g.numel();
+    }
+    tr.accumulated = int64_t(std::llround(flat[off].item<double>()));
+  }
   double sq = 0;
   for (auto& [k, g] : tr.grad) {
     g.div_(double(tr.accumulated));
@@ -209,6 +227,7 @@ Napi::Function Wrap::Init(Napi::Env env) {
       InstanceMethod<&Wrap::Weights>("weights"),
       InstanceMethod<&Wrap::Backward>("backward"),
       InstanceMethod<&Wrap::OptimizerStep>("optimizerStep"),
+      InstanceMethod<&Wrap::BroadcastWeights>("broadcastWeights"),
       InstanceMethod<&Wrap::TrainingState>("trainingState"),
       InstanceMethod<&Wrap::Dispose>("dispose"),
   });
@@ -339,7 +358,8 @@ Napi::Value Wrap::Backward(const Napi::CallbackInfo& info) {
   });
 }
 
-// optimizerStep({ lr, beta1, beta2, eps, weightDecay, maxGradNorm }) → Promise<gradient norm>
+// optimizerStep({ lr, beta1, beta2, eps, weightDecay, maxGradNorm }, group?) → Promise<gradient norm>; with a
+// process group, the gradients are averaged over every rank's micro-batches first (data parallel).
 Napi::Value Wrap::OptimizerStep(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     auto m = model();
@@ -347,9 +367,36 @@ Napi::Value Wrap::OptimizerStep(const Napi::CallbackInfo& info) {
     auto num = [&](const char* k, double d) { return o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : d; };
     const double lr = num("lr", 1e-4), b1 = num("beta1", 0.9), b2 = num("beta2", 0.999), eps = num("eps", 1e-8),
                  wd = num("weightDecay", 1e-2), clip = num("maxGradNorm", 1.0);
+    std::shared_ptr<dist::Group> group = info.Length() > 1 && info[1].IsObject() ? dist::Wrap::Get(info[1]) : nullptr;
     auto norm = std::make_shared<double>(0);
-    return queue(info.Env(), [=] { *norm = optimizerStep(*m, lr, b1, b2, eps, wd, clip); },
+    return queue(info.Env(), [=] { *norm = optimizerStep(*m, lr, b1, b2, eps, wd, clip, group.get()); },
                  [norm](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *norm); });
+  });
+}
+
+// broadcastWeights(group, root) → Promise<void>: root's float32 masters (and so its weights) on every rank, e.g.
+// before data-parallel training from differently initialised copies.
+Napi::Value Wrap::BroadcastWeights(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    auto m = model();
+    auto group = dist::Wrap::Get(info[0]);
+    const int root = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+    if (root < 0 || root >= group->size) fail("ERR_INVALID_ARG", "AlignNet.broadcastWeights: root " + std::to_string(root) + " is not a rank");
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      Training& tr = trainingOf(*m);
+      std::vector<at::Tensor> parts;
+      for (auto& [k, t] : tr.master) parts.push_back(t.reshape({-1}));
+      at::Tensor flat = at::cat(parts);
+      {
+        std::lock_guard<std::mutex> lock(group->mutex);
+        group->broadcast(flat, root);
+      }
+      int64_t off = 0;
+      for (auto& [k, t] : tr.master) t.copy_(flat.narrow(0, off, t.numel()).view_as(t)), off += t.numel();
+      for (auto& [k, ptr] : params(*m)) *ptr = tr.master.at(k).to(ptr->scalar_type());
+      syncDevice(flat);
+    }, [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
   });
 }
 

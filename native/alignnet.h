@@ -46,6 +46,7 @@ class Wrap : public Napi::ObjectWrap<Wrap> {
   Napi::Value Weights(const Napi::CallbackInfo& info);
   Napi::Value Backward(const Napi::CallbackInfo& info);
   Napi::Value OptimizerStep(const Napi::CallbackInfo& info);
+  Napi::Value BroadcastWeights(const Napi::CallbackInfo& info);
   Napi::Value TrainingState(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 };

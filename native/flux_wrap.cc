@@ -259,7 +259,25 @@ Napi::Value FluxWrap::ForwardBackward(const Napi::CallbackInfo& info) {
 Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     auto m = model();
-    flux::Inputs tin = parseInputs(info[0]), sin = parseInputs(info[1]);
+    // the teacher: its inputs (it runs here), or its taps computed elsewhere ({ captures }, e.g. on another GPU)
+    const bool given = info[0].IsObject() && info[0].As<Napi::Object>().Has("captures");
+    std::array<at::Tensor, 3> givenTaps;
+    flux::Inputs tin;
+    if (given) {
+      auto c = info[0].As<Napi::Object>().Get("captures");
+      if (!c.IsObject()) fail("ERR_INVALID_ARG", "distillationStep: teacher.captures must be { doubleImg, doubleTxt, single }");
+      const char* names[3] = {"doubleImg", "doubleTxt", "single"};
+      const int64_t counts[3] = {int64_t(m->doubles.size()), int64_t(m->doubles.size()), int64_t(m->singles.size())};
+      for (int k = 0; k < 3; ++k) {
+        givenTaps[k] = TensorWrap::Get(c.As<Napi::Object>().Get(names[k]), names[k]);
+        if (givenTaps[k].dim() != 4 || givenTaps[k].size(1) != counts[k])
+          fail("ERR_SHAPE_MISMATCH", std::string("distillationStep: teacher.captures.") + names[k] + " has shape " +
+                                         shapeString(givenTaps[k].sizes()) + ", expected [B, " + std::to_string(counts[k]) + ", tokens, D]");
+      }
+    } else {
+      tin = parseInputs(info[0]);
+    }
+    flux::Inputs sin = parseInputs(info[1]);
     const distill::Divergence div = distill::parseDivergence(info.Length() > 2 && info[2].IsString() ? argString(info, 2, "divergence") : "rkl");
     const double tau = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 3.0;
     if (!(tau > 0)) fail("ERR_INVALID_ARG", "distillationStep: temperature must be positive");
@@ -274,7 +292,10 @@ Napi::Value FluxWrap::DistillationStep(const Napi::CallbackInfo& info) {
     return queue(info.Env(), [=] {
       // teacher: taps kept as they are (the model dtype), nothing else
       std::array<std::vector<at::Tensor>, 3> teacher;
-      {
+      if (given) {
+        for (int k = 0; k < 3; ++k)
+          for (auto& t : givenTaps[k].to(m->device(), m->dtype()).unbind(1)) teacher[k].push_back(t.contiguous());  // no copy at B = 1
+      } else {
         c10::InferenceMode guard;
         flux::Inputs p = flux::prepare(*m, tin);
         flux::forward(*m, p, [&](flux::Tap k, int64_t, const at::Tensor& t) { teacher[int(k)].push_back(t); });
