@@ -11,7 +11,7 @@ import { addon, type NativeTensor } from './native.js';
 import { SerialQueue } from './queue.js';
 import { Tensor } from './tensor.js';
 
-type Op = 'allReduce' | 'allReduceMean' | 'broadcast' | 'send' | 'recv' | 'barrier';
+type Op = 'allReduce' | 'allReduceMean' | 'broadcast' | 'send' | 'recv' | 'barrier' | 'close';
 
 interface NativeProcessGroup {
   info(): { rank: number; worldSize: number; backend: 'nccl' | 'store' };
@@ -85,7 +85,7 @@ export class ProcessGroup {
 
   #op(name: Op, t?: Tensor, peer?: number): Promise<void> {
     const h = this.#native();
-    if (name !== 'barrier' && !(t instanceof Tensor)) throw invalidArg(`ProcessGroup.${name}: tensor`, 'a Tensor', t);
+    if (name !== 'barrier' && name !== 'close' && !(t instanceof Tensor)) throw invalidArg(`ProcessGroup.${name}: tensor`, 'a Tensor', t);
     const handle = t?.handle;
     return this.#queue.run(() => nativeCall(() => h.op(name, handle, peer)));
   }
@@ -115,11 +115,21 @@ export class ProcessGroup {
     return this.#op('barrier');
   }
 
-  /** Leaves the group (after the operations in flight). */
-  dispose(): void {
+  /** Leaves the group after the operations in flight; rank 0 (the store's server) waits until every rank has
+   * left. Resolves when done (dispose() does the same without waiting). */
+  async close(): Promise<void> {
     const h = this.#h;
     this.#h = null;
-    if (h) void this.#queue.run(async () => h.dispose());
+    if (!h) return;
+    try {
+      await this.#queue.run(() => nativeCall(() => h.op('close')));
+    } finally {
+      h.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.close().catch(() => {});
   }
 
   [Symbol.dispose ?? Symbol.for('nodejs.dispose')](): void {

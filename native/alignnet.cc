@@ -289,7 +289,7 @@ Napi::Value Wrap::Random(const Napi::CallbackInfo& info) {
     const uint64_t seed = uint64_t(info[4].As<Napi::Number>().Int64Value());
     auto out = std::make_shared<std::shared_ptr<Model>>();
     return queue(info.Env(), [=] {
-      c10::InferenceMode guard;
+      c10::NoGradGuard guard;  // trainable weights: not inference tensors
       RandomInit init(device, dtype, seed);
       std::map<std::string, at::Tensor> w;
       for (auto& [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
@@ -383,7 +383,7 @@ Napi::Value Wrap::BroadcastWeights(const Napi::CallbackInfo& info) {
     const int root = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
     if (root < 0 || root >= group->size) fail("ERR_INVALID_ARG", "AlignNet.broadcastWeights: root " + std::to_string(root) + " is not a rank");
     return queue(info.Env(), [=] {
-      c10::InferenceMode guard;
+      c10::NoGradGuard guard;  // the masters stay usable as autograd leaves
       Training& tr = trainingOf(*m);
       std::vector<at::Tensor> parts;
       for (auto& [k, t] : tr.master) parts.push_back(t.reshape({-1}));

@@ -77,12 +77,13 @@ class StoreGroup : public Group {
     t.copy_(tensorOf(b, t, "recv from rank " + std::to_string(src)));
   }
 
-  void barrier() override {
+  void barrier() override {  // its two keys stay: cleaning up would need one more round
     const std::string k = "x2i/barrier/" + std::to_string(seq_++);
     if (store_->add(k, 1) == size) store_->set(k + "/done", std::vector<uint8_t>{1});
     store_->wait({k + "/done"});
-    done(k + "/", size, size);
   }
+
+  void close() override { leave(*store_, rank, size, store_->getTimeout()); }
 
  private:
   static constexpr int64_t kDepth = 2;
@@ -100,6 +101,16 @@ class StoreGroup : public Group {
 };
 
 }  // namespace
+
+void leave(c10d::Store& store, int rank, int size, std::chrono::milliseconds timeout) {
+  store.add("x2i/left", 1);
+  if (rank != 0) return;
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (store.add("x2i/left", 0) < size) {
+    if (std::chrono::steady_clock::now() > until) fail("ERR_DISTRIBUTED", "ProcessGroup.dispose (rank 0): the other ranks did not leave in time");
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
 
 std::shared_ptr<Group> create(const Options& o) {
   if (o.size < 1 || o.rank < 0 || o.rank >= o.size)
@@ -192,13 +203,13 @@ Napi::Value Wrap::Op(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     auto g = group();
     const std::string op = argString(info, 0, "op");
-    at::Tensor t = op == "barrier" ? at::Tensor() : TensorWrap::Get(info[1], "tensor");
+    at::Tensor t = op == "barrier" || op == "close" ? at::Tensor() : TensorWrap::Get(info[1], "tensor");
     const int peer = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 0;
     const bool reduce = op == "allReduce" || op == "allReduceMean";
-    if (op != "barrier" && !reduce && peer >= g->size)
+    if (op != "barrier" && op != "close" && !reduce && peer >= g->size)
       fail("ERR_INVALID_ARG", "ProcessGroup." + op + ": rank " + std::to_string(peer) + " is not in [0, " + std::to_string(g->size) + ")");
     if ((op == "send" || op == "recv") && peer == g->rank) fail("ERR_INVALID_ARG", "ProcessGroup." + op + ": to itself");
-    if (op != "barrier" && !reduce && op != "broadcast" && op != "send" && op != "recv")
+    if (op != "barrier" && op != "close" && !reduce && op != "broadcast" && op != "send" && op != "recv")
       fail("ERR_INVALID_ARG", "ProcessGroup: unknown operation '" + op + "'");
     return queue(info.Env(), [=]() mutable {
       std::lock_guard<std::mutex> lock(g->mutex);
@@ -210,7 +221,8 @@ Napi::Value Wrap::Op(const Napi::CallbackInfo& info) {
         else if (op == "broadcast") g->broadcast(t, peer);
         else if (op == "send") g->send(t, peer);
         else if (op == "recv") g->recv(t, peer);
-        else g->barrier();
+        else if (op == "barrier") g->barrier();
+        else g->close();
       } catch (const c10::Error& e) {
         fail("ERR_DISTRIBUTED", "ProcessGroup." + op + " (rank " + std::to_string(g->rank) + "): " + e.what_without_backtrace());
       }

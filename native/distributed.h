@@ -31,6 +31,9 @@ class Group {
   virtual void send(const at::Tensor& t, int dst) = 0;
   virtual void recv(at::Tensor& t, int src) = 0;
   virtual void barrier() = 0;
+  // Leaving: every rank says so through the store; rank 0, which serves the store, waits for all of them, so that
+  // no rank loses the store while it still talks to it.
+  virtual void close() = 0;
   std::mutex mutex;  // one operation at a time per group (calls from the thread pool)
 };
 
@@ -45,6 +48,7 @@ struct Options {
 // Blocks until all `size` ranks have joined (rank 0 serves the store).
 std::shared_ptr<Group> create(const Options& o);
 bool ncclAvailable();
+void leave(c10d::Store& store, int rank, int size, std::chrono::milliseconds timeout);
 
 // The NCCL group over an existing store (distributed_nccl.cc; fails where the build has no NCCL).
 std::shared_ptr<Group> createNccl(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,

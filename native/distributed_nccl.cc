@@ -13,7 +13,9 @@ namespace {
 
 class NcclGroup : public Group {
  public:
-  NcclGroup(c10::intrusive_ptr<c10d::ProcessGroupNCCL> pg, int rank, int size) : Group(rank, size, "nccl"), pg_(std::move(pg)) {}
+  NcclGroup(c10::intrusive_ptr<c10d::ProcessGroupNCCL> pg, c10::intrusive_ptr<c10d::Store> store, int rank, int size,
+            std::chrono::milliseconds timeout)
+      : Group(rank, size, "nccl"), pg_(std::move(pg)), store_(std::move(store)), timeout_(timeout) {}
   void allReduceSum(at::Tensor& t) override {
     std::vector<at::Tensor> v{cuda(t)};
     pg_->allreduce(v)->wait();
@@ -33,9 +35,12 @@ class NcclGroup : public Group {
     pg_->recv(v, src, 0)->wait();
   }
   void barrier() override { pg_->barrier()->wait(); }
+  void close() override { leave(*store_, rank, size, timeout_); }
 
  private:
   c10::intrusive_ptr<c10d::ProcessGroupNCCL> pg_;
+  c10::intrusive_ptr<c10d::Store> store_;
+  std::chrono::milliseconds timeout_;
   static const at::Tensor& cuda(const at::Tensor& t) {
     if (!t.is_cuda()) fail("ERR_INVALID_DEVICE", "ProcessGroup (nccl): tensors must be on a CUDA device, got " + t.device().str());
     if (!t.is_contiguous()) fail("ERR_INVALID_ARG", "ProcessGroup (nccl): tensors must be contiguous");
@@ -52,7 +57,7 @@ std::shared_ptr<Group> createNccl(const c10::intrusive_ptr<c10d::Store>& store, 
   auto opts = c10d::ProcessGroupNCCL::Options::create();
   opts->timeout = timeout;
   try {
-    return std::make_shared<NcclGroup>(c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, opts), rank, size);
+    return std::make_shared<NcclGroup>(c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, opts), store, rank, size, timeout);
   } catch (const std::exception& e) {
     fail("ERR_DISTRIBUTED", std::string("ProcessGroup (nccl): ") + e.what());
   }
