@@ -27,6 +27,7 @@ cmake -S . -B build "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="
   -DNODE_API_HEADERS="$NODE_API_HEADERS" -DNODE_ADDON_API_DIR="$PWD/node_modules/node-addon-api" \
   -DX2I_LIBTORCH_VERSION="$version" -DX2I_LIBTORCH_FLAVOUR="$flavour" > "$OUT/cmake-configure.log" 2>&1 \
   || { tail -40 "$OUT/cmake-configure.log"; exit 1; }
+grep -E '^-- x2i:|x2i:' "$OUT/cmake-configure.log" || true
 cmake --build build -j "$(nproc)" > "$OUT/cmake-build.log" 2>&1 || { tail -60 "$OUT/cmake-build.log"; exit 1; }
 cp "$OUT/libtorch.json" build/libtorch.json
 echo "built in $(( $(date +%s) - t0 )) s against LibTorch $version ($flavour)"
@@ -61,4 +62,6 @@ read -r -a distillArgs <<< "${X2I_BENCH_DISTILL_ARGS:-}"
 # (X2I_BENCH_STEP_ARGS: more options, e.g. --compile)
 read -r -a stepArgs <<< "${X2I_BENCH_STEP_ARGS:-}"
 [ "${X2I_BENCH_STEP:-1}" = 1 ] && node bench/x2i_step.mjs --baseline bench/baselines/x2i_step.py "${stepArgs[@]}" --json "$OUT/x2i_step.json" 2>&1 | tee "$OUT/x2i_step.md"
+# multi-GPU layouts at real sizes (single / data / split; those needing more GPUs than present are skipped)
+[ "${X2I_BENCH_PARALLEL:-1}" = 1 ] && node bench/x2i_parallel.mjs --json "$OUT/x2i_parallel.json" 2>&1 | tee "$OUT/x2i_parallel.md"
 exit "$status"
