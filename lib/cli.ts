@@ -28,6 +28,9 @@ commands:
                              teacher.pooled_projections, student.hidden_states; batch on dim 0)
                        --steps 1000 --lr 1e-4 --warmup 0 --accumulate 1 --checkpoint-every 100
                        --height 1024 --width 1024 --resume --device cpu|cuda[:N] --dtype ...
+                       several GPUs: --nproc-per-node N --parallel data|split (one process per GPU, NCCL;
+                       data: each rank its share of the captions; split: 2 ranks, teacher | student)
+                       many nodes: also --nnodes M --node-rank I --master-addr HOST --master-port 29500 on each
   eval                 teacher–student agreement: SSIM/PSNR of images from the same noise and the distillation
                        loss, on held-out samples
                        --flux DIR|FILE --vae DIR --alignnet FILE|DIR --features FILE.safetensors (as for train)
@@ -138,42 +141,62 @@ async function train(args: string[]): Promise<number> {
     steps: { type: 'string', default: '1000' }, lr: { type: 'string', default: '1e-4' }, warmup: { type: 'string', default: '0' },
     accumulate: { type: 'string', default: '1' }, 'checkpoint-every': { type: 'string', default: '100' },
     height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, resume: { type: 'boolean', default: false },
-    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } });
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, parallel: { type: 'string' },
+    'nproc-per-node': { type: 'string' }, nnodes: { type: 'string', default: '1' }, 'node-rank': { type: 'string', default: '0' },
+    'master-addr': { type: 'string' }, 'master-port': { type: 'string' } } });
   if (!v.flux || !v.alignnet || !v.out) { process.stderr.write('x2i train: --flux, --alignnet and --out are required\n'); return 2; }
+  if (v.parallel && v.parallel !== 'data' && v.parallel !== 'split') { process.stderr.write(`x2i train: --parallel data|split, got '${v.parallel}'\n`); return 2; }
+  if (v['nproc-per-node'] && process.env.X2I_LAUNCHED !== '1') {  // the launcher: one process per GPU, then wait
+    if (!v.parallel) { process.stderr.write('x2i train: --nproc-per-node needs --parallel data|split\n'); return 2; }
+    const { launch } = await import('./distributed.js');
+    const codes = await launch(process.argv[1], { nprocPerNode: Number(v['nproc-per-node']), nnodes: Number(v.nnodes),
+      nodeRank: Number(v['node-rank']), masterAddr: v['master-addr'], masterPort: v['master-port'] ? Number(v['master-port']) : undefined,
+      args: process.argv.slice(2), env: { X2I_LAUNCHED: '1' } });
+    return codes.every((c) => c === 0) ? 0 : 1;
+  }
   if (!v.captions && !v.features) { process.stderr.write('x2i train: give --captions (with --mllm) or --features\n'); return 2; }
   if (v.captions && !v.mllm) { process.stderr.write('x2i train: --captions needs --mllm for the student\n'); return 2; }
   const x2i = await import('./index.js');
-  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const group = v.parallel ? await x2i.ProcessGroup.init() : undefined;
+  const device = group && v.device.startsWith('cuda') ? x2i.ProcessGroup.localDevice() : v.device;
+  const opts = { device, dtype: v.dtype as DType | undefined };
+  // what this rank holds: everything, or the teacher's (rank 0) / the student's (rank 1) half in split mode
+  const split = v.parallel === 'split', teacherSide = !split || group!.rank === 0, studentSide = !split || group!.rank === 1;
+  const reporting = !group || (split ? group.rank === 1 : group.rank === 0);
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
   const alignNet = await x2i.AlignNet.fromPretrained(v.alignnet, { ...opts, dtype: 'float32' });
   let data: import('./trainer.js').X2IBatch[];
   let parts: ConstructorParameters<typeof x2i.X2ITrainer>[0] = { transformer, alignNet };
   if (v.features) {
-    const f = await x2i.loadSafetensors(v.features, { device: v.device });
+    const f = await x2i.loadSafetensors(v.features, { device });
     for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
       if (!f[k]) { process.stderr.write(`x2i train: ${v.features} lacks '${k}'\n`); return 2; }
     data = [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'], pooledProjections: f['teacher.pooled_projections'] },
       student: { hiddenStates: f['student.hidden_states'] } }];
   } else {
-    const captions = x2i.loadCaptions(v.captions!);
+    let captions = x2i.loadCaptions(v.captions!);
+    if (group && !split) captions = captions.filter((_, i) => i % group.worldSize === group.rank);  // this rank's share
     data = captions.map((c) => ({ teacher: { caption: c }, student: { prompt: c } }));
-    parts = { ...parts, mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts),
+    if (studentSide) parts = { ...parts, mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts) };
+    if (teacherSide) parts = { ...parts,
       t5: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts),
       clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
   }
   const steps = Number(v.steps);
   const trainer = new x2i.X2ITrainer(parts, { lr: Number(v.lr), warmupSteps: Number(v.warmup), totalSteps: steps,
-    gradientAccumulation: Number(v.accumulate), height: Number(v.height), width: Number(v.width) });
+    gradientAccumulation: Number(v.accumulate), height: Number(v.height), width: Number(v.width),
+    parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null });
   if (v.resume && fs.existsSync(path.join(v.out, 'trainer.json'))) await trainer.resume(v.out);
   const ac = new AbortController();
   process.once('SIGINT', () => { process.stderr.write('\nx2i train: stopping at the next step boundary\n'); ac.abort(); });
   const bar = progressBar('x2i train');
   await trainer.fit({ data, steps: steps - trainer.microStep, signal: ac.signal, checkpointDir: v.out,
     checkpointEvery: Number(v['checkpoint-every']), onStep: (i) => {
-      bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` });
+      if (reporting) bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` });
     } });
-  process.stderr.write(`\nx2i train: step ${trainer.step}; checkpoint ${x2i.X2ITrainer.latestCheckpoint(v.out)}\n`);
+  if (reporting) process.stderr.write(`\nx2i train: step ${trainer.step}; checkpoint ${x2i.X2ITrainer.latestCheckpoint(v.out)}\n`);
+  await group?.close();
   return 0;
 }
 

@@ -55,4 +55,15 @@ it('x2i train: AlignNet from precomputed features, checkpoints, resume', async (
   const ej = JSON.parse(fs.readFileSync(json, 'utf8'));
   expect(ej.ssim).toBeGreaterThan(-1);
   expect(ej.ssim).toBeLessThanOrEqual(1);
-});
+  // two processes: the split layout (teacher rank 0, student rank 1) and data parallel, through the CLI's launcher
+  for (const mode of ['split', 'data']) {
+    const dir = path.join(tmp, `run-${mode}`);
+    const port = String(29700 + (mode === 'data' ? 1 : 0) + (process.pid % 200) * 2);
+    const p = x2i('train', ...common.map((a) => (a === out ? dir : a)), '--steps', '2', '--nproc-per-node', '2', '--parallel', mode,
+      '--master-port', port);
+    expect(p.status, p.stderr).toBe(0);
+    expect(p.stderr).toMatch(/2\/2 loss \d/);  // one rank reports
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8')).parallel).toEqual({ mode, worldSize: 2 });
+  }
+  expect(x2i('train', ...common, '--nproc-per-node', '2').stderr).toMatch(/needs --parallel data\|split/);
+}, 120_000);
