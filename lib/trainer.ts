@@ -71,7 +71,7 @@ export interface X2ITrainerOptions {
    *   Rank 0 writes the checkpoints.
    * - `mode: 'split'` (2 ranks): rank 0 is the teacher (T5, CLIP and a transformer), rank 1 the student (MLLM,
    *   AlignNet and a transformer). Per micro-batch the teacher sends its latents and 76 taps to the student and
-   *   goes on with the next one (at most two in flight), so teacher and student passes overlap. Both ranks get
+   *   goes on with the next one, so teacher and student passes overlap. Both ranks get
    *   the same batches (the teacher reads `batch.teacher`, the student `batch.student`); the student reports the
    *   loss and writes the checkpoints; the teacher's step info has loss NaN.
    */
