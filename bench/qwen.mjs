@@ -10,19 +10,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
+import { QWEN_7B } from './real_sizes.mjs';
 
 const { values: args } = parseArgs({ options: { baseline: { type: 'string' }, json: { type: 'string' } } });
 if (!x2i.cuda.isAvailable()) { console.error('bench/qwen.mjs needs CUDA'); process.exit(1); }
 const B = 4, S = 512, IMG = 448;
-const config = {
-  model_type: 'qwen2_5_vl', vocab_size: 152064, hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28,
-  num_attention_heads: 28, num_key_value_heads: 4, rms_norm_eps: 1e-6, rope_theta: 1e6,
-  rope_scaling: { type: 'mrope', mrope_section: [16, 24, 24] },
-  image_token_id: 151655, video_token_id: 151656, vision_start_token_id: 151652,
-  vision_config: { depth: 32, hidden_size: 1280, intermediate_size: 3420, num_heads: 16, in_chans: 3, out_hidden_size: 3584,
-    patch_size: 14, spatial_merge_size: 2, temporal_patch_size: 2, window_size: 112, fullatt_block_indexes: [7, 15, 23, 31],
-    tokens_per_second: 2 },
-};
+const config = QWEN_7B;
 const result = { date: new Date().toISOString(), batch: B, seq: S, image: IMG };
 const median = async (fn, n = 10) => {
   for (let i = 0; i < 3; i++) await fn();

@@ -13,12 +13,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
+import { CLIP_L, QWEN_7B, T5_XXL } from './real_sizes.mjs';
 
 const T = 512, device = x2i.ProcessGroup.localDevice(), dtype = 'bfloat16';
-const T5_XXL = { model_type: 't5', vocab_size: 32128, d_model: 4096, d_kv: 64, d_ff: 10240, num_layers: 24, num_heads: 64, feed_forward_proj: 'gated-gelu' };
-const CLIP_L = { vocab_size: 49408, hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12, hidden_act: 'quick_gelu' };
-const QWEN_7B = { model_type: 'qwen2_5_vl', vocab_size: 152064, hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28,
-  num_attention_heads: 28, num_key_value_heads: 4, rms_norm_eps: 1e-6, rope_theta: 1e6, rope_scaling: { type: 'mrope', mrope_section: [16, 24, 24] } };
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function rank() {

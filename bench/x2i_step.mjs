@@ -18,6 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
+import { CLIP_L, QWEN_7B, T5_XXL } from './real_sizes.mjs';
 
 const { values: args } = parseArgs({ options: {
   baseline: { type: 'string' }, compile: { type: 'boolean', default: false }, json: { type: 'string' },
@@ -26,16 +27,6 @@ const { values: args } = parseArgs({ options: {
 if (!x2i.cuda.isAvailable()) { console.error('bench/x2i_step.mjs needs CUDA'); process.exit(1); }
 const device = 'cuda', dtype = 'bfloat16', T = 512, GiB = 2 ** 30;
 const steps = Number(args.steps), genIters = Number(args['gen-iters']);
-const T5_XXL = { model_type: 't5', vocab_size: 32128, d_model: 4096, d_kv: 64, d_ff: 10240, num_layers: 24, num_heads: 64,
-  relative_attention_num_buckets: 32, relative_attention_max_distance: 128, layer_norm_epsilon: 1e-6, feed_forward_proj: 'gated-gelu' };
-const CLIP_L = { vocab_size: 49408, hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12,
-  max_position_embeddings: 77, eos_token_id: 2, layer_norm_eps: 1e-5, hidden_act: 'quick_gelu' };
-const QWEN_7B = { model_type: 'qwen2_5_vl', vocab_size: 152064, hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28,
-  num_attention_heads: 28, num_key_value_heads: 4, rms_norm_eps: 1e-6, rope_theta: 1e6, rope_scaling: { type: 'mrope', mrope_section: [16, 24, 24] },
-  image_token_id: 151655, video_token_id: 151656, vision_start_token_id: 151652,
-  vision_config: { depth: 32, hidden_size: 1280, intermediate_size: 3420, num_heads: 16, in_chans: 3, out_hidden_size: 3584,
-    patch_size: 14, spatial_merge_size: 2, temporal_patch_size: 2, window_size: 112, fullatt_block_indexes: [7, 15, 23, 31], tokens_per_second: 2 } };
-
 const result = { date: new Date().toISOString(), device: null, tokens: { image: 4096, text: T }, runs: {} };
 const gib = (b) => b / GiB;
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
