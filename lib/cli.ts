@@ -149,6 +149,8 @@ async function train(args: string[]): Promise<number> {
   if (v['nproc-per-node'] && process.env.X2I_LAUNCHED !== '1') {  // the launcher: one process per GPU, then wait
     if (!v.parallel) { process.stderr.write('x2i train: --nproc-per-node needs --parallel data|split\n'); return 2; }
     const { launch } = await import('./distributed.js');
+    // Ctrl-C reaches every rank (one process group): they stop together at a step boundary and save; wait for them
+    process.on('SIGINT', () => {});
     const codes = await launch(process.argv[1], { nprocPerNode: Number(v['nproc-per-node']), nnodes: Number(v.nnodes),
       nodeRank: Number(v['node-rank']), masterAddr: v['master-addr'], masterPort: v['master-port'] ? Number(v['master-port']) : undefined,
       args: process.argv.slice(2), env: { X2I_LAUNCHED: '1' } });

@@ -97,6 +97,8 @@ export interface X2IStepInfo {
   gradNorm?: number;
   samplesPerSecond: number;
   memory: { tensors: number; bytes: number };
+  /** Split mode: the other rank stopped (its signal was aborted) before this micro-batch; nothing was trained. */
+  stopped?: boolean;
 }
 
 const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1.0, gradientAccumulation: 1,
@@ -199,7 +201,9 @@ export class X2ITrainer {
       let teacher: Parameters<FluxTransformer['distillationStep']>[0];
       let latents: Tensor, sigma = 1;
       if (role === 'student') {
-        ({ teacher, latents, sigma } = await this.#receiveTeacher(own, N));
+        const got = await this.#receiveTeacher(own, N);
+        if (!got) return this.#stoppedInfo();
+        ({ teacher, latents, sigma } = got);
       } else {
         let tEhs: Tensor, tPooled: Tensor;
         if ('caption' in batch.teacher) {
@@ -226,7 +230,7 @@ export class X2ITrainer {
         teacher = { hiddenStates: latents, timestep: own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device })),
           guidance: guidanceOf(B), imgIds, encoderHiddenStates: tEhs, pooledProjections: tPooled, txtIds: txt(tEhs.shape[1]) };
         if (role === 'teacher') {
-          await this.#sendTeacher(teacher as Parameters<FluxTransformer['forward']>[0], latents, sigma, own);
+          if (!(await this.#sendTeacher(teacher as Parameters<FluxTransformer['forward']>[0], latents, sigma, own))) return this.#stoppedInfo();
           return this.#advance(t0, B, { loss: NaN, terms: { doubleImg: [], doubleTxt: [], single: [] }, skipped: 0 });
         }
       }
@@ -279,24 +283,74 @@ export class X2ITrainer {
 
   /** The split teacher: a header (B, tokens, σ), the latents and the three stacked taps, to rank 1. */
   async #sendTeacher(inputs: Parameters<FluxTransformer['forward']>[0], latents: Tensor, sigma: number,
-    own: <T extends Tensor>(t: T) => T): Promise<void> {
+    own: <T extends Tensor>(t: T) => T): Promise<boolean> {
     const g = this.options.parallel!.group, device = this.transformer.device;
     const { captures } = await this.transformer.forward(inputs, { capture: true });
     const caps = captures as FluxCaptures;
     for (const t of [caps.doubleImg, caps.doubleTxt, caps.single]) own(t);
+    if (!(await this.#flag('recv', 1))) return false;  // the student stopped instead of asking for this one
     const [B, N] = latents.shape;
     const header = own(Tensor.fromArray(new Float64Array([B, N, caps.doubleTxt.shape[2], sigma]), [4], { device }));
     for (const t of [header, latents, caps.doubleImg, caps.doubleTxt, caps.single]) await g.send(t, 1);
+    return true;
+  }
+
+  /** Split mode's handshake, once per micro-batch: the student asks for the next one (1) or stops (0). */
+  async #flag(dir: 'send' | 'recv', value = 1): Promise<boolean> {
+    const g = this.options.parallel!.group;
+    const t = Tensor.fromArray(new Float64Array([value]), [1], { device: this.transformer.device });
+    try {
+      if (dir === 'send') await g.send(t, 0);
+      else await g.recv(t, 1);
+      return (await t.toArray() as Float64Array)[0] !== 0;
+    } finally {
+      t.dispose();
+    }
+  }
+
+  #stoppedInfo(): X2IStepInfo {
+    const mem = memory();
+    return { role: this.role, step: this.step, microStep: this.microStep, loss: NaN, terms: { doubleImg: [], doubleTxt: [], single: [] },
+      skipped: 0, lr: this.learningRate(), samplesPerSecond: 0, memory: { tensors: mem.tensors, bytes: mem.bytes }, stopped: true };
+  }
+
+  /** Whether to stop before the next micro-batch, the same answer on every rank: `aborted` of this rank, agreed
+   * by an all-reduce in data mode; in split mode the stopping rank tells the other through the handshake. */
+  async #shouldStop(aborted: boolean): Promise<boolean> {
+    const par = this.options.parallel;
+    if (!par) return aborted;
+    if (par.mode === 'data') {
+      const t = Tensor.fromArray(new Float64Array([aborted ? 1 : 0]), [1], { device: this.transformer.device });
+      try {
+        await par.group.allReduce(t);
+        return (await t.toArray() as Float64Array)[0] > 0;
+      } finally {
+        t.dispose();
+      }
+    }
+    if (!aborted) return false;
+    if (this.role === 'student') await this.#flag('send', 0);
+    else if (await this.#flag('recv')) {  // the student is waiting for a micro-batch: tell it to stop
+      const stop = Tensor.fromArray(new Float64Array(4), [4], { device: this.transformer.device });  // B = 0
+      try {
+        await par.group.send(stop, 1);
+      } finally {
+        stop.dispose();
+      }
+    }
+    return true;
   }
 
   /** The split student: what #sendTeacher sent, into tensors of the shapes the header and the transformer give. */
   async #receiveTeacher(own: <T extends Tensor>(t: T) => T, N: number):
-    Promise<{ teacher: { captures: FluxCaptures }; latents: Tensor; sigma: number }> {
+    Promise<{ teacher: { captures: FluxCaptures }; latents: Tensor; sigma: number } | null> {
     const g = this.options.parallel!.group, device = this.transformer.device, dtype = this.transformer.dtype;
     const cfg = { ...FLUX_DEV_CONFIG, ...this.transformer.config };
+    await this.#flag('send', 1);
     const header = own(Tensor.fromArray(new Float64Array(4), [4], { device }));
     await g.recv(header, 0);
     const [B, n, T, sigma] = Array.from(await header.toArray() as Float64Array);
+    if (B === 0) return null;  // the teacher stopped
     if (n !== N) throw new X2IError(`X2ITrainer (split): the teacher sent ${n} image tokens, this rank expects ${N} (height/width differ)`, 'ERR_SHAPE_MISMATCH');
     const D = cfg.attention_head_dim * cfg.num_attention_heads;
     const empty = async (shape: number[]) => own(await zeros(shape, { device, dtype }));
@@ -308,14 +362,16 @@ export class X2ITrainer {
   }
 
   /** Trains over `data` (cycled) for `steps` micro-batches; `onStep` after each; `signal` stops at a step
-   * boundary; with `checkpointDir`, saves every `checkpointEvery` optimizer steps and when stopped. */
+   * boundary; with `checkpointDir`, saves every `checkpointEvery` optimizer steps and when stopped. In parallel
+   * modes a stop on any rank stops every rank at the same micro-batch (their checkpoints agree). */
   async fit(opts: { data: X2IBatch[]; steps: number; signal?: AbortSignal; onStep?: (i: X2IStepInfo) => void;
     checkpointDir?: string; checkpointEvery?: number }): Promise<X2IStepInfo[]> {
     if (!Array.isArray(opts?.data) || opts.data.length === 0) throw invalidArg('data', 'a non-empty array of batches', opts?.data);
     const out: X2IStepInfo[] = [];
     for (let i = 0; i < opts.steps; i++) {
-      if (opts.signal?.aborted) break;
+      if (await this.#shouldStop(Boolean(opts.signal?.aborted))) break;
       const info = await this.trainStep(opts.data[this.microStep % opts.data.length]);
+      if (info.stopped) break;
       out.push(info);
       opts.onStep?.(info);
       if (opts.checkpointDir && opts.checkpointEvery && info.gradNorm !== undefined && this.step % opts.checkpointEvery === 0)

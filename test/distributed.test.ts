@@ -28,11 +28,12 @@ const maxRelDiff = (a: Record<string, number[]>, b: Record<string, number[]>) =>
   }
   return m;
 };
-async function runRanks(mode: 'data' | 'split' | 'single', name: string, accumulation = 1) {
+async function runRanks(mode: 'data' | 'split' | 'single', name: string, accumulation = 1, abort = '') {
   const out = path.join(tmp, name);
   const n = mode === 'single' ? 1 : 2;
   const codes = await x2i.launch(worker, { nprocPerNode: n, masterPort: await freePort(),
-    env: { X2I_TEST_MODE: mode, X2I_TEST_OUT: out, X2I_TEST_CKPT: path.join(tmp, `${name}-ckpt`), X2I_TEST_ACCUMULATION: String(accumulation) } });
+    env: { X2I_TEST_MODE: mode, X2I_TEST_OUT: out, X2I_TEST_CKPT: path.join(tmp, `${name}-ckpt`), X2I_TEST_ACCUMULATION: String(accumulation),
+      X2I_TEST_ABORT: abort } });
   expect(codes).toEqual(new Array(n).fill(0));
   return Promise.all([...Array(n).keys()].map(async (r) => ({ ...JSON.parse(fs.readFileSync(`${out}.${r}.json`, 'utf8')),
     weights: fs.existsSync(`${out}.${r}.safetensors`) ? await weights(`${out}.${r}.safetensors`) : null })));
@@ -108,6 +109,17 @@ describe('X2ITrainer parallel modes (2 processes)', () => {
     expect(ref.losses[3]).toBeLessThan(ref.losses[0]);
     expect(maxRelDiff(s.weights, ref.weights)).toBeLessThan(1e-6);
     expect(fs.existsSync(path.join(tmp, 'split-ckpt', 'trainer.json'))).toBe(true);
+  }, 120_000);
+
+  it('a stop on one rank stops every rank at the same micro-batch, with an agreeing checkpoint', async () => {
+    for (const [mode, abort] of [['data', '1:1'], ['split', '0:2'], ['split', '1:2']] as const) {
+      const name = `abort-${mode}-${abort.replace(':', '-')}`;
+      const ranks = await runRanks(mode, name, 1, abort);
+      const at = Number(abort.split(':')[1]);
+      for (const r of ranks) expect(r.microStep, `${name} rank ${r.role}`).toBe(at);
+      const meta = JSON.parse(fs.readFileSync(path.join(tmp, `${name}-ckpt`, 'trainer.json'), 'utf8'));
+      expect(meta.microStep).toBe(at);
+    }
   }, 120_000);
 
   it('options are checked', async () => {
