@@ -241,6 +241,18 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
     else load(In + row * P.inStride, v, g);
   };
 
+  // row's gradient, vector by vector: gradOf(v, j, incoming or 0) for each channel, written in T
+  auto writeGradient = [&](int64_t row, auto&& gradOf) {
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+      float g[VEC];
+      if (hasIn) incoming(row, v, g);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) g[j] = gradOf(v, j, hasIn ? g[j] : 0.f);
+      store(Out + row * D, v, g);
+    }
+  };
+
   float acc = 0.f;  // Σ of this row group's terms
   const int64_t groupsTotal = int64_t(gridDim.x) * GROUPS;
   const int64_t first = int64_t(blockIdx.x) * GROUPS + group;
@@ -261,17 +273,11 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
     if constexpr (DIV == Mse) {
       float q[1] = {0.f};
 #pragma unroll
-      for (int v = 0; v < NV; ++v) {
-        float g[VEC];
-        if (hasIn) incoming(row, v, g);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          const float d = xs[v * VEC + j] - xt[v * VEC + j];  // padding: 0 − 0
-          q[0] = fmaf(d, d, q[0]);
-          g[j] = fmaf(2.f * P.gradScale, d, hasIn ? g[j] : 0.f);
-        }
-        store(Out + row * D, v, g);
+      for (int e = 0; e < E; ++e) {
+        xs[e] -= xt[e];  // d; padding: 0 − 0
+        q[0] = fmaf(xs[e], xs[e], q[0]);
       }
+      writeGradient(row, [&](int v, int j, float in) { return fmaf(2.f * P.gradScale, xs[v * VEC + j], in); });
       groupReduce<W, false>(q, scratch);
       term = q[0];
     } else {
@@ -378,22 +384,15 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
       const float C = sigS > 0.f ? invS * Sgd * invDm1 / sigS : 0.f;
       // rkl: k·g_a = p_S·(α·(us − ut) + β) with the base-2 logit difference kept by the pass above
       const float kC = k * C, cS = offS - lseS, alpha = k * kLn2, beta = -k * (kLn2 * delta + L);
-#pragma unroll
-      for (int v = 0; v < NV; ++v) {
-        float g[VEC];
-        if (hasIn) incoming(row, v, g);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          const float ds = xs[v * VEC + j], q = xt[v * VEC + j];  // q: rkl us − ut, kl ut, js log2 p_T/p_S
-          const float ps = ex2(fmaf(ds, KS, cS));                  // p_S
-          float kga;                                               // k·g_a
-          if constexpr (DIV == Rkl) kga = ps * fmaf(alpha, q, beta);
-          else if constexpr (DIV == Kl) kga = k * (ps - ex2(q - lseT));
-          else kga = k * ps * (0.5f * kLn2 * (1.f - (fmaxf(q, 0.f) + log1pf(ex2(-fabsf(q))) * kLog2e)) - PG);
-          g[j] = fmaf(-kC, ds, hasIn ? kga + g[j] : kga);
-        }
-        store(Out + row * D, v, g);
-      }
+      writeGradient(row, [&](int v, int j, float in) {
+        const float ds = xs[v * VEC + j], q = xt[v * VEC + j];  // q: rkl us − ut, kl ut, js log2 p_T/p_S
+        const float ps = ex2(fmaf(ds, KS, cS));                  // p_S
+        float kga;                                               // k·g_a
+        if constexpr (DIV == Rkl) kga = ps * fmaf(alpha, q, beta);
+        else if constexpr (DIV == Kl) kga = k * (ps - ex2(q - lseT));
+        else kga = k * ps * (0.5f * kLn2 * (1.f - (fmaxf(q, 0.f) + log1pf(ex2(-fabsf(q))) * kLog2e)) - PG);
+        return fmaf(-kC, ds, kga + in);
+      });
     }
     if constexpr (Prefetch) prefetchIncoming(row + groupsTotal);
     acc += term;
