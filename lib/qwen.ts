@@ -1,9 +1,9 @@
 /** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
-import { X2IError, invalidArg, nativeCall, nativeSync } from './errors.js';
+import { X2IError, invalidArg, nativeSync } from './errors.js';
 import { addon, type NativeTensor } from './native.js';
-import { defaultDtype, field, folderOf, loadNative, readModelFolder, type PretrainedOptions } from './pretrained.js';
+import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel } from './model.js';
-import { Tensor, type DType } from './tensor.js';
+import { Tensor } from './tensor.js';
 import { QwenTokenizer, type ChatMessage, type EncodeOptions } from './tokenizers.js';
 import { preprocessImages, preprocessVideo, type QwenVisionOptions, type RgbImage } from './qwen_vision.js';
 import fs from 'node:fs';
@@ -114,16 +114,12 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
 
   /**
    * A model of the given config (a Qwen2.5-VL `config.json` object, flat or nested) with random weights
-   * (PyTorch's default Linear init, drawn on the device from `seed`): benchmarks and tests at real sizes
+   * (the loaders' RandomInit: PyTorch's default Linear init, norms 1, biases 0, drawn on the device from `seed`): benchmarks and tests at real sizes
    * without a checkpoint. No tokenizer comes with it (`encodePrompt` needs `opts.tokenizer`).
    */
-  static async fromConfig(config: Record<string, unknown>, opts: { device?: string; dtype?: DType; seed?: number } = {}): Promise<QwenVLEncoder> {
+  static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<QwenVLEncoder> {
     if (!config || typeof config !== 'object') throw invalidArg('config', 'a Qwen2.5-VL config object', config);
-    const native = nativeConfig(config, 'config');
-    const { device, dtype } = defaultDtype(opts);
-    const fn = (addon() as unknown as { qwenRandom: (c: object, d: string, t: string, s: number) => Promise<NativeQwen> }).qwenRandom;
-    const h = await nativeCall(() => fn(native, device, dtype, opts.seed ?? 0));
-    return new QwenVLEncoder(h, config, '.');
+    return new QwenVLEncoder(await randomNative<NativeQwen>('NativeQwenVLEncoder', nativeConfig(config, 'config'), opts), config, '.');
   }
 
   /** One prefill: hiddenStates [B, L+1, S, H] = the embeddings, then every layer's output (the last after the

@@ -322,7 +322,6 @@ static Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeClipTextEncoder", ModelWrap<clip::Model>::Init(env));
   exports.Set("NativeQwenVLEncoder", ModelWrap<qwen::Model>::Init(env));
   exports.Set("qwenRopeIndex", Napi::Function::New(env, qwen::RopeIndex));
-  exports.Set("qwenRandom", Napi::Function::New(env, qwen::Random));
   exports.Set("NativeAutoencoderKL", ModelWrap<vae::Model>::Init(env));
   exports.Set("distillationLoss", Napi::Function::New(env, distill::DistillationLoss));
   exports.Set("benchDistillTap", Napi::Function::New(env, distill::BenchTap));

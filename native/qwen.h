@@ -68,6 +68,5 @@ struct Model {
 };
 
 Napi::Value RopeIndex(const Napi::CallbackInfo& info);
-Napi::Value Random(const Napi::CallbackInfo& info);
 
 }  // namespace x2i::qwen

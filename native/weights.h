@@ -20,7 +20,7 @@ namespace x2i {
 // Random weights for a model built from its config alone (benchmarks and tests at real sizes, no checkpoint):
 // while a RandomInit is alive on a thread, WeightMap::take draws each missing tensor on the device instead of
 // failing, with PyTorch's default Linear/Conv init (uniform ±1/√fan_in), norm weights 1, biases 0 and
-// embeddings N(0, 1), in the order the loader asks for them (so a seed gives the same model every time).
+// embedding tables N(0, 1), in the order the loader asks for them (so a seed gives the same model every time).
 class RandomInit {
  public:
   RandomInit(c10::Device device, at::ScalarType dtype, uint64_t seed)
@@ -42,7 +42,8 @@ class RandomInit {
     auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
     const bool bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
     if (shape.size() == 1) return bias ? at::zeros(shape, opts_) : at::ones(shape, opts_);  // norms, scales, biases
-    if (has("embed") || has("shared.") || has("relative_attention_bias")) return at::empty(shape, opts_).normal_(0, 1, gen_);
+    if (shape.size() == 2 && (has("embed") || has("shared.") || has("relative_attention_bias")))  // lookup tables
+      return at::empty(shape, opts_).normal_(0, 1, gen_);
     int64_t fanIn = 1;
     for (size_t i = 1; i < shape.size(); ++i) fanIn *= shape[i];
     const double b = 1.0 / std::sqrt(double(fanIn));
