@@ -285,9 +285,9 @@ export class X2ITrainer {
   async #sendTeacher(inputs: Parameters<FluxTransformer['forward']>[0], latents: Tensor, sigma: number,
     own: <T extends Tensor>(t: T) => T): Promise<boolean> {
     const g = this.options.parallel!.group, device = this.transformer.device;
-    const { captures } = await this.transformer.forward(inputs, { capture: true });
-    const caps = captures as FluxCaptures;
-    for (const t of [caps.doubleImg, caps.doubleTxt, caps.single]) own(t);
+    const out = await this.transformer.forward(inputs, { capture: true });
+    const caps = out.captures as FluxCaptures;
+    for (const t of [out.sample, caps.doubleImg, caps.doubleTxt, caps.single]) own(t);
     if (!(await this.#flag('recv', 1))) return false;  // the student stopped instead of asking for this one
     const [B, N] = latents.shape;
     const header = own(Tensor.fromArray(new Float64Array([B, N, caps.doubleTxt.shape[2], sigma]), [4], { device }));
