@@ -6,7 +6,7 @@ import { loadSafetensors, loadTorchCheckpoint, saveSafetensors } from './io.js';
 import { addon, type NativeTensor } from './native.js';
 import { NativeModel } from './model.js';
 import { Tensor, type DType } from './tensor.js';
-import { nativeGroup, type ProcessGroup } from './distributed.js';
+import { ProcessGroup } from './distributed.js';
 
 export interface AlignNetLoadOptions {
   /** 'cpu' (default) or 'cuda[:N]'. */
@@ -141,13 +141,13 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
   async optimizerStep(opts: { lr?: number; beta1?: number; beta2?: number; eps?: number; weightDecay?: number;
     maxGradNorm?: number; group?: ProcessGroup } = {}): Promise<number> {
     const { group, ...o } = opts;
-    const g = group ? nativeGroup(group) : undefined;
+    const g = group ? ProcessGroup.handleOf(group) : undefined;
     return this.call((h) => h.optimizerStep(o, g));
   }
 
   /** `root`'s weights (float32 masters) on every rank of `group`. */
   async broadcastWeights(group: ProcessGroup, root = 0): Promise<void> {
-    const g = nativeGroup(group);
+    const g = ProcessGroup.handleOf(group);
     await this.call((h) => h.broadcastWeights(g, root));
   }
 

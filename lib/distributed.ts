@@ -175,8 +175,3 @@ export function launch(script: string, opts: LaunchOptions): Promise<number[]> {
     }
   });
 }
-
-/** @internal */
-export function nativeGroup(g: ProcessGroup): object {
-  return ProcessGroup.handleOf(g);
-}

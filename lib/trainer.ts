@@ -10,7 +10,7 @@ import path from 'node:path';
 import { X2IError, invalidArg } from './errors.js';
 import type { AlignNet } from './alignnet.js';
 import type { Divergence } from './distill.js';
-import type { FluxCaptures, FluxTransformer } from './flux.js';
+import type { FluxCaptures, FluxInputs, FluxTransformer } from './flux.js';
 import { loadSafetensors, saveSafetensors } from './io.js';
 import { FluxPipeline } from './pipeline.js';
 import { FlowMatchEulerScheduler } from './scheduler.js';
@@ -105,6 +105,10 @@ const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1
   warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
   checkpoint: false, seed: 0, trajectory: null as { steps: number } | null,
   parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null };
+
+/** The step info's loss where this rank computes none (the split teacher, a stopped micro-batch). */
+const NO_LOSS = Object.freeze({ loss: NaN, terms: Object.freeze({ doubleImg: [], doubleTxt: [], single: [] }), skipped: 0 }) as
+  Pick<X2IStepInfo, 'loss' | 'terms' | 'skipped'>;
 
 /** Captions for training from a JSONL file (the `caption_en` field, as X2I's data; `caption` or `text` also
  * accepted) or a text file (one caption per line); blank lines are skipped. */
@@ -227,11 +231,12 @@ export class X2ITrainer {
           }
           sigma = timesteps[k] / 1000;
         }
-        teacher = { hiddenStates: latents, timestep: own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device })),
+        const inputs: FluxInputs = { hiddenStates: latents, timestep: own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device })),
           guidance: guidanceOf(B), imgIds, encoderHiddenStates: tEhs, pooledProjections: tPooled, txtIds: txt(tEhs.shape[1]) };
+        teacher = inputs;
         if (role === 'teacher') {
-          if (!(await this.#sendTeacher(teacher as Parameters<FluxTransformer['forward']>[0], latents, sigma, own))) return this.#stoppedInfo();
-          return this.#advance(t0, B, { loss: NaN, terms: { doubleImg: [], doubleTxt: [], single: [] }, skipped: 0 });
+          if (!(await this.#sendTeacher(inputs, latents, sigma, own))) return this.#stoppedInfo();
+          return this.#advance(t0, B, NO_LOSS);
         }
       }
 
@@ -276,13 +281,18 @@ export class X2ITrainer {
           maxGradNorm: o.maxGradNorm, group: this.role === 'data' ? o.parallel!.group : undefined });
       this.step++;
     }
+    return this.#info(r, lr, gradNorm, B / ((performance.now() - t0) / 1000));
+  }
+
+  #info(r: Pick<X2IStepInfo, 'loss' | 'terms' | 'skipped'>, lr: number, gradNorm: number | undefined, samplesPerSecond: number,
+    stopped?: true): X2IStepInfo {
     const mem = memory();
     return { role: this.role, step: this.step, microStep: this.microStep, loss: r.loss, terms: r.terms, skipped: r.skipped, lr, gradNorm,
-      samplesPerSecond: B / ((performance.now() - t0) / 1000), memory: { tensors: mem.tensors, bytes: mem.bytes } };
+      samplesPerSecond, memory: { tensors: mem.tensors, bytes: mem.bytes }, ...(stopped ? { stopped } : {}) };
   }
 
   /** The split teacher: a header (B, tokens, σ), the latents and the three stacked taps, to rank 1. */
-  async #sendTeacher(inputs: Parameters<FluxTransformer['forward']>[0], latents: Tensor, sigma: number,
+  async #sendTeacher(inputs: FluxInputs, latents: Tensor, sigma: number,
     own: <T extends Tensor>(t: T) => T): Promise<boolean> {
     const g = this.options.parallel!.group, device = this.transformer.device;
     const out = await this.transformer.forward(inputs, { capture: true });
@@ -309,9 +319,7 @@ export class X2ITrainer {
   }
 
   #stoppedInfo(): X2IStepInfo {
-    const mem = memory();
-    return { role: this.role, step: this.step, microStep: this.microStep, loss: NaN, terms: { doubleImg: [], doubleTxt: [], single: [] },
-      skipped: 0, lr: this.learningRate(), samplesPerSecond: 0, memory: { tensors: mem.tensors, bytes: mem.bytes }, stopped: true };
+    return this.#info(NO_LOSS, this.learningRate(), undefined, 0, true);
   }
 
   /** Whether to stop before the next micro-batch, the same answer on every rank: `aborted` of this rank, agreed
