@@ -241,6 +241,14 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
     else load(In + row * P.inStride, v, g);
   };
 
+  // f(e) for each channel e = v·VEC + j of this thread's registers that lies inside the row
+  auto forChannels = [&](auto&& f) {
+#pragma unroll
+    for (int v = 0; v < NV; ++v)
+#pragma unroll
+      for (int j = 0; j < VEC; ++j)
+        if (ok(v, j)) f(v * VEC + j);
+  };
   // row's gradient, vector by vector: gradOf(v, j, incoming or 0) for each channel, written in T
   auto writeGradient = [&](int64_t row, auto&& gradOf) {
 #pragma unroll
@@ -303,11 +311,7 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
       float offS = 0.f, offT = 0.f;                                             // the logits' shift
       if (needMax) {
         float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int v = 0; v < NV; ++v)
-#pragma unroll
-          for (int j = 0; j < VEC; ++j)
-            if (ok(v, j)) mx[0] = fmaxf(mx[0], xs[v * VEC + j]), mx[1] = fmaxf(mx[1], xt[v * VEC + j]);
+        forChannels([&](int e) { mx[0] = fmaxf(mx[0], xs[e]), mx[1] = fmaxf(mx[1], xt[e]); });
         groupReduce<W, true>(mx, scratch);
         offS = -mx[0] * KS, offT = -mx[1] * KT;
       }
@@ -318,24 +322,20 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
       if constexpr (DIV == Rkl || DIV == Kl) {
         // one pass: Zs, Zt and the sums, unnormalised; then normalised
         float a[5] = {0.f, 0.f, 0.f, 0.f, 0.f};  // Zs, Zt, X, A, B
-#pragma unroll
-        for (int v = 0; v < NV; ++v)
-#pragma unroll
-          for (int j = 0; j < VEC; ++j)
-            if (ok(v, j)) {
-              const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
-              const float us = fmaf(ds, KS, offS), ut = fmaf(dt, KT, offT);
-              const float es = ex2(us), et = ex2(ut);
-              a[0] += es, a[1] += et;
-              if constexpr (DIV == Rkl) {  // X = Σ es (us − ut), A = Σ es (us − ut) d, B = Σ es d
-                const float w = es * (us - ut);
-                a[2] += w, a[3] = fmaf(w, ds, a[3]), a[4] = fmaf(es, ds, a[4]);
-                xt[v * VEC + j] = us - ut;  // the teacher is needed from here on only through this
-              } else {  // X = Σ et (ut − us), A = Σ es d, B = Σ et d
-                a[2] = fmaf(et, ut - us, a[2]), a[3] = fmaf(es, ds, a[3]), a[4] = fmaf(et, ds, a[4]);
-                xt[v * VEC + j] = ut;
-              }
-            }
+        forChannels([&](int e) {
+          const float ds = xs[e], dt = xt[e];
+          const float us = fmaf(ds, KS, offS), ut = fmaf(dt, KT, offT);
+          const float es = ex2(us), et = ex2(ut);
+          a[0] += es, a[1] += et;
+          if constexpr (DIV == Rkl) {  // X = Σ es (us − ut), A = Σ es (us − ut) d, B = Σ es d
+            const float w = es * (us - ut);
+            a[2] += w, a[3] = fmaf(w, ds, a[3]), a[4] = fmaf(es, ds, a[4]);
+            xt[e] = us - ut;  // the teacher is needed from here on only through this
+          } else {  // X = Σ et (ut − us), A = Σ es d, B = Σ et d
+            a[2] = fmaf(et, ut - us, a[2]), a[3] = fmaf(es, ds, a[3]), a[4] = fmaf(et, ds, a[4]);
+            xt[e] = ut;
+          }
+        });
         groupReduce<W, false>(a, scratch);
         lseS = lg2(a[0]), lseT = lg2(a[1]);
         delta = log2f(a[0] / a[1]);  // lseS − lseT without the rounding of two numbers near log2 D
@@ -349,31 +349,23 @@ __global__ void __launch_bounds__(blockThreads<W>(), MinBlocks) distillRowsKerne
         }
       } else {  // js: the partition functions first, then the normalised sums
         float z[2] = {0.f, 0.f};
-#pragma unroll
-        for (int v = 0; v < NV; ++v)
-#pragma unroll
-          for (int j = 0; j < VEC; ++j)
-            if (ok(v, j)) z[0] += ex2(fmaf(xs[v * VEC + j], KS, offS)), z[1] += ex2(fmaf(xt[v * VEC + j], KT, offT));
+        forChannels([&](int e) { z[0] += ex2(fmaf(xs[e], KS, offS)), z[1] += ex2(fmaf(xt[e], KT, offT)); });
         groupReduce<W, false>(z, scratch);
         lseS = lg2(z[0]), lseT = lg2(z[1]);
         delta = log2f(z[0] / z[1]);
         // per channel r = log2(p_T/p_S) from the logits (small numbers: no difference of two log-probabilities
         // near log2 D), and log2 p − log2 m = 1 − log2(1 + 2^r) through log1p
         float a[4] = {0.f, 0.f, 0.f, 0.f};  // term, PG = Σ p g, A = Σ p g d, B = Σ p d
-#pragma unroll
-        for (int v = 0; v < NV; ++v)
-#pragma unroll
-          for (int j = 0; j < VEC; ++j)
-            if (ok(v, j)) {
-              const float ds = xs[v * VEC + j], dt = xt[v * VEC + j];
-              const float us = fmaf(ds, KS, offS), ut = fmaf(dt, KT, offT), rr = (ut - us) + delta;
-              const float ps = ex2(us - lseS), pt = ex2(ut - lseT);
-              const float L1 = 1.f - (fmaxf(rr, 0.f) + log1pf(ex2(-fabsf(rr))) * kLog2e);  // log2 p_S − log2 m
-              const float g = 0.5f * kLn2 * L1;
-              a[0] += 0.5f * kLn2 * ((ps + pt) * L1 + pt * rr);
-              a[1] = fmaf(ps, g, a[1]), a[2] = fmaf(ps * g, ds, a[2]), a[3] = fmaf(ps, ds, a[3]);
-              xt[v * VEC + j] = rr;
-            }
+        forChannels([&](int e) {
+          const float ds = xs[e], dt = xt[e];
+          const float us = fmaf(ds, KS, offS), ut = fmaf(dt, KT, offT), rr = (ut - us) + delta;
+          const float ps = ex2(us - lseS), pt = ex2(ut - lseT);
+          const float L1 = 1.f - (fmaxf(rr, 0.f) + log1pf(ex2(-fabsf(rr))) * kLog2e);  // log2 p_S − log2 m
+          const float g = 0.5f * kLn2 * L1;
+          a[0] += 0.5f * kLn2 * ((ps + pt) * L1 + pt * rr);
+          a[1] = fmaf(ps, g, a[1]), a[2] = fmaf(ps * g, ds, a[2]), a[3] = fmaf(ps, ds, a[3]);
+          xt[e] = rr;
+        });
         groupReduce<W, false>(a, scratch);
         L = a[0], PG = a[1];
         Sgd = a[2] - PG * a[3];
