@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { addon } from '../dist/native.js';
+import { addon } from '../dist/core/native.js';
 
 const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, json: { type: 'string' },
   reps: { type: 'string', default: '7' } } });

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { addon } from '../dist/native.js';
+import { addon } from '../dist/core/native.js';
 
 const { values: args } = parseArgs({ options: {
   baseline: { type: 'string' }, json: { type: 'string' }, iters: { type: 'string', default: '10' },

@@ -1,3 +1,3 @@
 #!/usr/bin/env node
-import('../dist/cli.js').then((m) => m.main(process.argv.slice(2))).then((code) => { process.exitCode = code ?? 0; },
+import('../dist/app/cli.js').then((m) => m.main(process.argv.slice(2))).then((code) => { process.exitCode = code ?? 0; },
   (e) => { console.error(e?.message ?? e); process.exitCode = 1; });

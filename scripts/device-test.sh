@@ -37,11 +37,11 @@ grep -q 'libtorch_cuda' "$OUT/linkage.txt" || { echo "libtorch_cuda was dropped 
 # ---- info, GPU tests (failing, not skipping, without CUDA), benchmarks
 node bin/x2i.js info | tee "$OUT/info.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
-# X2I_GPU_TESTS: the test files to run (default: all of test/gpu/); a failure is reported at the end, after
+# X2I_GPU_TESTS: the test files to run (default: every test/**/*.gpu.test.mjs); a failure is reported at the end, after
 # the benchmarks, so that one run gives both
-read -r -a tests <<< "${X2I_GPU_TESTS:-test/gpu/}"
+read -r -a tests <<< "${X2I_GPU_TESTS:-}"
 set +e
-X2I_REQUIRE_GPU=1 node --test --test-reporter=spec "${tests[@]}" 2>&1 | tee "$OUT/gpu-tests.log"
+X2I_REQUIRE_GPU=1 node scripts/gpu-tests.mjs --test-reporter=spec "${tests[@]}" 2>&1 | tee "$OUT/gpu-tests.log"
 status=${PIPESTATUS[0]}
 set -e
 [ "$status" -eq 0 ] || echo "GPU tests failed (status $status)" >&2

@@ -1,0 +1,289 @@
+/** The `x2i` command line. */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { packageRoot, targetLibTorch } from '../core/native.js';
+import { buildInfo, cuda, memory } from '../index.js';
+import type { DType } from '../core/tensor.js';
+import type { FluxImages } from '../sample/pipeline.js';
+
+const USAGE = `usage: x2i <command> [options]
+
+commands:
+  generate             an image with FLUX, conditioned by its own text encoders (teacher) or by an MLLM +
+                       AlignNet (X2I student)
+                       --flux DIR|FILE (transformer: a diffusers folder, its pipeline folder, or a BFL file)
+                       --vae DIR (default: FLUX folder's vae/)
+                       teacher: --prompt TEXT with --text-encoder DIR --text-encoder-2 DIR (default: beside --flux),
+                                or --embeds FILE.safetensors (prompt_embeds, pooled_prompt_embeds)
+                       student: --prompt TEXT --mllm DIR --alignnet FILE [--image FILE ...]
+                       --out FILE.png|.jpg|.webp (default out.png) --height 1024 --width 1024 --steps 28
+                       --guidance 3.5 --seed 0 --device cpu|cuda[:N] --dtype float32|bfloat16
+  train                train AlignNet by attention distillation (X2ITrainer)
+                       --flux DIR|FILE --alignnet FILE (initial weights) --out DIR (checkpoints)
+                       data: --captions FILE.jsonl|.txt with --mllm DIR (student) and --text-encoder DIR
+                             --text-encoder-2 DIR (teacher; default: beside --flux),
+                             or --features FILE.safetensors (teacher.encoder_hidden_states,
+                             teacher.pooled_projections, student.hidden_states; batch on dim 0)
+                       --steps 1000 --lr 1e-4 --warmup 0 --accumulate 1 --checkpoint-every 100
+                       --height 1024 --width 1024 --resume --device cpu|cuda[:N] --dtype ...
+                       several GPUs: --nproc-per-node N --parallel data|split (one process per GPU, NCCL;
+                       data: each rank its share of the captions; split: 2 ranks, teacher | student)
+                       many nodes: also --nnodes M --node-rank I --master-addr HOST --master-port 29500 on each
+  eval                 teacher–student agreement: SSIM/PSNR of images from the same noise and the distillation
+                       loss, on held-out samples
+                       --flux DIR|FILE --vae DIR --alignnet FILE|DIR --features FILE.safetensors (as for train)
+                       --steps 28 --height 1024 --width 1024 --device ... --json FILE
+  demo                 the whole pipeline on a built-in tiny configuration (no download, CPU, ~3 min on 2
+                       cores): train a tiny teacher on drawn shapes, distill a tiny MLLM + AlignNet into it,
+                       generate held-out prompts with both; writes before.png, after.png, loss.png, summary.json
+                       --out DIR (default x2i-demo) --seed 0 --quick (a few steps of each: seconds)
+  info                 the native addon, the LibTorch it runs on, CUDA devices
+  bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
+                       options: --mib N (copy size, default 256), --json FILE
+  bench flux           FLUX.1 blocks and the whole model on CUDA, bf16 (needs a GPU)
+                       options: --baseline PATH (shared/baselines/flux_blocks.py), --json FILE
+  bench distill        the distillation loss kernel and training step on CUDA (needs a GPU)
+                       options: --baseline PATH (shared/baselines/x2i_loss.py), --json FILE
+  bench qwen           the Qwen2.5-VL-7B-size encoder on CUDA: prefill with and without all-layer
+                       capture, the vision tower (needs a GPU)
+                       options: --baseline PATH (bench/baselines/qwen_prefill.py, transformers), --json FILE
+  help                 this text
+`;
+
+function info(): number {
+  const b = buildInfo();
+  const lines = [
+    ['x2i', readVersion()],
+    ['node', `${process.version} (${process.platform}-${process.arch})`],
+    ['libtorch', `${b.libtorchVersion} (${b.libtorchFlavour})${targetLibTorch() ? '' : ' [no build record]'}`],
+    ['cuda', cuda.isAvailable() ? `${cuda.deviceCount()} device(s)` :
+      b.builtWithCuda ? 'built with CUDA, but no device visible' : 'not in this build (CPU LibTorch)'],
+    ['cuda backend', b.builtWithCuda ? (b.cudaBackendRegistered ? 'registered' : 'NOT registered') : 'n/a'],
+    ['threads', String(b.intraOpThreads)],
+    ['live tensors', `${memory().tensors} (${memory().bytes} bytes)`],
+  ];
+  for (const [k, v] of lines) console.log(`${k.padEnd(14)} ${v}`);
+  return 0;
+}
+
+function readVersion(): string {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')).version;
+  } catch {
+    return '?';
+  }
+}
+
+function progressBar(label: string): (p: { step: number; total: number; phase: string }) => void {
+  return ({ step, total, phase }) => {
+    const width = 30, done = Math.round((step / total) * width);
+    process.stderr.write(`\r${label} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${step}/${total} ${phase}   `);
+    if (phase === 'decode') process.stderr.write('\n');
+  };
+}
+
+async function generate(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: {
+    flux: { type: 'string' }, vae: { type: 'string' }, prompt: { type: 'string' }, embeds: { type: 'string' },
+    'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' }, mllm: { type: 'string' }, alignnet: { type: 'string' },
+    image: { type: 'string', multiple: true }, out: { type: 'string', default: 'out.png' }, height: { type: 'string', default: '1024' },
+    width: { type: 'string', default: '1024' }, steps: { type: 'string', default: '28' }, guidance: { type: 'string', default: '3.5' },
+    seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } });
+  if (!v.flux) { process.stderr.write('x2i generate: --flux is required\n'); return 2; }
+  if (!v.prompt && !v.embeds) { process.stderr.write('x2i generate: give --prompt or --embeds\n'); return 2; }
+  if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet || !v.prompt)) {
+    process.stderr.write('x2i generate: the student needs --mllm, --alignnet and --prompt\n');
+    return 2;
+  }
+  const x2i = await import('../index.js');
+  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
+  const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
+  const scheduler = new x2i.FlowMatchEulerScheduler(fs.existsSync(schedulerFile) ? JSON.parse(fs.readFileSync(schedulerFile, 'utf8')) : {});
+  const gen = { height: Number(v.height), width: Number(v.width), numInferenceSteps: Number(v.steps),
+    guidanceScale: Number(v.guidance), seed: Number(v.seed), onProgress: progressBar('x2i generate') };
+  let out: FluxImages;
+  if (v.mllm || v.alignnet) {
+    const images = [];
+    for (const f of v.image ?? []) {
+      const { default: sharp } = await import('sharp');
+      const { data, info } = await sharp(f).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      images.push({ data: new Uint8Array(data), width: info.width, height: info.height });
+    }
+    const g = new x2i.X2IGenerator({ mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts),
+      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler }) });
+    out = await g.generate({ ...gen, prompt: images.length ? { text: v.prompt!, images } : v.prompt! });
+  } else if (v.embeds) {
+    const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
+    if (!e.prompt_embeds || !e.pooled_prompt_embeds) { process.stderr.write(`x2i generate: ${v.embeds} lacks prompt_embeds / pooled_prompt_embeds\n`); return 2; }
+    out = await new x2i.FluxPipeline({ transformer, vae, scheduler }).generate({ ...gen, promptEmbeds: e.prompt_embeds,
+      pooledPromptEmbeds: e.pooled_prompt_embeds });
+  } else {
+    const pipe = new x2i.FluxPipeline({ transformer, vae, scheduler,
+      textEncoder: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts),
+      textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts) });
+    out = await pipe.generate({ ...gen, prompt: v.prompt });
+  }
+  const format = /\.jpe?g$/i.test(v.out!) ? 'jpeg' : /\.webp$/i.test(v.out!) ? 'webp' : 'png';
+  fs.writeFileSync(v.out!, await x2i.encodeImage(out.images, 0, format));
+  process.stderr.write(`x2i generate: wrote ${v.out}\n`);
+  return 0;
+}
+
+async function train(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: {
+    flux: { type: 'string' }, alignnet: { type: 'string' }, out: { type: 'string' }, captions: { type: 'string' },
+    features: { type: 'string' }, mllm: { type: 'string' }, 'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' },
+    steps: { type: 'string', default: '1000' }, lr: { type: 'string', default: '1e-4' }, warmup: { type: 'string', default: '0' },
+    accumulate: { type: 'string', default: '1' }, 'checkpoint-every': { type: 'string', default: '100' },
+    height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, resume: { type: 'boolean', default: false },
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, parallel: { type: 'string' },
+    'nproc-per-node': { type: 'string' }, nnodes: { type: 'string', default: '1' }, 'node-rank': { type: 'string', default: '0' },
+    'master-addr': { type: 'string' }, 'master-port': { type: 'string' } } });
+  if (!v.flux || !v.alignnet || !v.out) { process.stderr.write('x2i train: --flux, --alignnet and --out are required\n'); return 2; }
+  if (v.parallel && v.parallel !== 'data' && v.parallel !== 'split') { process.stderr.write(`x2i train: --parallel data|split, got '${v.parallel}'\n`); return 2; }
+  if (v['nproc-per-node'] && process.env.X2I_LAUNCHED !== '1') {  // the launcher: one process per GPU, then wait
+    if (!v.parallel) { process.stderr.write('x2i train: --nproc-per-node needs --parallel data|split\n'); return 2; }
+    const { launch } = await import('../train/distributed.js');
+    // Ctrl-C reaches every rank (one process group): they stop together at a step boundary and save; wait for them
+    process.on('SIGINT', () => {});
+    const codes = await launch(process.argv[1], { nprocPerNode: Number(v['nproc-per-node']), nnodes: Number(v.nnodes),
+      nodeRank: Number(v['node-rank']), masterAddr: v['master-addr'], masterPort: v['master-port'] ? Number(v['master-port']) : undefined,
+      args: process.argv.slice(2), env: { X2I_LAUNCHED: '1' } });
+    return codes.every((c) => c === 0) ? 0 : 1;
+  }
+  if (!v.captions && !v.features) { process.stderr.write('x2i train: give --captions (with --mllm) or --features\n'); return 2; }
+  if (v.captions && !v.mllm) { process.stderr.write('x2i train: --captions needs --mllm for the student\n'); return 2; }
+  const x2i = await import('../index.js');
+  const group = v.parallel ? await x2i.ProcessGroup.init() : undefined;
+  const device = group && v.device.startsWith('cuda') ? x2i.ProcessGroup.localDevice() : v.device;
+  const opts = { device, dtype: v.dtype as DType | undefined };
+  // what this rank holds: everything, or the teacher's (rank 0) / the student's (rank 1) half in split mode
+  const split = v.parallel === 'split', teacherSide = !split || group!.rank === 0, studentSide = !split || group!.rank === 1;
+  const reporting = !group || (split ? group.rank === 1 : group.rank === 0);
+  const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  const alignNet = await x2i.AlignNet.fromPretrained(v.alignnet, { ...opts, dtype: 'float32' });
+  let data: import('../train/trainer.js').X2IBatch[];
+  let parts: ConstructorParameters<typeof x2i.X2ITrainer>[0] = { transformer, alignNet };
+  if (v.features) {
+    const f = await x2i.loadSafetensors(v.features, { device });
+    for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
+      if (!f[k]) { process.stderr.write(`x2i train: ${v.features} lacks '${k}'\n`); return 2; }
+    data = [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'], pooledProjections: f['teacher.pooled_projections'] },
+      student: { hiddenStates: f['student.hidden_states'] } }];
+  } else {
+    let captions = x2i.loadCaptions(v.captions!);
+    if (group && !split) captions = captions.filter((_, i) => i % group.worldSize === group.rank);  // this rank's share
+    data = captions.map((c) => ({ teacher: { caption: c }, student: { prompt: c } }));
+    if (studentSide) parts = { ...parts, mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts) };
+    if (teacherSide) parts = { ...parts,
+      t5: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts),
+      clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
+  }
+  const steps = Number(v.steps);
+  const trainer = new x2i.X2ITrainer(parts, { lr: Number(v.lr), warmupSteps: Number(v.warmup), totalSteps: steps,
+    gradientAccumulation: Number(v.accumulate), height: Number(v.height), width: Number(v.width),
+    parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null });
+  if (v.resume && fs.existsSync(path.join(v.out, 'trainer.json'))) await trainer.resume(v.out);
+  const ac = new AbortController();
+  process.once('SIGINT', () => { process.stderr.write('\nx2i train: stopping at the next step boundary\n'); ac.abort(); });
+  const bar = progressBar('x2i train');
+  await trainer.fit({ data, steps: steps - trainer.microStep, signal: ac.signal, checkpointDir: v.out,
+    checkpointEvery: Number(v['checkpoint-every']), onStep: (i) => {
+      if (reporting) bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` });
+    } });
+  if (reporting) process.stderr.write(`\nx2i train: step ${trainer.step}; checkpoint ${x2i.X2ITrainer.latestCheckpoint(v.out)}\n`);
+  await group?.close();
+  return 0;
+}
+
+async function evaluate(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: {
+    flux: { type: 'string' }, vae: { type: 'string' }, alignnet: { type: 'string' }, features: { type: 'string' },
+    steps: { type: 'string', default: '28' }, height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' },
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, json: { type: 'string' } } });
+  if (!v.flux || !v.alignnet || !v.features) { process.stderr.write('x2i eval: --flux, --alignnet and --features are required\n'); return 2; }
+  const x2i = await import('../index.js');
+  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
+  const alignnetPath = fs.existsSync(path.join(v.alignnet, 'trainer.json'))
+    ? path.join(x2i.X2ITrainer.latestCheckpoint(v.alignnet), 'alignnet.safetensors') : v.alignnet;
+  const pipeline = new x2i.FluxPipeline({ transformer: await x2i.FluxTransformer.fromPretrained(v.flux, opts),
+    vae: await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts) });
+  const alignNet = await x2i.AlignNet.fromPretrained(alignnetPath, opts);
+  const f = await x2i.loadSafetensors(v.features, { device: v.device });
+  for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
+    if (!f[k]) { process.stderr.write(`x2i eval: ${v.features} lacks '${k}'\n`); return 2; }
+  const r = await x2i.evaluateAgreement({ pipeline, alignNet, height: Number(v.height), width: Number(v.width),
+    numInferenceSteps: Number(v.steps), samples: [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'],
+      pooledProjections: f['teacher.pooled_projections'] }, student: { hiddenStates: f['student.hidden_states'] } }] });
+  console.log(`ssim ${r.ssim.toFixed(4)}  psnr ${r.psnr.toFixed(2)} dB  distillation loss ${r.loss.toFixed(5)}`);
+  if (v.json) fs.writeFileSync(v.json, JSON.stringify(r, null, 2));
+  return 0;
+}
+
+async function demo(args: string[]): Promise<number> {
+  const { values: v } = parseArgs({ args, options: { out: { type: 'string', default: 'x2i-demo' },
+    seed: { type: 'string', default: '0' }, quick: { type: 'boolean', default: false } } });
+  const { runDemo } = await import('./demo.js');
+  const label: Record<string, string> = { teacher: 'training the teacher', distill: 'distilling the student', generate: 'generating' };
+  let phase = '';
+  const s = await runDemo({ out: v.out!, seed: Number(v.seed), quick: v.quick, onProgress: (e) => {
+    if (e.phase !== phase) { if (phase) process.stderr.write('\n'); phase = e.phase; }
+    const width = 30, done = Math.round((e.step / e.total) * width);
+    process.stderr.write(`\rx2i demo: ${label[e.phase]} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${e.step}/${e.total}` +
+      (e.loss !== undefined ? ` loss ${e.loss.toFixed(4)}` : '') + '   ');
+  } });
+  process.stderr.write('\n');
+  const f = (x: number, d = 3) => x.toFixed(d);
+  console.log(`teacher: flow-matching loss ${f(s.teacher.lossFirst)} → ${f(s.teacher.lossLast)} over ${s.teacher.steps} steps`);
+  console.log(`distillation loss ${f(s.loss.first)} → ${f(s.loss.last)}`);
+  console.log(`teacher–student agreement on ${s.heldOut.length} held-out prompts: SSIM ${f(s.agreement.before.ssim)} → ${f(s.agreement.after.ssim)}, ` +
+    `PSNR ${f(s.agreement.before.psnr, 1)} → ${f(s.agreement.after.psnr, 1)} dB`);
+  console.log(`${s.seconds.toFixed(0)} s; wrote ${s.files.map((x) => path.join(v.out!, x)).join(', ')}`);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'demo':
+      return demo(rest);
+    case 'eval':
+      return evaluate(rest);
+    case 'train':
+      return train(rest);
+    case 'generate':
+      return generate(rest);
+    case 'info':
+      return info();
+    case 'bench': {
+      const { positionals, values } = parseArgs({ args: rest, allowPositionals: true,
+        options: { mib: { type: 'string' }, json: { type: 'string' }, baseline: { type: 'string' } } });
+      const which = positionals[0] ?? 'bridge';
+      if (!['bridge', 'flux', 'distill', 'qwen'].includes(which)) {
+        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux, distill, qwen)`);
+        return 2;
+      }
+      const args = [path.join(packageRoot, 'bench', `${which}.mjs`)];
+      if (values.mib && which === 'bridge') args.push('--mib', values.mib);
+      if (values.baseline && which !== 'bridge') args.push('--baseline', values.baseline);
+      if (values.json) args.push('--json', values.json);
+      return spawnSync(process.execPath, args, { stdio: 'inherit' }).status ?? 1;
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return 0;
+    default:
+      process.stderr.write(`x2i: unknown command '${cmd}'\n\n${USAGE}`);
+      return 2;
+  }
+}

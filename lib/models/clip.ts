@@ -1,0 +1,86 @@
+/** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/clip.cc). */
+import { X2IError, invalidArg } from '../core/errors.js';
+import { addon, type NativeTensor } from '../core/native.js';
+import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { NativeModel } from '../core/model.js';
+import { Tensor } from '../core/tensor.js';
+import { ClipTokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
+import fs from 'node:fs';
+import path from 'node:path';
+
+interface NativeClip {
+  forward(inputs: { inputIds: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; pooledOutput: NativeTensor; hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
+
+/** The native loader's config from a CLIP text config. */
+function nativeConfig(config: Record<string, unknown>, file: string) {
+  const act = String(config.hidden_act ?? 'quick_gelu');
+  if (act !== 'quick_gelu' && act !== 'gelu')
+    throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
+  return {
+    vocabSize: field(config, 'vocab_size', file), hiddenSize: field(config, 'hidden_size', file),
+    intermediateSize: field(config, 'intermediate_size', file), numAttentionHeads: field(config, 'num_attention_heads', file),
+    numHiddenLayers: field(config, 'num_hidden_layers', file), maxPositionEmbeddings: field(config, 'max_position_embeddings', file, 77),
+    eosTokenId: field(config, 'eos_token_id', file, 2), layerNormEps: field(config, 'layer_norm_eps', file, 1e-5), hiddenAct: act,
+  };
+}
+
+export class ClipTextEncoder extends NativeModel<NativeClip> {
+  readonly config: Readonly<Record<string, unknown>>;
+
+  #folder: string;
+  #tokenizer?: PromptTokenizer;
+
+  private constructor(h: NativeClip, config: Record<string, unknown>, folder: string) {
+    super(h, 'ClipTextEncoder');
+    this.config = Object.freeze(config);
+    this.#folder = folderOf(folder);
+  }
+
+  /** Tokenizes (BOS, EOS, padding with EOS to 77) and encodes. The tokenizer: `opts.tokenizer`, else the model
+   * folder's, else FLUX's sibling `tokenizer/` (vocab.json + merges.txt is enough). */
+  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+    const own = ['tokenizer.json', 'vocab.json'].some((f) => fs.existsSync(path.join(this.#folder, f)));
+    const tok = opts.tokenizer ?? (this.#tokenizer ??= ClipTokenizer.fromPretrained(own ? this.#folder : path.join(this.#folder, '..', 'tokenizer')));
+    const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 77, padding: opts.padding });
+    try {
+      return await this.forward({ inputIds });
+    } finally {
+      inputIds.dispose();
+      attentionMask.dispose();
+    }
+  }
+
+  /** A transformers CLIP text folder (`config.json` + weights, with or without the `text_model.` prefix; a full
+   * CLIP config's `text_config` is used), e.g. FLUX's `text_encoder/`. */
+  static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<ClipTextEncoder> {
+    if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
+    const read = readModelFolder(p, opts.config);
+    const config = (read.config.text_config as Record<string, unknown> | undefined) ?? read.config;
+    const native = nativeConfig(config, read.configFile);
+    const Native = (addon() as unknown as { NativeClipTextEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeClip> } }).NativeClipTextEncoder;
+    const h = await loadNative(read.weights, defaultDtype(opts), (w) => Native.load(native, w, read.weights));
+    return new ClipTextEncoder(h, config, read.weights);
+  }
+
+  /** A model of the given config (a CLIP text `config.json` object, or a full CLIP config with `text_config`)
+   * with random weights drawn on the device; no tokenizer comes with it (`forward` takes ids). */
+  static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<ClipTextEncoder> {
+    if (!config || typeof config !== 'object') throw invalidArg('config', 'a CLIP text config object', config);
+    const c = (config.text_config as Record<string, unknown> | undefined) ?? config;
+    return new ClipTextEncoder(await randomNative<NativeClip>('NativeClipTextEncoder', nativeConfig(c, 'config'), opts), c, '.');
+  }
+
+  /** inputIds [B, S ≤ 77] → lastHiddenState (after the final LayerNorm), pooledOutput (at the first EOS) and
+   * hiddenStates [B, L+1, S, H] (embeddings, every layer; the last before the final LayerNorm, as transformers). */
+  async forward(inputs: { inputIds: Tensor }): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+    if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    this.native();  // a DisposedError before any work
+    const ids = inputs.inputIds.handle;
+    const r = await this.call((h) => h.forward({ inputIds: ids }));
+    return { lastHiddenState: new Tensor(r.lastHiddenState), pooledOutput: new Tensor(r.pooledOutput), hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+}

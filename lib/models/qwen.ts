@@ -1,0 +1,216 @@
+/** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
+import { X2IError, invalidArg, nativeSync } from '../core/errors.js';
+import { addon, type NativeTensor } from '../core/native.js';
+import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { NativeModel } from '../core/model.js';
+import { Tensor } from '../core/tensor.js';
+import { QwenTokenizer, type ChatMessage, type EncodeOptions } from './tokenizers.js';
+import { preprocessImages, preprocessVideo, type QwenVisionOptions, type RgbImage } from './qwen_vision.js';
+import fs from 'node:fs';
+import path from 'node:path';
+
+/** What `encodePrompt` takes: text in any language, images, a video (decoded frames), or a mix. */
+export interface QwenPrompt {
+  text?: string;
+  images?: RgbImage[];
+  /** Decoded, already sampled frames of one video. */
+  video?: RgbImage[];
+}
+
+interface NativeQwen {
+  forward(inputs: Record<string, NativeTensor | string | number | boolean | number[] | undefined>): Promise<{ hiddenStates: NativeTensor;
+    answerStates?: NativeTensor; tokens?: number[] }>;
+  dispose(): void;
+}
+
+export interface QwenVLInputs {
+  /** [B, S] int64 (left-padded with <|endoftext|> as X2I's training does). */
+  inputIds: Tensor;
+  /** [B, S], 1 for tokens, 0 for padding. */
+  attentionMask?: Tensor;
+  /** Image patches [Σ t·h·w, C·T·14·14] in the processor's order, with imageGridThw [n, 3] (t, h, w per image);
+   * their merged features replace the `<|image_pad|>` tokens (t·h·w/4 per image), in order. */
+  pixelValues?: Tensor;
+  imageGridThw?: Tensor;
+  /** The same for videos (`<|video_pad|>`). */
+  pixelValuesVideos?: Tensor;
+  videoGridThw?: Tensor;
+  /** Videos: seconds per temporal patch (temporal_patch_size / fps; default 1). */
+  secondPerGridT?: number;
+  /** 'mrope' (default): image/video tokens take (t, h, w) position ids as Qwen2.5-VL was trained (get_rope_index);
+   * 'sequential': every token its index, as transformers 5 does when it is not given `mm_token_type_ids`. */
+  positions?: 'mrope' | 'sequential';
+  /** 'x2i' (default): pad rows attend to every key, as in the official X2I training (transformers 4.49, SDPA
+   * on CUDA), which is what official AlignNet checkpoints saw; 'mask': a pad row that sees no key gets a zero
+   * attention output (transformers 5 with PyTorch's SDPA). Real-token rows are the same in both. */
+  padRule?: 'x2i' | 'mask';
+  /** true (default): every layer's hidden state ([B, L+1, S, H], AlignNet's input); false: only the last
+   * one after the final norm, [B, 1, S, H]. */
+  capture?: boolean;
+}
+
+
+export class QwenVLEncoder extends NativeModel<NativeQwen> {
+  readonly config: Readonly<Record<string, unknown>>;
+
+  #folder: string;
+  #tokenizer?: QwenTokenizer;
+
+  private constructor(h: NativeQwen, config: Record<string, unknown>, folder: string) {
+    super(h, 'QwenVLEncoder');
+    this.config = Object.freeze(config);
+    this.#folder = folderOf(folder);
+  }
+
+  /**
+   * Prompt in, AlignNet input out: builds the messages (text-only prompts in X2I's training template
+   * `{'Text input': …}` unless `template: 'chat'`; images and video go first, then the text, as X2I's
+   * inference does), preprocesses the pixels, tokenizes with the image/video placeholders expanded, left-pads
+   * to `maxLength` (512) and runs the prefill. The tokenizer: `opts.tokenizer`, else the model folder's.
+   */
+  async encodePrompt(prompt: string | QwenPrompt, opts: EncodeOptions & QwenVisionOptions & { tokenizer?: QwenTokenizer;
+    template?: 'x2i' | 'chat' } = {}): Promise<{ hiddenStates: Tensor; attentionMask: Tensor }> {
+    const p: QwenPrompt = typeof prompt === 'string' ? { text: prompt } : prompt;
+    if (!p || (p.text === undefined && !p.images?.length && !p.video?.length))
+      throw invalidArg('prompt', 'a string or { text?, images?, video? }', prompt);
+    const tok = opts.tokenizer ?? (this.#tokenizer ??= QwenTokenizer.fromPretrained(
+      fs.existsSync(path.join(this.#folder, 'tokenizer.json')) ? this.#folder : path.join(this.#folder, 'tokenizer.json')));
+    const vision = !!(p.images?.length || p.video?.length);
+    let text: string;
+    if (!vision && (opts.template ?? 'x2i') === 'x2i') {
+      text = tok.x2iPrompt(p.text ?? '');
+    } else {
+      const content: Exclude<ChatMessage['content'], string> = [];
+      for (let i = 0; i < (p.images?.length ?? 0); i++) content.push({ type: 'image' });
+      if (p.video?.length) content.push({ type: 'video' });
+      if (p.text !== undefined) content.push({ type: 'text', text: p.text });
+      text = tok.applyChatTemplate([{ role: 'user', content }]);
+    }
+    const img = p.images?.length ? await preprocessImages(p.images, opts) : undefined;
+    const vid = p.video?.length ? await preprocessVideo(p.video, opts) : undefined;
+    const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 512, padding: opts.padding,
+      imageTokens: img ? [img.imageTokens] : undefined, videoTokens: vid ? [vid.videoTokens] : undefined });
+    try {
+      const r = await this.forward({ inputIds, attentionMask, pixelValues: img?.pixelValues, imageGridThw: img?.imageGridThw,
+        pixelValuesVideos: vid?.pixelValues, videoGridThw: vid?.videoGridThw });
+      return { hiddenStates: r.hiddenStates, attentionMask };
+    } finally {
+      inputIds.dispose();
+      for (const t of [img?.pixelValues, img?.imageGridThw, vid?.pixelValues, vid?.videoGridThw]) t?.dispose();
+    }
+  }
+
+  /** A Qwen2.5-VL folder: the released flat config.json (`rope_scaling.mrope_section`) or the transformers-5
+   * nested one (`text_config`, `rope_parameters`); sharded safetensors; `model.layers.*` or
+   * `model.language_model.*` names. */
+  static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<QwenVLEncoder> {
+    if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
+    const { config: top, configFile: file, weights } = readModelFolder(p, opts.config);
+    const native = nativeConfig(top, file);
+    const Native = (addon() as unknown as { NativeQwenVLEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeQwen> } }).NativeQwenVLEncoder;
+    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    return new QwenVLEncoder(h, top, weights);
+  }
+
+  /**
+   * A model of the given config (a Qwen2.5-VL `config.json` object, flat or nested) with random weights
+   * (the loaders' RandomInit: PyTorch's default Linear init, norms 1, biases 0, drawn on the device from `seed`): benchmarks and tests at real sizes
+   * without a checkpoint. No tokenizer comes with it (`encodePrompt` needs `opts.tokenizer`).
+   */
+  static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<QwenVLEncoder> {
+    if (!config || typeof config !== 'object') throw invalidArg('config', 'a Qwen2.5-VL config object', config);
+    return new QwenVLEncoder(await randomNative<NativeQwen>('NativeQwenVLEncoder', nativeConfig(config, 'config'), opts), config, '.');
+  }
+
+  /** One prefill: hiddenStates [B, L+1, S, H] = the embeddings, then every layer's output (the last after the
+   * final RMSNorm), each written into its slot of one buffer as it is made: AlignNet's input. No lm_head.
+   * `capture: false`: only the last state, [B, 1, S, H]. */
+  async forward(inputs: QwenVLInputs): Promise<{ hiddenStates: Tensor }> {
+    const r = await this.#run(inputs, {});
+    return { hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+  async #run(inputs: QwenVLInputs, extra: Record<string, number | number[]>) {
+    if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    this.native();  // a DisposedError before any work
+    const ins: Record<string, NativeTensor | string | number | boolean | number[] | undefined> = { padRule: inputs.padRule ?? 'x2i',
+      secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope', capture: inputs.capture ?? true, ...extra };
+    for (const k of ['inputIds', 'attentionMask', 'pixelValues', 'imageGridThw', 'pixelValuesVideos', 'videoGridThw'] as const) {
+      const t = inputs[k];
+      if (t === undefined || t === null) continue;
+      if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
+      ins[k] = t.handle;
+    }
+    return this.call((h) => h.forward(ins));
+  }
+
+  /**
+   * X2I's answer mode (its `--use_answer` inference): the prefill, then greedy decoding of up to
+   * `maxNewTokens` (default 128) tokens with the keys and values cached, stopping after an id in `eosTokenIds`
+   * (default `<|im_end|>` 151645 and `<|endoftext|>` 151643). `answerStates` [1, L+1, n, H] are the states of
+   * the generated tokens as they are fed back (all but the last: transformers' `hidden_states[1:]` of
+   * `generate(output_hidden_states=True)`), laid out as AlignNet's input; `hiddenStates` the prompt's. Uses
+   * the checkpoint's `lm_head` (or the tied embeddings). One prompt at a time.
+   */
+  async generate(inputs: QwenVLInputs, opts: { maxNewTokens?: number; eosTokenIds?: number[] } = {}): Promise<{
+    tokens: number[]; answerStates: Tensor; hiddenStates: Tensor }> {
+    const maxNewTokens = opts.maxNewTokens ?? 128;
+    if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1) throw invalidArg('maxNewTokens', 'a positive integer', maxNewTokens);
+    const eos = opts.eosTokenIds ?? [151645, 151643];
+    if (!Array.isArray(eos) || !eos.every(Number.isSafeInteger)) throw invalidArg('eosTokenIds', 'an array of token ids', eos);
+    const r = await this.#run(inputs, { maxNewTokens, eosTokenIds: eos });
+    return { tokens: r.tokens ?? [], answerStates: new Tensor(r.answerStates!), hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+  /** The [3, B, S] M-RoPE position ids (temporal, height, width) of a prompt with image/video blocks, as
+   * get_rope_index computes them; pads get 1. */
+  ropeIndex(inputs: Pick<QwenVLInputs, 'inputIds' | 'attentionMask' | 'imageGridThw' | 'videoGridThw' | 'secondPerGridT'>): Tensor {
+    const vc = (this.config.vision_config ?? {}) as Record<string, unknown>;
+    const h = (t?: Tensor) => t?.handle;
+    const fn = (addon() as unknown as { qwenRopeIndex: (...a: unknown[]) => NativeTensor }).qwenRopeIndex;
+    return new Tensor(nativeSync(() => fn(inputs.inputIds.handle, h(inputs.attentionMask), h(inputs.imageGridThw), h(inputs.videoGridThw), {
+      imageTokenId: this.config.image_token_id ?? 151655, videoTokenId: this.config.video_token_id ?? 151656,
+      merge: vc.spatial_merge_size ?? 2, tokensPerSecond: vc.tokens_per_second ?? 2, secondPerGridT: inputs.secondPerGridT ?? 1 })));
+  }
+
+}
+
+/** The native config of a Qwen2.5-VL config.json object (flat, or transformers 5's nested `text_config`). */
+function nativeConfig(top: Record<string, unknown>, file: string): Record<string, unknown> {
+  if (top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
+    throw new X2IError(`${file}: model_type '${top.model_type}' is not a Qwen2/2.5-VL model`, 'ERR_CONFIG');
+  const text = { ...top, ...(top.text_config as Record<string, unknown> | undefined ?? {}) };
+  // what this implementation computes: SwiGLU (silu) in both towers, full attention in every layer
+  const act = String(text.hidden_act ?? 'silu'), vact = String((top.vision_config as Record<string, unknown> | undefined)?.hidden_act ?? 'silu');
+  if (act !== 'silu') throw new X2IError(`${file}: hidden_act '${act}' is not supported (Qwen2.5-VL: silu)`, 'ERR_CONFIG');
+  if (vact !== 'silu') throw new X2IError(`${file}: vision_config.hidden_act '${vact}' is not supported (Qwen2.5-VL: silu)`, 'ERR_CONFIG');
+  if (text.use_sliding_window === true)
+    throw new X2IError(`${file}: use_sliding_window is not supported (Qwen2.5-VL uses full attention)`, 'ERR_CONFIG');
+  const rope = (text.rope_parameters ?? text.rope_scaling ?? top.rope_scaling ?? {}) as Record<string, unknown>;
+  const section = rope.mrope_section;
+  if (!Array.isArray(section) || section.length !== 3)
+    throw new X2IError(`${file}: field 'rope_scaling.mrope_section' (or text_config.rope_parameters.mrope_section) is missing`, 'ERR_CONFIG');
+  const native: Record<string, unknown> = {
+    vocabSize: field(text, 'vocab_size', file), hiddenSize: field(text, 'hidden_size', file),
+    intermediateSize: field(text, 'intermediate_size', file), numHiddenLayers: field(text, 'num_hidden_layers', file),
+    numAttentionHeads: field(text, 'num_attention_heads', file), numKeyValueHeads: field(text, 'num_key_value_heads', file),
+    rmsNormEps: field(text, 'rms_norm_eps', file), ropeTheta: field({ ...text, ...rope }, 'rope_theta', file),
+    mropeSection: section,
+    vision: undefined,
+  };
+  const vc = top.vision_config as Record<string, unknown> | undefined;
+  if (vc) {
+    const vf = (k: string, fallback?: number) => field(vc, k, `${file} (vision_config)`, fallback);
+    native.vision = {
+      depth: vf('depth'), hiddenSize: vf('hidden_size'), numHeads: vf('num_heads'), intermediateSize: vf('intermediate_size'),
+      outHiddenSize: vf('out_hidden_size'), patchSize: vf('patch_size', 14), spatialMergeSize: vf('spatial_merge_size', 2),
+      temporalPatchSize: vf('temporal_patch_size', 2), windowSize: vf('window_size', 112),
+      inChannels: field({ ...vc, in_channels: vc.in_channels ?? vc.in_chans }, 'in_channels', `${file} (vision_config)`, 3),
+      tokensPerSecond: vf('tokens_per_second', 2),
+      fullAttBlockIndexes: Array.isArray(vc.fullatt_block_indexes) ? vc.fullatt_block_indexes : [],
+      imageTokenId: field(top, 'image_token_id', file, 151655), videoTokenId: field(top, 'video_token_id', file, 151656),
+      visionStartTokenId: field(top, 'vision_start_token_id', file, 151652),
+    };
+  }
+  return native;
+}

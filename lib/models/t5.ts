@@ -1,0 +1,95 @@
+/** x2i.T5Encoder: the T5 v1.1 encoder, FLUX's text_encoder_2 (native/t5.cc). */
+import { X2IError, invalidArg } from '../core/errors.js';
+import { addon, type NativeTensor } from '../core/native.js';
+import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { NativeModel } from '../core/model.js';
+import { Tensor } from '../core/tensor.js';
+import { T5Tokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
+import fs from 'node:fs';
+import path from 'node:path';
+
+interface NativeT5 {
+  forward(inputs: { inputIds: NativeTensor; attentionMask?: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
+
+/** The native loader's config from a transformers T5 config.json. */
+function nativeConfig(config: Record<string, unknown>, configFile: string) {
+  if (config.model_type !== undefined && config.model_type !== 't5' && config.model_type !== 'umt5')
+    throw new X2IError(`${configFile}: model_type '${config.model_type}' is not a T5 model`, 'ERR_CONFIG');
+  const proj = String(config.feed_forward_proj ?? 'relu');
+  const gated = proj.startsWith('gated-');
+  const base = proj.replace(/^gated-/, '');
+  // transformers maps 'gated-gelu' to gelu_new (tanh approximation), whatever dense_act_fn says
+  const act = gated && base === 'gelu' ? 'gelu_new' : String(config.dense_act_fn ?? base);
+  return {
+    vocabSize: field(config, 'vocab_size', configFile), dModel: field(config, 'd_model', configFile),
+    dKv: field(config, 'd_kv', configFile), dFf: field(config, 'd_ff', configFile),
+    numLayers: field(config, 'num_layers', configFile), numHeads: field(config, 'num_heads', configFile),
+    relativeAttentionNumBuckets: field(config, 'relative_attention_num_buckets', configFile, 32),
+    relativeAttentionMaxDistance: field(config, 'relative_attention_max_distance', configFile, 128),
+    layerNormEpsilon: field(config, 'layer_norm_epsilon', configFile, 1e-6), gated, act,
+  };
+}
+
+export class T5Encoder extends NativeModel<NativeT5> {
+  readonly config: Readonly<Record<string, unknown>>;
+
+  #folder: string;
+  #tokenizer?: PromptTokenizer;
+
+  private constructor(h: NativeT5, config: Record<string, unknown>, folder: string) {
+    super(h, 'T5Encoder');
+    this.config = Object.freeze(config);
+    this.#folder = folderOf(folder);
+  }
+
+  /**
+   * Tokenizes (`</s>`, padding with 0 to 512 as FLUX does) and encodes. The tokenizer: `opts.tokenizer`, else the
+   * model folder's tokenizer.json, else FLUX's sibling `tokenizer_2/`.
+   */
+  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
+    const tok = opts.tokenizer ?? (this.#tokenizer ??= T5Tokenizer.fromPretrained(
+      [path.join(this.#folder, 'tokenizer.json'), path.join(this.#folder, '..', 'tokenizer_2')].find((p) => fs.existsSync(p)) ??
+      path.join(this.#folder, 'tokenizer.json')));
+    const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 512, padding: opts.padding });
+    try {
+      return await this.forward({ inputIds });  // FLUX passes no mask
+    } finally {
+      inputIds.dispose();
+      attentionMask.dispose();
+    }
+  }
+
+  /** A transformers T5 folder (`config.json` + `model.safetensors`, sharded or not), e.g. FLUX's `text_encoder_2/`. */
+  static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<T5Encoder> {
+    if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
+    const { config, configFile, weights } = readModelFolder(p, opts.config);
+    const native = nativeConfig(config, configFile);
+    const Native = (addon() as unknown as { NativeT5Encoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeT5> } }).NativeT5Encoder;
+    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    return new T5Encoder(h, config, weights);
+  }
+
+  /**
+   * A model of the given config (a transformers T5 `config.json` object, e.g. T5-XXL's) with random weights drawn
+   * on the device: benchmarks and tests at real sizes without a checkpoint. No tokenizer comes with it
+   * (`encodePrompt` needs `opts.tokenizer`; `forward` takes ids).
+   */
+  static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<T5Encoder> {
+    if (!config || typeof config !== 'object') throw invalidArg('config', 'a T5 config object', config);
+    return new T5Encoder(await randomNative<NativeT5>('NativeT5Encoder', nativeConfig(config, 'config'), opts), config, '.');
+  }
+
+  /** inputIds [B, S] (int64; FLUX pads with 0 to 512 and passes no mask) → lastHiddenState [B, S, d] (after the final
+   * norm) and hiddenStates [B, L+1, S, d] (embeddings, every layer; the last after the final norm). */
+  async forward(inputs: { inputIds: Tensor; attentionMask?: Tensor }): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
+    if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    this.native();  // a DisposedError before any work
+    const ins = { inputIds: inputs.inputIds.handle, ...(inputs.attentionMask ? { attentionMask: inputs.attentionMask.handle } : {}) };
+    const r = await this.call((h) => h.forward(ins));
+    return { lastHiddenState: new Tensor(r.lastHiddenState), hiddenStates: new Tensor(r.hiddenStates) };
+  }
+
+}

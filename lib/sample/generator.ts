@@ -1,0 +1,54 @@
+/** x2i.X2IGenerator: the X2I student — an MLLM reads text, images or video; AlignNet turns all its hidden states
+ * into FLUX's conditioning; the frozen FLUX transformer samples the image (x2i-method.md §4). */
+import { invalidArg } from '../core/errors.js';
+import type { AlignNet } from '../models/alignnet.js';
+import { FluxPipeline, type FluxGenerateOptions, type FluxImages } from './pipeline.js';
+import type { QwenPrompt, QwenVLEncoder } from '../models/qwen.js';
+import type { QwenTokenizer } from '../models/tokenizers.js';
+
+export interface X2IGenerateOptions extends Omit<FluxGenerateOptions, 'prompt' | 'promptEmbeds' | 'pooledPromptEmbeds'> {
+  /** The prompt: text in any language, images, a video (decoded frames), or a mix. */
+  prompt: string | QwenPrompt;
+  /** Token length the MLLM prompt is padded to (X2I: 512). */
+  maxLength?: number;
+  /** 'x2i' (default): text-only prompts in X2I's training template; 'chat': the plain chat template. */
+  template?: 'x2i' | 'chat';
+  tokenizer?: QwenTokenizer;
+}
+
+export class X2IGenerator {
+  readonly mllm: QwenVLEncoder;
+  readonly alignNet: AlignNet;
+  readonly pipeline: FluxPipeline;
+
+  constructor(parts: { mllm: QwenVLEncoder; alignNet: AlignNet; pipeline: FluxPipeline }) {
+    if (!parts?.mllm || !parts?.alignNet || !parts?.pipeline) throw invalidArg('X2IGenerator parts', '{ mllm, alignNet, pipeline }', parts);
+    this.mllm = parts.mllm;
+    this.alignNet = parts.alignNet;
+    this.pipeline = parts.pipeline;
+  }
+
+  /** The student's conditioning for a prompt: AlignNet(MLLM hidden states of every layer). */
+  async encode(prompt: string | QwenPrompt, opts: { maxLength?: number; template?: 'x2i' | 'chat'; tokenizer?: QwenTokenizer } = {}) {
+    const { hiddenStates, attentionMask } = await this.mllm.encodePrompt(prompt, opts);
+    attentionMask.dispose();
+    try {
+      return await this.alignNet.forward(hiddenStates);
+    } finally {
+      hiddenStates.dispose();
+    }
+  }
+
+  /** Generates images from the prompt through the frozen FLUX (the same options as FluxPipeline.generate). */
+  async generate(opts: X2IGenerateOptions): Promise<FluxImages> {
+    const { prompt, maxLength, template, tokenizer, ...rest } = opts;
+    opts.signal?.throwIfAborted();
+    const { encoderHiddenStates, pooledProjections } = await this.encode(prompt, { maxLength, template, tokenizer });
+    try {
+      return await this.pipeline.generate({ ...rest, promptEmbeds: encoderHiddenStates, pooledPromptEmbeds: pooledProjections });
+    } finally {
+      encoderHiddenStates.dispose();
+      pooledProjections.dispose();
+    }
+  }
+}

@@ -1,0 +1,188 @@
+/** x2i.FluxPipeline: FLUX.1 text-to-image sampling (the teacher; diffusers FluxPipeline's steps). */
+import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
+import type { FluxTransformer } from '../models/flux.js';
+import { addon, type NativeTensor } from '../core/native.js';
+import { FlowMatchEulerScheduler } from './scheduler.js';
+import { Tensor, randn } from '../core/tensor.js';
+import type { AutoencoderKL } from '../models/vae.js';
+import type { ClipTextEncoder } from '../models/clip.js';
+import type { T5Encoder } from '../models/t5.js';
+import type { PromptTokenizer } from '../models/tokenizers.js';
+
+
+export interface FluxGenerateOptions {
+  /** A prompt (or a batch) for the pipeline's text encoders (T5 → sequence, CLIP → pooled); or give the embeddings. */
+  prompt?: string | string[];
+  /** T5 sequence embeddings [B, T, 4096] (or an X2I student's AlignNet output). */
+  promptEmbeds?: Tensor;
+  /** CLIP pooled embeddings [B, 768]. */
+  pooledPromptEmbeds?: Tensor;
+  /** Packed initial latents [B, (h/2)(w/2), 64]; default: seeded noise. */
+  latents?: Tensor;
+  height?: number;
+  width?: number;
+  /** Default 28. */
+  numInferenceSteps?: number;
+  /** Default 3.5 (dev); ignored by checkpoints without a guidance embedder. */
+  guidanceScale?: number;
+  /** Noise seed (CPU generator, the same noise on every device). Default 0. */
+  seed?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: { step: number; total: number; phase: 'denoise' | 'decode' }) => void;
+  /** Also return the latents after every step [steps, B, N, C]. */
+  returnStepLatents?: boolean;
+}
+
+/** Encodes image i of a [B, 3, H, W] tensor in [0, 1] as PNG, JPEG or WebP (through sharp). */
+export async function encodeImage(images: Tensor, i = 0, format: 'png' | 'jpeg' | 'webp' = 'png'): Promise<Buffer> {
+  if (!(images instanceof Tensor) || images.shape.length !== 4 || images.shape[1] !== 3)
+    throw invalidArg('images', 'a [B, 3, H, W] Tensor', images);
+  const [B, , H, W] = images.shape;
+  if (!(Number.isSafeInteger(i) && i >= 0 && i < B)) throw invalidArg('image index', `0..${B - 1}`, i);
+  const fn = (addon() as unknown as { imageToUint8(t: NativeTensor): Promise<NativeTensor> }).imageToUint8;
+  const u8 = new Tensor(await nativeCall(() => fn(images.handle)));
+  try {
+    const all = await u8.toArray() as Uint8Array;
+    const one = Buffer.from(all.buffer, all.byteOffset + i * H * W * 3, H * W * 3);
+    const { default: sharp } = await import('sharp');
+    const img = sharp(one, { raw: { width: W, height: H, channels: 3 } });
+    return format === 'png' ? img.png().toBuffer() : format === 'jpeg' ? img.jpeg({ quality: 95 }).toBuffer() : img.webp({ quality: 95 }).toBuffer();
+  } finally {
+    u8.dispose();
+  }
+}
+
+interface NativeOps {
+  packLatents(z: NativeTensor): Promise<NativeTensor>;
+  unpackLatents(x: NativeTensor, h: number, w: number, scale: number, shift: number): Promise<NativeTensor>;
+  toImage(x: NativeTensor): Promise<NativeTensor>;
+}
+
+export interface FluxImages {
+  /** [B, 3, H, W] in [0, 1], float32. */
+  images: Tensor;
+  stepLatents?: Tensor;
+  /** Image i as PNG (`encodeImage` gives JPEG and WebP too). */
+  toPng(i?: number): Promise<Buffer>;
+}
+
+export class FluxPipeline {
+  readonly transformer: FluxTransformer;
+  readonly vae: AutoencoderKL;
+  readonly scheduler: FlowMatchEulerScheduler;
+  /** CLIP (pooled) and T5 (sequence), as diffusers names them; with their tokenizers (else found beside them). */
+  readonly textEncoder?: ClipTextEncoder;
+  readonly textEncoder2?: T5Encoder;
+  readonly tokenizer?: PromptTokenizer;
+  readonly tokenizer2?: PromptTokenizer;
+
+  constructor(parts: { transformer: FluxTransformer; vae: AutoencoderKL; scheduler?: FlowMatchEulerScheduler;
+    textEncoder?: ClipTextEncoder; textEncoder2?: T5Encoder; tokenizer?: PromptTokenizer; tokenizer2?: PromptTokenizer }) {
+    if (!parts?.transformer || !parts?.vae) throw invalidArg('FluxPipeline parts', '{ transformer, vae, scheduler?, textEncoder?, textEncoder2? }', parts);
+    this.transformer = parts.transformer;
+    this.vae = parts.vae;
+    this.scheduler = parts.scheduler ?? new FlowMatchEulerScheduler();
+    Object.assign(this, { textEncoder: parts.textEncoder, textEncoder2: parts.textEncoder2, tokenizer: parts.tokenizer,
+      tokenizer2: parts.tokenizer2 });
+  }
+
+  /** FLUX's text conditioning: T5 (padded to 512, no mask) → sequence, CLIP (77) → pooled. */
+  async encodePrompt(prompt: string | string[], opts: { maxSequenceLength?: number } = {}): Promise<{ promptEmbeds: Tensor;
+    pooledPromptEmbeds: Tensor }> {
+    if (!this.textEncoder || !this.textEncoder2)
+      throw new X2IError('FluxPipeline: a prompt needs textEncoder (CLIP) and textEncoder2 (T5); or pass promptEmbeds', 'ERR_INVALID_ARG');
+    const t5 = await this.textEncoder2.encodePrompt(prompt, { tokenizer: this.tokenizer2, maxLength: opts.maxSequenceLength ?? 512 });
+    const clip = await this.textEncoder.encodePrompt(prompt, { tokenizer: this.tokenizer });
+    t5.hiddenStates.dispose();
+    clip.lastHiddenState.dispose();
+    clip.hiddenStates.dispose();
+    return { promptEmbeds: t5.lastHiddenState, pooledPromptEmbeds: clip.pooledOutput };
+  }
+
+  /** The VAE's spatial factor (2^(blocks − 1); FLUX: 8). */
+  get vaeScaleFactor(): number {
+    return 2 ** ((this.vae.config.block_out_channels as number[]).length - 1);
+  }
+
+  /** (0, row, col) of each packed latent token. */
+  static imageIds(latentHeight: number, latentWidth: number, device = 'cpu'): Tensor {
+    const h = latentHeight / 2, w = latentWidth / 2;
+    const ids = new Float32Array(h * w * 3);
+    for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) { ids[(i * w + j) * 3 + 1] = i; ids[(i * w + j) * 3 + 2] = j; }
+    return Tensor.fromArray(ids, [h * w, 3], { device });
+  }
+
+  /** Denoises and decodes: `images` [B, 3, H, W] in [0, 1] (float32). */
+  async generate(opts: FluxGenerateOptions): Promise<FluxImages> {
+    opts.signal?.throwIfAborted();
+    if (opts.prompt !== undefined && !opts.promptEmbeds) {
+      const e = await this.encodePrompt(opts.prompt);
+      try {
+        return await this.generate({ ...opts, prompt: undefined, ...e });
+      } finally {
+        e.promptEmbeds.dispose();
+        e.pooledPromptEmbeds.dispose();
+      }
+    }
+    const { promptEmbeds, pooledPromptEmbeds } = opts;
+    if (!(promptEmbeds instanceof Tensor) || !(pooledPromptEmbeds instanceof Tensor))
+      throw invalidArg('promptEmbeds / pooledPromptEmbeds', 'Tensors (T5 and CLIP embeddings), or a prompt', promptEmbeds);
+    const f = this.vaeScaleFactor;
+    const height = opts.height ?? 1024, width = opts.width ?? 1024;
+    const lh = 2 * Math.floor(height / (f * 2)), lw = 2 * Math.floor(width / (f * 2));
+    if (lh < 2 || lw < 2) throw new X2IError(`height and width must be at least ${2 * f}`, 'ERR_INVALID_ARG');
+    const B = promptEmbeds.shape[0];
+    const device = this.transformer.device;
+    const ops = addon() as unknown as NativeOps;
+    const owned: Tensor[] = [];
+    const own = (t: Tensor) => (owned.push(t), t);
+    try {
+      const C = Number(this.transformer.config.in_channels ?? 64) / 4;
+      let latents = opts.latents;
+      if (!latents) {
+        const noise = own(await randn([B, C, lh, lw], { seed: opts.seed ?? 0, device, dtype: this.transformer.dtype }));
+        latents = own(new Tensor(await nativeCall(() => ops.packLatents(noise.handle))));
+      }
+      const steps = opts.numInferenceSteps ?? 28;
+      const { timesteps, sigmas } = this.scheduler.setTimesteps(steps, { imageSeqLen: (lh / 2) * (lw / 2) });
+      const guidance = own(Tensor.fromArray(new Float32Array(B).fill(opts.guidanceScale ?? 3.5), [B], { device }));
+      const inputs = { hiddenStates: latents, encoderHiddenStates: promptEmbeds, pooledProjections: pooledPromptEmbeds,
+        guidance, imgIds: own(FluxPipeline.imageIds(lh, lw, device)),
+        txtIds: own(Tensor.fromArray(new Float32Array(promptEmbeds.shape[1] * 3), [promptEmbeds.shape[1], 3], { device })) };
+      // one native call per step keeps AbortSignal and progress between steps
+      const stepLatents: Tensor[] = [];
+      let x = latents;
+      const dropAll = () => { if (x !== latents) x.dispose(); for (const t of stepLatents) t.dispose(); };
+      for (let i = 0; i < steps; i++) {
+        if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
+        const r = await this.transformer.denoise({ ...inputs, hiddenStates: x }, [timesteps[i]], [sigmas[i], sigmas[i + 1]],
+          { returnStepLatents: false });
+        if (x !== latents) (opts.returnStepLatents ? stepLatents.push(x) : x.dispose());
+        x = r.latents;
+        opts.onProgress?.({ step: i + 1, total: steps, phase: 'denoise' });
+      }
+      if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
+      const z = own(new Tensor(await nativeCall(() => ops.unpackLatents(x.handle, lh, lw, this.vae.scalingFactor, this.vae.shiftFactor))));
+      if (opts.returnStepLatents) stepLatents.push(x); else own(x);
+      const decoded = own(await this.vae.decode(z));
+      const images = new Tensor(await nativeCall(() => ops.toImage(decoded.handle)));
+      opts.onProgress?.({ step: steps, total: steps, phase: 'decode' });
+      const toPng = (i = 0) => encodeImage(images, i, 'png');
+      if (!opts.returnStepLatents) return { images, toPng };
+      const stacked = await stack(stepLatents);
+      for (const t of stepLatents) t.dispose();
+      return { images, stepLatents: stacked, toPng };
+    } finally {
+      for (const t of owned) if (t !== opts.latents) t.dispose();
+    }
+  }
+}
+
+/** Stacks tensors of one shape on a new first dim (through the host: small, per-step latents). */
+async function stack(ts: Tensor[]): Promise<Tensor> {
+  const arrays = await Promise.all(ts.map((t) => t.toArray()));
+  const n = arrays[0].length;
+  const out = new (arrays[0].constructor as Float32ArrayConstructor)(n * arrays.length);
+  arrays.forEach((a, i) => out.set(a as Float32Array, i * n));
+  return Tensor.fromArray(out, [ts.length, ...ts[0].shape], { dtype: ts[0].dtype, device: ts[0].device });
+}

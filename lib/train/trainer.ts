@@ -1,0 +1,457 @@
+/**
+ * x2i.X2ITrainer: AlignNet trained by attention distillation (x2i-method.md §2–3). Teacher = the FLUX
+ * transformer conditioned on T5 + CLIP; student = the same frozen weights conditioned on AlignNet(MLLM hidden
+ * states); pure-noise latents at σ = 1, guidance 3.5; the loss is computed tap by tap inside
+ * `FluxTransformer.distillationStep`, and its gradient flows into AlignNet only (AdamW on float32 masters,
+ * warmup + cosine, gradient clipping, accumulation). Checkpoints are written atomically and resume exactly.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { X2IError, invalidArg } from '../core/errors.js';
+import type { AlignNet } from '../models/alignnet.js';
+import type { Divergence } from './distill.js';
+import type { FluxCaptures, FluxInputs, FluxTransformer } from '../models/flux.js';
+import { loadSafetensors, saveSafetensors } from '../core/io.js';
+import { FluxPipeline } from '../sample/pipeline.js';
+import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
+
+/** A small seeded PRNG: uniform in [0, 1) (the trajectory step of each micro-batch; the demo's data). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+import type { QwenPrompt, QwenVLEncoder } from '../models/qwen.js';
+import type { T5Encoder } from '../models/t5.js';
+import type { ClipTextEncoder } from '../models/clip.js';
+import { Tensor, memory, randn, zeros } from '../core/tensor.js';
+import type { ProcessGroup } from './distributed.js';
+import { FLUX_DEV_CONFIG } from '../models/flux.js';
+
+export interface X2ITrainerOptions {
+  /** AdamW, as the official recipe: lr 1e-4, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8. */
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  weightDecay?: number;
+  eps?: number;
+  /** Global gradient-norm clip (default 1.0). */
+  maxGradNorm?: number;
+  /** Micro-batches per optimizer step (default 1). */
+  gradientAccumulation?: number;
+  /** Linear warmup steps, then cosine decay to 0 over totalSteps (default: no warmup, constant lr). */
+  warmupSteps?: number;
+  totalSteps?: number;
+  /** Latent size in pixels (default 1024 × 1024). */
+  height?: number;
+  width?: number;
+  /** Guidance fed to both passes (default 3.5). */
+  guidance?: number;
+  divergence?: Divergence;
+  temperature?: number;
+  /** Activation checkpointing in the student's backward. */
+  checkpoint?: boolean;
+  /** Seed of the noise latents (step i uses seed + i). */
+  seed?: number;
+  /** Distil along the teacher's denoising trajectory (the paper's variant; the official code uses σ = 1 only):
+   * each micro-batch samples a step k < steps of the FLUX schedule, the teacher denoises the noise for k steps,
+   * and both passes see that latent at σ_k. */
+  trajectory?: { steps: number } | null;
+  /**
+   * Several processes (one per GPU, e.g. started by `x2i.launch` or `x2i train --nproc-per-node`), one group:
+   * - `mode: 'data'`: every rank holds every model and trains on its own micro-batches (its shard of the data);
+   *   AlignNet starts from rank 0's weights and every optimizer step averages the gradients of all ranks'
+   *   micro-batches (one all-reduce of AlignNet's gradients), so all ranks stay identical. Rank r's micro-batch
+   *   m draws the noise of micro-batch m·worldSize + r: N ranks train exactly like one process accumulating N.
+   *   Rank 0 writes the checkpoints.
+   * - `mode: 'split'` (2 ranks): rank 0 is the teacher (T5, CLIP and a transformer), rank 1 the student (MLLM,
+   *   AlignNet and a transformer). Per micro-batch the teacher sends its latents and 76 taps to the student and
+   *   goes on with the next one, so teacher and student passes overlap. Both ranks get
+   *   the same batches (the teacher reads `batch.teacher`, the student `batch.student`); the student reports the
+   *   loss and writes the checkpoints; the teacher's step info has loss NaN.
+   */
+  parallel?: { group: ProcessGroup; mode: 'data' | 'split' } | null;
+}
+
+/** One micro-batch: the teacher's conditioning (or a caption for T5 + CLIP) and the student's MLLM input
+ * (hidden states [B, C, S, H], or a prompt for the MLLM). */
+export interface X2IBatch {
+  teacher: { encoderHiddenStates: Tensor; pooledProjections: Tensor } | { caption: string };
+  student: { hiddenStates: Tensor } | { prompt: string | QwenPrompt };
+}
+
+export interface X2IStepInfo {
+  /** 'single' (one process), 'data' (a data-parallel rank), 'teacher' / 'student' (split mode). */
+  role: 'single' | 'data' | 'teacher' | 'student';
+  step: number;
+  microStep: number;
+  loss: number;
+  terms: { doubleImg: number[]; doubleTxt: number[]; single: number[] };
+  skipped: number;
+  lr: number;
+  gradNorm?: number;
+  samplesPerSecond: number;
+  memory: { tensors: number; bytes: number };
+  /** Split mode: the other rank stopped (its signal was aborted) before this micro-batch; nothing was trained. */
+  stopped?: boolean;
+}
+
+const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1.0, gradientAccumulation: 1,
+  warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
+  checkpoint: false, seed: 0, trajectory: null as { steps: number } | null,
+  parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null };
+
+/** The step info's loss where this rank computes none (the split teacher, a stopped micro-batch). */
+const NO_LOSS = Object.freeze({ loss: NaN, terms: Object.freeze({ doubleImg: [], doubleTxt: [], single: [] }), skipped: 0 }) as
+  Pick<X2IStepInfo, 'loss' | 'terms' | 'skipped'>;
+
+/** Captions for training from a JSONL file (the `caption_en` field, as X2I's data; `caption` or `text` also
+ * accepted) or a text file (one caption per line); blank lines are skipped. */
+export function loadCaptions(file: string): string[] {
+  if (!fs.existsSync(file)) throw new X2IError(`${file}: no such file`, 'ERR_FILE_NOT_FOUND');
+  const lines = fs.readFileSync(file, 'utf8').split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  if (!/\.jsonl?$/i.test(file)) return lines;
+  return lines.map((l, i) => {
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(l);
+    } catch (e) {
+      throw new X2IError(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`, 'ERR_DATA');
+    }
+    const c = o.caption_en ?? o.caption ?? o.text;
+    if (typeof c !== 'string') throw new X2IError(`${file}:${i + 1}: no "caption_en" (or "caption", "text") string`, 'ERR_DATA');
+    return c;
+  });
+}
+
+export class X2ITrainer {
+  readonly transformer: FluxTransformer;
+  readonly alignNet: AlignNet;
+  readonly mllm?: QwenVLEncoder;
+  readonly t5?: T5Encoder;
+  readonly clip?: ClipTextEncoder;
+  readonly options: Readonly<typeof DEFAULTS>;
+  /** Optimizer steps taken and micro-batches seen. */
+  step = 0;
+  microStep = 0;
+
+  constructor(parts: { transformer: FluxTransformer; alignNet: AlignNet; mllm?: QwenVLEncoder; t5?: T5Encoder;
+    clip?: ClipTextEncoder }, options: X2ITrainerOptions = {}) {
+    if (!parts?.transformer || !parts?.alignNet) throw invalidArg('X2ITrainer parts', '{ transformer, alignNet, mllm?, t5?, clip? }', parts);
+    Object.assign(this, { transformer: parts.transformer, alignNet: parts.alignNet, mllm: parts.mllm, t5: parts.t5, clip: parts.clip });
+    this.transformer = parts.transformer;
+    this.alignNet = parts.alignNet;
+    this.options = Object.freeze({ ...DEFAULTS, ...options });
+    const par = this.options.parallel;
+    if (par) {
+      if (par.mode !== 'data' && par.mode !== 'split') throw invalidArg('parallel.mode', "'data' or 'split'", par.mode);
+      if (!par.group || typeof par.group.allReduce !== 'function') throw invalidArg('parallel.group', 'a ProcessGroup', par.group);
+      if (par.mode === 'split' && par.group.worldSize !== 2)
+        throw new X2IError(`X2ITrainer: parallel mode 'split' needs 2 ranks (teacher, student), the group has ${par.group.worldSize}`, 'ERR_INVALID_ARG');
+    }
+  }
+
+  /** This process's part: 'single', 'data', or 'teacher' (rank 0) / 'student' (rank 1) in split mode. */
+  get role(): X2IStepInfo['role'] {
+    const par = this.options.parallel;
+    if (!par) return 'single';
+    return par.mode === 'data' ? 'data' : par.group.rank === 0 ? 'teacher' : 'student';
+  }
+
+  /** The micro-batch index that seeds the noise (and the trajectory step) of this rank's next micro-batch. */
+  #sampleIndex(): number {
+    const par = this.options.parallel;
+    return par?.mode === 'data' ? this.microStep * par.group.worldSize + par.group.rank : this.microStep;
+  }
+  #synced = false;
+
+  /** The learning rate of optimizer step `s` (0-based): linear warmup, then cosine to 0 at totalSteps. */
+  learningRate(s = this.step): number {
+    const o = this.options;
+    if (o.warmupSteps > 0 && s < o.warmupSteps) return (o.lr * (s + 1)) / o.warmupSteps;
+    if (!o.totalSteps) return o.lr;
+    const p = Math.min(1, (s - o.warmupSteps) / Math.max(1, o.totalSteps - o.warmupSteps));
+    return 0.5 * o.lr * (1 + Math.cos(Math.PI * p));
+  }
+
+  /** One micro-batch: teacher pass, student pass with the fused loss, gradient into AlignNet; every
+   * `gradientAccumulation` micro-batches an optimizer step. In split mode, the teacher rank's call runs the
+   * teacher half and sends it; the student rank's call receives it and runs the rest. */
+  async trainStep(batch: X2IBatch): Promise<X2IStepInfo> {
+    const t0 = performance.now();
+    const o = this.options;
+    const role = this.role;
+    const owned: Tensor[] = [];
+    const own = <T extends Tensor>(t: T) => (owned.push(t), t);
+    try {
+      if (role === 'data' && !this.#synced) {  // every rank starts from rank 0's AlignNet
+        await this.alignNet.broadcastWeights(o.parallel!.group, 0);
+        this.#synced = true;
+      }
+      const device = this.transformer.device, dtype = this.transformer.dtype;
+      const lh = 2 * Math.floor(o.height / 16), lw = 2 * Math.floor(o.width / 16), N = (lh / 2) * (lw / 2);
+      const guidanceOf = (B: number) => own(Tensor.fromArray(new Float32Array(B).fill(o.guidance), [B], { device }));
+      const imgIds = own(FluxPipeline.imageIds(lh, lw, device));
+      const txt = (n: number) => own(Tensor.fromArray(new Float32Array(n * 3), [n, 3], { device }));
+      const index = this.#sampleIndex();
+
+      // ---- the teacher half: conditioning, latents (σ = 1, or along its own trajectory), and either its taps
+      // sent to the student rank or its inputs for distillationStep
+      let teacher: Parameters<FluxTransformer['distillationStep']>[0];
+      let latents: Tensor, sigma = 1;
+      if (role === 'student') {
+        const got = await this.#receiveTeacher(own, N);
+        if (!got) return this.#stoppedInfo();
+        ({ teacher, latents, sigma } = got);
+      } else {
+        let tEhs: Tensor, tPooled: Tensor;
+        if ('caption' in batch.teacher) {
+          if (!this.t5 || !this.clip) throw new X2IError('X2ITrainer: captions need the t5 and clip encoders (or pass teacher features)', 'ERR_INVALID_ARG');
+          tEhs = own((await this.t5.encodePrompt(batch.teacher.caption)).lastHiddenState);
+          tPooled = own((await this.clip.encodePrompt(batch.teacher.caption)).pooledOutput);
+        } else {
+          ({ encoderHiddenStates: tEhs, pooledProjections: tPooled } = batch.teacher);
+        }
+        const B = tEhs.shape[0];
+        const C = Number(this.transformer.config.in_channels ?? 64);
+        latents = own(await randn([B, N, C], { seed: o.seed + index, device, dtype }));
+        if (o.trajectory) {  // the teacher's latent after k of its own denoising steps, at σ_k
+          const sched = new FlowMatchEulerScheduler();
+          const { timesteps, sigmas } = sched.setTimesteps(o.trajectory.steps, { imageSeqLen: N });
+          const k = Math.floor(mulberry32(o.seed * 7919 + index)() * o.trajectory.steps);
+          if (k > 0) {
+            const r = await this.transformer.denoise({ hiddenStates: latents, encoderHiddenStates: tEhs, pooledProjections: tPooled,
+              guidance: guidanceOf(B), imgIds, txtIds: txt(tEhs.shape[1]) }, timesteps.slice(0, k), sigmas.slice(0, k + 1), { returnStepLatents: false });
+            latents = own(r.latents);
+          }
+          sigma = timesteps[k] / 1000;
+        }
+        const inputs: FluxInputs = { hiddenStates: latents, timestep: own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device })),
+          guidance: guidanceOf(B), imgIds, encoderHiddenStates: tEhs, pooledProjections: tPooled, txtIds: txt(tEhs.shape[1]) };
+        teacher = inputs;
+        if (role === 'teacher') {
+          if (!(await this.#sendTeacher(inputs, latents, sigma, own))) return this.#stoppedInfo();
+          return this.#advance(t0, B, NO_LOSS);
+        }
+      }
+
+      // ---- the student half: MLLM hidden states → AlignNet → the student pass with the fused loss
+      let hidden: Tensor;
+      if ('prompt' in batch.student) {
+        if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
+        const r = await this.mllm.encodePrompt(batch.student.prompt);
+        own(r.attentionMask);
+        hidden = own(r.hiddenStates);
+      } else {
+        hidden = batch.student.hiddenStates;
+      }
+      const student = await this.alignNet.forward(hidden);
+      own(student.encoderHiddenStates);
+      own(student.pooledProjections);
+      const B = latents.shape[0];
+      const r = await this.transformer.distillationStep(teacher,
+        { hiddenStates: latents, timestep: own(Tensor.fromArray(new Float32Array(B).fill(sigma), [B], { device })), guidance: guidanceOf(B),
+          imgIds, encoderHiddenStates: student.encoderHiddenStates, pooledProjections: student.pooledProjections,
+          txtIds: txt(student.encoderHiddenStates.shape[1]) },
+        { divergence: o.divergence, temperature: o.temperature, checkpoint: o.checkpoint });
+      own(r.grad.encoderHiddenStates);
+      own(r.grad.pooledProjections);
+      await this.alignNet.backward(hidden, r.grad);
+      return await this.#advance(t0, B, r);
+    } finally {
+      for (const t of owned) t.dispose();
+    }
+  }
+
+  /** Counts the micro-batch; every `gradientAccumulation` of them, the optimizer step (averaged over the ranks
+   * in data mode; none on the split teacher, which only counts). */
+  async #advance(t0: number, B: number, r: Pick<X2IStepInfo, 'loss' | 'terms' | 'skipped'>): Promise<X2IStepInfo> {
+    const o = this.options;
+    this.microStep++;
+    let gradNorm: number | undefined;
+    const lr = this.learningRate();
+    if (this.microStep % o.gradientAccumulation === 0) {
+      if (this.role !== 'teacher')
+        gradNorm = await this.alignNet.optimizerStep({ lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay,
+          maxGradNorm: o.maxGradNorm, group: this.role === 'data' ? o.parallel!.group : undefined });
+      this.step++;
+    }
+    return this.#info(r, lr, gradNorm, B / ((performance.now() - t0) / 1000));
+  }
+
+  #info(r: Pick<X2IStepInfo, 'loss' | 'terms' | 'skipped'>, lr: number, gradNorm: number | undefined, samplesPerSecond: number,
+    stopped?: true): X2IStepInfo {
+    const mem = memory();
+    return { role: this.role, step: this.step, microStep: this.microStep, loss: r.loss, terms: r.terms, skipped: r.skipped, lr, gradNorm,
+      samplesPerSecond, memory: { tensors: mem.tensors, bytes: mem.bytes }, ...(stopped ? { stopped } : {}) };
+  }
+
+  /** The split teacher: a header (B, tokens, σ), the latents and the three stacked taps, to rank 1. */
+  async #sendTeacher(inputs: FluxInputs, latents: Tensor, sigma: number,
+    own: <T extends Tensor>(t: T) => T): Promise<boolean> {
+    const g = this.options.parallel!.group, device = this.transformer.device;
+    const out = await this.transformer.forward(inputs, { capture: true });
+    const caps = out.captures as FluxCaptures;
+    for (const t of [out.sample, caps.doubleImg, caps.doubleTxt, caps.single]) own(t);
+    if (!(await this.#flag('recv', 1))) return false;  // the student stopped instead of asking for this one
+    const [B, N] = latents.shape;
+    const header = own(Tensor.fromArray(new Float64Array([B, N, caps.doubleTxt.shape[2], sigma]), [4], { device }));
+    for (const t of [header, latents, caps.doubleImg, caps.doubleTxt, caps.single]) await g.send(t, 1);
+    return true;
+  }
+
+  /** Split mode's handshake, once per micro-batch: the student asks for the next one (1) or stops (0). */
+  async #flag(dir: 'send' | 'recv', value = 1): Promise<boolean> {
+    const g = this.options.parallel!.group;
+    const t = Tensor.fromArray(new Float64Array([value]), [1], { device: this.transformer.device });
+    try {
+      if (dir === 'send') await g.send(t, 0);
+      else await g.recv(t, 1);
+      return (await t.toArray() as Float64Array)[0] !== 0;
+    } finally {
+      t.dispose();
+    }
+  }
+
+  #stoppedInfo(): X2IStepInfo {
+    return this.#info(NO_LOSS, this.learningRate(), undefined, 0, true);
+  }
+
+  /** Whether to stop before the next micro-batch, the same answer on every rank: `aborted` of this rank, agreed
+   * by an all-reduce in data mode; in split mode the stopping rank tells the other through the handshake. */
+  async #shouldStop(aborted: boolean): Promise<boolean> {
+    const par = this.options.parallel;
+    if (!par) return aborted;
+    if (par.mode === 'data') {
+      const t = Tensor.fromArray(new Float64Array([aborted ? 1 : 0]), [1], { device: this.transformer.device });
+      try {
+        await par.group.allReduce(t);
+        return (await t.toArray() as Float64Array)[0] > 0;
+      } finally {
+        t.dispose();
+      }
+    }
+    if (!aborted) return false;
+    if (this.role === 'student') await this.#flag('send', 0);
+    else if (await this.#flag('recv')) {  // the student is waiting for a micro-batch: tell it to stop
+      const stop = Tensor.fromArray(new Float64Array(4), [4], { device: this.transformer.device });  // B = 0
+      try {
+        await par.group.send(stop, 1);
+      } finally {
+        stop.dispose();
+      }
+    }
+    return true;
+  }
+
+  /** The split student: what #sendTeacher sent, into tensors of the shapes the header and the transformer give. */
+  async #receiveTeacher(own: <T extends Tensor>(t: T) => T, N: number):
+    Promise<{ teacher: { captures: FluxCaptures }; latents: Tensor; sigma: number } | null> {
+    const g = this.options.parallel!.group, device = this.transformer.device, dtype = this.transformer.dtype;
+    const cfg = { ...FLUX_DEV_CONFIG, ...this.transformer.config };
+    await this.#flag('send', 1);
+    const header = own(Tensor.fromArray(new Float64Array(4), [4], { device }));
+    await g.recv(header, 0);
+    const [B, n, T, sigma] = Array.from(await header.toArray() as Float64Array);
+    if (B === 0) return null;  // the teacher stopped
+    if (n !== N) throw new X2IError(`X2ITrainer (split): the teacher sent ${n} image tokens, this rank expects ${N} (height/width differ)`, 'ERR_SHAPE_MISMATCH');
+    const D = cfg.attention_head_dim * cfg.num_attention_heads;
+    const empty = async (shape: number[]) => own(await zeros(shape, { device, dtype }));
+    const latents = await empty([B, N, Number(cfg.in_channels)]);
+    const captures = { doubleImg: await empty([B, cfg.num_layers, N, D]), doubleTxt: await empty([B, cfg.num_layers, T, D]),
+      single: await empty([B, cfg.num_single_layers, T + N, D]) };
+    for (const t of [latents, captures.doubleImg, captures.doubleTxt, captures.single]) await g.recv(t, 0);
+    return { teacher: { captures }, latents, sigma };
+  }
+
+  /** Trains over `data` (cycled) for `steps` micro-batches; `onStep` after each; `signal` stops at a step
+   * boundary; with `checkpointDir`, saves every `checkpointEvery` optimizer steps and when stopped. In parallel
+   * modes a stop on any rank stops every rank at the same micro-batch (their checkpoints agree). */
+  async fit(opts: { data: X2IBatch[]; steps: number; signal?: AbortSignal; onStep?: (i: X2IStepInfo) => void;
+    checkpointDir?: string; checkpointEvery?: number }): Promise<X2IStepInfo[]> {
+    if (!Array.isArray(opts?.data) || opts.data.length === 0) throw invalidArg('data', 'a non-empty array of batches', opts?.data);
+    const out: X2IStepInfo[] = [];
+    for (let i = 0; i < opts.steps; i++) {
+      if (await this.#shouldStop(Boolean(opts.signal?.aborted))) break;
+      const info = await this.trainStep(opts.data[this.microStep % opts.data.length]);
+      if (info.stopped) break;
+      out.push(info);
+      opts.onStep?.(info);
+      if (opts.checkpointDir && opts.checkpointEvery && info.gradNorm !== undefined && this.step % opts.checkpointEvery === 0)
+        await this.save(opts.checkpointDir);
+    }
+    if (opts.checkpointDir) await this.save(opts.checkpointDir);
+    return out;
+  }
+
+  /**
+   * Writes a checkpoint folder `dir/step-NNNNNN/` with `alignnet.safetensors` (official names: loadable by
+   * AlignNet.fromPretrained and, after a key check, by the official code) and `optimizer.safetensors` (float32
+   * masters and AdamW moments), then points `dir/trainer.json` at it with one atomic rename, then removes older
+   * step folders. A save killed at any point leaves trainer.json naming a complete, earlier checkpoint.
+   */
+  async save(dir: string): Promise<string> {
+    const name = `step-${String(this.step).padStart(6, '0')}-${this.microStep}`;
+    const target = path.join(dir, name);
+    // one writer: rank 0 in data mode (all ranks hold the same state), the student in split mode
+    const par = this.options.parallel;
+    if (par && (this.role === 'teacher' || (this.role === 'data' && par.group.rank !== 0))) return target;
+    fs.mkdirSync(target, { recursive: true });
+    const st = this.alignNet.trainingState();
+    const tensors: Record<string, Tensor> = {};
+    for (const [part, rec] of [['master', st.master], ['exp_avg', st.expAvg], ['exp_avg_sq', st.expAvgSq]] as const)
+      for (const [k, t] of Object.entries(rec)) tensors[`${part}.${k}`] = t;
+    try {
+      await this.alignNet.save(path.join(target, 'alignnet.safetensors'), { 'x2i.step': String(this.step) });
+      await saveSafetensors(path.join(target, 'optimizer.safetensors'), tensors, { step: String(st.step) });
+    } finally {
+      for (const t of Object.values(tensors)) t.dispose();
+    }
+    const tmp = path.join(dir, `trainer.json.tmp-${process.pid}`);
+    const fd = fs.openSync(tmp, 'w');
+    const { parallel, ...options } = this.options;
+    fs.writeSync(fd, JSON.stringify({ step: this.step, microStep: this.microStep, checkpoint: name, options,
+      parallel: parallel ? { mode: parallel.mode, worldSize: parallel.group.worldSize } : null }, null, 2));
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(tmp, path.join(dir, 'trainer.json'));
+    for (const d of fs.readdirSync(dir))
+      if (d.startsWith('step-') && d !== name) fs.rmSync(path.join(dir, d), { recursive: true, force: true });
+    return target;
+  }
+
+  /** The checkpoint folder trainer.json points at (holding alignnet.safetensors and optimizer.safetensors). */
+  static latestCheckpoint(dir: string): string {
+    const file = path.join(dir, 'trainer.json');
+    if (!fs.existsSync(file)) throw new X2IError(`${dir}: no trainer.json (not an X2ITrainer checkpoint)`, 'ERR_FILE_NOT_FOUND');
+    return path.join(dir, JSON.parse(fs.readFileSync(file, 'utf8')).checkpoint);
+  }
+
+  /** Continues from a checkpoint written by save(): the AlignNet weights, the optimizer state and the counters. */
+  async resume(dir: string): Promise<void> {
+    const ckpt = X2ITrainer.latestCheckpoint(dir);
+    const meta = JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'));
+    if (this.role === 'teacher') {  // the split teacher holds no AlignNet: only the counters
+      this.step = meta.step;
+      this.microStep = meta.microStep;
+      return;
+    }
+    const opt = await loadSafetensors(path.join(ckpt, 'optimizer.safetensors'));
+    try {
+      const pick = (prefix: string) => Object.fromEntries(Object.entries(opt).filter(([k]) => k.startsWith(prefix + '.'))
+        .map(([k, t]) => [k.slice(prefix.length + 1), t]));
+      const restored = this.alignNet.trainingState({ step: meta.step, master: pick('master'), expAvg: pick('exp_avg'),
+        expAvgSq: pick('exp_avg_sq') });
+      for (const rec of [restored.master, restored.expAvg, restored.expAvgSq]) for (const t of Object.values(rec)) t.dispose();
+    } finally {
+      for (const t of Object.values(opt)) t.dispose();
+    }
+    this.step = meta.step;
+    this.microStep = meta.microStep;
+  }
+}

@@ -1,0 +1,64 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import * as x2i from '../../lib/index.js';
+import { AlignNet, AutoencoderKL, FlowMatchEulerScheduler, FluxPipeline, FluxTransformer, QwenVLEncoder, X2IGenerator } from '../../lib/index.js';
+import { golden, tmpDir } from '../helpers.js';
+
+const tmp = tmpDir();
+let gen: X2IGenerator;
+// a stand-in tokenizer whose ids fit the tiny Qwen's vocabulary (300)
+const fake = {
+  x2iPrompt: (t: string) => `X:${t}`,
+  applyChatTemplate: (m: unknown) => JSON.stringify(m),
+  encode(text: string, opts: { maxLength?: number }) {
+    const ids = Array.from(text.slice(0, 10), (c) => BigInt(c.charCodeAt(0) % 280));
+    const L = opts.maxLength ?? 16, pad = L - ids.length;
+    return { inputIds: x2i.Tensor.fromArray(BigInt64Array.from([...Array(pad).fill(0n), ...ids]), [1, L]),
+      attentionMask: x2i.Tensor.fromArray(BigInt64Array.from([...Array(pad).fill(0n), ...ids.map(() => 1n)]), [1, L]) };
+  },
+} as unknown as x2i.QwenTokenizer;
+
+beforeAll(async () => {
+  // an AlignNet from the tiny Qwen (4 stacked states of 64) to the tiny FLUX's conditioning (32-wide sequence, 24 pooled)
+  const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
+  await x2i.saveSafetensors(path.join(tmp, 'alignnet.safetensors'), {
+    'conv.weight': await r([1, 4, 5, 5], 1), 'conv.bias': await r([1], 2),
+    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(64).fill(1), [64]), 'mlp.layernorm.bias': await r([64], 3),
+    'mlp.projector.0.weight': await r([32, 64], 4), 'mlp.projector.2.weight': await r([32, 32], 5),
+    'mlp.fc.1.weight': await r([24, 32], 6), 'mlp.fc.1.bias': await r([24], 7),
+  });
+  const { config } = JSON.parse(fs.readFileSync(path.join(golden, 'scheduler', 'cases.json'), 'utf8'));
+  gen = new X2IGenerator({
+    mllm: await QwenVLEncoder.fromPretrained(path.join(golden, 'qwen2_5_vl')),
+    alignNet: await AlignNet.fromPretrained(path.join(tmp, 'alignnet.safetensors')),
+    pipeline: new FluxPipeline({ transformer: await FluxTransformer.fromPretrained(path.join(golden, 'flux-transformer')),
+      vae: await AutoencoderKL.fromPretrained(path.join(golden, 'vae')), scheduler: new FlowMatchEulerScheduler(config) }),
+  });
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+it('X2IGenerator = MLLM hidden states → AlignNet → FLUX (the same images as the steps by hand)', async () => {
+  const opts = { tokenizer: fake, maxLength: 16, height: 32, width: 32, numInferenceSteps: 3, seed: 5 };
+  const a = await gen.generate({ ...opts, prompt: 'a red circle' });
+  expect(a.images.shape).toEqual([1, 3, 32, 32]);
+  // the same by hand
+  const { hiddenStates } = await gen.mllm.encodePrompt('a red circle', { tokenizer: fake, maxLength: 16 });
+  const c = await gen.alignNet.forward(hiddenStates);
+  const b = await gen.pipeline.generate({ promptEmbeds: c.encoderHiddenStates, pooledPromptEmbeds: c.pooledProjections,
+    height: 32, width: 32, numInferenceSteps: 3, seed: 5 });
+  expect(await a.images.toArray()).toEqual(await b.images.toArray());
+  const other = await gen.generate({ ...opts, prompt: 'a blue square' });
+  expect(await other.images.toArray()).not.toEqual(await a.images.toArray());
+  expect((await a.toPng()).subarray(1, 4).toString()).toBe('PNG');
+});
+
+it('no tensor leak across 50 X2IGenerator calls', async () => {
+  const { settleGc } = await import('../helpers.js');
+  await settleGc();
+  const before = x2i.memory().tensors;
+  for (let i = 0; i < 50; i++)
+    (await gen.generate({ prompt: `cat ${i}`, tokenizer: fake, maxLength: 16, height: 32, width: 32, numInferenceSteps: 1, seed: i })).images.dispose();
+  await settleGc();
+  expect(x2i.memory().tensors).toBe(before);
+});
