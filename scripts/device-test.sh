@@ -2,14 +2,15 @@
 # The GPU workflow: on the GPU machine (no Node toolchain, no npm), build the addon against that machine's
 # PyTorch LibTorch (CUDA) with plain cmake, then run the GPU test suite and the benchmarks.
 #
-# On the development machine, once:   ../shared/device/make-kit.sh && npm run build:ts
+# On the development machine, once: make the Node kit .devkit/ (a node binary, the Node-API headers and a
+# setup.sh that exports NODE_API_HEADERS, TORCH_CMAKE_PREFIX, LIBTORCH) and run `npm run build:ts`
 # Then with the device tool, carrying .devkit, dist and node_modules/node-addon-api:
 #   source .devkit/setup.sh && bash scripts/device-test.sh
 # Logs and results go to $OUT (or build/device-out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v node >/dev/null || [ -z "${TORCH_CMAKE_PREFIX:-}" ]; then
-  [ -f .devkit/setup.sh ] || { echo "no node and no .devkit/setup.sh: run ../shared/device/make-kit.sh and carry .devkit" >&2; exit 1; }
+  [ -f .devkit/setup.sh ] || { echo "no node and no .devkit/setup.sh: make the Node kit .devkit/ and carry it" >&2; exit 1; }
   source .devkit/setup.sh
 fi
 OUT=${OUT:-build/device-out}
@@ -46,8 +47,8 @@ status=${PIPESTATUS[0]}
 set -e
 [ "$status" -eq 0 ] || echo "GPU tests failed (status $status)" >&2
 node bench/bridge.mjs --mib "${X2I_BENCH_MIB:-256}" --json "$OUT/bridge.json" 2>&1 | tee "$OUT/bridge.md"
-# FLUX blocks and whole model, with the PyTorch baseline in the same run (a copy of shared/baselines carried
-# in .cache/baselines: cp -r ../shared/baselines .cache/)
+# FLUX blocks and whole model, with the PyTorch baseline in the same run (the baseline scripts flux_blocks.py and
+# x2i_loss.py, PyTorch eager and torch.compile of the reference math, are carried in .cache/baselines)
 baseline=()
 [ -f .cache/baselines/flux_blocks.py ] && baseline=(--baseline .cache/baselines/flux_blocks.py)
 [ "${X2I_BENCH_FLUX:-1}" = 1 ] && node bench/flux.mjs "${baseline[@]}" --json "$OUT/flux.json" 2>&1 | tee "$OUT/flux.md"
