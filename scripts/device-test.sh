@@ -48,12 +48,14 @@ set -e
 [ "$status" -eq 0 ] || echo "GPU tests failed (status $status)" >&2
 node bench/bridge.mjs --mib "${X2I_BENCH_MIB:-256}" --json "$OUT/bridge.json" 2>&1 | tee "$OUT/bridge.md"
 # FLUX blocks and whole model, with the PyTorch baseline in the same run (the baseline scripts flux_blocks.py and
-# x2i_loss.py, PyTorch eager and torch.compile of the reference math, are carried in .cache/baselines)
+# x2i_loss.py, PyTorch eager and torch.compile of the reference math, are carried in X2I_BASELINES, default
+# .cache/baselines)
+baselines=${X2I_BASELINES:-.cache/baselines}
 baseline=()
-[ -f .cache/baselines/flux_blocks.py ] && baseline=(--baseline .cache/baselines/flux_blocks.py)
+[ -f "$baselines/flux_blocks.py" ] && baseline=(--baseline "$baselines/flux_blocks.py")
 [ "${X2I_BENCH_FLUX:-1}" = 1 ] && node bench/flux.mjs "${baseline[@]}" --json "$OUT/flux.json" 2>&1 | tee "$OUT/flux.md"
 lossBaseline=()
-[ -f .cache/baselines/x2i_loss.py ] && lossBaseline=(--baseline .cache/baselines/x2i_loss.py)
+[ -f "$baselines/x2i_loss.py" ] && lossBaseline=(--baseline "$baselines/x2i_loss.py")
 # X2I_BENCH_DISTILL_ARGS: more options for bench/distill.mjs (e.g. --no-step)
 read -r -a distillArgs <<< "${X2I_BENCH_DISTILL_ARGS:-}"
 [ "${X2I_BENCH_DISTILL:-1}" = 1 ] && node bench/distill.mjs "${lossBaseline[@]}" "${distillArgs[@]}" --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.md"
