@@ -1,6 +1,11 @@
 /**
  * The typed contract of the native addon (x2i.node): every class and function it exports, in one place
- * (as node-llama-cpp's AddonTypes.ts). The rest of lib/ reaches the addon only through these types.
+ * (as node-llama-cpp's src/bindings/AddonTypes.ts). The rest of lib/ reaches the addon only through these
+ * types, without casts (test/core/contract.test.ts checks both: no casts in lib/, and that the loaded addon
+ * exports exactly the names listed in ADDON_EXPORTS / ADDON_TESTING_EXPORTS below).
+ *
+ * Argument and result shapes follow each binding's argument parsing (the comment above each N-API function
+ * in native/ states its signature). Tensors cross as NativeTensor handles; every heavy call returns a Promise.
  */
 export interface NativeTensorInfo {
   shape: number[];
@@ -44,34 +49,422 @@ export interface BuildInfo {
   parallelInfo: string;
 }
 
-/** The exports of x2i.node (native/addon.cc). */
+/** A record of named tensors (weights, checkpoints, optimizer state). */
+export type NativeTensorRecord = Record<string, NativeTensor>;
+
+/** The divergences of the X2I distillation loss (native/distill.cc parseDivergence). */
+export type NativeDivergence = 'rkl' | 'kl' | 'js' | 'mse';
+
+/** The three X2I distillation taps of FLUX, each stacked over blocks on dim 1 ([B, blocks, tokens, D]). */
+export interface NativeCaptures {
+  doubleImg: NativeTensor;
+  doubleTxt: NativeTensor;
+  single: NativeTensor;
+}
+
+/** Per-layer loss terms of the three taps (NaN/Inf terms are skipped and counted). */
+export interface NativeDistillTerms {
+  doubleImg: number[];
+  doubleTxt: number[];
+  single: number[];
+}
+
+/** d loss / d the student's conditioning inputs. */
+export interface NativeConditioningGrad {
+  encoderHiddenStates: NativeTensor;
+  pooledProjections: NativeTensor;
+}
+
+/** AdamW settings read by the training steps (PyTorch's defaults apply to the keys left out). */
+export interface NativeAdamWOptions {
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  weightDecay?: number;
+  eps?: number;
+  /** Clipping by the global gradient norm; 0 = off. */
+  maxGradNorm?: number;
+}
+
+/** The `random` and `load` statics shared by the model classes built on native/text_model.h (ModelWrap). */
+export interface NativeModelClass<C, H> {
+  /** load(config, weights, source) → the model; the weights' handles may be disposed afterwards. */
+  load(config: C, weights: NativeTensorRecord, source: string): Promise<H>;
+  /** random(config, device, dtype, seed) → a model of `config` with random weights (RandomInit). */
+  random(config: C, device: string, dtype: string, seed: number): Promise<H>;
+}
+
+// ---------------------------------------------------------------- FLUX (native/flux_wrap.cc)
+
+/** NativeFlux's config (flux_wrap.cc parseConfig): camelCase, widths already multiplied out. */
+export interface NativeFluxConfig {
+  inChannels: number;
+  outChannels: number;
+  /** heads × head dim. */
+  hidden: number;
+  heads: number;
+  jointDim: number;
+  pooledDim: number;
+  depth: number;
+  depthSingle: number;
+  guidance: boolean;
+  /** RoPE axes dims (sum = head dim). */
+  axes: number[];
+  /** RoPE base; default 10000. */
+  theta?: number;
+  /** Fused kernels (default true) or the reference op chain. */
+  fast?: boolean;
+}
+
+/** The inputs of one FLUX forward; absent entries are undefined (flux_wrap.cc parseInputs). */
+export interface NativeFluxInputs {
+  hiddenStates?: NativeTensor;
+  encoderHiddenStates?: NativeTensor;
+  pooledProjections?: NativeTensor;
+  timestep?: NativeTensor;
+  guidance?: NativeTensor;
+  imgIds?: NativeTensor;
+  txtIds?: NativeTensor;
+}
+
+export interface NativeFluxInfo {
+  device: string;
+  dtype: string;
+  parameters: number;
+}
+
+export interface NativeDistillationStepResult {
+  loss: number;
+  terms: NativeDistillTerms;
+  skipped: number;
+  grad: NativeConditioningGrad;
+}
+
+/** A loaded FLUX transformer (lib/models/flux.ts wraps it). */
+export interface NativeFlux {
+  info(): NativeFluxInfo;
+  forward(inputs: NativeFluxInputs, capture: boolean): Promise<{ sample: NativeTensor; captures?: NativeCaptures }>;
+  /** The vector-Jacobian product with respect to the conditioning inputs, for gradients of the sample and/or of
+   * the stacked captures (at least one of the two). */
+  forwardBackward(inputs: NativeFluxInputs, gradSample: NativeTensor | null, gradCaptures: Partial<NativeCaptures> | null,
+    checkpoint: boolean): Promise<{ sample: NativeTensor; grad: NativeConditioningGrad }>;
+  /** The teacher runs here (its inputs) or was run elsewhere (its captures). */
+  distillationStep(teacher: NativeFluxInputs | { captures: NativeCaptures }, student: NativeFluxInputs,
+    divergence: NativeDivergence, temperature: number, checkpoint: boolean): Promise<NativeDistillationStepResult>;
+  /** The Euler loop; `sigmas` has one entry more than `timesteps`; stepLatents only when keepSteps (default true). */
+  denoise(inputs: NativeFluxInputs, timesteps: number[], sigmas: number[], keepSteps?: boolean):
+    Promise<{ latents: NativeTensor; stepLatents?: NativeTensor }>;
+  /** One AdamW step of the transformer's own weights on the velocity MSE (float32 models only). */
+  trainStep(inputs: NativeFluxInputs, target: NativeTensor, opts: NativeAdamWOptions):
+    Promise<{ loss: number; gradNorm: number; step: number }>;
+  dispose(): void;
+}
+
+export interface NativeFluxClass {
+  /** layout: 'bfl' | 'diffusers'; source: the file named in errors. */
+  load(config: NativeFluxConfig, weights: NativeTensorRecord, layout: 'bfl' | 'diffusers', source: string): Promise<NativeFlux>;
+  random(config: NativeFluxConfig, device: string, dtype: string, seed: number): Promise<NativeFlux>;
+}
+
+// ---------------------------------------------------------------- AlignNet (native/alignnet.cc)
+
+/** The sizes of a random ('conv' variant) AlignNet. */
+export interface NativeAlignNetSizes {
+  /** C = MLLM layers + 1. */
+  layers: number;
+  inputDim: number;
+  sequenceDim: number;
+  pooledDim: number;
+  /** Odd. */
+  kernelSize: number;
+}
+
+export interface NativeAlignNetInfo extends NativeAlignNetSizes {
+  variant: 'conv' | 'scale' | 'mean';
+  device: string;
+  dtype: string;
+}
+
+/** The optimizer state (float32 masters and AdamW moments), for checkpoints. */
+export interface NativeTrainingState {
+  step: number;
+  master: NativeTensorRecord;
+  expAvg: NativeTensorRecord;
+  expAvgSq: NativeTensorRecord;
+}
+
+export interface NativeAlignNet {
+  info(): NativeAlignNetInfo;
+  forward(hiddenStates: NativeTensor): Promise<NativeConditioningGrad>;
+  /** The weights under their official names (views of the model's). */
+  weights(): NativeTensorRecord;
+  /** Accumulates d⟨grad, output⟩ / d weights. */
+  backward(hiddenStates: NativeTensor, gradEncoderHiddenStates: NativeTensor, gradPooledProjections: NativeTensor): Promise<void>;
+  /** AdamW on the masters; with a group, the gradients are averaged over every rank first. Resolves to the gradient norm. */
+  optimizerStep(opts: NativeAdamWOptions, group?: NativeProcessGroup): Promise<number>;
+  broadcastWeights(group: NativeProcessGroup, root?: number): Promise<void>;
+  /** The optimizer state (copies); with `restore`, sets it first. */
+  trainingState(restore?: NativeTrainingState): NativeTrainingState;
+  dispose(): void;
+}
+
+export interface NativeAlignNetClass {
+  /** Variant and sizes come from the weights' names and shapes; eps: the LayerNorm's. */
+  load(weights: NativeTensorRecord, eps: number, source: string): Promise<NativeAlignNet>;
+  random(sizes: NativeAlignNetSizes, eps: number, device: string, dtype: string, seed: number): Promise<NativeAlignNet>;
+}
+
+// ---------------------------------------------------------------- text encoders (native/t5.cc, clip.cc, qwen.cc)
+
+/** T5 encoder config (t5.cc parseConfig). */
+export interface NativeT5Config {
+  vocabSize: number;
+  dModel: number;
+  dKv: number;
+  dFf: number;
+  numLayers: number;
+  numHeads: number;
+  relativeAttentionNumBuckets: number;
+  relativeAttentionMaxDistance: number;
+  layerNormEpsilon: number;
+  gated: boolean;
+  act: string;
+}
+
+export interface NativeT5Encoder {
+  forward(inputs: { inputIds: NativeTensor; attentionMask?: NativeTensor }):
+    Promise<{ lastHiddenState: NativeTensor; hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
+/** CLIP text encoder config (clip.cc parseConfig). */
+export interface NativeClipConfig {
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numAttentionHeads: number;
+  numHiddenLayers: number;
+  maxPositionEmbeddings: number;
+  eosTokenId: number;
+  layerNormEps: number;
+  hiddenAct: 'quick_gelu' | 'gelu';
+}
+
+export interface NativeClipTextEncoder {
+  forward(inputs: { inputIds: NativeTensor }):
+    Promise<{ lastHiddenState: NativeTensor; pooledOutput: NativeTensor; hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
+/** Qwen2.5-VL vision tower config (qwen.cc parseConfig, `vision`). */
+export interface NativeQwenVisionConfig {
+  depth: number;
+  hiddenSize: number;
+  numHeads: number;
+  intermediateSize: number;
+  outHiddenSize: number;
+  patchSize: number;
+  spatialMergeSize: number;
+  temporalPatchSize: number;
+  windowSize: number;
+  inChannels: number;
+  tokensPerSecond: number;
+  fullAttBlockIndexes: number[];
+  imageTokenId: number;
+  videoTokenId: number;
+  visionStartTokenId: number;
+}
+
+/** Qwen2.5-VL config (qwen.cc parseConfig); `vision` absent: a text-only model. */
+export interface NativeQwenConfig {
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numHiddenLayers: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  /** Three entries, 2 × their sum = the head dim. */
+  mropeSection: number[];
+  vision?: NativeQwenVisionConfig;
+}
+
+/** The inputs of one Qwen prefill (and decode, with maxNewTokens) (qwen.cc parseInputs). */
+export interface NativeQwenInputs {
+  inputIds: NativeTensor;
+  attentionMask?: NativeTensor;
+  pixelValues?: NativeTensor;
+  imageGridThw?: NativeTensor;
+  pixelValuesVideos?: NativeTensor;
+  videoGridThw?: NativeTensor;
+  secondPerGridT?: number;
+  /** Default 'x2i'. */
+  padRule?: 'x2i' | 'mask';
+  /** Every layer's state (default true) or the last only. */
+  capture?: boolean;
+  /** Greedy decoding of up to this many tokens (0..4096) after the prefill. */
+  maxNewTokens?: number;
+  eosTokenIds?: number[];
+  /** Default 'mrope'. */
+  positions?: 'mrope' | 'sequential';
+}
+
+export interface NativeQwenVLEncoder {
+  /** answerStates and tokens only when maxNewTokens > 0. */
+  forward(inputs: NativeQwenInputs): Promise<{ hiddenStates: NativeTensor; answerStates?: NativeTensor; tokens?: number[] }>;
+  dispose(): void;
+}
+
+/** The vision settings qwenRopeIndex needs. */
+export interface NativeRopeIndexOptions {
+  imageTokenId: number;
+  videoTokenId: number;
+  merge: number;
+  tokensPerSecond: number;
+  /** Default 1. */
+  secondPerGridT?: number;
+}
+
+// ---------------------------------------------------------------- VAE (native/vae.cc)
+
+/** AutoencoderKL config (vae.cc parseConfig). */
+export interface NativeVaeConfig {
+  inChannels: number;
+  outChannels: number;
+  latentChannels: number;
+  normNumGroups: number;
+  layersPerBlock: number;
+  blockOutChannels: number[];
+  midBlockAddAttention: boolean;
+}
+
+export interface NativeAutoencoderKL {
+  /** 'encode': image → posterior mean; 'decode': latents → raw decoder output. */
+  forward(x: NativeTensor, mode: 'encode' | 'decode'): Promise<NativeTensor>;
+  dispose(): void;
+}
+
+// ---------------------------------------------------------------- distributed (native/distributed.cc)
+
+export type NativeProcessGroupOp = 'allReduce' | 'allReduceMean' | 'broadcast' | 'send' | 'recv' | 'barrier' | 'close';
+
+/** NativeProcessGroup.create's options (defaults: store backend, rank 0 of 1, 127.0.0.1:29500, 30 minutes). */
+export interface NativeProcessGroupOptions {
+  backend?: 'nccl' | 'store';
+  rank?: number;
+  worldSize?: number;
+  host?: string;
+  port?: number;
+  timeoutMs?: number;
+}
+
+export interface NativeProcessGroup {
+  info(): { rank: number; worldSize: number; backend: 'nccl' | 'store' };
+  /** tensor: required except for 'barrier' and 'close'; peer: the root of 'broadcast', the other rank of send/recv. */
+  op(name: NativeProcessGroupOp, tensor?: NativeTensor, peer?: number): Promise<void>;
+  dispose(): void;
+}
+
+export interface NativeProcessGroupClass {
+  /** Resolves after the rendezvous (rank 0 serves the store). */
+  create(opts: NativeProcessGroupOptions): Promise<NativeProcessGroup>;
+}
+
+// ---------------------------------------------------------------- distillation (native/distill.cc)
+
+export interface NativeDistillationLossResult {
+  loss: number;
+  terms: NativeDistillTerms;
+  skipped: number;
+  /** d loss / d student captures, only when asked for. */
+  grads?: NativeCaptures;
+}
+
+// ---------------------------------------------------------------- the export table
+
+/** The exports of x2i.node (native/addon.cc InitX2I): the production table. */
 export interface Addon {
   NativeTensor: {
     fromArray(data: TypedArray, shape: number[], dtype?: string, device?: string): NativeTensor;
   };
+  NativeFlux: NativeFluxClass;
+  NativeAlignNet: NativeAlignNetClass;
+  NativeT5Encoder: NativeModelClass<NativeT5Config, NativeT5Encoder>;
+  NativeClipTextEncoder: NativeModelClass<NativeClipConfig, NativeClipTextEncoder>;
+  NativeQwenVLEncoder: NativeModelClass<NativeQwenConfig, NativeQwenVLEncoder>;
+  NativeAutoencoderKL: NativeModelClass<NativeVaeConfig, NativeAutoencoderKL>;
+  NativeProcessGroup: NativeProcessGroupClass;
+  /** The [3, B, S] M-RoPE position ids (synchronous). */
+  qwenRopeIndex(inputIds: NativeTensor, attentionMask: NativeTensor | undefined, imageGridThw: NativeTensor | undefined,
+    videoGridThw: NativeTensor | undefined, opts: NativeRopeIndexOptions): NativeTensor;
+  /** The X2I loss over all taps; method 'fused' (default) | 'autograd' (the composite reference). */
+  distillationLoss(teacher: NativeCaptures, student: NativeCaptures, temperature?: number, divergence?: NativeDivergence,
+    wantGrad?: boolean, method?: 'fused' | 'autograd'): Promise<NativeDistillationLossResult>;
   memory(): MemoryInfo;
   buildInfo(): BuildInfo;
   cudaIsAvailable(): boolean;
   cudaDeviceCount(): number;
   cudaSynchronize(device?: string): Promise<void>;
   cudaMemory(device?: string, reset?: boolean, emptyCache?: boolean): CudaMemoryInfo;
+  /** Whether this build has NCCL (the 'nccl' process-group backend). */
+  ncclAvailable(): boolean;
   setNumThreads(n: number): void;
   readSafetensors(path: string, dataStart: number, entries: [string, string, number[], number, number][],
-    device?: string, dtype?: string): Promise<Record<string, NativeTensor>>;
+    device?: string, dtype?: string): Promise<NativeTensorRecord>;
   writeSafetensors(path: string, header: Buffer, tensors: NativeTensor[], nbytes: number[]): Promise<void>;
-  loadTorchCheckpoint(path: string): Promise<Record<string, NativeTensor>>;
+  loadTorchCheckpoint(path: string): Promise<NativeTensorRecord>;
   zeros(shape: number[], dtype: string, device: string): Promise<NativeTensor>;
   randn(shape: number[], dtype: string, device: string, seed?: number): Promise<NativeTensor>;
   matmul(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
-  sdpaBackend(shape: number[], dtype: string, device: string): string;
+  /** ‖a − b‖ / ‖b‖ in float64. */
   relativeError(a: NativeTensor, b: NativeTensor): Promise<number>;
-  /** One tap of the distillation loss (internal: benchmarks and tests); method 'fused' (default) | 'composite'. */
-  benchDistillTap(teacher: NativeTensor, student: NativeTensor, divergence: string, temperature: number,
-    incoming?: NativeTensor, method?: string, iters?: number): Promise<number>;
-  distillTap(teacher: NativeTensor, student: NativeTensor, divergence: string, temperature: number,
-    incoming?: NativeTensor, method?: string): Promise<{ term: number; grad: NativeTensor }>;
-  narrowView(tensor: NativeTensor, dim: number, start: number, length: number): NativeTensor;
+  /** uint8 [H, W, C] → uint8 [outH, outW, C], bicubic with antialiasing (PIL's BICUBIC). */
+  resizeImage(image: NativeTensor, outH: number, outW: number): Promise<NativeTensor>;
+  /** [B, C, h, w] → [B, (h/2)(w/2), 4C]. */
+  packLatents(latents: NativeTensor): Promise<NativeTensor>;
+  /** [B, (h/2)(w/2), 4C] → z / scale + shift as [B, C, h, w]. */
+  unpackLatents(latents: NativeTensor, h: number, w: number, scale: number, shift: number): Promise<NativeTensor>;
+  /** Decoded → (x/2 + 0.5) clamped to [0, 1], float32. */
+  toImage(decoded: NativeTensor): Promise<NativeTensor>;
+  /** [B, 3, H, W] in [0, 1] → uint8 [B, H, W, 3] on the CPU. */
+  imageToUint8(images: NativeTensor): Promise<NativeTensor>;
+  /** SSIM and PSNR per image of two [B, C, H, W] batches in [0, 1]. */
+  imageAgreement(a: NativeTensor, b: NativeTensor): Promise<{ ssim: number[]; psnr: number[] }>;
+  /** The benchmark and test probes (lib/testing.ts); no production code uses them. */
+  testing: AddonTesting;
+}
+
+/** The probes of `addon.testing`: the bridge's own cost, copies, single distillation taps, SDPA's kernel choice. */
+export interface AddonTesting {
   noop(): void;
   noopAsync(): Promise<void>;
+  /** Median seconds of dst.copy_(src) of `nbytes` in LibTorch, synchronised; fresh: dst allocated each time. */
   benchCopy(nbytes: number, src: string, dst: string, iters: number, pinned?: boolean, fresh?: boolean): Promise<number>;
+  /** Mean ms of one tap's loss-and-gradient pass over `iters` calls (default 100); method 'fused' (default) | 'composite'. */
+  benchDistillTap(teacher: NativeTensor, student: NativeTensor, divergence: NativeDivergence, temperature: number,
+    incoming?: NativeTensor, method?: 'fused' | 'composite', iters?: number): Promise<number>;
+  /** One tap through the pass the training step's backward uses: its term and incoming + d term / d student. */
+  distillTap(teacher: NativeTensor, student: NativeTensor, divergence: NativeDivergence, temperature: number,
+    incoming?: NativeTensor, method?: 'fused' | 'composite'): Promise<{ term: number; grad: NativeTensor }>;
+  /** A view (tensor.narrow): row-strided inputs for the kernels. */
+  narrowView(tensor: NativeTensor, dim: number, start: number, length: number): NativeTensor;
+  /** The kernel at::scaled_dot_product_attention picks for q = k = v of this shape [B, H, L, D]. */
+  sdpaBackend(shape: number[], dtype: string, device: string): string;
 }
+
+/** The production export names, at run time (the type system keeps them in step with `Addon`). */
+export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze({
+  NativeTensor: true, NativeFlux: true, NativeAlignNet: true, NativeT5Encoder: true, NativeClipTextEncoder: true,
+  NativeQwenVLEncoder: true, NativeAutoencoderKL: true, NativeProcessGroup: true, qwenRopeIndex: true,
+  distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
+  cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
+  writeSafetensors: true, loadTorchCheckpoint: true, zeros: true, randn: true, matmul: true, relativeError: true,
+  resizeImage: true, packLatents: true, unpackLatents: true, toImage: true, imageToUint8: true, imageAgreement: true,
+  testing: true,
+} satisfies Record<keyof Addon, true>);
+
+/** The probe names of `addon.testing`, at run time. */
+export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
+  noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
+} satisfies Record<keyof AddonTesting, true>);

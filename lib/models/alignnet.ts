@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
 import { loadSafetensors, loadTorchCheckpoint, saveSafetensors } from '../core/io.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeAlignNet, NativeTensor } from '../core/addon.js';
 import { NativeModel } from '../core/model.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import { ProcessGroup } from '../train/distributed.js';
@@ -27,18 +28,6 @@ export interface AlignNetInfo {
   sequenceDim: number;
   pooledDim: number;
   kernelSize: number;
-}
-
-interface NativeAlignNet {
-  info(): AlignNetInfo & { device: string; dtype: string };
-  forward(x: NativeTensor): Promise<{ encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor }>;
-  weights(): Record<string, NativeTensor>;
-  backward(x: NativeTensor, gSeq: NativeTensor, gPooled: NativeTensor): Promise<void>;
-  optimizerStep(o: object, group?: object): Promise<number>;
-  broadcastWeights(group: object, root: number): Promise<void>;
-  trainingState(restore?: object): { step: number; master: Record<string, NativeTensor>; expAvg: Record<string, NativeTensor>;
-    expAvgSq: Record<string, NativeTensor> };
-  dispose(): void;
 }
 
 /** The weights file of a folder (official `.bin`, ComfyUI pickle, safetensors). */
@@ -94,8 +83,7 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
     const w = canonical(raw);
     try {
       const eps = opts.config?.norm_eps ?? 1e-6;
-      const Native = (addon() as unknown as { NativeAlignNet: { load(w: Record<string, NativeTensor>, eps: number,
-        source: string): Promise<NativeAlignNet> } }).NativeAlignNet;
+      const Native = addon().NativeAlignNet;
       const handles = Object.fromEntries(Object.entries(w).map(([k, t]) => [k, t.handle]));
       return new AlignNet(await nativeCall(() => Native.load(handles, eps, file)));
     } finally {
@@ -114,9 +102,9 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
     const c = { layers: 29, inputDim: 3584, sequenceDim: 4096, pooledDim: 768, kernelSize: 5, ...config };
     const device = opts.device ?? 'cpu';
     const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
-    const Native = (addon() as unknown as { NativeAlignNet: { random(c: object, eps: number, d: string, t: string, s: number):
-      Promise<NativeAlignNet> } }).NativeAlignNet;
-    return new AlignNet(await nativeCall(() => Native.random(c, c.normEps ?? 1e-6, device, dtype, opts.seed ?? 0)));
+    const Native = addon().NativeAlignNet;
+    const sizes = { layers: c.layers, inputDim: c.inputDim, sequenceDim: c.sequenceDim, pooledDim: c.pooledDim, kernelSize: c.kernelSize };
+    return new AlignNet(await nativeCall(() => Native.random(sizes, c.normEps ?? 1e-6, device, dtype, opts.seed ?? 0)));
   }
 
   /** hiddenStates [B, C, S, H] (embeddings + every MLLM layer) → encoderHiddenStates [B, S, Dseq] (the T5

@@ -1,6 +1,7 @@
 /** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/clip.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeClipTextEncoder, NativeClipConfig, NativeTensor } from '../core/addon.js';
 import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
@@ -8,14 +9,9 @@ import { ClipTokenizer, type EncodeOptions, type PromptTokenizer } from './token
 import fs from 'node:fs';
 import path from 'node:path';
 
-interface NativeClip {
-  forward(inputs: { inputIds: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; pooledOutput: NativeTensor; hiddenStates: NativeTensor }>;
-  dispose(): void;
-}
-
 
 /** The native loader's config from a CLIP text config. */
-function nativeConfig(config: Record<string, unknown>, file: string) {
+function nativeConfig(config: Record<string, unknown>, file: string): NativeClipConfig {
   const act = String(config.hidden_act ?? 'quick_gelu');
   if (act !== 'quick_gelu' && act !== 'gelu')
     throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
@@ -27,13 +23,13 @@ function nativeConfig(config: Record<string, unknown>, file: string) {
   };
 }
 
-export class ClipTextEncoder extends NativeModel<NativeClip> {
+export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
   #tokenizer?: PromptTokenizer;
 
-  private constructor(h: NativeClip, config: Record<string, unknown>, folder: string) {
+  private constructor(h: NativeClipTextEncoder, config: Record<string, unknown>, folder: string) {
     super(h, 'ClipTextEncoder');
     this.config = Object.freeze(config);
     this.#folder = folderOf(folder);
@@ -60,7 +56,7 @@ export class ClipTextEncoder extends NativeModel<NativeClip> {
     const read = readModelFolder(p, opts.config);
     const config = (read.config.text_config as Record<string, unknown> | undefined) ?? read.config;
     const native = nativeConfig(config, read.configFile);
-    const Native = (addon() as unknown as { NativeClipTextEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeClip> } }).NativeClipTextEncoder;
+    const Native = addon().NativeClipTextEncoder;
     const h = await loadNative(read.weights, defaultDtype(opts), (w) => Native.load(native, w, read.weights));
     return new ClipTextEncoder(h, config, read.weights);
   }
@@ -70,7 +66,7 @@ export class ClipTextEncoder extends NativeModel<NativeClip> {
   static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<ClipTextEncoder> {
     if (!config || typeof config !== 'object') throw invalidArg('config', 'a CLIP text config object', config);
     const c = (config.text_config as Record<string, unknown> | undefined) ?? config;
-    return new ClipTextEncoder(await randomNative<NativeClip>('NativeClipTextEncoder', nativeConfig(c, 'config'), opts), c, '.');
+    return new ClipTextEncoder(await randomNative(addon().NativeClipTextEncoder, nativeConfig(c, 'config'), opts), c, '.');
   }
 
   /** inputIds [B, S ≤ 77] → lastHiddenState (after the final LayerNorm), pooledOutput (at the first EOS) and

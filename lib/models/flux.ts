@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
 import { loadSafetensors, readSafetensorsHeader } from '../core/io.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeFlux, NativeFluxConfig, NativeFluxInputs, NativeTensor } from '../core/addon.js';
 import { NativeModel } from '../core/model.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import type { Divergence } from '../train/distill.js';
@@ -94,23 +95,6 @@ export interface FluxOutput {
   captures?: FluxCaptures;
 }
 
-interface NativeFlux {
-  info(): { device: string; dtype: string; parameters: number };
-  forward(inputs: Record<string, NativeTensor | undefined>, capture: boolean): Promise<{ sample: NativeTensor;
-    captures?: Record<keyof FluxCaptures, NativeTensor> }>;
-  forwardBackward(inputs: Record<string, NativeTensor | undefined>, gradSample: NativeTensor | null,
-    gradCaptures: Record<string, NativeTensor> | null, checkpoint: boolean): Promise<{ sample: NativeTensor;
-    grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
-  distillationStep(teacher: Record<string, NativeTensor | undefined> | { captures: Record<string, NativeTensor> }, student: Record<string, NativeTensor | undefined>,
-    divergence: string, temperature: number, checkpoint: boolean): Promise<DistillationStepResult & {
-    grad: { encoderHiddenStates: NativeTensor; pooledProjections: NativeTensor } }>;
-  denoise(inputs: Record<string, NativeTensor | undefined>, timesteps: number[], sigmas: number[], keepSteps?: boolean):
-    Promise<{ latents: NativeTensor; stepLatents?: NativeTensor }>;
-  trainStep(inputs: Record<string, NativeTensor | undefined>, target: NativeTensor, opts: FluxTrainOptions):
-    Promise<{ loss: number; gradNorm: number; step: number }>;
-  dispose(): void;
-}
-
 /** AdamW for `FluxTransformer.trainStep` (PyTorch's AdamW; clipping by the global gradient norm, 0 = off). */
 export interface FluxTrainOptions {
   /** Default 1e-4. */ lr?: number;
@@ -120,11 +104,6 @@ export interface FluxTrainOptions {
   /** Default 1e-8. */ eps?: number;
   /** Default 1. */ maxGradNorm?: number;
 }
-interface NativeFluxClass {
-  random(config: Record<string, unknown>, device: string, dtype: string, seed: number): Promise<NativeFlux>;
-  load(config: Record<string, unknown>, weights: Record<string, NativeTensor>, layout: string, source: string): Promise<NativeFlux>;
-}
-
 type Layout = 'bfl' | 'diffusers';
 
 function detectLayout(keys: string[], source: string): Layout {
@@ -174,7 +153,7 @@ function precisionFlag(p: unknown): boolean {
   throw invalidArg('precision', "'fast' or 'reference'", p);
 }
 
-function toNativeConfig(c: FluxConfig, source: string): Record<string, unknown> {
+function toNativeConfig(c: FluxConfig, source: string): NativeFluxConfig {
   const full = { ...FLUX_DEV_CONFIG, ...Object.fromEntries(Object.entries(c).filter(([, v]) => v !== undefined)) };
   if (full.patch_size !== 1) throw new X2IError(`${source}: patch_size ${full.patch_size} is not supported (FLUX packs latents outside the model: 1)`, 'ERR_CONFIG');
   for (const k of ['in_channels', 'num_layers', 'num_single_layers', 'attention_head_dim', 'num_attention_heads',
@@ -209,9 +188,9 @@ function resolvePath(p: string): { weights: string; configFile?: string } {
 
 const inputNames = ['hiddenStates', 'encoderHiddenStates', 'pooledProjections', 'timestep', 'guidance', 'imgIds', 'txtIds'] as const;
 
-function nativeInputs(inputs: FluxInputs): Record<string, NativeTensor | undefined> {
+function nativeInputs(inputs: FluxInputs): NativeFluxInputs {
   if (!inputs || typeof inputs !== 'object') throw invalidArg('inputs', 'an object of Tensors', inputs);
-  const out: Record<string, NativeTensor | undefined> = {};
+  const out: NativeFluxInputs = {};
   for (const k of inputNames) {
     const t = inputs[k];
     if (t === undefined || t === null) continue;
@@ -280,7 +259,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     if (configFile) layout = detectLayout(Object.keys(tensors), weights);
     try {
       const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));
-      const Native = (addon() as unknown as { NativeFlux: NativeFluxClass }).NativeFlux;
+      const Native = addon().NativeFlux;
       const h = await nativeCall(() => Native.load(nativeConfig, handles, layout, weights));
       return new FluxTransformer(h, config, layout, opts.precision ?? 'fast');
     } finally {
@@ -298,7 +277,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
     const full = { ...FLUX_DEV_CONFIG, ...checkConfigKeys({ ...config }, 'config') };
     const nativeConfig = { ...toNativeConfig(full, 'config'), fast: precisionFlag(opts.precision) };
-    const Native = (addon() as unknown as { NativeFlux: NativeFluxClass }).NativeFlux;
+    const Native = addon().NativeFlux;
     const h = await nativeCall(() => Native.random(nativeConfig, device, dtype, opts.seed ?? 0));
     return new FluxTransformer(h, full, 'bfl', opts.precision ?? 'fast');
   }
@@ -329,10 +308,13 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     Promise<{ sample: Tensor; grad: { encoderHiddenStates: Tensor; pooledProjections: Tensor } }> {
     const ins = nativeInputs(inputs);
     const gs = grads?.gradSample ? grads.gradSample.handle : null;
-    let gc: Record<string, NativeTensor> | null = null;
+    let gc: Partial<Record<keyof FluxCaptures, NativeTensor>> | null = null;
     if (grads?.gradCaptures) {
       gc = {};
-      for (const [k, t] of Object.entries(grads.gradCaptures)) if (t) gc[k] = (t as Tensor).handle;
+      for (const k of ['doubleImg', 'doubleTxt', 'single'] as const) {
+        const t = grads.gradCaptures[k];
+        if (t) gc[k] = t.handle;
+      }
     }
     const r = await this.call((h) => h.forwardBackward(ins, gs, gc, Boolean(grads?.checkpoint)));
     return { sample: new Tensor(r.sample), grad: { encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates),
@@ -381,8 +363,8 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     const r = await this.call((h) => h.distillationStep(t, s, opts.divergence ?? 'rkl',
       opts.temperature ?? 3, Boolean(opts.checkpoint)));
     return { loss: r.loss, terms: r.terms, skipped: r.skipped, grad: {
-      encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates as unknown as NativeTensor),
-      pooledProjections: new Tensor(r.grad.pooledProjections as unknown as NativeTensor) } };
+      encoderHiddenStates: new Tensor(r.grad.encoderHiddenStates),
+      pooledProjections: new Tensor(r.grad.pooledProjections) } };
   }
 
   /** Frees the weights once calls in flight have finished. */

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, nativeCall } from '../core/errors.js';
 import { loadSafetensors } from '../core/io.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import type { NativeModelClass, NativeTensor } from '../core/addon.js';
 import type { DType } from '../core/tensor.js';
 
 export interface PretrainedOptions {
@@ -84,11 +84,10 @@ export interface RandomOptions {
 }
 
 /** A native model of `nativeConfig` with random weights (the `random` of a native class built on ModelWrap). */
-export async function randomNative<H>(cls: string, nativeConfig: object, opts: RandomOptions): Promise<H> {
+export async function randomNative<C, H>(Native: NativeModelClass<C, H>, nativeConfig: C, opts: RandomOptions): Promise<H> {
   const { device, dtype } = defaultDtype(opts);
   const seed = opts.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) throw new X2IError(`fromConfig: seed must be a non-negative integer, got ${seed}`, 'ERR_INVALID_ARG');
-  const Native = (addon() as unknown as Record<string, { random(c: object, d: string, t: string, s: number): Promise<H> }>)[cls];
   return nativeCall(() => Native.random(nativeConfig, device, dtype, seed));
 }
 

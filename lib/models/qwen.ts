@@ -1,6 +1,7 @@
 /** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
 import { X2IError, invalidArg, nativeSync } from '../core/errors.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeQwenConfig, NativeQwenInputs, NativeQwenVLEncoder } from '../core/addon.js';
 import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
@@ -15,12 +16,6 @@ export interface QwenPrompt {
   images?: RgbImage[];
   /** Decoded, already sampled frames of one video. */
   video?: RgbImage[];
-}
-
-interface NativeQwen {
-  forward(inputs: Record<string, NativeTensor | string | number | boolean | number[] | undefined>): Promise<{ hiddenStates: NativeTensor;
-    answerStates?: NativeTensor; tokens?: number[] }>;
-  dispose(): void;
 }
 
 export interface QwenVLInputs {
@@ -50,13 +45,13 @@ export interface QwenVLInputs {
 }
 
 
-export class QwenVLEncoder extends NativeModel<NativeQwen> {
+export class QwenVLEncoder extends NativeModel<NativeQwenVLEncoder> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
   #tokenizer?: QwenTokenizer;
 
-  private constructor(h: NativeQwen, config: Record<string, unknown>, folder: string) {
+  private constructor(h: NativeQwenVLEncoder, config: Record<string, unknown>, folder: string) {
     super(h, 'QwenVLEncoder');
     this.config = Object.freeze(config);
     this.#folder = folderOf(folder);
@@ -107,7 +102,7 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
     const { config: top, configFile: file, weights } = readModelFolder(p, opts.config);
     const native = nativeConfig(top, file);
-    const Native = (addon() as unknown as { NativeQwenVLEncoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeQwen> } }).NativeQwenVLEncoder;
+    const Native = addon().NativeQwenVLEncoder;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
     return new QwenVLEncoder(h, top, weights);
   }
@@ -119,7 +114,7 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
    */
   static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<QwenVLEncoder> {
     if (!config || typeof config !== 'object') throw invalidArg('config', 'a Qwen2.5-VL config object', config);
-    return new QwenVLEncoder(await randomNative<NativeQwen>('NativeQwenVLEncoder', nativeConfig(config, 'config'), opts), config, '.');
+    return new QwenVLEncoder(await randomNative(addon().NativeQwenVLEncoder, nativeConfig(config, 'config'), opts), config, '.');
   }
 
   /** One prefill: hiddenStates [B, L+1, S, H] = the embeddings, then every layer's output (the last after the
@@ -130,12 +125,12 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
     return { hiddenStates: new Tensor(r.hiddenStates) };
   }
 
-  async #run(inputs: QwenVLInputs, extra: Record<string, number | number[]>) {
+  async #run(inputs: QwenVLInputs, extra: Pick<NativeQwenInputs, 'maxNewTokens' | 'eosTokenIds'>) {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
     this.native();  // a DisposedError before any work
-    const ins: Record<string, NativeTensor | string | number | boolean | number[] | undefined> = { padRule: inputs.padRule ?? 'x2i',
+    const ins: NativeQwenInputs = { inputIds: inputs.inputIds.handle, padRule: inputs.padRule ?? 'x2i',
       secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope', capture: inputs.capture ?? true, ...extra };
-    for (const k of ['inputIds', 'attentionMask', 'pixelValues', 'imageGridThw', 'pixelValuesVideos', 'videoGridThw'] as const) {
+    for (const k of ['attentionMask', 'pixelValues', 'imageGridThw', 'pixelValuesVideos', 'videoGridThw'] as const) {
       const t = inputs[k];
       if (t === undefined || t === null) continue;
       if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
@@ -167,16 +162,17 @@ export class QwenVLEncoder extends NativeModel<NativeQwen> {
   ropeIndex(inputs: Pick<QwenVLInputs, 'inputIds' | 'attentionMask' | 'imageGridThw' | 'videoGridThw' | 'secondPerGridT'>): Tensor {
     const vc = (this.config.vision_config ?? {}) as Record<string, unknown>;
     const h = (t?: Tensor) => t?.handle;
-    const fn = (addon() as unknown as { qwenRopeIndex: (...a: unknown[]) => NativeTensor }).qwenRopeIndex;
-    return new Tensor(nativeSync(() => fn(inputs.inputIds.handle, h(inputs.attentionMask), h(inputs.imageGridThw), h(inputs.videoGridThw), {
-      imageTokenId: this.config.image_token_id ?? 151655, videoTokenId: this.config.video_token_id ?? 151656,
-      merge: vc.spatial_merge_size ?? 2, tokensPerSecond: vc.tokens_per_second ?? 2, secondPerGridT: inputs.secondPerGridT ?? 1 })));
+    const native = addon();
+    return new Tensor(nativeSync(() => native.qwenRopeIndex(inputs.inputIds.handle, h(inputs.attentionMask), h(inputs.imageGridThw), h(inputs.videoGridThw), {
+      imageTokenId: field(this.config, 'image_token_id', 'config', 151655), videoTokenId: field(this.config, 'video_token_id', 'config', 151656),
+      merge: field(vc, 'spatial_merge_size', 'vision_config', 2), tokensPerSecond: field(vc, 'tokens_per_second', 'vision_config', 2),
+      secondPerGridT: inputs.secondPerGridT ?? 1 })));
   }
 
 }
 
 /** The native config of a Qwen2.5-VL config.json object (flat, or transformers 5's nested `text_config`). */
-function nativeConfig(top: Record<string, unknown>, file: string): Record<string, unknown> {
+function nativeConfig(top: Record<string, unknown>, file: string): NativeQwenConfig {
   if (top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
     throw new X2IError(`${file}: model_type '${top.model_type}' is not a Qwen2/2.5-VL model`, 'ERR_CONFIG');
   const text = { ...top, ...(top.text_config as Record<string, unknown> | undefined ?? {}) };
@@ -190,13 +186,12 @@ function nativeConfig(top: Record<string, unknown>, file: string): Record<string
   const section = rope.mrope_section;
   if (!Array.isArray(section) || section.length !== 3)
     throw new X2IError(`${file}: field 'rope_scaling.mrope_section' (or text_config.rope_parameters.mrope_section) is missing`, 'ERR_CONFIG');
-  const native: Record<string, unknown> = {
+  const native: NativeQwenConfig = {
     vocabSize: field(text, 'vocab_size', file), hiddenSize: field(text, 'hidden_size', file),
     intermediateSize: field(text, 'intermediate_size', file), numHiddenLayers: field(text, 'num_hidden_layers', file),
     numAttentionHeads: field(text, 'num_attention_heads', file), numKeyValueHeads: field(text, 'num_key_value_heads', file),
     rmsNormEps: field(text, 'rms_norm_eps', file), ropeTheta: field({ ...text, ...rope }, 'rope_theta', file),
     mropeSection: section,
-    vision: undefined,
   };
   const vc = top.vision_config as Record<string, unknown> | undefined;
   if (vc) {

@@ -4,7 +4,7 @@
  * C·2·14·14 values in the (t, h/2, w/2, 2, 2) order the vision tower expects.
  */
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
 import { Tensor } from '../core/tensor.js';
 
 /** Decoded pixels, interleaved RGB (or RGBA, alpha dropped), row-major. */
@@ -73,8 +73,8 @@ async function resized(img: RgbImage, h: number, w: number): Promise<Uint8Array>
   }
   using t = Tensor.fromArray(rgb, [img.height, img.width, 3]);
   const h0 = t.handle;
-  const fn = (addon() as unknown as { resizeImage: (t: NativeTensor, h: number, w: number) => Promise<NativeTensor> }).resizeImage;
-  const out = new Tensor(await nativeCall(() => fn(h0, h, w)));
+  const native = addon();
+  const out = new Tensor(await nativeCall(() => native.resizeImage(h0, h, w)));
   try {
     return await out.toArray() as Uint8Array;
   } finally {

@@ -1,6 +1,7 @@
 /** x2i.T5Encoder: the T5 v1.1 encoder, FLUX's text_encoder_2 (native/t5.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeT5Encoder, NativeT5Config, NativeTensor } from '../core/addon.js';
 import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
@@ -8,14 +9,9 @@ import { T5Tokenizer, type EncodeOptions, type PromptTokenizer } from './tokeniz
 import fs from 'node:fs';
 import path from 'node:path';
 
-interface NativeT5 {
-  forward(inputs: { inputIds: NativeTensor; attentionMask?: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; hiddenStates: NativeTensor }>;
-  dispose(): void;
-}
-
 
 /** The native loader's config from a transformers T5 config.json. */
-function nativeConfig(config: Record<string, unknown>, configFile: string) {
+function nativeConfig(config: Record<string, unknown>, configFile: string): NativeT5Config {
   if (config.model_type !== undefined && config.model_type !== 't5' && config.model_type !== 'umt5')
     throw new X2IError(`${configFile}: model_type '${config.model_type}' is not a T5 model`, 'ERR_CONFIG');
   const proj = String(config.feed_forward_proj ?? 'relu');
@@ -33,13 +29,13 @@ function nativeConfig(config: Record<string, unknown>, configFile: string) {
   };
 }
 
-export class T5Encoder extends NativeModel<NativeT5> {
+export class T5Encoder extends NativeModel<NativeT5Encoder> {
   readonly config: Readonly<Record<string, unknown>>;
 
   #folder: string;
   #tokenizer?: PromptTokenizer;
 
-  private constructor(h: NativeT5, config: Record<string, unknown>, folder: string) {
+  private constructor(h: NativeT5Encoder, config: Record<string, unknown>, folder: string) {
     super(h, 'T5Encoder');
     this.config = Object.freeze(config);
     this.#folder = folderOf(folder);
@@ -67,7 +63,7 @@ export class T5Encoder extends NativeModel<NativeT5> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
     const { config, configFile, weights } = readModelFolder(p, opts.config);
     const native = nativeConfig(config, configFile);
-    const Native = (addon() as unknown as { NativeT5Encoder: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeT5> } }).NativeT5Encoder;
+    const Native = addon().NativeT5Encoder;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
     return new T5Encoder(h, config, weights);
   }
@@ -79,7 +75,7 @@ export class T5Encoder extends NativeModel<NativeT5> {
    */
   static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<T5Encoder> {
     if (!config || typeof config !== 'object') throw invalidArg('config', 'a T5 config object', config);
-    return new T5Encoder(await randomNative<NativeT5>('NativeT5Encoder', nativeConfig(config, 'config'), opts), config, '.');
+    return new T5Encoder(await randomNative(addon().NativeT5Encoder, nativeConfig(config, 'config'), opts), config, '.');
   }
 
   /** inputIds [B, S] (int64; FLUX pads with 0 to 512 and passes no mask) → lastHiddenState [B, S, d] (after the final

@@ -1,14 +1,10 @@
 /** x2i.AutoencoderKL: FLUX's VAE (native/vae.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
 import { NativeModel } from '../core/model.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeAutoencoderKL, NativeVaeConfig, NativeTensor } from '../core/addon.js';
 import { defaultDtype, field, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { Tensor } from '../core/tensor.js';
-
-interface NativeVae {
-  forward(x: NativeTensor, mode: 'encode' | 'decode'): Promise<NativeTensor>;
-  dispose(): void;
-}
 
 /** FLUX.1's VAE config (vae/config.json). */
 const FLUX_VAE: Record<string, unknown> = { in_channels: 3, out_channels: 3, latent_channels: 16, norm_num_groups: 32, layers_per_block: 2,
@@ -16,11 +12,11 @@ const FLUX_VAE: Record<string, unknown> = { in_channels: 3, out_channels: 3, lat
   mid_block_add_attention: true };
 
 /** The native loader's config from a diffusers AutoencoderKL config. */
-function nativeConfig(config: Record<string, unknown>, file: string) {
+function nativeConfig(config: Record<string, unknown>, file: string): NativeVaeConfig {
   if (config.use_quant_conv || config.use_post_quant_conv)
     throw new X2IError(`${file}: quant convs are not supported (FLUX's VAE has none)`, 'ERR_CONFIG');
-  const blocks = config.block_out_channels;
-  if (!Array.isArray(blocks) || !blocks.every((b) => Number.isSafeInteger(b)))
+  const blocks: unknown = config.block_out_channels;
+  if (!Array.isArray(blocks) || !blocks.every((b): b is number => Number.isSafeInteger(b)))
     throw new X2IError(`${file}: field 'block_out_channels' is missing or not a list of integers`, 'ERR_CONFIG');
   for (const [k, v] of [['down_block_types', 'DownEncoderBlock2D'], ['up_block_types', 'UpDecoderBlock2D']] as const) {
     const types = config[k] as unknown[] | undefined;
@@ -29,16 +25,16 @@ function nativeConfig(config: Record<string, unknown>, file: string) {
   return { inChannels: field(config, 'in_channels', file, 3), outChannels: field(config, 'out_channels', file, 3),
     latentChannels: field(config, 'latent_channels', file), normNumGroups: field(config, 'norm_num_groups', file, 32),
     layersPerBlock: field(config, 'layers_per_block', file, 2), blockOutChannels: blocks,
-    midBlockAddAttention: config.mid_block_add_attention ?? true };
+    midBlockAddAttention: Boolean(config.mid_block_add_attention ?? true) };
 }
 
-export class AutoencoderKL extends NativeModel<NativeVae> {
+export class AutoencoderKL extends NativeModel<NativeAutoencoderKL> {
   readonly config: Readonly<Record<string, unknown>>;
   /** Latent normalisation the pipeline applies: z_vae = z / scalingFactor + shiftFactor (FLUX: 0.3611, 0.1159). */
   readonly scalingFactor: number;
   readonly shiftFactor: number;
 
-  private constructor(h: NativeVae, config: Record<string, unknown>) {
+  private constructor(h: NativeAutoencoderKL, config: Record<string, unknown>) {
     super(h, 'AutoencoderKL');
     this.config = Object.freeze(config);
     this.scalingFactor = Number(config.scaling_factor ?? 0.3611);
@@ -50,7 +46,7 @@ export class AutoencoderKL extends NativeModel<NativeVae> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
     const { config, configFile: file, weights } = readModelFolder(p, opts.config);
     const native = nativeConfig(config, file);
-    const Native = (addon() as unknown as { NativeAutoencoderKL: { load(c: object, w: Record<string, NativeTensor>, s: string): Promise<NativeVae> } }).NativeAutoencoderKL;
+    const Native = addon().NativeAutoencoderKL;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
     return new AutoencoderKL(h, config);
   }
@@ -59,7 +55,7 @@ export class AutoencoderKL extends NativeModel<NativeVae> {
    * drawn on the device, encoder and decoder: benchmarks at real sizes without a checkpoint. */
   static async fromConfig(config: Record<string, unknown> = {}, opts: RandomOptions = {}): Promise<AutoencoderKL> {
     const c = { ...FLUX_VAE, ...config };
-    return new AutoencoderKL(await randomNative<NativeVae>('NativeAutoencoderKL', nativeConfig(c, 'config'), opts), c);
+    return new AutoencoderKL(await randomNative(addon().NativeAutoencoderKL, nativeConfig(c, 'config'), opts), c);
   }
 
   /** Latents [B, C, h, w] → the raw decoder output [B, 3, 8h, 8w] (no scaling applied; about [−1, 1]). */

@@ -2,7 +2,7 @@
 import { invalidArg, nativeCall } from '../core/errors.js';
 import type { AlignNet } from '../models/alignnet.js';
 import { distillationLoss } from '../train/distill.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
 import { FluxPipeline } from './pipeline.js';
 import { Tensor, randn } from '../core/tensor.js';
 
@@ -10,8 +10,7 @@ import { Tensor, randn } from '../core/tensor.js';
 export async function imageAgreement(a: Tensor, b: Tensor): Promise<{ ssim: number[]; psnr: number[] }> {
   if (!(a instanceof Tensor) || !(b instanceof Tensor)) throw invalidArg('images', 'two Tensors', a);
   const [ha, hb] = [a.handle, b.handle];
-  return nativeCall(() => (addon() as unknown as { imageAgreement(x: NativeTensor, y: NativeTensor): Promise<{ ssim: number[]; psnr: number[] }> })
-    .imageAgreement(ha, hb));
+  return nativeCall(() => addon().imageAgreement(ha, hb));
 }
 
 export interface AgreementResult {

@@ -1,7 +1,7 @@
 /** x2i.FluxPipeline: FLUX.1 text-to-image sampling (the teacher; diffusers FluxPipeline's steps). */
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
 import type { FluxTransformer } from '../models/flux.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
 import { FlowMatchEulerScheduler } from './scheduler.js';
 import { Tensor, randn } from '../core/tensor.js';
 import type { AutoencoderKL } from '../models/vae.js';
@@ -39,8 +39,8 @@ export async function encodeImage(images: Tensor, i = 0, format: 'png' | 'jpeg' 
     throw invalidArg('images', 'a [B, 3, H, W] Tensor', images);
   const [B, , H, W] = images.shape;
   if (!(Number.isSafeInteger(i) && i >= 0 && i < B)) throw invalidArg('image index', `0..${B - 1}`, i);
-  const fn = (addon() as unknown as { imageToUint8(t: NativeTensor): Promise<NativeTensor> }).imageToUint8;
-  const u8 = new Tensor(await nativeCall(() => fn(images.handle)));
+  const native = addon();
+  const u8 = new Tensor(await nativeCall(() => native.imageToUint8(images.handle)));
   try {
     const all = await u8.toArray() as Uint8Array;
     const one = Buffer.from(all.buffer, all.byteOffset + i * H * W * 3, H * W * 3);
@@ -50,12 +50,6 @@ export async function encodeImage(images: Tensor, i = 0, format: 'png' | 'jpeg' 
   } finally {
     u8.dispose();
   }
-}
-
-interface NativeOps {
-  packLatents(z: NativeTensor): Promise<NativeTensor>;
-  unpackLatents(x: NativeTensor, h: number, w: number, scale: number, shift: number): Promise<NativeTensor>;
-  toImage(x: NativeTensor): Promise<NativeTensor>;
 }
 
 export interface FluxImages {
@@ -133,7 +127,7 @@ export class FluxPipeline {
     if (lh < 2 || lw < 2) throw new X2IError(`height and width must be at least ${2 * f}`, 'ERR_INVALID_ARG');
     const B = promptEmbeds.shape[0];
     const device = this.transformer.device;
-    const ops = addon() as unknown as NativeOps;
+    const ops = addon();
     const owned: Tensor[] = [];
     const own = (t: Tensor) => (owned.push(t), t);
     try {

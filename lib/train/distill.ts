@@ -1,7 +1,8 @@
 /** The X2I attention-distillation loss (native/distill.cc). */
 import { invalidArg, nativeCall } from '../core/errors.js';
 import type { FluxCaptures } from '../models/flux.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeCaptures } from '../core/addon.js';
 import { Tensor } from '../core/tensor.js';
 
 export type Divergence = 'rkl' | 'kl' | 'js' | 'mse';
@@ -31,13 +32,10 @@ export interface DistillationResult {
 
 const kinds = ['doubleImg', 'doubleTxt', 'single'] as const;
 
-function handles(c: FluxCaptures, what: string): Record<string, NativeTensor> {
+function handles(c: FluxCaptures, what: string): NativeCaptures {
   if (!c || typeof c !== 'object') throw invalidArg(what, 'captures { doubleImg, doubleTxt, single }', c);
-  const out: Record<string, NativeTensor> = {};
-  for (const k of kinds) {
-    if (!(c[k] instanceof Tensor)) throw invalidArg(`${what}.${k}`, 'a Tensor', c[k]);
-    out[k] = c[k].handle;
-  }
+  for (const k of kinds) if (!(c[k] instanceof Tensor)) throw invalidArg(`${what}.${k}`, 'a Tensor', c[k]);
+  const out: NativeCaptures = { doubleImg: c.doubleImg.handle, doubleTxt: c.doubleTxt.handle, single: c.single.handle };
   return out;
 }
 
@@ -49,9 +47,7 @@ export async function distillationLoss(teacherCaptures: FluxCaptures, studentCap
   opts: DistillationOptions = {}): Promise<DistillationResult> {
   const t = handles(teacherCaptures, 'teacherCaptures');
   const s = handles(studentCaptures, 'studentCaptures');
-  const r = await nativeCall(() => (addon() as unknown as { distillationLoss: (...a: unknown[]) => Promise<{
-    loss: number; terms: DistillationResult['terms']; skipped: number; grads?: Record<string, NativeTensor> }> })
-    .distillationLoss(t, s, opts.temperature ?? 3, opts.divergence ?? 'rkl', Boolean(opts.returnGrad), opts.method ?? 'fused'));
+  const r = await nativeCall(() => addon().distillationLoss(t, s, opts.temperature ?? 3, opts.divergence ?? 'rkl', Boolean(opts.returnGrad), opts.method ?? 'fused'));
   const out: DistillationResult = { loss: r.loss, terms: r.terms, skipped: r.skipped };
   if (r.grads) out.grads = { doubleImg: new Tensor(r.grads.doubleImg), doubleTxt: new Tensor(r.grads.doubleTxt),
     single: new Tensor(r.grads.single) };

@@ -7,17 +7,12 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
-import { addon, type NativeTensor } from '../core/native.js';
+import { addon } from '../core/native.js';
+import type { NativeProcessGroup, NativeProcessGroupOp } from '../core/addon.js';
 import { SerialQueue } from '../core/queue.js';
 import { Tensor } from '../core/tensor.js';
 
-type Op = 'allReduce' | 'allReduceMean' | 'broadcast' | 'send' | 'recv' | 'barrier' | 'close';
-
-interface NativeProcessGroup {
-  info(): { rank: number; worldSize: number; backend: 'nccl' | 'store' };
-  op(name: Op, t?: NativeTensor, peer?: number): Promise<void>;
-  dispose(): void;
-}
+type Op = NativeProcessGroupOp;
 
 export interface ProcessGroupOptions {
   /** This process's rank (default: env RANK, else 0). */
@@ -59,8 +54,7 @@ export class ProcessGroup {
 
   /** Joins the group: resolves once every rank has joined (rank 0 serves the store). */
   static async init(opts: ProcessGroupOptions = {}): Promise<ProcessGroup> {
-    const a = addon() as unknown as { NativeProcessGroup: { create(o: object): Promise<NativeProcessGroup> }; ncclAvailable(): boolean;
-      cudaDeviceCount(): number };
+    const a = addon();
     const o = {
       rank: opts.rank ?? envInt('RANK', 0), worldSize: opts.worldSize ?? envInt('WORLD_SIZE', 1),
       host: opts.masterAddr ?? process.env.MASTER_ADDR ?? '127.0.0.1', port: opts.masterPort ?? envInt('MASTER_PORT', 29500),
@@ -78,7 +72,7 @@ export class ProcessGroup {
   }
 
   /** @internal The native handle, for the models' collective steps. */
-  static handleOf(g: ProcessGroup): object {
+  static handleOf(g: ProcessGroup): NativeProcessGroup {
     if (!(g instanceof ProcessGroup)) throw invalidArg('group', 'a ProcessGroup', g);
     return g.#native();
   }
