@@ -6,14 +6,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { addon } from '../dist/core/native.js';
+import { probes } from '../dist/testing.js';
 
 const { values: args } = parseArgs({ options: { mib: { type: 'string', default: '256' }, json: { type: 'string' },
   reps: { type: 'string', default: '7' } } });
 const MiB = Number(args.mib);
 const bytes = MiB * 2 ** 20;
 const reps = Number(args.reps);
-const native = addon();
+const native = probes();  // the bridge probes (addon.testing)
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 async function time(fn, n = reps) {

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { addon } from '../dist/core/native.js';
+import { probes } from '../dist/testing.js';
 
 const { values: args } = parseArgs({ options: { baseline: { type: 'string' }, json: { type: 'string' },
   'no-step': { type: 'boolean', default: false } } });
@@ -18,7 +18,7 @@ const D = 3072;
 const result = { date: new Date().toISOString(), cases: [] };
 
 const bench = (t, s, inc, method = 'fused', iters = 200) =>
-  addon().benchDistillTap(t.handle, s.handle, 'rkl', 3, inc ? inc.handle : undefined, method, iters);
+  probes().benchDistillTap(t.handle, s.handle, 'rkl', 3, inc ? inc.handle : undefined, method, iters);
 for (const rows of [4608, 18432]) {
   const B = Math.max(1, rows / 4608), N = rows / B;
   const s = await x2i.randn([B, N, D], { seed: 1, device: 'cuda', dtype: 'bfloat16' });

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { addon } from '../dist/core/native.js';
+import { probes } from '../dist/testing.js';
 
 const { values: args } = parseArgs({ options: {
   baseline: { type: 'string' }, json: { type: 'string' }, iters: { type: 'string', default: '10' },
@@ -23,7 +23,7 @@ const dev = 'cuda', dt = 'bfloat16';
 const result = { date: new Date().toISOString(), tokens: L, runs: {} };
 
 // ---- attention must run on the cuDNN or flash kernel
-const backend = addon().sdpaBackend([1, 24, L, 128], dt, dev);
+const backend = probes().sdpaBackend([1, 24, L, 128], dt, dev);
 result.sdpaBackend = backend;
 if (backend !== 'cudnn' && backend !== 'flash') {
   console.error(`SDPA picked '${backend}' for [1, 24, ${L}, 128] bf16: not the cuDNN/flash path; failing the benchmark`);

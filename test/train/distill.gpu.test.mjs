@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as x2i from '../../dist/index.js';
-import { addon } from '../../dist/core/native.js';
+import { probes } from '../../dist/testing.js';
 
 const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
 const gpuIt = (name, fn) => it(name, { skip }, fn);
@@ -73,9 +73,9 @@ describe('distillation kernel vs float64 on the CPU', () => {
           const g64 = await x2i.randn(shape, { seed: seed + 2, dtype: 'float64' });
           const [t, s, g] = [await t64.to({ dtype }), await s64.to({ dtype }), await g64.to({ dtype })];
           const f64 = async (x) => x.to({ dtype: 'float64' });
-          const ref = await addon().distillTap((await f64(t)).handle, (await f64(s)).handle, divergence, 3, (await f64(g)).handle);
+          const ref = await probes().distillTap((await f64(t)).handle, (await f64(s)).handle, divergence, 3, (await f64(g)).handle);
           const cu = async (x) => x.to({ device: 'cuda' });
-          const got = await addon().distillTap((await cu(t)).handle, (await cu(s)).handle, divergence, 3, (await cu(g)).handle);
+          const got = await probes().distillTap((await cu(t)).handle, (await cu(s)).handle, divergence, 3, (await cu(g)).handle);
           const what = `${divergence} ${dtype} [${shape}]`;
           const lossTol = dtype === 'float32' ? 1e-4 : 1e-3, gradTol = dtype === 'float32' ? 1e-4 : 1e-2;
           const le = Math.abs(got.term - ref.term) / Math.max(Math.abs(ref.term), 1e-30);
@@ -94,12 +94,12 @@ describe('distillation kernel vs float64 on the CPU', () => {
       const shape = [2, 37, D];
       const [t64, s64] = await pair([2, 37, wide], 77, 1, 0);
       const g64 = await x2i.randn([2, 37, wide], { seed: 78, dtype: 'float64' });
-      const cut = (x) => new x2i.Tensor(addon().narrowView(x.handle, 2, 0, D));
+      const cut = (x) => new x2i.Tensor(probes().narrowView(x.handle, 2, 0, D));
       const [t, s, g] = [await t64.to({ dtype }), await s64.to({ dtype }), await g64.to({ dtype })];
       const packed = async (x) => x2i.Tensor.fromArray(await (await cut(x).to({ dtype: 'float64' })).toArray(), shape);  // a contiguous copy
-      const ref = await addon().distillTap((await packed(t)).handle, (await packed(s)).handle, 'rkl', 3, (await packed(g)).handle);
+      const ref = await probes().distillTap((await packed(t)).handle, (await packed(s)).handle, 'rkl', 3, (await packed(g)).handle);
       const [tc, sc, gc] = [await t.to({ device: 'cuda' }), await s.to({ device: 'cuda' }), await g.to({ device: 'cuda' })];
-      const got = await addon().distillTap(cut(tc).handle, cut(sc).handle, 'rkl', 3, cut(gc).handle);
+      const got = await probes().distillTap(cut(tc).handle, cut(sc).handle, 'rkl', 3, cut(gc).handle);
       const le = Math.abs(got.term - ref.term) / Math.abs(ref.term);
       const ge = await gradError(new x2i.Tensor(got.grad), new x2i.Tensor(ref.grad), dtype);
       if (!(le < 1e-3 && ge < 1e-2)) failures.push(`${dtype} ${D} of ${wide}: term ${got.term} vs ${ref.term}, grad ${ge}`);
@@ -114,8 +114,8 @@ describe('distillation kernel vs float64 on the CPU', () => {
       for (const shape of [[1, 3, 3072], [1, 2, 1000]]) {
         const [t64, s64] = await pair(shape, seed += 2, scale, offset);
         const [t, s] = [await t64.to({ dtype: 'float32' }), await s64.to({ dtype: 'float32' })];  // the same rounded inputs
-        const ref = await addon().distillTap((await t.to({ dtype: 'float64' })).handle, (await s.to({ dtype: 'float64' })).handle, 'rkl', tau);
-        const got = await addon().distillTap((await t.to({ device: 'cuda' })).handle, (await s.to({ device: 'cuda' })).handle, 'rkl', tau);
+        const ref = await probes().distillTap((await t.to({ dtype: 'float64' })).handle, (await s.to({ dtype: 'float64' })).handle, 'rkl', tau);
+        const got = await probes().distillTap((await t.to({ device: 'cuda' })).handle, (await s.to({ device: 'cuda' })).handle, 'rkl', tau);
         const le = Math.abs(got.term - ref.term) / Math.abs(ref.term);
         const ge = await x2i.relativeError(await new x2i.Tensor(got.grad).to({ device: 'cpu', dtype: 'float64' }), new x2i.Tensor(ref.grad));
         if (!(le < 1e-4 && ge < 1e-3)) failures.push(`×${scale}+${offset} τ=${tau} [${shape}]: term ${got.term} vs ${ref.term}, grad ${ge}`);
@@ -144,7 +144,7 @@ describe('distillation kernel vs float64 on the CPU', () => {
     v[5 * 3072 + 17] = NaN;
     const bad = await x2i.Tensor.fromArray(v, shape).to({ device: 'cuda', dtype: 'bfloat16' });
     const inc = await x2i.randn(shape, { seed: 3, device: 'cuda', dtype: 'bfloat16' });
-    const r = await addon().distillTap((await t.to({ device: 'cuda', dtype: 'bfloat16' })).handle, bad.handle, 'rkl', 3, inc.handle);
+    const r = await probes().distillTap((await t.to({ device: 'cuda', dtype: 'bfloat16' })).handle, bad.handle, 'rkl', 3, inc.handle);
     assert.ok(!Number.isFinite(r.term));
     const a = await new x2i.Tensor(r.grad).toArray(), b = await inc.toArray();
     assert.ok(a.every((x, i) => x === b[i]));

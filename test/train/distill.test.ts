@@ -2,7 +2,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { FluxTransformer } from '../../lib/index.js';
-import { addon } from '../../lib/core/native.js';
+import { probes } from '../../lib/testing.js';
 import { expectGoldenLoss, golden } from '../helpers.js';
 
 async function captures(seed: number, dtype: x2i.DType, scale = 1) {
@@ -44,10 +44,9 @@ describe('fused distillation loss = the float64 autograd composition', () => {
 
 // The training step's backward form at one tap: incoming + d term/d student in one pass (the CPU path).
 describe('one tap in the backward form (incoming gradient)', () => {
-  type Tap = { term: number; grad: x2i.NativeTensor };
-  const tap = (t: x2i.Tensor, s: x2i.Tensor, div: string, inc?: x2i.Tensor) =>
-    (addon() as unknown as { distillTap: (...a: unknown[]) => Promise<Tap> }).distillTap(t.handle, s.handle, div, 3, inc?.handle);
-  for (const divergence of ['rkl', 'kl', 'js', 'mse']) {
+  const tap = (t: x2i.Tensor, s: x2i.Tensor, div: x2i.Divergence, inc?: x2i.Tensor) =>
+    probes().distillTap(t.handle, s.handle, div, 3, inc?.handle);
+  for (const divergence of ['rkl', 'kl', 'js', 'mse'] as const) {
     it(`${divergence}: float32 and bf16 against float64, and = the forward form + incoming`, async () => {
       for (const [dtype, tol] of [['float32', 1e-5], ['bfloat16', 1e-2]] as const) {
         const [t64, s64, g64] = await Promise.all([1, 2, 3].map((seed) => x2i.randn([2, 9, 37], { seed, dtype: 'float64' })));
