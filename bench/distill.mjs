@@ -1,6 +1,6 @@
 // The X2I distillation loss on a GPU (issue 4): one fused pass per row (loss + gradient) at 4608 and
 // 18432 rows × 3072, bf16, against the official formula in PyTorch eager and torch.compile and a bf16
-// `a + b → c` bandwidth yardstick (shared/baselines/x2i_loss.py, same run); accuracy against float64; then
+// `a + b → c` bandwidth yardstick (a python3 script given as --baseline, same run); accuracy against float64; then
 // the share of the loss in a FLUX.1-size student step.
 //   node bench/distill.mjs [--baseline path/x2i_loss.py] [--json out.json] [--no-step]
 import { spawnSync } from 'node:child_process';

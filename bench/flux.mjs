@@ -1,8 +1,8 @@
 // FLUX.1 transformer benchmark on a GPU (issue 3): one double-stream and one single-stream block at
 // FLUX.1-dev width (3072, 24 × 128 heads) and 4608 tokens (1024² image + 512 text), bf16, forward and
 // forward+backward; a whole-model teacher forward at 1024²; bf16 vs float32 agreement of the whole model.
-// The baseline (PyTorch eager and torch.compile of the same block math, shared/baselines/flux_blocks.py)
-// runs from the machine's python3 in the same run.
+// The baseline (PyTorch eager and torch.compile of the same block math, a python3 script given as --baseline and
+// called with `--json OUT`) runs from the machine's python3 in the same run.
 //   node bench/flux.mjs [--baseline path/flux_blocks.py] [--json out.json] [--iters 10] [--no-model] [--no-fp32]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';

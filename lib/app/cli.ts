@@ -43,9 +43,9 @@ commands:
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
                        options: --mib N (copy size, default 256), --json FILE
   bench flux           FLUX.1 blocks and the whole model on CUDA, bf16 (needs a GPU)
-                       options: --baseline PATH (shared/baselines/flux_blocks.py), --json FILE
+                       options: --baseline PATH (a python3 script of the same block math in PyTorch, run with --json), --json FILE
   bench distill        the distillation loss kernel and training step on CUDA (needs a GPU)
-                       options: --baseline PATH (shared/baselines/x2i_loss.py), --json FILE
+                       options: --baseline PATH (a python3 script of the official loss in PyTorch, run with --json), --json FILE
   bench qwen           the Qwen2.5-VL-7B-size encoder on CUDA: prefill with and without all-layer
                        capture, the vision tower (needs a GPU)
                        options: --baseline PATH (bench/baselines/qwen_prefill.py, transformers), --json FILE

@@ -1,6 +1,6 @@
 /**
  * The typed contract of the native addon (x2i.node): every class and function it exports, in one place
- * (as node-llama-cpp's src/bindings/AddonTypes.ts). The rest of lib/ reaches the addon only through these
+ * (the pattern of node-llama-cpp's typed bindings). The rest of lib/ reaches the addon only through these
  * types, without casts (test/core/contract.test.ts checks both: no casts in lib/, and that the loaded addon
  * exports exactly the names listed in ADDON_EXPORTS / ADDON_TESTING_EXPORTS below).
  *

@@ -1,5 +1,5 @@
 /** x2i.X2IGenerator: the X2I student — an MLLM reads text, images or video; AlignNet turns all its hidden states
- * into FLUX's conditioning; the frozen FLUX transformer samples the image (x2i-method.md §4). */
+ * into FLUX's conditioning (in place of T5 + CLIP); the frozen FLUX transformer samples the image as FluxPipeline does. */
 import { invalidArg } from '../core/errors.js';
 import type { AlignNet } from '../models/alignnet.js';
 import { FluxPipeline, type FluxGenerateOptions, type FluxImages } from './pipeline.js';

@@ -1,5 +1,5 @@
 /**
- * x2i.X2ITrainer: AlignNet trained by attention distillation (x2i-method.md §2–3). Teacher = the FLUX
+ * x2i.X2ITrainer: AlignNet trained by attention distillation (the loss: lib/train/distill.ts). Teacher = the FLUX
  * transformer conditioned on T5 + CLIP; student = the same frozen weights conditioned on AlignNet(MLLM hidden
  * states); pure-noise latents at σ = 1, guidance 3.5; the loss is computed tap by tap inside
  * `FluxTransformer.distillationStep`, and its gradient flows into AlignNet only (AdamW on float32 masters,
