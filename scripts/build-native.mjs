@@ -1,5 +1,6 @@
 // Builds build/Release/x2i.node with cmake-js against the LibTorch found by scripts/libtorch.mjs, and
-// records that LibTorch in build/libtorch.json (the loader matches prebuilds against it).
+// records that LibTorch in build/libtorch.json (the loader matches prebuilds against it). CMake runs this
+// Node (X2I_NODE) for scripts/sources.mjs: the source fingerprint and the -Wl,--no-undefined link flags.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,7 +18,7 @@ export function buildNative({ log = (m) => process.stderr.write(m + '\n') } = {}
   const jobs = String(Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 16)));
   const args = [cmakeJs, 'compile', '--out', 'build', ...(hasNinja ? ['-G', 'Ninja'] : []), '--parallel', jobs,
     `--CDCMAKE_PREFIX_PATH=${lt.cmakePrefix}`, `--CDX2I_LIBTORCH_VERSION=${lt.fullVersion}`,
-    `--CDX2I_LIBTORCH_FLAVOUR=${lt.flavour}`,
+    `--CDX2I_LIBTORCH_FLAVOUR=${lt.flavour}`, `--CDX2I_NODE=${process.execPath}`,
     `--CDNODE_ADDON_API_DIR=${path.dirname(require.resolve('node-addon-api/package.json'))}`];
   const r = spawnSync(process.execPath, args, { cwd: projectRoot, stdio: 'inherit',
     env: { ...process.env, CMAKE_BUILD_PARALLEL_LEVEL: jobs } });
