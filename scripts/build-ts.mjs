@@ -3,7 +3,7 @@
 //
 // dist/cjs/ is a file-by-file transform of dist/**/*.js by esbuild (no bundling: the module graph, relative
 // imports and the file layout stay the same; a package.json {"type":"commonjs"} in dist/cjs/ makes the .js
-// files CommonJS). `import.meta.url` becomes the file's own URL; any other import.meta use, or a top-level
+// files CommonJS; the .d.ts files are copied beside them). `import.meta.url` becomes the file's own URL; any other import.meta use, or a top-level
 // await, fails this build instead of shipping a CommonJS build that breaks.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -43,6 +43,12 @@ export async function buildCjs() {
     banner: { js: '"use strict"; var __x2i_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
     logOverride: { 'empty-import-meta': 'error' },
   });
+  // the declarations again beside the CommonJS files: under dist/cjs/ they describe CommonJS modules, so that
+  // TypeScript's node16/nodenext resolution types a require('x2i') as CommonJS
+  for (const f of entries) {
+    const dts = f.replace(/\.js$/, '.d.ts');
+    if (fs.existsSync(dts)) fs.copyFileSync(dts, path.join(out, path.relative(dist, dts)));
+  }
   fs.writeFileSync(path.join(out, 'package.json'), JSON.stringify({ type: 'commonjs' }, null, 2) + '\n');
   return entries.length;
 }

@@ -51,8 +51,13 @@ function checkBoth(nodeBin: string) {
 
 describe.skipIf(!built)('require and import', () => {
   it('the exports map: import, require and types for "." and "./testing"', () => {
-    expect(pkg.exports['.']).toEqual({ types: './dist/index.d.ts', import: './dist/index.js', require: './dist/cjs/index.js' });
-    expect(pkg.exports['./testing']).toEqual({ types: './dist/testing.d.ts', import: './dist/testing.js', require: './dist/cjs/testing.js' });
+    for (const [sub, base] of [['.', 'index'], ['./testing', 'testing']]) {
+      expect(pkg.exports[sub]).toEqual({
+        import: { types: `./dist/${base}.d.ts`, default: `./dist/${base}.js` },
+        require: { types: `./dist/cjs/${base}.d.ts`, default: `./dist/cjs/${base}.js` },
+      });
+    }
+    expect(fs.existsSync(path.join(root, 'dist', 'cjs', 'index.d.ts'))).toBe(true);
     expect(JSON.parse(fs.readFileSync(path.join(root, 'dist', 'cjs', 'package.json'), 'utf8')).type).toBe('commonjs');
     expect(floor, 'engines.node is ">=x.y.z"').toBeDefined();
   });
@@ -66,6 +71,20 @@ describe.skipIf(!built)('require and import', () => {
       console.log(n.packageRoot)`]);
     expect(s.status, s.stderr).toBe(0);
     expect(fs.realpathSync(s.stdout.trim())).toBe(fs.realpathSync(root));
+  });
+
+  it('TypeScript (nodenext) types both forms: require() as CommonJS, import as ESM', () => {
+    const ts = path.join(dir, 'ts');
+    fs.mkdirSync(ts, { recursive: true });
+    fs.symlinkSync(path.join(consumer, 'node_modules'), path.join(ts, 'node_modules'));
+    fs.writeFileSync(path.join(ts, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext',
+      target: 'es2022', strict: true, noEmit: true, skipLibCheck: true, types: [] }, files: ['a.cts', 'b.mts'] }));
+    fs.writeFileSync(path.join(ts, 'a.cts'), "import x2i = require('x2i');\nconst v: string = x2i.buildInfo().libtorchVersion;\nvoid v;\n" +
+      (hasTesting ? "import t = require('x2i/testing');\nvoid t;\n" : ''));
+    fs.writeFileSync(path.join(ts, 'b.mts'), "import { buildInfo } from 'x2i';\nconst v: string = buildInfo().libtorchVersion;\nvoid v;\n" +
+      (hasTesting ? "await import('x2i/testing');\n" : ''));
+    const r = spawnSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', ts], { encoding: 'utf8' });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
   });
 
   describe('on the floor of engines', () => {
