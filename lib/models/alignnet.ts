@@ -6,6 +6,7 @@ import { loadSafetensors, loadTorchCheckpoint, saveSafetensors } from '../core/i
 import { addon } from '../core/native.js';
 import type { NativeAlignNet, NativeTensor } from '../core/addon.js';
 import { NativeModel } from '../core/model.js';
+import { defaultDtype } from './pretrained.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import { ProcessGroup } from '../train/distributed.js';
 
@@ -75,8 +76,7 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
    */
   static async fromPretrained(p: string, opts: AlignNetLoadOptions = {}): Promise<AlignNet> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder or file path', p);
-    const device = opts.device ?? 'cpu';
-    const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
+    const { device, dtype } = defaultDtype(opts);
     const file = resolveFile(p);
     const raw = file.endsWith('.safetensors') ? await loadSafetensors(file, { device, dtype })
       : await loadTorchCheckpoint(file, { device, dtype });
@@ -100,8 +100,7 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
   static async fromConfig(config: Partial<Omit<AlignNetInfo, 'variant'>> & { normEps?: number } = {},
     opts: { device?: string; dtype?: DType; seed?: number } = {}): Promise<AlignNet> {
     const c = { layers: 29, inputDim: 3584, sequenceDim: 4096, pooledDim: 768, kernelSize: 5, ...config };
-    const device = opts.device ?? 'cpu';
-    const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
+    const { device, dtype } = defaultDtype(opts);
     const Native = addon().NativeAlignNet;
     const sizes = { layers: c.layers, inputDim: c.inputDim, sequenceDim: c.sequenceDim, pooledDim: c.pooledDim, kernelSize: c.kernelSize };
     return new AlignNet(await nativeCall(() => Native.random(sizes, c.normEps ?? 1e-6, device, dtype, opts.seed ?? 0)));

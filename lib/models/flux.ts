@@ -6,6 +6,7 @@ import { loadSafetensors, readSafetensorsHeader } from '../core/io.js';
 import { addon } from '../core/native.js';
 import type { NativeFlux, NativeFluxConfig, NativeFluxInputs, NativeTensor } from '../core/addon.js';
 import { NativeModel } from '../core/model.js';
+import { defaultDtype } from './pretrained.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import type { Divergence } from '../train/distill.js';
 
@@ -231,8 +232,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    */
   static async fromPretrained(p: string, opts: FluxLoadOptions = {}): Promise<FluxTransformer> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder or file path', p);
-    const device = opts.device ?? 'cpu';
-    const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
+    const { device, dtype } = defaultDtype(opts);
     const { weights, configFile } = resolvePath(p);
     let config: FluxConfig;
     let layout: Layout;
@@ -273,8 +273,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    */
   static async fromConfig(config: FluxConfig = {}, opts: { device?: string; dtype?: DType; seed?: number;
     precision?: 'fast' | 'reference' } = {}): Promise<FluxTransformer> {
-    const device = opts.device ?? 'cpu';
-    const dtype = opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
+    const { device, dtype } = defaultDtype(opts);
     const full = { ...FLUX_DEV_CONFIG, ...checkConfigKeys({ ...config }, 'config') };
     const nativeConfig = { ...toNativeConfig(full, 'config'), fast: precisionFlag(opts.precision) };
     const Native = addon().NativeFlux;

@@ -16,7 +16,7 @@ export interface PretrainedOptions {
   config?: Record<string, unknown>;
 }
 
-export function defaultDtype(opts: PretrainedOptions): { device: string; dtype: DType } {
+export function defaultDtype(opts: { device?: string; dtype?: DType }): { device: string; dtype: DType } {
   const device = opts.device ?? 'cpu';
   return { device, dtype: opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32') };
 }
