@@ -52,7 +52,7 @@ export interface BuildInfo {
 /** A record of named tensors (weights, checkpoints, optimizer state). */
 export type NativeTensorRecord = Record<string, NativeTensor>;
 
-/** The divergences of the X2I distillation loss (native/distill.cc parseDivergence). */
+/** The divergences of the X2I distillation loss (native/train/distill.cc parseDivergence). */
 export type NativeDivergence = 'rkl' | 'kl' | 'js' | 'mse';
 
 /** The three X2I distillation taps of FLUX, each stacked over blocks on dim 1 ([B, blocks, tokens, D]). */
@@ -86,7 +86,7 @@ export interface NativeAdamWOptions {
   maxGradNorm?: number;
 }
 
-/** The `random` and `load` statics shared by the model classes built on native/text_model.h (ModelWrap). */
+/** The `random` and `load` statics shared by the model classes built on native/napi/model_wrap.h (ModelWrap). */
 export interface NativeModelClass<C, H> {
   /** load(config, weights, source) → the model; the weights' handles may be disposed afterwards. */
   load(config: C, weights: NativeTensorRecord, source: string): Promise<H>;
@@ -94,9 +94,9 @@ export interface NativeModelClass<C, H> {
   random(config: C, device: string, dtype: string, seed: number): Promise<H>;
 }
 
-// ---------------------------------------------------------------- FLUX (native/flux_wrap.cc)
+// ---------------------------------------------------------------- FLUX (native/napi/flux.cc)
 
-/** NativeFlux's config (flux_wrap.cc parseConfig): camelCase, widths already multiplied out. */
+/** NativeFlux's config (napi/flux.cc parseConfig): camelCase, widths already multiplied out. */
 export interface NativeFluxConfig {
   inChannels: number;
   outChannels: number;
@@ -116,7 +116,7 @@ export interface NativeFluxConfig {
   fast?: boolean;
 }
 
-/** The inputs of one FLUX forward; absent entries are undefined (flux_wrap.cc parseInputs). */
+/** The inputs of one FLUX forward; absent entries are undefined (napi/flux.cc parseInputs). */
 export interface NativeFluxInputs {
   hiddenStates?: NativeTensor;
   encoderHiddenStates?: NativeTensor;
@@ -166,7 +166,7 @@ export interface NativeFluxClass {
   random(config: NativeFluxConfig, device: string, dtype: string, seed: number): Promise<NativeFlux>;
 }
 
-// ---------------------------------------------------------------- AlignNet (native/alignnet.cc)
+// ---------------------------------------------------------------- AlignNet (native/napi/alignnet.cc)
 
 /** The sizes of a random ('conv' variant) AlignNet. */
 export interface NativeAlignNetSizes {
@@ -214,9 +214,9 @@ export interface NativeAlignNetClass {
   random(sizes: NativeAlignNetSizes, eps: number, device: string, dtype: string, seed: number): Promise<NativeAlignNet>;
 }
 
-// ---------------------------------------------------------------- text encoders (native/t5.cc, clip.cc, qwen.cc)
+// ---------------------------------------------------------------- text encoders (native/napi/encoders.cc)
 
-/** T5 encoder config (t5.cc parseConfig). */
+/** T5 encoder config (the T5 parseConfig of native/napi/encoders.cc). */
 export interface NativeT5Config {
   vocabSize: number;
   dModel: number;
@@ -237,7 +237,7 @@ export interface NativeT5Encoder {
   dispose(): void;
 }
 
-/** CLIP text encoder config (clip.cc parseConfig). */
+/** CLIP text encoder config (the CLIP parseConfig of native/napi/encoders.cc). */
 export interface NativeClipConfig {
   vocabSize: number;
   hiddenSize: number;
@@ -256,7 +256,7 @@ export interface NativeClipTextEncoder {
   dispose(): void;
 }
 
-/** Qwen2.5-VL vision tower config (qwen.cc parseConfig, `vision`). */
+/** Qwen2.5-VL vision tower config (the Qwen parseConfig of native/napi/encoders.cc, `vision`). */
 export interface NativeQwenVisionConfig {
   depth: number;
   hiddenSize: number;
@@ -275,7 +275,7 @@ export interface NativeQwenVisionConfig {
   visionStartTokenId: number;
 }
 
-/** Qwen2.5-VL config (qwen.cc parseConfig); `vision` absent: a text-only model. */
+/** Qwen2.5-VL config (the Qwen parseConfig of native/napi/encoders.cc); `vision` absent: a text-only model. */
 export interface NativeQwenConfig {
   vocabSize: number;
   hiddenSize: number;
@@ -290,7 +290,7 @@ export interface NativeQwenConfig {
   vision?: NativeQwenVisionConfig;
 }
 
-/** The inputs of one Qwen prefill (and decode, with maxNewTokens) (qwen.cc parseInputs). */
+/** The inputs of one Qwen prefill (and decode, with maxNewTokens) (the Qwen parseInputs of native/napi/encoders.cc). */
 export interface NativeQwenInputs {
   inputIds: NativeTensor;
   attentionMask?: NativeTensor;
@@ -326,9 +326,9 @@ export interface NativeRopeIndexOptions {
   secondPerGridT?: number;
 }
 
-// ---------------------------------------------------------------- VAE (native/vae.cc)
+// ---------------------------------------------------------------- VAE (native/napi/encoders.cc)
 
-/** AutoencoderKL config (vae.cc parseConfig). */
+/** AutoencoderKL config (the VAE parseConfig of native/napi/encoders.cc). */
 export interface NativeVaeConfig {
   inChannels: number;
   outChannels: number;
@@ -345,7 +345,7 @@ export interface NativeAutoencoderKL {
   dispose(): void;
 }
 
-// ---------------------------------------------------------------- distributed (native/distributed.cc)
+// ---------------------------------------------------------------- distributed (native/napi/distributed.cc)
 
 export type NativeProcessGroupOp = 'allReduce' | 'allReduceMean' | 'broadcast' | 'send' | 'recv' | 'barrier' | 'close';
 
@@ -371,7 +371,7 @@ export interface NativeProcessGroupClass {
   create(opts: NativeProcessGroupOptions): Promise<NativeProcessGroup>;
 }
 
-// ---------------------------------------------------------------- distillation (native/distill.cc)
+// ---------------------------------------------------------------- distillation (native/napi/distill.cc)
 
 export interface NativeDistillationLossResult {
   loss: number;
@@ -383,7 +383,7 @@ export interface NativeDistillationLossResult {
 
 // ---------------------------------------------------------------- the export table
 
-/** The exports of x2i.node (native/addon.cc InitX2I): the production table. */
+/** The exports of x2i.node (native/napi/addon.cc InitX2I): the production table. */
 export interface Addon {
   NativeTensor: {
     fromArray(data: TypedArray, shape: number[], dtype?: string, device?: string): NativeTensor;

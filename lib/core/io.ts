@@ -1,5 +1,5 @@
 /**
- * Checkpoint files (native/io.cc): safetensors, read by memory-mapping after the header has been fully
+ * Checkpoint files (native/core/io.cc): safetensors, read by memory-mapping after the header has been fully
  * validated here, written atomically; sharded checkpoints via `*.safetensors.index.json`; and `torch.save`
  * zip pickles of tensor dicts.
  */

@@ -1,4 +1,4 @@
-/** x2i.Tensor: a typed handle on one LibTorch tensor (native/tensor.cc). */
+/** x2i.Tensor: a typed handle on one LibTorch tensor (native/napi/tensor.cc). */
 import { DisposedError, X2IError, invalidArg, nativeCall, nativeSync } from './errors.js';
 import { addon, type CudaMemoryInfo, type MemoryInfo, type NativeTensor, type TypedArray } from './native.js';
 

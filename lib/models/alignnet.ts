@@ -1,4 +1,4 @@
-/** x2i.AlignNet: X2I's bridge from the MLLM's stacked hidden states to FLUX's conditioning (native/alignnet.cc). */
+/** x2i.AlignNet: X2I's bridge from the MLLM's stacked hidden states to FLUX's conditioning (native/models/alignnet.cc). */
 import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';

@@ -1,4 +1,4 @@
-/** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/clip.cc). */
+/** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/models/clip.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeClipTextEncoder, NativeClipConfig, NativeTensor } from '../core/addon.js';

@@ -1,4 +1,4 @@
-/** x2i.FluxTransformer: the FLUX.1 MM-DiT (native/flux.cc), teacher and student of X2I. */
+/** x2i.FluxTransformer: the FLUX.1 MM-DiT (native/models/flux.cc), teacher and student of X2I. */
 import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';

@@ -1,4 +1,4 @@
-/** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/qwen.cc). */
+/** x2i.QwenVLEncoder: Qwen2.5-VL's language model as X2I's multimodal encoder (native/models/qwen.cc). */
 import { X2IError, invalidArg, nativeSync } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeQwenConfig, NativeQwenInputs, NativeQwenVLEncoder } from '../core/addon.js';

@@ -1,4 +1,4 @@
-/** x2i.T5Encoder: the T5 v1.1 encoder, FLUX's text_encoder_2 (native/t5.cc). */
+/** x2i.T5Encoder: the T5 v1.1 encoder, FLUX's text_encoder_2 (native/models/t5.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeT5Encoder, NativeT5Config, NativeTensor } from '../core/addon.js';

@@ -1,4 +1,4 @@
-/** x2i.AutoencoderKL: FLUX's VAE (native/vae.cc). */
+/** x2i.AutoencoderKL: FLUX's VAE (native/models/vae.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
 import { NativeModel } from '../core/model.js';
 import { addon } from '../core/native.js';

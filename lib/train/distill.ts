@@ -1,4 +1,4 @@
-/** The X2I attention-distillation loss (native/distill.cc). */
+/** The X2I attention-distillation loss (native/train/distill.cc; binding native/napi/distill.cc). */
 import { invalidArg, nativeCall } from '../core/errors.js';
 import type { FluxCaptures } from '../models/flux.js';
 import { addon } from '../core/native.js';

@@ -1,5 +1,5 @@
 /**
- * x2i.ProcessGroup: the ranks of a multi-process (multi-GPU, multi-node) X2I training (native/distributed.cc).
+ * x2i.ProcessGroup: the ranks of a multi-process (multi-GPU, multi-node) X2I training (native/train/distributed.cc).
  * One process per GPU, as torchrun: the ranks meet at a c10d TCPStore served by rank 0 (`masterAddr:masterPort`),
  * then exchange tensors through NCCL (backend 'nccl': CUDA tensors, NVLink / InfiniBand) or through the store
  * itself (backend 'store': any device via host memory; for CPU machines, tests, and builds without NCCL).
