@@ -27,9 +27,18 @@ for (const f of ['binding.gyp', 'CMakeLists.txt', 'package.json', 'native', 'scr
 fs.symlinkSync(path.join(projectRoot, 'node_modules'), path.join(stage, 'node_modules'));
 const outRoot = path.resolve(process.env.X2I_PREBUILD_OUT ?? projectRoot);
 const fingerprint = sourceFingerprint(projectRoot);
-const r = spawnSync(process.execPath, [bin, '--napi', '--strip', '--name', name, '--out', outRoot], {
-  cwd: stage, stdio: 'inherit',
-  env: { ...process.env, JOBS: process.env.JOBS ?? 'max' },
+// node-gyp: from PATH (npm run puts npm's own there), else npm's bundled one. The headers: this Node's own
+// (include/node, no download) unless npm_config_nodedir says otherwise; the target: this Node (N-API, any works).
+const env = { ...process.env, JOBS: process.env.JOBS ?? 'max' };
+const onPath = (cmd) => (env.PATH ?? '').split(path.delimiter).some((d) => d && fs.existsSync(path.join(d, cmd)));
+if (!onPath('node-gyp')) {
+  const npmGyp = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'node-gyp-bin');
+  if (fs.existsSync(path.join(npmGyp, 'node-gyp'))) env.PATH = [npmGyp, env.PATH].filter(Boolean).join(path.delimiter);
+}
+const nodeDir = path.resolve(path.dirname(process.execPath), '..');
+if (!env.npm_config_nodedir && fs.existsSync(path.join(nodeDir, 'include', 'node', 'common.gypi'))) env.npm_config_nodedir = nodeDir;
+const r = spawnSync(process.execPath, [bin, '--napi', '--strip', '--target', process.versions.node, '--name', name, '--out', outRoot], {
+  cwd: stage, stdio: 'inherit', env,
 });
 if (r.status !== 0) process.exit(r.status ?? 1);
 const out = path.join(outRoot, 'prebuilds', `${process.platform}-${process.arch}`, `${name}.node`);
