@@ -1,0 +1,30 @@
+#include "core/errors.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/util/Exception.h>
+
+#include <new>
+
+namespace x2i {
+
+Caught translate(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Error& err) {
+    return {err.code, err.what()};
+  } catch (const c10::OutOfMemoryError& err) {
+    return {"ERR_OUT_OF_MEMORY", err.what_without_backtrace()};
+  } catch (const c10::Error& err) {
+    std::string msg = err.what_without_backtrace();
+    const char* code = msg.find("CUDA") != std::string::npos ? "ERR_CUDA" : "ERR_TORCH";
+    return {code, msg};
+  } catch (const std::bad_alloc&) {
+    return {"ERR_OUT_OF_MEMORY", "out of host memory"};
+  } catch (const std::exception& err) {
+    return {"ERR_NATIVE", err.what()};
+  } catch (...) {
+    return {"ERR_NATIVE", "unknown native exception"};
+  }
+}
+
+}  // namespace x2i

@@ -1,0 +1,19 @@
+// The CUDA caching allocator's counters (what torch.cuda.memory_allocated / max_memory_allocated read).
+#include "kernels/kernels.h"
+
+#include <c10/cuda/CUDACachingAllocator.h>
+
+namespace x2i::kernels {
+
+DeviceMemory cudaMemory(int device) {
+  const auto s = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::DeviceIndex(device));
+  const auto all = size_t(c10::CachingAllocator::StatType::AGGREGATE);
+  return {s.allocated_bytes[all].current, s.allocated_bytes[all].peak, s.reserved_bytes[all].current,
+          s.reserved_bytes[all].peak};
+}
+
+void cudaResetPeakMemory(int device) { c10::cuda::CUDACachingAllocator::resetPeakStats(c10::DeviceIndex(device)); }
+
+void cudaEmptyCache() { c10::cuda::CUDACachingAllocator::emptyCache(); }
+
+}  // namespace x2i::kernels

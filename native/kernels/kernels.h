@@ -1,0 +1,52 @@
+// CUDA kernels (native/kernels/*.cu, compiled where LibTorch has CUDA and nvcc is found; X2I_CUDA_KERNELS is then
+// defined). Every kernel has a LibTorch composite twin that runs elsewhere and is what it is tested against.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <vector>
+
+namespace x2i::kernels {
+
+// One stretch of tokens of a joint attention: its fused projection output qkv [B, rows, ≥ 3·hidden] (the
+// q, k, v columns first; last dim contiguous) and the QK-RMSNorm scales [hd] of its stream.
+struct QkvSegment {
+  at::Tensor qkv, qScale, kScale;
+};
+
+// q, k = RoPE(RMSNorm(·)·scale), v copied, each [B, heads, Σ rows, hd] contiguous, segments in order along
+// the sequence. cos, sin [Σ rows, hd/2] float32. Float32 math, one rounding.
+std::array<at::Tensor, 3> qkvRopeForward(const std::vector<QkvSegment>& segs, const at::Tensor& cos,
+                                         const at::Tensor& sin, int64_t heads, double eps);
+// The gradients of each segment's qkv [B, rows, 3·hidden] (the scales are frozen: no gradient).
+std::vector<at::Tensor> qkvRopeBackward(const std::vector<QkvSegment>& segs, const at::Tensor& cos,
+                                        const at::Tensor& sin, int64_t heads, double eps, const at::Tensor& dq,
+                                        const at::Tensor& dk, const at::Tensor& dv);
+
+}  // namespace x2i::kernels
+
+namespace x2i::kernels {
+
+// The distillation loss of every row of student/teacher [..., D] in one pass (divergence 0 rkl, 1 kl, 2 js,
+// 3 mse on raw features; float32, bfloat16 or float16, 2 ≤ D ≤ 16384): term (0-dim float32 on the device)
+// = termScale·Σ rows' terms, and grad = incoming (if defined) + gradScale·d Σ rows / d student, in the
+// student's dtype. Where the term is not finite the gradient is the incoming one (or zeros).
+bool distillRowsSupported(int64_t D);
+std::pair<at::Tensor, at::Tensor> distillRows(const at::Tensor& student, const at::Tensor& teacher,
+                                              const at::Tensor& incoming, int divergence, double temperature,
+                                              double eps, double gradScale, double termScale);
+
+}  // namespace x2i::kernels
+
+namespace x2i::kernels {
+
+// The CUDA caching allocator's bytes on one device: now and the peak since the last reset.
+struct DeviceMemory {
+  int64_t allocated, peakAllocated, reserved, peakReserved;
+};
+DeviceMemory cudaMemory(int device);
+void cudaResetPeakMemory(int device);
+// Returns the cached, unused blocks to the driver (torch.cuda.empty_cache), e.g. before another process runs.
+void cudaEmptyCache();
+
+}  // namespace x2i::kernels

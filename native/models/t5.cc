@@ -1,0 +1,117 @@
+// T5 v1.1 encoder (FLUX's text_encoder_2, as transformers' T5EncoderModel): RMS norms without mean or
+// bias, unscaled attention with a relative-position bias computed once (block 0's table, shared by all
+// blocks), gated-GELU (tanh) feed-forward. Hidden states of every layer are written into one preallocated
+// [B, L+1, S, d] buffer.
+#include "models/t5.h"
+
+#include <cmath>
+
+namespace x2i::t5 {
+namespace {
+
+at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor xf = x.to(at::promote_types(at::kFloat, x.scalar_type()));
+  at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return y.to(w.scalar_type()) * w;
+}
+
+// Bidirectional relative-position buckets [S, S] as transformers computes them (float32 log, truncation).
+at::Tensor buckets(int64_t S, int64_t numBuckets, int64_t maxDistance, c10::Device dev) {
+  at::Tensor pos = at::arange(S, at::TensorOptions().dtype(at::kLong).device(dev));
+  at::Tensor rel = pos.unsqueeze(0) - pos.unsqueeze(1);  // key − query
+  const int64_t n = numBuckets / 2, maxExact = n / 2;
+  at::Tensor ret = (rel > 0).to(at::kLong) * n;
+  at::Tensor a = rel.abs();
+  at::Tensor large = maxExact + (at::log(a.to(at::kFloat) / double(maxExact)) / std::log(double(maxDistance) / double(maxExact)) *
+                                 double(n - maxExact)).to(at::kLong);
+  large = at::minimum(large, at::full_like(large, n - 1));
+  return ret + at::where(a < maxExact, a, large);
+}
+
+}  // namespace
+
+
+std::shared_ptr<Model> load(const Config& c, std::map<std::string, at::Tensor> weights, const std::string& source) {
+  auto m = std::make_shared<Model>();
+  m->cfg = c;
+  WeightMap w(std::move(weights), "T5Encoder", source);
+  const int64_t inner = c.heads * c.dKv;
+  m->embed = w.take(std::vector<std::string>{"shared.weight", "encoder.embed_tokens.weight"}, {c.vocab, c.dModel});
+  w.drop("encoder.embed_tokens.weight");  // the tied alias, when both are stored
+  w.drop("lm_head.weight");
+  m->relBias = w.take("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", {c.buckets, c.heads});
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const std::string p = "encoder.block." + std::to_string(i) + ".layer.";
+    Layer l;
+    l.ln0 = w.take(p + "0.layer_norm.weight", {c.dModel});
+    l.q = w.take(p + "0.SelfAttention.q.weight", {inner, c.dModel});
+    l.k = w.take(p + "0.SelfAttention.k.weight", {inner, c.dModel});
+    l.v = w.take(p + "0.SelfAttention.v.weight", {inner, c.dModel});
+    l.o = w.take(p + "0.SelfAttention.o.weight", {c.dModel, inner});
+    l.ln1 = w.take(p + "1.layer_norm.weight", {c.dModel});
+    if (c.gated) {
+      l.wi0 = w.take(p + "1.DenseReluDense.wi_0.weight", {c.dFf, c.dModel});
+      l.wi1 = w.take(p + "1.DenseReluDense.wi_1.weight", {c.dFf, c.dModel});
+    } else {
+      l.wi0 = w.take(p + "1.DenseReluDense.wi.weight", {c.dFf, c.dModel});
+    }
+    l.wo = w.take(p + "1.DenseReluDense.wo.weight", {c.dModel, c.dFf});
+    m->layers.push_back(std::move(l));
+  }
+  m->finalLn = w.take("encoder.final_layer_norm.weight", {c.dModel});
+  w.finish();
+  return m;
+}
+
+
+Outputs forward(const Model& m, const Inputs& in) {
+  const auto& c = m.cfg;
+  if (in.ids.dim() != 2 || at::isFloatingType(in.ids.scalar_type()))
+    fail("ERR_SHAPE_MISMATCH", "T5Encoder.forward: inputIds must be integer ids [B, S], found " +
+                                   dtypeName(in.ids.scalar_type()) + " " + shapeString(in.ids.sizes()));
+  const int64_t B = in.ids.size(0), S = in.ids.size(1);
+  const auto dev = m.embed.device();
+  at::Tensor ids = in.ids.to(dev, at::kLong);
+  if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
+    fail("ERR_INVALID_ARG", "T5Encoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");
+  // position bias [1, H, S, S] (+ the padding mask), computed once
+  at::Tensor bias = at::embedding(m.relBias, buckets(S, c.buckets, c.maxDistance, dev)).permute({2, 0, 1}).unsqueeze(0);
+  bias = bias.to(at::promote_types(at::kFloat, m.embed.scalar_type()));
+  if (in.mask.defined()) {
+    if (in.mask.sizes() != in.ids.sizes())
+      fail("ERR_SHAPE_MISMATCH", "T5Encoder.forward: attentionMask has shape " + shapeString(in.mask.sizes()) +
+                                     ", expected " + shapeString(in.ids.sizes()));
+    at::Tensor keep = in.mask.to(dev).to(bias.scalar_type()).view({B, 1, 1, S});
+    bias = bias + (1 - keep) * std::numeric_limits<float>::lowest();
+  }
+  bias = bias.to(m.embed.scalar_type());
+  Outputs out;
+  out.hidden = at::empty({B, c.layers + 1, S, c.dModel}, m.embed.options());
+  at::Tensor x = at::embedding(m.embed, ids);
+  out.hidden.select(1, 0).copy_(x);
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const Layer& l = m.layers[size_t(i)];
+    at::Tensor h = rmsNorm(x, l.ln0, c.eps);
+    auto heads = [&](const at::Tensor& w) { return at::linear(h, w).view({B, S, c.heads, c.dKv}).transpose(1, 2); };
+    at::Tensor a = at::scaled_dot_product_attention(heads(l.q), heads(l.k), heads(l.v), bias, 0.0, false, /*scale=*/1.0);
+    x = x + at::linear(a.transpose(1, 2).reshape({B, S, c.heads * c.dKv}), l.o);
+    h = rmsNorm(x, l.ln1, c.eps);
+    at::Tensor f;
+    if (c.gated) {
+      at::Tensor g = at::linear(h, l.wi0);
+      g = c.act == "relu" ? at::relu(g) : at::gelu(g, c.act == "gelu" ? "none" : "tanh");
+      f = g * at::linear(h, l.wi1);
+    } else {
+      f = at::relu(at::linear(h, l.wi0));
+    }
+    x = x + at::linear(f, l.wo);
+    if (i + 1 < c.layers) out.hidden.select(1, i + 1).copy_(x);
+  }
+  out.last = rmsNorm(x, m.finalLn, c.eps);
+  out.hidden.select(1, c.layers).copy_(out.last);  // the last entry is after the final norm
+  syncDevice(out.last);
+  return out;
+}
+
+
+}  // namespace x2i::t5

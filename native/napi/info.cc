@@ -1,0 +1,91 @@
+// The build and the devices: buildInfo, cuda*, setNumThreads (lib/core/native.ts, lib/core/tensor.ts).
+#include "napi/bindings.h"
+
+#ifdef X2I_CUDA_KERNELS
+#include "kernels/kernels.h"
+#endif
+
+#include <ATen/Parallel.h>
+
+namespace x2i {
+namespace {
+
+bool cudaHooksRegistered() { return at::detail::getCUDAHooks().isBuilt(); }
+
+int cudaDeviceCount() {
+  try {
+    return at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;
+  } catch (const c10::Error&) {
+    return 0;  // a driver problem reads as "no CUDA device"; buildInfo() says more
+  }
+}
+
+}  // namespace
+
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  auto o = Napi::Object::New(env);
+  o.Set("libtorchVersion", X2I_LIBTORCH_VERSION);
+  o.Set("libtorchFlavour", X2I_LIBTORCH_FLAVOUR);
+#ifdef X2I_WITH_CUDA
+  o.Set("builtWithCuda", true);
+#else
+  o.Set("builtWithCuda", false);
+#endif
+  o.Set("cudaBackendRegistered", cudaHooksRegistered());
+  o.Set("intraOpThreads", at::get_num_threads());
+  o.Set("parallelInfo", at::get_parallel_info());
+  return o;
+}
+
+Napi::Value CudaIsAvailable(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), cudaDeviceCount() > 0);
+}
+Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), cudaDeviceCount());
+}
+Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
+    return queue(info.Env(), [d] { syncDevice(d); },
+                 [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+// cudaMemory(device, reset?, emptyCache?) → { allocated, peakAllocated, reserved, peakReserved } (bytes, the caching
+// allocator's counters); reset: the peaks start again from now; emptyCache: cached free blocks go back first. Needs the CUDA build (X2I_CUDA_KERNELS).
+Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
+    if (!d.is_cuda() || cudaDeviceCount() == 0) fail("ERR_CUDA_UNAVAILABLE", "cuda.memory: no CUDA device");
+    const bool reset = info.Length() > 1 && info[1].ToBoolean();
+    const bool empty = info.Length() > 2 && info[2].ToBoolean();
+#ifdef X2I_CUDA_KERNELS
+    const int idx = d.has_index() ? d.index() : 0;
+    syncDevice(d);
+    if (empty) kernels::cudaEmptyCache();
+    auto m = kernels::cudaMemory(idx);
+    if (reset) kernels::cudaResetPeakMemory(idx);
+    auto o = Napi::Object::New(info.Env());
+    o.Set("allocated", double(m.allocated));
+    o.Set("peakAllocated", double(m.peakAllocated));
+    o.Set("reserved", double(m.reserved));
+    o.Set("peakReserved", double(m.peakReserved));
+    return o;
+#else
+    (void)reset, (void)empty;
+    fail("ERR_NOT_SUPPORTED", "cuda.memory: this build has no CUDA kernels (built without nvcc)");
+#endif
+  });
+}
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsNumber() || info[0].As<Napi::Number>().Int32Value() < 1)
+      fail("ERR_INVALID_ARG", "setNumThreads expects a positive integer");
+    at::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace x2i

@@ -1,0 +1,168 @@
+// The test and benchmark probes, exported as `testing` (addon.testing.noop() etc.; lib/core/addon.ts types them):
+// the bridge's own cost, a plain LibTorch copy as the baseline, one distillation tap, views and SDPA's choice.
+#include "napi/bindings.h"
+#include "napi/tensor.h"
+#include "train/distill.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+namespace x2i {
+namespace {
+using namespace distill;
+
+// The arguments of one tap's call (distillTap, benchDistillTap): teacher, student, divergence, temperature,
+// incoming? (moved to the student's device), method 'fused' (default) | 'composite'.
+struct TapCall {
+  at::Tensor T, S, In;
+  Divergence div;
+  double tau;
+  bool composite;
+};
+TapCall parseTapCall(const Napi::CallbackInfo& info, const char* name) {
+  TapCall c;
+  c.T = TensorWrap::Get(info[0], "teacher"), c.S = TensorWrap::Get(info[1], "student");
+  c.div = parseDivergence(argString(info, 2, "divergence"));
+  c.tau = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
+  if (!(c.tau > 0)) fail("ERR_INVALID_ARG", std::string(name) + ": temperature must be positive");
+  if (info.Length() > 4 && info[4].IsObject()) c.In = TensorWrap::Get(info[4], "incoming");
+  if (c.In.defined() && c.In.sizes() != c.S.sizes())
+    fail("ERR_SHAPE_MISMATCH", std::string(name) + ": incoming gradient " + shapeString(c.In.sizes()) + " for a tap of " +
+                                   shapeString(c.S.sizes()));
+  if (c.In.defined()) c.In = c.In.to(c.S.device());
+  c.composite = info.Length() > 5 && info[5].IsString() && info[5].As<Napi::String>().Utf8Value() == "composite";
+  return c;
+}
+
+}  // namespace
+
+// ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
+Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
+
+Napi::Value NoopAsync(const Napi::CallbackInfo& info) {
+  return queue(info.Env(), [] {}, [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+}
+
+// benchCopy(nbytes, src, dst, iters, pinned?, fresh?): median seconds of dst.copy_(src) in LibTorch,
+// synchronised; with fresh, dst is allocated anew each time (the page faults of new memory included).
+Napi::Value BenchCopy(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const int64_t nbytes = info[0].As<Napi::Number>().Int64Value();
+    const c10::Device src = parseDevice(argString(info, 1, "src")), dst = parseDevice(argString(info, 2, "dst"));
+    const int iters = info[3].As<Napi::Number>().Int32Value();
+    const bool pinned = info.Length() > 4 && info[4].ToBoolean();
+    const bool fresh = info.Length() > 5 && info[5].ToBoolean();  // allocate the destination every time
+    auto result = std::make_shared<double>(0);
+    return queue(info.Env(), [=] {
+      auto opts = at::TensorOptions().dtype(at::kByte);
+      at::Tensor a = at::randint(0, 255, {nbytes}, opts.pinned_memory(pinned && src.is_cpu())).to(src);
+      at::Tensor b = at::empty({nbytes}, opts.device(dst).pinned_memory(pinned && dst.is_cpu()));
+      auto sync = [&] {
+        syncDevice(src);
+        syncDevice(dst);
+      };
+      std::vector<double> times;
+      for (int i = 0; i < iters + 2; ++i) {
+        sync();
+        auto t0 = std::chrono::steady_clock::now();
+        if (fresh) {
+          b = at::Tensor();  // free the last one first, as a JS caller dropping its array would
+          b = at::empty({nbytes}, opts.device(dst).pinned_memory(pinned && dst.is_cpu()));
+        }
+        b.copy_(a);
+        sync();
+        auto t1 = std::chrono::steady_clock::now();
+        if (i >= 2) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+      }
+      std::sort(times.begin(), times.end());
+      *result = times[times.size() / 2];
+    }, [result](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *result); });
+  });
+}
+
+// benchDistillTap(teacher, student, divergence, temperature, incoming?, method?, iters) → mean ms of tapLossGrad
+// over `iters` back-to-back calls (one device synchronisation at each end). 'composite' times the same formulas
+// as unfused LibTorch ops (the baseline of the fused pass).
+Napi::Value BenchDistillTap(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const TapCall c = parseTapCall(info, "benchDistillTap");
+    const int iters = info.Length() > 6 && info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : 100;
+    if (iters < 1) fail("ERR_INVALID_ARG", "benchDistillTap: iters must be positive");
+    auto ms = std::make_shared<double>(0);
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      auto sync = [&] { syncDevice(c.S); };
+      for (int i = 0; i < 3; ++i) tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
+      sync();
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < iters; ++i) tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
+      sync();
+      *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+    }, [ms](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *ms); });
+  });
+}
+
+// distillTap(teacher, student, divergence, temperature, incoming?, method?) → Promise<{ term, grad }>: one tap
+// through tapLossGrad (the form the training step's backward uses).
+Napi::Value DistillTap(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const TapCall c = parseTapCall(info, "distillTap");
+    struct Out { double term = 0; at::Tensor grad; };
+    auto out = std::make_shared<Out>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      auto [term, grad] = tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
+      out->term = term.item<double>();
+      out->grad = grad;
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("term", out->term);
+      o.Set("grad", TensorWrap::Wrap(env, out->grad));
+      return o;
+    });
+  });
+}
+
+// narrowView(tensor, dim, start, length) → a view (internal: the GPU tests feed the kernel row-strided taps)
+Napi::Value NarrowView(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    at::Tensor x = TensorWrap::Get(info[0], "tensor");
+    const int64_t dim = info[1].As<Napi::Number>().Int64Value(), start = info[2].As<Napi::Number>().Int64Value(),
+                  len = info[3].As<Napi::Number>().Int64Value();
+    if (dim < 0 || dim >= x.dim() || start < 0 || len < 0 || start + len > x.size(dim))
+      fail("ERR_INVALID_ARG", "narrowView: [" + std::to_string(start) + ", " + std::to_string(start + len) +
+                                  ") of dim " + std::to_string(dim) + " of " + shapeString(x.sizes()));
+    return TensorWrap::Wrap(info.Env(), x.narrow(dim, start, len));
+  });
+}
+
+// sdpaBackend(shape [B, H, L, D], dtype, device): the kernel at::scaled_dot_product_attention picks
+// ('math' | 'flash' | 'efficient' | 'cudnn' | ...).
+Napi::Value SdpaBackend(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    auto shape = argShape(info, 0, "shape");
+    const at::ScalarType dtype = parseDType(argString(info, 1, "dtype"));
+    const c10::Device device = parseDevice(argString(info, 2, "device"));
+    at::Tensor q = at::empty(shape, at::TensorOptions().dtype(dtype).device(device));
+    const int64_t c = at::_fused_sdp_choice(q, q, q);
+    static const char* names[] = {"math", "flash", "efficient", "cudnn", "overrideable"};
+    return Napi::String::New(info.Env(), c >= 0 && c < 5 ? names[c] : std::to_string(c));
+  });
+}
+
+Napi::Object testingExports(Napi::Env env) {
+  auto t = Napi::Object::New(env);
+  t.Set("noop", Napi::Function::New(env, Noop));
+  t.Set("noopAsync", Napi::Function::New(env, NoopAsync));
+  t.Set("benchCopy", Napi::Function::New(env, BenchCopy));
+  t.Set("benchDistillTap", Napi::Function::New(env, BenchDistillTap));
+  t.Set("distillTap", Napi::Function::New(env, DistillTap));
+  t.Set("narrowView", Napi::Function::New(env, NarrowView));
+  t.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
+  return t;
+}
+
+}  // namespace x2i

@@ -1,0 +1,13 @@
+// Image resizing as PIL's BICUBIC does it: bicubic with antialiasing (the kernel PyTorch matches to PIL),
+// rounded and clamped to 0..255.
+#pragma once
+#include "core/dtype.h"
+
+namespace x2i::sample {
+
+// rgb uint8 [H, W, C] → uint8 [outH, outW, C]; the checks (ERR_INVALID_ARG) come first, on the caller's thread.
+void checkResizeInput(const at::Tensor& rgb);
+void checkResizeOutput(int64_t outH, int64_t outW);
+at::Tensor resizeImage(const at::Tensor& rgb, int64_t outH, int64_t outW);
+
+}  // namespace x2i::sample
