@@ -20,9 +20,14 @@ const [root, file] = process.argv.slice(1);
 const m = await import(pathToFileURL(path.join(root, 'dist', 'core', 'native.js')).href);
 const v = m.verifyBinary(file, 'prebuild', root);
 if (!v.ok) { process.stderr.write(v.why + '\\n'); process.exit(3); }
-const mod = { exports: {} };
-process.dlopen(mod, file, os.constants.dlopen.RTLD_NOW);
-mod.exports.buildInfo();
+try {
+  const mod = { exports: {} };
+  process.dlopen(mod, file, os.constants.dlopen.RTLD_NOW);
+  mod.exports.buildInfo();
+} catch (e) {
+  process.stderr.write(String(e?.message ?? e).split('\\n')[0] + '\\n');
+  process.exit(4);
+}
 `;
 
 export function checkPrebuild(file, lt, root = projectRoot) {

@@ -169,6 +169,25 @@ __attribute__((visibility("default"))) void* napi_register_module_v1(void* env, 
     expect(r.stderr).not.toContain('X2I_STALE_BUILD');
   });
 
+  it.skipIf(!gcc || !fs.existsSync(path.join(root, 'dist', 'core', 'native.js')))(
+    'scripts/install.mjs checks a prebuild as the loader does, in a child process', async () => {
+      const { checkPrebuild } = await import(path.join(root, 'scripts', 'install.mjs')) as {
+        checkPrebuild: (file: string, lt: { lib: string }, root?: string) => string | undefined };
+      const lt = JSON.parse(fs.readFileSync(path.join(root, 'build', 'libtorch.json'), 'utf8'));
+      const text = path.join(dir, 'install-text.node');
+      fs.writeFileSync(text, 'not an ELF file');
+      expect(checkPrebuild(text, lt)).toMatch(/file too short/);
+      const other = path.join(dir, 'install-other.node');
+      copyWithFingerprint(real, other, '0'.repeat(64));
+      expect(checkPrebuild(other, lt)).toMatch(/built from other sources/);
+      const undef = compileUndefined('install-undef', sourceFingerprint(root)!);
+      expect(checkPrebuild(undef, lt)).toMatch(/undefined symbol: x2i_dist_missing/);
+      const good = path.join(dir, 'install-good.node');
+      copyWithFingerprint(real, good, spawnSync(process.execPath, [path.join(root, 'scripts', 'sources.mjs'), '--fingerprint'],
+        { encoding: 'utf8' }).stdout.trim());
+      expect(checkPrebuild(good, lt)).toBeUndefined();
+    });
+
   it('a stale local build loads with one warning (a developer editing native/ is not blocked)', () => {
     const p = pkg('stale');
     fs.appendFileSync(path.join(p.root, 'native', 'core', 'errors.h'), '\n// edited, not rebuilt\n');
