@@ -12,7 +12,7 @@ import { X2IError } from './core/errors.js';
 import { addon } from './core/native.js';
 import type { AddonTesting } from './core/addon.js';
 
-export { ADDON_EXPORTS, ADDON_TESTING_EXPORTS } from './core/addon.js';
+export { ADDON_CLASSES, ADDON_EXPORTS, ADDON_TESTING_EXPORTS } from './core/addon.js';
 export type { Addon, AddonTesting, NativeTensor } from './core/addon.js';
 
 /** The loaded addon's probes (`addon().testing`). */

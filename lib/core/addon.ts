@@ -468,3 +468,35 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
 } satisfies Record<keyof AddonTesting, true>);
+
+/** Which members of a native class the contract declares: its statics and its instances' methods. */
+interface ClassMembers<S, I> {
+  statics: Readonly<Record<keyof S, true>>;
+  methods: Readonly<Record<keyof I, true>>;
+}
+
+/** The native classes of the contract and their members. */
+interface AddonClasses {
+  readonly NativeTensor: ClassMembers<Addon['NativeTensor'], NativeTensor>;
+  readonly NativeFlux: ClassMembers<NativeFluxClass, NativeFlux>;
+  readonly NativeAlignNet: ClassMembers<NativeAlignNetClass, NativeAlignNet>;
+  readonly NativeT5Encoder: ClassMembers<Addon['NativeT5Encoder'], NativeT5Encoder>;
+  readonly NativeClipTextEncoder: ClassMembers<Addon['NativeClipTextEncoder'], NativeClipTextEncoder>;
+  readonly NativeQwenVLEncoder: ClassMembers<Addon['NativeQwenVLEncoder'], NativeQwenVLEncoder>;
+  readonly NativeAutoencoderKL: ClassMembers<Addon['NativeAutoencoderKL'], NativeAutoencoderKL>;
+  readonly NativeProcessGroup: ClassMembers<NativeProcessGroupClass, NativeProcessGroup>;
+}
+
+/** The members of every native class, at run time (the type system keeps them in step with the interfaces). */
+export const ADDON_CLASSES: AddonClasses = Object.freeze({
+  NativeTensor: { statics: { fromArray: true }, methods: { info: true, toArray: true, to: true, dispose: true } },
+  NativeFlux: { statics: { load: true, random: true }, methods: { info: true, forward: true, forwardBackward: true,
+    distillationStep: true, trainStep: true, denoise: true, dispose: true } },
+  NativeAlignNet: { statics: { load: true, random: true }, methods: { info: true, forward: true, weights: true,
+    backward: true, optimizerStep: true, broadcastWeights: true, trainingState: true, dispose: true } },
+  NativeT5Encoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeClipTextEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeQwenVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeAutoencoderKL: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeProcessGroup: { statics: { create: true }, methods: { info: true, op: true, dispose: true } },
+} satisfies AddonClasses);

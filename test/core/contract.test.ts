@@ -1,10 +1,11 @@
 // The typed addon contract (lib/core/addon.ts): lib/ reaches the addon without casts, the loaded addon exports
-// exactly the names the contract declares, and the benchmark/test probes stay out of the production table.
+// exactly the names (and class members) the contract declares, and the benchmark/test probes stay out of the
+// production table.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { ADDON_EXPORTS, ADDON_TESTING_EXPORTS } from '../../lib/core/addon.js';
+import { ADDON_CLASSES, ADDON_EXPORTS, ADDON_TESTING_EXPORTS } from '../../lib/core/addon.js';
 import { addon } from '../../lib/core/native.js';
 import { probes } from '../../lib/testing.js';
 
@@ -43,6 +44,20 @@ describe('the addon contract', () => {
 
   it('the loaded addon exports exactly the names the contract declares', () => {
     expect(sorted(Object.keys(addon()))).toEqual(sorted(Object.keys(ADDON_EXPORTS)));
+  });
+
+  it('every native class has exactly the statics and methods the contract declares', () => {
+    const exports: Record<string, unknown> = { ...addon() };
+    const classes = Object.keys(exports).filter((k) => /^Native[A-Z]/.test(k));
+    expect(sorted(Object.keys(ADDON_CLASSES))).toEqual(sorted(classes));
+    for (const [name, { statics, methods }] of Object.entries(ADDON_CLASSES)) {
+      const C = exports[name] as { prototype: object } & Record<string, unknown>;
+      expect(typeof C, name).toBe('function');
+      const own = Object.getOwnPropertyNames(C).filter((k) => typeof C[k] === 'function');
+      expect(sorted(own), `${name} statics`).toEqual(sorted(Object.keys(statics)));
+      const proto = Object.getOwnPropertyNames(C.prototype).filter((k) => k !== 'constructor');
+      expect(sorted(proto), `${name} methods`).toEqual(sorted(Object.keys(methods)));
+    }
   });
 
   it('addon.testing holds exactly the probes the contract declares', () => {
