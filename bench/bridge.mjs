@@ -13,7 +13,7 @@ const { values: args } = parseArgs({ options: { mib: { type: 'string', default: 
 const MiB = Number(args.mib);
 const bytes = MiB * 2 ** 20;
 const reps = Number(args.reps);
-const native = probes();  // the bridge probes (addon.testing)
+const probe = probes();  // the bridge probes (addon.testing)
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 async function time(fn, n = reps) {
@@ -36,19 +36,19 @@ const row = (name, value, unit, baseline, note = '') => {
 // ---- call overhead
 {
   const n = 2_000_000;
-  for (let i = 0; i < 1e5; i++) native.noop();
+  for (let i = 0; i < 1e5; i++) probe.noop();
   const t0 = process.hrtime.bigint();
-  for (let i = 0; i < n; i++) native.noop();
+  for (let i = 0; i < n; i++) probe.noop();
   row('sync call (noop)', Number(process.hrtime.bigint() - t0) / n, 'ns/call');
 }
 {
   const n = 20_000;
-  for (let i = 0; i < 1000; i++) await native.noopAsync();
+  for (let i = 0; i < 1000; i++) await probe.noopAsync();
   let t0 = process.hrtime.bigint();
-  for (let i = 0; i < n; i++) await native.noopAsync();
+  for (let i = 0; i < n; i++) await probe.noopAsync();
   row('async round trip, sequential', Number(process.hrtime.bigint() - t0) / n / 1e3, 'µs/call');
   t0 = process.hrtime.bigint();
-  for (let i = 0; i < n / 64; i++) await Promise.all(Array.from({ length: 64 }, () => native.noopAsync()));
+  for (let i = 0; i < n / 64; i++) await Promise.all(Array.from({ length: 64 }, () => probe.noopAsync()));
   row('async round trip, 64 in flight', Number(process.hrtime.bigint() - t0) / n / 1e3, 'µs/call');
 }
 {
@@ -66,8 +66,8 @@ const row = (name, value, unit, baseline, note = '') => {
 
 // ---- host copies across the boundary vs a LibTorch host copy of the same bytes
 const host = new Float32Array(bytes / 4).map((_, i) => i % 1000);
-const hostCopyWarm = await native.benchCopy(bytes, 'cpu', 'cpu', reps);
-const hostCopy = await native.benchCopy(bytes, 'cpu', 'cpu', reps, false, true);
+const hostCopyWarm = await probe.benchCopy(bytes, 'cpu', 'cpu', reps);
+const hostCopy = await probe.benchCopy(bytes, 'cpu', 'cpu', reps, false, true);
 row(`LibTorch host copy_ into existing memory ${MiB} MiB`, gbs(bytes, hostCopyWarm), 'GB/s');
 row(`LibTorch host copy_ into new memory ${MiB} MiB (baseline)`, gbs(bytes, hostCopy), 'GB/s', undefined,
   'what a new tensor costs in LibTorch');
@@ -82,11 +82,11 @@ row(`LibTorch host copy_ into new memory ${MiB} MiB (baseline)`, gbs(bytes, host
 
 // ---- host <-> device
 if (x2i.cuda.isAvailable()) {
-  const h2dPageable = await native.benchCopy(bytes, 'cpu', 'cuda', reps, false, true);
-  const h2dPinned = await native.benchCopy(bytes, 'cpu', 'cuda', reps, true, false);
-  const d2hPageable = await native.benchCopy(bytes, 'cuda', 'cpu', reps, false, true);
-  const d2hPinned = await native.benchCopy(bytes, 'cuda', 'cpu', reps, true, false);
-  const d2d = await native.benchCopy(bytes, 'cuda', 'cuda', reps, false);
+  const h2dPageable = await probe.benchCopy(bytes, 'cpu', 'cuda', reps, false, true);
+  const h2dPinned = await probe.benchCopy(bytes, 'cpu', 'cuda', reps, true, false);
+  const d2hPageable = await probe.benchCopy(bytes, 'cuda', 'cpu', reps, false, true);
+  const d2hPinned = await probe.benchCopy(bytes, 'cuda', 'cpu', reps, true, false);
+  const d2d = await probe.benchCopy(bytes, 'cuda', 'cuda', reps, false);
   row(`LibTorch H2D copy_ pageable, new GPU tensor ${MiB} MiB (baseline)`, gbs(bytes, h2dPageable), 'GB/s');
   row(`LibTorch H2D copy_ pinned ${MiB} MiB (baseline)`, gbs(bytes, h2dPinned), 'GB/s');
   row(`LibTorch D2H copy_ pageable, new host tensor ${MiB} MiB (baseline)`, gbs(bytes, d2hPageable), 'GB/s');
