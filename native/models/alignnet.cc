@@ -1,8 +1,7 @@
-// X2I's AlignNet: a layer mixer over the MLLM's stacked hidden states
-// [B, C, S, H] (Conv2d C→1 5×5, or a learned per-layer scale, or a plain mean), then LayerNorm + a two-layer
+// X2I's AlignNet: a layer mixer over the MLLM's stacked hidden states [B, C, S, H]
+// (Conv2d C→1 5×5, or a learned per-layer scale, or a plain mean), then LayerNorm + a two-layer
 // MLP to the T5-replacement sequence, and GELU + Linear + mean over tokens to the CLIP-replacement vector.
 #include "models/alignnet.h"
-
 
 namespace x2i::alignnet {
 

@@ -1,6 +1,6 @@
 // The N-API plumbing every binding file shares: coded errors as JS errors, guards, the async job that runs
-// LibTorch work off the JS thread, argument helpers. Rule (as in sharp): JS values are read into plain C++ values on the
-// main thread; work() touches no napi; done() builds JS values back on the main thread.
+// LibTorch work off the JS thread, argument helpers. Rule (as in sharp): JS values are read into plain C++
+// values on the main thread; work() touches no napi; done() builds JS values back on the main thread.
 #pragma once
 #include "core/dtype.h"
 #include "core/errors.h"

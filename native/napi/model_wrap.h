@@ -1,20 +1,24 @@
 // The one JS handle of every native model (and of the process group): ModelWrap<Spec> owns a shared_ptr to the
 // model (jobs in flight hold their own reference), per-handle state, and the plumbing every model shares:
 // construction from a finished load, the disposed check, unwrapping a handle passed as an argument, dispose().
-// A Spec names the class and adds its own static and instance methods:
+// A Spec names the class and adds its own static and instance methods (napi/flux.cc is the fullest example):
 //
 //   struct FluxSpec : ModelSpec<flux::Model> {
-//     static constexpr const char* jsName = "NativeFlux";            // the JS class
-//     static constexpr const char* label = "FluxTransformer";        // in "... was disposed"
-//     static constexpr const char* createdBy = "FluxTransformer.fromPretrained";
-//     struct State { ... };                                          // per handle (optional)
-//     template <class W> static std::vector<typename W::PropertyDescriptor> methods() {
-//       return {W::StaticMethod<&load>("load"), W::template method<&forward>("forward"), ...};
+//     static constexpr const char* jsName = "NativeFlux";                        // the JS class
+//     static constexpr const char* label = "FluxTransformer";                    // in "... was disposed"
+//     static constexpr const char* createdBy = "FluxTransformer.fromPretrained"; // in the constructor's error
+//     struct State { ... };                                                      // per handle (optional)
+//     static Napi::Value load(const Napi::CallbackInfo&);                       // → W::build(env, make)
+//     static Napi::Value forward(ModelWrap<FluxSpec>& self, const Napi::CallbackInfo&);
+//     template <class Self> static std::vector<typename Self::PropertyDescriptor> methods() {
+//       return {Self::template StaticMethod<&load>("load"), Self::template method<&forward>("forward")};
 //     }
 //   };
 //
-// Static methods build a model off the JS thread and hand it to W::build; instance methods are plain functions
-// Napi::Value (W& self, const Napi::CallbackInfo&) that call self.model() inside their guard.
+// Static methods parse their arguments on the JS thread and hand W::build the work that makes the model on a
+// worker thread; instance methods call self.model() inside their guard, so that a disposed handle fails with
+// ERR_DISPOSED as a bad argument does (a rejected Promise, or a throw for synchronous methods). Every class
+// gets dispose().
 #pragma once
 #include "core/weights.h"
 #include "napi/common.h"
