@@ -31,7 +31,9 @@ describe('models on CUDA', () => {
       await close((await qwen.forward({ inputIds: q['text.input_ids'], attentionMask: q['text.attention_mask'] })).hiddenStates,
         q['text.hidden_states_x2i'], tol, `qwen text ${dtype}`);
       await close((await qwen.forward({ inputIds: q['image.input_ids'], pixelValues: q['image.pixel_values'],
-        imageGridThw: q['image.image_grid_thw'], positions: 'sequential' })).hiddenStates, q['image.hidden_states'], tol, `qwen image ${dtype}`);
+        imageGridThw: q['image.image_grid_thw'] })).hiddenStates, q['image.hidden_states'], tol, `qwen image (M-RoPE) ${dtype}`);
+      await close((await qwen.forward({ inputIds: q['video.input_ids'], pixelValuesVideos: q['video.pixel_values_videos'],
+        videoGridThw: q['video.video_grid_thw'], secondPerGridT: 0.5 })).hiddenStates, q['video.hidden_states'], tol, `qwen video ${dtype}`);
       const a = await io('alignnet');
       const net = await x2i.AlignNet.fromPretrained(path.join(golden, 'alignnet', 'diffusion_pytorch_model.bin'), o);
       await close((await net.forward(a.hidden_states)).encoderHiddenStates, a.encoder_hidden_states, tol, `alignnet ${dtype}`);

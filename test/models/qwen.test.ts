@@ -53,19 +53,42 @@ describe('QwenVLEncoder (text): every layer\'s hidden state, left padding', () =
     expect(await (await a.forward(inputs)).hiddenStates.toArray()).toEqual(await (await b.forward(inputs)).hiddenStates.toArray());
   });
 
-  it('an image: vision tower (patch embed, 2-D rotary, window and full attention, merger) scattered into the prompt', async () => {
+  it('an image: vision tower (patch embed, 2-D rotary, window and full attention, merger) scattered into the prompt, under M-RoPE', async () => {
     const io = await x2i.loadSafetensors(path.join(dir, 'io.safetensors'));
     using m = await QwenVLEncoder.fromPretrained(dir);
     const inputs = { inputIds: io['image.input_ids'], pixelValues: io['image.pixel_values'], imageGridThw: io['image.image_grid_thw'] };
-    // the reference file was computed by transformers 5.17 without mm_token_type_ids, which then numbers every
-    // token sequentially; Qwen2.5-VL's own (t, h, w) positions are the default here
-    const seq = await m.forward({ ...inputs, positions: 'sequential' });
-    expect(await x2i.relativeError(seq.hiddenStates, io['image.hidden_states'])).toBeLessThan(1e-4);
+    // Qwen2.5-VL's own (t, h, w) positions are the default, as the official X2I code ran the model
     const mrope = await m.forward(inputs);
+    expect(await x2i.relativeError(mrope.hiddenStates, io['image.hidden_states'])).toBeLessThan(1e-4);
+    expect(Array.from(await m.ropeIndex(inputs).toArray() as BigInt64Array)).toEqual(Array.from(await io['image.position_ids'].toArray() as BigInt64Array));
+    // every token numbered sequentially (transformers 5 without mm_token_type_ids) stays available as an option
+    const seq = await m.forward({ ...inputs, positions: 'sequential' });
+    expect(await x2i.relativeError(seq.hiddenStates, io['image.hidden_states_sequential'])).toBeLessThan(1e-4);
+    expect(await x2i.relativeError(seq.hiddenStates, io['image.hidden_states'])).toBeGreaterThan(1e-3);
     const first = async (t: x2i.Tensor) => Array.from(await t.toArray() as Float32Array).slice(0, 4 * 64);  // layer 0, tokens 0-3
     expect(await first(mrope.hiddenStates)).toEqual(await first(seq.hiddenStates));
     await expect(m.forward({ ...inputs, imageGridThw: x2i.Tensor.fromArray(new BigInt64Array([1n, 4n, 8n]), [1, 3]) }))
       .rejects.toThrow(/grid_thw describes 32 patches but pixel values hold 16/);
+  });
+
+  it('two non-square images in one prompt and a video (temporal positions from secondPerGridT), under M-RoPE', async () => {
+    const io = await x2i.loadSafetensors(path.join(dir, 'io.safetensors'));
+    using m = await QwenVLEncoder.fromPretrained(dir);
+    const cases = {
+      images: { inputIds: io['images.input_ids'], pixelValues: io['images.pixel_values'], imageGridThw: io['images.image_grid_thw'] },
+      video: { inputIds: io['video.input_ids'], pixelValuesVideos: io['video.pixel_values_videos'], videoGridThw: io['video.video_grid_thw'],
+        secondPerGridT: (await io['video.second_per_grid_ts'].toArray() as Float32Array)[0] },
+    };
+    expect(cases.video.secondPerGridT).toBe(0.5);
+    for (const [name, inputs] of Object.entries(cases)) {
+      const r = await m.forward(inputs);
+      expect(await x2i.relativeError(r.hiddenStates, io[`${name}.hidden_states`]), name).toBeLessThan(1e-4);
+      expect(Array.from(await m.ropeIndex(inputs).toArray() as BigInt64Array), name)
+        .toEqual(Array.from(await io[`${name}.position_ids`].toArray() as BigInt64Array));
+    }
+    // the video's temporal positions depend on its frame rate: another secondPerGridT gives other states
+    const other = await m.forward({ ...cases.video, secondPerGridT: 2 });
+    expect(await x2i.relativeError(other.hiddenStates, io['video.hidden_states'])).toBeGreaterThan(1e-3);
   });
 
   it('M-RoPE position ids: the worked example of the spec (and pads at 1)', async () => {
