@@ -44,4 +44,14 @@ describe('README', () => {
     });
     expect(bad).toEqual([]);
   });
+
+  it('every repository path it names exists, and every npm script it names is defined', () => {
+    const paths = [...readme.matchAll(/`((?:native|lib|test|bench|scripts|bin)\/[^`\s*<]+)`/g)].map((m) => m[1]);
+    expect(paths.length).toBeGreaterThan(5);
+    expect(paths.filter((p) => !fs.existsSync(path.join(root, p)))).toEqual([]);
+    const scripts = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).scripts as Record<string, string>;
+    const named = [...readme.matchAll(/npm run ([\w:-]+)/g)].map((m) => m[1]);
+    expect(named.length).toBeGreaterThan(3);
+    expect(named.filter((n) => !(n in scripts))).toEqual([]);
+  });
 });
