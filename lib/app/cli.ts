@@ -4,6 +4,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageRoot, targetLibTorch } from '../core/native.js';
+import { X2IError } from '../core/errors.js';
+import { LIMITS, finiteOption, imageOutput, imageSide, integerOption, outputDir, outputFile, parseNumberArg,
+  positiveInt, seedOption } from '../core/options.js';
 import { buildInfo, cuda, memory } from '../index.js';
 import type { DType } from '../core/tensor.js';
 import type { FluxImages } from '../sample/pipeline.js';
@@ -28,6 +31,8 @@ commands:
                              teacher.pooled_projections, student.hidden_states; batch on dim 0)
                        --steps 1000 --lr 1e-4 --warmup 0 --accumulate 1 --checkpoint-every 100
                        --height 1024 --width 1024 --resume --device cpu|cuda[:N] --dtype ...
+                       --overwrite (replace the checkpoints of a non-empty --out; without it or --resume,
+                       a non-empty --out is refused) --keep-last 2 (checkpoints kept)
                        several GPUs: --nproc-per-node N --parallel data|split (one process per GPU, NCCL;
                        data: each rank its share of the captions; split: 2 ranks, teacher | student)
                        many nodes: also --nnodes M --node-rank I --master-addr HOST --master-port 29500 on each
@@ -97,6 +102,13 @@ async function generate(args: string[]): Promise<number> {
     process.stderr.write('x2i generate: the student needs --mllm, --alignnet and --prompt\n');
     return 2;
   }
+  // every option checked before a model loads
+  const format = imageOutput('--out', v.out);
+  const gen0 = { height: imageSide('--height', parseNumberArg('--height', v.height)), width: imageSide('--width', parseNumberArg('--width', v.width)),
+    numInferenceSteps: positiveInt('--steps', parseNumberArg('--steps', v.steps), LIMITS.inferenceSteps),
+    guidanceScale: finiteOption('--guidance', parseNumberArg('--guidance', v.guidance)), seed: seedOption('--seed', parseNumberArg('--seed', v.seed)) };
+  for (const f of v.image ?? []) if (!fs.existsSync(f)) throw new X2IError(`--image: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
+  if (v.embeds && !fs.existsSync(v.embeds)) throw new X2IError(`--embeds: ${v.embeds}: no such file`, 'ERR_FILE_NOT_FOUND');
   const x2i = await import('../index.js');
   const opts = { device: v.device, dtype: v.dtype as DType | undefined };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
@@ -104,8 +116,7 @@ async function generate(args: string[]): Promise<number> {
   const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
   const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
   const scheduler = new x2i.FlowMatchEulerScheduler(fs.existsSync(schedulerFile) ? JSON.parse(fs.readFileSync(schedulerFile, 'utf8')) : {});
-  const gen = { height: Number(v.height), width: Number(v.width), numInferenceSteps: Number(v.steps),
-    guidanceScale: Number(v.guidance), seed: Number(v.seed), onProgress: progressBar('x2i generate') };
+  const gen = { ...gen0, onProgress: progressBar('x2i generate') };
   let out: FluxImages;
   if (v.mllm || v.alignnet) {
     const images = [];
@@ -128,7 +139,6 @@ async function generate(args: string[]): Promise<number> {
       textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts) });
     out = await pipe.generate({ ...gen, prompt: v.prompt });
   }
-  const format = /\.jpe?g$/i.test(v.out!) ? 'jpeg' : /\.webp$/i.test(v.out!) ? 'webp' : 'png';
   fs.writeFileSync(v.out!, await x2i.encodeImage(out.images, 0, format));
   process.stderr.write(`x2i generate: wrote ${v.out}\n`);
   return 0;
@@ -141,23 +151,41 @@ async function train(args: string[]): Promise<number> {
     steps: { type: 'string', default: '1000' }, lr: { type: 'string', default: '1e-4' }, warmup: { type: 'string', default: '0' },
     accumulate: { type: 'string', default: '1' }, 'checkpoint-every': { type: 'string', default: '100' },
     height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, resume: { type: 'boolean', default: false },
-    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, parallel: { type: 'string' },
+    overwrite: { type: 'boolean', default: false }, 'keep-last': { type: 'string', default: '2' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, parallel: { type: 'string' },
     'nproc-per-node': { type: 'string' }, nnodes: { type: 'string', default: '1' }, 'node-rank': { type: 'string', default: '0' },
     'master-addr': { type: 'string' }, 'master-port': { type: 'string' } } });
   if (!v.flux || !v.alignnet || !v.out) { process.stderr.write('x2i train: --flux, --alignnet and --out are required\n'); return 2; }
   if (v.parallel && v.parallel !== 'data' && v.parallel !== 'split') { process.stderr.write(`x2i train: --parallel data|split, got '${v.parallel}'\n`); return 2; }
+  if (v['nproc-per-node'] && !v.parallel) { process.stderr.write('x2i train: --nproc-per-node needs --parallel data|split\n'); return 2; }
+  if (!v.captions && !v.features) { process.stderr.write('x2i train: give --captions (with --mllm) or --features\n'); return 2; }
+  if (v.captions && !v.mllm) { process.stderr.write('x2i train: --captions needs --mllm for the student\n'); return 2; }
+  // every option checked before a model loads (and before the launcher starts any rank)
+  const num = (k: keyof typeof v) => parseNumberArg(`--${k}`, v[k] as string);
+  const steps = positiveInt('--steps', num('steps'), LIMITS.trainSteps);
+  const lr = finiteOption('--lr', num('lr'), { min: 0 });
+  const warmup = integerOption('--warmup', num('warmup'), { min: 0, max: LIMITS.trainSteps });
+  const accumulate = positiveInt('--accumulate', num('accumulate'));
+  const checkpointEvery = positiveInt('--checkpoint-every', num('checkpoint-every'), LIMITS.trainSteps);
+  const keepLast = positiveInt('--keep-last', num('keep-last'), 1000);
+  const height = imageSide('--height', num('height')), width = imageSide('--width', num('width'));
+  if (v.resume && v.overwrite) { process.stderr.write('x2i train: give --resume or --overwrite, not both\n'); return 2; }
+  const resuming = v.resume && fs.existsSync(path.join(v.out, 'trainer.json'));
+  outputDir('--out', v.out, { refuseNonEmpty: !resuming && !v.overwrite,
+    hint: v.resume ? 'it holds no trainer.json to resume from; pass --overwrite to replace it' : 'pass --resume to continue its run, or --overwrite to replace it' });
+  if (resuming) (await import('../train/trainer.js')).X2ITrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
+  for (const [k, f] of [['--features', v.features], ['--captions', v.captions], ['--alignnet', v.alignnet]] as const)
+    if (f && !fs.existsSync(f)) throw new X2IError(`${k}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
   if (v['nproc-per-node'] && process.env.X2I_LAUNCHED !== '1') {  // the launcher: one process per GPU, then wait
-    if (!v.parallel) { process.stderr.write('x2i train: --nproc-per-node needs --parallel data|split\n'); return 2; }
     const { launch } = await import('../train/distributed.js');
     // Ctrl-C reaches every rank (one process group): they stop together at a step boundary and save; wait for them
     process.on('SIGINT', () => {});
-    const codes = await launch(process.argv[1], { nprocPerNode: Number(v['nproc-per-node']), nnodes: Number(v.nnodes),
-      nodeRank: Number(v['node-rank']), masterAddr: v['master-addr'], masterPort: v['master-port'] ? Number(v['master-port']) : undefined,
+    const nnodes = positiveInt('--nnodes', num('nnodes'), 100_000);
+    const codes = await launch(process.argv[1], { nprocPerNode: positiveInt('--nproc-per-node', num('nproc-per-node'), 1024), nnodes,
+      nodeRank: integerOption('--node-rank', num('node-rank'), { min: 0, max: nnodes - 1 }), masterAddr: v['master-addr'],
+      masterPort: v['master-port'] ? integerOption('--master-port', num('master-port'), { min: 1, max: 65535 }) : undefined,
       args: process.argv.slice(2), env: { X2I_LAUNCHED: '1' } });
     return codes.every((c) => c === 0) ? 0 : 1;
   }
-  if (!v.captions && !v.features) { process.stderr.write('x2i train: give --captions (with --mllm) or --features\n'); return 2; }
-  if (v.captions && !v.mllm) { process.stderr.write('x2i train: --captions needs --mllm for the student\n'); return 2; }
   const x2i = await import('../index.js');
   const group = v.parallel ? await x2i.ProcessGroup.init() : undefined;
   const device = group && v.device.startsWith('cuda') ? x2i.ProcessGroup.localDevice() : v.device;
@@ -185,16 +213,14 @@ async function train(args: string[]): Promise<number> {
       t5: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts),
       clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
   }
-  const steps = Number(v.steps);
-  const trainer = new x2i.X2ITrainer(parts, { lr: Number(v.lr), warmupSteps: Number(v.warmup), totalSteps: steps,
-    gradientAccumulation: Number(v.accumulate), height: Number(v.height), width: Number(v.width),
-    parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null });
-  if (v.resume && fs.existsSync(path.join(v.out, 'trainer.json'))) await trainer.resume(v.out);
+  const trainer = new x2i.X2ITrainer(parts, { lr, warmupSteps: warmup, totalSteps: steps, gradientAccumulation: accumulate, height, width,
+    keepLast, overwrite: v.overwrite, parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null });
+  if (resuming) await trainer.resume(v.out);
   const ac = new AbortController();
   process.once('SIGINT', () => { process.stderr.write('\nx2i train: stopping at the next step boundary\n'); ac.abort(); });
   const bar = progressBar('x2i train');
-  await trainer.fit({ data, steps: steps - trainer.microStep, signal: ac.signal, checkpointDir: v.out,
-    checkpointEvery: Number(v['checkpoint-every']), onStep: (i) => {
+  await trainer.fit({ data, steps: Math.max(0, steps - trainer.microStep), signal: ac.signal, checkpointDir: v.out, collect: false,
+    checkpointEvery, onStep: (i) => {
       if (reporting) bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` });
     } });
   if (reporting) process.stderr.write(`\nx2i train: step ${trainer.step}; checkpoint ${x2i.X2ITrainer.latestCheckpoint(v.out)}\n`);
@@ -208,6 +234,11 @@ async function evaluate(args: string[]): Promise<number> {
     steps: { type: 'string', default: '28' }, height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' },
     device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, json: { type: 'string' } } });
   if (!v.flux || !v.alignnet || !v.features) { process.stderr.write('x2i eval: --flux, --alignnet and --features are required\n'); return 2; }
+  const numInferenceSteps = positiveInt('--steps', parseNumberArg('--steps', v.steps), LIMITS.inferenceSteps);
+  const height = imageSide('--height', parseNumberArg('--height', v.height)), width = imageSide('--width', parseNumberArg('--width', v.width));
+  if (v.json) outputFile('--json', v.json);
+  for (const [k, f] of [['--features', v.features], ['--alignnet', v.alignnet]] as const)
+    if (!fs.existsSync(f)) throw new X2IError(`${k}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
   const x2i = await import('../index.js');
   const opts = { device: v.device, dtype: v.dtype as DType | undefined };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
@@ -219,8 +250,7 @@ async function evaluate(args: string[]): Promise<number> {
   const f = await x2i.loadSafetensors(v.features, { device: v.device });
   for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
     if (!f[k]) { process.stderr.write(`x2i eval: ${v.features} lacks '${k}'\n`); return 2; }
-  const r = await x2i.evaluateAgreement({ pipeline, alignNet, height: Number(v.height), width: Number(v.width),
-    numInferenceSteps: Number(v.steps), samples: [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'],
+  const r = await x2i.evaluateAgreement({ pipeline, alignNet, height, width, numInferenceSteps, samples: [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'],
       pooledProjections: f['teacher.pooled_projections'] }, student: { hiddenStates: f['student.hidden_states'] } }] });
   console.log(`ssim ${r.ssim.toFixed(4)}  psnr ${r.psnr.toFixed(2)} dB  distillation loss ${r.loss.toFixed(5)}`);
   if (v.json) fs.writeFileSync(v.json, JSON.stringify(r, null, 2));
@@ -230,10 +260,12 @@ async function evaluate(args: string[]): Promise<number> {
 async function demo(args: string[]): Promise<number> {
   const { values: v } = parseArgs({ args, options: { out: { type: 'string', default: 'x2i-demo' },
     seed: { type: 'string', default: '0' }, quick: { type: 'boolean', default: false } } });
+  const seed = seedOption('--seed', parseNumberArg('--seed', v.seed));
+  outputDir('--out', v.out);
   const { runDemo } = await import('./demo.js');
   const label: Record<string, string> = { teacher: 'training the teacher', distill: 'distilling the student', generate: 'generating' };
   let phase = '';
-  const s = await runDemo({ out: v.out!, seed: Number(v.seed), quick: v.quick, onProgress: (e) => {
+  const s = await runDemo({ out: v.out!, seed, quick: v.quick, onProgress: (e) => {
     if (e.phase !== phase) { if (phase) process.stderr.write('\n'); phase = e.phase; }
     const width = 30, done = Math.round((e.step / e.total) * width);
     process.stderr.write(`\rx2i demo: ${label[e.phase]} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${e.step}/${e.total}` +
@@ -249,7 +281,27 @@ async function demo(args: string[]): Promise<number> {
   return 0;
 }
 
+/** A user's mistake (an option, a path, a file): printed as one line, exit status 2 (no stack trace). */
+function isUserError(e: unknown): e is Error & { code: string } {
+  const code = (e as { code?: unknown })?.code;
+  return e instanceof Error && typeof code === 'string' && (code.startsWith('ERR_PARSE_ARGS') ||
+    ['ERR_INVALID_ARG', 'ERR_OUTPUT_EXISTS', 'ERR_OUTPUT_PATH', 'ERR_FILE_NOT_FOUND', 'ERR_BAD_CHECKPOINT', 'ERR_CHECKSUM',
+      'ERR_NON_FINITE', 'ERR_DATA'].includes(code));
+}
+
 export async function main(argv: string[]): Promise<number> {
+  try {
+    return await run(argv);
+  } catch (e) {
+    if (e instanceof X2IError || isUserError(e)) {
+      process.stderr.write(`\nx2i ${argv[0] ?? ''}: ${(e as Error).message}\n`);
+      return isUserError(e) ? 2 : 1;
+    }
+    throw e;
+  }
+}
+
+async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'demo':

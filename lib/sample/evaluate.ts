@@ -32,6 +32,9 @@ export async function evaluateAgreement(opts: { pipeline: FluxPipeline; alignNet
   const { pipeline, alignNet } = opts;
   const gen = { height: opts.height ?? 1024, width: opts.width ?? 1024, numInferenceSteps: opts.numInferenceSteps ?? 28,
     guidanceScale: opts.guidanceScale ?? 3.5 };
+  if (!pipeline || typeof pipeline.checkOptions !== 'function') throw invalidArg('pipeline', 'a FluxPipeline', pipeline);
+  pipeline.checkOptions({ ...gen, seed: opts.seed });
+  if (!Array.isArray(opts.samples) || opts.samples.length === 0) throw invalidArg('samples', 'a non-empty array of samples', opts.samples);
   for (const [i, s] of opts.samples.entries()) {
     const st = await alignNet.forward(s.student.hiddenStates);
     const seed = (opts.seed ?? 0) + i;

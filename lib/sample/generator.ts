@@ -1,6 +1,7 @@
 /** x2i.X2IGenerator: the X2I student — an MLLM reads text, images or video; AlignNet turns all its hidden states
  * into FLUX's conditioning (in place of T5 + CLIP); the frozen FLUX transformer samples the image as FluxPipeline does. */
 import { invalidArg } from '../core/errors.js';
+import { positiveInt } from '../core/options.js';
 import type { AlignNet } from '../models/alignnet.js';
 import { FluxPipeline, type FluxGenerateOptions, type FluxImages } from './pipeline.js';
 import type { QwenPrompt, QwenVLEncoder } from '../models/qwen.js';
@@ -42,6 +43,9 @@ export class X2IGenerator {
   /** Generates images from the prompt through the frozen FLUX (the same options as FluxPipeline.generate). */
   async generate(opts: X2IGenerateOptions): Promise<FluxImages> {
     const { prompt, maxLength, template, tokenizer, ...rest } = opts;
+    this.pipeline.checkOptions(opts);  // before the MLLM runs
+    if (maxLength !== undefined) positiveInt('maxLength', maxLength, 1 << 20);
+    if (template !== undefined && template !== 'x2i' && template !== 'chat') throw invalidArg('template', "'x2i' or 'chat'", template);
     opts.signal?.throwIfAborted();
     const { encoderHiddenStates, pooledProjections } = await this.encode(prompt, { maxLength, template, tokenizer });
     try {

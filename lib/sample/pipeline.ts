@@ -3,6 +3,7 @@ import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
 import type { FluxTransformer } from '../models/flux.js';
 import { addon } from '../core/native.js';
 import { FlowMatchEulerScheduler } from './scheduler.js';
+import { LIMITS, finiteOption, imageSide, positiveInt, seedOption } from '../core/options.js';
 import { Tensor, randn } from '../core/tensor.js';
 import type { AutoencoderKL } from '../models/vae.js';
 import type { ClipTextEncoder } from '../models/clip.js';
@@ -107,7 +108,20 @@ export class FluxPipeline {
   }
 
   /** Denoises and decodes: `images` [B, 3, H, W] in [0, 1] (float32). */
+  /** Checks the sampling options (sizes, step count, guidance, seed) before any work; throws an X2IError naming
+   * the option. Sizes must be multiples of 2 × the VAE's factor (FLUX: 16). */
+  checkOptions(opts: Pick<FluxGenerateOptions, 'height' | 'width' | 'numInferenceSteps' | 'guidanceScale' | 'seed'>): void {
+    if (opts === null || typeof opts !== 'object') throw invalidArg('generate options', 'an object', opts);
+    const m = 2 * this.vaeScaleFactor;
+    if (opts.height !== undefined) imageSide('height', opts.height, m);
+    if (opts.width !== undefined) imageSide('width', opts.width, m);
+    if (opts.numInferenceSteps !== undefined) positiveInt('numInferenceSteps', opts.numInferenceSteps, LIMITS.inferenceSteps);
+    if (opts.guidanceScale !== undefined) finiteOption('guidanceScale', opts.guidanceScale);
+    if (opts.seed !== undefined) seedOption('seed', opts.seed);
+  }
+
   async generate(opts: FluxGenerateOptions): Promise<FluxImages> {
+    this.checkOptions(opts);
     opts.signal?.throwIfAborted();
     if (opts.prompt !== undefined && !opts.promptEmbeds) {
       const e = await this.encodePrompt(opts.prompt);

@@ -5,9 +5,11 @@
  * `FluxTransformer.distillationStep`, and its gradient flows into AlignNet only (AdamW on float32 masters,
  * warmup + cosine, gradient clipping, accumulation). Checkpoints are written atomically and resume exactly.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg } from '../core/errors.js';
+import { LIMITS, finiteOption, imageSide, nonNegativeInt, outputDir, positiveInt, seedOption } from '../core/options.js';
 import type { AlignNet } from '../models/alignnet.js';
 import type { Divergence } from './distill.js';
 import type { FluxCaptures, FluxInputs, FluxTransformer } from '../models/flux.js';
@@ -76,6 +78,11 @@ export interface X2ITrainerOptions {
    *   loss and writes the checkpoints; the teacher's step info has loss NaN.
    */
   parallel?: { group: ProcessGroup; mode: 'data' | 'split' } | null;
+  /** Checkpoint folders kept by save() (the newest first; default 2: the last one and the one before it). */
+  keepLast?: number;
+  /** Allow fit()/save() to write checkpoints into a non-empty folder this trainer did not write or resume from
+   * (its older checkpoints are then removed by the retention). Default false: such a folder is refused. */
+  overwrite?: boolean;
 }
 
 /** One micro-batch: the teacher's conditioning (or a caption for T5 + CLIP) and the student's MLLM input
@@ -104,7 +111,74 @@ export interface X2IStepInfo {
 const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1.0, gradientAccumulation: 1,
   warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
   checkpoint: false, seed: 0, trajectory: null as { steps: number } | null,
-  parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null };
+  parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null, keepLast: 2, overwrite: false };
+
+/** The files of one checkpoint folder (their sha256 is recorded in trainer.json and checked on resume). */
+const CHECKPOINT_FILES = ['alignnet.safetensors', 'optimizer.safetensors'] as const;
+
+function sha256File(file: string): string {
+  const h = crypto.createHash('sha256');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(1 << 22);
+    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) h.update(buf.subarray(0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+/** What trainer.json holds (checked by readTrainerJson). */
+interface TrainerJson {
+  step: number;
+  microStep: number;
+  checkpoint: string;
+  /** sha256 of each file of `checkpoint` (absent in files written before checksums: not verified). */
+  files?: Record<string, string>;
+  /** The checkpoints kept, newest first, with their checksums. */
+  checkpoints?: { name: string; files: Record<string, string> }[];
+  [k: string]: unknown;
+}
+
+/** A checkpoint folder name: one path segment inside the run folder (no '..', no separators, not absolute). */
+function checkpointName(file: string, v: unknown): string {
+  if (typeof v !== 'string' || v === '' || v === '.' || v === '..' || /[\\/\0]/.test(v) || path.isAbsolute(v))
+    throw new X2IError(`${file}: "checkpoint" must name a folder inside the run folder, got ${JSON.stringify(v)}`, 'ERR_BAD_CHECKPOINT');
+  return v;
+}
+
+function readTrainerJson(dir: string): TrainerJson {
+  const file = path.join(dir, 'trainer.json');
+  if (!fs.existsSync(file)) throw new X2IError(`${dir}: no trainer.json (not an X2ITrainer checkpoint)`, 'ERR_FILE_NOT_FOUND');
+  let meta: unknown;
+  try {
+    meta = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new X2IError(`${file}: not valid JSON (${(e as Error).message})`, 'ERR_BAD_CHECKPOINT', { cause: e });
+  }
+  if (typeof meta !== 'object' || meta === null || Array.isArray(meta)) throw new X2IError(`${file}: expected a JSON object`, 'ERR_BAD_CHECKPOINT');
+  const m = meta as TrainerJson;
+  for (const k of ['step', 'microStep'] as const)
+    if (!Number.isSafeInteger(m[k]) || m[k] < 0) throw new X2IError(`${file}: "${k}" must be a non-negative integer, got ${JSON.stringify(m[k])}`, 'ERR_BAD_CHECKPOINT');
+  checkpointName(file, m.checkpoint);
+  if (m.files !== undefined) {
+    if (typeof m.files !== 'object' || m.files === null) throw new X2IError(`${file}: "files" must be an object of sha256 checksums`, 'ERR_BAD_CHECKPOINT');
+    for (const [k, v] of Object.entries(m.files))
+      if (!(CHECKPOINT_FILES as readonly string[]).includes(k) || typeof v !== 'string' || !/^[0-9a-f]{64}$/.test(v))
+        throw new X2IError(`${file}: "files" entry ${JSON.stringify(k)} must be a checkpoint file's sha256`, 'ERR_BAD_CHECKPOINT');
+  }
+  return m;
+}
+
+/** Throws where a float tensor holds a non-finite value (or a negative one with `nonNegative`). */
+async function checkFinite(t: Tensor, what: string, nonNegative = false): Promise<void> {
+  const a = await t.toArray();
+  for (let i = 0; i < a.length; i++) {
+    const x = Number(a[i]);
+    if (!Number.isFinite(x) || (nonNegative && x < 0))
+      throw new X2IError(`${what}: ${nonNegative && Number.isFinite(x) ? 'negative' : 'non-finite'} value ${x} at element ${i}`, 'ERR_NON_FINITE');
+  }
+}
 
 /** The step info's loss where this rank computes none (the split teacher, a stopped micro-batch). */
 const NO_LOSS = Object.freeze({ loss: NaN, terms: Object.freeze({ doubleImg: [], doubleTxt: [], single: [] }), skipped: 0 }) as
@@ -146,7 +220,8 @@ export class X2ITrainer {
     Object.assign(this, { transformer: parts.transformer, alignNet: parts.alignNet, mllm: parts.mllm, t5: parts.t5, clip: parts.clip });
     this.transformer = parts.transformer;
     this.alignNet = parts.alignNet;
-    this.options = Object.freeze({ ...DEFAULTS, ...options });
+    this.options = Object.freeze({ ...DEFAULTS, ...X2ITrainer.#defined(options) });
+    X2ITrainer.#validate(this.options);
     const par = this.options.parallel;
     if (par) {
       if (par.mode !== 'data' && par.mode !== 'split') throw invalidArg('parallel.mode', "'data' or 'split'", par.mode);
@@ -154,6 +229,50 @@ export class X2ITrainer {
       if (par.mode === 'split' && par.group.worldSize !== 2)
         throw new X2IError(`X2ITrainer: parallel mode 'split' needs 2 ranks (teacher, student), the group has ${par.group.worldSize}`, 'ERR_INVALID_ARG');
     }
+  }
+
+  /** The options given, without those set to undefined (they take the defaults). */
+  static #defined(o: X2ITrainerOptions): X2ITrainerOptions {
+    if (o === null || typeof o !== 'object') throw invalidArg('X2ITrainer options', 'an object', o);
+    return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as X2ITrainerOptions;
+  }
+
+  /** Every option checked before any work: counts are integers, rates finite, sizes multiples of 16. */
+  static #validate(o: Readonly<typeof DEFAULTS>): void {
+    finiteOption('lr', o.lr, { min: 0 });
+    finiteOption('beta1', o.beta1, { min: 0, max: 1, maxExclusive: true });
+    finiteOption('beta2', o.beta2, { min: 0, max: 1, maxExclusive: true });
+    finiteOption('weightDecay', o.weightDecay, { min: 0 });
+    finiteOption('eps', o.eps, { min: 0, minExclusive: true });
+    finiteOption('maxGradNorm', o.maxGradNorm, { min: 0 });
+    positiveInt('gradientAccumulation', o.gradientAccumulation);
+    nonNegativeInt('warmupSteps', o.warmupSteps, LIMITS.trainSteps);
+    nonNegativeInt('totalSteps', o.totalSteps, LIMITS.trainSteps);
+    imageSide('height', o.height);
+    imageSide('width', o.width);
+    finiteOption('guidance', o.guidance);
+    if (!['rkl', 'kl', 'js', 'mse'].includes(o.divergence)) throw invalidArg('divergence', "'rkl', 'kl', 'js' or 'mse'", o.divergence);
+    finiteOption('temperature', o.temperature, { min: 0, minExclusive: true });
+    if (typeof o.checkpoint !== 'boolean') throw invalidArg('checkpoint', 'a boolean', o.checkpoint);
+    seedOption('seed', o.seed);
+    if (o.trajectory !== null) {
+      if (typeof o.trajectory !== 'object') throw invalidArg('trajectory', '{ steps } or null', o.trajectory);
+      positiveInt('trajectory.steps', o.trajectory.steps, LIMITS.inferenceSteps);
+    }
+    positiveInt('keepLast', o.keepLast, 1000);
+    if (typeof o.overwrite !== 'boolean') throw invalidArg('overwrite', 'a boolean', o.overwrite);
+  }
+
+  /** Folders this trainer wrote checkpoints into or resumed from: reused without `overwrite`. */
+  #ownDirs = new Set<string>();
+  /** Set once a step produced a non-finite loss, gradient norm or learning rate: save() then refuses. */
+  #poisoned: string | null = null;
+
+  /** Refuses a non-empty folder that is not this trainer's (without `overwrite`). */
+  #checkOutputDir(dir: string, name = 'checkpointDir'): void {
+    const key = path.resolve(dir);
+    outputDir(name, dir, { refuseNonEmpty: !this.options.overwrite && !this.#ownDirs.has(key),
+      hint: 'resume from it, or pass overwrite: true to replace its checkpoints' });
   }
 
   /** This process's part: 'single', 'data', or 'teacher' (rank 0) / 'student' (rank 1) in split mode. */
@@ -183,6 +302,7 @@ export class X2ITrainer {
    * `gradientAccumulation` micro-batches an optimizer step. In split mode, the teacher rank's call runs the
    * teacher half and sends it; the student rank's call receives it and runs the rest. */
   async trainStep(batch: X2IBatch): Promise<X2IStepInfo> {
+    if (this.#poisoned) throw new X2IError(`X2ITrainer: training stopped earlier (${this.#poisoned})`, 'ERR_NON_FINITE');
     const t0 = performance.now();
     const o = this.options;
     const role = this.role;
@@ -261,6 +381,9 @@ export class X2ITrainer {
         { divergence: o.divergence, temperature: o.temperature, checkpoint: o.checkpoint });
       own(r.grad.encoderHiddenStates);
       own(r.grad.pooledProjections);
+      const taps = r.terms.doubleImg.length + r.terms.doubleTxt.length + r.terms.single.length;
+      if (!Number.isFinite(r.loss)) this.#poison(`the loss of micro-batch ${this.microStep} is ${r.loss}`);
+      if (taps > 0 && r.skipped >= taps) this.#poison(`every tap of micro-batch ${this.microStep} was non-finite (loss ${r.loss})`);
       await this.alignNet.backward(hidden, r.grad);
       return await this.#advance(t0, B, r);
     } finally {
@@ -276,12 +399,23 @@ export class X2ITrainer {
     let gradNorm: number | undefined;
     const lr = this.learningRate();
     if (this.microStep % o.gradientAccumulation === 0) {
-      if (this.role !== 'teacher')
+      if (!Number.isFinite(lr) || lr < 0) this.#poison(`the learning rate of step ${this.step} is ${lr}`);
+      if (this.role !== 'teacher') {
         gradNorm = await this.alignNet.optimizerStep({ lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay,
           maxGradNorm: o.maxGradNorm, group: this.role === 'data' ? o.parallel!.group : undefined });
+        if (!Number.isFinite(gradNorm)) this.#poison(`the gradient norm of step ${this.step} is ${gradNorm}`);
+      }
       this.step++;
     }
     return this.#info(r, lr, gradNorm, B / ((performance.now() - t0) / 1000));
+  }
+
+  /** Stops training for good: a non-finite loss, gradient norm or learning rate (the weights may be non-finite
+   * now; save() refuses to write them, and the last good checkpoint stays). */
+  #poison(why: string): never {
+    this.#poisoned = why;
+    throw new X2IError(`X2ITrainer: ${why}; training stopped (no checkpoint is written from this state; the last good ` +
+      'checkpoint is kept)', 'ERR_NON_FINITE');
   }
 
   #info(r: Pick<X2IStepInfo, 'loss' | 'terms' | 'skipped'>, lr: number, gradNorm: number | undefined, samplesPerSecond: number,
@@ -371,16 +505,23 @@ export class X2ITrainer {
 
   /** Trains over `data` (cycled) for `steps` micro-batches; `onStep` after each; `signal` stops at a step
    * boundary; with `checkpointDir`, saves every `checkpointEvery` optimizer steps and when stopped. In parallel
-   * modes a stop on any rank stops every rank at the same micro-batch (their checkpoints agree). */
+   * modes a stop on any rank stops every rank at the same micro-batch (their checkpoints agree). `checkpointDir`
+   * must be empty, new, or one this trainer saved into or resumed from (else `overwrite`); every option is checked
+   * before the first step. A non-finite loss, gradient norm or learning rate stops it with an X2IError
+   * (ERR_NON_FINITE) and no checkpoint of that state. `collect: false` returns no step infos (long runs). */
   async fit(opts: { data: X2IBatch[]; steps: number; signal?: AbortSignal; onStep?: (i: X2IStepInfo) => void;
-    checkpointDir?: string; checkpointEvery?: number }): Promise<X2IStepInfo[]> {
+    checkpointDir?: string; checkpointEvery?: number; collect?: boolean }): Promise<X2IStepInfo[]> {
     if (!Array.isArray(opts?.data) || opts.data.length === 0) throw invalidArg('data', 'a non-empty array of batches', opts?.data);
+    nonNegativeInt('steps', opts.steps, LIMITS.trainSteps);
+    if (opts.checkpointEvery !== undefined) positiveInt('checkpointEvery', opts.checkpointEvery, LIMITS.trainSteps);
+    if (opts.onStep !== undefined && typeof opts.onStep !== 'function') throw invalidArg('onStep', 'a function', opts.onStep);
+    if (opts.checkpointDir !== undefined) this.#checkOutputDir(opts.checkpointDir);
     const out: X2IStepInfo[] = [];
     for (let i = 0; i < opts.steps; i++) {
       if (await this.#shouldStop(Boolean(opts.signal?.aborted))) break;
       const info = await this.trainStep(opts.data[this.microStep % opts.data.length]);
       if (info.stopped) break;
-      out.push(info);
+      if (opts.collect !== false) out.push(info);
       opts.onStep?.(info);
       if (opts.checkpointDir && opts.checkpointEvery && info.gradNorm !== undefined && this.step % opts.checkpointEvery === 0)
         await this.save(opts.checkpointDir);
@@ -392,8 +533,10 @@ export class X2ITrainer {
   /**
    * Writes a checkpoint folder `dir/step-NNNNNN/` with `alignnet.safetensors` (official names: loadable by
    * AlignNet.fromPretrained and, after a key check, by the official code) and `optimizer.safetensors` (float32
-   * masters and AdamW moments), then points `dir/trainer.json` at it with one atomic rename, then removes older
-   * step folders. A save killed at any point leaves trainer.json naming a complete, earlier checkpoint.
+   * masters and AdamW moments), then points `dir/trainer.json` at it (with the files' sha256) with one atomic
+   * rename, then removes step folders beyond the `keepLast` newest. A save killed at any point leaves trainer.json
+   * naming a complete, earlier checkpoint. Refuses (ERR_NON_FINITE) after a non-finite step or when the weights or
+   * moments are non-finite: the last good checkpoint is never replaced by a bad one.
    */
   async save(dir: string): Promise<string> {
     const name = `step-${String(this.step).padStart(6, '0')}-${this.microStep}`;
@@ -401,48 +544,87 @@ export class X2ITrainer {
     // one writer: rank 0 in data mode (all ranks hold the same state), the student in split mode
     const par = this.options.parallel;
     if (par && (this.role === 'teacher' || (this.role === 'data' && par.group.rank !== 0))) return target;
-    fs.mkdirSync(target, { recursive: true });
+    if (this.#poisoned) throw new X2IError(`X2ITrainer.save: refusing to checkpoint after ${this.#poisoned}`, 'ERR_NON_FINITE');
+    this.#checkOutputDir(dir, 'save dir');
     const st = this.alignNet.trainingState();
     const tensors: Record<string, Tensor> = {};
     for (const [part, rec] of [['master', st.master], ['exp_avg', st.expAvg], ['exp_avg_sq', st.expAvgSq]] as const)
       for (const [k, t] of Object.entries(rec)) tensors[`${part}.${k}`] = t;
     try {
+      try {
+        for (const [k, t] of Object.entries(tensors)) await checkFinite(t, `AlignNet training state ${k}`, k.startsWith('exp_avg_sq.'));
+      } catch (e) {
+        this.#poisoned = (e as Error).message;
+        throw new X2IError(`X2ITrainer.save: refusing to checkpoint non-finite state (${(e as Error).message})`, 'ERR_NON_FINITE', { cause: e });
+      }
+      fs.mkdirSync(target, { recursive: true });
+      this.#ownDirs.add(path.resolve(dir));
       await this.alignNet.save(path.join(target, 'alignnet.safetensors'), { 'x2i.step': String(this.step) });
       await saveSafetensors(path.join(target, 'optimizer.safetensors'), tensors, { step: String(st.step) });
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
     }
+    const files = Object.fromEntries(CHECKPOINT_FILES.map((f) => [f, sha256File(path.join(target, f))]));
+    // the checkpoints kept: this one, then those the previous trainer.json kept (newest first)
+    let previous: { name: string; files: Record<string, string> }[] = [];
+    try {
+      const m = readTrainerJson(dir);
+      previous = Array.isArray(m.checkpoints) ? m.checkpoints.filter((c) => c && typeof c.name === 'string' && c.name !== name &&
+        !/[\\/\0]/.test(c.name) && c.name !== '..' && c.name !== '.')
+        : m.checkpoint !== name ? [{ name: m.checkpoint, files: m.files ?? {} }] : [];
+    } catch {
+      previous = [];
+    }
+    const kept = [{ name, files }, ...previous].slice(0, this.options.keepLast);
     const tmp = path.join(dir, `trainer.json.tmp-${process.pid}`);
     const fd = fs.openSync(tmp, 'w');
     const { parallel, ...options } = this.options;
-    fs.writeSync(fd, JSON.stringify({ step: this.step, microStep: this.microStep, checkpoint: name, options,
+    fs.writeSync(fd, JSON.stringify({ step: this.step, microStep: this.microStep, checkpoint: name, files, checkpoints: kept, options,
       parallel: parallel ? { mode: parallel.mode, worldSize: parallel.group.worldSize } : null }, null, 2));
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     fs.renameSync(tmp, path.join(dir, 'trainer.json'));
+    const keep = new Set(kept.map((c) => c.name));
     for (const d of fs.readdirSync(dir))
-      if (d.startsWith('step-') && d !== name) fs.rmSync(path.join(dir, d), { recursive: true, force: true });
+      if (d.startsWith('step-') && !keep.has(d)) fs.rmSync(path.join(dir, d), { recursive: true, force: true });
     return target;
   }
 
-  /** The checkpoint folder trainer.json points at (holding alignnet.safetensors and optimizer.safetensors). */
+  /** The checkpoint folder trainer.json points at (holding alignnet.safetensors and optimizer.safetensors); a
+   * malformed trainer.json or a pointer out of `dir` is an X2IError naming the file. */
   static latestCheckpoint(dir: string): string {
-    const file = path.join(dir, 'trainer.json');
-    if (!fs.existsSync(file)) throw new X2IError(`${dir}: no trainer.json (not an X2ITrainer checkpoint)`, 'ERR_FILE_NOT_FOUND');
-    return path.join(dir, JSON.parse(fs.readFileSync(file, 'utf8')).checkpoint);
+    return path.join(dir, readTrainerJson(dir).checkpoint);
   }
 
-  /** Continues from a checkpoint written by save(): the AlignNet weights, the optimizer state and the counters. */
+  /** Continues from a checkpoint written by save(): the AlignNet weights, the optimizer state and the counters.
+   * The files' sha256 (where trainer.json records them) must match; the state must be finite, the second moments
+   * non-negative. */
   async resume(dir: string): Promise<void> {
-    const ckpt = X2ITrainer.latestCheckpoint(dir);
-    const meta = JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'));
+    const meta = readTrainerJson(dir);
+    const ckpt = path.join(dir, meta.checkpoint);
     if (this.role === 'teacher') {  // the split teacher holds no AlignNet: only the counters
       this.step = meta.step;
       this.microStep = meta.microStep;
+      this.#ownDirs.add(path.resolve(dir));
       return;
     }
-    const opt = await loadSafetensors(path.join(ckpt, 'optimizer.safetensors'));
+    const optFile = path.join(ckpt, 'optimizer.safetensors');
+    if (!fs.existsSync(optFile)) throw new X2IError(`${optFile}: no such file (trainer.json names checkpoint ${meta.checkpoint})`, 'ERR_FILE_NOT_FOUND');
+    for (const [f, want] of Object.entries(meta.files ?? {})) {
+      const file = path.join(ckpt, f);
+      if (!fs.existsSync(file)) throw new X2IError(`${file}: no such file (listed in ${path.join(dir, 'trainer.json')})`, 'ERR_FILE_NOT_FOUND');
+      if (sha256File(file) !== want)
+        throw new X2IError(`${file}: checksum mismatch (sha256 differs from the one in ${path.join(dir, 'trainer.json')}): the file changed after it was saved`,
+          'ERR_CHECKSUM');
+    }
+    let opt: Record<string, Tensor>;
     try {
+      opt = await loadSafetensors(optFile);
+    } catch (e) {
+      throw new X2IError(`${optFile}: ${(e as Error).message}`, (e as X2IError).code ?? 'ERR_BAD_CHECKPOINT', { cause: e });
+    }
+    try {
+      for (const [k, t] of Object.entries(opt)) await checkFinite(t, `${optFile}: ${k}`, k.startsWith('exp_avg_sq.'));
       const pick = (prefix: string) => Object.fromEntries(Object.entries(opt).filter(([k]) => k.startsWith(prefix + '.'))
         .map(([k, t]) => [k.slice(prefix.length + 1), t]));
       const restored = this.alignNet.trainingState({ step: meta.step, master: pick('master'), expAvg: pick('exp_avg'),
@@ -453,5 +635,6 @@ export class X2ITrainer {
     }
     this.step = meta.step;
     this.microStep = meta.microStep;
+    this.#ownDirs.add(path.resolve(dir));
   }
 }
