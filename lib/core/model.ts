@@ -1,5 +1,5 @@
 /** The base of the classes that hold a native model: one handle, calls serialised on it, deterministic disposal. */
-import { DisposedError, nativeCall } from './errors.js';
+import { DisposedError, X2IError, nativeCall } from './errors.js';
 import { SerialQueue } from './queue.js';
 
 const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
@@ -40,4 +40,11 @@ export abstract class NativeModel<H extends { dispose(): void }> {
   [disposeSymbol](): void {
     this.dispose();
   }
+}
+
+/** An input with a zero-size dimension (an empty batch, sequence or image) is refused at the API boundary, by
+ * name and shape, before native code sees it. */
+export function requireNonEmpty(name: string, t: { shape: readonly number[] }, what = 'tensor'): void {
+  if (t.shape.some((d) => d === 0))
+    throw new X2IError(`${name} has shape [${t.shape.join(', ')}]: an empty ${what} (every dimension must be at least 1)`, 'ERR_INVALID_ARG');
 }

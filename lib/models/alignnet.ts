@@ -5,7 +5,8 @@ import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
 import { loadSafetensors, loadTorchCheckpoint, saveSafetensors } from '../core/io.js';
 import { addon } from '../core/native.js';
 import type { NativeAlignNet, NativeTensor } from '../core/addon.js';
-import { NativeModel } from '../core/model.js';
+import { NativeModel, requireNonEmpty } from '../core/model.js';
+import { ConfigReader } from '../core/config.js';
 import { defaultDtype } from './pretrained.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import { ProcessGroup } from '../train/distributed.js';
@@ -78,11 +79,11 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder or file path', p);
     const { device, dtype } = defaultDtype(opts);
     const file = resolveFile(p);
+    const eps = new ConfigReader({ ...opts.config }, 'options.config').eps('norm_eps', 1e-6);
     const raw = file.endsWith('.safetensors') ? await loadSafetensors(file, { device, dtype })
       : await loadTorchCheckpoint(file, { device, dtype });
     const w = canonical(raw);
     try {
-      const eps = opts.config?.norm_eps ?? 1e-6;
       const Native = addon().NativeAlignNet;
       const handles = Object.fromEntries(Object.entries(w).map(([k, t]) => [k, t.handle]));
       return new AlignNet(await nativeCall(() => Native.load(handles, eps, file)));
@@ -99,17 +100,22 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
    */
   static async fromConfig(config: Partial<Omit<AlignNetInfo, 'variant'>> & { normEps?: number } = {},
     opts: { device?: string; dtype?: DType; seed?: number } = {}): Promise<AlignNet> {
-    const c = { layers: 29, inputDim: 3584, sequenceDim: 4096, pooledDim: 768, kernelSize: 5, ...config };
+    const r = new ConfigReader({ layers: 29, inputDim: 3584, sequenceDim: 4096, pooledDim: 768, kernelSize: 5, ...config }, 'config');
+    const kernelSize = r.int('kernelSize', { max: 1023 });
+    r.check(kernelSize % 2 === 1, `field 'kernelSize' must be odd, found ${kernelSize}`);
+    const sizes = { layers: r.layers('layers'), inputDim: r.int('inputDim'), sequenceDim: r.int('sequenceDim'),
+      pooledDim: r.int('pooledDim'), kernelSize };
+    const eps = r.eps('normEps', 1e-6);
     const { device, dtype } = defaultDtype(opts);
     const Native = addon().NativeAlignNet;
-    const sizes = { layers: c.layers, inputDim: c.inputDim, sequenceDim: c.sequenceDim, pooledDim: c.pooledDim, kernelSize: c.kernelSize };
-    return new AlignNet(await nativeCall(() => Native.random(sizes, c.normEps ?? 1e-6, device, dtype, opts.seed ?? 0)));
+    return new AlignNet(await nativeCall(() => Native.random(sizes, eps, device, dtype, opts.seed ?? 0)));
   }
 
   /** hiddenStates [B, C, S, H] (embeddings + every MLLM layer) → encoderHiddenStates [B, S, Dseq] (the T5
    * replacement) and pooledProjections [B, Dpooled] (the CLIP replacement, mean over all S tokens). */
   async forward(hiddenStates: Tensor): Promise<{ encoderHiddenStates: Tensor; pooledProjections: Tensor }> {
     if (!(hiddenStates instanceof Tensor)) throw invalidArg('hiddenStates', 'a Tensor', hiddenStates);
+    requireNonEmpty('hiddenStates', hiddenStates);
     const x = hiddenStates.handle;
     const r = await this.call((h) => h.forward(x));
     return { encoderHiddenStates: new Tensor(r.encoderHiddenStates), pooledProjections: new Tensor(r.pooledProjections) };
@@ -118,6 +124,10 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
   /** Training: accumulates d⟨grad, output⟩ / d weights for this input (the forward is recomputed from the
    * float32 master weights). */
   async backward(hiddenStates: Tensor, grad: { encoderHiddenStates: Tensor; pooledProjections: Tensor }): Promise<void> {
+    if (!(hiddenStates instanceof Tensor)) throw invalidArg('hiddenStates', 'a Tensor', hiddenStates);
+    requireNonEmpty('hiddenStates', hiddenStates);
+    if (!grad || !(grad.encoderHiddenStates instanceof Tensor) || !(grad.pooledProjections instanceof Tensor))
+      throw invalidArg('grad', '{ encoderHiddenStates: Tensor, pooledProjections: Tensor }', grad);
     const [x, gs, gp] = [hiddenStates.handle, grad.encoderHiddenStates.handle, grad.pooledProjections.handle];
     await this.call((h) => h.backward(x, gs, gp));
   }

@@ -2,24 +2,32 @@
 import { X2IError, invalidArg } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeClipTextEncoder, NativeClipConfig, NativeTensor } from '../core/addon.js';
-import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
-import { NativeModel } from '../core/model.js';
+import { ConfigReader, requireMultiple } from '../core/config.js';
+import { defaultDtype, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { ClipTokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
 import fs from 'node:fs';
 import path from 'node:path';
 
 
+/** A full CLIP config's `text_config`, or the config itself (a CLIP text config). */
+function textConfig(config: Record<string, unknown>, file: string): Record<string, unknown> {
+  return new ConfigReader(config, file).nested('text_config')?.config ?? config;
+}
+
 /** The native loader's config from a CLIP text config. */
 function nativeConfig(config: Record<string, unknown>, file: string): NativeClipConfig {
   const act = String(config.hidden_act ?? 'quick_gelu');
   if (act !== 'quick_gelu' && act !== 'gelu')
     throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
+  const r = new ConfigReader(config, file);
+  const hidden = r.int('hidden_size'), heads = r.int('num_attention_heads');
+  requireMultiple(r, { key: 'hidden_size', value: hidden }, { key: 'num_attention_heads', value: heads });
   return {
-    vocabSize: field(config, 'vocab_size', file), hiddenSize: field(config, 'hidden_size', file),
-    intermediateSize: field(config, 'intermediate_size', file), numAttentionHeads: field(config, 'num_attention_heads', file),
-    numHiddenLayers: field(config, 'num_hidden_layers', file), maxPositionEmbeddings: field(config, 'max_position_embeddings', file, 77),
-    eosTokenId: field(config, 'eos_token_id', file, 2), layerNormEps: field(config, 'layer_norm_eps', file, 1e-5), hiddenAct: act,
+    vocabSize: r.int('vocab_size'), hiddenSize: hidden, intermediateSize: r.int('intermediate_size'), numAttentionHeads: heads,
+    numHiddenLayers: r.layers('num_hidden_layers'), maxPositionEmbeddings: r.int('max_position_embeddings', { fallback: 77 }),
+    eosTokenId: r.int('eos_token_id', { fallback: 2, min: 0 }), layerNormEps: r.eps('layer_norm_eps', 1e-5), hiddenAct: act,
   };
 }
 
@@ -38,6 +46,8 @@ export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
   /** Tokenizes (BOS, EOS, padding with EOS to 77) and encodes. The tokenizer: `opts.tokenizer`, else the model
    * folder's, else FLUX's sibling `tokenizer/` (vocab.json + merges.txt is enough). */
   async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+    if (Array.isArray(text) ? text.length === 0 || !text.every((t) => typeof t === 'string') : typeof text !== 'string')
+      throw invalidArg('text', 'a string or a non-empty array of strings', text);
     const own = ['tokenizer.json', 'vocab.json'].some((f) => fs.existsSync(path.join(this.#folder, f)));
     const tok = opts.tokenizer ?? (this.#tokenizer ??= ClipTokenizer.fromPretrained(own ? this.#folder : path.join(this.#folder, '..', 'tokenizer')));
     const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 77, padding: opts.padding });
@@ -54,7 +64,7 @@ export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
   static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<ClipTextEncoder> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
     const read = readModelFolder(p, opts.config);
-    const config = (read.config.text_config as Record<string, unknown> | undefined) ?? read.config;
+    const config = textConfig(read.config, read.configFile);
     const native = nativeConfig(config, read.configFile);
     const Native = addon().NativeClipTextEncoder;
     const h = await loadNative(read.weights, defaultDtype(opts), (w) => Native.load(native, w, read.weights));
@@ -65,7 +75,7 @@ export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
    * with random weights drawn on the device; no tokenizer comes with it (`forward` takes ids). */
   static async fromConfig(config: Record<string, unknown>, opts: RandomOptions = {}): Promise<ClipTextEncoder> {
     if (!config || typeof config !== 'object') throw invalidArg('config', 'a CLIP text config object', config);
-    const c = (config.text_config as Record<string, unknown> | undefined) ?? config;
+    const c = textConfig(config, 'config');
     return new ClipTextEncoder(await randomNative(addon().NativeClipTextEncoder, nativeConfig(c, 'config'), opts), c, '.');
   }
 
@@ -73,6 +83,7 @@ export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
    * hiddenStates [B, L+1, S, H] (embeddings, every layer; the last before the final LayerNorm, as transformers). */
   async forward(inputs: { inputIds: Tensor }): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    requireNonEmpty('inputs.inputIds', inputs.inputIds, 'batch or sequence');
     this.native();  // a DisposedError before any work
     const ids = inputs.inputIds.handle;
     const r = await this.call((h) => h.forward({ inputIds: ids }));

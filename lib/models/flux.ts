@@ -5,7 +5,8 @@ import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
 import { loadSafetensors, readSafetensorsHeader } from '../core/io.js';
 import { addon } from '../core/native.js';
 import type { NativeFlux, NativeFluxConfig, NativeFluxInputs, NativeTensor } from '../core/addon.js';
-import { NativeModel } from '../core/model.js';
+import { NativeModel, requireNonEmpty } from '../core/model.js';
+import { CONFIG_LIMITS, ConfigReader, describeValue } from '../core/config.js';
 import { defaultDtype } from './pretrained.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import type { Divergence } from '../train/distill.js';
@@ -156,25 +157,24 @@ function precisionFlag(p: unknown): boolean {
 
 function toNativeConfig(c: FluxConfig, source: string): NativeFluxConfig {
   const full = { ...FLUX_DEV_CONFIG, ...Object.fromEntries(Object.entries(c).filter(([, v]) => v !== undefined)) };
-  if (full.patch_size !== 1) throw new X2IError(`${source}: patch_size ${full.patch_size} is not supported (FLUX packs latents outside the model: 1)`, 'ERR_CONFIG');
-  for (const k of ['in_channels', 'num_layers', 'num_single_layers', 'attention_head_dim', 'num_attention_heads',
-    'joint_attention_dim', 'pooled_projection_dim'] as const) {
-    if (!Number.isSafeInteger(full[k]) || (full[k] as number) < 0)
-      throw new X2IError(`${source}: config '${k}' must be a non-negative integer, found ${JSON.stringify(full[k])}`, 'ERR_CONFIG');
-  }
-  if (!Array.isArray(full.axes_dims_rope) || !full.axes_dims_rope.every((a) => Number.isSafeInteger(a)))
-    throw new X2IError(`${source}: config 'axes_dims_rope' must be an array of integers`, 'ERR_CONFIG');
-  const headDim = full.attention_head_dim;
-  const axesSum = full.axes_dims_rope.reduce((a, b) => a + b, 0);
+  const r = new ConfigReader(full as Record<string, unknown>, source);
+  if (full.patch_size !== 1) throw new X2IError(`${source}: patch_size ${describeValue(full.patch_size)} is not supported (FLUX packs latents outside the model: 1)`, 'ERR_CONFIG');
+  const inChannels = r.int('in_channels');
+  const outChannels = full.out_channels === null ? inChannels : r.int('out_channels');
+  const headDim = r.int('attention_head_dim'), heads = r.int('num_attention_heads');
+  r.check(headDim * heads <= CONFIG_LIMITS.size, `attention_head_dim × num_attention_heads (${headDim} × ${heads}) is more than ` +
+    `${CONFIG_LIMITS.size}`);
+  const depth = r.layers('num_layers', { min: 0 }), depthSingle = r.layers('num_single_layers', { min: 0 });
+  const jointDim = r.int('joint_attention_dim'), pooledDim = r.int('pooled_projection_dim');
+  const guidance = r.bool('guidance_embeds');
+  const theta = r.num('theta', { positive: true });
+  const axes = r.intList('axes_dims_rope', { even: true });
+  const axesSum = axes.reduce((a, b) => a + b, 0);
   if (axesSum !== headDim)
-    throw new X2IError(`${source}: axes_dims_rope [${full.axes_dims_rope.join(', ')}] sum to ${axesSum} but the head ` +
+    throw new X2IError(`${source}: axes_dims_rope [${axes.join(', ')}] sum to ${axesSum} but the head ` +
       `dim is ${headDim}; pass { config: { axes_dims_rope: [...] } } (FLUX.1 uses [16, 56, 56])`, 'ERR_CONFIG');
   return {
-    inChannels: full.in_channels, outChannels: full.out_channels ?? full.in_channels,
-    hidden: full.attention_head_dim * full.num_attention_heads, heads: full.num_attention_heads,
-    jointDim: full.joint_attention_dim, pooledDim: full.pooled_projection_dim, depth: full.num_layers,
-    depthSingle: full.num_single_layers, guidance: Boolean(full.guidance_embeds), axes: full.axes_dims_rope,
-    theta: full.theta,
+    inChannels, outChannels, hidden: headDim * heads, heads, jointDim, pooledDim, depth, depthSingle, guidance, axes, theta,
   };
 }
 
@@ -196,6 +196,7 @@ function nativeInputs(inputs: FluxInputs): NativeFluxInputs {
     const t = inputs[k];
     if (t === undefined || t === null) continue;
     if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
+    requireNonEmpty(`inputs.${k}`, t);
     out[k] = t.handle;
   }
   return out;

@@ -2,8 +2,9 @@
 import { X2IError, invalidArg, nativeSync } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeQwenConfig, NativeQwenInputs, NativeQwenVLEncoder } from '../core/addon.js';
+import { ConfigReader, requireMultiple } from '../core/config.js';
 import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
-import { NativeModel } from '../core/model.js';
+import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { QwenTokenizer, type ChatMessage, type EncodeOptions } from './tokenizers.js';
 import { preprocessImages, preprocessVideo, type QwenVisionOptions, type RgbImage } from './qwen_vision.js';
@@ -127,6 +128,7 @@ export class QwenVLEncoder extends NativeModel<NativeQwenVLEncoder> {
 
   async #run(inputs: QwenVLInputs, extra: Pick<NativeQwenInputs, 'maxNewTokens' | 'eosTokenIds'>) {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    requireNonEmpty('inputs.inputIds', inputs.inputIds, 'batch or sequence');
     this.native();  // a DisposedError before any work
     const ins: NativeQwenInputs = { inputIds: inputs.inputIds.handle, padRule: inputs.padRule ?? 'x2i',
       secondPerGridT: inputs.secondPerGridT, positions: inputs.positions ?? 'mrope', capture: inputs.capture ?? true, ...extra };
@@ -134,6 +136,7 @@ export class QwenVLEncoder extends NativeModel<NativeQwenVLEncoder> {
       const t = inputs[k];
       if (t === undefined || t === null) continue;
       if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
+      requireNonEmpty(`inputs.${k}`, t);
       ins[k] = t.handle;
     }
     return this.call((h) => h.forward(ins));
@@ -182,29 +185,60 @@ function nativeConfig(top: Record<string, unknown>, file: string): NativeQwenCon
   if (vact !== 'silu') throw new X2IError(`${file}: vision_config.hidden_act '${vact}' is not supported (Qwen2.5-VL: silu)`, 'ERR_CONFIG');
   if (text.use_sliding_window === true)
     throw new X2IError(`${file}: use_sliding_window is not supported (Qwen2.5-VL uses full attention)`, 'ERR_CONFIG');
-  const rope = (text.rope_parameters ?? text.rope_scaling ?? top.rope_scaling ?? {}) as Record<string, unknown>;
-  const section = rope.mrope_section;
+  const r = new ConfigReader(top, file);
+  const tc = r.nested('text_config');
+  // a text field lives in text_config (transformers 5) or at the top level (the released flat config)
+  const tr = (k: string) => (tc?.has(k) ? tc : r);
+  const ropeOwner = [[tc, 'rope_parameters'], [r, 'rope_parameters'], [tc, 'rope_scaling'], [r, 'rope_scaling']]
+    .find(([h, k]) => (h as ConfigReader | undefined)?.has(k as string) && (h as ConfigReader).raw(k as string) !== null);
+  const ropeHome = ropeOwner ? (ropeOwner[0] as ConfigReader).nested(ropeOwner[1] as string) : undefined;
+  const section = ropeHome?.raw('mrope_section');
   if (!Array.isArray(section) || section.length !== 3)
     throw new X2IError(`${file}: field 'rope_scaling.mrope_section' (or text_config.rope_parameters.mrope_section) is missing`, 'ERR_CONFIG');
+  ropeHome!.intList('mrope_section', { length: 3, min: 0 });
+  const hidden = tr('hidden_size').int('hidden_size'), heads = tr('num_attention_heads').int('num_attention_heads');
+  const kvHeads = tr('num_key_value_heads').int('num_key_value_heads');
+  requireMultiple(r, { key: tr('hidden_size').name('hidden_size'), value: hidden },
+    { key: tr('num_attention_heads').name('num_attention_heads'), value: heads });
+  requireMultiple(r, { key: tr('num_attention_heads').name('num_attention_heads'), value: heads },
+    { key: tr('num_key_value_heads').name('num_key_value_heads'), value: kvHeads });
+  const headDim = hidden / heads, sum = section.reduce((x: number, y: number) => x + y, 0);
+  r.check(2 * sum === headDim, `${ropeHome!.name('mrope_section')} [${section.join(', ')}] sums to ${sum}, expected half the ` +
+    `head dim (hidden_size / num_attention_heads = ${headDim}): ${headDim / 2}`);
+  const thetaHome = ropeHome?.has('rope_theta') ? ropeHome : tr('rope_theta');
   const native: NativeQwenConfig = {
-    vocabSize: field(text, 'vocab_size', file), hiddenSize: field(text, 'hidden_size', file),
-    intermediateSize: field(text, 'intermediate_size', file), numHiddenLayers: field(text, 'num_hidden_layers', file),
-    numAttentionHeads: field(text, 'num_attention_heads', file), numKeyValueHeads: field(text, 'num_key_value_heads', file),
-    rmsNormEps: field(text, 'rms_norm_eps', file), ropeTheta: field({ ...text, ...rope }, 'rope_theta', file),
+    vocabSize: tr('vocab_size').int('vocab_size'), hiddenSize: hidden,
+    intermediateSize: tr('intermediate_size').int('intermediate_size'), numHiddenLayers: tr('num_hidden_layers').layers('num_hidden_layers'),
+    numAttentionHeads: heads, numKeyValueHeads: kvHeads,
+    rmsNormEps: tr('rms_norm_eps').eps('rms_norm_eps'), ropeTheta: thetaHome.num('rope_theta', { positive: true }),
     mropeSection: section,
   };
-  const vc = top.vision_config as Record<string, unknown> | undefined;
-  if (vc) {
-    const vf = (k: string, fallback?: number) => field(vc, k, `${file} (vision_config)`, fallback);
+  const vr = r.nested('vision_config');
+  if (vr) {
+    const vhidden = vr.int('hidden_size'), vheads = vr.int('num_heads');
+    requireMultiple(vr, { key: vr.name('hidden_size'), value: vhidden }, { key: vr.name('num_heads'), value: vheads });
+    vr.check((vhidden / vheads) % 4 === 0, `vision_config: the head dim (hidden_size / num_heads = ${vhidden / vheads}) must be a ` +
+      'multiple of 4 (2-D rotary embedding)');
+    const depth = vr.layers('depth');
+    const patch = vr.int('patch_size', { fallback: 14, max: 1024 }), merge = vr.int('spatial_merge_size', { fallback: 2, max: 64 });
+    const window = vr.int('window_size', { fallback: 112 });
+    vr.check(window % (patch * merge) === 0, `field 'vision_config.window_size' (${window}) must be a multiple of ` +
+      `patch_size × spatial_merge_size (${patch * merge})`);
+    const outHidden = vr.int('out_hidden_size');
+    vr.check(outHidden === hidden, `field 'vision_config.out_hidden_size' (${outHidden}) must equal the language model's ` +
+      `hidden_size (${hidden})`);
+    const inKey = vr.has('in_channels') ? 'in_channels' : 'in_chans';
+    const full = vr.raw('fullatt_block_indexes');
     native.vision = {
-      depth: vf('depth'), hiddenSize: vf('hidden_size'), numHeads: vf('num_heads'), intermediateSize: vf('intermediate_size'),
-      outHiddenSize: vf('out_hidden_size'), patchSize: vf('patch_size', 14), spatialMergeSize: vf('spatial_merge_size', 2),
-      temporalPatchSize: vf('temporal_patch_size', 2), windowSize: vf('window_size', 112),
-      inChannels: field({ ...vc, in_channels: vc.in_channels ?? vc.in_chans }, 'in_channels', `${file} (vision_config)`, 3),
-      tokensPerSecond: vf('tokens_per_second', 2),
-      fullAttBlockIndexes: Array.isArray(vc.fullatt_block_indexes) ? vc.fullatt_block_indexes : [],
-      imageTokenId: field(top, 'image_token_id', file, 151655), videoTokenId: field(top, 'video_token_id', file, 151656),
-      visionStartTokenId: field(top, 'vision_start_token_id', file, 151652),
+      depth, hiddenSize: vhidden, numHeads: vheads, intermediateSize: vr.int('intermediate_size'),
+      outHiddenSize: outHidden, patchSize: patch, spatialMergeSize: merge,
+      temporalPatchSize: vr.int('temporal_patch_size', { fallback: 2, max: 1024 }), windowSize: window,
+      inChannels: vr.int(inKey, { fallback: 3, max: 64 }),
+      tokensPerSecond: vr.num('tokens_per_second', { fallback: 2, positive: true }),
+      fullAttBlockIndexes: full === undefined || full === null ? [] : Array.isArray(full) && full.length === 0 ? []
+        : vr.intList('fullatt_block_indexes', { min: 0, max: depth - 1 }),
+      imageTokenId: r.int('image_token_id', { fallback: 151655, min: 0 }), videoTokenId: r.int('video_token_id', { fallback: 151656, min: 0 }),
+      visionStartTokenId: r.int('vision_start_token_id', { fallback: 151652, min: 0 }),
     };
   }
   return native;

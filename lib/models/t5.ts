@@ -2,8 +2,9 @@
 import { X2IError, invalidArg } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeT5Encoder, NativeT5Config, NativeTensor } from '../core/addon.js';
-import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
-import { NativeModel } from '../core/model.js';
+import { ConfigReader } from '../core/config.js';
+import { defaultDtype, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { T5Tokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
 import fs from 'node:fs';
@@ -19,13 +20,17 @@ function nativeConfig(config: Record<string, unknown>, configFile: string): Nati
   const base = proj.replace(/^gated-/, '');
   // transformers maps 'gated-gelu' to gelu_new (tanh approximation), whatever dense_act_fn says
   const act = gated && base === 'gelu' ? 'gelu_new' : String(config.dense_act_fn ?? base);
+  const r = new ConfigReader(config, configFile);
+  const buckets = r.int('relative_attention_num_buckets', { fallback: 32, min: 4 });
+  r.check(buckets % 2 === 0, `field 'relative_attention_num_buckets' must be even (half of the buckets per direction), found ${buckets}`);
+  const maxDistance = r.int('relative_attention_max_distance', { fallback: 128 });
+  r.check(maxDistance > buckets / 4, `field 'relative_attention_max_distance' must be more than relative_attention_num_buckets / 4 ` +
+    `(${buckets / 4}), found ${maxDistance}`);
   return {
-    vocabSize: field(config, 'vocab_size', configFile), dModel: field(config, 'd_model', configFile),
-    dKv: field(config, 'd_kv', configFile), dFf: field(config, 'd_ff', configFile),
-    numLayers: field(config, 'num_layers', configFile), numHeads: field(config, 'num_heads', configFile),
-    relativeAttentionNumBuckets: field(config, 'relative_attention_num_buckets', configFile, 32),
-    relativeAttentionMaxDistance: field(config, 'relative_attention_max_distance', configFile, 128),
-    layerNormEpsilon: field(config, 'layer_norm_epsilon', configFile, 1e-6), gated, act,
+    vocabSize: r.int('vocab_size'), dModel: r.int('d_model'), dKv: r.int('d_kv'), dFf: r.int('d_ff'),
+    numLayers: r.layers('num_layers'), numHeads: r.int('num_heads'),
+    relativeAttentionNumBuckets: buckets, relativeAttentionMaxDistance: maxDistance,
+    layerNormEpsilon: r.eps('layer_norm_epsilon', 1e-6), gated, act,
   };
 }
 
@@ -46,6 +51,8 @@ export class T5Encoder extends NativeModel<NativeT5Encoder> {
    * model folder's tokenizer.json, else FLUX's sibling `tokenizer_2/`.
    */
   async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
+    if (Array.isArray(text) ? text.length === 0 || !text.every((t) => typeof t === 'string') : typeof text !== 'string')
+      throw invalidArg('text', 'a string or a non-empty array of strings', text);
     const tok = opts.tokenizer ?? (this.#tokenizer ??= T5Tokenizer.fromPretrained(
       [path.join(this.#folder, 'tokenizer.json'), path.join(this.#folder, '..', 'tokenizer_2')].find((p) => fs.existsSync(p)) ??
       path.join(this.#folder, 'tokenizer.json')));
@@ -82,6 +89,11 @@ export class T5Encoder extends NativeModel<NativeT5Encoder> {
    * norm) and hiddenStates [B, L+1, S, d] (embeddings, every layer; the last after the final norm). */
   async forward(inputs: { inputIds: Tensor; attentionMask?: Tensor }): Promise<{ lastHiddenState: Tensor; hiddenStates: Tensor }> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    requireNonEmpty('inputs.inputIds', inputs.inputIds, 'batch or sequence');
+    if (inputs.attentionMask !== undefined && inputs.attentionMask !== null) {
+      if (!(inputs.attentionMask instanceof Tensor)) throw invalidArg('inputs.attentionMask', 'a Tensor', inputs.attentionMask);
+      requireNonEmpty('inputs.attentionMask', inputs.attentionMask, 'batch or sequence');
+    }
     this.native();  // a DisposedError before any work
     const ins = { inputIds: inputs.inputIds.handle, ...(inputs.attentionMask ? { attentionMask: inputs.attentionMask.handle } : {}) };
     const r = await this.call((h) => h.forward(ins));

@@ -1,9 +1,10 @@
 /** x2i.AutoencoderKL: FLUX's VAE (native/models/vae.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
-import { NativeModel } from '../core/model.js';
+import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { addon } from '../core/native.js';
 import type { NativeAutoencoderKL, NativeVaeConfig, NativeTensor } from '../core/addon.js';
-import { defaultDtype, field, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { ConfigReader } from '../core/config.js';
+import { defaultDtype, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { Tensor } from '../core/tensor.js';
 
 /** FLUX.1's VAE config (vae/config.json). */
@@ -13,19 +14,27 @@ const FLUX_VAE: Record<string, unknown> = { in_channels: 3, out_channels: 3, lat
 
 /** The native loader's config from a diffusers AutoencoderKL config. */
 function nativeConfig(config: Record<string, unknown>, file: string): NativeVaeConfig {
+  const r = new ConfigReader(config, file);
+  for (const k of ['use_quant_conv', 'use_post_quant_conv']) if (config[k] !== null) r.bool(k, false);
   if (config.use_quant_conv || config.use_post_quant_conv)
     throw new X2IError(`${file}: quant convs are not supported (FLUX's VAE has none)`, 'ERR_CONFIG');
-  const blocks: unknown = config.block_out_channels;
-  if (!Array.isArray(blocks) || !blocks.every((b): b is number => Number.isSafeInteger(b)))
-    throw new X2IError(`${file}: field 'block_out_channels' is missing or not a list of integers`, 'ERR_CONFIG');
+  const blocks = r.intList('block_out_channels', { max: 1 << 16 });
   for (const [k, v] of [['down_block_types', 'DownEncoderBlock2D'], ['up_block_types', 'UpDecoderBlock2D']] as const) {
-    const types = config[k] as unknown[] | undefined;
-    if (types && types.some((t) => t !== v)) throw new X2IError(`${file}: ${k} other than ${v} are not supported`, 'ERR_CONFIG');
+    const types = config[k];
+    if (types === undefined || types === null) continue;
+    if (!Array.isArray(types)) throw r.error(k, types, `a list of '${v}'`);
+    if (types.some((t) => t !== v)) throw new X2IError(`${file}: ${k} other than ${v} are not supported`, 'ERR_CONFIG');
+    r.check(types.length === blocks.length, `field '${k}' has ${types.length} entries but block_out_channels has ${blocks.length}`);
   }
-  return { inChannels: field(config, 'in_channels', file, 3), outChannels: field(config, 'out_channels', file, 3),
-    latentChannels: field(config, 'latent_channels', file), normNumGroups: field(config, 'norm_num_groups', file, 32),
-    layersPerBlock: field(config, 'layers_per_block', file, 2), blockOutChannels: blocks,
-    midBlockAddAttention: Boolean(config.mid_block_add_attention ?? true) };
+  const groups = r.int('norm_num_groups', { fallback: 32 });
+  for (const c of blocks)
+    r.check(c % groups === 0, `block_out_channels [${blocks.join(', ')}]: ${c} channels are not a multiple of norm_num_groups (${groups})`);
+  r.num('scaling_factor', { fallback: 0.3611, positive: true });
+  r.num('shift_factor', { fallback: 0.1159 });
+  return { inChannels: r.int('in_channels', { fallback: 3 }), outChannels: r.int('out_channels', { fallback: 3 }),
+    latentChannels: r.int('latent_channels'), normNumGroups: groups,
+    layersPerBlock: r.layers('layers_per_block', { fallback: 2 }), blockOutChannels: blocks,
+    midBlockAddAttention: r.bool('mid_block_add_attention', true) };
 }
 
 export class AutoencoderKL extends NativeModel<NativeAutoencoderKL> {
@@ -61,6 +70,7 @@ export class AutoencoderKL extends NativeModel<NativeAutoencoderKL> {
   /** Latents [B, C, h, w] → the raw decoder output [B, 3, 8h, 8w] (no scaling applied; about [−1, 1]). */
   async decode(latents: Tensor): Promise<Tensor> {
     if (!(latents instanceof Tensor)) throw invalidArg('latents', 'a Tensor', latents);
+    requireNonEmpty('latents', latents);
     const x = latents.handle;
     return new Tensor(await this.call((h) => h.forward(x, 'decode')));
   }
@@ -68,6 +78,7 @@ export class AutoencoderKL extends NativeModel<NativeAutoencoderKL> {
   /** An image [B, 3, H, W] in [−1, 1] → the posterior mean [B, C, H/8, W/8] (no scaling applied). */
   async encode(image: Tensor): Promise<Tensor> {
     if (!(image instanceof Tensor)) throw invalidArg('image', 'a Tensor', image);
+    requireNonEmpty('image', image, 'image or batch');
     const x = image.handle;
     return new Tensor(await this.call((h) => h.forward(x, 'encode')));
   }
