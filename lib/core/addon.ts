@@ -51,6 +51,9 @@ export interface BuildInfo {
 
 /** A record of named tensors (weights, checkpoints, optimizer state). */
 export type NativeTensorRecord = Record<string, NativeTensor>;
+/** One range for readSafetensors: [name, dtype, shape, begin, end] or [name, dtype, shape, begin, end, stride, offset]. */
+export type NativeReadEntry = [string, string, number[], number, number] |
+  [string, string, number[], number, number, number[], number];
 
 /** The divergences of the X2I distillation loss (native/train/distill.cc parseDivergence). */
 export type NativeDivergence = 'rkl' | 'kl' | 'js' | 'mse';
@@ -410,10 +413,13 @@ export interface Addon {
   /** Whether this build has NCCL (the 'nccl' process-group backend). */
   ncclAvailable(): boolean;
   setNumThreads(n: number): void;
-  readSafetensors(path: string, dataStart: number, entries: [string, string, number[], number, number][],
-    device?: string, dtype?: string): Promise<NativeTensorRecord>;
+  /** Byte ranges of a file after dataStart, each re-checked against the file: [name, dtype, shape, begin, end] (the
+   * range holds exactly the tensor), or [..., stride, offset] (a view of the storage [begin, end), each storage read
+   * once). Owned memory; `mmap`: CPU tensors are zero-copy views of a private mapping instead. The tensors come
+   * back in entry order. */
+  readSafetensors(path: string, dataStart: number, entries: NativeReadEntry[],
+    device?: string, dtype?: string, mmap?: boolean): Promise<NativeTensor[]>;
   writeSafetensors(path: string, header: Buffer, tensors: NativeTensor[], nbytes: number[]): Promise<void>;
-  loadTorchCheckpoint(path: string): Promise<NativeTensorRecord>;
   zeros(shape: number[], dtype: string, device: string): Promise<NativeTensor>;
   randn(shape: number[], dtype: string, device: string, seed?: number): Promise<NativeTensor>;
   matmul(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
@@ -459,7 +465,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
   NativeQwenVLEncoder: true, NativeAutoencoderKL: true, NativeProcessGroup: true, qwenRopeIndex: true,
   distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
   cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
-  writeSafetensors: true, loadTorchCheckpoint: true, zeros: true, randn: true, matmul: true, relativeError: true,
+  writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true,
   resizeImage: true, packLatents: true, unpackLatents: true, toImage: true, imageToUint8: true, imageAgreement: true,
   testing: true,
 } satisfies Record<keyof Addon, true>);

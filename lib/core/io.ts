@@ -1,13 +1,17 @@
 /**
- * Checkpoint files (native/core/io.cc): safetensors, read by memory-mapping after the header has been fully
- * validated here, written atomically; sharded checkpoints via `*.safetensors.index.json`; and `torch.save`
- * zip pickles of tensor dicts.
+ * Checkpoint files (native/core/io.cc): safetensors, read into memory the model owns (or memory-mapped on request)
+ * after the header has been fully validated here, written atomically; sharded checkpoints via
+ * `*.safetensors.index.json`; and `torch.save` zip pickles of tensor dicts, validated by lib/core/torch_checkpoint.ts
+ * (no LibTorch pickle reader). Every tensor record is an object whose keys are own properties, whatever the name
+ * (`__proto__`, `constructor`, '' included).
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg, nativeCall } from './errors.js';
 import { addon } from './native.js';
 import { Tensor, type AnyDType, type DType } from './tensor.js';
+import { planTorchCheckpoint } from './torch_checkpoint.js';
+import type { NativeTensor } from './addon.js';
 
 /** safetensors dtype → x2i dtype and bits per element. */
 const ST_DTYPES: Record<string, { dtype: AnyDType; bits: number } | { unsupported: string }> = {
@@ -48,10 +52,29 @@ export interface SafetensorsHeader {
 }
 
 export interface LoadOptions {
-  /** Where tensors go: 'cpu' (default: zero-copy views of the mapped file where aligned), 'cuda', 'cuda:N'. */
+  /** Where tensors go: 'cpu' (default), 'cuda', 'cuda:N'. */
   device?: string;
   /** Cast floating-point tensors to this dtype (integer and bool tensors keep theirs). Default: as stored. */
   dtype?: DType;
+  /**
+   * CPU tensors of the stored dtype become zero-copy views of a private (copy-on-write) mapping of the file instead
+   * of memory they own. Faster to load and shares the page cache, but the file must stay unchanged while the tensors
+   * live: a file truncated or overwritten in place under them raises SIGBUS, which kills the process, at the next
+   * access (a forward, a save). Default false: the bytes are read into owned memory, and a changed file never
+   * affects loaded tensors.
+   */
+  mmap?: boolean;
+}
+
+/** A record whose every key is an own property, `__proto__` included (plain assignment would set the prototype). */
+export function defineEntry<T>(rec: Record<string, T>, name: string, value: T): void {
+  Object.defineProperty(rec, name, { value, enumerable: true, writable: true, configurable: true });
+}
+
+function tensorRecord(names: string[], handles: NativeTensor[]): Record<string, Tensor> {
+  const out: Record<string, Tensor> = {};
+  names.forEach((name, i) => defineEntry(out, name, new Tensor(handles[i])));
+  return out;
 }
 
 function bad(file: string, code: string, msg: string): X2IError {
@@ -108,7 +131,7 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
         for (const [k, s] of Object.entries(v)) {
           if (typeof s !== 'string')
             throw bad(file, 'ERR_SAFETENSORS_HEADER', `__metadata__['${k}'] is ${typeof s}, expected a string`);
-          metadata[k] = s;
+          defineEntry(metadata, k, s);
         }
         continue;
       }
@@ -168,10 +191,9 @@ async function loadOne(file: string, opts: LoadOptions, only?: Set<string>): Pro
     const shape = e.dtype === 'float4_e2m1fn_x2' ? [...e.shape.slice(0, -1), e.shape[e.shape.length - 1] / 2] : e.shape;
     return [e.name, e.dtype, shape, e.dataOffsets[0], e.dataOffsets[1]] as [string, string, number[], number, number];
   });
-  const handles = await nativeCall(() => addon().readSafetensors(file, h.dataStart, plan, opts.device, opts.dtype));
-  const out: Record<string, Tensor> = {};
-  for (const [name] of plan) out[name] = new Tensor(handles[name]);
-  return out;
+  const handles = await nativeCall(() => addon().readSafetensors(file, h.dataStart, plan, opts.device, opts.dtype,
+    opts.mmap === true));
+  return tensorRecord(plan.map((e) => e[0]), handles);
 }
 
 function checkLoadOptions(opts: LoadOptions): void {
@@ -179,6 +201,7 @@ function checkLoadOptions(opts: LoadOptions): void {
     throw invalidArg('device', "'cpu', 'cuda' or 'cuda:N'", opts.device);
   if (opts.dtype !== undefined && !['float32', 'float16', 'bfloat16', 'float64'].includes(opts.dtype))
     throw invalidArg('dtype', "a floating dtype ('float32', 'float16', 'bfloat16', 'float64')", opts.dtype);
+  if (opts.mmap !== undefined && typeof opts.mmap !== 'boolean') throw invalidArg('mmap', 'a boolean', opts.mmap);
 }
 
 /** The weight files of a folder: its `*.safetensors.index.json`, else its single `*.safetensors` file, else the
@@ -199,7 +222,7 @@ function resolveFolder(dir: string): string {
 
 /**
  * Loads every tensor of a safetensors file, of a sharded checkpoint (`*.safetensors.index.json`), or of a
- * folder holding either. CPU tensors of the stored dtype are zero-copy views of the mapped file.
+ * folder holding either. The tensors own their memory unless `opts.mmap` (see LoadOptions.mmap).
  */
 export async function loadSafetensors(file: string, opts: LoadOptions = {}): Promise<Record<string, Tensor>> {
   if (typeof file !== 'string') throw invalidArg('path', 'a file path string', file);
@@ -213,7 +236,7 @@ export async function loadSafetensors(file: string, opts: LoadOptions = {}): Pro
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw bad(file, 'ERR_FILE_NOT_FOUND', 'no such file');
     throw bad(file, 'ERR_SAFETENSORS_INDEX', `not valid JSON (${(e as Error).message})`);
   }
-  const map = index?.weight_map;
+  const map = Object.hasOwn(index ?? {}, 'weight_map') ? index.weight_map : undefined;
   if (!map || typeof map !== 'object' || Array.isArray(map))
     throw bad(file, 'ERR_SAFETENSORS_INDEX', 'no "weight_map" object');
   const shards = new Map<string, Set<string>>();
@@ -228,13 +251,13 @@ export async function loadSafetensors(file: string, opts: LoadOptions = {}): Pro
     for (const [shard, names] of shards) {
       const shardPath = path.join(path.dirname(file), shard);
       const part = await loadOne(shardPath, opts, names);
-      const missing = [...names].filter((n) => !(n in part));
+      const missing = [...names].filter((n) => !Object.hasOwn(part, n));
       if (missing.length) {
         for (const t of Object.values(part)) t.dispose();
         throw bad(file, 'ERR_SAFETENSORS_INDEX', `shard ${shard} lacks ${missing.length} tensor(s) the index ` +
           `lists: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
       }
-      Object.assign(out, part);
+      for (const [n, t] of Object.entries(part)) defineEntry(out, n, t);
     }
   } catch (e) {
     for (const t of Object.values(out)) t.dispose();
@@ -261,7 +284,7 @@ export async function saveSafetensors(file: string, tensors: Record<string, Tens
   }
   const items = Object.entries(tensors).map(([name, t]) => {
     if (!(t instanceof Tensor)) throw invalidArg(`tensors['${name}']`, 'a Tensor', t);
-    if (name === '__metadata__' || name === '') throw invalidArg('a tensor name', 'a non-empty name other than __metadata__', name);
+    if (name === '__metadata__') throw invalidArg('a tensor name', 'a name other than __metadata__', name);
     return { name, t, st: DTYPE_TO_ST[t.dtype], h: t.handle };
   });
   const align = (d: string) => (ST_DTYPES[d] as { bits: number }).bits;
@@ -270,7 +293,7 @@ export async function saveSafetensors(file: string, tensors: Record<string, Tens
   for (const it of items) {
     const shape = it.t.dtype === 'float4_e2m1fn_x2'
       ? [...it.t.shape.slice(0, -1), it.t.shape[it.t.shape.length - 1] * 2] : [...it.t.shape];
-    header[it.name] = { dtype: it.st, shape, data_offsets: [offset, offset + it.t.nbytes] };
+    defineEntry(header, it.name, { dtype: it.st, shape, data_offsets: [offset, offset + it.t.nbytes] });
     offset += it.t.nbytes;
   }
   let json = JSON.stringify(header);
@@ -280,20 +303,17 @@ export async function saveSafetensors(file: string, tensors: Record<string, Tens
     items.map((i) => i.h), items.map((i) => i.t.nbytes)));
 }
 
-/** Reads a `torch.save` zip archive of a (possibly nested) dict of tensors, e.g. an official X2I AlignNet
- * `.bin`. Nested dicts are flattened with '.'; values that are not tensors are skipped. */
+/** Reads a `torch.save` zip archive of a (possibly nested) dict of tensors, e.g. an official X2I AlignNet `.bin` or a
+ * ComfyUI `{config, state_dict}` file. Nested dicts are flattened with '.'; values that are not tensors are skipped.
+ * The archive is validated by lib/core/torch_checkpoint.ts before a byte of tensor data is read: zip bounds, STORED
+ * records only, a restricted unpickler (only the globals a state dict needs; nothing is executed), every storage and
+ * view checked against its record's length. Errors are X2IErrors naming the file and what was wrong. */
 export async function loadTorchCheckpoint(file: string, opts: LoadOptions = {}): Promise<Record<string, Tensor>> {
   if (typeof file !== 'string') throw invalidArg('path', 'a file path string', file);
   checkLoadOptions(opts);
   await statFile(file);
-  const handles = await nativeCall(() => addon().loadTorchCheckpoint(file));
-  const out: Record<string, Tensor> = {};
-  for (const [k, h] of Object.entries(handles)) out[k] = new Tensor(h);
-  if (opts.device === undefined && opts.dtype === undefined) return out;
-  for (const [k, t] of Object.entries(out)) {
-    const floating = ['float32', 'float16', 'bfloat16', 'float64'].includes(t.dtype);
-    out[k] = await t.to({ device: opts.device, dtype: floating ? opts.dtype : undefined });
-    t.dispose();
-  }
-  return out;
+  const plan = planTorchCheckpoint(file);
+  const handles = await nativeCall(() => addon().readSafetensors(file, 0, plan.entries, opts.device, opts.dtype,
+    opts.mmap === true));
+  return tensorRecord(plan.entries.map((e) => e[0]), handles);
 }

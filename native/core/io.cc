@@ -1,17 +1,19 @@
-// Checkpoint files: safetensors (memory-mapped read, atomic write) and torch.save zip pickles.
-// The safetensors header is parsed and validated in TypeScript (lib/core/io.ts); this side re-checks
-// every byte range against the file before it maps anything, so no input can read outside the file.
+// Checkpoint files: byte ranges of a file read into owned memory (or, on request, memory-mapped) and atomic
+// safetensors writes. Headers are parsed and validated in TypeScript (lib/core/io.ts for safetensors,
+// lib/core/torch_checkpoint.ts for torch.save zips, no LibTorch pickle reader); this side re-checks every byte
+// range and view against the file before it reads anything, so no input can read outside the file.
 #include "core/io.h"
 
 #include "core/transfer.h"
 
-#include <torch/csrc/jit/serialization/pickle.h>
-
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
-#include <fstream>
+#include <map>
+#include <tuple>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,49 +42,121 @@ struct Mapping {
 
 }  // namespace
 
+namespace {
+// Reads [off, off + n) of fd into dst; a short read (the file shrank since it was checked) is an error.
+void preadAll(int fd, void* dst, uint64_t off, uint64_t n, const std::string& path) {
+  auto* p = static_cast<uint8_t*>(dst);
+  while (n > 0) {
+    const size_t chunk = size_t(std::min<uint64_t>(n, uint64_t(1) << 30));
+    ssize_t r = ::pread(fd, p, chunk, off_t(off));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) failIO("cannot read", path);
+    if (r == 0)
+      fail("ERR_CHECKPOINT_TRUNCATED", "'" + path + "': the file ended at byte " + std::to_string(off) +
+                                           " while reading (it was truncated or changed after it was checked)");
+    p += r;
+    off += uint64_t(r);
+    n -= uint64_t(r);
+  }
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+}  // namespace
+
 Tensors readSafetensors(const std::string& path, uint64_t dataStart, const std::vector<SafetensorsEntry>& entries,
-                        c10::Device device, bool cast, at::ScalarType want) {
+                        c10::Device device, bool cast, at::ScalarType want, bool mmapRead) {
   Tensors out;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) failIO("cannot open", path);
+  Fd f;
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.fd < 0) failIO("cannot open", path);
   struct stat st;
-  if (fstat(fd, &st) != 0) {
-    ::close(fd);
-    failIO("cannot stat", path);
-  }
+  if (fstat(f.fd, &st) != 0) failIO("cannot stat", path);
   const uint64_t size = uint64_t(st.st_size);
-  // Re-check every range before mapping (the file may have changed since its header was read).
+  auto rangeError = [&](const SafetensorsEntry& e, const std::string& why) {
+    fail("ERR_SAFETENSORS_RANGE", "'" + path + "': tensor '" + e.name + "' byte range [" + std::to_string(e.begin) +
+                                      ", " + std::to_string(e.end) + ") " + why + " (the file is " +
+                                      std::to_string(size) + " bytes)");
+  };
+  // Re-check every range before reading (the file may have changed since its header was read).
   for (auto& e : entries) {
-    uint64_t numel = 1;
-    for (auto d : e.shape) numel *= uint64_t(d);
-    const uint64_t nbytes = numel * c10::elementSize(e.dtype);
-    if (e.end < e.begin || e.end - e.begin != nbytes || dataStart + e.end > size) {
-      ::close(fd);
-      fail("ERR_SAFETENSORS_RANGE", "'" + path + "': tensor '" + e.name + "' byte range [" +
-                                        std::to_string(e.begin) + ", " + std::to_string(e.end) +
-                                        ") does not fit its shape and dtype or the file (" +
-                                        std::to_string(size) + " bytes)");
+    const uint64_t es = c10::elementSize(e.dtype);
+    if (e.end < e.begin || dataStart > size || e.end > size - dataStart)
+      rangeError(e, "does not fit the file");
+    const uint64_t storageBytes = e.end - e.begin;
+    if (!e.strided) {
+      uint64_t numel = 1;
+      bool overflow = false;
+      for (auto d : e.shape) {
+        if (d < 0 || (d > 0 && numel > UINT64_MAX / uint64_t(d))) overflow = true;
+        numel *= uint64_t(d);
+      }
+      if (overflow || numel > UINT64_MAX / es || numel * es != storageBytes)
+        rangeError(e, "does not fit its shape and dtype");
+      continue;
     }
+    // A view (size, stride, offset in elements) into the storage [begin, end).
+    if (storageBytes % es != 0) rangeError(e, "is not a whole number of elements");
+    const uint64_t storageNumel = storageBytes / es;
+    if (e.shape.size() != e.stride.size() || e.offset < 0) rangeError(e, "has a bad view");
+    bool empty = false;
+    for (auto d : e.shape) empty = empty || d == 0;
+    if (empty) continue;
+    // the last element the view touches: offset + sum (size - 1) * stride, without overflow
+    uint64_t last = uint64_t(e.offset);
+    for (size_t i = 0; i < e.shape.size(); ++i) {
+      if (e.shape[i] < 0 || e.stride[i] < 0) rangeError(e, "has a negative size or stride");
+      const uint64_t a = uint64_t(e.shape[i] - 1), b = uint64_t(e.stride[i]);
+      if (b != 0 && a > (UINT64_MAX / 4) / b) rangeError(e, "has a view that overflows");
+      last += a * b;
+      if (last >= storageNumel) rangeError(e, "is smaller than its view (offset, size and stride run past it)");
+    }
+    if (last >= storageNumel) rangeError(e, "is smaller than its view (offset, size and stride run past it)");
   }
-  auto map = std::make_shared<Mapping>();
-  map->len = size_t(size);
-  map->addr = mmap(nullptr, map->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map->addr == MAP_FAILED) failIO("cannot map", path);
-  madvise(map->addr, map->len, MADV_WILLNEED);
-  auto* base = static_cast<uint8_t*>(map->addr) + dataStart;
-  for (auto& e : entries) {
-    uint8_t* p = base + e.begin;
+  std::shared_ptr<Mapping> map;
+  if (mmapRead && size > 0) {
+    map = std::make_shared<Mapping>();
+    map->len = size_t(size);
+    map->addr = mmap(nullptr, map->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, f.fd, 0);
+    if (map->addr == MAP_FAILED) failIO("cannot map", path);
+    madvise(map->addr, map->len, MADV_WILLNEED);
+  }
+  // Each storage (byte range, dtype) is read once; views of one storage share it, as torch.load's do.
+  std::map<std::tuple<uint64_t, uint64_t, int>, at::Tensor> storages;
+  auto storageOf = [&](const SafetensorsEntry& e) -> at::Tensor {
+    const auto key = std::make_tuple(e.begin, e.end, int(e.dtype));
+    auto it = storages.find(key);
+    if (it != storages.end()) return it->second;
     const auto opts = at::TensorOptions().dtype(e.dtype);
+    const int64_t numel = int64_t((e.end - e.begin) / c10::elementSize(e.dtype));
+    at::Tensor s;
+    uint8_t* p = map ? static_cast<uint8_t*>(map->addr) + dataStart + e.begin : nullptr;
+    if (numel == 0) {
+      s = at::empty({0}, opts);
+    } else if (p && reinterpret_cast<uintptr_t>(p) % c10::elementSize(e.dtype) == 0) {
+      auto keep = map;
+      s = at::from_blob(p, {numel}, [keep](void*) {}, opts);  // zero-copy view of the mapping
+    } else {
+      s = at::empty({numel}, opts);
+      preadAll(f.fd, s.data_ptr(), dataStart + e.begin, e.end - e.begin, path);  // owned memory
+    }
+    storages.emplace(key, s);
+    return s;
+  };
+  for (auto& e : entries) {
     const at::ScalarType target = cast && at::isFloatingType(e.dtype) ? want : e.dtype;
+    at::Tensor s = storageOf(e);
     at::Tensor t;
-    if (e.end == e.begin) {
-      t = at::empty(e.shape, opts);
-    } else if (reinterpret_cast<uintptr_t>(p) % c10::elementSize(e.dtype) == 0) {
-      t = at::from_blob(p, e.shape, [map](void*) {}, opts);  // zero-copy view of the mapping
-    } else {  // unaligned in the file: one copy
-      t = at::empty(e.shape, opts);
-      std::memcpy(t.data_ptr(), p, e.end - e.begin);
+    if (!e.strided) {
+      t = s.view(e.shape);
+    } else {
+      bool empty = false;
+      for (auto d : e.shape) empty = empty || d == 0;
+      t = empty ? at::empty(e.shape, s.options()) : s.as_strided(e.shape, e.stride, e.offset);
     }
     if (device.is_cuda()) {
       t = moveTo(t, device).to(target);  // raw bytes over the bus (staged), cast on the GPU
@@ -142,39 +216,6 @@ void writeSafetensors(const std::string& path, const std::string& header, const 
     fsync(dfd);
     ::close(dfd);
   }
-}
-
-namespace {
-void flatten(const c10::IValue& v, const std::string& prefix, std::vector<std::pair<std::string, at::Tensor>>& out) {
-  for (auto& kv : v.toGenericDict()) {
-    const auto& k = kv.key();
-    std::string key = k.isString() ? k.toStringRef() : k.isInt() ? std::to_string(k.toInt()) : std::string();
-    if (key.empty()) continue;
-    const auto& val = kv.value();
-    if (val.isTensor()) out.emplace_back(prefix + key, val.toTensor());
-    else if (val.isGenericDict()) flatten(val, prefix + key + ".", out);
-  }
-}
-}  // namespace
-
-Tensors loadTorchCheckpoint(const std::string& path) {
-  Tensors out;
-  std::ifstream f(path, std::ios::binary);
-  if (!f) failIO("cannot open", path);
-  std::vector<char> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (data.size() < 4 || data[0] != 'P' || data[1] != 'K')
-    fail("ERR_CHECKPOINT_FORMAT", "'" + path + "' is not a torch.save zip archive (PyTorch >= 1.6 format)");
-  c10::IValue v;
-  try {
-    v = torch::jit::pickle_load(data);
-  } catch (const c10::Error& e) {
-    fail("ERR_CHECKPOINT_FORMAT", "'" + path + "': cannot unpickle: " + e.what_without_backtrace());
-  }
-  if (!v.isGenericDict())
-    fail("ERR_CHECKPOINT_FORMAT", "'" + path + "': expected a dict of tensors, found " + v.tagKind());
-  flatten(v, "", out);
-  if (out.empty()) fail("ERR_CHECKPOINT_FORMAT", "'" + path + "': the dict holds no tensors");
-  return out;
 }
 
 }  // namespace x2i

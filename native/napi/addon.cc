@@ -28,7 +28,6 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   fn("setNumThreads", SetNumThreads);
   fn("readSafetensors", ReadSafetensors);
   fn("writeSafetensors", WriteSafetensors);
-  fn("loadTorchCheckpoint", LoadTorchCheckpoint);
   fn("randn", Randn);
   fn("matmul", Matmul);
   fn("zeros", Zeros);

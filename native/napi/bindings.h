@@ -41,7 +41,6 @@ Napi::Value Zeros(const Napi::CallbackInfo& info);
 Napi::Value Matmul(const Napi::CallbackInfo& info);
 Napi::Value ReadSafetensors(const Napi::CallbackInfo& info);
 Napi::Value WriteSafetensors(const Napi::CallbackInfo& info);
-Napi::Value LoadTorchCheckpoint(const Napi::CallbackInfo& info);
 
 // the build and the devices: info.cc
 Napi::Value BuildInfo(const Napi::CallbackInfo& info);

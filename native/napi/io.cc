@@ -5,39 +5,58 @@
 
 namespace x2i {
 namespace {
-Napi::Object tensorsToJs(Napi::Env env, Tensors& ts) {
-  auto o = Napi::Object::New(env);
-  for (auto& [name, t] : ts) o.Set(name, TensorWrap::Wrap(env, std::move(t)));
-  return o;
+// The tensors in entry order (an array, so that any name, __proto__ included, is the caller's to place).
+Napi::Array tensorsToJs(Napi::Env env, Tensors& ts) {
+  auto a = Napi::Array::New(env, ts.size());
+  for (uint32_t i = 0; i < ts.size(); ++i) a.Set(i, TensorWrap::Wrap(env, std::move(ts[i].second)));
+  return a;
 }
 }  // namespace
 
-// readSafetensors(path, dataStart, entries[[name, dtype, shape, begin, end]], device?, dtype?)
+// readSafetensors(path, dataStart, entries[[name, dtype, shape, begin, end, stride?, offset?]], device?, dtype?,
+// mmap?): [begin, end) after dataStart; with stride, the entry is a view (shape, stride, element offset) into the
+// storage [begin, end), each storage read once. Owned memory unless mmap is true (CPU zero-copy views).
 Napi::Value ReadSafetensors(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     const std::string path = argString(info, 0, "path");
     if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsArray())
-      fail("ERR_INVALID_ARG", "readSafetensors(path, dataStart, entries, device?, dtype?)");
-    const double ds = info[1].As<Napi::Number>().DoubleValue();
-    if (!(ds >= 8) || ds > 9007199254740991.0) fail("ERR_INVALID_ARG", "bad data start");
+      fail("ERR_INVALID_ARG", "readSafetensors(path, dataStart, entries, device?, dtype?, mmap?)");
+    auto count = [](const Napi::Value& v, int64_t& x) {
+      if (!v.IsNumber()) return false;
+      const double d = v.As<Napi::Number>().DoubleValue();
+      if (!(d >= 0) || d > 9007199254740991.0 || d != double(int64_t(d))) return false;
+      x = int64_t(d);
+      return true;
+    };
+    int64_t ds = 0;
+    if (!count(info[1], ds)) fail("ERR_INVALID_ARG", "bad data start");
     const uint64_t dataStart = uint64_t(ds);
     std::vector<SafetensorsEntry> entries;
     auto arr = info[2].As<Napi::Array>();
+    auto ints = [&](const Napi::Value& v, std::vector<int64_t>& outv, const std::string& what) {
+      if (!v.IsArray()) fail("ERR_INVALID_ARG", "bad " + what);
+      auto a = v.As<Napi::Array>();
+      for (uint32_t k = 0; k < a.Length(); ++k) {
+        int64_t x = 0;
+        if (!count(a[k], x)) fail("ERR_INVALID_ARG", "bad " + what);
+        outv.push_back(x);
+      }
+    };
     for (uint32_t i = 0; i < arr.Length(); ++i) {
       Napi::Value item = arr[i];
       if (!item.IsArray()) fail("ERR_INVALID_ARG", "bad entry");
       auto e = item.As<Napi::Array>();
-      Napi::Value n = e[0u], d = e[1u], s = e[2u], b = e[3u], f = e[4u];
-      if (!n.IsString() || !d.IsString() || !s.IsArray() || !b.IsNumber() || !f.IsNumber())
+      Napi::Value n = e[0u], d = e[1u], s = e[2u];
+      int64_t b = 0, f = 0;
+      if (!n.IsString() || !d.IsString() || !s.IsArray() || !count(e[3u], b) || !count(e[4u], f))
         fail("ERR_INVALID_ARG", "bad entry");
       SafetensorsEntry en{n.As<Napi::String>().Utf8Value(), parseDType(d.As<Napi::String>().Utf8Value()), {},
-               uint64_t(b.As<Napi::Number>().Int64Value()), uint64_t(f.As<Napi::Number>().Int64Value())};
-      auto sa = s.As<Napi::Array>();
-      for (uint32_t k = 0; k < sa.Length(); ++k) {
-        Napi::Value v = sa[k];
-        int64_t x = v.IsNumber() ? v.As<Napi::Number>().Int64Value() : -1;
-        if (x < 0) fail("ERR_INVALID_ARG", "bad shape in entry " + en.name);
-        en.shape.push_back(x);
+                          uint64_t(b), uint64_t(f)};
+      ints(s, en.shape, "shape in entry " + en.name);
+      if (e.Length() > 5 && !Napi::Value(e[5u]).IsUndefined()) {
+        en.strided = true;
+        ints(e[5u], en.stride, "stride in entry " + en.name);
+        if (!count(e[6u], en.offset)) fail("ERR_INVALID_ARG", "bad offset in entry " + en.name);
       }
       entries.push_back(std::move(en));
     }
@@ -45,9 +64,10 @@ Napi::Value ReadSafetensors(const Napi::CallbackInfo& info) {
         parseDevice(info.Length() > 3 && info[3].IsString() ? argString(info, 3, "device") : "cpu");
     const bool cast = info.Length() > 4 && info[4].IsString();
     const at::ScalarType want = cast ? parseDType(argString(info, 4, "dtype")) : at::kFloat;
+    const bool mmapRead = info.Length() > 5 && info[5].IsBoolean() && info[5].As<Napi::Boolean>().Value();
 
     auto out = std::make_shared<Tensors>();
-    return queue(info.Env(), [=] { *out = readSafetensors(path, dataStart, entries, device, cast, want); },
+    return queue(info.Env(), [=] { *out = readSafetensors(path, dataStart, entries, device, cast, want, mmapRead); },
                  [out](Napi::Env env) -> Napi::Value { return tensorsToJs(env, *out); });
   });
 }
@@ -71,16 +91,6 @@ Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
     }
     return queue(info.Env(), [=] { writeSafetensors(path, header, tensors, sizes); },
                  [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
-  });
-}
-
-// loadTorchCheckpoint(path) → Promise<Record<string, NativeTensor>>
-Napi::Value LoadTorchCheckpoint(const Napi::CallbackInfo& info) {
-  return guardAsync(info, [&]() -> Napi::Value {
-    const std::string path = argString(info, 0, "path");
-    auto out = std::make_shared<Tensors>();
-    return queue(info.Env(), [path, out] { *out = loadTorchCheckpoint(path); },
-                 [out](Napi::Env env) -> Napi::Value { return tensorsToJs(env, *out); });
   });
 }
 
