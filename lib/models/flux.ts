@@ -342,6 +342,10 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     Promise<{ latents: Tensor; stepLatents?: undefined }>;
   async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[], options: { returnStepLatents?: boolean } = {}):
     Promise<{ latents: Tensor; stepLatents?: Tensor }> {
+    if (!Array.isArray(timesteps) || timesteps.length === 0 || !timesteps.every(Number.isFinite))
+      throw invalidArg('timesteps', 'a non-empty array of finite numbers', timesteps);
+    if (!Array.isArray(sigmas) || sigmas.length !== timesteps.length + 1 || !sigmas.every(Number.isFinite))
+      throw invalidArg('sigmas', `an array of ${timesteps.length + 1} finite numbers (one more than timesteps)`, sigmas);
     const ins = nativeInputs(inputs as FluxInputs);
     const r = await this.call((h) => h.denoise(ins, timesteps, sigmas, options.returnStepLatents ?? true));
     return { latents: new Tensor(r.latents), stepLatents: r.stepLatents && new Tensor(r.stepLatents) };

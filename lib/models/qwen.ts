@@ -163,6 +163,8 @@ export class QwenVLEncoder extends NativeModel<NativeQwenVLEncoder> {
   /** The [3, B, S] M-RoPE position ids (temporal, height, width) of a prompt with image/video blocks, as
    * get_rope_index computes them; pads get 1. */
   ropeIndex(inputs: Pick<QwenVLInputs, 'inputIds' | 'attentionMask' | 'imageGridThw' | 'videoGridThw' | 'secondPerGridT'>): Tensor {
+    if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
+    requireNonEmpty('inputs.inputIds', inputs.inputIds, 'batch or sequence');
     const vc = (this.config.vision_config ?? {}) as Record<string, unknown>;
     const h = (t?: Tensor) => t?.handle;
     const native = addon();

@@ -279,6 +279,9 @@ const cases = [
   ['alignnet hiddenStates [1, 5, 0, 32]', 'hiddenStates', () => align.forward(f32([1, 5, 0, 32]))],
   ['flux hiddenStates [1, 0, 16]', 'inputs.hiddenStates', () => flux.forward(fluxInputs({ hiddenStates: f32([1, 0, 16]), imgIds: f32([0, 3]) }))],
   ['flux batch 0', 'inputs.hiddenStates', () => flux.forward(fluxInputs({ hiddenStates: f32([0, 4, 16]) }))],
+  ['flux denoise timesteps []', 'timesteps', () => flux.denoise(fluxInputs({}), [], [1])],
+  ['flux denoise sigmas [NaN]', 'sigmas', () => flux.denoise(fluxInputs({}), [1], [1, NaN])],
+  ['qwen ropeIndex inputIds [1, 0]', 'inputs.inputIds', () => qwen.ropeIndex({ inputIds: ids([1, 0]) })],
   ['flux encoderHiddenStates [1, 0, 32]', 'inputs.encoderHiddenStates', () => flux.forward(fluxInputs({ encoderHiddenStates: f32([1, 0, 32]), txtIds: f32([0, 3]) }))],
 ];
 for (const [name, input, fn] of cases) {
@@ -294,7 +297,7 @@ for (const m of [t5, clip, qwen, vae, align, flux]) m.dispose();
     const r = runChild(script, [golden]);
     expect(r.signal, r.stderr).toBeNull();
     expect(r.status, r.stderr).toBe(0);
-    expect(r.results.length).toBe(19);
+    expect(r.results.length).toBe(22);
     for (const x of r.results as (Result & { input: string })[]) {
       expect(x.ok, `${x.name} was accepted`).toBe(false);
       expect(x.code, `${x.name}: ${x.message}`).toBe('ERR_INVALID_ARG');
