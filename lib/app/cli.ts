@@ -115,7 +115,7 @@ async function generate(args: string[]): Promise<number> {
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
   const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
   const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
-  const scheduler = new x2i.FlowMatchEulerScheduler(fs.existsSync(schedulerFile) ? JSON.parse(fs.readFileSync(schedulerFile, 'utf8')) : {});
+  const scheduler = fs.existsSync(schedulerFile) ? x2i.FlowMatchEulerScheduler.fromPretrained(schedulerFile) : new x2i.FlowMatchEulerScheduler();
   const gen = { ...gen0, onProgress: progressBar('x2i generate') };
   let out: FluxImages;
   if (v.mllm || v.alignnet) {

@@ -2,6 +2,9 @@
  * x2i.FlowMatchEulerScheduler: FLUX's flow-matching Euler sampler schedule (diffusers
  * FlowMatchEulerDiscreteScheduler as FluxPipeline drives it), computed with the reference's float32 rounding.
  */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ConfigReader } from '../core/config.js';
 import { X2IError, invalidArg } from '../core/errors.js';
 
 /** diffusers scheduler_config.json keys. */
@@ -38,13 +41,43 @@ export class FlowMatchEulerScheduler {
   sigmas: number[] = [];
   timesteps: number[] = [];
 
-  constructor(config: FlowMatchEulerConfig = {}) {
-    const c = { ...FLUX_DEV_SCHEDULER, ...Object.fromEntries(Object.entries(config).filter(([k]) => !k.startsWith('_'))) };
+  /** `source` names the config in errors (e.g. the path of scheduler_config.json). */
+  constructor(config: FlowMatchEulerConfig = {}, source = 'scheduler config') {
+    const c = { ...FLUX_DEV_SCHEDULER, ...Object.fromEntries(Object.entries(config ?? {}).filter(([k]) => !k.startsWith('_'))) };
+    // every field of its type and range before any schedule is computed (lib/core/config.ts)
+    const r = new ConfigReader(c, source);
+    r.int('num_train_timesteps', { max: 1_000_000 });
+    r.num('shift', { positive: true });
+    r.bool('use_dynamic_shifting');
+    r.num('base_shift');
+    r.num('max_shift');
+    const base = r.int('base_image_seq_len'), max = r.int('max_image_seq_len');
+    r.check(max > base, `field 'max_image_seq_len' (${max}) must be greater than 'base_image_seq_len' (${base})`);
+    r.oneOf('time_shift_type', ['exponential', 'linear'] as const);
+    for (const k of ['use_karras_sigmas', 'use_exponential_sigmas', 'use_beta_sigmas', 'invert_sigmas', 'stochastic_sampling'] as const) r.bool(k);
     for (const k of ['use_karras_sigmas', 'use_exponential_sigmas', 'use_beta_sigmas', 'invert_sigmas', 'stochastic_sampling'] as const)
       if (c[k]) throw new X2IError(`FlowMatchEulerScheduler: ${k} is not supported (FLUX uses none of them)`, 'ERR_CONFIG');
     if (c.shift_terminal !== null && c.shift_terminal !== undefined)
       throw new X2IError('FlowMatchEulerScheduler: shift_terminal is not supported', 'ERR_CONFIG');
     this.config = Object.freeze(c as typeof FLUX_DEV_SCHEDULER);
+  }
+
+  /** A scheduler_config.json: the file, a `scheduler/` folder or a pipeline folder holding one. Its values are
+   * checked as the constructor does, errors naming the file. */
+  static fromPretrained(p: string): FlowMatchEulerScheduler {
+    const file = [p, path.join(p, 'scheduler_config.json'), path.join(p, 'scheduler', 'scheduler_config.json')]
+      .find((f) => fs.existsSync(f) && fs.statSync(f).isFile());
+    if (!file) throw new X2IError(`${p}: no scheduler_config.json (looked for the file, ${p}/scheduler_config.json and ` +
+      `${p}/scheduler/scheduler_config.json)`, 'ERR_FILE_NOT_FOUND');
+    let config: unknown;
+    try {
+      config = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (e) {
+      throw new X2IError(`${file}: not valid JSON (${(e as Error).message})`, 'ERR_CONFIG');
+    }
+    if (!config || typeof config !== 'object' || Array.isArray(config))
+      throw new X2IError(`${file}: expected a JSON object of scheduler settings`, 'ERR_CONFIG');
+    return new FlowMatchEulerScheduler(config as FlowMatchEulerConfig, file);
   }
 
   /** FluxPipeline's μ: linear in the image token count from (base_image_seq_len, base_shift) to
