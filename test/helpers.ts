@@ -60,3 +60,37 @@ export async function settleGc(): Promise<void> {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+/** A small random AlignNet (5 layers of 32 wide → 32 / 24) as safetensors in `dir` (made once per folder): the
+ * student of the tiny golden FLUX in the trainer tests. */
+export async function alignNetFile(dir: string): Promise<string> {
+  const { Tensor, randn, saveSafetensors } = await import('../lib/index.js');
+  const f = path.join(dir, 'init.safetensors');
+  if (fs.existsSync(f)) return f;
+  const r = (shape: number[], seed: number, s = 1) => randn(shape, { seed }).then(async (t) => {
+    const v = (await t.toArray() as Float32Array).map((x) => x * s);
+    t.dispose();
+    return Tensor.fromArray(v, shape);
+  });
+  await saveSafetensors(f, {
+    'conv.weight': await r([1, 5, 5, 5], 1, 0.1), 'conv.bias': await r([1], 2, 0.1),
+    'mlp.layernorm.weight': Tensor.fromArray(new Float32Array(32).fill(1), [32]), 'mlp.layernorm.bias': await r([32], 3, 0.1),
+    'mlp.projector.0.weight': await r([32, 32], 4, 0.2), 'mlp.projector.2.weight': await r([32, 32], 5, 0.2),
+    'mlp.fc.1.weight': await r([24, 32], 6, 0.2), 'mlp.fc.1.bias': await r([24], 7, 0.1),
+  });
+  return f;
+}
+
+/** Every file under a folder with its bytes (base64), to prove a checkpoint was not touched. */
+export function snapshot(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p); else out[path.relative(dir, p)] = fs.readFileSync(p).toString('base64');
+    }
+  };
+  walk(dir);
+  return out;
+}
+

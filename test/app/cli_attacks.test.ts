@@ -5,7 +5,7 @@ import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { golden, root, tmpDir } from '../helpers.js';
+import { golden, root, snapshot, tmpDir } from '../helpers.js';
 
 const tmp = tmpDir();
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -25,18 +25,6 @@ function userError(r: SpawnSyncReturns<string>, re: RegExp, what = ''): void {
   expect(r.status, `${what}: ${r.stderr}`).toBe(2);
   expect(r.stderr, what).toMatch(re);
   expect(r.stderr, what).not.toMatch(/\n\s+at .*:\d+:\d+/);
-}
-
-function snapshot(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p); else out[path.relative(dir, p)] = fs.readFileSync(p).toString('base64');
-    }
-  };
-  walk(dir);
-  return out;
 }
 
 /** A copy of the good run folder to attack. */

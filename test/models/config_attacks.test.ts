@@ -7,26 +7,20 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { golden } from '../helpers.js';
+import { golden, root } from '../helpers.js';
 
-const root = path.resolve(import.meta.dirname, '..', '..');
 let dir: string;
 let bundle: string;
 
-beforeAll(async () => {
-  // lib/ as it is now (not a possibly stale dist/), bundled for a plain node child; inside the package (under the
-  // ignored .cache/) so that the addon is found from it
-  const esbuild = await import('esbuild');
+beforeAll(() => {
+  // the built package (dist/, rebuilt by npm test's pretest), as the other attack suites load it
+  bundle = path.join(root, 'dist', 'index.js');
+  expect(fs.existsSync(bundle), 'dist/ is built (npm run build:ts)').toBe(true);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'x2i-config-attacks-'));
-  const out = path.join(root, '.cache', `config-attacks-${process.pid}`);
-  bundle = path.join(out, 'x2i.mjs');
-  await esbuild.build({ entryPoints: [path.join(root, 'lib', 'index.ts')], bundle: true, format: 'esm', platform: 'node',
-    target: 'node20', packages: 'external', outfile: bundle, logLevel: 'error' });
-}, 120_000);
+});
 
 afterAll(() => {
   fs.rmSync(dir, { recursive: true, force: true });
-  if (bundle) fs.rmSync(path.dirname(bundle), { recursive: true, force: true });
 });
 
 /** One attack: `value` is the JSON text written for the field (so `1e999`, Infinity once parsed, can be written). */

@@ -3,29 +3,12 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { AlignNet, FluxTransformer, X2ITrainer } from '../../lib/index.js';
-import { golden, tmpDir } from '../helpers.js';
+import { alignNetFile, golden, tmpDir } from '../helpers.js';
 
 const tmp = tmpDir();
 let flux: FluxTransformer;
 let data: x2i.X2IBatch[];
 const opts = { height: 32, width: 32, lr: 3e-3, seed: 3 };
-
-async function alignNetFile(): Promise<string> {
-  const f = path.join(tmp, 'init.safetensors');
-  if (fs.existsSync(f)) return f;
-  const r = (shape: number[], seed: number, s = 1) => x2i.randn(shape, { seed }).then(async (t) => {
-    const v = (await t.toArray() as Float32Array).map((x) => x * s);
-    t.dispose();
-    return x2i.Tensor.fromArray(v, shape);
-  });
-  await x2i.saveSafetensors(f, {
-    'conv.weight': await r([1, 5, 5, 5], 1, 0.1), 'conv.bias': await r([1], 2, 0.1),
-    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(32).fill(1), [32]), 'mlp.layernorm.bias': await r([32], 3, 0.1),
-    'mlp.projector.0.weight': await r([32, 32], 4, 0.2), 'mlp.projector.2.weight': await r([32, 32], 5, 0.2),
-    'mlp.fc.1.weight': await r([24, 32], 6, 0.2), 'mlp.fc.1.bias': await r([24], 7, 0.1),
-  });
-  return f;
-}
 
 beforeAll(async () => {
   flux = await FluxTransformer.fromPretrained(path.join(golden, 'flux-transformer'));
@@ -39,7 +22,7 @@ afterAll(() => { flux.dispose(); fs.rmSync(tmp, { recursive: true, force: true }
 
 describe('X2ITrainer', () => {
   it('a few steps lower the distillation loss', async () => {
-    using net = await AlignNet.fromPretrained(await alignNetFile());
+    using net = await AlignNet.fromPretrained(await alignNetFile(tmp));
     const trainer = new X2ITrainer({ transformer: flux, alignNet: net }, { ...opts, seed: 0 });
     const batch = [data[0]];
     const first = (await trainer.trainStep(batch[0])).loss;
@@ -50,7 +33,7 @@ describe('X2ITrainer', () => {
   });
 
   it('save → resume gives the same next-step loss as an uninterrupted run; gradient accumulation', async () => {
-    using a = await AlignNet.fromPretrained(await alignNetFile());
+    using a = await AlignNet.fromPretrained(await alignNetFile(tmp));
     const ta = new X2ITrainer({ transformer: flux, alignNet: a }, { ...opts, gradientAccumulation: 2, warmupSteps: 2, totalSteps: 10 });
     await ta.fit({ data, steps: 4 });
     expect(ta.step).toBe(2);
@@ -67,7 +50,7 @@ describe('X2ITrainer', () => {
   });
 
   it('abort stops at a step boundary and leaves a loadable checkpoint', async () => {
-    using net = await AlignNet.fromPretrained(await alignNetFile());
+    using net = await AlignNet.fromPretrained(await alignNetFile(tmp));
     const t = new X2ITrainer({ transformer: flux, alignNet: net }, opts);
     const ac = new AbortController();
     const dir = path.join(tmp, 'aborted');
@@ -79,7 +62,7 @@ describe('X2ITrainer', () => {
   });
 
   it('a save killed half-way leaves the previous checkpoint intact', async () => {
-    using net = await AlignNet.fromPretrained(await alignNetFile());
+    using net = await AlignNet.fromPretrained(await alignNetFile(tmp));
     const t = new X2ITrainer({ transformer: flux, alignNet: net }, opts);
     const dir = path.join(tmp, 'killed');
     await t.fit({ data, steps: 2, checkpointDir: dir });
@@ -90,7 +73,7 @@ describe('X2ITrainer', () => {
     fs.mkdirSync(half);
     fs.writeFileSync(path.join(half, 'alignnet.safetensors'), 'partial');
     expect(X2ITrainer.latestCheckpoint(dir)).toBe(before);
-    using n2 = await AlignNet.fromPretrained(await alignNetFile());
+    using n2 = await AlignNet.fromPretrained(await alignNetFile(tmp));
     const t2 = new X2ITrainer({ transformer: flux, alignNet: n2 }, opts);
     await t2.resume(dir);
     expect(t2.step).toBe(2);
@@ -106,7 +89,7 @@ describe('X2ITrainer', () => {
   });
 
   it('trajectory distillation: latents from the teacher\'s own denoising, at sampled timesteps; the loss falls', async () => {
-    using net = await AlignNet.fromPretrained(await alignNetFile());
+    using net = await AlignNet.fromPretrained(await alignNetFile(tmp));
     const t = new X2ITrainer({ transformer: flux, alignNet: net }, { ...opts, seed: 0, trajectory: { steps: 4 } });
     const infos = await t.fit({ data: [data[0]], steps: 16 });
     expect(new Set(infos.map((i) => i.loss.toFixed(6))).size).toBeGreaterThan(2);  // different σ per step

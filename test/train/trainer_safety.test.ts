@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { AlignNet, FluxPipeline, FluxTransformer, X2ITrainer } from '../../lib/index.js';
-import { golden, tmpDir } from '../helpers.js';
+import { alignNetFile, golden, snapshot, tmpDir } from '../helpers.js';
 
 const tmp = tmpDir();
 let flux: FluxTransformer;
@@ -13,38 +13,8 @@ let data: x2i.X2IBatch[];
 let nanBatch: x2i.X2IBatch;
 const opts = { height: 32, width: 32, lr: 3e-3, seed: 3 };
 
-async function alignNetFile(): Promise<string> {
-  const f = path.join(tmp, 'init.safetensors');
-  if (fs.existsSync(f)) return f;
-  const r = (shape: number[], seed: number, s = 1) => x2i.randn(shape, { seed }).then(async (t) => {
-    const v = (await t.toArray() as Float32Array).map((x) => x * s);
-    t.dispose();
-    return x2i.Tensor.fromArray(v, shape);
-  });
-  await x2i.saveSafetensors(f, {
-    'conv.weight': await r([1, 5, 5, 5], 1, 0.1), 'conv.bias': await r([1], 2, 0.1),
-    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(32).fill(1), [32]), 'mlp.layernorm.bias': await r([32], 3, 0.1),
-    'mlp.projector.0.weight': await r([32, 32], 4, 0.2), 'mlp.projector.2.weight': await r([32, 32], 5, 0.2),
-    'mlp.fc.1.weight': await r([24, 32], 6, 0.2), 'mlp.fc.1.bias': await r([24], 7, 0.1),
-  });
-  return f;
-}
-
-/** Every file under a folder with its bytes (to prove a checkpoint was not touched). */
-function snapshot(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p); else out[path.relative(dir, p)] = fs.readFileSync(p).toString('base64');
-    }
-  };
-  walk(dir);
-  return out;
-}
-
 async function trainer(o: x2i.X2ITrainerOptions = {}) {
-  const net = await AlignNet.fromPretrained(await alignNetFile());
+  const net = await AlignNet.fromPretrained(await alignNetFile(tmp));
   return { net, t: new X2ITrainer({ transformer: flux, alignNet: net }, { ...opts, ...o }) };
 }
 
