@@ -15,6 +15,8 @@ export { FluxPipeline, encodeImage } from './sample/pipeline.js';
 export type { FluxGenerateOptions, FluxImages } from './sample/pipeline.js';
 export { X2IGenerator } from './sample/generator.js';
 export { X2ITrainer, loadCaptions } from './train/trainer.js';
+export * as datasets from './train/data.js';
+export type { DecodedImage, TrainingSample, SampleInput, ImageInput, DatasetOptions, FolderOptions, JsonlOptions, JsonlFields, WebDatasetOptions, WebDatasetGroup, ResizeSpec, ResizeOption } from './train/data.js';
 export { imageAgreement, evaluateAgreement } from './sample/evaluate.js';
 export { runDemo } from './app/demo.js';
 export { ProcessGroup, launch } from './train/distributed.js';
