@@ -751,7 +751,8 @@ async function* tarMembers(shard: string, maxMemberBytes: number): AsyncGenerato
       const where = `${shard}: member "${name}" at offset ${off}`;
       if (size === undefined) throw badData(`${where}: invalid size field`);
       const dataAt = off + BLOCK;
-      if (size > fileSize - dataAt) throw badData(`${where}: size ${size} runs past the end of the file (${fileSize - dataAt} bytes left; truncated?)`);
+      if (size + pad(size) > fileSize - dataAt)
+        throw badData(`${where}: size ${size} (${size + pad(size)} with its block padding) runs past the end of the file (${fileSize - dataAt} bytes left; truncated?)`);
       const readMeta = async (what: string): Promise<Buffer> => {
         if (size! > MAX_META_BYTES) throw badData(`${where}: ${what} of ${size} bytes (limit ${MAX_META_BYTES})`);
         const d = await r.read(size!);
