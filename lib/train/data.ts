@@ -11,6 +11,10 @@
  * allowed (the data is local and trusted to name its own files). Tar shards are hostile input: every header is
  * checksummed, every size checked against the file and `maxMemberBytes`, and each failure is an X2IError
  * (ERR_BAD_DATA) naming the shard, the member and its offset. Shards are streamed, never read whole.
+ *
+ * Memory: a WebDataset record holds its members' bytes, so a shuffle buffer of b samples holds b samples' encoded
+ * bytes (folder and JSONL records hold only paths). Decoding runs on libuv's thread pool (UV_THREADPOOL_SIZE,
+ * default 4 threads), so `prefetch` beyond that queues rather than decodes in parallel.
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
