@@ -15,7 +15,7 @@ export { AutoencoderKL } from './models/vae.js';
 export { FluxPipeline, encodeImage } from './sample/pipeline.js';
 export type { FluxGenerateOptions, FluxImages } from './sample/pipeline.js';
 export { outpaintCanvas } from './sample/image_input.js';
-export type { ImageInput, OutpaintMargins } from './sample/image_input.js';
+export type { GenerateImageInput, OutpaintMargins } from './sample/image_input.js';
 export { X2IGenerator } from './sample/generator.js';
 export { X2ITrainer, loadCaptions } from './train/trainer.js';
 export * as datasets from './train/data.js';

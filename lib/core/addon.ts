@@ -431,6 +431,12 @@ export interface Addon {
   packLatents(latents: NativeTensor): Promise<NativeTensor>;
   /** [B, (h/2)(w/2), 4C] → z / scale + shift as [B, C, h, w]. */
   unpackLatents(latents: NativeTensor, h: number, w: number, scale: number, shift: number): Promise<NativeTensor>;
+  /** The VAE's [B, C, h, w] → pack((z − shift)·scale) [B, (h/2)(w/2), 4C] in float32 (unpackLatents' inverse). */
+  encodeLatents(latents: NativeTensor, scale: number, shift: number): Promise<NativeTensor>;
+  /** σ·noise + (1 − σ)·x0 in float32, as noise's dtype and device (the scheduler's scale_noise). */
+  noiseLatents(x0: NativeTensor, noise: NativeTensor, sigma: number): Promise<NativeTensor>;
+  /** (1 − mask)·known + mask·x in float32, as x's dtype and device (inpainting). */
+  blendLatents(x: NativeTensor, known: NativeTensor, mask: NativeTensor): Promise<NativeTensor>;
   /** Decoded → (x/2 + 0.5) clamped to [0, 1], float32. */
   toImage(decoded: NativeTensor): Promise<NativeTensor>;
   /** [B, 3, H, W] in [0, 1] → uint8 [B, H, W, 3] on the CPU. */
@@ -467,6 +473,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
   cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
   writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true,
   resizeImage: true, packLatents: true, unpackLatents: true, toImage: true, imageToUint8: true, imageAgreement: true,
+  encodeLatents: true, noiseLatents: true, blendLatents: true,
   testing: true,
 } satisfies Record<keyof Addon, true>);
 

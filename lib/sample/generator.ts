@@ -40,7 +40,9 @@ export class X2IGenerator {
     }
   }
 
-  /** Generates images from the prompt through the frozen FLUX (the same options as FluxPipeline.generate). */
+  /** Generates images from the prompt through the frozen FLUX (the same options as FluxPipeline.generate: also
+   * image-to-image with `image` and `strength`, inpainting with `mask`, outpainting with `outpaintCanvas`). The
+   * options are checked before the MLLM runs. */
   async generate(opts: X2IGenerateOptions): Promise<FluxImages> {
     const { prompt, maxLength, template, tokenizer, ...rest } = opts;
     this.pipeline.checkOptions(opts);  // before the MLLM runs

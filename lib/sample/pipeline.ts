@@ -9,6 +9,7 @@ import type { AutoencoderKL } from '../models/vae.js';
 import type { ClipTextEncoder } from '../models/clip.js';
 import type { T5Encoder } from '../models/t5.js';
 import type { PromptTokenizer } from '../models/tokenizers.js';
+import { type GenerateImageInput, imageForVae, imageInputSize, packedMask } from './image_input.js';
 
 
 export interface FluxGenerateOptions {
@@ -18,10 +19,34 @@ export interface FluxGenerateOptions {
   promptEmbeds?: Tensor;
   /** CLIP pooled embeddings [B, 768]. */
   pooledPromptEmbeds?: Tensor;
-  /** Packed initial latents [B, (h/2)(w/2), 64]; default: seeded noise. */
+  /** Packed initial latents [B, (h/2)(w/2), 64]; default: seeded noise. With `image`, this is the noise that
+   * image-to-image mixes with the image's latents. */
   latents?: Tensor;
+  /** Default 1024; with `image`, the image's height rounded down to a multiple of 16 (2 × the VAE's factor). */
   height?: number;
+  /** Default 1024; with `image`, the image's width rounded down to a multiple of 16. */
   width?: number;
+  /**
+   * Image-to-image (diffusers' FluxImg2ImgPipeline): the init image — a Tensor [B, 3, H, W] or [3, H, W] of floats in
+   * [0, 1], an `RgbImage`, an encoded PNG / JPEG / WebP Buffer, or a file path. Decoded with EXIF orientation, alpha
+   * flattened on white, resized to height × width (sharp, Lanczos 3, fit 'fill'), encoded by the VAE (the posterior
+   * mean); sampling starts at σ = sigmas[t_start] from σ·noise + (1 − σ)·latents. A single image serves a batch.
+   */
+  image?: GenerateImageInput;
+  /**
+   * How much of the image is repainted, in (0, 1]: default 0.6 (diffusers). Only the last
+   * ⌊numInferenceSteps·strength⌋ steps run (diffusers' get_timesteps); 1 starts from pure noise (the same images as
+   * text-to-image from the same noise). Needs `image`.
+   */
+  strength?: number;
+  /**
+   * Inpainting (diffusers' FluxInpaintPipeline): white / 1 = repaint, black / 0 = keep. The same inputs as `image`
+   * (a Tensor may also be [B, 1, H, W] or [H, W]); converted to grayscale, resized to height × width, binarised at
+   * 0.5, then taken at the latent size (nearest). After every step the kept latents are reset to the image's,
+   * noised to the next σ (the last step: exactly the image's). Needs `image`; `outpaintCanvas` makes both for
+   * outpainting.
+   */
+  mask?: GenerateImageInput;
   /** Default 28. */
   numInferenceSteps?: number;
   /** Default 3.5 (dev); ignored by checkpoints without a guidance embedder. */
@@ -110,7 +135,8 @@ export class FluxPipeline {
   /** Denoises and decodes: `images` [B, 3, H, W] in [0, 1] (float32). */
   /** Checks the sampling options (sizes, step count, guidance, seed) before any work; throws an X2IError naming
    * the option. Sizes must be multiples of 2 × the VAE's factor (FLUX: 16). */
-  checkOptions(opts: Pick<FluxGenerateOptions, 'height' | 'width' | 'numInferenceSteps' | 'guidanceScale' | 'seed'>): void {
+  checkOptions(opts: Pick<FluxGenerateOptions, 'height' | 'width' | 'numInferenceSteps' | 'guidanceScale' | 'seed' | 'image' |
+    'strength' | 'mask'>): void {
     if (opts === null || typeof opts !== 'object') throw invalidArg('generate options', 'an object', opts);
     const m = 2 * this.vaeScaleFactor;
     if (opts.height !== undefined) imageSide('height', opts.height, m);
@@ -118,6 +144,18 @@ export class FluxPipeline {
     if (opts.numInferenceSteps !== undefined) positiveInt('numInferenceSteps', opts.numInferenceSteps, LIMITS.inferenceSteps);
     if (opts.guidanceScale !== undefined) finiteOption('guidanceScale', opts.guidanceScale);
     if (opts.seed !== undefined) seedOption('seed', opts.seed);
+    if (opts.image === undefined || opts.image === null) {
+      if (opts.strength !== undefined) throw new X2IError('strength: image-to-image needs an image (the option image)', 'ERR_INVALID_ARG');
+      if (opts.mask !== undefined && opts.mask !== null)
+        throw new X2IError('mask: inpainting needs the image to inpaint (the option image)', 'ERR_INVALID_ARG');
+    } else {
+      checkImageInput('image', opts.image);
+      if (opts.mask !== undefined) checkImageInput('mask', opts.mask);
+    }
+    if (opts.strength !== undefined) finiteOption('strength', opts.strength, { min: 0, max: 1, minExclusive: true });
+    if (opts.strength !== undefined && opts.numInferenceSteps !== undefined && Math.floor(opts.numInferenceSteps * opts.strength) < 1)
+      throw new X2IError(`strength: ${opts.strength} × numInferenceSteps ${opts.numInferenceSteps} leaves no step to run ` +
+        '(⌊steps · strength⌋ must be at least 1)', 'ERR_INVALID_ARG');
   }
 
   async generate(opts: FluxGenerateOptions): Promise<FluxImages> {
@@ -136,7 +174,12 @@ export class FluxPipeline {
     if (!(promptEmbeds instanceof Tensor) || !(pooledPromptEmbeds instanceof Tensor))
       throw invalidArg('promptEmbeds / pooledPromptEmbeds', 'Tensors (T5 and CLIP embeddings), or a prompt', promptEmbeds);
     const f = this.vaeScaleFactor;
-    const height = opts.height ?? 1024, width = opts.width ?? 1024;
+    let height = opts.height ?? 1024, width = opts.width ?? 1024;
+    if (opts.image !== undefined && (opts.height === undefined || opts.width === undefined)) {
+      const size = await imageInputSize('image', opts.image);  // diffusers: the image's size, down to a multiple of 2f
+      height = opts.height ?? Math.floor(size.height / (2 * f)) * 2 * f;
+      width = opts.width ?? Math.floor(size.width / (2 * f)) * 2 * f;
+    }
     const lh = 2 * Math.floor(height / (f * 2)), lw = 2 * Math.floor(width / (f * 2));
     if (lh < 2 || lw < 2) throw new X2IError(`height and width must be at least ${2 * f}`, 'ERR_INVALID_ARG');
     const B = promptEmbeds.shape[0];
@@ -153,6 +196,29 @@ export class FluxPipeline {
       }
       const steps = opts.numInferenceSteps ?? 28;
       const { timesteps, sigmas } = this.scheduler.setTimesteps(steps, { imageSeqLen: (lh / 2) * (lw / 2) });
+      // image-to-image: diffusers' get_timesteps (init = ⌊steps·strength⌋, the last init steps run), then the
+      // start latents σ·noise + (1 − σ)·x0 at σ = sigmas[tStart]
+      let tStart = 0, x0: Tensor | undefined, mask: Tensor | undefined;
+      const noise = latents;
+      if (opts.image !== undefined) {
+        const strength = opts.strength ?? 0.6;
+        const init = Math.min(Math.floor(steps * strength), steps);
+        tStart = Math.max(steps - init, 0);
+        if (tStart >= steps) throw new X2IError(`strength: ${strength} × numInferenceSteps ${steps} leaves no step to run`, 'ERR_INVALID_ARG');
+        if (latents.shape.length !== 3 || latents.shape[0] !== B || latents.shape[1] !== (lh / 2) * (lw / 2) || latents.shape[2] !== 4 * C)
+          throw new X2IError(`latents: expected [${B}, ${(lh / 2) * (lw / 2)}, ${4 * C}] (the packed noise), found [${latents.shape.join(', ')}]`,
+            'ERR_SHAPE_MISMATCH');
+        const pixels = own(await imageForVae(opts.image, { batch: B, height: lh * f, width: lw * f }));
+        opts.signal?.throwIfAborted();
+        const z = own(await this.vae.encode(pixels));
+        x0 = own(new Tensor(await nativeCall(() => ops.encodeLatents(z.handle, this.vae.scalingFactor, this.vae.shiftFactor))));
+        if (opts.mask !== undefined)
+          mask = own(await packedMask(opts.mask, { batch: B, height: lh * f, width: lw * f, latentHeight: lh, latentWidth: lw,
+            channels: C, device }));
+        const xa = x0;
+        latents = own(new Tensor(await nativeCall(() => ops.noiseLatents(xa.handle, noise.handle, sigmas[tStart]))));
+      }
+      const run = steps - tStart;
       const guidance = own(Tensor.fromArray(new Float32Array(B).fill(opts.guidanceScale ?? 3.5), [B], { device }));
       const inputs = { hiddenStates: latents, encoderHiddenStates: promptEmbeds, pooledProjections: pooledPromptEmbeds,
         guidance, imgIds: own(FluxPipeline.imageIds(lh, lw, device)),
@@ -161,20 +227,35 @@ export class FluxPipeline {
       const stepLatents: Tensor[] = [];
       let x = latents;
       const dropAll = () => { if (x !== latents) x.dispose(); for (const t of stepLatents) t.dispose(); };
-      for (let i = 0; i < steps; i++) {
+      const inpaint = mask && x0 ? { mask, x0 } : undefined;
+      for (let i = tStart; i < steps; i++) {
         if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
         const r = await this.transformer.denoise({ ...inputs, hiddenStates: x }, [timesteps[i]], [sigmas[i], sigmas[i + 1]],
           { returnStepLatents: false });
         if (x !== latents) (opts.returnStepLatents ? stepLatents.push(x) : x.dispose());
         x = r.latents;
-        opts.onProgress?.({ step: i + 1, total: steps, phase: 'denoise' });
+        if (inpaint) {  // inpainting: the kept latents are the image's, noised to the next σ (the last step: x0)
+          const { mask: m, x0: k } = inpaint;
+          const known = i === steps - 1 ? k : new Tensor(await nativeCall(() => ops.noiseLatents(k.handle, noise.handle, sigmas[i + 1])));
+          const stepped = x;
+          try {
+            x = new Tensor(await nativeCall(() => ops.blendLatents(stepped.handle, known.handle, m.handle)));
+          } catch (e) {
+            dropAll();
+            throw e;
+          } finally {
+            if (known !== k) known.dispose();
+          }
+          stepped.dispose();
+        }
+        opts.onProgress?.({ step: i - tStart + 1, total: run, phase: 'denoise' });
       }
       if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
       const z = own(new Tensor(await nativeCall(() => ops.unpackLatents(x.handle, lh, lw, this.vae.scalingFactor, this.vae.shiftFactor))));
       if (opts.returnStepLatents) stepLatents.push(x); else own(x);
       const decoded = own(await this.vae.decode(z));
       const images = new Tensor(await nativeCall(() => ops.toImage(decoded.handle)));
-      opts.onProgress?.({ step: steps, total: steps, phase: 'decode' });
+      opts.onProgress?.({ step: run, total: run, phase: 'decode' });
       const toPng = (i = 0) => encodeImage(images, i, 'png');
       if (!opts.returnStepLatents) return { images, toPng };
       const stacked = await stack(stepLatents);
@@ -184,6 +265,13 @@ export class FluxPipeline {
       for (const t of owned) if (t !== opts.latents) t.dispose();
     }
   }
+}
+
+/** The image options' type (the decoding waits for generate). */
+function checkImageInput(name: string, v: unknown): void {
+  if (!(v instanceof Tensor) && !Buffer.isBuffer(v) && !(typeof v === 'string' && v !== '') &&
+    !(typeof v === 'object' && v !== null && 'data' in v && 'width' in v && 'height' in v))
+    throw invalidArg(name, 'a Tensor [B, 3, H, W] in [0, 1], an RgbImage, an encoded image Buffer or a file path', v);
 }
 
 /** Stacks tensors of one shape on a new first dim (through the host: small, per-step latents). */

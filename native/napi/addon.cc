@@ -34,6 +34,9 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   fn("resizeImage", ResizeImage);
   fn("packLatents", PackLatents);
   fn("unpackLatents", UnpackLatents);
+  fn("encodeLatents", EncodeLatents);
+  fn("noiseLatents", NoiseLatents);
+  fn("blendLatents", BlendLatents);
   fn("toImage", ToImage);
   fn("imageToUint8", ImageToUint8);
   fn("imageAgreement", ImageAgreement);

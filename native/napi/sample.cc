@@ -37,6 +37,32 @@ Napi::Value UnpackLatents(const Napi::CallbackInfo& info) {
   });
 }
 
+// encodeLatents(z [B, C, h, w], scale, shift) → pack((z − shift)·scale) [B, (h/2)(w/2), 4C] in float32
+Napi::Value EncodeLatents(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor z = TensorWrap::Get(info[0], "latents");
+    const double scale = info[1].As<Napi::Number>().DoubleValue(), shift = info[2].As<Napi::Number>().DoubleValue();
+    return queueTensor(info.Env(), [=] { return sample::encodeLatents(z, scale, shift); });
+  });
+}
+
+// noiseLatents(x0, noise, sigma) → σ·noise + (1 − σ)·x0 (noise's dtype and device)
+Napi::Value NoiseLatents(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor x0 = TensorWrap::Get(info[0], "x0"), noise = TensorWrap::Get(info[1], "noise");
+    const double sigma = info[2].As<Napi::Number>().DoubleValue();
+    return queueTensor(info.Env(), [=] { return sample::noiseLatents(x0, noise, sigma); });
+  });
+}
+
+// blendLatents(x, known, mask) → (1 − m)·known + m·x (x's dtype and device)
+Napi::Value BlendLatents(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    at::Tensor x = TensorWrap::Get(info[0], "x"), known = TensorWrap::Get(info[1], "known"), mask = TensorWrap::Get(info[2], "mask");
+    return queueTensor(info.Env(), [=] { return sample::blendLatents(x, known, mask); });
+  });
+}
+
 // toImage(decoded) → (x/2 + 0.5) clamped to [0, 1] in float32
 Napi::Value ToImage(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {

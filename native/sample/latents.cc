@@ -23,4 +23,24 @@ at::Tensor imageToUint8(const at::Tensor& x) {
   return (x.to(at::kCPU, at::kFloat) * 255).round().clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
 }
 
+at::Tensor encodeLatents(const at::Tensor& z, double scale, double shift) {
+  if (z.dim() != 4) fail("ERR_SHAPE_MISMATCH", "encodeLatents: expected [B, C, h, w], found " + std::to_string(z.dim()) + "-D");
+  return packLatents((z.to(at::kFloat) - shift) * scale);
+}
+
+at::Tensor noiseLatents(const at::Tensor& x0, const at::Tensor& noise, double sigma) {
+  if (x0.sizes() != noise.sizes()) fail("ERR_SHAPE_MISMATCH", "noiseLatents: x0 " + shapeString(x0.sizes()) + " and noise " + shapeString(noise.sizes()) + " differ in shape");
+  if (!(sigma >= 0 && sigma <= 1)) fail("ERR_INVALID_ARG", "noiseLatents: sigma must be in [0, 1]");
+  const at::Tensor n = noise.to(at::kFloat), x = x0.to(noise.device(), at::kFloat);
+  return (n * sigma + x * (1 - sigma)).to(noise.scalar_type());
+}
+
+at::Tensor blendLatents(const at::Tensor& x, const at::Tensor& known, const at::Tensor& mask) {
+  if (x.sizes() != known.sizes() || x.sizes() != mask.sizes())
+    fail("ERR_SHAPE_MISMATCH", "blendLatents: x " + shapeString(x.sizes()) + ", known " + shapeString(known.sizes()) + " and mask " +
+         shapeString(mask.sizes()) + " differ in shape");
+  const at::Tensor m = mask.to(x.device(), at::kFloat);
+  return ((1 - m) * known.to(x.device(), at::kFloat) + m * x.to(at::kFloat)).to(x.scalar_type());
+}
+
 }  // namespace x2i::sample
