@@ -6,7 +6,13 @@ export type { LoadOptions, SafetensorsHeader, SafetensorsEntry } from './core/io
 export { X2IError, DisposedError } from './core/errors.js';
 export { SerialQueue } from './core/queue.js';
 export { FluxTransformer, FLUX_DEV_CONFIG } from './models/flux.js';
-export type { FluxConfig, FluxLoadOptions, FluxInputs, DenoiseInputs, FluxCaptures, FluxOutput, DistillationStepResult, FluxTrainOptions } from './models/flux.js';
+export type { FluxConfig, FluxLoadOptions, FluxInputs, DenoiseInputs, FluxCaptures, FluxOutput, DistillationStepResult, FluxTrainOptions,
+  FluxCallOptions, LoadLoraOptions, AddLoraOptions } from './models/flux.js';
+export { defaultLoraTargets, diffusersModules, fluxLinearNames, matchModules } from './models/lora.js';
+export type { LoraPart, LoraModelShape } from './models/lora.js';
+export { LoraTrainer, LightControlTrainer, it2iPrompt } from './train/finetune.js';
+export type { FineTuneSample, FineTuneOptions, FineTuneStepInfo, FineTuneFitOptions, FineTuneParts, LoraTrainerOptions,
+  LightControlTrainerOptions } from './train/finetune.js';
 export { distillationLoss } from './train/distill.js';
 export { AlignNet } from './models/alignnet.js';
 export { LightControl, LIGHTCONTROL_OFFICIAL_CONFIG } from './models/lightcontrol.js';
@@ -39,7 +45,7 @@ export type { PretrainedOptions, RandomOptions } from './models/pretrained.js';
 export { QwenTokenizer, T5Tokenizer, ClipTokenizer, pythonRepr, QWEN_VL_CHAT_TEMPLATE } from './models/tokenizers.js';
 export type { Encoded, EncodeOptions, PromptTokenizer, ChatMessage, ChatContent } from './models/tokenizers.js';
 export type { AlignNetInfo, AlignNetLoadOptions } from './models/alignnet.js';
-export type { LightControlConfig, LightControlInfo, LightControlInputs, LightControlLoadOptions } from './models/lightcontrol.js';
+export type { LightControlConfig, LightControlFullConfig, LightControlInfo, LightControlInputs, LightControlLoadOptions } from './models/lightcontrol.js';
 export type { Divergence, DistillationOptions, DistillationResult } from './train/distill.js';
 export type { MemoryInfo, BuildInfo, TypedArray, CudaMemoryInfo } from './core/native.js';
 import { addon, type BuildInfo } from './core/native.js';

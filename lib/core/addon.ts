@@ -128,6 +128,25 @@ export interface NativeFluxInputs {
   guidance?: NativeTensor;
   imgIds?: NativeTensor;
   txtIds?: NativeTensor;
+  /** LightControl residuals [B, n, N, D], added to the image stream after double blocks 0..n−1. */
+  controlResiduals?: NativeTensor;
+  /** Default 1. */
+  controlScale?: number;
+  /** Adapter scales for this call (absent adapters keep theirs). */
+  loraScales?: Record<string, number>;
+}
+
+/** One part of a LoRA adapter for NativeFlux.loraAdd (native/models/lora.h PartSpec): a low-rank pair on rows
+ * [row, row + B.rows) of a BFL-named layer, or (A and B absent) a new trainable part of `rank` over `rows` rows. */
+export interface NativeLoraPart {
+  target: string;
+  row: number;
+  A?: NativeTensor;
+  B?: NativeTensor;
+  rank?: number;
+  rows?: number;
+  /** alpha / rank. */
+  scale: number;
 }
 
 export interface NativeFluxInfo {
@@ -160,6 +179,12 @@ export interface NativeFlux {
   /** One AdamW step of the transformer's own weights on the velocity MSE (float32 models only). */
   trainStep(inputs: NativeFluxInputs, target: NativeTensor, opts: NativeAdamWOptions):
     Promise<{ loss: number; gradNorm: number; step: number }>;
+  /** Adds adapter `name` (models/lora.h add); trainable adapters keep float32 leaves, new parts drawn from `seed`. */
+  loraAdd(name: string, parts: NativeLoraPart[], scale: number, trainable: boolean, seed: number): Promise<void>;
+  /** 'remove' (one adapter, or all without a name), 'fuse', 'unfuse'; `scales` are set first. */
+  loraOp(op: 'remove' | 'fuse' | 'unfuse', name?: string, scales?: Record<string, number>): Promise<void>;
+  /** An adapter's parts (float32 copies). */
+  loraWeights(name: string): Promise<{ target: string; row: number; A: NativeTensor; B: NativeTensor; scale: number }[]>;
   dispose(): void;
 }
 
@@ -167,6 +192,42 @@ export interface NativeFluxClass {
   /** layout: 'bfl' | 'diffusers'; source: the file named in errors. */
   load(config: NativeFluxConfig, weights: NativeTensorRecord, layout: 'bfl' | 'diffusers', source: string): Promise<NativeFlux>;
   random(config: NativeFluxConfig, device: string, dtype: string, seed: number): Promise<NativeFlux>;
+}
+
+// ---------------------------------------------------------------- fine-tuning (native/napi/finetune.cc)
+
+/** One micro-batch of NativeFineTune.backward: the FLUX inputs with hiddenStates = the clean latents x0. */
+export interface NativeFineTuneBatch extends NativeFluxInputs {
+  noise: NativeTensor;
+  /** [B] in [0, 1]. */
+  sigma: NativeTensor;
+  /** The control image [B, 3, H, W] in [−1, 1] (with control branches). */
+  hint?: NativeTensor;
+  checkpoint?: boolean;
+}
+
+/** Parameters, AdamW moments and step of a fine-tuning run, by parameter name. */
+export interface NativeFineTuneState {
+  step: number;
+  params: NativeTensorRecord;
+  expAvg: NativeTensorRecord;
+  expAvgSq: NativeTensorRecord;
+}
+
+/** A fine-tuning run through a frozen transformer: a LoRA adapter and/or LightControl's branches. */
+export interface NativeFineTune {
+  /** The flow-matching loss of one micro-batch; its gradients are accumulated. */
+  backward(batch: NativeFineTuneBatch): Promise<number>;
+  /** Clipping and AdamW on the accumulated gradients (averaged over every rank with a group); the gradient norm. */
+  step(opts: NativeAdamWOptions, group?: NativeProcessGroup): Promise<number>;
+  /** The state (copies); with `restore`, sets it first. */
+  state(restore?: NativeFineTuneState): Promise<NativeFineTuneState>;
+  names(): string[];
+  dispose(): void;
+}
+
+export interface NativeFineTuneClass {
+  create(flux: NativeFlux, what: { adapter?: string; control?: NativeLightControl }): Promise<NativeFineTune>;
 }
 
 // ---------------------------------------------------------------- AlignNet (native/napi/alignnet.cc)
@@ -215,6 +276,42 @@ export interface NativeAlignNetClass {
   /** Variant and sizes come from the weights' names and shapes; eps: the LayerNorm's. */
   load(weights: NativeTensorRecord, eps: number, source: string): Promise<NativeAlignNet>;
   random(sizes: NativeAlignNetSizes, eps: number, device: string, dtype: string, seed: number): Promise<NativeAlignNet>;
+}
+
+// ---------------------------------------------------------------- LightControl (native/napi/lightcontrol.cc)
+
+/** The ControlNeXt branches' config (the parseConfig of native/napi/lightcontrol.cc; lib/models/lightcontrol.ts
+ * validates it from config.json's snake_case fields). */
+export interface NativeLightControlConfig {
+  inChannels: [number, number];
+  outChannels: [number, number];
+  groups: [number, number];
+  timeEmbedDim: number;
+  finalOutChannels: number;
+  embeddingChannels: [number, number, number];
+  embeddingNormGroups: number;
+  midNormGroups: number;
+  /** D, FLUX's inner dim (3072). */
+  controlOutChannels: number;
+  timeProjChannels: number;
+  numBranches: number;
+}
+
+export interface NativeLightControlInfo {
+  device: string;
+  dtype: string;
+  /** Parameter elements over all branches. */
+  parameters: number;
+  branches: number;
+}
+
+export interface NativeLightControl {
+  info(): NativeLightControlInfo;
+  /** hint [B, 3, 16h, 16w], timestep [B] or [] (0..1) → residuals [B, branches, h·w, D]. */
+  forward(hint: NativeTensor, timestep: NativeTensor): Promise<NativeTensor>;
+  /** The weights under their official names `<i>.<param>` (views of the model's). */
+  weights(): NativeTensorRecord;
+  dispose(): void;
 }
 
 // ---------------------------------------------------------------- text encoders (native/napi/encoders.cc)
@@ -397,7 +494,9 @@ export interface Addon {
   NativeClipTextEncoder: NativeModelClass<NativeClipConfig, NativeClipTextEncoder>;
   NativeQwenVLEncoder: NativeModelClass<NativeQwenConfig, NativeQwenVLEncoder>;
   NativeAutoencoderKL: NativeModelClass<NativeVaeConfig, NativeAutoencoderKL>;
+  NativeLightControl: NativeModelClass<NativeLightControlConfig, NativeLightControl>;
   NativeProcessGroup: NativeProcessGroupClass;
+  NativeFineTune: NativeFineTuneClass;
   /** The [3, B, S] M-RoPE position ids (synchronous). */
   qwenRopeIndex(inputIds: NativeTensor, attentionMask: NativeTensor | undefined, imageGridThw: NativeTensor | undefined,
     videoGridThw: NativeTensor | undefined, opts: NativeRopeIndexOptions): NativeTensor;
@@ -468,7 +567,7 @@ export interface AddonTesting {
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
 export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze({
   NativeTensor: true, NativeFlux: true, NativeAlignNet: true, NativeT5Encoder: true, NativeClipTextEncoder: true,
-  NativeQwenVLEncoder: true, NativeAutoencoderKL: true, NativeProcessGroup: true, qwenRopeIndex: true,
+  NativeQwenVLEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
   distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
   cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
   writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true,
@@ -497,19 +596,24 @@ interface AddonClasses {
   readonly NativeClipTextEncoder: ClassMembers<Addon['NativeClipTextEncoder'], NativeClipTextEncoder>;
   readonly NativeQwenVLEncoder: ClassMembers<Addon['NativeQwenVLEncoder'], NativeQwenVLEncoder>;
   readonly NativeAutoencoderKL: ClassMembers<Addon['NativeAutoencoderKL'], NativeAutoencoderKL>;
+  readonly NativeLightControl: ClassMembers<Addon['NativeLightControl'], NativeLightControl>;
   readonly NativeProcessGroup: ClassMembers<NativeProcessGroupClass, NativeProcessGroup>;
+  readonly NativeFineTune: ClassMembers<NativeFineTuneClass, NativeFineTune>;
 }
 
 /** The members of every native class, at run time (the type system keeps them in step with the interfaces). */
 export const ADDON_CLASSES: AddonClasses = Object.freeze({
   NativeTensor: { statics: { fromArray: true }, methods: { info: true, toArray: true, to: true, dispose: true } },
   NativeFlux: { statics: { load: true, random: true }, methods: { info: true, forward: true, forwardBackward: true,
-    distillationStep: true, trainStep: true, denoise: true, dispose: true } },
+    distillationStep: true, trainStep: true, denoise: true, loraAdd: true, loraOp: true, loraWeights: true, dispose: true } },
   NativeAlignNet: { statics: { load: true, random: true }, methods: { info: true, forward: true, weights: true,
     backward: true, optimizerStep: true, broadcastWeights: true, trainingState: true, dispose: true } },
   NativeT5Encoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeClipTextEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeQwenVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeAutoencoderKL: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeLightControl: { statics: { load: true, random: true }, methods: { info: true, forward: true, weights: true,
+    dispose: true } },
   NativeProcessGroup: { statics: { create: true }, methods: { info: true, op: true, dispose: true } },
+  NativeFineTune: { statics: { create: true }, methods: { backward: true, step: true, state: true, names: true, dispose: true } },
 } satisfies AddonClasses);

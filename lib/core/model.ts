@@ -24,6 +24,11 @@ export abstract class NativeModel<H extends { dispose(): void }> {
     return this.#h;
   }
 
+  /** @internal The handle, for a native call of another model that takes this one as an argument. */
+  nativeHandle(): H {
+    return this.native();
+  }
+
   /** Runs a native call after the calls already queued on this model (one at a time per model). */
   protected call<T>(fn: (h: H) => Promise<T>): Promise<T> {
     const h = this.native();

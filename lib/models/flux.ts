@@ -3,8 +3,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
 import { loadSafetensors, readSafetensorsHeader } from '../core/io.js';
+import { finiteOption } from '../core/options.js';
 import { addon } from '../core/native.js';
-import type { NativeFlux, NativeFluxConfig, NativeFluxInputs, NativeTensor } from '../core/addon.js';
+import type { NativeFlux, NativeFluxConfig, NativeFluxInputs, NativeLoraPart, NativeTensor } from '../core/addon.js';
+import { defaultLoraTargets, diffusersModules, loraParts, matchModules, peftTensors, type LoraModelShape } from './lora.js';
+import { loadTorchCheckpoint, saveSafetensors } from '../core/io.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { CONFIG_LIMITS, ConfigReader, describeValue } from '../core/config.js';
 import { defaultDtype } from './pretrained.js';
@@ -90,6 +93,38 @@ export interface FluxCaptures {
   doubleTxt: Tensor;
   /** [B, num_single_layers, T + N, D]: single-block attention output before linear2, text first. */
   single: Tensor;
+}
+
+/** Per-call options of the forward passes: LightControl residuals and adapter scales. */
+export interface FluxCallOptions {
+  /** LightControl residuals [B, n, N, D] (`LightControl.forward`), added to the image stream after double blocks
+   * 0..n−1, times `controlScale` (default 1). */
+  controlResiduals?: Tensor;
+  controlScale?: number;
+  /** Adapter scales for this call only (0 disables an adapter); the others keep the scales of `setLoraScales`. */
+  loraScales?: Record<string, number>;
+}
+
+/** Options of `loadLora`. */
+export interface LoadLoraOptions {
+  /** Default: the file name without extension (or 'default'); must be new. */
+  adapterName?: string;
+  /** The adapter's scale (default 1; 0 disables it). */
+  scale?: number;
+}
+
+/** Options of `addLora`: a new trainable adapter. */
+export interface AddLoraOptions {
+  adapterName?: string;
+  /** Rank (default 16). */
+  rank?: number;
+  /** alpha (default = rank: scale 1). */
+  alpha?: number;
+  /** Modules to adapt: diffusers module names or their dotted suffixes (`'to_q'`, `'ff.net.2'`) or RegExps over full
+   * names. Default: the set FLUX LoRAs are trained on (`defaultLoraTargets`). */
+  targets?: (string | RegExp)[];
+  /** Seed of A's initialisation (B starts at zero). Default 0. */
+  seed?: number;
 }
 
 export interface FluxOutput {
@@ -189,7 +224,7 @@ function resolvePath(p: string): { weights: string; configFile?: string } {
 
 const inputNames = ['hiddenStates', 'encoderHiddenStates', 'pooledProjections', 'timestep', 'guidance', 'imgIds', 'txtIds'] as const;
 
-function nativeInputs(inputs: FluxInputs): NativeFluxInputs {
+function nativeInputs(inputs: FluxInputs, call: FluxCallOptions = {}, scales?: Map<string, number>): NativeFluxInputs {
   if (!inputs || typeof inputs !== 'object') throw invalidArg('inputs', 'an object of Tensors', inputs);
   const out: NativeFluxInputs = {};
   for (const k of inputNames) {
@@ -198,6 +233,20 @@ function nativeInputs(inputs: FluxInputs): NativeFluxInputs {
     if (!(t instanceof Tensor)) throw invalidArg(`inputs.${k}`, 'a Tensor', t);
     requireNonEmpty(`inputs.${k}`, t);
     out[k] = t.handle;
+  }
+  if (call.controlResiduals !== undefined) {
+    if (!(call.controlResiduals instanceof Tensor)) throw invalidArg('controlResiduals', 'a Tensor [B, n, N, D]', call.controlResiduals);
+    out.controlResiduals = call.controlResiduals.handle;
+  }
+  if (call.controlScale !== undefined) out.controlScale = finiteOption('controlScale', call.controlScale);
+  if (scales && scales.size > 0) out.loraScales = Object.fromEntries(scales);
+  if (call.loraScales !== undefined) {
+    if (call.loraScales === null || typeof call.loraScales !== 'object') throw invalidArg('loraScales', 'a record of adapter name → number', call.loraScales);
+    for (const [k, v] of Object.entries(call.loraScales)) {
+      if (!scales?.has(k)) throw new X2IError(`loraScales: no adapter '${k}' (loaded: ${[...(scales?.keys() ?? [])].join(', ') || 'none'})`, 'ERR_INVALID_ARG');
+      finiteOption(`loraScales['${k}']`, v);
+    }
+    out.loraScales = { ...out.loraScales, ...call.loraScales };
   }
   return out;
 }
@@ -285,8 +334,8 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
 
 
   /** The velocity for packed latents; with `capture`, the X2I distillation taps of every block. */
-  async forward(inputs: FluxInputs, opts: { capture?: boolean } = {}): Promise<FluxOutput> {
-    const ins = nativeInputs(inputs);
+  async forward(inputs: FluxInputs, opts: { capture?: boolean } & FluxCallOptions = {}): Promise<FluxOutput> {
+    const ins = nativeInputs(inputs, opts, this.#lora);
     const r = await this.call((h) => h.forward(ins, Boolean(opts.capture)));
     const out: FluxOutput = { sample: new Tensor(r.sample) };
     if (r.captures) {
@@ -304,9 +353,9 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
   async forwardBackward(inputs: FluxInputs, grads: { gradSample?: Tensor; gradCaptures?: Partial<FluxCaptures>;
     /** Activation checkpointing: keep each block's inputs only and recompute the block in the backward pass
      * (less memory, one more forward of every block). Default false. */
-    checkpoint?: boolean }):
+    checkpoint?: boolean } & FluxCallOptions):
     Promise<{ sample: Tensor; grad: { encoderHiddenStates: Tensor; pooledProjections: Tensor } }> {
-    const ins = nativeInputs(inputs);
+    const ins = nativeInputs(inputs, grads ?? {}, this.#lora);
     const gs = grads?.gradSample ? grads.gradSample.handle : null;
     let gc: Partial<Record<keyof FluxCaptures, NativeTensor>> | null = null;
     if (grads?.gradCaptures) {
@@ -329,7 +378,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    */
   async trainStep(inputs: FluxInputs, target: Tensor, opts: FluxTrainOptions = {}): Promise<{ loss: number; gradNorm: number; step: number }> {
     if (!(target instanceof Tensor)) throw invalidArg('target', 'a Tensor', target);
-    const ins = nativeInputs(inputs);
+    const ins = nativeInputs(inputs, {}, this.#lora);
     return this.call((h) => h.trainStep(ins, target.handle, opts));
   }
 
@@ -338,15 +387,15 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    * stacks the latent after each step ([steps, ...]); pass `{ returnStepLatents: false }` to skip it. */
   async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[]):
     Promise<{ latents: Tensor; stepLatents: Tensor }>;
-  async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[], options: { returnStepLatents: false }):
+  async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[], options: { returnStepLatents: false } & FluxCallOptions):
     Promise<{ latents: Tensor; stepLatents?: undefined }>;
-  async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[], options: { returnStepLatents?: boolean } = {}):
+  async denoise(inputs: DenoiseInputs, timesteps: number[], sigmas: number[], options: { returnStepLatents?: boolean } & FluxCallOptions = {}):
     Promise<{ latents: Tensor; stepLatents?: Tensor }> {
     if (!Array.isArray(timesteps) || timesteps.length === 0 || !timesteps.every(Number.isFinite))
       throw invalidArg('timesteps', 'a non-empty array of finite numbers', timesteps);
     if (!Array.isArray(sigmas) || sigmas.length !== timesteps.length + 1 || !sigmas.every(Number.isFinite))
       throw invalidArg('sigmas', `an array of ${timesteps.length + 1} finite numbers (one more than timesteps)`, sigmas);
-    const ins = nativeInputs(inputs as FluxInputs);
+    const ins = nativeInputs(inputs as FluxInputs, options, this.#lora);
     const r = await this.call((h) => h.denoise(ins, timesteps, sigmas, options.returnStepLatents ?? true));
     return { latents: new Tensor(r.latents), stepLatents: r.stepLatents && new Tensor(r.stepLatents) };
   }
@@ -360,10 +409,13 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    * e.g. on another GPU: X2ITrainer's `parallel: { mode: 'split' }`).
    */
   async distillationStep(teacher: FluxInputs | { captures: FluxCaptures }, student: FluxInputs, opts: { divergence?: Divergence;
-    temperature?: number; checkpoint?: boolean } = {}): Promise<DistillationStepResult> {
+    temperature?: number; checkpoint?: boolean;
+    /** Adapter scales of the teacher's and of the student's pass (e.g. a LoRA on the student only). */
+    loraScales?: { teacher?: Record<string, number>; student?: Record<string, number> } } = {}): Promise<DistillationStepResult> {
     const t = 'captures' in teacher ? { captures: { doubleImg: teacher.captures.doubleImg.handle,
-      doubleTxt: teacher.captures.doubleTxt.handle, single: teacher.captures.single.handle } } : nativeInputs(teacher);
-    const s = nativeInputs(student);
+      doubleTxt: teacher.captures.doubleTxt.handle, single: teacher.captures.single.handle } }
+      : nativeInputs(teacher, { loraScales: opts.loraScales?.teacher }, this.#lora);
+    const s = nativeInputs(student, { loraScales: opts.loraScales?.student }, this.#lora);
     const r = await this.call((h) => h.distillationStep(t, s, opts.divergence ?? 'rkl',
       opts.temperature ?? 3, Boolean(opts.checkpoint)));
     return { loss: r.loss, terms: r.terms, skipped: r.skipped, grad: {
@@ -371,5 +423,164 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
       pooledProjections: new Tensor(r.grad.pooledProjections) } };
   }
 
-  /** Frees the weights once calls in flight have finished. */
+  // ---------------------------------------------------------------- LoRA (models/lora.ts, native/models/lora.cc)
+  #lora = new Map<string, number>();
+  #trainable = new Set<string>();
+
+  /** The sizes LoRA files are mapped with. */
+  get loraShape(): LoraModelShape {
+    const c = { ...FLUX_DEV_CONFIG, ...this.config };
+    return { hidden: c.attention_head_dim * c.num_attention_heads, depth: c.num_layers, depthSingle: c.num_single_layers,
+      guidance: c.guidance_embeds };
+  }
+
+  /** The loaded adapters and their scales. */
+  get loraAdapters(): Record<string, number> {
+    return Object.fromEntries(this.#lora);
+  }
+
+  #newName(name: string | undefined, fallback: string): string {
+    const n = name ?? fallback;
+    if (typeof n !== 'string' || n === '') throw invalidArg('adapterName', 'a non-empty string', n);
+    if (this.#lora.has(n)) throw new X2IError(`an adapter named '${n}' is already loaded (unloadLora('${n}') first, or pass adapterName)`, 'ERR_INVALID_ARG');
+    return n;
+  }
+
+  /**
+   * Loads a LoRA in any layout FLUX.1 LoRAs are shared in (diffusers/PEFT, kohya/sd-scripts, XLabs; a `.safetensors`
+   * file, a PEFT folder with `adapter_model.safetensors`, a `torch.save` `.bin`, or named tensors) as a new adapter;
+   * resolves to its name. Every key must map onto this transformer (an unknown key is an error naming it). The
+   * adapter is applied unfused (its own low-rank GEMMs) at `scale`; see `setLoraScales` and `fuseLora`.
+   */
+  async loadLora(pathOrTensors: string | Record<string, Tensor>, opts: LoadLoraOptions = {}): Promise<string> {
+    const scale = opts.scale === undefined ? 1 : finiteOption('scale', opts.scale);
+    let tensors: Record<string, Tensor>, metadata: Record<string, string> = {}, file: string | undefined;
+    let owned = false;
+    if (typeof pathOrTensors === 'string') {
+      file = pathOrTensors;
+      if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
+        const inner = ['adapter_model.safetensors', 'pytorch_lora_weights.safetensors'].map((f) => path.join(file!, f)).find((f) => fs.existsSync(f));
+        if (!inner) throw new X2IError(`${file}: no adapter_model.safetensors or pytorch_lora_weights.safetensors in this folder`, 'ERR_FILE_NOT_FOUND');
+        file = inner;
+      }
+      if (/\.(bin|pt|pth|ckpt)$/i.test(file)) tensors = await loadTorchCheckpoint(file);
+      else {
+        metadata = (await readSafetensorsHeader(file)).metadata;
+        tensors = await loadSafetensors(file);
+      }
+      owned = true;
+    } else if (pathOrTensors && typeof pathOrTensors === 'object') {
+      tensors = pathOrTensors;
+      for (const [k, t] of Object.entries(tensors)) if (!(t instanceof Tensor)) throw invalidArg(`LoRA tensor '${k}'`, 'a Tensor', t);
+    } else throw invalidArg('pathOrTensors', 'a LoRA file path or a record of Tensors', pathOrTensors);
+    const name = this.#newName(opts.adapterName, file ? path.basename(file).replace(/\.[^.]*$/, '') : 'default');
+    let created: Tensor[] = [];
+    try {
+      const r = await loraParts(tensors, this.loraShape, { metadata, file });
+      created = r.created;
+      const parts: NativeLoraPart[] = r.parts.map((p) => ({ target: p.target, row: p.row, A: p.A.handle, B: p.B.handle, scale: p.scale }));
+      await this.call((h) => h.loraAdd(name, parts, scale, false, 0));
+      this.#lora.set(name, scale);
+      return name;
+    } finally {
+      for (const t of created) t.dispose();
+      if (owned) for (const t of Object.values(tensors)) t.dispose();
+    }
+  }
+
+  /** A new trainable adapter (float32 leaves; A uniform ±1/√in, B zeros, so the model is unchanged until trained) on
+   * `targets`; resolves to its name. Train it with `LoraTrainer` (lib/train/finetune.ts). */
+  async addLora(opts: AddLoraOptions = {}): Promise<string> {
+    const rank = opts.rank ?? 16;
+    if (!Number.isSafeInteger(rank) || rank < 1 || rank > 4096) throw invalidArg('rank', 'an integer in 1..4096', rank);
+    const alpha = opts.alpha === undefined ? rank : finiteOption('alpha', opts.alpha, { min: 0, minExclusive: true });
+    const shape = this.loraShape;
+    const modules = opts.targets === undefined ? defaultLoraTargets(shape) : matchModules(shape, opts.targets);
+    const map = diffusersModules(shape);
+    const parts: NativeLoraPart[] = [];
+    const full = this.#layerRows();
+    for (const m of modules)
+      for (const x of map.get(m)!) parts.push({ target: x.target, row: x.row, rows: x.rows || full(x.target), rank, scale: alpha / rank });
+    if (parts.some((p) => p.rows === 0)) throw new X2IError('addLora: norm_out.linear halves cannot be trained as one module', 'ERR_NOT_SUPPORTED');
+    const name = this.#newName(opts.adapterName, 'default');
+    await this.call((h) => h.loraAdd(name, parts, 1, true, opts.seed ?? 0));
+    this.#lora.set(name, 1);
+    this.#trainable.add(name);
+    return name;
+  }
+
+  /** Output rows of a BFL-named layer (for trainable parts over whole layers). */
+  #layerRows(): (target: string) => number {
+    const c = { ...FLUX_DEV_CONFIG, ...this.config };
+    const h = c.attention_head_dim * c.num_attention_heads, f = 4 * h;
+    const outC = c.out_channels ?? c.in_channels;
+    return (t) => {
+      if (/_mod\.lin$/.test(t)) return 6 * h;
+      if (/modulation\.lin$/.test(t)) return 3 * h;
+      if (/attn\.qkv$/.test(t)) return 3 * h;
+      if (/mlp\.0$/.test(t)) return f;
+      if (/linear1$/.test(t)) return 3 * h + f;
+      if (t === 'final_layer.linear') return outC;
+      if (t === 'final_layer.adaLN_modulation.1') return 2 * h;
+      return h;
+    };
+  }
+
+  /** Sets adapter scales (0 disables one); they apply to every later call (calls may override them). */
+  setLoraScales(scales: Record<string, number>): void {
+    if (!scales || typeof scales !== 'object') throw invalidArg('scales', 'a record of adapter name → number', scales);
+    for (const [k, v] of Object.entries(scales)) {
+      if (!this.#lora.has(k)) throw new X2IError(`setLoraScales: no adapter '${k}' (loaded: ${[...this.#lora.keys()].join(', ') || 'none'})`, 'ERR_INVALID_ARG');
+      finiteOption(`scales['${k}']`, v);
+    }
+    for (const [k, v] of Object.entries(scales)) this.#lora.set(k, v);
+  }
+
+  /** Merges every adapter with a non-zero scale into the weights at its current scale (no extra GEMMs per call);
+   * `unfuseLora` takes them out again (restoring the weights up to one rounding in the model dtype). */
+  async fuseLora(): Promise<void> {
+    if (this.#trainable.size > 0) throw new X2IError(`fuseLora: adapter '${[...this.#trainable][0]}' is being trained (save it and load it to fuse)`, 'ERR_NOT_SUPPORTED');
+    const scales = Object.fromEntries(this.#lora);
+    await this.call((h) => h.loraOp('fuse', undefined, scales));
+  }
+
+  async unfuseLora(): Promise<void> {
+    await this.call((h) => h.loraOp('unfuse'));
+  }
+
+  /** Removes one adapter (or all): unfused first if fused. Queued after the calls in flight. */
+  unloadLora(name?: string): void {
+    if (name !== undefined && !this.#lora.has(name))
+      throw new X2IError(`unloadLora: no adapter '${name}' (loaded: ${[...this.#lora.keys()].join(', ') || 'none'})`, 'ERR_INVALID_ARG');
+    if (name === undefined) this.#lora.clear(), this.#trainable.clear();
+    else this.#lora.delete(name), this.#trainable.delete(name);
+    void this.call((h) => h.loraOp('remove', name)).catch(() => undefined);
+  }
+
+  /** An adapter's parts as float32 tensors (the caller disposes them). */
+  async loraWeights(name: string): Promise<{ target: string; row: number; A: Tensor; B: Tensor; scale: number }[]> {
+    if (!this.#lora.has(name)) throw new X2IError(`loraWeights: no adapter '${name}'`, 'ERR_INVALID_ARG');
+    const r = await this.call((h) => h.loraWeights(name));
+    return r.map((p) => ({ target: p.target, row: p.row, A: new Tensor(p.A), B: new Tensor(p.B), scale: p.scale }));
+  }
+
+  /** Writes an adapter in the diffusers/PEFT layout (`transformer.<module>.lora_A/B.weight`, float32, rank and alpha
+   * in the `lora_adapter_metadata` metadata as diffusers writes them), atomically. */
+  async saveLora(file: string, name: string): Promise<void> {
+    const parts = await this.loraWeights(name);
+    let created: Tensor[] = [];
+    try {
+      const r = await peftTensors(parts, this.loraShape);
+      created = r.created;
+      await saveSafetensors(file, r.tensors, r.metadata);
+    } finally {
+      for (const p of parts) p.A.dispose(), p.B.dispose();
+      for (const t of created) t.dispose();
+    }
+  }
+
+  /** @internal The native handle, for fine-tuning runs (lib/train/finetune.ts) queued on this model. */
+  runQueued<T>(fn: (h: NativeFlux) => Promise<T>): Promise<T> {
+    return this.call(fn);
+  }
 }

@@ -5,7 +5,6 @@
  * `FluxTransformer.distillationStep`, and its gradient flows into AlignNet only (AdamW on float32 masters,
  * warmup + cosine, gradient clipping, accumulation). Checkpoints are written atomically and resume exactly.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, invalidArg } from '../core/errors.js';
@@ -16,6 +15,7 @@ import type { FluxCaptures, FluxInputs, FluxTransformer } from '../models/flux.j
 import { loadSafetensors, saveSafetensors } from '../core/io.js';
 import { FluxPipeline } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
+import { checkFinite, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
 
 /** A small seeded PRNG: uniform in [0, 1) (the trajectory step of each micro-batch; the demo's data). */
 export function mulberry32(seed: number): () => number {
@@ -116,68 +116,8 @@ const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1
 /** The files of one checkpoint folder (their sha256 is recorded in trainer.json and checked on resume). */
 const CHECKPOINT_FILES = ['alignnet.safetensors', 'optimizer.safetensors'] as const;
 
-function sha256File(file: string): string {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(1 << 22);
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
-/** What trainer.json holds (checked by readTrainerJson). */
-interface TrainerJson {
-  step: number;
-  microStep: number;
-  checkpoint: string;
-  /** sha256 of each file of `checkpoint` (absent in files written before checksums: not verified). */
-  files?: Record<string, string>;
-  /** The checkpoints kept, newest first, with their checksums. */
-  checkpoints?: { name: string; files: Record<string, string> }[];
-  [k: string]: unknown;
-}
-
-/** A checkpoint folder name: one path segment inside the run folder (no '..', no separators, not absolute). */
-function checkpointName(file: string, v: unknown): string {
-  if (typeof v !== 'string' || v === '' || v === '.' || v === '..' || /[\\/\0]/.test(v) || path.isAbsolute(v))
-    throw new X2IError(`${file}: "checkpoint" must name a folder inside the run folder, got ${JSON.stringify(v)}`, 'ERR_BAD_CHECKPOINT');
-  return v;
-}
-
-function readTrainerJson(dir: string): TrainerJson {
-  const file = path.join(dir, 'trainer.json');
-  if (!fs.existsSync(file)) throw new X2IError(`${dir}: no trainer.json (not an X2ITrainer checkpoint)`, 'ERR_FILE_NOT_FOUND');
-  let meta: unknown;
-  try {
-    meta = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new X2IError(`${file}: not valid JSON (${(e as Error).message})`, 'ERR_BAD_CHECKPOINT', { cause: e });
-  }
-  if (typeof meta !== 'object' || meta === null || Array.isArray(meta)) throw new X2IError(`${file}: expected a JSON object`, 'ERR_BAD_CHECKPOINT');
-  const m = meta as TrainerJson;
-  for (const k of ['step', 'microStep'] as const)
-    if (!Number.isSafeInteger(m[k]) || m[k] < 0) throw new X2IError(`${file}: "${k}" must be a non-negative integer, got ${JSON.stringify(m[k])}`, 'ERR_BAD_CHECKPOINT');
-  checkpointName(file, m.checkpoint);
-  if (m.files !== undefined) {
-    if (typeof m.files !== 'object' || m.files === null) throw new X2IError(`${file}: "files" must be an object of sha256 checksums`, 'ERR_BAD_CHECKPOINT');
-    for (const [k, v] of Object.entries(m.files))
-      if (!(CHECKPOINT_FILES as readonly string[]).includes(k) || typeof v !== 'string' || !/^[0-9a-f]{64}$/.test(v))
-        throw new X2IError(`${file}: "files" entry ${JSON.stringify(k)} must be a checkpoint file's sha256`, 'ERR_BAD_CHECKPOINT');
-  }
-  return m;
-}
-
-/** Throws where a float tensor holds a non-finite value (or a negative one with `nonNegative`). */
-async function checkFinite(t: Tensor, what: string, nonNegative = false): Promise<void> {
-  const a = await t.toArray();
-  for (let i = 0; i < a.length; i++) {
-    const x = Number(a[i]);
-    if (!Number.isFinite(x) || (nonNegative && x < 0))
-      throw new X2IError(`${what}: ${nonNegative && Number.isFinite(x) ? 'negative' : 'non-finite'} value ${x} at element ${i}`, 'ERR_NON_FINITE');
-  }
+function readTrainerJson(dir: string) {
+  return readRunJson(dir, CHECKPOINT_FILES, 'X2ITrainer');
 }
 
 /** The step info's loss where this rank computes none (the split teacher, a stopped micro-batch). */
@@ -539,7 +479,7 @@ export class X2ITrainer {
    * moments are non-finite: the last good checkpoint is never replaced by a bad one.
    */
   async save(dir: string): Promise<string> {
-    const name = `step-${String(this.step).padStart(6, '0')}-${this.microStep}`;
+    const name = checkpointFolderName(this.step, this.microStep);
     const target = path.join(dir, name);
     // one writer: rank 0 in data mode (all ranks hold the same state), the student in split mode
     const par = this.options.parallel;
@@ -564,29 +504,9 @@ export class X2ITrainer {
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
     }
-    const files = Object.fromEntries(CHECKPOINT_FILES.map((f) => [f, sha256File(path.join(target, f))]));
-    // the checkpoints kept: this one, then those the previous trainer.json kept (newest first)
-    let previous: { name: string; files: Record<string, string> }[] = [];
-    try {
-      const m = readTrainerJson(dir);
-      previous = Array.isArray(m.checkpoints) ? m.checkpoints.filter((c) => c && typeof c.name === 'string' && c.name !== name &&
-        !/[\\/\0]/.test(c.name) && c.name !== '..' && c.name !== '.')
-        : m.checkpoint !== name ? [{ name: m.checkpoint, files: m.files ?? {} }] : [];
-    } catch {
-      previous = [];
-    }
-    const kept = [{ name, files }, ...previous].slice(0, this.options.keepLast);
-    const tmp = path.join(dir, `trainer.json.tmp-${process.pid}`);
-    const fd = fs.openSync(tmp, 'w');
     const { parallel, ...options } = this.options;
-    fs.writeSync(fd, JSON.stringify({ step: this.step, microStep: this.microStep, checkpoint: name, files, checkpoints: kept, options,
-      parallel: parallel ? { mode: parallel.mode, worldSize: parallel.group.worldSize } : null }, null, 2));
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fs.renameSync(tmp, path.join(dir, 'trainer.json'));
-    const keep = new Set(kept.map((c) => c.name));
-    for (const d of fs.readdirSync(dir))
-      if (d.startsWith('step-') && !keep.has(d)) fs.rmSync(path.join(dir, d), { recursive: true, force: true });
+    commitCheckpoint(dir, name, CHECKPOINT_FILES, { step: this.step, microStep: this.microStep, options,
+      parallel: parallel ? { mode: parallel.mode, worldSize: parallel.group.worldSize } : null }, this.options.keepLast);
     return target;
   }
 
@@ -608,15 +528,8 @@ export class X2ITrainer {
       this.#ownDirs.add(path.resolve(dir));
       return;
     }
+    verifiedCheckpoint(dir, meta, ['optimizer.safetensors']);
     const optFile = path.join(ckpt, 'optimizer.safetensors');
-    if (!fs.existsSync(optFile)) throw new X2IError(`${optFile}: no such file (trainer.json names checkpoint ${meta.checkpoint})`, 'ERR_FILE_NOT_FOUND');
-    for (const [f, want] of Object.entries(meta.files ?? {})) {
-      const file = path.join(ckpt, f);
-      if (!fs.existsSync(file)) throw new X2IError(`${file}: no such file (listed in ${path.join(dir, 'trainer.json')})`, 'ERR_FILE_NOT_FOUND');
-      if (sha256File(file) !== want)
-        throw new X2IError(`${file}: checksum mismatch (sha256 differs from the one in ${path.join(dir, 'trainer.json')}): the file changed after it was saved`,
-          'ERR_CHECKSUM');
-    }
     let opt: Record<string, Tensor>;
     try {
       opt = await loadSafetensors(optFile);

@@ -4,6 +4,7 @@
 // norm statistics in float32.
 #include "models/flux.h"
 #include "core/weights.h"
+#include "models/lora.h"
 #ifdef X2I_CUDA_KERNELS
 #include "kernels/kernels.h"
 #endif
@@ -379,9 +380,27 @@ void saveCommon(AutogradContext* ctx, const Model& m, int64_t index, const Rope&
   if (rope.cis.defined()) ctx->saved_data["cis"] = rope.cis;
 }
 
-// Recomputes outs = f(inputs) with grad and returns d⟨grads, outs⟩/d inputs (undefined where unused).
+// The trainable LoRA parts of a block's layers (their gradients come from the recomputation).
+variable_list trainableLeaves(const std::vector<const Linear*>& layers) {
+  variable_list out;
+  for (const Linear* l : layers)
+    for (auto& slot : l->lora)
+      if (slot.adapter->trainable)
+        for (auto& p : slot.parts) out.push_back(p.A), out.push_back(p.B);
+  return out;
+}
+variable_list leavesOf(const DoubleBlock& b) {
+  std::vector<const Linear*> ls;
+  for (const Stream* s : {&b.img, &b.txt}) ls.insert(ls.end(), {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2});
+  return trainableLeaves(ls);
+}
+variable_list leavesOf(const SingleBlock& b) { return trainableLeaves({&b.mod, &b.linear1, &b.linear2}); }
+
+// Recomputes outs = f(inputs) with grad and returns d⟨grads, outs⟩/d inputs (undefined where unused); trainable
+// leaves used inside f (`leaves`) get their gradients accumulated into .grad, as a backward pass without
+// checkpointing would.
 variable_list recompute(const variable_list& saved, const variable_list& grads,
-                        const std::function<variable_list(const variable_list&)>& f) {
+                        const std::function<variable_list(const variable_list&)>& f, const variable_list& leaves = {}) {
   variable_list ins;
   for (auto& t : saved) ins.push_back(t.detach().requires_grad_(true));
   variable_list outs;
@@ -393,7 +412,14 @@ variable_list recompute(const variable_list& saved, const variable_list& grads,
   for (size_t i = 0; i < outs.size(); ++i)
     if (grads[i].defined()) o.push_back(outs[i]), g.push_back(grads[i]);
   if (o.empty()) return variable_list(ins.size());
-  return torch::autograd::grad(o, ins, g, /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+  if (leaves.empty())
+    return torch::autograd::grad(o, ins, g, /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+  variable_list targets = ins;
+  targets.insert(targets.end(), leaves.begin(), leaves.end());
+  torch::autograd::backward(o, g, /*retain_graph=*/false, /*create_graph=*/false, targets);
+  variable_list out;
+  for (auto& t : ins) out.push_back(t.grad());
+  return out;
 }
 
 struct CheckpointedDouble : torch::autograd::Function<CheckpointedDouble> {
@@ -413,7 +439,8 @@ struct CheckpointedDouble : torch::autograd::Function<CheckpointedDouble> {
     const Model& m = *modelOf(ctx);
     const int64_t index = ctx->saved_data["index"].toInt();
     const Rope rope = ropeOf(ctx);
-    auto g = recompute(ctx->get_saved_variables(), grads, [&](const variable_list& x) { return run(m, index, x, rope); });
+    auto g = recompute(ctx->get_saved_variables(), grads, [&](const variable_list& x) { return run(m, index, x, rope); },
+                       leavesOf(m.doubles[size_t(index)]));
     return {g[0], g[1], g[2], at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -435,7 +462,8 @@ struct CheckpointedSingle : torch::autograd::Function<CheckpointedSingle> {
     const Model& m = *modelOf(ctx);
     const int64_t index = ctx->saved_data["index"].toInt();
     const Rope rope = ropeOf(ctx);
-    auto g = recompute(ctx->get_saved_variables(), grads, [&](const variable_list& x) { return run(m, index, x, rope); });
+    auto g = recompute(ctx->get_saved_variables(), grads, [&](const variable_list& x) { return run(m, index, x, rope); },
+                       leavesOf(m.singles[size_t(index)]));
     return {g[0], g[1], at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -558,6 +586,16 @@ Inputs prepare(const Model& m, Inputs in) {
     if (t->defined()) *t = t->to(dev, dt);
   in.imgIds = in.imgIds.to(dev, at::kFloat);
   in.txtIds = in.txtIds.to(dev, at::kFloat);
+  if (in.controlResiduals.defined()) {
+    expectShape("controlResiduals", in.controlResiduals, {B, -1, N, c.hidden});
+    if (in.controlResiduals.size(1) > int64_t(m.doubles.size()))
+      fail("ERR_SHAPE_MISMATCH", "FluxTransformer.forward: controlResiduals has " + std::to_string(in.controlResiduals.size(1)) +
+                                     " branches, the model " + std::to_string(m.doubles.size()) + " double blocks");
+    if (!at::isFloatingType(in.controlResiduals.scalar_type()))
+      fail("ERR_INVALID_DTYPE", "FluxTransformer.forward: controlResiduals must be floating point");
+    in.controlResiduals = in.controlResiduals.to(dev, dt);
+  }
+  lora::applyScales(m, in.loraScales);
   return in;
 }
 
@@ -598,6 +636,8 @@ at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap, bool ch
     } else {
       std::tie(img, txt) = doubleBlock(m, m.doubles[i], int64_t(i), img, txt, sv, rope, tap);
     }
+    if (in.controlResiduals.defined() && int64_t(i) < in.controlResiduals.size(1))  // LightControl's branch i
+      img = img + in.controlResiduals.select(1, int64_t(i)) * in.controlScale;
   }
   const int64_t T = txt.size(1);
   at::Tensor x = at::cat({txt, img}, 1);

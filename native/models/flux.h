@@ -6,6 +6,8 @@
 
 #include <functional>
 #include <map>
+#include <memory>
+#include <string>
 
 namespace x2i::flux {
 
@@ -22,9 +24,33 @@ struct Config {
   int64_t headDim() const { return hidden / heads; }
 };
 
+// LoRA adapters on the frozen linear layers (models/lora.h has the operations on them). An adapter's parts each
+// cover a block of output rows: a fused layer (qkv, linear1) holds one part per diffusers module (to_q, to_k,
+// to_v, proj_mlp) or one part over all its rows (kohya's fused adapters).
+struct LoraAdapter {
+  std::string name;
+  double scale = 1;       // the user's scale (0: off)
+  double fusedScale = 0;  // the scale merged into the weights by fuse (0: not fused)
+  bool trainable = false; // parts are float32 leaves trained by train/finetune.cc
+};
+struct LoraPart {
+  int64_t row = 0;  // first output row
+  at::Tensor A, B;  // A [r, in], B [rows, r]
+  double scale = 1; // alpha / r
+};
+struct LoraSlot {
+  std::shared_ptr<LoraAdapter> adapter;
+  std::vector<LoraPart> parts;
+  // the parts as one down-projection [Σr, in] and one block-diagonal up-projection [out, Σr] with each part's
+  // scale folded in; cached for frozen adapters, rebuilt every call for trainable ones (autograd reaches the parts)
+  at::Tensor down, up;
+};
+
 struct Linear {
   at::Tensor w, b;
-  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, w, b); }
+  std::vector<LoraSlot> lora;
+  // W x + b, plus each adapter's low-rank term at (scale − fusedScale) (models/lora.cc)
+  at::Tensor operator()(const at::Tensor& x) const;
 };
 struct Stream {  // one side (img or txt) of a double-stream block
   Linear mod, qkv, proj, mlp0, mlp2;
@@ -44,6 +70,7 @@ struct Model {
   std::vector<DoubleBlock> doubles;
   std::vector<SingleBlock> singles;
   at::Tensor timeFreqs;  // the 128 sinusoid frequencies, computed once on the CPU (as BFL does), on the device
+  std::map<std::string, std::shared_ptr<LoraAdapter>> adapters;  // by name (models/lora.h)
   c10::Device device() const { return imgIn.w.device(); }
   at::ScalarType dtype() const { return imgIn.w.scalar_type(); }
 
@@ -76,6 +103,11 @@ std::shared_ptr<Model> random(const Config& cfg, c10::Device device, at::ScalarT
 
 struct Inputs {
   at::Tensor hiddenStates, encoderHiddenStates, pooledProjections, timestep, guidance, imgIds, txtIds;
+  // LightControl: [B, n, N, D] residuals added to the image stream after double blocks 0..n−1, times controlScale
+  at::Tensor controlResiduals;
+  double controlScale = 1;
+  // adapter scales for this call (absent adapters keep theirs); applied by prepare()
+  std::map<std::string, double> loraScales;
 };
 
 // The X2I distillation taps, produced in order while the forward runs. A hook may replace the tap it is

@@ -16,6 +16,7 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeQwenVLEncoder", initQwen(env));
   fn("qwenRopeIndex", QwenRopeIndex);
   exports.Set("NativeAutoencoderKL", initVae(env));
+  exports.Set("NativeLightControl", initLightControl(env));
   fn("distillationLoss", DistillationLoss);
   fn("memory", Memory);
   fn("buildInfo", BuildInfo);
@@ -24,6 +25,7 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   fn("cudaSynchronize", CudaSynchronize);
   fn("cudaMemory", CudaMemory);
   exports.Set("NativeProcessGroup", initProcessGroup(env));
+  exports.Set("NativeFineTune", initFineTune(env));
   fn("ncclAvailable", NcclAvailable);
   fn("setNumThreads", SetNumThreads);
   fn("readSafetensors", ReadSafetensors);

@@ -17,11 +17,13 @@ Napi::Function initT5(Napi::Env env);                // NativeT5Encoder
 Napi::Function initClip(Napi::Env env);              // NativeClipTextEncoder
 Napi::Function initQwen(Napi::Env env);              // NativeQwenVLEncoder
 Napi::Function initVae(Napi::Env env);               // NativeAutoencoderKL
+Napi::Function initLightControl(Napi::Env env);      // NativeLightControl (lightcontrol.cc)
 Napi::Value QwenRopeIndex(const Napi::CallbackInfo& info);
 
-// training: distill.cc, distributed.cc
+// training: distill.cc, distributed.cc, finetune.cc
 Napi::Value DistillationLoss(const Napi::CallbackInfo& info);
 Napi::Function initProcessGroup(Napi::Env env);      // NativeProcessGroup
+Napi::Function initFineTune(Napi::Env env);          // NativeFineTune (finetune.cc)
 Napi::Value NcclAvailable(const Napi::CallbackInfo& info);
 // The group of a NativeProcessGroup passed as an argument (ERR_INVALID_ARG "expected a ProcessGroup").
 std::shared_ptr<dist::Group> processGroupOf(const Napi::Value& v);

@@ -1,12 +1,16 @@
 // NativeFlux: the JS handle of a loaded FLUX transformer (lib/models/flux.ts wraps it). The math: models/flux.cc
 // (forward), train/step.cc (the training steps), sample/euler.cc (denoise).
 #include "models/flux.h"
+#include "models/lora.h"
 #include "napi/bindings.h"
+#include "napi/flux.h"
 #include "napi/model_wrap.h"
 #include "sample/euler.h"
 #include "train/step.h"
 
 #include <c10/core/GradMode.h>
+
+#include <cmath>
 
 namespace x2i {
 namespace {
@@ -39,12 +43,31 @@ at::Tensor optTensor(const Napi::Object& o, const char* k) {
   return v.IsUndefined() || v.IsNull() ? at::Tensor() : TensorWrap::Get(v, k);
 }
 
-flux::Inputs parseInputs(const Napi::Value& v) {
+}  // namespace
+
+flux::Inputs parseFluxInputs(const Napi::Value& v) {
   if (!v.IsObject()) fail("ERR_INVALID_ARG", "FluxTransformer.forward expects an inputs object");
   auto o = v.As<Napi::Object>();
-  return {optTensor(o, "hiddenStates"), optTensor(o, "encoderHiddenStates"), optTensor(o, "pooledProjections"),
-          optTensor(o, "timestep"), optTensor(o, "guidance"), optTensor(o, "imgIds"), optTensor(o, "txtIds")};
+  flux::Inputs in{optTensor(o, "hiddenStates"), optTensor(o, "encoderHiddenStates"), optTensor(o, "pooledProjections"),
+                  optTensor(o, "timestep"), optTensor(o, "guidance"), optTensor(o, "imgIds"), optTensor(o, "txtIds")};
+  in.controlResiduals = optTensor(o, "controlResiduals");
+  in.controlScale = numberOr(o, "controlScale", 1.0);
+  if (!std::isfinite(in.controlScale)) fail("ERR_INVALID_ARG", "controlScale must be finite");
+  Napi::Value scales = o.Get("loraScales");
+  if (scales.IsObject()) {
+    auto so = scales.As<Napi::Object>();
+    for (const auto& e : so.GetPropertyNames()) {
+      std::string k = Napi::Value(e.second).ToString().Utf8Value();
+      Napi::Value x = so.Get(k);
+      if (!x.IsNumber()) fail("ERR_INVALID_ARG", "loraScales['" + k + "'] must be a number");
+      in.loraScales[k] = x.As<Napi::Number>().DoubleValue();
+    }
+  }
+  return in;
 }
+
+namespace {
+flux::Inputs parseInputs(const Napi::Value& v) { return parseFluxInputs(v); }
 
 // { doubleImg, doubleTxt, single } of stacked taps (absent kinds left out)
 Napi::Object capturesToJs(Napi::Env env, const train::Captures& c) {
@@ -256,18 +279,104 @@ struct FluxSpec : ModelSpec<flux::Model> {
     });
   }
 
+  // loraAdd(name, parts: [{ target, row, A?, B?, rank?, rows?, scale }], scale, trainable, seed) → Promise<void>
+  // (models/lora.h add)
+  static Napi::Value loraAdd(W& self, const Napi::CallbackInfo& info) {
+    return guardAsync(info, [&]() -> Napi::Value {
+      auto m = self.model();
+      const std::string name = argString(info, 0, "name");
+      if (info.Length() < 2 || !info[1].IsArray()) fail("ERR_INVALID_ARG", "loraAdd: parts must be an array");
+      std::vector<lora::PartSpec> parts;
+      auto a = info[1].As<Napi::Array>();
+      for (uint32_t i = 0; i < a.Length(); ++i) {
+        Napi::Value e = a[i];
+        if (!e.IsObject()) fail("ERR_INVALID_ARG", "loraAdd: each part must be an object");
+        auto o = e.As<Napi::Object>();
+        lora::PartSpec p;
+        if (!o.Get("target").IsString()) fail("ERR_INVALID_ARG", "loraAdd: a part needs its target layer name");
+        p.target = o.Get("target").ToString().Utf8Value();
+        p.row = int64_t(numberOr(o, "row", 0)), p.rows = int64_t(numberOr(o, "rows", 0)), p.rank = int64_t(numberOr(o, "rank", 0));
+        p.scale = numberOr(o, "scale", 1.0);
+        p.A = optTensor(o, "A"), p.B = optTensor(o, "B");
+        parts.push_back(std::move(p));
+      }
+      const double scale = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : 1.0;
+      const bool trainable = info.Length() > 3 && info[3].ToBoolean();
+      const uint64_t seed = info.Length() > 4 && info[4].IsNumber() ? uint64_t(info[4].As<Napi::Number>().Int64Value()) : 0;
+      return queue(info.Env(), [=] { lora::add(*m, name, parts, scale, trainable, seed); syncDevice(m->imgIn.w); },
+                   [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+    });
+  }
+
+  // loraOp('remove' | 'fuse' | 'unfuse', name?, scales?) → Promise<void> (scales set first)
+  static Napi::Value loraOp(W& self, const Napi::CallbackInfo& info) {
+    return guardAsync(info, [&]() -> Napi::Value {
+      auto m = self.model();
+      const std::string op = argString(info, 0, "op");
+      const std::string name = info.Length() > 1 && info[1].IsString() ? info[1].ToString().Utf8Value() : "";
+      if (op != "remove" && op != "fuse" && op != "unfuse") fail("ERR_INVALID_ARG", "loraOp: unknown operation '" + op + "'");
+      std::map<std::string, double> scales;
+      if (info.Length() > 2 && info[2].IsObject()) {
+        auto so = info[2].As<Napi::Object>();
+        for (const auto& e : so.GetPropertyNames()) {
+          std::string k = Napi::Value(e.second).ToString().Utf8Value();
+          if (!so.Get(k).IsNumber()) fail("ERR_INVALID_ARG", "loraOp: scales['" + k + "'] must be a number");
+          scales[k] = so.Get(k).As<Napi::Number>().DoubleValue();
+        }
+      }
+      return queue(info.Env(), [=] {
+        c10::AutoGradMode noGrad(false);
+        lora::applyScales(*m, scales);
+        if (op == "remove") lora::remove(*m, name);
+        else if (op == "fuse") lora::fuse(*m);
+        else lora::unfuse(*m);
+        syncDevice(m->imgIn.w);
+      }, [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+    });
+  }
+
+  // loraWeights(name) → [{ target, row, A, B, scale }] (copies, float32)
+  static Napi::Value loraWeights(W& self, const Napi::CallbackInfo& info) {
+    return guardAsync(info, [&]() -> Napi::Value {
+      auto m = self.model();
+      const std::string name = argString(info, 0, "name");
+      struct Out { std::string target; int64_t row; at::Tensor A, B; double scale; };
+      auto out = std::make_shared<std::vector<Out>>();
+      return queue(info.Env(), [=] {
+        c10::NoGradGuard noGrad;
+        for (auto& [target, p] : lora::parts(*m, name))
+          out->push_back({target, p->row, p->A.detach().to(at::kFloat).clone(), p->B.detach().to(at::kFloat).clone(), p->scale});
+        if (!out->empty()) syncDevice(out->front().A);
+      }, [out](Napi::Env env) -> Napi::Value {
+        auto arr = Napi::Array::New(env, out->size());
+        for (size_t i = 0; i < out->size(); ++i) {
+          auto o = Napi::Object::New(env);
+          o.Set("target", (*out)[i].target);
+          o.Set("row", double((*out)[i].row));
+          o.Set("A", TensorWrap::Wrap(env, (*out)[i].A));
+          o.Set("B", TensorWrap::Wrap(env, (*out)[i].B));
+          o.Set("scale", (*out)[i].scale);
+          arr.Set(uint32_t(i), o);
+        }
+        return arr;
+      });
+    });
+  }
+
   template <class Self>
   static std::vector<typename Self::PropertyDescriptor> methods() {
     return {Self::template StaticMethod<&load>("load"), Self::template StaticMethod<&random>("random"),
             Self::template method<&info>("info"), Self::template method<&forward>("forward"),
             Self::template method<&forwardBackward>("forwardBackward"),
             Self::template method<&distillationStep>("distillationStep"), Self::template method<&trainStep>("trainStep"),
-            Self::template method<&denoise>("denoise")};
+            Self::template method<&denoise>("denoise"), Self::template method<&loraAdd>("loraAdd"),
+            Self::template method<&loraOp>("loraOp"), Self::template method<&loraWeights>("loraWeights")};
   }
 };
 
 }  // namespace
 
 Napi::Function initFlux(Napi::Env env) { return ModelWrap<FluxSpec>::Init(env); }
+std::shared_ptr<flux::Model> fluxOf(const Napi::Value& v, const char* what) { return ModelWrap<FluxSpec>::Get(v, what); }
 
 }  // namespace x2i
