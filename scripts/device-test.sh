@@ -65,6 +65,10 @@ read -r -a distillArgs <<< "${X2I_BENCH_DISTILL_ARGS:-}"
 # (X2I_BENCH_STEP_ARGS: more options, e.g. --compile)
 read -r -a stepArgs <<< "${X2I_BENCH_STEP_ARGS:-}"
 [ "${X2I_BENCH_STEP:-1}" = 1 ] && node bench/x2i_step.mjs --baseline bench/baselines/x2i_step.py "${stepArgs[@]}" --json "$OUT/x2i_step.json" 2>&1 | tee "$OUT/x2i_step.md"
+# fine-tuning at real size (issue 13): LoRA and LightControl steps, generation with an unfused/fused adapter, the
+# PyTorch eager composition after (off by default: X2I_BENCH_FINETUNE=1; X2I_BENCH_FINETUNE_ARGS: e.g. --compile)
+read -r -a finetuneArgs <<< "${X2I_BENCH_FINETUNE_ARGS:-}"
+[ "${X2I_BENCH_FINETUNE:-0}" = 1 ] && node bench/finetune.mjs --baseline bench/baselines/finetune_step.py "${finetuneArgs[@]}" --json "$OUT/finetune.json" 2>&1 | tee "$OUT/finetune.md"
 # multi-GPU layouts at real sizes (single / data / split; those needing more GPUs than present are skipped)
 [ "${X2I_BENCH_PARALLEL:-1}" = 1 ] && node bench/x2i_parallel.mjs --json "$OUT/x2i_parallel.json" 2>&1 | tee "$OUT/x2i_parallel.md"
 exit "$status"

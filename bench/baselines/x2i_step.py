@@ -11,15 +11,18 @@ weights, batch 1, 1024² (4096 image tokens), 512 text tokens:
   channels, kl_div(log p_T, p_S, 'batchmean'), 76 terms), backward into AlignNet, clip_grad_norm 1.0, AdamW.
 And the teacher's generation: T5 + CLIP + 28 Euler steps of FLUX.1-dev at 1024² (no VAE: diffusers is not on
 the machine), eager and (--compile) with torch.compile of the transformer.
-The FLUX transformer here is written out in plain PyTorch (BFL's math: AdaLN, QK-RMSNorm, 3-axis RoPE, joint
+The FLUX transformer (flux_torch.py, shared with finetune_step.py) is written out in plain PyTorch (BFL's math: AdaLN, QK-RMSNorm, 3-axis RoPE, joint
 attention text-first, GELU-tanh), one module per part, weights frozen.
     python3 x2i_step.py [--steps 5] [--gen-iters 3] [--compile] [--json out.json]
 """
-import argparse, json, math, statistics, time, traceback
+import argparse, json, math, os, statistics, sys, time, traceback
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flux_torch import D, H, HD, MLP, Flux, rope_tables  # noqa: E402  (FLUX.1-dev in plain PyTorch, shared)
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=5)
@@ -28,113 +31,8 @@ p.add_argument("--compile", action="store_true")
 p.add_argument("--json")
 a = p.parse_args()
 dev, dt = "cuda", torch.bfloat16
-D, H, HD, MLP, T, N = 3072, 24, 128, 12288, 512, 4096
+T, N = 512, 4096
 GiB = 2 ** 30
-
-
-# ---------------------------------------------------------------- FLUX.1-dev in plain PyTorch
-class RMSNorm(nn.Module):
-    def __init__(self, d):
-        super().__init__(); self.scale = nn.Parameter(torch.ones(d))
-    def forward(self, x):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * self.scale
-
-
-def rope_tables(ids, axes=(16, 56, 56)):             # ids [L, 3] -> cos, sin [L, HD/2]
-    ang = torch.cat([ids[:, i:i + 1].double() / (10000 ** (torch.arange(0, d, 2, device=ids.device, dtype=torch.float64) / d))
-                     for i, d in enumerate(axes)], -1)
-    return ang.cos().float(), ang.sin().float()
-
-
-def rope(x, cos, sin):                               # adjacent pairs (2m, 2m+1)
-    xf = x.float(); x0, x1 = xf[..., 0::2], xf[..., 1::2]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), -1).flatten(-2).type_as(x)
-
-
-def heads(t):                                        # [B, L, 3D] -> 3 x [B, H, L, HD]
-    B, L, _ = t.shape
-    return t.view(B, L, 3, H, HD).permute(2, 0, 3, 1, 4)
-
-
-def modulate(x, shift, scale):
-    return F.layer_norm(x, (D,), eps=1e-6) * (1 + scale) + shift
-
-
-def timestep_embedding(t, dim=256):                  # t in [0, 1] (x 1000 inside, as BFL)
-    half = dim // 2
-    f = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * f[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], -1)
-
-
-class MLPEmbedder(nn.Module):
-    def __init__(self, i, h):
-        super().__init__(); self.in_layer = nn.Linear(i, h); self.out_layer = nn.Linear(h, h)
-    def forward(self, x):
-        return self.out_layer(F.silu(self.in_layer(x)))
-
-
-class Stream(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mod = nn.Linear(D, 6 * D); self.qkv = nn.Linear(D, 3 * D); self.qn = RMSNorm(HD); self.kn = RMSNorm(HD)
-        self.proj = nn.Linear(D, D); self.mlp = nn.Sequential(nn.Linear(D, MLP), nn.GELU(approximate="tanh"), nn.Linear(MLP, D))
-
-
-class DoubleBlock(nn.Module):
-    def __init__(self):
-        super().__init__(); self.img = Stream(); self.txt = Stream()
-    def forward(self, img, txt, vec, cos, sin, taps):
-        qs, ks, vs, mods = [], [], [], []
-        for st, x in ((self.txt, txt), (self.img, img)):
-            m = st.mod(F.silu(vec))[:, None].chunk(6, -1); mods.append(m)
-            q, k, v = heads(st.qkv(modulate(x, m[0], m[1])))
-            qs.append(st.qn(q)); ks.append(st.kn(k)); vs.append(v)
-        q, k, v = torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2)
-        o = F.scaled_dot_product_attention(rope(q, cos, sin), rope(k, cos, sin), v).transpose(1, 2).flatten(2)
-        Tn = txt.shape[1]
-        out = []
-        for kind, st, x, ao, m in (("txt", self.txt, txt, o[:, :Tn], mods[0]), ("img", self.img, img, o[:, Tn:], mods[1])):
-            pr = st.proj(ao)
-            if taps is not None: taps[kind].append(pr)      # the official hook: after to_out / to_add_out, pre-gate
-            x = x + m[2] * pr
-            out.append(x + m[5] * st.mlp(modulate(x, m[3], m[4])))
-        return out[1], out[0]
-
-
-class SingleBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mod = nn.Linear(D, 3 * D); self.l1 = nn.Linear(D, 3 * D + MLP); self.l2 = nn.Linear(D + MLP, D)
-        self.qn = RMSNorm(HD); self.kn = RMSNorm(HD)
-    def forward(self, x, vec, cos, sin, taps):
-        sh, sc, g = self.mod(F.silu(vec))[:, None].chunk(3, -1)
-        qkv, mlp = self.l1(modulate(x, sh, sc)).split([3 * D, MLP], -1)
-        q, k, v = heads(qkv)
-        o = F.scaled_dot_product_attention(rope(self.qn(q), cos, sin), rope(self.kn(k), cos, sin), v).transpose(1, 2).flatten(2)
-        if taps is not None: taps["single"].append(o)       # the raw attention output, text first
-        return x + g * self.l2(torch.cat((o, F.gelu(mlp, approximate="tanh")), -1))
-
-
-class Flux(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.img_in = nn.Linear(64, D); self.txt_in = nn.Linear(4096, D)
-        self.time_in = MLPEmbedder(256, D); self.guidance_in = MLPEmbedder(256, D); self.vector_in = MLPEmbedder(768, D)
-        self.double_blocks = nn.ModuleList(DoubleBlock() for _ in range(19))
-        self.single_blocks = nn.ModuleList(SingleBlock() for _ in range(38))
-        self.final_mod = nn.Linear(D, 2 * D); self.final = nn.Linear(D, 64)
-    def forward(self, img, txt, pooled, t, g, cos, sin, taps=None):
-        vec = self.time_in(timestep_embedding(t).to(img.dtype)) + self.guidance_in(timestep_embedding(g).to(img.dtype)) + self.vector_in(pooled)
-        img, txt = self.img_in(img), self.txt_in(txt)
-        for b in self.double_blocks:
-            img, txt = b(img, txt, vec, cos, sin, taps)
-        x = torch.cat((txt, img), 1)
-        for b in self.single_blocks:
-            x = b(x, vec, cos, sin, taps)
-        shift, scale = self.final_mod(F.silu(vec))[:, None].chunk(2, -1)
-        return self.final(modulate(x[:, txt.shape[1]:], shift, scale))
 
 
 class AlignNet(nn.Module):                            # x2i-method.md §1.2, Qwen2.5-VL-7B sizes

@@ -54,6 +54,8 @@ commands:
   bench qwen           the Qwen2.5-VL-7B-size encoder on CUDA: prefill with and without all-layer
                        capture, the vision tower (needs a GPU)
                        options: --baseline PATH (bench/baselines/qwen_prefill.py, transformers), --json FILE
+  bench finetune       LoRA and LightControl training steps and generation with an adapter, FLUX.1-dev size on CUDA
+                       options: --baseline PATH (bench/baselines/finetune_step.py, PyTorch eager), --json FILE
   help                 this text
 `;
 
@@ -318,8 +320,8 @@ async function run(argv: string[]): Promise<number> {
       const { positionals, values } = parseArgs({ args: rest, allowPositionals: true,
         options: { mib: { type: 'string' }, json: { type: 'string' }, baseline: { type: 'string' } } });
       const which = positionals[0] ?? 'bridge';
-      if (!['bridge', 'flux', 'distill', 'qwen'].includes(which)) {
-        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux, distill, qwen)`);
+      if (!['bridge', 'flux', 'distill', 'qwen', 'finetune'].includes(which)) {
+        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux, distill, qwen, finetune)`);
         return 2;
       }
       const args = [path.join(packageRoot, 'bench', `${which}.mjs`)];
