@@ -42,7 +42,8 @@ commands:
                        --steps 28 --height 1024 --width 1024 --device ... --json FILE
   demo                 the whole pipeline on a built-in tiny configuration (no download, CPU, ~3 min on 2
                        cores): train a tiny teacher on drawn shapes, distill a tiny MLLM + AlignNet into it,
-                       generate held-out prompts with both; writes before.png, after.png, loss.png, summary.json
+                       generate held-out prompts with both, train a style LoRA on the teacher and apply it
+                       to both; writes before.png, after.png, lora.png, loss.png, summary.json
                        --out DIR (default x2i-demo) --seed 0 --quick (a few steps of each: seconds)
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
@@ -265,7 +266,8 @@ async function demo(args: string[]): Promise<number> {
   const seed = seedOption('--seed', parseNumberArg('--seed', v.seed));
   outputDir('--out', v.out);
   const { runDemo } = await import('./demo.js');
-  const label: Record<string, string> = { teacher: 'training the teacher', distill: 'distilling the student', generate: 'generating' };
+  const label: Record<string, string> = { teacher: 'training the teacher', distill: 'distilling the student', lora: 'training a LoRA',
+    generate: 'generating' };
   let phase = '';
   const s = await runDemo({ out: v.out!, seed, quick: v.quick, onProgress: (e) => {
     if (e.phase !== phase) { if (phase) process.stderr.write('\n'); phase = e.phase; }
@@ -279,6 +281,9 @@ async function demo(args: string[]): Promise<number> {
   console.log(`distillation loss ${f(s.loss.first)} → ${f(s.loss.last)}`);
   console.log(`teacher–student agreement on ${s.heldOut.length} held-out prompts: SSIM ${f(s.agreement.before.ssim)} → ${f(s.agreement.after.ssim)}, ` +
     `PSNR ${f(s.agreement.before.psnr, 1)} → ${f(s.agreement.after.psnr, 1)} dB`);
+  const bg = s.lora.background;
+  console.log(`LoRA (a light-background style, ${s.lora.steps} micro-batches, loss ${f(s.lora.lossFirst)} → ${f(s.lora.lossLast)}): ` +
+    `held-out background ${f(bg.without, 2)} → ${f(bg.teacher, 2)} (teacher), ${f(bg.student, 2)} (student); style ${f(bg.target, 2)}`);
   console.log(`${s.seconds.toFixed(0)} s; wrote ${s.files.map((x) => path.join(v.out!, x)).join(', ')}`);
   return 0;
 }

@@ -9,6 +9,7 @@ import type { AutoencoderKL } from '../models/vae.js';
 import type { ClipTextEncoder } from '../models/clip.js';
 import type { T5Encoder } from '../models/t5.js';
 import type { PromptTokenizer } from '../models/tokenizers.js';
+import type { LightControl } from '../models/lightcontrol.js';
 import { type GenerateImageInput, imageForVae, imageInputSize, packedMask } from './image_input.js';
 
 
@@ -47,6 +48,15 @@ export interface FluxGenerateOptions {
    * outpainting.
    */
   mask?: GenerateImageInput;
+  /**
+   * LightControl (X2I's ControlNeXt branches, the pipeline's `lightControl`): the control image (the same inputs as
+   * `image`; resized to height × width, scaled to [−1, 1]) and the scale of the residuals (default: the branches'
+   * own, 1.0). At every step the branches run on the hint and that step's timestep; their residuals are added to the
+   * image stream after the double blocks.
+   */
+  control?: { image: GenerateImageInput; scale?: number };
+  /** Adapter scales for this generation only (0 disables an adapter); the others keep `transformer.setLoraScales`'. */
+  loraScales?: Record<string, number>;
   /** Default 28. */
   numInferenceSteps?: number;
   /** Default 3.5 (dev); ignored by checkpoints without a guidance embedder. */
@@ -95,15 +105,18 @@ export class FluxPipeline {
   readonly textEncoder2?: T5Encoder;
   readonly tokenizer?: PromptTokenizer;
   readonly tokenizer2?: PromptTokenizer;
+  /** X2I's LightControl branches, used by `generate({ control })`. */
+  readonly lightControl?: LightControl;
 
   constructor(parts: { transformer: FluxTransformer; vae: AutoencoderKL; scheduler?: FlowMatchEulerScheduler;
-    textEncoder?: ClipTextEncoder; textEncoder2?: T5Encoder; tokenizer?: PromptTokenizer; tokenizer2?: PromptTokenizer }) {
+    textEncoder?: ClipTextEncoder; textEncoder2?: T5Encoder; tokenizer?: PromptTokenizer; tokenizer2?: PromptTokenizer;
+    lightControl?: LightControl }) {
     if (!parts?.transformer || !parts?.vae) throw invalidArg('FluxPipeline parts', '{ transformer, vae, scheduler?, textEncoder?, textEncoder2? }', parts);
     this.transformer = parts.transformer;
     this.vae = parts.vae;
     this.scheduler = parts.scheduler ?? new FlowMatchEulerScheduler();
     Object.assign(this, { textEncoder: parts.textEncoder, textEncoder2: parts.textEncoder2, tokenizer: parts.tokenizer,
-      tokenizer2: parts.tokenizer2 });
+      tokenizer2: parts.tokenizer2, lightControl: parts.lightControl });
   }
 
   /** FLUX's text conditioning: T5 (padded to 512, no mask) → sequence, CLIP (77) → pooled. */
@@ -136,7 +149,7 @@ export class FluxPipeline {
   /** Checks the sampling options (sizes, step count, guidance, seed) before any work; throws an X2IError naming
    * the option. Sizes must be multiples of 2 × the VAE's factor (FLUX: 16). */
   checkOptions(opts: Pick<FluxGenerateOptions, 'height' | 'width' | 'numInferenceSteps' | 'guidanceScale' | 'seed' | 'image' |
-    'strength' | 'mask'>): void {
+    'strength' | 'mask' | 'control' | 'loraScales'>): void {
     if (opts === null || typeof opts !== 'object') throw invalidArg('generate options', 'an object', opts);
     const m = 2 * this.vaeScaleFactor;
     if (opts.height !== undefined) imageSide('height', opts.height, m);
@@ -151,6 +164,21 @@ export class FluxPipeline {
     } else {
       checkImageInput('image', opts.image);
       if (opts.mask !== undefined) checkImageInput('mask', opts.mask);
+    }
+    if (opts.control !== undefined) {
+      if (opts.control === null || typeof opts.control !== 'object') throw invalidArg('control', '{ image, scale? }', opts.control);
+      if (!this.lightControl)
+        throw new X2IError('control: this pipeline has no LightControl (new FluxPipeline({ ..., lightControl }))', 'ERR_INVALID_ARG');
+      checkImageInput('control.image', opts.control.image);
+      if (opts.control.scale !== undefined) finiteOption('control.scale', opts.control.scale);
+    }
+    if (opts.loraScales !== undefined) {
+      if (opts.loraScales === null || typeof opts.loraScales !== 'object') throw invalidArg('loraScales', 'a record of adapter name → number', opts.loraScales);
+      const loaded = this.transformer.loraAdapters;
+      for (const [k, v] of Object.entries(opts.loraScales)) {
+        if (!(k in loaded)) throw new X2IError(`loraScales: no adapter '${k}' (loaded: ${Object.keys(loaded).join(', ') || 'none'})`, 'ERR_INVALID_ARG');
+        finiteOption(`loraScales['${k}']`, v);
+      }
     }
     if (opts.strength !== undefined) finiteOption('strength', opts.strength, { min: 0, max: 1, minExclusive: true });
     if (opts.strength !== undefined && opts.numInferenceSteps !== undefined && Math.floor(opts.numInferenceSteps * opts.strength) < 1)
@@ -228,10 +256,22 @@ export class FluxPipeline {
       let x = latents;
       const dropAll = () => { if (x !== latents) x.dispose(); for (const t of stepLatents) t.dispose(); };
       const inpaint = mask && x0 ? { mask, x0 } : undefined;
+      const lc = opts.control ? this.lightControl : undefined;
+      if (lc && 2 * f !== 16)
+        throw new X2IError(`control: LightControl makes one token per 16 × 16 pixels, this VAE's packed latents one per ${2 * f} × ${2 * f}`,
+          'ERR_INVALID_ARG');
+      const hint = opts.control ? own(await imageForVae(opts.control.image, { batch: B, height: lh * f, width: lw * f, device,
+        name: 'control.image' })) : undefined;
       for (let i = tStart; i < steps; i++) {
         if (opts.signal?.aborted) { dropAll(); opts.signal.throwIfAborted(); }
+        let residuals: Tensor | undefined;
+        if (lc && hint) {  // the branches at this step's timestep (FLUX's t / 1000)
+          using t = Tensor.fromArray(new Float32Array(B).fill(timesteps[i] / 1000), [B], { device });
+          residuals = (await lc.forward({ hint, timestep: t })).residuals;
+        }
         const r = await this.transformer.denoise({ ...inputs, hiddenStates: x }, [timesteps[i]], [sigmas[i], sigmas[i + 1]],
-          { returnStepLatents: false });
+          { returnStepLatents: false, loraScales: opts.loraScales, controlResiduals: residuals,
+            controlScale: lc ? opts.control?.scale ?? lc.scale : undefined }).finally(() => residuals?.dispose());
         if (x !== latents) (opts.returnStepLatents ? stepLatents.push(x) : x.dispose());
         x = r.latents;
         if (inpaint) {  // inpainting: the kept latents are the image's, noised to the next σ (the last step: x0)

@@ -15,10 +15,11 @@ describe('x2i demo (the built-in tiny pipeline)', () => {
     const live = x2i.memory().tensors;
     const s = await x2i.runDemo({ out, quick: true, onProgress: (e) => phases.add(e.phase) });
     expect(x2i.memory().tensors).toBe(live);  // every tensor of the run is freed
-    expect([...phases].sort()).toEqual(['distill', 'generate', 'teacher']);
-    for (const f of ['before.png', 'after.png', 'loss.png', 'summary.json']) expect(fs.statSync(path.join(out, f)).size).toBeGreaterThan(100);
+    expect([...phases].sort()).toEqual(['distill', 'generate', 'lora', 'teacher']);
+    for (const f of ['before.png', 'after.png', 'lora.png', 'loss.png', 'summary.json']) expect(fs.statSync(path.join(out, f)).size).toBeGreaterThan(100);
     const j = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
-    for (const k of ['seconds', 'loss', 'agreement', 'teacher', 'heldOut']) expect(j).toHaveProperty(k);
+    for (const k of ['seconds', 'loss', 'agreement', 'teacher', 'heldOut', 'lora']) expect(j).toHaveProperty(k);
+    expect(Number.isFinite(j.lora.background.teacher) && Number.isFinite(j.lora.background.student)).toBe(true);
     expect(Number.isFinite(j.agreement.before.ssim) && Number.isFinite(j.agreement.after.ssim)).toBe(true);
     expect(s.heldOut).toHaveLength(8);
     const { default: sharp } = await import('sharp');
@@ -26,7 +27,7 @@ describe('x2i demo (the built-in tiny pipeline)', () => {
     expect([meta.width, meta.height]).toEqual([2 * 66 + 2, 8 * 66 + 2]);  // teacher | student, 8 held-out prompts
   });
 
-  it('npx x2i demo: the teacher learns, distillation helps (SSIM up, loss down by more than half)', () => {
+  it('npx x2i demo: the teacher learns, distillation helps (SSIM up, loss down by more than half), the LoRA draws its style for teacher and student', () => {
     const out = path.join(tmp, 'full');
     const r = spawnSync(process.execPath, [path.resolve('bin/x2i.js'), 'demo', '--out', out], { encoding: 'utf8', timeout: 900_000 });
     expect(r.status, r.stderr.slice(-2000)).toBe(0);
@@ -35,5 +36,10 @@ describe('x2i demo (the built-in tiny pipeline)', () => {
     expect(s.agreement.after.ssim).toBeGreaterThan(s.agreement.before.ssim + 0.1);
     expect(s.loss.last).toBeLessThan(0.5 * s.loss.first);
     expect(r.stdout).toMatch(/teacher–student agreement on 8 held-out prompts: SSIM/);
+    // held-out prompts: the style's light background with the adapter, through the teacher and the student alike
+    const bg = s.lora.background;
+    expect(bg.teacher - bg.without).toBeGreaterThan(0.5 * (bg.target - bg.without));
+    expect(bg.student - bg.without).toBeGreaterThan(0.5 * (bg.target - bg.without));
+    expect(r.stdout).toMatch(/LoRA \(a light-background style/);
   }, 900_000);
 });
