@@ -86,6 +86,14 @@ describe('checkpoint attacks, each in a child process', () => {
     outs.forEach((o, i) => expectRejected(o, files[i], /^ERR_CHECKPOINT_/));
   }, 180_000);
 
+  it('the LightControl .bin (module.<i>.<param>, as the official training saves it) truncated: clear errors', async () => {
+    const bin = fs.readFileSync(path.join(golden, 'lightcontrol', 'lightcontrol.bin'));
+    const cuts = [100, Math.floor(bin.length / 3), Math.floor(bin.length / 2), bin.length - 100, bin.length - 22, bin.length - 1];
+    const files = cuts.map((c) => write(`lc-cut-${c}.bin`, bin.subarray(0, c)));
+    const outs = await runAll(files.map((file) => ({ file })));
+    outs.forEach((o, i) => expectRejected(o, files[i], /^ERR_CHECKPOINT_/));
+  }, 120_000);
+
   it('our own file truncated at every 1/8 and cut into its records, and with its tail cut off', async () => {
     const cuts = [1, 4, 30, ...Array.from({ length: 7 }, (_, i) => Math.floor(((i + 1) * good.length) / 8))];
     const files = cuts.map((c) => write(`own-cut-${c}.bin`, good.subarray(0, c)));
