@@ -20,7 +20,12 @@ commands:
                        --vae DIR (default: FLUX folder's vae/)
                        teacher: --prompt TEXT with --text-encoder DIR --text-encoder-2 DIR (default: beside --flux),
                                 or --embeds FILE.safetensors (prompt_embeds, pooled_prompt_embeds)
-                       student: --prompt TEXT --mllm DIR --alignnet FILE [--image FILE ...]
+                       student: --prompt TEXT --mllm DIR --alignnet FILE [--prompt-image FILE ...] (images the
+                                MLLM reads with the text)
+                       image-to-image: --image FILE (the init image) --strength 0.6; inpainting: also --mask FILE
+                       (white = repaint); height and width default to the image's
+                       --lora PATH[:SCALE] (repeatable; SCALE default 1) --fuse-lora (merge them before sampling)
+                       --lightcontrol DIR|FILE --control-image FILE --control-scale 1.0 (X2I's LightControl)
                        --out FILE.png|.jpg|.webp (default out.png) --height 1024 --width 1024 --steps 28
                        --guidance 3.5 --seed 0 --device cpu|cuda[:N] --dtype float32|bfloat16
   train                train AlignNet by attention distillation (X2ITrainer)
@@ -36,6 +41,22 @@ commands:
                        several GPUs: --nproc-per-node N --parallel data|split (one process per GPU, NCCL;
                        data: each rank its share of the captions; split: 2 ranks, teacher | student)
                        many nodes: also --nnodes M --node-rank I --master-addr HOST --master-port 29500 on each
+  train lora           train a LoRA on the frozen FLUX by flow matching (LoraTrainer)
+  train lightcontrol   train LightControl's branches (LightControlTrainer)
+                       --flux DIR|FILE --vae DIR (default: FLUX folder's vae/) --out DIR (checkpoints)
+                       --data DIR|FILE.jsonl|SHARDS.tar (a folder of images with .txt/.json sidecars, a JSONL
+                       manifest, or WebDataset shards: a path, data-{000..009}.tar or a comma list)
+                       conditioning: --mllm DIR --alignnet FILE (student; samples with references: IT2I), or
+                       --text-encoder DIR --text-encoder-2 DIR (teacher; default: beside --flux), or
+                       --embeds FILE.safetensors (prompt_embeds, pooled_prompt_embeds: one for every sample)
+                       --steps 1000 --lr (1e-4 lora, 1e-5 lightcontrol) --accumulate 1 --warmup 0
+                       --checkpoint-every 100 --height 1024 --width 1024 --seed 0 --resume --overwrite
+                       --keep-last 2 --gradient-checkpointing --device ... --dtype ...
+                       lora: --rank 16 --alpha 16 --targets to_q,to_k,... (default: FLUX's usual set)
+                             --editing-prompt TEXT (the IT2I template's)
+                       lightcontrol: --lightcontrol DIR|FILE (initial branches; default: new official-config
+                             ones) --hint source|target (default source; target copies the released script,
+                             whose hint is the target image itself: a leak, for reproducing it only)
   eval                 teacher–student agreement: SSIM/PSNR of images from the same noise and the distillation
                        loss, on held-out samples
                        --flux DIR|FILE --vae DIR --alignnet FILE|DIR --features FILE.safetensors (as for train)
@@ -92,52 +113,89 @@ function progressBar(label: string): (p: { step: number; total: number; phase: s
   };
 }
 
+/** `--lora PATH[:SCALE]`: the scale is what follows the last ':' when it is a number (a path that exists as given is
+ * taken whole, so paths with ':' in them still work). */
+function loraArg(s: string): { file: string; scale: number } {
+  if (fs.existsSync(s)) return { file: s, scale: 1 };
+  const i = s.lastIndexOf(':');
+  const file = i > 0 ? s.slice(0, i) : s;
+  if (i <= 0 || !fs.existsSync(file)) throw new X2IError(`--lora: ${s}: no such file`, 'ERR_FILE_NOT_FOUND');
+  const scale = Number(s.slice(i + 1).trim());
+  if (s.slice(i + 1).trim() === '' || !Number.isFinite(scale))
+    throw new X2IError(`--lora: ${s}: the scale after the last ':' must be a finite number, got ${JSON.stringify(s.slice(i + 1))}`, 'ERR_INVALID_ARG');
+  return { file, scale };
+}
+
+function mustExist(flag: string, f: string | undefined): void {
+  if (f !== undefined && !fs.existsSync(f)) throw new X2IError(`${flag}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
+}
+
+/** An image file decoded to RGB for the MLLM (sharp). */
+async function rgbImage(f: string): Promise<{ data: Uint8Array; width: number; height: number }> {
+  const { default: sharp } = await import('sharp');
+  const { data, info } = await sharp(f).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  return { data: new Uint8Array(data), width: info.width, height: info.height };
+}
+
 async function generate(args: string[]): Promise<number> {
   const { values: v } = parseArgs({ args, options: {
     flux: { type: 'string' }, vae: { type: 'string' }, prompt: { type: 'string' }, embeds: { type: 'string' },
     'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' }, mllm: { type: 'string' }, alignnet: { type: 'string' },
-    image: { type: 'string', multiple: true }, out: { type: 'string', default: 'out.png' }, height: { type: 'string', default: '1024' },
-    width: { type: 'string', default: '1024' }, steps: { type: 'string', default: '28' }, guidance: { type: 'string', default: '3.5' },
+    'prompt-image': { type: 'string', multiple: true }, image: { type: 'string' }, strength: { type: 'string' }, mask: { type: 'string' },
+    lora: { type: 'string', multiple: true }, 'fuse-lora': { type: 'boolean', default: false }, lightcontrol: { type: 'string' },
+    'control-image': { type: 'string' }, 'control-scale': { type: 'string' },
+    out: { type: 'string', default: 'out.png' }, height: { type: 'string' },
+    width: { type: 'string' }, steps: { type: 'string', default: '28' }, guidance: { type: 'string', default: '3.5' },
     seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } });
-  if (!v.flux) { process.stderr.write('x2i generate: --flux is required\n'); return 2; }
-  if (!v.prompt && !v.embeds) { process.stderr.write('x2i generate: give --prompt or --embeds\n'); return 2; }
-  if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet || !v.prompt)) {
-    process.stderr.write('x2i generate: the student needs --mllm, --alignnet and --prompt\n');
-    return 2;
-  }
+  const fail = (msg: string) => (process.stderr.write(`x2i generate: ${msg}\n`), 2);
+  if (!v.flux) return fail('--flux is required');
+  if (!v.prompt && !v.embeds) return fail('give --prompt or --embeds');
+  if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet || !v.prompt)) return fail('the student needs --mllm, --alignnet and --prompt');
+  if (v['prompt-image'] && !v.mllm) return fail('--prompt-image is the student\'s image prompt: it needs --mllm and --alignnet');
+  if (v.strength !== undefined && !v.image) return fail('--strength needs --image (the init image of image-to-image)');
+  if (v.mask !== undefined && !v.image) return fail('--mask needs --image (the image to inpaint)');
+  if (v['fuse-lora'] && !v.lora) return fail('--fuse-lora needs --lora');
+  if (v['control-image'] !== undefined && !v.lightcontrol) return fail('--control-image needs --lightcontrol PATH (the LightControl branches)');
+  if (v['control-scale'] !== undefined && !v['control-image']) return fail('--control-scale needs --control-image and --lightcontrol');
+  if (v.lightcontrol !== undefined && !v['control-image']) return fail('--lightcontrol needs --control-image FILE (the control image)');
   // every option checked before a model loads
   const format = imageOutput('--out', v.out);
-  const gen0 = { height: imageSide('--height', parseNumberArg('--height', v.height)), width: imageSide('--width', parseNumberArg('--width', v.width)),
+  const side = (k: 'height' | 'width') => v[k] !== undefined ? imageSide(`--${k}`, parseNumberArg(`--${k}`, v[k])) : v.image ? undefined : 1024;
+  const gen0 = { height: side('height'), width: side('width'),
     numInferenceSteps: positiveInt('--steps', parseNumberArg('--steps', v.steps), LIMITS.inferenceSteps),
     guidanceScale: finiteOption('--guidance', parseNumberArg('--guidance', v.guidance)), seed: seedOption('--seed', parseNumberArg('--seed', v.seed)) };
-  for (const f of v.image ?? []) if (!fs.existsSync(f)) throw new X2IError(`--image: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
-  if (v.embeds && !fs.existsSync(v.embeds)) throw new X2IError(`--embeds: ${v.embeds}: no such file`, 'ERR_FILE_NOT_FOUND');
+  const strength = v.strength !== undefined ? finiteOption('--strength', parseNumberArg('--strength', v.strength), { min: 0, max: 1, minExclusive: true }) : undefined;
+  const controlScale = v['control-scale'] !== undefined ? finiteOption('--control-scale', parseNumberArg('--control-scale', v['control-scale'])) : undefined;
+  for (const f of v['prompt-image'] ?? []) mustExist('--prompt-image', f);
+  for (const k of ['embeds', 'image', 'mask', 'lightcontrol', 'control-image'] as const) mustExist(`--${k}`, v[k]);
+  const loras = (v.lora ?? []).map(loraArg);
   const x2i = await import('../index.js');
   const opts = { device: v.device, dtype: v.dtype as DType | undefined };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  for (const l of loras) await transformer.loadLora(l.file, { scale: l.scale });
+  if (v['fuse-lora']) await transformer.fuseLora();
   const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
+  const lightControl = v.lightcontrol ? await x2i.LightControl.fromPretrained(v.lightcontrol, opts) : undefined;
   const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
   const scheduler = fs.existsSync(schedulerFile) ? x2i.FlowMatchEulerScheduler.fromPretrained(schedulerFile) : new x2i.FlowMatchEulerScheduler();
-  const gen = { ...gen0, onProgress: progressBar('x2i generate') };
+  const gen = { ...gen0, onProgress: progressBar('x2i generate'),
+    ...(v.image ? { image: v.image, strength, mask: v.mask } : {}),
+    ...(v['control-image'] ? { control: { image: v['control-image'], scale: controlScale } } : {}) };
   let out: FluxImages;
   if (v.mllm || v.alignnet) {
     const images = [];
-    for (const f of v.image ?? []) {
-      const { default: sharp } = await import('sharp');
-      const { data, info } = await sharp(f).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-      images.push({ data: new Uint8Array(data), width: info.width, height: info.height });
-    }
+    for (const f of v['prompt-image'] ?? []) images.push(await rgbImage(f));
     const g = new x2i.X2IGenerator({ mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts),
-      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler }) });
+      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }) });
     out = await g.generate({ ...gen, prompt: images.length ? { text: v.prompt!, images } : v.prompt! });
   } else if (v.embeds) {
     const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
-    if (!e.prompt_embeds || !e.pooled_prompt_embeds) { process.stderr.write(`x2i generate: ${v.embeds} lacks prompt_embeds / pooled_prompt_embeds\n`); return 2; }
-    out = await new x2i.FluxPipeline({ transformer, vae, scheduler }).generate({ ...gen, promptEmbeds: e.prompt_embeds,
+    if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);
+    out = await new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }).generate({ ...gen, promptEmbeds: e.prompt_embeds,
       pooledPromptEmbeds: e.pooled_prompt_embeds });
   } else {
-    const pipe = new x2i.FluxPipeline({ transformer, vae, scheduler,
+    const pipe = new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl,
       textEncoder: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts),
       textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts) });
     out = await pipe.generate({ ...gen, prompt: v.prompt });
@@ -231,6 +289,134 @@ async function train(args: string[]): Promise<number> {
   return 0;
 }
 
+/** Split a comma list at the commas outside braces (`a-{0,1}.tar,b.tar` → `a-{0,1}.tar`, `b.tar`). */
+function splitShards(s: string): string[] {
+  const out: string[] = [];
+  let depth = 0, cur = '';
+  for (const c of s) {
+    if (c === '{') depth++;
+    else if (c === '}') depth = Math.max(0, depth - 1);
+    if (c === ',' && depth === 0) { out.push(cur); cur = ''; } else cur += c;
+  }
+  out.push(cur);
+  return out.map((x) => x.trim()).filter((x) => x !== '');
+}
+
+/** `--data`: a folder, a .jsonl manifest, or .tar shards (a path, a brace pattern, a comma list); checked now. */
+async function dataSpec(spec: string): Promise<{ kind: 'folder' | 'jsonl' | 'tar'; shards?: string[] }> {
+  if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) return { kind: 'folder' };
+  if (/\.jsonl$/i.test(spec)) {
+    mustExist('--data', spec);
+    return { kind: 'jsonl' };
+  }
+  const { expandBraces } = await import('../train/data.js');
+  const shards = splitShards(spec).flatMap((s) => expandBraces(s));
+  if (shards.length === 0 || !shards.every((s) => /\.tar$/i.test(s))) {
+    if (!fs.existsSync(spec)) throw new X2IError(`--data: ${spec}: no such file or folder`, 'ERR_FILE_NOT_FOUND');
+    throw new X2IError(`--data: expected a folder, a .jsonl file or .tar shards (a path, a brace pattern or a comma list), got ${JSON.stringify(spec)}`,
+      'ERR_INVALID_ARG');
+  }
+  for (const s of shards) mustExist('--data', s);
+  return { kind: 'tar', shards };
+}
+
+/** `x2i train lora` / `x2i train lightcontrol`: fine-tuning on the frozen FLUX transformer (LoraTrainer, LightControlTrainer). */
+async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<number> {
+  const cmd = `x2i train ${kind}`;
+  const { values: v } = parseArgs({ args, options: {
+    flux: { type: 'string' }, vae: { type: 'string' }, out: { type: 'string' }, data: { type: 'string' },
+    mllm: { type: 'string' }, alignnet: { type: 'string' }, 'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' },
+    embeds: { type: 'string' },
+    steps: { type: 'string', default: '1000' }, lr: { type: 'string', default: kind === 'lora' ? '1e-4' : '1e-5' },
+    accumulate: { type: 'string', default: '1' }, warmup: { type: 'string', default: '0' }, 'checkpoint-every': { type: 'string', default: '100' },
+    height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, seed: { type: 'string', default: '0' },
+    resume: { type: 'boolean', default: false }, overwrite: { type: 'boolean', default: false }, 'keep-last': { type: 'string', default: '2' },
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, 'gradient-checkpointing': { type: 'boolean', default: false },
+    ...(kind === 'lora' ? { rank: { type: 'string', default: '16' }, alpha: { type: 'string' }, targets: { type: 'string' },
+      'editing-prompt': { type: 'string' } } as const
+      : { lightcontrol: { type: 'string' }, hint: { type: 'string', default: 'source' } } as const) } });
+  const fail = (msg: string) => (process.stderr.write(`${cmd}: ${msg}\n`), 2);
+  const s = (k: string) => (v as Record<string, string | boolean | undefined>)[k] as string | undefined;
+  if (!v.flux || !v.out || !v.data) return fail('--flux, --out and --data are required');
+  if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet)) return fail('the student conditioning needs both --mllm and --alignnet');
+  if (v.embeds && (v.mllm || v['text-encoder'] || v['text-encoder-2'])) return fail('give --embeds, or the encoders (--mllm/--alignnet or --text-encoder/--text-encoder-2), not both');
+  if (v.mllm && (v['text-encoder'] || v['text-encoder-2'])) return fail('give the student (--mllm, --alignnet) or the teacher (--text-encoder, --text-encoder-2), not both');
+  // every option checked before a model loads
+  const num = (k: string) => parseNumberArg(`--${k}`, s(k));
+  const steps = positiveInt('--steps', num('steps'), LIMITS.trainSteps);
+  const lr = finiteOption('--lr', num('lr'), { min: 0 });
+  const warmup = integerOption('--warmup', num('warmup'), { min: 0, max: LIMITS.trainSteps });
+  const accumulate = positiveInt('--accumulate', num('accumulate'));
+  const checkpointEvery = positiveInt('--checkpoint-every', num('checkpoint-every'), LIMITS.trainSteps);
+  const keepLast = positiveInt('--keep-last', num('keep-last'), 1000);
+  const height = imageSide('--height', num('height')), width = imageSide('--width', num('width'));
+  const seed = seedOption('--seed', num('seed'));
+  const rank = kind === 'lora' ? integerOption('--rank', num('rank'), { min: 1, max: 4096 }) : 0;
+  const alpha = kind === 'lora' && s('alpha') !== undefined ? finiteOption('--alpha', num('alpha'), { min: 0, minExclusive: true }) : undefined;
+  const targets = s('targets')?.split(',').map((t) => t.trim());
+  if (targets && (targets.length === 0 || targets.some((t) => t === '')))
+    throw new X2IError(`--targets: expected a comma list of module names or suffixes (to_q,to_k,...), got ${JSON.stringify(s('targets'))}`, 'ERR_INVALID_ARG');
+  const hint = s('hint');
+  if (kind === 'lightcontrol' && hint !== 'source' && hint !== 'target')
+    throw new X2IError(`--hint: expected source or target, got ${JSON.stringify(hint)}`, 'ERR_INVALID_ARG');
+  if (v.resume && v.overwrite) return fail('give --resume or --overwrite, not both');
+  const resuming = v.resume && fs.existsSync(path.join(v.out, 'trainer.json'));
+  outputDir('--out', v.out, { refuseNonEmpty: !resuming && !v.overwrite,
+    hint: v.resume ? 'it holds no trainer.json to resume from; pass --overwrite to replace it' : 'pass --resume to continue its run, or --overwrite to replace it' });
+  const { LoraTrainer, LightControlTrainer } = await import('../train/finetune.js');
+  if (resuming) LoraTrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
+  const data = await dataSpec(v.data);
+  for (const k of ['alignnet', 'embeds', 'lightcontrol'] as const) mustExist(`--${k}`, s(k));
+  for (const k of ['mllm', 'vae', 'text-encoder', 'text-encoder-2'] as const) mustExist(`--${k}`, s(k));
+  mustExist('--flux', v.flux);
+
+  const x2i = await import('../index.js');
+  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
+  const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
+  const scheduler = fs.existsSync(schedulerFile) ? x2i.FlowMatchEulerScheduler.fromPretrained(schedulerFile) : undefined;
+  let parts: import('../train/finetune.js').FineTuneParts = { transformer, vae, scheduler };
+  let conditioning: { encoderHiddenStates: import('../core/tensor.js').Tensor; pooledProjections: import('../core/tensor.js').Tensor } | undefined;
+  if (v.embeds) {
+    const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
+    if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);
+    conditioning = { encoderHiddenStates: e.prompt_embeds, pooledProjections: e.pooled_prompt_embeds };
+  } else if (v.mllm) {
+    parts = { ...parts, mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm, opts), alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts) };
+  } else {
+    parts = { ...parts, t5: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts),
+      clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
+  }
+  const common = { lr, warmupSteps: warmup, totalSteps: steps, gradientAccumulation: accumulate, height, width, seed, keepLast,
+    overwrite: v.overwrite, checkpoint: v['gradient-checkpointing'], conditioning: v.mllm ? 'student' as const : 'teacher' as const };
+  let trainer: InstanceType<typeof LoraTrainer> | InstanceType<typeof LightControlTrainer>;
+  if (kind === 'lora') {
+    trainer = new LoraTrainer(parts, { ...common, editingPrompt: s('editing-prompt'), lora: { rank, alpha, targets, seed } });
+  } else {
+    const lightControl = s('lightcontrol') ? await x2i.LightControl.fromPretrained(s('lightcontrol')!, { device: v.device, dtype: 'float32' })
+      : await x2i.LightControl.fromConfig({}, { dtype: 'float32', device: v.device, seed });
+    trainer = new LightControlTrainer({ ...parts, lightControl }, { ...common, hint: hint as 'source' | 'target' });
+  }
+  if (resuming) await trainer.resume(v.out);
+  const ac = new AbortController();
+  process.once('SIGINT', () => { process.stderr.write(`\n${cmd}: stopping at the next step boundary\n`); ac.abort(); });
+  const dopts = { repeat: true, skip: trainer.microStep };
+  const samples = data.kind === 'folder' ? x2i.datasets.fromFolder(v.data, dopts) : data.kind === 'jsonl' ? x2i.datasets.fromJsonl(v.data, dopts)
+    : x2i.datasets.fromWebDataset(data.shards!, dopts);
+  const withConditioning = conditioning ? (async function* () {
+    for await (const x of samples) yield { ...x, conditioning };
+  })() : samples;
+  const bar = progressBar(cmd);
+  const infos = await trainer.fit({ data: withConditioning, steps: Math.max(0, steps - trainer.microStep), signal: ac.signal, checkpointDir: v.out,
+    checkpointEvery, onStep: (i) => bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` }) });
+  if (infos.length === 0 && trainer.microStep < steps && !ac.signal.aborted)
+    throw new X2IError(`--data: ${v.data}: no samples`, 'ERR_DATA');
+  process.stderr.write(`\n${cmd}: step ${trainer.step}; checkpoint ${LoraTrainer.latestCheckpoint(v.out)}\n`);
+  return 0;
+}
+
 async function evaluate(args: string[]): Promise<number> {
   const { values: v } = parseArgs({ args, options: {
     flux: { type: 'string' }, vae: { type: 'string' }, alignnet: { type: 'string' }, features: { type: 'string' },
@@ -316,7 +502,7 @@ async function run(argv: string[]): Promise<number> {
     case 'eval':
       return evaluate(rest);
     case 'train':
-      return train(rest);
+      return rest[0] === 'lora' || rest[0] === 'lightcontrol' ? finetune(rest[0], rest.slice(1)) : train(rest);
     case 'generate':
       return generate(rest);
     case 'info':
