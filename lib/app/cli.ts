@@ -126,6 +126,22 @@ function loraArg(s: string): { file: string; scale: number } {
   return { file, scale };
 }
 
+/** A run folder of `x2i train lora|lightcontrol` (trainer.json) → its latest checkpoint's `name`; else the path. */
+async function runFile(p: string, name: string): Promise<string> {
+  if (!fs.existsSync(path.join(p, 'trainer.json'))) return p;
+  const { LoraTrainer } = await import('../train/finetune.js');
+  return path.join(LoraTrainer.latestCheckpoint(p), name);
+}
+
+/** LightControl branches from a folder, a file or a training run folder (whose config.json the run copied). */
+async function loadLightControl(p: string, opts: { device: string; dtype?: DType }) {
+  const { LightControl } = await import('../index.js');
+  const file = await runFile(p, 'lightcontrol.safetensors');
+  const cfg = path.join(p, 'config.json');
+  const config = file !== p && fs.existsSync(cfg) ? JSON.parse(fs.readFileSync(cfg, 'utf8')) : undefined;
+  return LightControl.fromPretrained(file, { ...opts, config });
+}
+
 function mustExist(flag: string, f: string | undefined): void {
   if (f !== undefined && !fs.existsSync(f)) throw new X2IError(`${flag}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
 }
@@ -173,10 +189,10 @@ async function generate(args: string[]): Promise<number> {
   const opts = { device: v.device, dtype: v.dtype as DType | undefined };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
-  for (const l of loras) await transformer.loadLora(l.file, { scale: l.scale });
+  for (const l of loras) await transformer.loadLora(await runFile(l.file, 'lora.safetensors'), { scale: l.scale });
   if (v['fuse-lora']) await transformer.fuseLora();
   const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
-  const lightControl = v.lightcontrol ? await x2i.LightControl.fromPretrained(v.lightcontrol, opts) : undefined;
+  const lightControl = v.lightcontrol ? await loadLightControl(v.lightcontrol, opts) : undefined;
   const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
   const scheduler = fs.existsSync(schedulerFile) ? x2i.FlowMatchEulerScheduler.fromPretrained(schedulerFile) : new x2i.FlowMatchEulerScheduler();
   const gen = { ...gen0, onProgress: progressBar('x2i generate'),
@@ -395,7 +411,7 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
   if (kind === 'lora') {
     trainer = new LoraTrainer(parts, { ...common, editingPrompt: s('editing-prompt'), lora: { rank, alpha, targets, seed } });
   } else {
-    const lightControl = s('lightcontrol') ? await x2i.LightControl.fromPretrained(s('lightcontrol')!, { device: v.device, dtype: 'float32' })
+    const lightControl = s('lightcontrol') ? await loadLightControl(s('lightcontrol')!, { device: v.device, dtype: 'float32' })
       : await x2i.LightControl.fromConfig({}, { dtype: 'float32', device: v.device, seed });
     trainer = new LightControlTrainer({ ...parts, lightControl }, { ...common, hint: hint as 'source' | 'target' });
   }
@@ -413,6 +429,12 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
     checkpointEvery, onStep: (i) => bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` }) });
   if (infos.length === 0 && trainer.microStep < steps && !ac.signal.aborted)
     throw new X2IError(`--data: ${v.data}: no samples`, 'ERR_DATA');
+  const lc = s('lightcontrol');
+  if (lc) {  // the branches' config beside the run (x2i generate --lightcontrol OUT reads it)
+    const cfg = fs.existsSync(path.join(lc, 'trainer.json')) || fs.statSync(lc).isDirectory() ? path.join(lc, 'config.json')
+      : path.join(path.dirname(lc), 'config.json');
+    if (fs.existsSync(cfg) && path.resolve(cfg) !== path.resolve(v.out, 'config.json')) fs.copyFileSync(cfg, path.join(v.out, 'config.json'));
+  }
   process.stderr.write(`\n${cmd}: step ${trainer.step}; checkpoint ${LoraTrainer.latestCheckpoint(v.out)}\n`);
   return 0;
 }
