@@ -509,7 +509,8 @@ export async function main(argv: string[]): Promise<number> {
     return await run(argv);
   } catch (e) {
     if (e instanceof X2IError || isUserError(e)) {
-      process.stderr.write(`\nx2i ${argv[0] ?? ''}: ${(e as Error).message}\n`);
+      const cmd = argv[0] === 'train' && (argv[1] === 'lora' || argv[1] === 'lightcontrol') ? `train ${argv[1]}` : argv[0] ?? '';
+      process.stderr.write(`\nx2i ${cmd}: ${(e as Error).message}\n`);
       return isUserError(e) ? 2 : 1;
     }
     throw e;
