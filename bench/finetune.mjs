@@ -24,10 +24,13 @@ const { values: args } = parseArgs({ options: {
   baseline: { type: 'string' }, json: { type: 'string' }, steps: { type: 'string', default: '5' },
   'gen-steps': { type: 'string', default: '28' }, 'gen-iters': { type: 'string', default: '2' },
   compile: { type: 'boolean', default: false },
+  // the phases to run (default all): lora,lightcontrol,generate
+  only: { type: 'string', default: 'lora,lightcontrol,generate' },
   // hidden: a tiny model on the CPU, to check the code path end to end
   tiny: { type: 'boolean', default: false }, device: { type: 'string' }, python: { type: 'string', default: process.env.X2I_PYTHON ?? 'python3' },
 } });
 const tiny = args.tiny;
+const only = new Set(args.only.split(','));
 const device = args.device ?? (tiny ? 'cpu' : 'cuda');
 const onCuda = device.startsWith('cuda');
 if (onCuda && !x2i.cuda.isAvailable()) { console.error('bench/finetune.mjs needs CUDA (or --tiny --device cpu)'); process.exit(1); }
@@ -107,7 +110,7 @@ const loraName = await flux.addLora({ rank: 16, alpha: 16, seed: 0 });
   result.lora.parts = parts.length;
   for (const p of parts) p.A.dispose(), p.B.dispose();
 }
-for (const checkpoint of [false, true]) {
+for (const checkpoint of only.has('lora') ? [false, true] : []) {
   const trainer = new x2i.LoraTrainer({ transformer: flux }, { height: SIDE, width: SIDE, lora: loraName, checkpoint, seed: 0 });
   try {
     const r = await timed(() => trainer.trainStep({ latents, conditioning }), steps, 2);
@@ -140,7 +143,7 @@ const hint = x2i.Tensor.fromArray(uniform(3 * SIDE * SIDE, 0.5, 7).map((v) => v 
 }
 const lightControl = await x2i.LightControl.fromConfig(LC_CONFIG, { device, dtype: 'float32', seed: 4 });
 result.lightcontrol = { branches: lightControl.info?.branches ?? LC_CONFIG.num_branches ?? 19, parameters: lightControl.info?.parameters };
-for (const checkpoint of [false, true]) {
+for (const checkpoint of only.has('lightcontrol') ? [false, true] : []) {
   const trainer = new x2i.LightControlTrainer({ transformer: flux, lightControl }, { height: SIDE, width: SIDE, checkpoint, seed: 0 });
   try {
     const r = await timed(() => trainer.trainStep({ latents, conditioning, hint }), steps, 2);
@@ -175,7 +178,7 @@ const gen = async (name) => {
   const r = await timed(generate, genIters, 1);
   result.runs[name] = { ms: r.ms, all_ms: r.all_ms, peak_allocated_GiB: r.peak_allocated_GiB };
 };
-await gen('generate');
+if (only.has('generate')) await gen('generate');
 // one frozen adapter in the diffusers/PEFT layout on every default target: A [16, in], B [out, 16], small values
 {
   const D = flux.loraShape.hidden, F = 4 * D, r = 16;
@@ -199,9 +202,11 @@ await gen('generate');
   }
   result.frozenAdapter = { modules: k / 2, rank: r };
 }
-await gen('generate_unfused');
-await flux.fuseLora();
-await gen('generate_fused');
+if (only.has('generate')) {
+  await gen('generate_unfused');
+  await flux.fuseLora();
+  await gen('generate_fused');
+}
 flux.unloadLora();
 
 for (const t of [latents, encoderHiddenStates, pooledProjections, noise, ...Object.values(genInputs).filter((t) => t !== encoderHiddenStates && t !== pooledProjections)])

@@ -132,7 +132,7 @@ const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1
   prompt: undefined as FineTuneOptions['prompt'], tokenizer: undefined as QwenTokenizer | undefined, maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false };
 
 /** The files a fine-tuning checkpoint may hold. */
-const FILES = ['lora.safetensors', 'lightcontrol.safetensors', 'optimizer.safetensors'] as const;
+const FILES = ['lora.safetensors', 'lightcontrol.safetensors', 'config.json', 'optimizer.safetensors'] as const;
 
 export interface FineTuneParts {
   transformer: FluxTransformer;
@@ -572,6 +572,8 @@ export class LightControlTrainer extends FlowFineTuner {
 
   protected async saveWeights(folder: string): Promise<string[]> {
     await this.lightControl.save(path.join(folder, 'lightcontrol.safetensors'));
-    return ['lightcontrol.safetensors'];
+    // the branches' config beside them: the checkpoint folder loads with LightControl.fromPretrained(folder)
+    fs.writeFileSync(path.join(folder, 'config.json'), JSON.stringify(this.lightControl.config, null, 2));
+    return ['lightcontrol.safetensors', 'config.json'];
   }
 }

@@ -198,7 +198,8 @@ describe('LightControlTrainer', () => {
     const run = path.join(dir, 'lc-run');
     await trainer.save(run);
     const ckpt = LightControlTrainer.latestCheckpoint(run);
-    using back = await LightControl.fromPretrained(path.join(ckpt, 'lightcontrol.safetensors'), { config: tiny });
+    expect(fs.readdirSync(ckpt).sort()).toEqual(['config.json', 'lightcontrol.safetensors', 'optimizer.safetensors']);
+    using back = await LightControl.fromPretrained(ckpt);  // the folder: its config.json and the branches
     const [w0, w1] = [lc.weights(), back.weights()];
     for (const k of Object.keys(w0)) expect(await w1[k].toArray(), k).toEqual(await w0[k].toArray());
     for (const t of [...Object.values(w0), ...Object.values(w1)]) t.dispose();
