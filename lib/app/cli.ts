@@ -61,7 +61,7 @@ commands:
                        loss, on held-out samples
                        --flux DIR|FILE --vae DIR --alignnet FILE|DIR --features FILE.safetensors (as for train)
                        --steps 28 --height 1024 --width 1024 --device ... --json FILE
-  demo                 the whole pipeline on a built-in tiny configuration (no download, CPU, ~3 min on 2
+  demo                 the whole pipeline on a built-in tiny configuration (no download, CPU, ~4-5 min on 2
                        cores): train a tiny teacher on drawn shapes, distill a tiny MLLM + AlignNet into it,
                        generate held-out prompts with both, train a style LoRA on the teacher and apply it
                        to both; writes before.png, after.png, lora.png, loss.png, summary.json
