@@ -94,6 +94,47 @@ describe('checkpoint attacks, each in a child process', () => {
     outs.forEach((o, i) => expectRejected(o, files[i], /^ERR_CHECKPOINT_/));
   }, 120_000);
 
+  it('hostile LoRA files onto the transformer: clear errors naming the file or key, no crash', async () => {
+    const x2i = await import('../../lib/index.js');
+    const src = await x2i.loadSafetensors(path.join(golden, 'flux-lora', 'lora_diffusers.safetensors'));
+    const A = src['transformer.transformer_blocks.0.attn.to_q.lora_A.weight'], B = src['transformer.transformer_blocks.0.attn.to_q.lora_B.weight'];
+    const q = 'transformer.transformer_blocks.0.attn.to_q';
+    const nan = x2i.Tensor.fromArray(new Float32Array([NaN]), []), big = x2i.Tensor.fromArray(new Float32Array(4), [2, 2]);
+    const save = async (name: string, t: Record<string, InstanceType<typeof x2i.Tensor>>, meta?: Record<string, string>) => {
+      const f = path.join(dir, name);
+      await x2i.saveSafetensors(f, t, meta);
+      return f;
+    };
+    const cases: [string, RegExp, RegExp][] = [
+      [await save('meta-not-json.safetensors', { [`${q}.lora_A.weight`]: A, [`${q}.lora_B.weight`]: B }, { lora_adapter_metadata: '{not json' }),
+        /ERR_BAD_CHECKPOINT/, /lora_adapter_metadata/],
+      [await save('meta-r-string.safetensors', { [`${q}.lora_A.weight`]: A, [`${q}.lora_B.weight`]: B },
+        { lora_adapter_metadata: JSON.stringify({ 'transformer.r': 'four', 'transformer.lora_alpha': 8 }) }), /ERR_BAD_CHECKPOINT/, /'r'/],
+      [await save('swapped.safetensors', { [`${q}.lora_A.weight`]: B, [`${q}.lora_B.weight`]: A }), /ERR_CHECKPOINT_SHAPE/, /low-rank pair|shape/],
+      [await save('alpha-nan.safetensors', { [`${q}.lora_A.weight`]: A, [`${q}.lora_B.weight`]: B, [`${q}.alpha`]: nan }), /ERR_BAD_CHECKPOINT/, /alpha/],
+      [await save('alpha-2x2.safetensors', { [`${q}.lora_A.weight`]: A, [`${q}.lora_B.weight`]: B, [`${q}.alpha`]: big }), /ERR_CHECKPOINT_SHAPE/, /alpha/],
+      [await save('proto.safetensors', { 'transformer.__proto__.lora_A.weight': A, 'transformer.__proto__.lora_B.weight': B }),
+        /ERR_CHECKPOINT_KEY/, /__proto__/],
+      [await save('overlap.safetensors', { [`${q}.lora_A.weight`]: A, [`${q}.lora_B.weight`]: B,
+        'double_blocks.0.img_attn.qkv.lora_A.weight': A, 'double_blocks.0.img_attn.qkv.lora_B.weight': x2i.Tensor.fromArray(new Float32Array(96 * 4), [96, 4]) }),
+        /ERR_INVALID_ARG/, /cover the same rows/],
+      [await save('empty.safetensors', {}), /ERR_CHECKPOINT_KEY/, /no LoRA tensors/],
+    ];
+    const outs = await Promise.all(cases.map(([file]) => run('lora', file, 'st')));
+    outs.forEach((o, i) => {
+      const [file, code, message] = cases[i];
+      const what = `${path.basename(file)}: ${JSON.stringify(o.result)} ${o.stderr}`;
+      expect(o.signal, what).toBeNull();
+      expect(o.timedOut, what).toBe(false);
+      expect(o.result?.ok, what).toBe(false);
+      expect(o.result?.name, what).toBe('X2IError');
+      expect(String(o.result?.code), what).toMatch(code);
+      expect(String(o.result?.message), what).toMatch(message);
+      expect(String(o.result?.message), what).toContain(path.basename(file).replace(/\.safetensors$/, ''));
+    });
+    for (const t of [...Object.values(src), nan, big]) t.dispose();
+  }, 120_000);
+
   it('our own file truncated at every 1/8 and cut into its records, and with its tail cut off', async () => {
     const cuts = [1, 4, 30, ...Array.from({ length: 7 }, (_, i) => Math.floor(((i + 1) * good.length) / 8))];
     const files = cuts.map((c) => write(`own-cut-${c}.bin`, good.subarray(0, c)));

@@ -30,6 +30,11 @@ try {
     const sum = await Promise.all(Object.values(ts).map((t) => t.to({ dtype: 'float32' })));
     process.stdout.write(JSON.stringify({ ok: true, same: JSON.stringify(before) === JSON.stringify(after),
       n: sum.length }) + '\n');
+  } else if (op === 'lora') {
+    // a LoRA file onto the golden tiny transformer
+    const flux = await x2i.FluxTransformer.fromPretrained(path.join(root, 'test', 'fixtures', 'golden', 'flux-transformer'));
+    const name = await flux.loadLora(file);
+    process.stdout.write(JSON.stringify({ ok: true, names: [name] }) + '\n');
   } else {
     throw new Error(`unknown op ${op}`);
   }
