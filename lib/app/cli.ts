@@ -221,6 +221,20 @@ async function generate(args: string[]): Promise<number> {
   return 0;
 }
 
+/** The flags every training command shares, each checked (exit 2 naming the flag on a bad value). */
+function trainingFlags(num: (flag: string) => number) {
+  return {
+    steps: positiveInt('--steps', num('steps'), LIMITS.trainSteps),
+    lr: finiteOption('--lr', num('lr'), { min: 0 }),
+    warmup: integerOption('--warmup', num('warmup'), { min: 0, max: LIMITS.trainSteps }),
+    accumulate: positiveInt('--accumulate', num('accumulate')),
+    checkpointEvery: positiveInt('--checkpoint-every', num('checkpoint-every'), LIMITS.trainSteps),
+    keepLast: positiveInt('--keep-last', num('keep-last'), 1000),
+    height: imageSide('--height', num('height')),
+    width: imageSide('--width', num('width')),
+  };
+}
+
 async function train(args: string[]): Promise<number> {
   const { values: v } = parseArgs({ args, options: {
     flux: { type: 'string' }, alignnet: { type: 'string' }, out: { type: 'string' }, captions: { type: 'string' },
@@ -238,13 +252,7 @@ async function train(args: string[]): Promise<number> {
   if (v.captions && !v.mllm) { process.stderr.write('x2i train: --captions needs --mllm for the student\n'); return 2; }
   // every option checked before a model loads (and before the launcher starts any rank)
   const num = (k: keyof typeof v) => parseNumberArg(`--${k}`, v[k] as string);
-  const steps = positiveInt('--steps', num('steps'), LIMITS.trainSteps);
-  const lr = finiteOption('--lr', num('lr'), { min: 0 });
-  const warmup = integerOption('--warmup', num('warmup'), { min: 0, max: LIMITS.trainSteps });
-  const accumulate = positiveInt('--accumulate', num('accumulate'));
-  const checkpointEvery = positiveInt('--checkpoint-every', num('checkpoint-every'), LIMITS.trainSteps);
-  const keepLast = positiveInt('--keep-last', num('keep-last'), 1000);
-  const height = imageSide('--height', num('height')), width = imageSide('--width', num('width'));
+  const { steps, lr, warmup, accumulate, checkpointEvery, keepLast, height, width } = trainingFlags((k) => num(k as keyof typeof v));
   if (v.resume && v.overwrite) { process.stderr.write('x2i train: give --resume or --overwrite, not both\n'); return 2; }
   const resuming = v.resume && fs.existsSync(path.join(v.out, 'trainer.json'));
   outputDir('--out', v.out, { refuseNonEmpty: !resuming && !v.overwrite,
@@ -359,13 +367,7 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
   if (v.mllm && (v['text-encoder'] || v['text-encoder-2'])) return fail('give the student (--mllm, --alignnet) or the teacher (--text-encoder, --text-encoder-2), not both');
   // every option checked before a model loads
   const num = (k: string) => parseNumberArg(`--${k}`, s(k));
-  const steps = positiveInt('--steps', num('steps'), LIMITS.trainSteps);
-  const lr = finiteOption('--lr', num('lr'), { min: 0 });
-  const warmup = integerOption('--warmup', num('warmup'), { min: 0, max: LIMITS.trainSteps });
-  const accumulate = positiveInt('--accumulate', num('accumulate'));
-  const checkpointEvery = positiveInt('--checkpoint-every', num('checkpoint-every'), LIMITS.trainSteps);
-  const keepLast = positiveInt('--keep-last', num('keep-last'), 1000);
-  const height = imageSide('--height', num('height')), width = imageSide('--width', num('width'));
+  const { steps, lr, warmup, accumulate, checkpointEvery, keepLast, height, width } = trainingFlags(num);
   const seed = seedOption('--seed', num('seed'));
   const rank = kind === 'lora' ? integerOption('--rank', num('rank'), { min: 1, max: 4096 }) : 0;
   const alpha = kind === 'lora' && s('alpha') !== undefined ? finiteOption('--alpha', num('alpha'), { min: 0, minExclusive: true }) : undefined;

@@ -22,6 +22,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import type { Sharp } from 'sharp';
 import { X2IError, invalidArg } from '../core/errors.js';
+import { mulberry32 } from './optimizer.js';
 
 /** A decoded image: interleaved RGB uint8, row-major (an `RgbImage` of lib/models/qwen_vision.ts). */
 export interface DecodedImage {
@@ -273,16 +274,9 @@ function mapped<A, B>(source: AsyncIterator<A>, fn: (a: A) => Promise<B>): Async
   return { [Symbol.asyncIterator]: () => it };
 }
 
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
+/** A seeded PRNG, uniform in [0, 1) (mulberry32, the seed spread). */
 function rng(seed: number): () => number {
-  let a = (Math.floor(seed) ^ 0x9e3779b9) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(Math.floor(seed) ^ 0x9e3779b9);
 }
 
 async function* shuffled<T>(src: AsyncIterable<T>, buffer: number, seed: number): AsyncGenerator<T> {

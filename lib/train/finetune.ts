@@ -32,7 +32,7 @@ import { FluxPipeline } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
 import { imageForVae, type GenerateImageInput } from '../sample/image_input.js';
 import { checkFinite, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
-import { mulberry32 } from './trainer.js';
+import { OPTIMIZER_DEFAULTS, checkOptimizerOptions, mulberry32, scheduledLearningRate, type OptimizerOptions } from './optimizer.js';
 
 /** One training sample (datasets' `TrainingSample` is one). */
 export interface FineTuneSample {
@@ -57,21 +57,7 @@ export function it2iPrompt(caption: string, opts: { editingPrompt?: string; imag
     `'image prompt': ${pythonRepr(opts.imagePrompt === false ? 'no' : 'yes')}, 'video prompt': 'no', 'audio prompt': 'no'}`;
 }
 
-export interface FineTuneOptions {
-  /** AdamW (defaults: lr 1e-4 for LoRA, 1e-5 for LightControl as the official recipe; betas 0.9/0.999; weight decay
-   * 1e-2; eps 1e-8). */
-  lr?: number;
-  beta1?: number;
-  beta2?: number;
-  weightDecay?: number;
-  eps?: number;
-  /** Global gradient-norm clip (default 1; 0 = off). */
-  maxGradNorm?: number;
-  /** Micro-batches (samples) per optimizer step (default 1; the official LightControl recipe: 8). */
-  gradientAccumulation?: number;
-  /** Linear warmup steps, then cosine decay to 0 at totalSteps (default: no warmup, constant lr). */
-  warmupSteps?: number;
-  totalSteps?: number;
+export interface FineTuneOptions extends OptimizerOptions {
   /** Training resolution: images are resized (cover) to it (default 1024 × 1024; multiples of 16). */
   height?: number;
   width?: number;
@@ -126,8 +112,7 @@ export interface FineTuneFitOptions {
   checkpointEvery?: number;
 }
 
-const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1, gradientAccumulation: 1,
-  warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, seed: 0, checkpoint: false,
+const DEFAULTS = { ...OPTIMIZER_DEFAULTS, height: 1024, width: 1024, guidance: 3.5, seed: 0, checkpoint: false,
   conditioning: undefined as 'student' | 'teacher' | undefined, editingPrompt: 'Style Information Only from Reference Image',
   prompt: undefined as FineTuneOptions['prompt'], tokenizer: undefined as QwenTokenizer | undefined, maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false };
 
@@ -183,15 +168,7 @@ abstract class FlowFineTuner {
   }
 
   static #validate(o: typeof DEFAULTS): void {
-    finiteOption('lr', o.lr, { min: 0 });
-    finiteOption('beta1', o.beta1, { min: 0, max: 1, maxExclusive: true });
-    finiteOption('beta2', o.beta2, { min: 0, max: 1, maxExclusive: true });
-    finiteOption('weightDecay', o.weightDecay, { min: 0 });
-    finiteOption('eps', o.eps, { min: 0, minExclusive: true });
-    finiteOption('maxGradNorm', o.maxGradNorm, { min: 0 });
-    positiveInt('gradientAccumulation', o.gradientAccumulation);
-    nonNegativeInt('warmupSteps', o.warmupSteps, LIMITS.trainSteps);
-    nonNegativeInt('totalSteps', o.totalSteps, LIMITS.trainSteps);
+    checkOptimizerOptions(o);
     imageSide('height', o.height);
     imageSide('width', o.width);
     finiteOption('guidance', o.guidance);
@@ -221,12 +198,9 @@ abstract class FlowFineTuner {
 
   /** The learning rate of optimizer step `s`: linear warmup, then cosine to 0 at totalSteps. */
   learningRate(s = this.step): number {
-    const o = this.options;
-    if (o.warmupSteps > 0 && s < o.warmupSteps) return (o.lr * (s + 1)) / o.warmupSteps;
-    if (!o.totalSteps) return o.lr;
-    const p = Math.min(1, (s - o.warmupSteps) / Math.max(1, o.totalSteps - o.warmupSteps));
-    return 0.5 * o.lr * (1 + Math.cos(Math.PI * p));
+    return scheduledLearningRate(this.options, s);
   }
+
 
   /** σ of micro-batch i: u = sigmoid(n), n ~ N(0, 1) from the seed; the training sigma at ⌊u · T⌋ of the scheduler
    * (T = num_train_timesteps; its static shift unless it shifts dynamically, as diffusers' training scripts read

@@ -15,19 +15,10 @@ import type { FluxCaptures, FluxInputs, FluxTransformer } from '../models/flux.j
 import { loadSafetensors, saveSafetensors } from '../core/io.js';
 import { FluxPipeline } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
+import { OPTIMIZER_DEFAULTS, checkOptimizerOptions, mulberry32, scheduledLearningRate, type OptimizerOptions } from './optimizer.js';
 import { checkFinite, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
 
-/** A small seeded PRNG: uniform in [0, 1) (the trajectory step of each micro-batch; the demo's data). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 } from './optimizer.js';
 import type { QwenPrompt, QwenVLEncoder } from '../models/qwen.js';
 import type { T5Encoder } from '../models/t5.js';
 import type { ClipTextEncoder } from '../models/clip.js';
@@ -35,20 +26,7 @@ import { Tensor, memory, randn, zeros } from '../core/tensor.js';
 import type { ProcessGroup } from './distributed.js';
 import { FLUX_DEV_CONFIG } from '../models/flux.js';
 
-export interface X2ITrainerOptions {
-  /** AdamW, as the official recipe: lr 1e-4, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8. */
-  lr?: number;
-  beta1?: number;
-  beta2?: number;
-  weightDecay?: number;
-  eps?: number;
-  /** Global gradient-norm clip (default 1.0). */
-  maxGradNorm?: number;
-  /** Micro-batches per optimizer step (default 1). */
-  gradientAccumulation?: number;
-  /** Linear warmup steps, then cosine decay to 0 over totalSteps (default: no warmup, constant lr). */
-  warmupSteps?: number;
-  totalSteps?: number;
+export interface X2ITrainerOptions extends OptimizerOptions {
   /** Latent size in pixels (default 1024 × 1024). */
   height?: number;
   width?: number;
@@ -108,8 +86,7 @@ export interface X2IStepInfo {
   stopped?: boolean;
 }
 
-const DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1.0, gradientAccumulation: 1,
-  warmupSteps: 0, totalSteps: 0, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
+const DEFAULTS = { ...OPTIMIZER_DEFAULTS, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
   checkpoint: false, seed: 0, trajectory: null as { steps: number } | null,
   parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null, keepLast: 2, overwrite: false };
 
@@ -179,15 +156,7 @@ export class X2ITrainer {
 
   /** Every option checked before any work: counts are integers, rates finite, sizes multiples of 16. */
   static #validate(o: Readonly<typeof DEFAULTS>): void {
-    finiteOption('lr', o.lr, { min: 0 });
-    finiteOption('beta1', o.beta1, { min: 0, max: 1, maxExclusive: true });
-    finiteOption('beta2', o.beta2, { min: 0, max: 1, maxExclusive: true });
-    finiteOption('weightDecay', o.weightDecay, { min: 0 });
-    finiteOption('eps', o.eps, { min: 0, minExclusive: true });
-    finiteOption('maxGradNorm', o.maxGradNorm, { min: 0 });
-    positiveInt('gradientAccumulation', o.gradientAccumulation);
-    nonNegativeInt('warmupSteps', o.warmupSteps, LIMITS.trainSteps);
-    nonNegativeInt('totalSteps', o.totalSteps, LIMITS.trainSteps);
+    checkOptimizerOptions(o);
     imageSide('height', o.height);
     imageSide('width', o.width);
     finiteOption('guidance', o.guidance);
@@ -231,12 +200,9 @@ export class X2ITrainer {
 
   /** The learning rate of optimizer step `s` (0-based): linear warmup, then cosine to 0 at totalSteps. */
   learningRate(s = this.step): number {
-    const o = this.options;
-    if (o.warmupSteps > 0 && s < o.warmupSteps) return (o.lr * (s + 1)) / o.warmupSteps;
-    if (!o.totalSteps) return o.lr;
-    const p = Math.min(1, (s - o.warmupSteps) / Math.max(1, o.totalSteps - o.warmupSteps));
-    return 0.5 * o.lr * (1 + Math.cos(Math.PI * p));
+    return scheduledLearningRate(this.options, s);
   }
+
 
   /** One micro-batch: teacher pass, student pass with the fused loss, gradient into AlignNet; every
    * `gradientAccumulation` micro-batches an optimizer step. In split mode, the teacher rank's call runs the
