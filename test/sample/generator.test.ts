@@ -53,6 +53,18 @@ it('X2IGenerator = MLLM hidden states → AlignNet → FLUX (the same images as 
   expect((await a.toPng()).subarray(1, 4).toString()).toBe('PNG');
 });
 
+it('X2IGenerator passes image-to-image and inpainting on to the pipeline (strength 1 = text-to-image)', async () => {
+  const opts = { tokenizer: fake, maxLength: 16, height: 32, width: 32, numInferenceSteps: 2, seed: 5, prompt: 'a red circle' };
+  const image = { data: new Uint8Array(32 * 32 * 3).fill(200), width: 32, height: 32 };
+  const t2i = await gen.generate(opts);
+  const full = await gen.generate({ ...opts, image, strength: 1 });
+  expect(await full.images.toArray()).toEqual(await t2i.images.toArray());
+  const half = await gen.generate({ ...opts, image, strength: 0.5 });
+  expect(await half.images.toArray()).not.toEqual(await t2i.images.toArray());
+  await expect(gen.generate({ ...opts, mask: image })).rejects.toThrow(/mask/);
+  for (const r of [t2i, full, half]) r.images.dispose();
+});
+
 it('no tensor leak across 50 X2IGenerator calls', async () => {
   const { settleGc } = await import('../helpers.js');
   await settleGc();

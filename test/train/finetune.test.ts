@@ -209,6 +209,24 @@ describe('LightControlTrainer', () => {
     await expect(leak.trainStep({ latents: data[0].latents, conditioning: data[0].conditioning })).rejects.toThrow(/needs sample.image/);
   });
 
+  it('save → resume continues with the same losses (the branches and their moments restored)', async () => {
+    const run = path.join(dir, 'lc-resume');
+    const opts = { ...common, lr: 3e-3 };
+    let tail: number[];
+    {
+      using flux = await FluxTransformer.fromPretrained(fluxDir);
+      using lc = await LightControl.fromConfig(tiny, { seed: 6, dtype: 'float32' });
+      using a = new LightControlTrainer({ transformer: flux, lightControl: lc }, opts);
+      await a.fit({ data: controlData, steps: 3, checkpointDir: run });
+      tail = (await a.fit({ data: controlData, steps: 2 })).map((i) => i.loss);
+    }
+    using flux = await FluxTransformer.fromPretrained(fluxDir);
+    using lc = await LightControl.fromConfig(tiny, { seed: 99, dtype: 'float32' });  // other weights: resume replaces them
+    using b = new LightControlTrainer({ transformer: flux, lightControl: lc }, opts);
+    await b.resume(run);
+    expect((await b.fit({ data: controlData, steps: 2 })).map((i) => i.loss)).toEqual(tail);
+  });
+
   it('refuses bf16 branches (they are the float32 masters)', async () => {
     using flux = await FluxTransformer.fromPretrained(fluxDir);
     using lc = await LightControl.fromConfig(tiny, { seed: 4, dtype: 'bfloat16' });
