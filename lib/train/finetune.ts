@@ -31,6 +31,7 @@ import { hostFloats } from '../models/lora.js';
 import { FluxPipeline } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
 import { imageForVae, type GenerateImageInput } from '../sample/image_input.js';
+import { ProcessGroup } from './distributed.js';
 import { checkFinite, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
 import { OPTIMIZER_DEFAULTS, checkOptimizerOptions, mulberry32, scheduledLearningRate, type OptimizerOptions } from './optimizer.js';
 
@@ -82,6 +83,12 @@ export interface FineTuneOptions extends OptimizerOptions {
    * image itself, as the released official script does (a leak: the model learns to copy its hint; for
    * reproducing the official checkpoints only). */
   hint?: 'source' | 'target';
+  /** Data parallel (one process per GPU, e.g. started by `x2i.launch`): every rank holds the models and trains on
+   * its own samples (give each rank its shard); the trained parameters start from rank 0's and every optimizer step
+   * averages the gradients of all ranks' micro-batches (one all-reduce), so the ranks stay identical. Rank r's
+   * micro-batch m draws the noise and σ of micro-batch m·worldSize + r: N ranks train like one process accumulating N.
+   * Rank 0 writes the checkpoints. Stop every rank together (the same step count, or every rank's signal). */
+  parallel?: { group: ProcessGroup } | null;
   /** Checkpoint folders kept by save() (default 2). */
   keepLast?: number;
   /** Allow writing into a non-empty folder this trainer did not write or resume from. Default false. */
@@ -114,7 +121,7 @@ export interface FineTuneFitOptions {
 
 const DEFAULTS = { ...OPTIMIZER_DEFAULTS, height: 1024, width: 1024, guidance: 3.5, seed: 0, checkpoint: false,
   conditioning: undefined as 'student' | 'teacher' | undefined, editingPrompt: 'Style Information Only from Reference Image',
-  prompt: undefined as FineTuneOptions['prompt'], tokenizer: undefined as QwenTokenizer | undefined, maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false };
+  prompt: undefined as FineTuneOptions['prompt'], parallel: null as { group: ProcessGroup } | null, tokenizer: undefined as QwenTokenizer | undefined, maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false };
 
 /** The files a fine-tuning checkpoint may hold. */
 const FILES = ['lora.safetensors', 'lightcontrol.safetensors', 'config.json', 'optimizer.safetensors'] as const;
@@ -178,6 +185,8 @@ abstract class FlowFineTuner {
     positiveInt('maxLength', o.maxLength, 1 << 20);
     if (o.prompt !== undefined && typeof o.prompt !== 'function') throw invalidArg('prompt', 'a function of the sample', o.prompt);
     if (o.hint !== 'source' && o.hint !== 'target') throw invalidArg('hint', "'source' or 'target'", o.hint);
+    if (o.parallel !== null && (typeof o.parallel !== 'object' || !(o.parallel.group instanceof ProcessGroup)))
+      throw invalidArg('parallel', '{ group: ProcessGroup } or null', o.parallel);
     positiveInt('keepLast', o.keepLast, 1000);
     if (typeof o.overwrite !== 'boolean') throw invalidArg('overwrite', 'a boolean', o.overwrite);
   }
@@ -192,8 +201,29 @@ abstract class FlowFineTuner {
   }
 
   protected async run(): Promise<NativeFineTune> {
-    this.#ft ??= await this.create();
+    if (!this.#ft) {
+      const ft = await this.create();
+      const group = this.options.parallel?.group;
+      if (group && group.worldSize > 1) {  // every rank starts from rank 0's parameters
+        const st = await this.transformer.runQueued(() => ft.state());
+        const all = [st.params, st.expAvg, st.expAvgSq].flatMap((rec) => Object.values(rec).map((h) => new Tensor(h)));
+        try {
+          for (const t of Object.values(st.params).map((h) => all.find((x) => x.handle === h)!)) await group.broadcast(t, 0);
+          const back = await this.transformer.runQueued(() => ft.state(st));
+          for (const rec of [back.params, back.expAvg, back.expAvgSq]) for (const h of Object.values(rec)) h.dispose();
+        } finally {
+          for (const t of all) t.dispose();
+        }
+      }
+      this.#ft = ft;
+    }
     return this.#ft;
+  }
+
+  /** The micro-batch index that seeds this rank's next noise and σ (data parallel: m·worldSize + rank). */
+  #sampleIndex(): number {
+    const g = this.options.parallel?.group;
+    return g ? this.microStep * g.worldSize + g.rank : this.microStep;
   }
 
   /** The learning rate of optimizer step `s`: linear warmup, then cosine to 0 at totalSteps. */
@@ -326,7 +356,7 @@ abstract class FlowFineTuner {
     const device = this.transformer.device;
     const owned: Tensor[] = [];
     const own = <T extends Tensor>(t: T): T => (owned.push(t), t);
-    const i = this.microStep;
+    const i = this.#sampleIndex();
     const sigma = this.sigmaOf(i);
     let loss: number;
     try {
@@ -361,8 +391,9 @@ abstract class FlowFineTuner {
     let gradNorm: number | undefined;
     const lr = this.learningRate();
     if (this.microStep % o.gradientAccumulation === 0) {
+      const group = o.parallel ? ProcessGroup.handleOf(o.parallel.group) : undefined;
       gradNorm = await this.transformer.runQueued(() => ft.step({ lr, beta1: o.beta1, beta2: o.beta2, weightDecay: o.weightDecay,
-        eps: o.eps, maxGradNorm: o.maxGradNorm }));
+        eps: o.eps, maxGradNorm: o.maxGradNorm }, group));
       if (!Number.isFinite(gradNorm)) this.#poisoned = `a non-finite gradient norm (${gradNorm}) at step ${this.step}`;
       this.step++;
     }
@@ -413,11 +444,12 @@ abstract class FlowFineTuner {
   /** Writes `dir/step-NNNNNN-M/` (the trained weights and `optimizer.safetensors`) and points `dir/trainer.json` at it
    * atomically; keeps the `keepLast` newest. Refuses (ERR_NON_FINITE) after a non-finite step or with non-finite state. */
   async save(dir: string): Promise<string> {
+    const name = checkpointFolderName(this.step, this.microStep);
+    const target = path.join(dir, name);
+    if (this.options.parallel && this.options.parallel.group.rank !== 0) return target;  // rank 0 writes (the ranks agree)
     if (this.#poisoned) throw new X2IError(`save: refusing to checkpoint after ${this.#poisoned}`, 'ERR_NON_FINITE');
     this.#checkOutputDir(dir, 'save dir');
     const ft = await this.run();
-    const name = checkpointFolderName(this.step, this.microStep);
-    const target = path.join(dir, name);
     const st = await this.transformer.runQueued(() => ft.state());
     const tensors: Record<string, Tensor> = {};
     for (const [part, rec] of [['param', st.params], ['exp_avg', st.expAvg], ['exp_avg_sq', st.expAvgSq]] as const)
@@ -437,9 +469,10 @@ abstract class FlowFineTuner {
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
     }
-    const { prompt, tokenizer, ...options } = this.options;
+    const { prompt, tokenizer, parallel, ...options } = this.options;
     commitCheckpoint(dir, name, [...files, 'optimizer.safetensors'], { step: this.step, microStep: this.microStep,
-      kind: this.constructor.name, options: { ...options, prompt: prompt ? 'custom' : undefined } }, this.options.keepLast);
+      kind: this.constructor.name, options: { ...options, prompt: prompt ? 'custom' : undefined },
+      parallel: parallel ? { mode: 'data', worldSize: parallel.group.worldSize } : null }, this.options.keepLast);
     void tokenizer;
     return target;
   }

@@ -83,6 +83,27 @@ g.dispose();
   });
 });
 
+describe('LoraTrainer data parallel (2 processes)', () => {
+  it('two ranks, one micro-batch each per step = one process accumulating two (adapter, losses, one checkpoint)', async () => {
+    const ft = path.join(root, 'test', 'fixtures', 'finetune-worker.mjs');
+    const launchRanks = async (mode: 'data' | 'single', n: number) => {
+      const out = path.join(tmp, `ft-${mode}`);
+      const codes = await x2i.launch(ft, { nprocPerNode: n, masterPort: await freePort(),
+        env: { X2I_TEST_MODE: mode, X2I_TEST_OUT: out, X2I_TEST_CKPT: path.join(tmp, `ft-${mode}-ckpt`) } });
+      expect(codes).toEqual(new Array(n).fill(0));
+      return Promise.all([...Array(n).keys()].map(async (r) => ({ ...JSON.parse(fs.readFileSync(`${out}.${r}.json`, 'utf8')),
+        weights: await weights(`${out}.${r}.safetensors`) })));
+    };
+    const [r0, r1] = await launchRanks('data', 2);
+    const [ref] = await launchRanks('single', 1);
+    expect([r0.step, r1.step, ref.step]).toEqual([2, 2, 2]);
+    expect(maxRelDiff(r1.weights, r0.weights)).toBe(0);  // identical ranks (rank 1's adapter started elsewhere)
+    expect(maxRelDiff(r0.weights, ref.weights)).toBeLessThan(1e-5);
+    expect([r0.losses[0], r1.losses[0], r0.losses[1], r1.losses[1]].map((l) => l.toPrecision(6))).toEqual(ref.losses.map((l: number) => l.toPrecision(6)));
+    expect(fs.existsSync(x2i.LoraTrainer.latestCheckpoint(path.join(tmp, 'ft-data-ckpt')))).toBe(true);
+  }, 120_000);
+});
+
 describe('X2ITrainer parallel modes (2 processes)', () => {
   it("data: two ranks, one micro-batch each per step = one process accumulating two (weights, both ranks, checkpoint)", async () => {
     const [r0, r1] = await runRanks('data', 'data');
