@@ -501,7 +501,6 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     const full = this.#layerRows();
     for (const m of modules)
       for (const x of map.get(m)!) parts.push({ target: x.target, row: x.row, rows: x.rows || full(x.target), rank, scale: alpha / rank });
-    if (parts.some((p) => p.rows === 0)) throw new X2IError('addLora: norm_out.linear halves cannot be trained as one module', 'ERR_NOT_SUPPORTED');
     const name = this.#newName(opts.adapterName, 'default');
     await this.call((h) => h.loraAdd(name, parts, 1, true, opts.seed ?? 0));
     this.#lora.set(name, 1);
