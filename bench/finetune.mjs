@@ -219,7 +219,11 @@ result.leftover_GiB = onCuda ? gib(x2i.cuda.memory(device, { emptyCache: true })
 if (args.baseline) {
   const out = path.join(os.tmpdir(), `finetune-${process.pid}.json`);
   const extra = [...(args.compile ? ['--compile'] : []), ...(tiny ? ['--tiny'] : [])];
-  const r = spawnSync(args.python, [args.baseline, '--steps', String(steps), '--gen-steps', String(genSteps), '--gen-iters', String(genIters),
+  // the baseline skips the phases this run left out (--only)
+  const parts = { lora: ['lora', 'lora_checkpoint'], lightcontrol: ['lightcontrol', 'lightcontrol_checkpoint'], generate: ['generate'] };
+  const skipped = Object.entries(parts).filter(([k]) => !only.has(k)).flatMap(([, v]) => v);
+  const r = spawnSync(args.python, [args.baseline, ...(skipped.length ? ['--skip', skipped.join(',')] : []), '--steps', String(steps),
+    '--gen-steps', String(genSteps), '--gen-iters', String(genIters),
     ...extra, '--json', out], { encoding: 'utf8', timeout: 540_000 });
   if (fs.existsSync(out)) result.baseline = JSON.parse(fs.readFileSync(out, 'utf8'));  // a timeout keeps the phases done
   if (r.status !== 0 || r.error) result.baselineError = (String(r.error ?? '') + '\n' + (r.stderr || '') + (r.stdout || '')).split('\n').slice(-25).join('\n');
