@@ -78,7 +78,8 @@ export interface NativeConditioningGrad {
   pooledProjections: NativeTensor;
 }
 
-/** AdamW settings read by the training steps (PyTorch's defaults apply to the keys left out). */
+/** AdamW settings read by the training steps (napi/model_wrap.h readAdamW); left out: lr 1e-4, beta1 0.9, beta2 0.999,
+ * weightDecay 1e-2, eps 1e-8, maxGradNorm 1. */
 export interface NativeAdamWOptions {
   lr?: number;
   beta1?: number;
@@ -144,6 +145,7 @@ export interface NativeLoraPart {
   A?: NativeTensor;
   B?: NativeTensor;
   rank?: number;
+  /** Rows of a new part (0 or absent: to the layer's last row). */
   rows?: number;
   /** alpha / rank. */
   scale: number;

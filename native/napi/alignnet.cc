@@ -102,9 +102,7 @@ struct AlignNetSpec : ModelSpec<alignnet::Model> {
   // weights() → Record<string, NativeTensor> (the official names)
   static Napi::Value weights(W& self, const Napi::CallbackInfo& info) {
     return guard(info, [&]() -> Napi::Value {
-      auto o = Napi::Object::New(info.Env());
-      for (auto& [k, v] : alignnet::weights(*self.model())) o.Set(k, TensorWrap::Wrap(info.Env(), v));
-      return o;
+      return weightsToJs(info.Env(), alignnet::weights(*self.model()));
     });
   }
 
@@ -124,10 +122,8 @@ struct AlignNetSpec : ModelSpec<alignnet::Model> {
     return guardAsync(info, [&]() -> Napi::Value {
       auto m = self.model();
       auto o = info[0].As<Napi::Object>();
-      train::AdamW opt;
-      opt.lr = numberOr(o, "lr", 1e-4), opt.beta1 = numberOr(o, "beta1", 0.9), opt.beta2 = numberOr(o, "beta2", 0.999);
-      opt.eps = numberOr(o, "eps", 1e-8), opt.weightDecay = numberOr(o, "weightDecay", 1e-2);
-      const double clip = numberOr(o, "maxGradNorm", 1.0);
+      double clip = 1;
+      const train::AdamW opt = readAdamW(o, clip);
       std::shared_ptr<dist::Group> group = info.Length() > 1 && info[1].IsObject() ? processGroupOf(info[1]) : nullptr;
       auto norm = std::make_shared<double>(0);
       return queue(info.Env(), [=] { *norm = alignnet::optimizerStep(*m, opt, clip, group.get()); },

@@ -11,21 +11,13 @@
 namespace x2i {
 namespace {
 
-train::AdamW parseAdamW(const Napi::Object& o, double& maxNorm) {
-  train::AdamW opt;
-  opt.lr = numberOr(o, "lr", 1e-4), opt.beta1 = numberOr(o, "beta1", 0.9), opt.beta2 = numberOr(o, "beta2", 0.999);
-  opt.eps = numberOr(o, "eps", 1e-8), opt.weightDecay = numberOr(o, "weightDecay", 1e-2);
-  maxNorm = numberOr(o, "maxGradNorm", 1.0);
+// the AdamW options, checked: a step at lr 0 is allowed (the end of a cosine schedule)
+train::AdamW checkedAdamW(const Napi::Object& o, double& maxNorm) {
+  const train::AdamW opt = readAdamW(o, maxNorm);
   if (!(opt.lr >= 0) || !(opt.beta1 >= 0 && opt.beta1 < 1) || !(opt.beta2 >= 0 && opt.beta2 < 1) || !(opt.weightDecay >= 0) ||
       !(opt.eps > 0) || !(maxNorm >= 0))
     fail("ERR_INVALID_ARG", "fine-tuning step: lr >= 0, 0 <= beta1, beta2 < 1, weightDecay >= 0, eps > 0 and maxGradNorm >= 0 expected");
   return opt;
-}
-
-Napi::Object recordToJs(Napi::Env env, const std::map<std::string, at::Tensor>& m) {
-  auto o = Napi::Object::New(env);
-  for (auto& [k, v] : m) o.Set(k, TensorWrap::Wrap(env, v));
-  return o;
 }
 
 // LightControl's branches as trained parameters (float32 leaves) and as the residuals of every forward.
@@ -87,7 +79,7 @@ struct FineTuneSpec : ModelSpec<train::FineTune> {
     return guardAsync(info, [&]() -> Napi::Value {
       auto ft = self.model();
       double maxNorm = 1;
-      const train::AdamW opt = parseAdamW(info.Length() > 0 && info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(info.Env()), maxNorm);
+      const train::AdamW opt = checkedAdamW(info.Length() > 0 && info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(info.Env()), maxNorm);
       std::shared_ptr<dist::Group> group = info.Length() > 1 && info[1].IsObject() ? processGroupOf(info[1]) : nullptr;
       auto norm = std::make_shared<double>(0);
       return queue(info.Env(), [=] { *norm = train::step(*ft, opt, maxNorm, group.get()); },
@@ -117,9 +109,9 @@ struct FineTuneSpec : ModelSpec<train::FineTune> {
       }, [out](Napi::Env env) -> Napi::Value {
         auto o = Napi::Object::New(env);
         o.Set("step", double(out->step));
-        o.Set("params", recordToJs(env, out->params));
-        o.Set("expAvg", recordToJs(env, out->expAvg));
-        o.Set("expAvgSq", recordToJs(env, out->expAvgSq));
+        o.Set("params", weightsToJs(env, out->params));
+        o.Set("expAvg", weightsToJs(env, out->expAvg));
+        o.Set("expAvgSq", weightsToJs(env, out->expAvgSq));
         return o;
       });
     });

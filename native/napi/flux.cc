@@ -43,6 +43,20 @@ at::Tensor optTensor(const Napi::Object& o, const char* k) {
   return v.IsUndefined() || v.IsNull() ? at::Tensor() : TensorWrap::Get(v, k);
 }
 
+// { adapter name: scale } (absent: none)
+std::map<std::string, double> adapterScales(const Napi::Value& v, const std::string& what) {
+  std::map<std::string, double> out;
+  if (!v.IsObject()) return out;
+  auto so = v.As<Napi::Object>();
+  for (const auto& e : so.GetPropertyNames()) {
+    std::string k = Napi::Value(e.second).ToString().Utf8Value();
+    Napi::Value x = so.Get(k);
+    if (!x.IsNumber()) fail("ERR_INVALID_ARG", what + "['" + k + "'] must be a number");
+    out[k] = x.As<Napi::Number>().DoubleValue();
+  }
+  return out;
+}
+
 }  // namespace
 
 flux::Inputs parseFluxInputs(const Napi::Value& v) {
@@ -53,21 +67,11 @@ flux::Inputs parseFluxInputs(const Napi::Value& v) {
   in.controlResiduals = optTensor(o, "controlResiduals");
   in.controlScale = numberOr(o, "controlScale", 1.0);
   if (!std::isfinite(in.controlScale)) fail("ERR_INVALID_ARG", "controlScale must be finite");
-  Napi::Value scales = o.Get("loraScales");
-  if (scales.IsObject()) {
-    auto so = scales.As<Napi::Object>();
-    for (const auto& e : so.GetPropertyNames()) {
-      std::string k = Napi::Value(e.second).ToString().Utf8Value();
-      Napi::Value x = so.Get(k);
-      if (!x.IsNumber()) fail("ERR_INVALID_ARG", "loraScales['" + k + "'] must be a number");
-      in.loraScales[k] = x.As<Napi::Number>().DoubleValue();
-    }
-  }
+  in.loraScales = adapterScales(o.Get("loraScales"), "loraScales");
   return in;
 }
 
 namespace {
-flux::Inputs parseInputs(const Napi::Value& v) { return parseFluxInputs(v); }
 
 // { doubleImg, doubleTxt, single } of stacked taps (absent kinds left out)
 Napi::Object capturesToJs(Napi::Env env, const train::Captures& c) {
@@ -146,7 +150,7 @@ struct FluxSpec : ModelSpec<flux::Model> {
   static Napi::Value forward(W& self, const Napi::CallbackInfo& info) {
     return guardAsync(info, [&]() -> Napi::Value {
       auto m = self.model();
-      flux::Inputs in = parseInputs(info[0]);
+      flux::Inputs in = parseFluxInputs(info[0]);
       const bool capture = info.Length() > 1 && info[1].ToBoolean();
       auto out = std::make_shared<train::Prediction>();
       return queue(info.Env(), [=] { *out = train::predict(*m, in, capture); }, [out, capture](Napi::Env env) -> Napi::Value {
@@ -163,7 +167,7 @@ struct FluxSpec : ModelSpec<flux::Model> {
   static Napi::Value forwardBackward(W& self, const Napi::CallbackInfo& info) {
     return guardAsync(info, [&]() -> Napi::Value {
       auto m = self.model();
-      flux::Inputs in = parseInputs(info[0]);
+      flux::Inputs in = parseFluxInputs(info[0]);
       at::Tensor gSample = info.Length() > 1 && info[1].IsObject() ? TensorWrap::Get(info[1], "gradSample") : at::Tensor();
       train::Captures gCaps;
       if (info.Length() > 2 && info[2].IsObject())
@@ -198,9 +202,9 @@ struct FluxSpec : ModelSpec<flux::Model> {
         }
         train::checkTeacherCaptures(*m, teacher.captures);
       } else {
-        teacher.inputs = parseInputs(info[0]);
+        teacher.inputs = parseFluxInputs(info[0]);
       }
-      flux::Inputs student = parseInputs(info[1]);
+      flux::Inputs student = parseFluxInputs(info[1]);
       const distill::Divergence div = distill::parseDivergence(info.Length() > 2 && info[2].IsString() ? argString(info, 2, "divergence") : "rkl");
       const double tau = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 3.0;
       if (!(tau > 0)) fail("ERR_INVALID_ARG", "distillationStep: temperature must be positive");
@@ -228,7 +232,7 @@ struct FluxSpec : ModelSpec<flux::Model> {
   static Napi::Value denoise(W& self, const Napi::CallbackInfo& info) {
     return guardAsync(info, [&]() -> Napi::Value {
       auto m = self.model();
-      flux::Inputs in = parseInputs(info[0]);
+      flux::Inputs in = parseFluxInputs(info[0]);
       auto nums = [&](size_t i, const char* what) {
         if (info.Length() <= i || !info[i].IsArray()) fail("ERR_INVALID_ARG", std::string("denoise: expected an array of ") + what);
         std::vector<float> v;
@@ -256,13 +260,11 @@ struct FluxSpec : ModelSpec<flux::Model> {
       auto m = self.model();
       if (m->dtype() != at::kFloat)
         fail("ERR_NOT_SUPPORTED", "trainStep: the transformer is trained in float32, this one is " + dtypeName(m->dtype()));
-      flux::Inputs in = parseInputs(info[0]);
+      flux::Inputs in = parseFluxInputs(info[0]);
       at::Tensor target = TensorWrap::Get(info[1], "target");
       auto o = info.Length() > 2 && info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(info.Env());
-      train::AdamW opt;
-      opt.lr = numberOr(o, "lr", 1e-4), opt.beta1 = numberOr(o, "beta1", 0.9), opt.beta2 = numberOr(o, "beta2", 0.999);
-      opt.weightDecay = numberOr(o, "weightDecay", 1e-2), opt.eps = numberOr(o, "eps", 1e-8);
-      const double maxNorm = numberOr(o, "maxGradNorm", 1.0);
+      double maxNorm = 1;
+      const train::AdamW opt = readAdamW(o, maxNorm);
       if (!(opt.lr > 0) || !(opt.beta1 >= 0 && opt.beta1 < 1) || !(opt.beta2 >= 0 && opt.beta2 < 1) || !(opt.weightDecay >= 0) ||
           !(opt.eps > 0))
         fail("ERR_INVALID_ARG", "trainStep: lr > 0, 0 <= beta1, beta2 < 1, weightDecay >= 0 and eps > 0 expected");
@@ -315,15 +317,7 @@ struct FluxSpec : ModelSpec<flux::Model> {
       const std::string op = argString(info, 0, "op");
       const std::string name = info.Length() > 1 && info[1].IsString() ? info[1].ToString().Utf8Value() : "";
       if (op != "remove" && op != "fuse" && op != "unfuse") fail("ERR_INVALID_ARG", "loraOp: unknown operation '" + op + "'");
-      std::map<std::string, double> scales;
-      if (info.Length() > 2 && info[2].IsObject()) {
-        auto so = info[2].As<Napi::Object>();
-        for (const auto& e : so.GetPropertyNames()) {
-          std::string k = Napi::Value(e.second).ToString().Utf8Value();
-          if (!so.Get(k).IsNumber()) fail("ERR_INVALID_ARG", "loraOp: scales['" + k + "'] must be a number");
-          scales[k] = so.Get(k).As<Napi::Number>().DoubleValue();
-        }
-      }
+      const auto scales = info.Length() > 2 ? adapterScales(info[2], "loraOp: scales") : std::map<std::string, double>();
       return queue(info.Env(), [=] {
         c10::AutoGradMode noGrad(false);
         lora::applyScales(*m, scales);

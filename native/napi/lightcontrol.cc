@@ -107,9 +107,7 @@ struct LightControlSpec : ModelSpec<lightcontrol::Model> {
   // weights() → Record<string, NativeTensor> (the official names `<i>.<param>`)
   static Napi::Value weights(W& self, const Napi::CallbackInfo& info) {
     return guard(info, [&]() -> Napi::Value {
-      auto o = Napi::Object::New(info.Env());
-      for (auto& [k, v] : lightcontrol::weights(*self.model())) o.Set(k, TensorWrap::Wrap(info.Env(), v));
-      return o;
+      return weightsToJs(info.Env(), lightcontrol::weights(*self.model()));
     });
   }
 

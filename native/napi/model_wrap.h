@@ -23,6 +23,7 @@
 #include "core/weights.h"
 #include "napi/common.h"
 #include "napi/tensor.h"
+#include "train/adamw.h"
 
 #include <c10/core/InferenceMode.h>
 
@@ -130,6 +131,22 @@ inline std::map<std::string, at::Tensor> weightsFromJs(const Napi::Value& v) {
     w[k] = TensorWrap::Get(o.Get(k), k.c_str());
   }
   return w;
+}
+
+// Named tensors as a Record<string, NativeTensor> (the tensors themselves, not copies).
+inline Napi::Object weightsToJs(Napi::Env env, const std::map<std::string, at::Tensor>& w) {
+  auto o = Napi::Object::New(env);
+  for (auto& [k, v] : w) o.Set(k, TensorWrap::Wrap(env, v));
+  return o;
+}
+// { lr, beta1, beta2, eps, weightDecay, maxGradNorm } of the training steps, PyTorch's defaults for the keys left out
+// (lr 1e-4, as X2I's recipe); the callers check the ranges they need.
+inline train::AdamW readAdamW(const Napi::Object& o, double& maxGradNorm) {
+  train::AdamW opt;
+  opt.lr = numberOr(o, "lr", 1e-4), opt.beta1 = numberOr(o, "beta1", 0.9), opt.beta2 = numberOr(o, "beta2", 0.999);
+  opt.eps = numberOr(o, "eps", 1e-8), opt.weightDecay = numberOr(o, "weightDecay", 1e-2);
+  maxGradNorm = numberOr(o, "maxGradNorm", 1.0);
+  return opt;
 }
 
 }  // namespace x2i
