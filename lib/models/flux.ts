@@ -497,32 +497,14 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     const shape = this.loraShape;
     const modules = opts.targets === undefined ? defaultLoraTargets(shape) : matchModules(shape, opts.targets);
     const map = diffusersModules(shape);
-    const parts: NativeLoraPart[] = [];
-    const full = this.#layerRows();
+    const parts: NativeLoraPart[] = [];  // rows 0: the whole layer (native/models/lora.h)
     for (const m of modules)
-      for (const x of map.get(m)!) parts.push({ target: x.target, row: x.row, rows: x.rows || full(x.target), rank, scale: alpha / rank });
+      for (const x of map.get(m)!) parts.push({ target: x.target, row: x.row, rows: x.rows, rank, scale: alpha / rank });
     const name = this.#newName(opts.adapterName, 'default');
     await this.call((h) => h.loraAdd(name, parts, 1, true, opts.seed ?? 0));
     this.#lora.set(name, 1);
     this.#trainable.add(name);
     return name;
-  }
-
-  /** Output rows of a BFL-named layer (for trainable parts over whole layers). */
-  #layerRows(): (target: string) => number {
-    const c = { ...FLUX_DEV_CONFIG, ...this.config };
-    const h = c.attention_head_dim * c.num_attention_heads, f = 4 * h;
-    const outC = c.out_channels ?? c.in_channels;
-    return (t) => {
-      if (/_mod\.lin$/.test(t)) return 6 * h;
-      if (/modulation\.lin$/.test(t)) return 3 * h;
-      if (/attn\.qkv$/.test(t)) return 3 * h;
-      if (/mlp\.0$/.test(t)) return f;
-      if (/linear1$/.test(t)) return 3 * h + f;
-      if (t === 'final_layer.linear') return outC;
-      if (t === 'final_layer.adaLN_modulation.1') return 2 * h;
-      return h;
-    };
   }
 
   /** Sets adapter scales (0 disables one); they apply to every later call (calls may override them). */

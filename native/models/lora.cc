@@ -11,22 +11,16 @@ namespace flux {
 
 // A slot's parts as [Σr, in] down and [out, Σr] up (block-diagonal over the parts' rows, zeros elsewhere), scales in.
 std::pair<at::Tensor, at::Tensor> lowRank(const LoraSlot& slot, int64_t out, at::ScalarType dt) {
-  std::vector<at::Tensor> downs, rowBlocks;
-  int64_t R = 0;
-  for (auto& p : slot.parts) downs.push_back(p.A.to(dt)), R += p.A.size(0);
-  const at::Tensor down = downs.size() == 1 ? downs[0] : at::cat(downs, 0);
-  if (slot.parts.size() == 1 && slot.parts[0].row == 0 && slot.parts[0].B.size(0) == out)
-    return {down, slot.parts[0].B.to(dt) * slot.parts[0].scale};
-  auto opts = down.options();
-  int64_t row = 0, col = 0;
-  for (auto& p : slot.parts) {
-    const int64_t rows = p.B.size(0), r = p.B.size(1);
-    if (p.row > row) rowBlocks.push_back(at::zeros({p.row - row, R}, opts));
-    rowBlocks.push_back(at::cat({at::zeros({rows, col}, opts), p.B.to(dt) * p.scale, at::zeros({rows, R - col - r}, opts)}, 1));
-    row = p.row + rows, col += r;
+  std::vector<at::Tensor> downs, ups;
+  int64_t row = 0;
+  for (auto& p : slot.parts) {  // parts sorted by row; rows no part covers are blocks of zero width
+    if (p.row > row) ups.push_back(at::zeros({p.row - row, 0}, p.B.options().dtype(dt)));
+    downs.push_back(p.A.to(dt));
+    ups.push_back(p.B.to(dt) * p.scale);
+    row = p.row + p.B.size(0);
   }
-  if (row < out) rowBlocks.push_back(at::zeros({out - row, R}, opts));
-  return {down, at::cat(rowBlocks, 0)};
+  if (row < out) ups.push_back(at::zeros({out - row, 0}, ups[0].options()));
+  return {downs.size() == 1 ? downs[0] : at::cat(downs, 0), ups.size() == 1 ? ups[0] : at::block_diag(ups)};
 }
 
 // x [.., in] → y [.., out]. With active adapters, their low-rank terms are computed first, on top of the bias
@@ -130,6 +124,7 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
     p.row = s.row, p.scale = s.scale;
     if (!std::isfinite(s.scale)) fail("ERR_INVALID_ARG", "LoRA '" + name + "' at '" + s.target + "': alpha / rank is not finite");
     if (s.A.defined() != s.B.defined()) fail("ERR_INVALID_ARG", "LoRA '" + name + "' at '" + s.target + "': A and B come together");
+    const int64_t rowsLeft = out - s.row;  // rows <= 0: from `row` to the layer's last row
     if (s.A.defined()) {
       const int64_t r = s.A.dim() == 2 ? s.A.size(0) : -1;
       if (s.A.dim() != 2 || s.A.size(1) != in || r <= 0)
@@ -145,10 +140,11 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
       if (p.A.data_ptr() == s.A.data_ptr()) p.A = p.A.clone();  // own copies: fusing or training never writes the caller's
       if (p.B.data_ptr() == s.B.data_ptr()) p.B = p.B.clone();
     } else {
-      if (s.rank <= 0 || s.rows <= 0) fail("ERR_INVALID_ARG", "LoRA '" + name + "' at '" + s.target + "': rank and rows must be positive");
+      const int64_t rows = s.rows > 0 ? s.rows : rowsLeft;
+      if (s.rank <= 0 || rows <= 0) fail("ERR_INVALID_ARG", "LoRA '" + name + "' at '" + s.target + "': rank and rows must be positive");
       const double bound = 1.0 / std::sqrt(double(in));
       p.A = at::empty({s.rank, in}, at::kFloat).uniform_(-bound, bound, gen).to(m.device());
-      p.B = at::zeros({s.rows, s.rank}, at::TensorOptions().dtype(at::kFloat).device(m.device()));
+      p.B = at::zeros({rows, s.rank}, at::TensorOptions().dtype(at::kFloat).device(m.device()));
     }
     if (p.row < 0 || p.row + p.B.size(0) > out)
       fail("ERR_CHECKPOINT_SHAPE", "LoRA '" + name + "' at '" + s.target + "': rows [" + std::to_string(p.row) + ", " +

@@ -25,7 +25,8 @@ namespace x2i::lora {
 std::map<std::string, flux::Linear*> linears(flux::Model& m);
 
 // One part of a new adapter: its target layer, first row and low-rank pair. With A and B undefined, a trainable
-// part of rank `rank` over `rows` rows is made: A uniform ±1/√in (PEFT's kaiming_uniform(a=√5)), B zeros, in float32.
+// part of rank `rank` over `rows` rows (rows <= 0: to the layer's last row) is made: A uniform ±1/√in (PEFT's
+// kaiming_uniform(a=√5)), B zeros, in float32.
 struct PartSpec {
   std::string target;
   int64_t row = 0, rows = 0, rank = 0;

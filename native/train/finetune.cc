@@ -85,11 +85,11 @@ double backward(FineTune& ft, const FineTuneBatch& b) {
   c10::NoGradGuard noGrad;
   if (ft.grads.empty()) ft.grads.resize(ft.params.size());
   for (size_t i = 0; i < ft.params.size(); ++i) {
-    at::Tensor g = ft.params[i].grad();
+    at::Tensor g = ft.params[i].grad();  // a tensor of its own once the parameter lets go of it
     ft.params[i].mutable_grad() = at::Tensor();
     if (!g.defined()) continue;
     if (ft.grads[i].defined()) ft.grads[i].add_(g);
-    else ft.grads[i] = g.detach().clone();
+    else ft.grads[i] = g;
   }
   ++ft.accumulated;
   return loss.item<double>();
