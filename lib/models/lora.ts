@@ -208,10 +208,11 @@ function peftConfig(metadata: Record<string, string>, file: string | undefined):
     use_rslora: raw.use_rslora === true };
 }
 
-/** peft's pattern lookup: a pattern matches a module whose name is it or ends with `.<pattern>`. */
+/** peft's pattern lookup, for the literal keys diffusers writes: a pattern matches a module whose name is it or ends
+ * with `.<pattern>` (a key is never compiled as a regular expression: metadata comes from the file). */
 function patternValue(pattern: Record<string, number> | undefined, module: string): number | undefined {
   for (const [p, v] of Object.entries(pattern ?? {}))
-    if (module === p || module.endsWith(`.${p}`) || new RegExp(`(^|\\.)${p}$`).test(module)) return v;
+    if (module === p || module.endsWith(`.${p}`)) return v;
   return undefined;
 }
 
@@ -334,7 +335,7 @@ export async function peftTensors(parts: { target: string; row: number; A: Tenso
   const rankOf = new Map<string, number>(), alphaOf = new Map<string, number>();
   for (const [module, m] of byModule) {
     const first = parts[m.pieces[0].part];
-    const r = first.A.shape[1] === undefined ? 0 : first.A.shape[0];
+    const r = first.A.shape[0];
     const same = m.pieces.every((q) => parts[q.part].A === first.A && parts[q.part].scale === first.scale);
     let A = first.A;
     if (!same) {  // pieces from several parts (norm_out.linear's halves): they must hold the same A and scale

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { FluxTransformer, Tensor } from '../../lib/index.js';
-import { golden, parseSafetensorsBytes, tmpDir } from '../helpers.js';
+import { golden, parseSafetensorsBytes, relErr, tmpDir } from '../helpers.js';
 
 const dir = tmpDir();
 const folder = path.join(golden, 'flux-transformer');
@@ -14,14 +14,6 @@ let io: Record<string, Tensor>;
 let base: Record<string, Tensor>;
 let inputs: x2i.FluxInputs;
 let m: FluxTransformer;
-
-async function relErr(a: Tensor, b: Tensor): Promise<number> {
-  expect(a.shape).toEqual(b.shape);
-  const [x, y] = [await a.toArray(), await b.toArray()] as Float32Array[];
-  let num = 0, den = 0;
-  for (let i = 0; i < x.length; i++) { num += (x[i] - y[i]) ** 2; den += y[i] ** 2; }
-  return Math.sqrt(num / den);
-}
 
 async function sample(opts: x2i.FluxCallOptions = {}): Promise<Tensor> {
   return (await m.forward(inputs, opts)).sample;
@@ -154,6 +146,14 @@ describe('LoRA matches the golden reference (diffusers + peft)', () => {
       'transformer.transformer_blocks.0.attn.to_q.lora_B.weight': oneB })).rejects.toMatchObject({ code: 'ERR_CHECKPOINT_SHAPE' });
     expect(m.loraAdapters).toEqual({});
     expect(() => m.setLoraScales({ nope: 1 })).toThrow(/no adapter 'nope'/);
+    // pattern keys in the metadata are names, never regular expressions
+    const odd = path.join(dir, 'odd-pattern.safetensors');
+    await x2i.saveSafetensors(odd, { 'transformer.transformer_blocks.0.attn.to_q.lora_A.weight': one,
+      'transformer.transformer_blocks.0.attn.to_q.lora_B.weight': oneB }, { lora_adapter_metadata: JSON.stringify({
+      'transformer.r': 4, 'transformer.lora_alpha': 8, 'transformer.alpha_pattern': { '(': 1, 'to_q': 4 } }) });
+    await expect(m.loadLora(odd, { adapterName: 'odd' })).resolves.toBe('odd');
+    expect((await m.loraWeights('odd'))[0].scale).toBe(1);  // to_q's alpha 4 over rank 4
+    m.unloadLora('odd');
     wrong.dispose();
     for (const t of Object.values(d)) t.dispose();
   });
