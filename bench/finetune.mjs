@@ -237,17 +237,11 @@ result.torch = b.torch ?? null;
 const R = result.runs;
 const ratio = (y, x) => (typeof y === 'number' && typeof x === 'number' && x > 0 ? y / x : null);
 result.ratios = {
-  lora_time: ratio(b.lora?.ms, R.lora?.ms), lora_peak: ratio(b.lora?.peak_allocated_GiB, R.lora?.peak_allocated_GiB),
-  lora_checkpoint_time: ratio(b.lora_checkpoint?.ms, R.lora_checkpoint?.ms),
-  lora_checkpoint_peak: ratio(b.lora_checkpoint?.peak_allocated_GiB, R.lora_checkpoint?.peak_allocated_GiB),
+  // eager / x2i per run: time, and peak memory for the training steps
+  ...Object.fromEntries(['lora', 'lora_checkpoint', 'lightcontrol', 'lightcontrol_checkpoint', 'generate', 'generate_unfused', 'generate_fused']
+    .flatMap((k) => [[`${k}_time`, ratio(b[k]?.ms, R[k]?.ms)],
+      ...(k.startsWith('generate') ? [] : [[`${k}_peak`, ratio(b[k]?.peak_allocated_GiB, R[k]?.peak_allocated_GiB)]])])),
   lora_compile_time: ratio(b.lora_compile?.ms, R.lora?.ms),
-  lightcontrol_time: ratio(b.lightcontrol?.ms, R.lightcontrol?.ms),
-  lightcontrol_peak: ratio(b.lightcontrol?.peak_allocated_GiB, R.lightcontrol?.peak_allocated_GiB),
-  lightcontrol_checkpoint_time: ratio(b.lightcontrol_checkpoint?.ms, R.lightcontrol_checkpoint?.ms),
-  lightcontrol_checkpoint_peak: ratio(b.lightcontrol_checkpoint?.peak_allocated_GiB, R.lightcontrol_checkpoint?.peak_allocated_GiB),
-  generate_time: ratio(b.generate?.ms, R.generate?.ms),
-  generate_unfused_time: ratio(b.generate_unfused?.ms, R.generate_unfused?.ms),
-  generate_fused_time: ratio(b.generate_fused?.ms, R.generate_fused?.ms),
   // the acceptance ratios of issue 13 (x2i against itself)
   x2i_unfused_over_fused: ratio(R.generate_unfused?.ms, R.generate_fused?.ms),
   x2i_unfused_over_none: ratio(R.generate_unfused?.ms, R.generate?.ms),

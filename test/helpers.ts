@@ -20,6 +20,15 @@ export async function expectGoldenLoss(r: { loss: number; skipped: number; terms
   }
 }
 
+/** ‖a − b‖ / ‖b‖ of two float32 tensors of one shape, computed here (independently of the addon's relativeError). */
+export async function relErr(a: Tensor, b: Tensor): Promise<number> {
+  expect(a.shape).toEqual(b.shape);
+  const [x, y] = [await a.toArray(), await b.toArray()] as Float32Array[];
+  let num = 0, den = 0;
+  for (let i = 0; i < x.length; i++) { num += (x[i] - y[i]) ** 2; den += y[i] ** 2; }
+  return Math.sqrt(num / den);
+}
+
 export function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'x2i-test-'));
 }

@@ -206,13 +206,13 @@ abstract class FlowFineTuner {
       const group = this.options.parallel?.group;
       if (group && group.worldSize > 1) {  // every rank starts from rank 0's parameters
         const st = await this.transformer.runQueued(() => ft.state());
-        const all = [st.params, st.expAvg, st.expAvgSq].flatMap((rec) => Object.values(rec).map((h) => new Tensor(h)));
+        const all = [st.params, st.expAvg, st.expAvgSq].map((rec) => Object.values(rec).map((h) => new Tensor(h)));
         try {
-          for (const t of Object.values(st.params).map((h) => all.find((x) => x.handle === h)!)) await group.broadcast(t, 0);
+          for (const t of all[0]) await group.broadcast(t, 0);
           const back = await this.transformer.runQueued(() => ft.state(st));
           for (const rec of [back.params, back.expAvg, back.expAvgSq]) for (const h of Object.values(rec)) h.dispose();
         } finally {
-          for (const t of all) t.dispose();
+          for (const t of all.flat()) t.dispose();
         }
       }
       this.#ft = ft;

@@ -4,20 +4,11 @@
  * The optimizer itself is native (native/train/adamw.cc, native/train/grad_norm.cc); this is its options and schedule.
  */
 import { LIMITS, finiteOption, nonNegativeInt, positiveInt } from '../core/options.js';
+import type { NativeAdamWOptions } from '../core/addon.js';
 
-export interface OptimizerOptions {
-  /** AdamW learning rate (X2I's recipe: 1e-4; LightControl's: 1e-5). */
-  lr?: number;
-  /** Default 0.9. */
-  beta1?: number;
-  /** Default 0.999. */
-  beta2?: number;
-  /** Decoupled weight decay (default 1e-2). */
-  weightDecay?: number;
-  /** Default 1e-8. */
-  eps?: number;
-  /** Global gradient-norm clip (default 1; 0 = off). */
-  maxGradNorm?: number;
+/** The native AdamW's settings (lr, beta1, beta2, weightDecay, eps, maxGradNorm: defaults below) with accumulation
+ * and the schedule. */
+export interface OptimizerOptions extends NativeAdamWOptions {
   /** Micro-batches per optimizer step (default 1). */
   gradientAccumulation?: number;
   /** Linear warmup steps, then cosine decay to 0 at totalSteps (default: no warmup, constant lr). */
@@ -25,7 +16,7 @@ export interface OptimizerOptions {
   totalSteps?: number;
 }
 
-/** The defaults of OptimizerOptions (lr: X2I's). */
+/** The defaults of OptimizerOptions: X2I's recipe (lr 1e-4, betas 0.9 / 0.999, weight decay 1e-2, eps 1e-8, clipping at 1). */
 export const OPTIMIZER_DEFAULTS = { lr: 1e-4, beta1: 0.9, beta2: 0.999, weightDecay: 1e-2, eps: 1e-8, maxGradNorm: 1,
   gradientAccumulation: 1, warmupSteps: 0, totalSteps: 0 };
 

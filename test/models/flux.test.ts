@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { FluxTransformer, Tensor } from '../../lib/index.js';
-import { expectGoldenLoss, golden, settleGc, tmpDir } from '../helpers.js';
+import { expectGoldenLoss, golden, relErr, settleGc, tmpDir } from '../helpers.js';
 
 const dir = tmpDir();
 const folder = path.join(golden, 'flux-transformer');
@@ -11,14 +11,6 @@ const bflFile = path.join(folder, 'flux-bfl.safetensors');
 const axes = { axes_dims_rope: [4, 6, 6] };
 let io: Record<string, Tensor>;
 let inputs: x2i.FluxInputs;
-
-async function relErr(a: Tensor, b: Tensor): Promise<number> {
-  expect(a.shape).toEqual(b.shape);
-  const [x, y] = [await a.toArray(), await b.toArray()] as Float32Array[];
-  let num = 0, den = 0;
-  for (let i = 0; i < x.length; i++) { num += (x[i] - y[i]) ** 2; den += y[i] ** 2; }
-  return Math.sqrt(num / den);
-}
 
 async function writeVariant(name: string, edit: (w: Record<string, Tensor>) => void | Promise<void>): Promise<string> {
   const w = await x2i.loadSafetensors(bflFile);
