@@ -564,6 +564,9 @@ export interface AddonTesting {
   narrowView(tensor: NativeTensor, dim: number, start: number, length: number): NativeTensor;
   /** The kernel at::scaled_dot_product_attention picks for q = k = v of this shape [B, H, L, D]. */
   sdpaBackend(shape: number[], dtype: string, device: string): string;
+  /** GroupNorm forward and backward (of ⟨dy, y⟩) by x2i's split reduction or by LibTorch's group_norm (default eps 1e-5). */
+  groupNorm(x: NativeTensor, groups: number, weight: NativeTensor, bias: NativeTensor, dy: NativeTensor,
+    method: 'split' | 'libtorch', eps?: number): Promise<{ y: NativeTensor; dx: NativeTensor; dw: NativeTensor; db: NativeTensor }>;
 }
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
@@ -581,6 +584,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 /** The probe names of `addon.testing`, at run time. */
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
+  groupNorm: true,
 } satisfies Record<keyof AddonTesting, true>);
 
 /** Which members of a native class the contract declares: its statics and its instances' methods. */

@@ -5,6 +5,7 @@
 // after double block i. Each step is the official module's op chain, in the compute dtype.
 #include "models/lightcontrol.h"
 #include "core/weights.h"
+#include "models/group_norm.h"
 
 #include <cmath>
 #include <sstream>
@@ -97,7 +98,7 @@ at::Tensor conv(const Affine& a, const at::Tensor& x, at::ScalarType t, int64_t 
   return at::conv2d(x, a.w.to(t), a.b.to(t), stride, pad);
 }
 at::Tensor norm(const Affine& a, const at::Tensor& x, int64_t groups, double eps, at::ScalarType t) {
-  return at::group_norm(x, groups, a.w.to(t), a.b.to(t), eps);
+  return groupNorm(x, groups, a.w.to(t), a.b.to(t), eps);
 }
 
 // diffusers Timesteps(P, flip_sin_to_cos=True, downscale_freq_shift=0) (float32) → TimestepEmbedding: [B, T]

@@ -3,6 +3,7 @@
 // convs. encode() returns the posterior mean, decode() the raw decoder output (the pipeline applies
 // scaling 0.3611 and shift 0.1159).
 #include "models/vae.h"
+#include "models/group_norm.h"
 
 #include <set>
 
@@ -43,7 +44,7 @@ Mid mid(WeightMap& w, const std::string& p, int64_t c, bool attn) {
   return m;
 }
 
-at::Tensor gn(const at::Tensor& x, const Norm& n, int64_t groups) { return at::group_norm(x, groups, n.w, n.b, kEps); }
+at::Tensor gn(const at::Tensor& x, const Norm& n, int64_t groups) { return groupNorm(x, groups, n.w, n.b, kEps); }
 
 at::Tensor runResnet(const Resnet& r, const at::Tensor& x, int64_t groups) {
   at::Tensor h = at::conv2d(at::silu(gn(x, r.norm1, groups)), r.conv1.w, r.conv1.b, 1, 1);

@@ -1,7 +1,9 @@
 // The test and benchmark probes, exported as `testing` (addon.testing.noop() etc.; lib/core/addon.ts types them):
-// the bridge's own cost, a plain LibTorch copy as the baseline, one distillation tap, views and SDPA's choice.
+// the bridge's own cost, a plain LibTorch copy as the baseline, one distillation tap, views, SDPA's choice and
+// x2i's GroupNorm against LibTorch's.
 #include "napi/bindings.h"
 #include "napi/tensor.h"
+#include "models/group_norm.h"
 #include "train/distill.h"
 
 #include <c10/core/InferenceMode.h>
@@ -38,6 +40,35 @@ TapCall parseTapCall(const Napi::CallbackInfo& info, const char* name) {
 }
 
 }  // namespace
+
+// groupNorm(x, groups, weight, bias, dy, method 'split' | 'libtorch', eps?) → Promise<{ y, dx, dw, db }>: GroupNorm
+// forward and backward (⟨dy, y⟩ differentiated) by x2i's split reduction (models/group_norm.cc) or by
+// at::group_norm, on the tensors' own device and dtype.
+Napi::Value GroupNormProbe(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const at::Tensor x = TensorWrap::Get(info[0], "x");
+    const int64_t groups = info[1].As<Napi::Number>().Int64Value();
+    const at::Tensor w = TensorWrap::Get(info[2], "weight"), b = TensorWrap::Get(info[3], "bias"),
+                     dy = TensorWrap::Get(info[4], "dy");
+    const std::string method = argString(info, 5, "method");
+    if (method != "split" && method != "libtorch") fail("ERR_INVALID_ARG", "groupNorm: method must be 'split' or 'libtorch', found '" + method + "'");
+    const double eps = info.Length() > 6 && info[6].IsNumber() ? info[6].As<Napi::Number>().DoubleValue() : 1e-5;
+    auto out = std::make_shared<std::array<at::Tensor, 4>>();
+    return queue(info.Env(), [=] {
+      c10::AutoGradMode enable(true);
+      const at::Tensor xi = x.detach().requires_grad_(true), wi = w.detach().requires_grad_(true),
+                       bi = b.detach().requires_grad_(true);
+      at::Tensor y = method == "split" ? groupNorm(xi, groups, wi, bi, eps) : at::group_norm(xi, groups, wi, bi, eps);
+      auto g = torch::autograd::grad({y}, {xi, wi, bi}, {dy.to(y.device(), y.scalar_type())});
+      *out = {y.detach(), g[0], g[1], g[2]};
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      const char* names[] = {"y", "dx", "dw", "db"};
+      for (int i = 0; i < 4; ++i) o.Set(names[i], TensorWrap::Wrap(env, (*out)[size_t(i)]));
+      return o;
+    });
+  });
+}
 
 // ---- benchmark probes: the bridge's own cost, and a plain LibTorch copy as the baseline
 Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
@@ -162,6 +193,7 @@ Napi::Object testingExports(Napi::Env env) {
   t.Set("distillTap", Napi::Function::New(env, DistillTap));
   t.Set("narrowView", Napi::Function::New(env, NarrowView));
   t.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
+  t.Set("groupNorm", Napi::Function::New(env, GroupNormProbe));
   return t;
 }
 

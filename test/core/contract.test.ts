@@ -68,7 +68,7 @@ describe('the addon contract', () => {
   it('no probe is in the production table', () => {
     const production = new Set([...Object.keys(addon()), ...Object.keys(ADDON_EXPORTS)]);
     for (const name of Object.keys(ADDON_TESTING_EXPORTS)) expect(production.has(name), name).toBe(false);
-    for (const name of ['noop', 'noopAsync', 'benchCopy', 'benchDistillTap', 'distillTap', 'narrowView', 'sdpaBackend'])
+    for (const name of ['noop', 'noopAsync', 'benchCopy', 'benchDistillTap', 'distillTap', 'narrowView', 'sdpaBackend', 'groupNorm'])
       expect(production.has(name), name).toBe(false);
     // public names that are not probes stay in the production table
     for (const name of ['matmul', 'relativeError']) expect(production.has(name), name).toBe(true);
