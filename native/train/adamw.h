@@ -14,8 +14,9 @@ struct AdamW {
   double lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weightDecay = 1e-2;
 };
 
-// One parameter p (in place) with its moments m, v (in place) for the gradient g at step t.
-void adamwUpdate(const AdamW& o, int64_t t, at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g);
+// Parameters p (in place) with their moments m, v (in place) for the gradients g at step t, all lists in one
+// order: multi-tensor (foreach) kernels on CUDA, one launch per formula line for every tensor at once.
+void adamwUpdate(const AdamW& o, int64_t t, at::TensorList p, at::TensorList m, at::TensorList v, at::TensorList g);
 
 // The moments of a list of parameters, made (zeros) on first use.
 struct AdamWState {

@@ -81,8 +81,11 @@ double optimizerStep(Model& m, const train::AdamW& opt, double maxNorm, dist::Gr
   const double norm = train::globalNorm(grads, grads[0].options().dtype(at::kDouble));
   const double coef = train::clipCoefficient(norm, maxNorm);
   const int64_t t = ++tr.step;
+  std::vector<at::Tensor> ps, ms, vs, gs;
   for (auto& [k, ptr] : parameters(m))
-    train::adamwUpdate(opt, t, tr.master.at(k), tr.expAvg.at(k), tr.expAvgSq.at(k), train::clipped(tr.grad.at(k), coef));
+    ps.push_back(tr.master.at(k)), ms.push_back(tr.expAvg.at(k)), vs.push_back(tr.expAvgSq.at(k)),
+        gs.push_back(train::clipped(tr.grad.at(k), coef));
+  train::adamwUpdate(opt, t, ps, ms, vs, gs);
   castMasters(m, tr);
   tr.grad.clear();
   tr.accumulated = 0;

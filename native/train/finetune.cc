@@ -43,7 +43,7 @@ namespace {
 // (bench/RESULTS.md, issue 13). The setting is process-wide; it is restored when the step ends.
 struct NoCudnnAttention {
   bool was = at::globalContext().userEnabledCuDNNSDP();
-  NoCudnnAttention() { at::globalContext().setSDPUseCuDNN(false); }
+  NoCudnnAttention() { at::globalContext().setSDPUseCuDNN(was && std::getenv("X2I_FINETUNE_CUDNN") != nullptr); }
   ~NoCudnnAttention() { at::globalContext().setSDPUseCuDNN(was); }
 };
 }  // namespace
@@ -120,7 +120,9 @@ double step(FineTune& ft, const AdamW& opt, double maxNorm, dist::Group* group) 
   if (ft.adamw.m.empty())
     for (auto& p : ft.params) ft.adamw.m.push_back(at::zeros_like(p)), ft.adamw.v.push_back(at::zeros_like(p));
   const int64_t t = ++ft.adamw.step;
-  for (size_t i = 0; i < ft.params.size(); ++i) adamwUpdate(opt, t, ft.params[i], ft.adamw.m[i], ft.adamw.v[i], clipped(ft.grads[i], coef));
+  std::vector<at::Tensor> g;
+  for (auto& gi : ft.grads) g.push_back(clipped(gi, coef));
+  adamwUpdate(opt, t, ft.params, ft.adamw.m, ft.adamw.v, g);
   ft.grads.assign(ft.params.size(), at::Tensor());
   ft.accumulated = 0;
   syncDevice(ft.params[0]);

@@ -8,8 +8,8 @@
 
 namespace x2i::train {
 
-// ‖g‖ over the defined tensors: each tensor's Σ g² in its own dtype, accumulated in a 0-dim tensor of
-// `acc` (options: device and dtype of the accumulator), read once.
+// ‖g‖ over the defined tensors: each tensor's ‖g‖ in its own dtype (one multi-tensor launch), squared and summed
+// in `acc` (options: device and dtype of the accumulator), read once.
 double globalNorm(const std::vector<at::Tensor>& grads, const at::TensorOptions& acc);
 double clipCoefficient(double norm, double maxNorm);
 // g scaled by coef (g itself when coef is 1).

@@ -171,10 +171,12 @@ FlowStepResult flowMatchingStep(flux::Model& m, const flux::Inputs& in, const at
   if (st.m.empty())
     for (auto* q : params) st.m.push_back(at::zeros_like(*q)), st.v.push_back(at::zeros_like(*q));
   const int64_t t = ++st.step;
+  std::vector<at::Tensor> ps, ms, vs, gs;
   for (size_t i = 0; i < params.size(); ++i) {
     if (!grads[i].defined()) continue;  // (a frozen piece of a fused kernel: no gradient)
-    adamwUpdate(opt, t, *params[i], st.m[i], st.v[i], clipped(grads[i], coef));
+    ps.push_back(*params[i]), ms.push_back(st.m[i]), vs.push_back(st.v[i]), gs.push_back(clipped(grads[i], coef));
   }
+  adamwUpdate(opt, t, ps, ms, vs, gs);
   return {loss.item<double>(), norm, t};
 }
 
