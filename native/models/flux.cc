@@ -242,8 +242,19 @@ std::array<at::Tensor, 3> splitHeads(const at::Tensor& qkv, int64_t heads) {
   return {t[0], t[1], t[2]};
 }
 
+// The attention output's gradient reaches SDPA's backward in the output's own layout. A single block's output
+// gradient is a row-strided slice of linear2's input gradient (rows of hidden + MLP width), a double block's a
+// dense tensor; cuDNN's attention reuses one compiled backward graph for both (same shapes and the same q, k, v
+// layout from the fused QKV kernel) and read the slice with the dense layout's strides (mha_graph.execute
+// failing, then an illegal memory access: bench/RESULTS.md, issue 13). One copy of the slice avoids it.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   at::Tensor o = at::scaled_dot_product_attention(q, k, v);  // [B, H, L, hd]
+  if (o.requires_grad()) {
+    std::vector<int64_t> strides = o.strides().vec();
+    o.register_hook([strides](const at::Tensor& g) {
+      return g.strides() == at::IntArrayRef(strides) ? g : at::empty_strided(g.sizes(), strides, g.options()).copy_(g);
+    });
+  }
   return o.transpose(1, 2).flatten(2);                      // [B, L, hidden]
 }
 

@@ -3,7 +3,6 @@
 #include "models/lora.h"
 #include "train/grad_norm.h"
 
-#include <ATen/Context.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -36,21 +35,9 @@ void addParameters(FineTune& ft, const std::vector<std::pair<std::string, at::Te
   }
 }
 
-namespace {
-// SDPA without its cuDNN backend while a fine-tuning step runs (flash / memory-efficient attention instead, the same
-// speed here): cuDNN's fused attention fails in this backward at FLUX sizes (an illegal memory access in its graph
-// execution, H200, LibTorch 2.11 + cuDNN 9) when the adapter's or the branches' gradients flow through every block
-// (bench/RESULTS.md, issue 13). The setting is process-wide; it is restored when the step ends.
-struct NoCudnnAttention {
-  bool was = at::globalContext().userEnabledCuDNNSDP();
-  NoCudnnAttention() { at::globalContext().setSDPUseCuDNN(was && std::getenv("X2I_FINETUNE_CUDNN") != nullptr); }
-  ~NoCudnnAttention() { at::globalContext().setSDPUseCuDNN(was); }
-};
-}  // namespace
 
 double backward(FineTune& ft, const FineTuneBatch& b) {
   const flux::Model& m = *ft.model;
-  NoCudnnAttention attention;
   if (ft.params.empty()) fail("ERR_INVALID_ARG", "fine-tuning: nothing to train");
   const at::Tensor& x0in = b.inputs.hiddenStates;
   if (!x0in.defined() || !b.noise.defined() || b.noise.sizes() != x0in.sizes())
