@@ -244,9 +244,9 @@ std::array<at::Tensor, 3> splitHeads(const at::Tensor& qkv, int64_t heads) {
 
 // The attention output's gradient reaches SDPA's backward in the output's own layout. A single block's output
 // gradient is a row-strided slice of linear2's input gradient (rows of hidden + MLP width), a double block's a
-// dense tensor; cuDNN's attention reuses one compiled backward graph for both (same shapes and the same q, k, v
-// layout from the fused QKV kernel) and read the slice with the dense layout's strides (mha_graph.execute
-// failing, then an illegal memory access: bench/RESULTS.md, issue 13). One copy of the slice avoids it.
+// dense tensor, with the same shapes and q, k, v layout; with both, cuDNN's attention backward failed
+// (mha_graph.execute, then an illegal memory access), likely one cached graph serving both layouts; with the
+// gradient in one layout it runs (bench/RESULTS.md, issue 13). A copy only where the layouts differ.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   at::Tensor o = at::scaled_dot_product_attention(q, k, v);  // [B, H, L, hd]
   if (o.requires_grad()) {
