@@ -25,6 +25,8 @@ export type { GenerateImageInput, OutpaintMargins } from './sample/image_input.j
 export { X2IGenerator } from './sample/generator.js';
 export { X2ITrainer, loadCaptions } from './train/trainer.js';
 export * as datasets from './train/data.js';
+export * as audio from './models/audio.js';
+export type { AudioLoadOptions, DecodedAudio, AudioInput, LogMelOptions } from './models/audio.js';
 export type { DecodedImage, TrainingSample, SampleInput, ImageInput, DatasetOptions, FolderOptions, JsonlOptions, JsonlFields, WebDatasetOptions, WebDatasetGroup, ResizeSpec, ResizeOption } from './train/data.js';
 export { imageAgreement, evaluateAgreement } from './sample/evaluate.js';
 export { runDemo } from './app/demo.js';

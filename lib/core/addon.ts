@@ -486,6 +486,15 @@ export interface NativeDistillationLossResult {
 // ---------------------------------------------------------------- the export table
 
 /** The exports of x2i.node (native/napi/addon.cc InitX2I): the production table. */
+/** WhisperFeatureExtractor's settings (preprocessor_config.json); omitted fields take Whisper's values. */
+export interface NativeAudioFeatureConfig {
+  mels?: number;
+  samplingRate?: number;
+  nFft?: number;
+  hop?: number;
+  chunkSeconds?: number;
+}
+
 export interface Addon {
   NativeTensor: {
     fromArray(data: TypedArray, shape: number[], dtype?: string, device?: string): NativeTensor;
@@ -544,6 +553,10 @@ export interface Addon {
   imageToUint8(images: NativeTensor): Promise<NativeTensor>;
   /** SSIM and PSNR per image of two [B, C, H, W] batches in [0, 1]. */
   imageAgreement(a: NativeTensor, b: NativeTensor): Promise<{ ssim: number[]; psnr: number[] }>;
+  /** waveform [n] float → Whisper's log-mel [mels, F] in float32 (30 s pieces, as MiniCPM-o's processor). */
+  audioLogMel(waveform: NativeTensor, config?: NativeAudioFeatureConfig): Promise<NativeTensor>;
+  /** waveform [n] float from `from` Hz to `to` Hz (windowed-sinc) → [ceil(n·to/from)]. */
+  audioResample(waveform: NativeTensor, from: number, to: number): Promise<NativeTensor>;
   /** The benchmark and test probes (lib/testing.ts); no production code uses them. */
   testing: AddonTesting;
 }
@@ -575,7 +588,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
   NativeQwenVLEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
   distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
   cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
-  writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true,
+  writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true, audioLogMel: true, audioResample: true,
   resizeImage: true, packLatents: true, unpackLatents: true, toImage: true, imageToUint8: true, imageAgreement: true,
   encodeLatents: true, noiseLatents: true, blendLatents: true,
   testing: true,

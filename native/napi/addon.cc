@@ -43,6 +43,8 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   fn("imageToUint8", ImageToUint8);
   fn("imageAgreement", ImageAgreement);
   fn("relativeError", RelativeError);
+  fn("audioLogMel", AudioLogMel);
+  fn("audioResample", AudioResample);
   exports.Set("testing", testingExports(env));
   return exports;
 }

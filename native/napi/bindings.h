@@ -40,6 +40,10 @@ Napi::Value ImageToUint8(const Napi::CallbackInfo& info);
 Napi::Value ImageAgreement(const Napi::CallbackInfo& info);
 Napi::Value RelativeError(const Napi::CallbackInfo& info);
 
+// audio: audio.cc
+Napi::Value AudioLogMel(const Napi::CallbackInfo& info);
+Napi::Value AudioResample(const Napi::CallbackInfo& info);
+
 // tensors: tensor.cc (NativeTensor, memory), ops.cc; checkpoint files: io.cc
 Napi::Value Randn(const Napi::CallbackInfo& info);
 Napi::Value Zeros(const Napi::CallbackInfo& info);

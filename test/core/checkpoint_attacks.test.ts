@@ -261,4 +261,40 @@ describe('checkpoint attacks, each in a child process', () => {
       expect(o.result, `${file} ${o.stderr}`).toMatchObject({ ok: true, same: true });
     }
   }, 60_000);
+  it('audio files: garbage, truncated and lying headers are named errors, never a crash', async () => {
+    const wav = fs.readFileSync(path.join(golden, 'minicpm_o', 'audio.wav'));
+    const fixtures = path.join(root, 'test', 'fixtures', 'audio');
+    const liar = Buffer.from(wav); liar.writeUInt32LE(0x7fffffff, 40);           // data chunk size far past the end
+    const noChannels = Buffer.from(wav); noChannels.writeUInt16LE(0, 22);         // 0 channels
+    const noRate = Buffer.from(wav); noRate.writeUInt32LE(0, 24);                 // 0 Hz
+    const bits = Buffer.from(wav); bits.writeUInt16LE(7, 34);                     // 7-bit samples
+    const cases = [
+      write('garbage.wav', Buffer.from('this is not audio at all, only text'.repeat(20))),
+      write('empty.wav', Buffer.alloc(0)),
+      write('header-only.wav', wav.subarray(0, 44)),
+      write('half.wav', wav.subarray(0, 23)),
+      write('liar.wav', liar), write('no-channels.wav', noChannels), write('no-rate.wav', noRate), write('bits.wav', bits),
+      write('cut.mp3', fs.readFileSync(path.join(fixtures, 'fox.mp3')).subarray(0, 700)),
+      write('cut.flac', fs.readFileSync(path.join(fixtures, 'fox.flac')).subarray(0, 300)),
+      write('cut.ogg', fs.readFileSync(path.join(fixtures, 'fox.ogg')).subarray(0, 200)),
+      write('noise.ogg', Buffer.concat([Buffer.from('OggS'), Buffer.alloc(4000, 0xab)])),
+    ];
+    const outs: Outcome[] = [];
+    for (let i = 0; i < cases.length; i += 3)
+      outs.push(...await Promise.all(cases.slice(i, i + 3).map((file) => run('audio', file, 'audio', 60_000))));
+    outs.forEach((o, i) => {
+      const what = `${path.basename(cases[i])}: ${JSON.stringify(o.result)} ${o.stderr}`;
+      expect(o.signal, what).toBeNull();
+      expect(o.timedOut, what).toBe(false);
+      expect(o.code, what).toBe(0);
+      // a file that still decodes to samples gives features; anything else is an X2IError naming the file
+      if (o.result?.ok) expect(o.result.shape?.[0], what).toBe(80);
+      else {
+        expect(o.result?.name, what).toBe('X2IError');
+        expect(String(o.result?.message), what).toContain(path.basename(cases[i]));
+      }
+    });
+    for (const n of ['garbage.wav', 'empty.wav', 'half.wav', 'no-rate.wav', 'noise.ogg'])
+      expect(outs[cases.findIndex((c) => c.endsWith(n))].result?.ok, n).toBe(false);
+  }, 180_000);
 });

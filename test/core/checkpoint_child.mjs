@@ -1,4 +1,5 @@
-// A child process of test/core/checkpoint_attacks.test.ts: one load through the built package (dist/), its outcome as
+// A child process of test/core/checkpoint_attacks.test.ts: one load (a checkpoint, a LoRA file onto the golden
+// transformer, an audio file) through the built package (dist/), its outcome as
 // one JSON line on stdout. A crash shows as a signal or an exit code in the parent.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -35,6 +36,11 @@ try {
     const flux = await x2i.FluxTransformer.fromPretrained(path.join(root, 'test', 'fixtures', 'golden', 'flux-transformer'));
     const name = await flux.loadLora(file);
     process.stdout.write(JSON.stringify({ ok: true, names: [name] }) + '\n');
+  } else if (op === 'audio') {
+    // an audio file decoded, mixed to mono, resampled to 16 kHz, then its log-mel features
+    const a = await x2i.audio.load(file);
+    const f = await x2i.audio.logMel(a.waveform);
+    process.stdout.write(JSON.stringify({ ok: true, names: [String(a.waveform.length)], shape: f.shape }) + '\n');
   } else {
     throw new Error(`unknown op ${op}`);
   }
