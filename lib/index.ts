@@ -40,6 +40,8 @@ export type { FlowMatchEulerConfig } from './sample/scheduler.js';
 export { T5Encoder } from './models/t5.js';
 export { ClipTextEncoder } from './models/clip.js';
 export { QwenVLEncoder } from './models/qwen.js';
+export { InternVLEncoder, INTERNVL_IMG_CONTEXT_ID } from './models/internvl.js';
+export type { InternVLInputs } from './models/internvl.js';
 export type { QwenVLInputs, QwenPrompt } from './models/qwen.js';
 export { preprocessImages, preprocessVideo, smartResize } from './models/qwen_vision.js';
 export type { RgbImage, QwenVisionOptions } from './models/qwen_vision.js';

@@ -418,6 +418,31 @@ export interface NativeQwenVLEncoder {
   dispose(): void;
 }
 
+/** InternVL2.5: InternViT's settings, the Qwen2.5 language model (mropeSection [hd/2, 0, 0]: 1-D RoPE), the
+ * pixel-shuffle ratio and the <IMG_CONTEXT> id. */
+export interface NativeInternVLConfig {
+  vision: { hiddenSize: number; numHiddenLayers: number; numAttentionHeads: number; intermediateSize: number; imageSize: number;
+    patchSize: number; numChannels: number; layerNormEps: number };
+  llm: NativeQwenConfig;
+  downsampleRatio: number;
+  imgContextTokenId: number;
+}
+
+export interface NativeInternVLInputs {
+  inputIds?: NativeTensor;
+  attentionMask?: NativeTensor;
+  /** [tiles, 3, s, s], normalised. */
+  pixelValues?: NativeTensor;
+  capture?: boolean;
+  /** Only the image features [tiles, tokens, H] (as hiddenStates); inputIds not needed. */
+  embedsOnly?: boolean;
+}
+
+export interface NativeInternVLEncoder {
+  forward(inputs: NativeInternVLInputs): Promise<{ hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
 /** The vision settings qwenRopeIndex needs. */
 export interface NativeRopeIndexOptions {
   imageTokenId: number;
@@ -504,6 +529,7 @@ export interface Addon {
   NativeT5Encoder: NativeModelClass<NativeT5Config, NativeT5Encoder>;
   NativeClipTextEncoder: NativeModelClass<NativeClipConfig, NativeClipTextEncoder>;
   NativeQwenVLEncoder: NativeModelClass<NativeQwenConfig, NativeQwenVLEncoder>;
+  NativeInternVLEncoder: NativeModelClass<NativeInternVLConfig, NativeInternVLEncoder>;
   NativeAutoencoderKL: NativeModelClass<NativeVaeConfig, NativeAutoencoderKL>;
   NativeLightControl: NativeModelClass<NativeLightControlConfig, NativeLightControl>;
   NativeProcessGroup: NativeProcessGroupClass;
@@ -585,7 +611,7 @@ export interface AddonTesting {
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
 export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze({
   NativeTensor: true, NativeFlux: true, NativeAlignNet: true, NativeT5Encoder: true, NativeClipTextEncoder: true,
-  NativeQwenVLEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
+  NativeQwenVLEncoder: true, NativeInternVLEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
   distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
   cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
   writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true, audioLogMel: true, audioResample: true,
@@ -614,6 +640,7 @@ interface AddonClasses {
   readonly NativeT5Encoder: ClassMembers<Addon['NativeT5Encoder'], NativeT5Encoder>;
   readonly NativeClipTextEncoder: ClassMembers<Addon['NativeClipTextEncoder'], NativeClipTextEncoder>;
   readonly NativeQwenVLEncoder: ClassMembers<Addon['NativeQwenVLEncoder'], NativeQwenVLEncoder>;
+  readonly NativeInternVLEncoder: ClassMembers<Addon['NativeInternVLEncoder'], NativeInternVLEncoder>;
   readonly NativeAutoencoderKL: ClassMembers<Addon['NativeAutoencoderKL'], NativeAutoencoderKL>;
   readonly NativeLightControl: ClassMembers<Addon['NativeLightControl'], NativeLightControl>;
   readonly NativeProcessGroup: ClassMembers<NativeProcessGroupClass, NativeProcessGroup>;
@@ -630,6 +657,7 @@ export const ADDON_CLASSES: AddonClasses = Object.freeze({
   NativeT5Encoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeClipTextEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeQwenVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeInternVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeAutoencoderKL: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeLightControl: { statics: { load: true, random: true }, methods: { info: true, forward: true, weights: true,
     dispose: true } },

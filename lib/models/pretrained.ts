@@ -12,7 +12,7 @@ export interface PretrainedOptions {
   /** Default: 'bfloat16' on CUDA, 'float32' on the CPU. */
   dtype?: DType;
   /** Overrides config.json fields (snake_case, as in config.json), each where it lives (top level, `text_config`,
-   * `vision_config`); a key that is no field of the config is an error. */
+   * `vision_config`, `llm_config`); a key that is no field of the config is an error. */
   config?: Record<string, unknown>;
 }
 
@@ -42,7 +42,7 @@ export function readModelFolder(p: string, overrides: Record<string, unknown> = 
  * (a typo would otherwise be ignored). */
 function applyOverrides(config: Record<string, unknown>, overrides: Record<string, unknown>, file: string): Record<string, unknown> {
   const out: Record<string, unknown> = { ...config };
-  const nested = ['text_config', 'vision_config'].filter((k) => out[k] && typeof out[k] === 'object');
+  const nested = ['text_config', 'vision_config', 'llm_config'].filter((k) => out[k] && typeof out[k] === 'object');
   for (const k of nested) out[k] = { ...(out[k] as Record<string, unknown>) };
   for (const [k, v] of Object.entries(overrides)) {
     const homes = [out, ...nested.map((n) => out[n] as Record<string, unknown>)].filter((h) => k in h);

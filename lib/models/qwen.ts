@@ -176,8 +176,10 @@ export class QwenVLEncoder extends NativeModel<NativeQwenVLEncoder> {
 
 }
 
-/** The native config of a Qwen2.5-VL config.json object (flat, or transformers 5's nested `text_config`). */
-function nativeConfig(top: Record<string, unknown>, file: string): NativeQwenConfig {
+/** The native config of a Qwen2.5-VL config.json object (flat, or transformers 5's nested `text_config`); with
+ * `rope1d`, of a plain Qwen2 / Qwen2.5 language model (1-D RoPE: every rotary channel on the token index, as
+ * mrope_section [hd/2, 0, 0] computes it; the other students' language models). */
+export function nativeConfig(top: Record<string, unknown>, file: string, opts: { rope1d?: boolean } = {}): NativeQwenConfig {
   if (top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
     throw new X2IError(`${file}: model_type '${top.model_type}' is not a Qwen2/2.5-VL model`, 'ERR_CONFIG');
   const text = { ...top, ...(top.text_config as Record<string, unknown> | undefined ?? {}) };
@@ -194,18 +196,24 @@ function nativeConfig(top: Record<string, unknown>, file: string): NativeQwenCon
   const ropeOwner = [[tc, 'rope_parameters'], [r, 'rope_parameters'], [tc, 'rope_scaling'], [r, 'rope_scaling']]
     .find(([h, k]) => (h as ConfigReader | undefined)?.has(k as string) && (h as ConfigReader).raw(k as string) !== null);
   const ropeHome = ropeOwner ? (ropeOwner[0] as ConfigReader).nested(ropeOwner[1] as string) : undefined;
-  const section = ropeHome?.raw('mrope_section');
-  if (!Array.isArray(section) || section.length !== 3)
-    throw new X2IError(`${file}: field 'rope_scaling.mrope_section' (or text_config.rope_parameters.mrope_section) is missing`, 'ERR_CONFIG');
-  ropeHome!.intList('mrope_section', { length: 3, min: 0 });
+  if (!opts.rope1d) {
+    const s = ropeHome?.raw('mrope_section');
+    if (!Array.isArray(s) || s.length !== 3)
+      throw new X2IError(`${file}: field 'rope_scaling.mrope_section' (or text_config.rope_parameters.mrope_section) is missing`, 'ERR_CONFIG');
+    ropeHome!.intList('mrope_section', { length: 3, min: 0 });
+  } else if (ropeHome) {
+    const kind = ropeHome.raw('rope_type') ?? ropeHome.raw('type');
+    ropeHome.check(kind === undefined || kind === 'default', `${ropeHome.name('rope_type')}: only plain RoPE is supported, found ${JSON.stringify(kind)}`);
+  }
   const hidden = tr('hidden_size').int('hidden_size'), heads = tr('num_attention_heads').int('num_attention_heads');
+  const section: number[] = opts.rope1d ? [Math.floor(hidden / heads / 2), 0, 0] : ropeHome!.raw('mrope_section') as number[];
   const kvHeads = tr('num_key_value_heads').int('num_key_value_heads');
   requireMultiple(r, { key: tr('hidden_size').name('hidden_size'), value: hidden },
     { key: tr('num_attention_heads').name('num_attention_heads'), value: heads });
   requireMultiple(r, { key: tr('num_attention_heads').name('num_attention_heads'), value: heads },
     { key: tr('num_key_value_heads').name('num_key_value_heads'), value: kvHeads });
   const headDim = hidden / heads, sum = section.reduce((x: number, y: number) => x + y, 0);
-  r.check(2 * sum === headDim, `${ropeHome!.name('mrope_section')} [${section.join(', ')}] sums to ${sum}, expected half the ` +
+  r.check(2 * sum === headDim, `${opts.rope1d ? 'the head dim' : ropeHome!.name('mrope_section')} [${section.join(', ')}] sums to ${sum}, expected half the ` +
     `head dim (hidden_size / num_attention_heads = ${headDim}): ${headDim / 2}`);
   const thetaHome = ropeHome?.has('rope_theta') ? ropeHome : tr('rope_theta');
   const native: NativeQwenConfig = {

@@ -362,7 +362,8 @@ Outputs forward(const Model& m, const Inputs& in) {
   // videos — get_rope_index's (t, h, w) ids
   at::Tensor P = vision && in.positions == "mrope"
                      ? ropeIndex(m, ids, mask, in.imageGridThw, in.videoGridThw, in.secondPerGridT).to(dev)
-                     : at::where(mask == 1, mask.cumsum(-1) - 1, at::ones_like(mask)).unsqueeze(0).expand({3, B, S});
+                 : in.positions == "arange" ? at::arange(S, ids.options()).expand({3, B, S})
+                                            : at::where(mask == 1, mask.cumsum(-1) - 1, at::ones_like(mask)).unsqueeze(0).expand({3, B, S});
   auto [cos, sin] = mrope(c, P, dt);
   // additive mask: causal and key padding; rows that see no key at all are unmasked (x2i rule)
   const auto f = at::TensorOptions().dtype(dt).device(dev);
@@ -391,6 +392,14 @@ Outputs forward(const Model& m, const Inputs& in) {
       fail("ERR_SHAPE_MISMATCH", std::string("QwenVLEncoder.forward: ") + std::to_string(feats.size(0)) + " " + what +
                                      " features but " + std::to_string(n) + " placeholder tokens in inputIds");
     x = x.index_put({slots}, feats.to(x.scalar_type()));
+  }
+  if (in.embeds.defined()) {  // another tower's features (InternVL's images) replace their placeholder tokens
+    at::Tensor slots = (ids == in.embedsTokenId);
+    const int64_t n = slots.sum().item<int64_t>();
+    if (in.embeds.dim() != 2 || in.embeds.size(1) != H || n != in.embeds.size(0))
+      fail("ERR_SHAPE_MISMATCH", "forward: " + shapeString(in.embeds.sizes()) + " image features for " + std::to_string(n) +
+                                     " placeholder tokens (id " + std::to_string(in.embedsTokenId) + ") of width " + std::to_string(H));
+    x = x.index_put({slots}, in.embeds.to(x.device(), x.scalar_type()));
   }
   if (in.capture) out.hidden.select(1, 0).copy_(x);
   std::vector<at::Tensor> cacheK, cacheV;  // generation: every layer's rotated keys and values

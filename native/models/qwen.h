@@ -41,7 +41,9 @@ struct Inputs {
   at::Tensor pixelValues, imageGridThw, pixelValuesVideos, videoGridThw;
   double secondPerGridT = 1.0;  // videos: seconds per temporal patch (temporal_patch_size / fps)
   std::string padRule;    // "x2i" (default) or "mask"
-  std::string positions;  // "mrope" (default: get_rope_index's t/h/w ids) or "sequential"
+  std::string positions;  // "mrope" (default: get_rope_index's t/h/w ids), "sequential" or "arange" (0..S−1, pads too)
+  at::Tensor embeds;            // [n, H] rows that replace the `embedsTokenId` tokens, in order (other students' vision)
+  int64_t embedsTokenId = -1;
   bool capture = true;    // every layer's output; false: only the last (normed) one, [B, 1, S, H]
   int64_t maxNewTokens = 0;     // > 0: greedy generation after the prefill (the answer mode)
   std::vector<int64_t> eosIds;  // generation stops after one of these

@@ -16,6 +16,7 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeQwenVLEncoder", initQwen(env));
   fn("qwenRopeIndex", QwenRopeIndex);
   exports.Set("NativeAutoencoderKL", initVae(env));
+  exports.Set("NativeInternVLEncoder", initInternVL(env));
   exports.Set("NativeLightControl", initLightControl(env));
   fn("distillationLoss", DistillationLoss);
   fn("memory", Memory);

@@ -17,6 +17,7 @@ Napi::Function initT5(Napi::Env env);                // NativeT5Encoder
 Napi::Function initClip(Napi::Env env);              // NativeClipTextEncoder
 Napi::Function initQwen(Napi::Env env);              // NativeQwenVLEncoder
 Napi::Function initVae(Napi::Env env);               // NativeAutoencoderKL
+Napi::Function initInternVL(Napi::Env env);          // NativeInternVLEncoder
 Napi::Function initLightControl(Napi::Env env);      // NativeLightControl (lightcontrol.cc)
 Napi::Value QwenRopeIndex(const Napi::CallbackInfo& info);
 

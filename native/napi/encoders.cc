@@ -1,6 +1,7 @@
 // The encoders' JS handles: NativeT5Encoder, NativeClipTextEncoder, NativeQwenVLEncoder (and qwenRopeIndex),
-// NativeAutoencoderKL (lib/models/*.ts wrap them). Each reads its config and inputs here and runs models/<name>.cc.
+// NativeInternVLEncoder, NativeAutoencoderKL (lib/models/*.ts wrap them). Each reads its config and inputs here and runs models/<name>.cc.
 #include "models/clip.h"
+#include "models/internvl.h"
 #include "models/qwen.h"
 #include "models/t5.h"
 #include "models/vae.h"
@@ -181,6 +182,55 @@ Napi::Value toJs(Napi::Env env, Outputs& o) {
 }  // namespace
 }  // namespace qwen
 
+namespace internvl {
+namespace {
+
+Config parseConfig(const Napi::Object& o) {
+  Config c;
+  const char* n = "InternVLEncoder";
+  if (!o.Get("vision").IsObject() || !o.Get("llm").IsObject()) fail("ERR_CONFIG", "InternVLEncoder config: { vision, llm, ... }");
+  auto v = o.Get("vision").As<Napi::Object>();
+  c.vision.hidden = configInt(v, "hiddenSize", n);
+  c.vision.layers = configInt(v, "numHiddenLayers", n);
+  c.vision.heads = configInt(v, "numAttentionHeads", n);
+  c.vision.intermediate = configInt(v, "intermediateSize", n);
+  c.vision.imageSize = configInt(v, "imageSize", n);
+  c.vision.patch = configInt(v, "patchSize", n);
+  c.vision.channels = configInt(v, "numChannels", n);
+  c.vision.eps = v.Get("layerNormEps").As<Napi::Number>().DoubleValue();
+  c.llm = qwen::parseConfig(o.Get("llm").As<Napi::Object>());
+  c.downsample = o.Get("downsampleRatio").As<Napi::Number>().DoubleValue();
+  c.imgContextId = o.Get("imgContextTokenId").As<Napi::Number>().Int64Value();
+  if (c.vision.hidden % c.vision.heads) fail("ERR_CONFIG", "InternVLEncoder config: vision hidden_size must be a multiple of num_attention_heads");
+  if (c.vision.imageSize % c.vision.patch) fail("ERR_CONFIG", "InternVLEncoder config: image_size must be a multiple of patch_size");
+  return c;
+}
+
+Inputs parseInputs(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsObject()) fail("ERR_INVALID_ARG", "InternVLEncoder.forward expects { inputIds, attentionMask?, pixelValues? }");
+  auto o = info[0].As<Napi::Object>();
+  Inputs in;
+  auto opt = [&](const char* k) {
+    Napi::Value x = o.Get(k);
+    return x.IsUndefined() || x.IsNull() ? at::Tensor() : TensorWrap::Get(x, k);
+  };
+  in.embedsOnly = o.Get("embedsOnly").ToBoolean().Value();
+  if (!in.embedsOnly) in.ids = TensorWrap::Get(o.Get("inputIds"), "inputIds");
+  in.mask = opt("attentionMask");
+  in.pixelValues = opt("pixelValues");
+  in.capture = o.Get("capture").IsUndefined() || o.Get("capture").ToBoolean().Value();
+  return in;
+}
+
+Napi::Value toJs(Napi::Env env, Outputs& o) {
+  auto r = Napi::Object::New(env);
+  r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
+  return r;
+}
+
+}  // namespace
+}  // namespace internvl
+
 namespace vae {
 namespace {
 
@@ -288,6 +338,7 @@ X2I_ENCODER_SPEC(T5Spec, t5, "NativeT5Encoder");
 X2I_ENCODER_SPEC(ClipSpec, clip, "NativeClipTextEncoder");
 X2I_ENCODER_SPEC(QwenSpec, qwen, "NativeQwenVLEncoder");
 X2I_ENCODER_SPEC(VaeSpec, vae, "NativeAutoencoderKL");
+X2I_ENCODER_SPEC(InternVLSpec, internvl, "NativeInternVLEncoder");
 #undef X2I_ENCODER_SPEC
 
 }  // namespace
@@ -296,6 +347,7 @@ Napi::Function initT5(Napi::Env env) { return ModelWrap<T5Spec>::Init(env); }
 Napi::Function initClip(Napi::Env env) { return ModelWrap<ClipSpec>::Init(env); }
 Napi::Function initQwen(Napi::Env env) { return ModelWrap<QwenSpec>::Init(env); }
 Napi::Function initVae(Napi::Env env) { return ModelWrap<VaeSpec>::Init(env); }
+Napi::Function initInternVL(Napi::Env env) { return ModelWrap<InternVLSpec>::Init(env); }
 
 // qwenRopeIndex(inputIds, attentionMask?, imageGridThw?, videoGridThw?, { imageTokenId, videoTokenId, merge,
 // tokensPerSecond, secondPerGridT }) → the [3, B, S] M-RoPE position ids (synchronous: small integer work).
