@@ -561,8 +561,9 @@ export interface Addon {
   matmul(a: NativeTensor, b: NativeTensor): Promise<NativeTensor>;
   /** ‖a − b‖ / ‖b‖ in float64. */
   relativeError(a: NativeTensor, b: NativeTensor): Promise<number>;
-  /** uint8 [H, W, C] → uint8 [outH, outW, C], bicubic with antialiasing (PIL's BICUBIC). */
-  resizeImage(image: NativeTensor, outH: number, outW: number): Promise<NativeTensor>;
+  /** uint8 [H, W, C] → uint8 [outH, outW, C], bicubic with antialiasing (PIL's BICUBIC): 'torch' (default,
+   * PyTorch's float kernel) or 'pil' (Pillow's fixed-point passes, bit for bit). */
+  resizeImage(image: NativeTensor, outH: number, outW: number, method?: 'torch' | 'pil'): Promise<NativeTensor>;
   /** [B, C, h, w] → [B, (h/2)(w/2), 4C]. */
   packLatents(latents: NativeTensor): Promise<NativeTensor>;
   /** [B, (h/2)(w/2), 4C] → z / scale + shift as [B, C, h, w]. */

@@ -12,6 +12,17 @@ import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { defaultDtype, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { nativeConfig as qwenConfig } from './qwen.js';
+import { InternVLTokenizer, type EncodeOptions } from './tokenizers.js';
+import { preprocessInternVL, type InternVLVisionOptions } from './internvl_vision.js';
+import type { RgbImage } from './qwen_vision.js';
+
+/** What `encodePrompt` takes: text in any language and/or images. */
+export interface InternVLPrompt {
+  text?: string;
+  images?: RgbImage[];
+  /** X2I's 'Instruction editing description' (default 'no'). */
+  instruction?: string;
+}
 
 export interface InternVLInputs {
   /** [B, S] int64, the prompt with `<IMG_CONTEXT>` × tokens-per-tile × tiles per image. */
@@ -30,9 +41,50 @@ export const INTERNVL_IMG_CONTEXT_ID = 151667;
 export class InternVLEncoder extends NativeModel<NativeInternVLEncoder> {
   readonly config: Readonly<Record<string, unknown>>;
 
-  private constructor(h: NativeInternVLEncoder, config: Record<string, unknown>) {
+  #folder: string | null;
+  #tokenizer?: InternVLTokenizer;
+
+  private constructor(h: NativeInternVLEncoder, config: Record<string, unknown>, folder: string | null) {
     super(h, 'InternVLEncoder');
     this.config = Object.freeze(config);
+    this.#folder = folder;
+  }
+
+  /** The tile size s (force_image_size, else vision_config.image_size) and the tokens one tile becomes. */
+  get tileSize(): number {
+    const v = this.config.vision_config as Record<string, number>;
+    return (this.config.force_image_size as number | null | undefined) ?? v.image_size;
+  }
+  get tokensPerTile(): number {
+    const v = this.config.vision_config as Record<string, number>;
+    const r = (this.config.downsample_ratio as number | undefined) ?? 0.5;
+    return Math.round((this.tileSize / (v.patch_size ?? 14) * r) ** 2);
+  }
+
+  /**
+   * Prompt in, AlignNet input out, as X2I runs InternVL: images resized to X2I's 128×128 (scaled to the tile size;
+   * `preResize: null` keeps them) and tiled (`preprocessInternVL`), X2I's prompt (`InternVLTokenizer.prompt`),
+   * right-padded to `maxLength` (512), one forward. The tokenizer: `opts.tokenizer`, else the model folder's.
+   */
+  async encodePrompt(prompt: string | InternVLPrompt, opts: EncodeOptions & Omit<InternVLVisionOptions, 'preResize' | 'imageSize'> & {
+    preResize?: [number, number] | null; tokenizer?: InternVLTokenizer } = {}): Promise<{ hiddenStates: Tensor; attentionMask: Tensor }> {
+    const p: InternVLPrompt = typeof prompt === 'string' ? { text: prompt } : prompt;
+    if (!p || (p.text === undefined && !p.images?.length)) throw invalidArg('prompt', 'a string or { text?, images?, instruction? }', prompt);
+    if (!opts.tokenizer && !this.#folder)
+      throw new X2IError('InternVLEncoder.encodePrompt: a model from fromConfig has no tokenizer; pass opts.tokenizer', 'ERR_INVALID_ARG');
+    const tok = opts.tokenizer ?? (this.#tokenizer ??= InternVLTokenizer.fromPretrained(this.#folder!));
+    const s = this.tileSize, x2iSide = Math.round(128 * s / 448);
+    const img = p.images?.length ? await preprocessInternVL(p.images, { ...opts, imageSize: s,
+      preResize: opts.preResize === null ? undefined : opts.preResize ?? [x2iSide, x2iSide] }) : undefined;
+    const text = tok.prompt(p.text ?? '', { instruction: p.instruction, imageTiles: img?.tiles, tokensPerTile: this.tokensPerTile });
+    const { inputIds, attentionMask } = tok.encode(text, { maxLength: opts.maxLength ?? 512, padding: opts.padding });
+    try {
+      const r = await this.forward({ inputIds, attentionMask, pixelValues: img?.pixelValues });
+      return { hiddenStates: r.hiddenStates, attentionMask };
+    } finally {
+      inputIds.dispose();
+      img?.pixelValues.dispose();
+    }
   }
 
   /**
@@ -48,14 +100,14 @@ export class InternVLEncoder extends NativeModel<NativeInternVLEncoder> {
     const native = nativeConfig(top, file, opts.imgContextTokenId ?? imgContextId(dir));
     const Native = addon().NativeInternVLEncoder;
     const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
-    return new InternVLEncoder(h, top);
+    return new InternVLEncoder(h, top, dir);
   }
 
   /** A model of an InternVL2.5 config.json object with random weights (the loaders' RandomInit, from `seed`). */
   static async fromConfig(config: Record<string, unknown>, opts: RandomOptions & { imgContextTokenId?: number } = {}): Promise<InternVLEncoder> {
     if (!config || typeof config !== 'object') throw invalidArg('config', 'an InternVL2.5 config object', config);
     const native = nativeConfig(config, 'config', opts.imgContextTokenId ?? INTERNVL_IMG_CONTEXT_ID);
-    return new InternVLEncoder(await randomNative(addon().NativeInternVLEncoder, native, opts), config);
+    return new InternVLEncoder(await randomNative(addon().NativeInternVLEncoder, native, opts), config, null);
   }
 
   /** X2I's InternVL forward: the image features replace the `<IMG_CONTEXT>` rows, then one pass of the language

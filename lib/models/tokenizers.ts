@@ -320,3 +320,60 @@ export class QwenTokenizer {
     return batch(rows, this.padId, opts.paddingSide ?? 'left', padLength(rows, opts, max));
   }
 }
+
+// ------------------------------------------------------------------------------------------------ InternVL2.5
+
+/** InternVL2.5's system message (template `internvl2_5`). */
+export const INTERNVL_SYSTEM_MESSAGE = '你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。';
+
+/** InternVL2.5's tokenizer (Qwen2.5's vocabulary with `<img>`, `</img>`, `<IMG_CONTEXT>`) and X2I's prompt for it. */
+export class InternVLTokenizer {
+  readonly padId: number;
+  readonly imgContextId: number;
+
+  private constructor(private readonly tok: Tokenizer, source: string) {
+    this.padId = tokenId(tok, '<|endoftext|>', source);
+    this.imgContextId = tokenId(tok, '<IMG_CONTEXT>', source);
+    for (const t of ['<img>', '</img>', '<|im_start|>', '<|im_end|>']) tokenId(tok, t, source);
+  }
+
+  /** An InternVL2.5 folder (tokenizer.json, also under tokenizer/) or a tokenizer.json file. */
+  static fromPretrained(p: string): InternVLTokenizer {
+    const direct = fs.existsSync(p) && fs.statSync(p).isDirectory() && !fs.existsSync(path.join(p, 'tokenizer.json')) &&
+      fs.existsSync(path.join(p, 'tokenizer', 'tokenizer.json')) ? path.join(p, 'tokenizer') : p;
+    const { json, dir } = locate(direct);
+    const cfgFile = path.join(dir, 'tokenizer_config.json');
+    return new InternVLTokenizer(tokenizerFrom(readJson(json), fs.existsSync(cfgFile) ? readJson(cfgFile) : {}, json), json);
+  }
+
+  /** Plain ids (no special tokens added; the ones written in the text are parsed). */
+  tokenize(text: string): number[] {
+    return this.tok.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /**
+   * X2I's InternVL prompt (its `gene_token`): the question is Python's str() of {'Text input': text, 'Instruction
+   * editing description': instruction ('no')}; each image puts `<image>\n` in front of it and becomes `<img>` +
+   * `<IMG_CONTEXT>` × (tokensPerTile · its tiles) + `</img>`, in order; then the `internvl2_5` chat template with its
+   * system message and the assistant's turn opened.
+   */
+  prompt(text: string, opts: { instruction?: string; imageTiles?: number[]; tokensPerTile?: number } = {}): string {
+    if (typeof text !== 'string') throw invalidArg('text', 'a string', text);
+    const tiles = opts.imageTiles ?? [];
+    if (tiles.length && !(Number.isSafeInteger(opts.tokensPerTile) && opts.tokensPerTile! > 0))
+      throw invalidArg('tokensPerTile', 'a positive integer (the model\'s tokens per tile)', opts.tokensPerTile);
+    if (!tiles.every((n) => Number.isSafeInteger(n) && n > 0)) throw invalidArg('imageTiles', 'positive tile counts', tiles);
+    let q = `{'Text input': ${pythonRepr(text)}, 'Instruction editing description': ${pythonRepr(opts.instruction ?? 'no')}}`;
+    q = '<image>\n'.repeat(tiles.length) + q;
+    for (const n of tiles) q = q.replace('<image>', `<img>${'<IMG_CONTEXT>'.repeat(n * opts.tokensPerTile!)}</img>`);
+    return `<|im_start|>system\n${INTERNVL_SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\n${q}<|im_end|>\n<|im_start|>assistant\n`;
+  }
+
+  /** Rows truncated to maxLength (default 512) and padded on the right with `<|endoftext|>` (X2I's setting:
+   * padding 'max_length'; 'longest' or false as for the other tokenizers). */
+  encode(prompt: string | string[], opts: EncodeOptions = {}): Encoded {
+    const max = opts.maxLength ?? 512;
+    const rows = texts(prompt).map((p) => this.tokenize(p).slice(0, max));
+    return batch(rows, this.padId, 'right', padLength(rows, opts, max));
+  }
+}

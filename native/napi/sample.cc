@@ -15,7 +15,10 @@ Napi::Value ResizeImage(const Napi::CallbackInfo& info) {
     sample::checkResizeInput(img);
     const int64_t oh = info[1].As<Napi::Number>().Int64Value(), ow = info[2].As<Napi::Number>().Int64Value();
     sample::checkResizeOutput(oh, ow);
-    return queueTensor(info.Env(), [img, oh, ow] { return sample::resizeImage(img, oh, ow); });
+    const std::string method = info.Length() > 3 && info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "torch";
+    if (method != "torch" && method != "pil") fail("ERR_INVALID_ARG", "resizeImage: method must be 'torch' or 'pil', found '" + method + "'");
+    const bool pil = method == "pil";
+    return queueTensor(info.Env(), [img, oh, ow, pil] { return sample::resizeImage(img, oh, ow, pil); });
   });
 }
 

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import type { Tensor } from '../../lib/index.js';
+import sharp from 'sharp';
 import { golden, relErr, tmpDir } from '../helpers.js';
 
 const dir = path.join(golden, 'internvl2_5');
@@ -32,6 +33,37 @@ describe('InternVLEncoder (golden, float32)', () => {
     } finally {
       enc.dispose();
     }
+  });
+
+  it('X2I\'s prompt, tokens and tiles: the reference queries, ids and pixel values; encodePrompt end to end', async () => {
+    const io: Record<string, Tensor> = await x2i.loadSafetensors(path.join(dir, 'io.safetensors'));
+    const meta = JSON.parse(fs.readFileSync(path.join(dir, 'meta.json'), 'utf8'));
+    const tok = x2i.InternVLTokenizer.fromPretrained(dir);
+    const text = (c: string) => /'Text input': '(.*)', 'Instruction/.exec(meta[c].instruction)![1];
+    for (const c of ['text', 'text_padded', 'image', 'image_tiles']) {
+      const q = tok.prompt(text(c), { imageTiles: meta[c].n_tiles ? [meta[c].n_tiles] : [], tokensPerTile: meta.num_image_token });
+      expect(q, c).toBe(meta[c].query);
+      const { inputIds, attentionMask } = tok.encode(q, c === 'text_padded' ? { maxLength: 512 } : { padding: false });
+      expect(Array.from(await inputIds.toArray() as BigInt64Array), c).toEqual(Array.from(await io[`${c}.input_ids`].toArray() as BigInt64Array));
+      expect(Array.from(await attentionMask.toArray() as BigInt64Array), c).toEqual(Array.from(await io[`${c}.attention_mask`].toArray() as BigInt64Array));
+    }
+    const rgb = async (f: string) => {
+      const { data, info } = await sharp(path.join(dir, f)).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      return { data: new Uint8Array(data), width: info.width, height: info.height };
+    };
+    const one = await x2i.preprocessInternVL([await rgb('image.png')], { imageSize: 56, preResize: meta.image.pre_resize });
+    expect(one.tiles).toEqual([1]);
+    expect(await relErr(one.pixelValues, io['image.pixel_values'])).toBeLessThanOrEqual(1e-6);
+    const many = await x2i.preprocessInternVL([await rgb('image_tiles.png')], { imageSize: 56, maxNum: meta.image_tiles.max_num });
+    expect(many.tiles).toEqual([3]);
+    expect(await relErr(many.pixelValues, io['image_tiles.pixel_values'])).toBeLessThanOrEqual(1e-6);
+    // encodePrompt: X2I's 128×128 pre-resize (16×16 at this tile size), the folder's tokenizer, no padding here
+    const enc = await x2i.InternVLEncoder.fromPretrained(dir);
+    const r = await enc.encodePrompt({ text: 'make it snowy', images: [await rgb('image.png')] }, { padding: false });
+    expect(await relErr(r.hiddenStates, io['image.hidden_states'])).toBeLessThanOrEqual(1e-4);
+    const padded = await enc.encodePrompt('a red fox jumps over the lazy dog');
+    expect(await relErr(padded.hiddenStates, io['text_padded.hidden_states'])).toBeLessThanOrEqual(1e-4);
+    enc.dispose();
   });
 
   it('names what it does not compute: other pixel shuffles, qk-norm ViTs, non-Qwen language models', async () => {
