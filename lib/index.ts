@@ -41,6 +41,8 @@ export { T5Encoder } from './models/t5.js';
 export { ClipTextEncoder } from './models/clip.js';
 export { QwenVLEncoder } from './models/qwen.js';
 export { InternVLEncoder, INTERNVL_IMG_CONTEXT_ID } from './models/internvl.js';
+export { studentFromPretrained, encodeStudentPrompt } from './models/students.js';
+export type { StudentEncoder, StudentPrompt, StudentEncodeOptions } from './models/students.js';
 export type { InternVLInputs, InternVLPrompt } from './models/internvl.js';
 export { preprocessInternVL, tileGrid } from './models/internvl_vision.js';
 export type { InternVLVisionOptions } from './models/internvl_vision.js';

@@ -202,7 +202,7 @@ async function generate(args: string[]): Promise<number> {
   if (v.mllm || v.alignnet) {
     const images = [];
     for (const f of v['prompt-image'] ?? []) images.push(await rgbImage(f));
-    const g = new x2i.X2IGenerator({ mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts),
+    const g = new x2i.X2IGenerator({ mllm: await x2i.studentFromPretrained(v.mllm!, opts),
       alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }) });
     out = await g.generate({ ...gen, prompt: images.length ? { text: v.prompt!, images } : v.prompt! });
   } else if (v.embeds) {
@@ -293,7 +293,7 @@ async function train(args: string[]): Promise<number> {
     let captions = x2i.loadCaptions(v.captions!);
     if (group && !split) captions = captions.filter((_, i) => i % group.worldSize === group.rank);  // this rank's share
     data = captions.map((c) => ({ teacher: { caption: c }, student: { prompt: c } }));
-    if (studentSide) parts = { ...parts, mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm!, opts) };
+    if (studentSide) parts = { ...parts, mllm: await x2i.studentFromPretrained(v.mllm!, opts) };
     if (teacherSide) parts = { ...parts,
       t5: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts),
       clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
@@ -402,7 +402,7 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
     if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);
     conditioning = { encoderHiddenStates: e.prompt_embeds, pooledProjections: e.pooled_prompt_embeds };
   } else if (v.mllm) {
-    parts = { ...parts, mllm: await x2i.QwenVLEncoder.fromPretrained(v.mllm, opts), alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts) };
+    parts = { ...parts, mllm: await x2i.studentFromPretrained(v.mllm, opts), alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts) };
   } else {
     parts = { ...parts, t5: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts),
       clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };

@@ -4,25 +4,25 @@ import { invalidArg } from '../core/errors.js';
 import { positiveInt } from '../core/options.js';
 import type { AlignNet } from '../models/alignnet.js';
 import { FluxPipeline, type FluxGenerateOptions, type FluxImages } from './pipeline.js';
-import type { QwenPrompt, QwenVLEncoder } from '../models/qwen.js';
-import type { QwenTokenizer } from '../models/tokenizers.js';
+import { encodeStudentPrompt, type StudentEncoder, type StudentEncodeOptions, type StudentPrompt } from '../models/students.js';
 
 export interface X2IGenerateOptions extends Omit<FluxGenerateOptions, 'prompt' | 'promptEmbeds' | 'pooledPromptEmbeds'> {
-  /** The prompt: text in any language, images, a video (decoded frames), or a mix. */
-  prompt: string | QwenPrompt;
+  /** The prompt: text in any language, images, a video (decoded frames; Qwen2.5-VL), or a mix. */
+  prompt: string | StudentPrompt;
   /** Token length the MLLM prompt is padded to (X2I: 512). */
   maxLength?: number;
   /** 'x2i' (default): text-only prompts in X2I's training template; 'chat': the plain chat template. */
   template?: 'x2i' | 'chat';
-  tokenizer?: QwenTokenizer;
+  tokenizer?: StudentEncodeOptions['tokenizer'];
 }
 
 export class X2IGenerator {
-  readonly mllm: QwenVLEncoder;
+  /** The student MLLM: QwenVLEncoder or InternVLEncoder (`x2i.studentFromPretrained` picks by config.json). */
+  readonly mllm: StudentEncoder;
   readonly alignNet: AlignNet;
   readonly pipeline: FluxPipeline;
 
-  constructor(parts: { mllm: QwenVLEncoder; alignNet: AlignNet; pipeline: FluxPipeline }) {
+  constructor(parts: { mllm: StudentEncoder; alignNet: AlignNet; pipeline: FluxPipeline }) {
     if (!parts?.mllm || !parts?.alignNet || !parts?.pipeline) throw invalidArg('X2IGenerator parts', '{ mllm, alignNet, pipeline }', parts);
     this.mllm = parts.mllm;
     this.alignNet = parts.alignNet;
@@ -30,8 +30,8 @@ export class X2IGenerator {
   }
 
   /** The student's conditioning for a prompt: AlignNet(MLLM hidden states of every layer). */
-  async encode(prompt: string | QwenPrompt, opts: { maxLength?: number; template?: 'x2i' | 'chat'; tokenizer?: QwenTokenizer } = {}) {
-    const { hiddenStates, attentionMask } = await this.mllm.encodePrompt(prompt, opts);
+  async encode(prompt: string | StudentPrompt, opts: StudentEncodeOptions = {}) {
+    const { hiddenStates, attentionMask } = await encodeStudentPrompt(this.mllm, prompt, opts);
     attentionMask.dispose();
     try {
       return await this.alignNet.forward(hiddenStates);

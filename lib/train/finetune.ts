@@ -21,12 +21,12 @@ import type { NativeFineTune, NativeFineTuneState } from '../core/addon.js';
 import type { AddLoraOptions, FluxTransformer } from '../models/flux.js';
 import type { AlignNet } from '../models/alignnet.js';
 import type { AutoencoderKL } from '../models/vae.js';
-import type { QwenPrompt, QwenVLEncoder } from '../models/qwen.js';
+import { encodeStudentPrompt, type StudentEncodeOptions, type StudentEncoder, type StudentPrompt } from '../models/students.js';
 import type { T5Encoder } from '../models/t5.js';
 import type { ClipTextEncoder } from '../models/clip.js';
 import type { LightControl } from '../models/lightcontrol.js';
 import type { RgbImage } from '../models/qwen_vision.js';
-import { pythonRepr, type QwenTokenizer } from '../models/tokenizers.js';
+import { pythonRepr } from '../models/tokenizers.js';
 import { hostFloats } from '../models/lora.js';
 import { FluxPipeline } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
@@ -75,10 +75,10 @@ export interface FineTuneOptions extends OptimizerOptions {
   /** The editing prompt of the IT2I template (default "Style Information Only from Reference Image"). */
   editingPrompt?: string;
   /** The MLLM's tokenizer (default: the one in the MLLM's folder) and the length prompts are padded to (512). */
-  tokenizer?: QwenTokenizer;
+  tokenizer?: StudentEncodeOptions['tokenizer'];
   maxLength?: number;
   /** Builds the MLLM prompt of a sample instead (student conditioning). */
-  prompt?: (sample: FineTuneSample) => string | QwenPrompt;
+  prompt?: (sample: FineTuneSample) => string | StudentPrompt;
   /** LightControl: the hint image. 'source' (default): `sample.hint ?? sample.references[0]`. 'target': the target
    * image itself, as the released official script does (a leak: the model learns to copy its hint; for
    * reproducing the official checkpoints only). */
@@ -121,7 +121,7 @@ export interface FineTuneFitOptions {
 
 const DEFAULTS = { ...OPTIMIZER_DEFAULTS, height: 1024, width: 1024, guidance: 3.5, seed: 0, checkpoint: false,
   conditioning: undefined as 'student' | 'teacher' | undefined, editingPrompt: 'Style Information Only from Reference Image',
-  prompt: undefined as FineTuneOptions['prompt'], parallel: null as { group: ProcessGroup } | null, tokenizer: undefined as QwenTokenizer | undefined, maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false };
+  prompt: undefined as FineTuneOptions['prompt'], parallel: null as { group: ProcessGroup } | null, tokenizer: undefined as StudentEncodeOptions['tokenizer'], maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false };
 
 /** The files a fine-tuning checkpoint may hold. */
 const FILES = ['lora.safetensors', 'lightcontrol.safetensors', 'config.json', 'optimizer.safetensors'] as const;
@@ -131,7 +131,7 @@ export interface FineTuneParts {
   /** Encodes the target images (not needed when every sample carries `latents`). */
   vae?: AutoencoderKL;
   /** The student's conditioning (frozen). */
-  mllm?: QwenVLEncoder;
+  mllm?: StudentEncoder;
   alignNet?: AlignNet;
   /** The teacher's conditioning (frozen). */
   t5?: T5Encoder;
@@ -143,7 +143,7 @@ export interface FineTuneParts {
 abstract class FlowFineTuner {
   readonly transformer: FluxTransformer;
   readonly vae?: AutoencoderKL;
-  readonly mllm?: QwenVLEncoder;
+  readonly mllm?: StudentEncoder;
   readonly alignNet?: AlignNet;
   readonly t5?: T5Encoder;
   readonly clip?: ClipTextEncoder;
@@ -267,12 +267,12 @@ abstract class FlowFineTuner {
       return { seq: t5.lastHiddenState, pooled: clip.pooledOutput };
     }
     if (!this.mllm || !this.alignNet)
-      throw new X2IError("trainer: conditioning 'student' needs mllm (QwenVLEncoder) and alignNet (or sample.conditioning)", 'ERR_INVALID_ARG');
+      throw new X2IError("trainer: conditioning 'student' needs mllm (QwenVLEncoder or InternVLEncoder) and alignNet (or sample.conditioning)", 'ERR_INVALID_ARG');
     const refs = sample.references ?? [];
     const prompt = o.prompt ? o.prompt(sample)
       : refs.length ? { text: it2iPrompt(sample.caption ?? '', { editingPrompt: sample.instruction ?? o.editingPrompt }), images: refs }
         : sample.caption ?? '';
-    const { hiddenStates, attentionMask } = await this.mllm.encodePrompt(prompt, { template: refs.length ? 'chat' : 'x2i',
+    const { hiddenStates, attentionMask } = await encodeStudentPrompt(this.mllm, prompt, { template: refs.length ? 'chat' : 'x2i',
       tokenizer: o.tokenizer, maxLength: o.maxLength });
     attentionMask.dispose();
     try {

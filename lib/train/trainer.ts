@@ -19,7 +19,7 @@ import { OPTIMIZER_DEFAULTS, checkOptimizerOptions, mulberry32, scheduledLearnin
 import { checkFinite, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
 
 export { mulberry32 } from './optimizer.js';
-import type { QwenPrompt, QwenVLEncoder } from '../models/qwen.js';
+import { encodeStudentPrompt, type StudentEncoder, type StudentPrompt } from '../models/students.js';
 import type { T5Encoder } from '../models/t5.js';
 import type { ClipTextEncoder } from '../models/clip.js';
 import { Tensor, memory, randn, zeros } from '../core/tensor.js';
@@ -67,7 +67,7 @@ export interface X2ITrainerOptions extends OptimizerOptions {
  * (hidden states [B, C, S, H], or a prompt for the MLLM). */
 export interface X2IBatch {
   teacher: { encoderHiddenStates: Tensor; pooledProjections: Tensor } | { caption: string };
-  student: { hiddenStates: Tensor } | { prompt: string | QwenPrompt };
+  student: { hiddenStates: Tensor } | { prompt: string | StudentPrompt };
 }
 
 export interface X2IStepInfo {
@@ -123,7 +123,8 @@ export function loadCaptions(file: string): string[] {
 export class X2ITrainer {
   readonly transformer: FluxTransformer;
   readonly alignNet: AlignNet;
-  readonly mllm?: QwenVLEncoder;
+  /** The student MLLM (QwenVLEncoder or InternVLEncoder). */
+  readonly mllm?: StudentEncoder;
   readonly t5?: T5Encoder;
   readonly clip?: ClipTextEncoder;
   readonly options: Readonly<typeof DEFAULTS>;
@@ -131,7 +132,7 @@ export class X2ITrainer {
   step = 0;
   microStep = 0;
 
-  constructor(parts: { transformer: FluxTransformer; alignNet: AlignNet; mllm?: QwenVLEncoder; t5?: T5Encoder;
+  constructor(parts: { transformer: FluxTransformer; alignNet: AlignNet; mllm?: StudentEncoder; t5?: T5Encoder;
     clip?: ClipTextEncoder }, options: X2ITrainerOptions = {}) {
     if (!parts?.transformer || !parts?.alignNet) throw invalidArg('X2ITrainer parts', '{ transformer, alignNet, mllm?, t5?, clip? }', parts);
     Object.assign(this, { transformer: parts.transformer, alignNet: parts.alignNet, mllm: parts.mllm, t5: parts.t5, clip: parts.clip });
@@ -270,7 +271,7 @@ export class X2ITrainer {
       let hidden: Tensor;
       if ('prompt' in batch.student) {
         if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
-        const r = await this.mllm.encodePrompt(batch.student.prompt);
+        const r = await encodeStudentPrompt(this.mllm, batch.student.prompt);
         own(r.attentionMask);
         hidden = own(r.hiddenStates);
       } else {

@@ -74,3 +74,30 @@ it('no tensor leak across 50 X2IGenerator calls', async () => {
   await settleGc();
   expect(x2i.memory().tensors).toBe(before);
 });
+
+it('X2IGenerator with the InternVL student (picked by studentFromPretrained): text + image in, the same images as by hand', async () => {
+  const dir = path.join(golden, 'internvl2_5');
+  const mllm = await x2i.studentFromPretrained(dir);
+  expect(mllm).toBeInstanceOf(x2i.InternVLEncoder);
+  expect(await x2i.studentFromPretrained(path.join(golden, 'qwen2_5_vl'))).toBeInstanceOf(QwenVLEncoder);
+  await expect(x2i.studentFromPretrained(path.join(golden, 'minicpm_o'))).rejects.toThrow(/MiniCPM-o students are not supported yet/);
+  // AlignNet from InternVL's 3 stacked states of 64 to the tiny FLUX's conditioning
+  const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
+  await x2i.saveSafetensors(path.join(tmp, 'alignnet-internvl.safetensors'), {
+    'conv.weight': await r([1, 3, 5, 5], 11), 'conv.bias': await r([1], 12),
+    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(64).fill(1), [64]), 'mlp.layernorm.bias': await r([64], 13),
+    'mlp.projector.0.weight': await r([32, 64], 14), 'mlp.projector.2.weight': await r([32, 32], 15),
+    'mlp.fc.1.weight': await r([24, 32], 16), 'mlp.fc.1.bias': await r([24], 17),
+  });
+  const g = new X2IGenerator({ mllm, alignNet: await AlignNet.fromPretrained(path.join(tmp, 'alignnet-internvl.safetensors')), pipeline: gen.pipeline });
+  const image = { data: new Uint8Array(40 * 48 * 3).map((_, i) => (i * 37) % 256), width: 48, height: 40 };
+  const opts = { height: 32, width: 32, numInferenceSteps: 2, seed: 3, maxLength: 300 };
+  const a = await g.generate({ ...opts, prompt: { text: 'make it snowy', images: [image] } });
+  const { hiddenStates } = await (mllm as x2i.InternVLEncoder).encodePrompt({ text: 'make it snowy', images: [image] }, { maxLength: 300 });
+  const c = await g.alignNet.forward(hiddenStates);
+  const b = await g.pipeline.generate({ promptEmbeds: c.encoderHiddenStates, pooledPromptEmbeds: c.pooledProjections, height: 32, width: 32,
+    numInferenceSteps: 2, seed: 3 });
+  expect(await a.images.toArray()).toEqual(await b.images.toArray());
+  await expect(g.generate({ ...opts, prompt: { text: 'x', video: [image, image] } })).rejects.toThrow(/InternVL student takes text and images/);
+  mllm.dispose();
+});
