@@ -41,6 +41,8 @@ export { T5Encoder } from './models/t5.js';
 export { ClipTextEncoder } from './models/clip.js';
 export { QwenVLEncoder } from './models/qwen.js';
 export { InternVLEncoder, INTERNVL_IMG_CONTEXT_ID } from './models/internvl.js';
+export { MiniCPMOEncoder } from './models/minicpm.js';
+export type { MiniCPMOInputs } from './models/minicpm.js';
 export { studentFromPretrained, encodeStudentPrompt } from './models/students.js';
 export type { StudentEncoder, StudentPrompt, StudentEncodeOptions } from './models/students.js';
 export type { InternVLInputs, InternVLPrompt } from './models/internvl.js';

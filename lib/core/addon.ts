@@ -443,6 +443,37 @@ export interface NativeInternVLEncoder {
   dispose(): void;
 }
 
+/** MiniCPM-o 2.6: the Qwen2.5 language model (1-D RoPE), SigLIP NaViT + resampler, Whisper encoder + projection. */
+export interface NativeMiniCPMOConfig {
+  llm: NativeQwenConfig;
+  vision?: { hiddenSize: number; numHiddenLayers: number; numAttentionHeads: number; intermediateSize: number; imageSize: number;
+    patchSize: number; numChannels: number; layerNormEps: number };
+  queryNum?: number;
+  audio?: { dModel: number; encoderLayers: number; encoderAttentionHeads: number; encoderFfnDim: number; numMelBins: number;
+    maxSourcePositions: number };
+  audioPoolStep?: number;
+  audioChunkLength?: number;
+}
+
+export interface NativeMiniCPMOInputs {
+  inputIds?: NativeTensor;
+  attentionMask?: NativeTensor;
+  pixelValues?: NativeTensor[];
+  tgtSizes?: NativeTensor;
+  imageBound?: NativeTensor;
+  audioFeatures?: NativeTensor;
+  audioFeatureLens?: NativeTensor;
+  audioBounds?: NativeTensor;
+  capture?: boolean;
+  /** Only one tower's features (as hiddenStates): 'image' [n, Q, H] or 'audio' [Σ N, H]. */
+  only?: 'image' | 'audio';
+}
+
+export interface NativeMiniCPMOEncoder {
+  forward(inputs: NativeMiniCPMOInputs): Promise<{ hiddenStates: NativeTensor }>;
+  dispose(): void;
+}
+
 /** The vision settings qwenRopeIndex needs. */
 export interface NativeRopeIndexOptions {
   imageTokenId: number;
@@ -530,6 +561,7 @@ export interface Addon {
   NativeClipTextEncoder: NativeModelClass<NativeClipConfig, NativeClipTextEncoder>;
   NativeQwenVLEncoder: NativeModelClass<NativeQwenConfig, NativeQwenVLEncoder>;
   NativeInternVLEncoder: NativeModelClass<NativeInternVLConfig, NativeInternVLEncoder>;
+  NativeMiniCPMOEncoder: NativeModelClass<NativeMiniCPMOConfig, NativeMiniCPMOEncoder>;
   NativeAutoencoderKL: NativeModelClass<NativeVaeConfig, NativeAutoencoderKL>;
   NativeLightControl: NativeModelClass<NativeLightControlConfig, NativeLightControl>;
   NativeProcessGroup: NativeProcessGroupClass;
@@ -612,7 +644,7 @@ export interface AddonTesting {
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
 export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze({
   NativeTensor: true, NativeFlux: true, NativeAlignNet: true, NativeT5Encoder: true, NativeClipTextEncoder: true,
-  NativeQwenVLEncoder: true, NativeInternVLEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
+  NativeQwenVLEncoder: true, NativeInternVLEncoder: true, NativeMiniCPMOEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
   distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
   cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
   writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true, audioLogMel: true, audioResample: true,
@@ -642,6 +674,7 @@ interface AddonClasses {
   readonly NativeClipTextEncoder: ClassMembers<Addon['NativeClipTextEncoder'], NativeClipTextEncoder>;
   readonly NativeQwenVLEncoder: ClassMembers<Addon['NativeQwenVLEncoder'], NativeQwenVLEncoder>;
   readonly NativeInternVLEncoder: ClassMembers<Addon['NativeInternVLEncoder'], NativeInternVLEncoder>;
+  readonly NativeMiniCPMOEncoder: ClassMembers<Addon['NativeMiniCPMOEncoder'], NativeMiniCPMOEncoder>;
   readonly NativeAutoencoderKL: ClassMembers<Addon['NativeAutoencoderKL'], NativeAutoencoderKL>;
   readonly NativeLightControl: ClassMembers<Addon['NativeLightControl'], NativeLightControl>;
   readonly NativeProcessGroup: ClassMembers<NativeProcessGroupClass, NativeProcessGroup>;
@@ -659,6 +692,7 @@ export const ADDON_CLASSES: AddonClasses = Object.freeze({
   NativeClipTextEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeQwenVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeInternVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeMiniCPMOEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeAutoencoderKL: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeLightControl: { statics: { load: true, random: true }, methods: { info: true, forward: true, weights: true,
     dispose: true } },

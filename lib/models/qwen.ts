@@ -180,11 +180,12 @@ export class QwenVLEncoder extends NativeModel<NativeQwenVLEncoder> {
  * `rope1d`, of a plain Qwen2 / Qwen2.5 language model (1-D RoPE: every rotary channel on the token index, as
  * mrope_section [hd/2, 0, 0] computes it; the other students' language models). */
 export function nativeConfig(top: Record<string, unknown>, file: string, opts: { rope1d?: boolean } = {}): NativeQwenConfig {
-  if (top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
+  if (!opts.rope1d && top.model_type !== undefined && !String(top.model_type).startsWith('qwen2'))
     throw new X2IError(`${file}: model_type '${top.model_type}' is not a Qwen2/2.5-VL model`, 'ERR_CONFIG');
   const text = { ...top, ...(top.text_config as Record<string, unknown> | undefined ?? {}) };
   // what this implementation computes: SwiGLU (silu) in both towers, full attention in every layer
-  const act = String(text.hidden_act ?? 'silu'), vact = String((top.vision_config as Record<string, unknown> | undefined)?.hidden_act ?? 'silu');
+  const act = String(text.hidden_act ?? 'silu');
+  const vact = opts.rope1d ? 'silu' : String((top.vision_config as Record<string, unknown> | undefined)?.hidden_act ?? 'silu');
   if (act !== 'silu') throw new X2IError(`${file}: hidden_act '${act}' is not supported (Qwen2.5-VL: silu)`, 'ERR_CONFIG');
   if (vact !== 'silu') throw new X2IError(`${file}: vision_config.hidden_act '${vact}' is not supported (Qwen2.5-VL: silu)`, 'ERR_CONFIG');
   if (text.use_sliding_window === true)
@@ -223,7 +224,7 @@ export function nativeConfig(top: Record<string, unknown>, file: string, opts: {
     rmsNormEps: tr('rms_norm_eps').eps('rms_norm_eps'), ropeTheta: thetaHome.num('rope_theta', { positive: true }),
     mropeSection: section,
   };
-  const vr = r.nested('vision_config');
+  const vr = opts.rope1d ? undefined : r.nested('vision_config');  // (another student's vision config is its own)
   if (vr) {
     const vhidden = vr.int('hidden_size'), vheads = vr.int('num_heads');
     requireMultiple(vr, { key: vr.name('hidden_size'), value: vhidden }, { key: vr.name('num_heads'), value: vheads });

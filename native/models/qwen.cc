@@ -393,7 +393,15 @@ Outputs forward(const Model& m, const Inputs& in) {
                                      " features but " + std::to_string(n) + " placeholder tokens in inputIds");
     x = x.index_put({slots}, feats.to(x.scalar_type()));
   }
-  if (in.embeds.defined()) {  // another tower's features (InternVL's images) replace their placeholder tokens
+  if (in.embeds.defined() && in.embedsRows.defined()) {  // other towers' features into given rows (MiniCPM-o's bounds)
+    const at::Tensor rows = in.embedsRows.to(dev, at::kLong);
+    if (in.embeds.dim() != 2 || in.embeds.size(1) != H || rows.dim() != 1 || rows.size(0) != in.embeds.size(0))
+      fail("ERR_SHAPE_MISMATCH", "forward: " + shapeString(in.embeds.sizes()) + " features for " + shapeString(rows.sizes()) +
+                                     " rows of width " + std::to_string(H));
+    if (rows.numel() && (rows.min().item<int64_t>() < 0 || rows.max().item<int64_t>() >= B * S))
+      fail("ERR_INVALID_ARG", "forward: a feature span lies outside the " + std::to_string(S) + " tokens");
+    x = x.reshape({B * S, H}).index_put({rows}, in.embeds.to(x.device(), x.scalar_type())).view({B, S, H});
+  } else if (in.embeds.defined()) {  // another tower's features (InternVL's images) replace their placeholder tokens
     at::Tensor slots = (ids == in.embedsTokenId);
     const int64_t n = slots.sum().item<int64_t>();
     if (in.embeds.dim() != 2 || in.embeds.size(1) != H || n != in.embeds.size(0))

@@ -44,6 +44,7 @@ struct Inputs {
   std::string positions;  // "mrope" (default: get_rope_index's t/h/w ids), "sequential" or "arange" (0..S−1, pads too)
   at::Tensor embeds;            // [n, H] rows that replace the `embedsTokenId` tokens, in order (other students' vision)
   int64_t embedsTokenId = -1;
+  at::Tensor embedsRows;        // or: the rows (int64 [n], of the flattened [B·S]) they replace, in order
   bool capture = true;    // every layer's output; false: only the last (normed) one, [B, 1, S, H]
   int64_t maxNewTokens = 0;     // > 0: greedy generation after the prefill (the answer mode)
   std::vector<int64_t> eosIds;  // generation stops after one of these

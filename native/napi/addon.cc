@@ -17,6 +17,7 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   fn("qwenRopeIndex", QwenRopeIndex);
   exports.Set("NativeAutoencoderKL", initVae(env));
   exports.Set("NativeInternVLEncoder", initInternVL(env));
+  exports.Set("NativeMiniCPMOEncoder", initMiniCPM(env));
   exports.Set("NativeLightControl", initLightControl(env));
   fn("distillationLoss", DistillationLoss);
   fn("memory", Memory);

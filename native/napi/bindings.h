@@ -18,6 +18,7 @@ Napi::Function initClip(Napi::Env env);              // NativeClipTextEncoder
 Napi::Function initQwen(Napi::Env env);              // NativeQwenVLEncoder
 Napi::Function initVae(Napi::Env env);               // NativeAutoencoderKL
 Napi::Function initInternVL(Napi::Env env);          // NativeInternVLEncoder
+Napi::Function initMiniCPM(Napi::Env env);           // NativeMiniCPMOEncoder
 Napi::Function initLightControl(Napi::Env env);      // NativeLightControl (lightcontrol.cc)
 Napi::Value QwenRopeIndex(const Napi::CallbackInfo& info);
 

@@ -1,7 +1,8 @@
 // The encoders' JS handles: NativeT5Encoder, NativeClipTextEncoder, NativeQwenVLEncoder (and qwenRopeIndex),
-// NativeInternVLEncoder, NativeAutoencoderKL (lib/models/*.ts wrap them). Each reads its config and inputs here and runs models/<name>.cc.
+// NativeInternVLEncoder, NativeMiniCPMOEncoder, NativeAutoencoderKL (lib/models/*.ts wrap them). Each reads its config and inputs here and runs models/<name>.cc.
 #include "models/clip.h"
 #include "models/internvl.h"
+#include "models/minicpm.h"
 #include "models/qwen.h"
 #include "models/t5.h"
 #include "models/vae.h"
@@ -231,6 +232,78 @@ Napi::Value toJs(Napi::Env env, Outputs& o) {
 }  // namespace
 }  // namespace internvl
 
+namespace minicpm {
+namespace {
+
+Config parseConfig(const Napi::Object& o) {
+  Config c;
+  const char* n = "MiniCPMOEncoder";
+  if (!o.Get("llm").IsObject()) fail("ERR_CONFIG", "MiniCPMOEncoder config: { llm, vision?, audio?, ... }");
+  c.llm = qwen::parseConfig(o.Get("llm").As<Napi::Object>());
+  c.vision = o.Get("vision").IsObject();
+  if (c.vision) {
+    auto v = o.Get("vision").As<Napi::Object>();
+    c.vcfg.hidden = configInt(v, "hiddenSize", n);
+    c.vcfg.layers = configInt(v, "numHiddenLayers", n);
+    c.vcfg.heads = configInt(v, "numAttentionHeads", n);
+    c.vcfg.intermediate = configInt(v, "intermediateSize", n);
+    c.vcfg.imageSize = configInt(v, "imageSize", n);
+    c.vcfg.patch = configInt(v, "patchSize", n);
+    c.vcfg.channels = configInt(v, "numChannels", n);
+    c.vcfg.eps = v.Get("layerNormEps").As<Napi::Number>().DoubleValue();
+    c.queryNum = configInt(o, "queryNum", n);
+    if (c.vcfg.hidden % c.vcfg.heads) fail("ERR_CONFIG", "MiniCPMOEncoder config: vision hidden_size must be a multiple of num_attention_heads");
+  }
+  c.audio = o.Get("audio").IsObject();
+  if (c.audio) {
+    auto a = o.Get("audio").As<Napi::Object>();
+    c.acfg.dModel = configInt(a, "dModel", n);
+    c.acfg.layers = configInt(a, "encoderLayers", n);
+    c.acfg.heads = configInt(a, "encoderAttentionHeads", n);
+    c.acfg.ffn = configInt(a, "encoderFfnDim", n);
+    c.acfg.mels = configInt(a, "numMelBins", n);
+    c.acfg.maxPositions = configInt(a, "maxSourcePositions", n);
+    c.poolStep = configInt(o, "audioPoolStep", n);
+    c.chunkLength = o.Get("audioChunkLength").As<Napi::Number>().DoubleValue();
+    if (c.acfg.dModel % c.acfg.heads) fail("ERR_CONFIG", "MiniCPMOEncoder config: d_model must be a multiple of encoder_attention_heads");
+  }
+  return c;
+}
+
+Inputs parseInputs(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsObject()) fail("ERR_INVALID_ARG", "MiniCPMOEncoder.forward expects { inputIds, ... }");
+  auto o = info[0].As<Napi::Object>();
+  Inputs in;
+  auto opt = [&](const char* k) {
+    Napi::Value x = o.Get(k);
+    return x.IsUndefined() || x.IsNull() ? at::Tensor() : TensorWrap::Get(x, k);
+  };
+  in.only = o.Get("only").IsString() ? o.Get("only").ToString().Utf8Value() : "";
+  if (in.only != "" && in.only != "image" && in.only != "audio") fail("ERR_INVALID_ARG", "MiniCPMOEncoder: only must be 'image' or 'audio'");
+  if (in.only.empty()) in.ids = TensorWrap::Get(o.Get("inputIds"), "inputIds");
+  in.mask = opt("attentionMask");
+  if (o.Get("pixelValues").IsArray()) {
+    auto a = o.Get("pixelValues").As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) in.pixelValues.push_back(TensorWrap::Get(a.Get(i), "pixelValues[i]"));
+  }
+  in.tgtSizes = opt("tgtSizes");
+  in.imageBound = opt("imageBound");
+  in.audioFeatures = opt("audioFeatures");
+  in.audioFeatureLens = opt("audioFeatureLens");
+  in.audioBounds = opt("audioBounds");
+  in.capture = o.Get("capture").IsUndefined() || o.Get("capture").ToBoolean().Value();
+  return in;
+}
+
+Napi::Value toJs(Napi::Env env, Outputs& o) {
+  auto r = Napi::Object::New(env);
+  r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
+  return r;
+}
+
+}  // namespace
+}  // namespace minicpm
+
 namespace vae {
 namespace {
 
@@ -339,6 +412,7 @@ X2I_ENCODER_SPEC(ClipSpec, clip, "NativeClipTextEncoder");
 X2I_ENCODER_SPEC(QwenSpec, qwen, "NativeQwenVLEncoder");
 X2I_ENCODER_SPEC(VaeSpec, vae, "NativeAutoencoderKL");
 X2I_ENCODER_SPEC(InternVLSpec, internvl, "NativeInternVLEncoder");
+X2I_ENCODER_SPEC(MiniCPMSpec, minicpm, "NativeMiniCPMOEncoder");
 #undef X2I_ENCODER_SPEC
 
 }  // namespace
@@ -348,6 +422,7 @@ Napi::Function initClip(Napi::Env env) { return ModelWrap<ClipSpec>::Init(env); 
 Napi::Function initQwen(Napi::Env env) { return ModelWrap<QwenSpec>::Init(env); }
 Napi::Function initVae(Napi::Env env) { return ModelWrap<VaeSpec>::Init(env); }
 Napi::Function initInternVL(Napi::Env env) { return ModelWrap<InternVLSpec>::Init(env); }
+Napi::Function initMiniCPM(Napi::Env env) { return ModelWrap<MiniCPMSpec>::Init(env); }
 
 // qwenRopeIndex(inputIds, attentionMask?, imageGridThw?, videoGridThw?, { imageTokenId, videoTokenId, merge,
 // tokensPerSecond, secondPerGridT }) → the [3, B, S] M-RoPE position ids (synchronous: small integer work).
