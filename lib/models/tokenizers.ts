@@ -377,3 +377,50 @@ export class InternVLTokenizer {
     return batch(rows, this.padId, 'right', padLength(rows, opts, max));
   }
 }
+
+// ------------------------------------------------------------------------------------------------ MiniCPM-o 2.6
+
+const CHATML_DEFAULT_SYSTEM = "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}" +
+  "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + " +
+  "'\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/** MiniCPM-o 2.6's tokenizer (Qwen2's vocabulary with `<unk>`, `<image>`, `<slice>`, `<|audio_start|>`, ...) and its
+ * chat template (the folder's chat_template.jinja or tokenizer_config.json, else ChatML with the default system
+ * message). */
+export class MiniCPMOTokenizer {
+  readonly ids: Readonly<Record<'unk' | 'imStart' | 'imEnd' | 'sliceStart' | 'sliceEnd' | 'audioStart' | 'audioEnd', number>>;
+  private readonly template: Template;
+
+  private constructor(private readonly tok: Tokenizer, chatTemplate: string, source: string) {
+    this.ids = Object.freeze({ unk: tokenId(tok, '<unk>', source), imStart: tokenId(tok, '<image>', source), imEnd: tokenId(tok, '</image>', source),
+      sliceStart: tokenId(tok, '<slice>', source), sliceEnd: tokenId(tok, '</slice>', source),
+      audioStart: tokenId(tok, '<|audio_start|>', source), audioEnd: tokenId(tok, '<|audio_end|>', source) });
+    try {
+      this.template = new Template(chatTemplate);
+    } catch (e) {
+      throw new X2IError(`${source}: cannot parse the chat template (${(e as Error).message})`, 'ERR_TOKENIZER');
+    }
+  }
+
+  /** A MiniCPM-o folder (tokenizer.json, also under tokenizer/) or a tokenizer.json file. */
+  static fromPretrained(p: string): MiniCPMOTokenizer {
+    const sub = fs.existsSync(p) && fs.statSync(p).isDirectory() && !fs.existsSync(path.join(p, 'tokenizer.json')) &&
+      fs.existsSync(path.join(p, 'tokenizer', 'tokenizer.json')) ? path.join(p, 'tokenizer') : p;
+    const { json, dir } = locate(sub);
+    const cfgFile = path.join(dir, 'tokenizer_config.json'), jinja = path.join(dir, 'chat_template.jinja');
+    const cfg = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+    const chat = fs.existsSync(jinja) ? fs.readFileSync(jinja, 'utf8') : typeof cfg.chat_template === 'string' ? cfg.chat_template : CHATML_DEFAULT_SYSTEM;
+    return new MiniCPMOTokenizer(tokenizerFrom(readJson(json), cfg, json), chat, json);
+  }
+
+  /** One user turn in the chat template, the assistant's turn opened. */
+  chat(content: string): string {
+    if (typeof content !== 'string') throw invalidArg('content', 'a string', content);
+    return this.template.render({ messages: [{ role: 'user', content }], add_generation_prompt: true });
+  }
+
+  /** Plain ids (special tokens written in the text are parsed; none added). */
+  tokenize(text: string): number[] {
+    return this.tok.encode(text, { add_special_tokens: false }).ids;
+  }
+}

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import type { Tensor } from '../../lib/index.js';
+import sharp from 'sharp';
 import { golden, relErr } from '../helpers.js';
 
 const dir = path.join(golden, 'minicpm_o');
@@ -54,6 +55,39 @@ describe('MiniCPMOEncoder (golden, float32)', () => {
       tgtSizes: io['mixed.tgt_sizes'], imageBound: io['mixed.image_bound'], audioFeatures: feats, audioFeatureLens: lens,
       audioBounds: io['mixed.audio_bounds'] });
     expect(await relErr(hiddenStates, io['mixed.hidden_states'])).toBeLessThanOrEqual(1e-4);
+    enc.dispose();
+  });
+
+  it('the processor as X2I calls it: the reference ids, spans, slices and features from the raw text, images and sounds', async () => {
+    const io: Record<string, Tensor> = await x2i.loadSafetensors(path.join(dir, 'io.safetensors'));
+    const enc = await x2i.MiniCPMOEncoder.fromPretrained(dir);
+    const rgb = async (f: string) => {
+      const { data, info } = await sharp(path.join(dir, f)).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      return { data: new Uint8Array(data), width: info.width, height: info.height };
+    };
+    const ints = async (t?: Tensor) => (t ? Array.from(await t.toArray() as BigInt64Array, Number) : undefined);
+    const prompts: Record<string, x2i.MiniCPMOPrompt> = {
+      text: { text: 'a red fox jumps over the lazy dog' },
+      audio: { audios: [await x2i.audio.load(path.join(dir, 'audio.wav'))] },
+      image: { images: [await rgb('image.png')] },
+      mixed: { text: 'make it a watercolor', images: [await rgb('mixed_image.png')], audios: [await x2i.audio.load(path.join(dir, 'mixed_audio.wav'))] },
+    };
+    for (const [c, prompt] of Object.entries(prompts)) {
+      const ins = await enc.processPrompt(prompt);
+      expect(await ints(ins.inputIds), c).toEqual(await ints(io[`${c}.input_ids`]));
+      if (c === 'image' || c === 'mixed') {
+        expect(await ints(ins.imageBound), c).toEqual(await ints(io[`${c}.image_bound`]));
+        expect(await ints(ins.tgtSizes), c).toEqual(await ints(io[`${c}.tgt_sizes`]));
+        expect(await relErr(ins.pixelValues![0], io[`${c}.pixel_values.0`]), c).toBeLessThanOrEqual(1e-6);
+      }
+      if (c === 'audio' || c === 'mixed') {
+        expect(await ints(ins.audioBounds), c).toEqual(await ints(io[`${c}.audio_bounds`]));
+        expect(await ints(ins.audioFeatureLens), c).toEqual(await ints(io[`${c}.audio_feature_lens`]));
+        expect(await relErr(ins.audioFeatures!, io[c === 'audio' ? 'audio.features' : 'mixed.audio_features']), c).toBeLessThanOrEqual(1e-4);
+      }
+      const { hiddenStates } = await enc.encodePrompt(prompt);
+      expect(await relErr(hiddenStates, io[`${c}.hidden_states`]), c).toBeLessThanOrEqual(1e-4);
+    }
     enc.dispose();
   });
 
