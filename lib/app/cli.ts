@@ -20,8 +20,10 @@ commands:
                        --vae DIR (default: FLUX folder's vae/)
                        teacher: --prompt TEXT with --text-encoder DIR --text-encoder-2 DIR (default: beside --flux),
                                 or --embeds FILE.safetensors (prompt_embeds, pooled_prompt_embeds)
-                       student: --prompt TEXT --mllm DIR --alignnet FILE [--prompt-image FILE ...] (images the
-                                MLLM reads with the text)
+                       student: --mllm DIR --alignnet FILE with any mix of --prompt TEXT, --prompt-image FILE
+                                (repeatable: images the MLLM reads), --video FILE|DIR (repeatable: a video's frames
+                                in order, or a folder of them) and --audio FILE (repeatable: WAV, FLAC, MP3, OGG; the
+                                MiniCPM-o student hears); the student kind comes from --mllm's config.json
                        image-to-image: --image FILE (the init image) --strength 0.6; inpainting: also --mask FILE
                        (white = repaint); height and width default to the image's
                        --lora PATH[:SCALE] (repeatable; SCALE default 1) --fuse-lora (merge them before sampling)
@@ -157,7 +159,8 @@ async function generate(args: string[]): Promise<number> {
   const { values: v } = parseArgs({ args, options: {
     flux: { type: 'string' }, vae: { type: 'string' }, prompt: { type: 'string' }, embeds: { type: 'string' },
     'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' }, mllm: { type: 'string' }, alignnet: { type: 'string' },
-    'prompt-image': { type: 'string', multiple: true }, image: { type: 'string' }, strength: { type: 'string' }, mask: { type: 'string' },
+    'prompt-image': { type: 'string', multiple: true }, audio: { type: 'string', multiple: true }, video: { type: 'string', multiple: true },
+    image: { type: 'string' }, strength: { type: 'string' }, mask: { type: 'string' },
     lora: { type: 'string', multiple: true }, 'fuse-lora': { type: 'boolean', default: false }, lightcontrol: { type: 'string' },
     'control-image': { type: 'string' }, 'control-scale': { type: 'string' },
     out: { type: 'string', default: 'out.png' }, height: { type: 'string' },
@@ -165,9 +168,12 @@ async function generate(args: string[]): Promise<number> {
     seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } });
   const fail = (msg: string) => (process.stderr.write(`x2i generate: ${msg}\n`), 2);
   if (!v.flux) return fail('--flux is required');
-  if (!v.prompt && !v.embeds) return fail('give --prompt or --embeds');
-  if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet || !v.prompt)) return fail('the student needs --mllm, --alignnet and --prompt');
-  if (v['prompt-image'] && !v.mllm) return fail('--prompt-image is the student\'s image prompt: it needs --mllm and --alignnet');
+  const studentInput = !!(v.prompt || v['prompt-image'] || v.audio || v.video);
+  for (const k of ['prompt-image', 'audio', 'video'] as const)
+    if (v[k] && !v.mllm) return fail(`--${k} is the student's prompt: it needs --mllm and --alignnet`);
+  if (!v.prompt && !v.embeds && !(v.mllm && studentInput)) return fail('give --prompt or --embeds (the student also takes --prompt-image, --video, --audio)');
+  if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet || !studentInput))
+    return fail('the student needs --mllm, --alignnet and a prompt (--prompt, --prompt-image, --video or --audio)');
   if (v.strength !== undefined && !v.image) return fail('--strength needs --image (the init image of image-to-image)');
   if (v.mask !== undefined && !v.image) return fail('--mask needs --image (the image to inpaint)');
   if (v['fuse-lora'] && !v.lora) return fail('--fuse-lora needs --lora');
@@ -182,7 +188,7 @@ async function generate(args: string[]): Promise<number> {
     guidanceScale: finiteOption('--guidance', parseNumberArg('--guidance', v.guidance)), seed: seedOption('--seed', parseNumberArg('--seed', v.seed)) };
   const strength = v.strength !== undefined ? finiteOption('--strength', parseNumberArg('--strength', v.strength), { min: 0, max: 1, minExclusive: true }) : undefined;
   const controlScale = v['control-scale'] !== undefined ? finiteOption('--control-scale', parseNumberArg('--control-scale', v['control-scale'])) : undefined;
-  for (const f of v['prompt-image'] ?? []) mustExist('--prompt-image', f);
+  for (const k of ['prompt-image', 'audio', 'video'] as const) for (const f of v[k] ?? []) mustExist(`--${k}`, f);
   for (const k of ['embeds', 'image', 'mask', 'lightcontrol', 'control-image'] as const) mustExist(`--${k}`, v[k]);
   const loras = (v.lora ?? []).map(loraArg);
   const x2i = await import('../index.js');
@@ -200,11 +206,17 @@ async function generate(args: string[]): Promise<number> {
     ...(v['control-image'] ? { control: { image: v['control-image'], scale: controlScale } } : {}) };
   let out: FluxImages;
   if (v.mllm || v.alignnet) {
-    const images = [];
+    const images = [], video = [], audios = [];
     for (const f of v['prompt-image'] ?? []) images.push(await rgbImage(f));
+    for (const f of v.video ?? [])  // a frame, or a folder of frames in name order
+      for (const g of fs.statSync(f).isDirectory() ? fs.readdirSync(f).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().map((n) => path.join(f, n)) : [f])
+        video.push(await rgbImage(g));
+    for (const f of v.audio ?? []) audios.push(await x2i.audio.load(f));
     const g = new x2i.X2IGenerator({ mllm: await x2i.studentFromPretrained(v.mllm!, opts),
       alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }) });
-    out = await g.generate({ ...gen, prompt: images.length ? { text: v.prompt!, images } : v.prompt! });
+    const mixed = images.length || video.length || audios.length;
+    out = await g.generate({ ...gen, prompt: mixed ? { text: v.prompt, ...(images.length ? { images } : {}), ...(video.length ? { video } : {}),
+      ...(audios.length ? { audios } : {}) } : v.prompt! });
   } else if (v.embeds) {
     const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
     if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);

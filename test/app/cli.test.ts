@@ -27,7 +27,30 @@ it('x2i generate: a PNG from precomputed embeddings through FLUX and its VAE, wi
   expect([meta.format, meta.width, meta.height]).toEqual(['png', 32, 32]);
   expect(x2i('generate').status).toBe(2);
   expect(x2i('generate', '--flux', 'x').stderr).toMatch(/give --prompt or --embeds/);
-  expect(x2i('generate', '--flux', 'nowhere', '--prompt', 'x', '--mllm', 'm').stderr).toMatch(/student needs --mllm, --alignnet and --prompt/);
+  expect(x2i('generate', '--flux', 'nowhere', '--prompt', 'x', '--mllm', 'm').stderr).toMatch(/student needs --mllm, --alignnet and a prompt/);
+});
+
+it('x2i generate: the MiniCPM-o student from a sound, an image and text mixed (--audio, --prompt-image, --video)', async () => {
+  const x = await import('../../lib/index.js');
+  const r = (shape: number[], seed: number) => x.randn(shape, { seed });
+  const align = path.join(tmp, 'alignnet-minicpm.safetensors');
+  await x.saveSafetensors(align, {
+    'conv.weight': await r([1, 3, 5, 5], 1), 'conv.bias': await r([1], 2),
+    'mlp.layernorm.weight': x.Tensor.fromArray(new Float32Array(128).fill(1), [128]), 'mlp.layernorm.bias': await r([128], 3),
+    'mlp.projector.0.weight': await r([32, 128], 4), 'mlp.projector.2.weight': await r([32, 32], 5),
+    'mlp.fc.1.weight': await r([24, 32], 6), 'mlp.fc.1.bias': await r([24], 7),
+  });
+  const dir = path.join(golden, 'minicpm_o');
+  const base = ['generate', '--flux', path.join(golden, 'flux-transformer'), '--vae', path.join(golden, 'vae'), '--mllm', dir, '--alignnet', align,
+    '--height', '32', '--width', '32', '--steps', '2'];
+  const a = path.join(tmp, 'sound.png'), b = path.join(tmp, 'mixed.png');
+  const ra = x2i(...base, '--audio', path.join(root, 'test', 'fixtures', 'audio', 'fox.ogg'), '--out', a);
+  expect(ra.status, ra.stderr).toBe(0);
+  const rb = x2i(...base, '--audio', path.join(dir, 'mixed_audio.wav'), '--prompt-image', path.join(dir, 'mixed_image.png'),
+    '--video', path.join(dir, 'image.png'), '--prompt', 'make it a watercolor', '--out', b);
+  expect(rb.status, rb.stderr).toBe(0);
+  expect(fs.readFileSync(a).equals(fs.readFileSync(b))).toBe(false);
+  expect(x2i('generate', '--flux', 'x', '--audio', a).stderr).toMatch(/--audio is the student's prompt: it needs --mllm/);
 });
 
 it('x2i train: AlignNet from precomputed features, checkpoints, resume', async () => {

@@ -168,7 +168,7 @@ describe('x2i generate', () => {
       [['--lightcontrol', lightcontrol], /--lightcontrol needs --control-image/],
       [['--lightcontrol', lightcontrol, '--control-image', img, '--control-scale', 'NaN'], /--control-scale: expected a number, got "NaN"/],
       [['--lightcontrol', path.join(tmp, 'nope'), '--control-image', img], /--lightcontrol: .*nope: no such file/],
-      [['--prompt-image', img], /--prompt-image is the student's image prompt: it needs --mllm/],
+      [['--prompt-image', img], /--prompt-image is the student's prompt: it needs --mllm/],
     ];
     for (const [args, re] of cases) {
       const t0 = Date.now();

@@ -80,7 +80,7 @@ it('X2IGenerator with the InternVL student (picked by studentFromPretrained): te
   const mllm = await x2i.studentFromPretrained(dir);
   expect(mllm).toBeInstanceOf(x2i.InternVLEncoder);
   expect(await x2i.studentFromPretrained(path.join(golden, 'qwen2_5_vl'))).toBeInstanceOf(QwenVLEncoder);
-  await expect(x2i.studentFromPretrained(path.join(golden, 'minicpm_o'))).rejects.toThrow(/MiniCPM-o students are not supported yet/);
+  expect(await x2i.studentFromPretrained(path.join(golden, 'minicpm_o'))).toBeInstanceOf(x2i.MiniCPMOEncoder);
   // AlignNet from InternVL's 3 stacked states of 64 to the tiny FLUX's conditioning
   const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
   await x2i.saveSafetensors(path.join(tmp, 'alignnet-internvl.safetensors'), {
@@ -99,5 +99,32 @@ it('X2IGenerator with the InternVL student (picked by studentFromPretrained): te
     numInferenceSteps: 2, seed: 3 });
   expect(await a.images.toArray()).toEqual(await b.images.toArray());
   await expect(g.generate({ ...opts, prompt: { text: 'x', video: [image, image] } })).rejects.toThrow(/InternVL student takes text and images/);
+  mllm.dispose();
+});
+
+it('X2IGenerator generates from a synthetic sound end to end (the MiniCPM-o student): the same images as by hand', async () => {
+  const mllm = await x2i.studentFromPretrained(path.join(golden, 'minicpm_o'));
+  const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
+  await x2i.saveSafetensors(path.join(tmp, 'alignnet-minicpm.safetensors'), {
+    'conv.weight': await r([1, 3, 5, 5], 21), 'conv.bias': await r([1], 22),
+    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(128).fill(1), [128]), 'mlp.layernorm.bias': await r([128], 23),
+    'mlp.projector.0.weight': await r([32, 128], 24), 'mlp.projector.2.weight': await r([32, 32], 25),
+    'mlp.fc.1.weight': await r([24, 32], 26), 'mlp.fc.1.bias': await r([24], 27),
+  });
+  const g = new X2IGenerator({ mllm, alignNet: await AlignNet.fromPretrained(path.join(tmp, 'alignnet-minicpm.safetensors')), pipeline: gen.pipeline });
+  // a chirp with a beat, 1.2 s at 16 kHz, and a plain tone
+  const chirp = Float32Array.from({ length: 19200 }, (_, i) => 0.4 * Math.sin(2 * Math.PI * (300 + i / 40) * i / 16000) * (1 + Math.sin(i / 800)) / 2);
+  const tone = Float32Array.from({ length: 19200 }, (_, i) => 0.3 * Math.sin(2 * Math.PI * 440 * i / 16000));
+  const opts = { height: 32, width: 32, numInferenceSteps: 2, seed: 9 };
+  const a = await g.generate({ ...opts, prompt: { audios: [chirp] } });
+  expect(a.images.shape).toEqual([1, 3, 32, 32]);
+  const { hiddenStates } = await (mllm as x2i.MiniCPMOEncoder).encodePrompt({ audios: [chirp] });
+  const c = await g.alignNet.forward(hiddenStates);
+  const b = await g.pipeline.generate({ promptEmbeds: c.encoderHiddenStates, pooledPromptEmbeds: c.pooledProjections, ...opts });
+  expect(await a.images.toArray()).toEqual(await b.images.toArray());
+  const other = await g.generate({ ...opts, prompt: { audios: [tone] } });
+  expect(await other.images.toArray()).not.toEqual(await a.images.toArray());
+  // the other students do not hear
+  await expect(gen.generate({ ...opts, prompt: { audios: [tone] }, tokenizer: fake, maxLength: 16 })).rejects.toThrow(/need the MiniCPM-o student/);
   mllm.dispose();
 });
