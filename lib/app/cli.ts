@@ -68,6 +68,7 @@ commands:
                        generate held-out prompts with both, train a style LoRA on the teacher and apply it
                        to both; writes before.png, after.png, lora.png, loss.png, summary.json
                        --out DIR (default x2i-demo) --seed 0 --quick (a few steps of each: seconds)
+                       --student qwen|internvl|minicpm-o (the tiny student's architecture; default qwen)
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
                        options: --mib N (copy size, default 256), --json FILE
@@ -484,14 +485,18 @@ async function evaluate(args: string[]): Promise<number> {
 
 async function demo(args: string[]): Promise<number> {
   const { values: v } = parseArgs({ args, options: { out: { type: 'string', default: 'x2i-demo' },
-    seed: { type: 'string', default: '0' }, quick: { type: 'boolean', default: false } } });
+    seed: { type: 'string', default: '0' }, quick: { type: 'boolean', default: false }, student: { type: 'string', default: 'qwen' } } });
   const seed = seedOption('--seed', parseNumberArg('--seed', v.seed));
+  if (!['qwen', 'internvl', 'minicpm-o'].includes(v.student!)) {
+    process.stderr.write(`x2i demo: --student must be qwen, internvl or minicpm-o, got "${v.student}"\n`);
+    return 2;
+  }
   outputDir('--out', v.out);
   const { runDemo } = await import('./demo.js');
   const label: Record<string, string> = { teacher: 'training the teacher', distill: 'distilling the student', lora: 'training a LoRA',
     generate: 'generating' };
   let phase = '';
-  const s = await runDemo({ out: v.out!, seed, quick: v.quick, onProgress: (e) => {
+  const s = await runDemo({ out: v.out!, seed, quick: v.quick, student: v.student as 'qwen' | 'internvl' | 'minicpm-o', onProgress: (e) => {
     if (e.phase !== phase) { if (phase) process.stderr.write('\n'); phase = e.phase; }
     const width = 30, done = Math.round((e.step / e.total) * width);
     process.stderr.write(`\rx2i demo: ${label[e.phase]} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${e.step}/${e.total}` +

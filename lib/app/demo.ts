@@ -19,6 +19,9 @@ import { FluxTransformer } from '../models/flux.js';
 import { saveSafetensors } from '../core/io.js';
 import { FluxPipeline } from '../sample/pipeline.js';
 import { QwenVLEncoder } from '../models/qwen.js';
+import { invalidArg } from '../core/errors.js';
+import { InternVLEncoder } from '../models/internvl.js';
+import { MiniCPMOEncoder } from '../models/minicpm.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
 import { T5Encoder } from '../models/t5.js';
 import { Tensor } from '../core/tensor.js';
@@ -32,11 +35,15 @@ export interface DemoOptions {
   quick?: boolean;
   /** Default 0. */
   seed?: number;
+  /** The tiny student's architecture (default 'qwen': Qwen2.5-VL; 'internvl': InternVL2.5; 'minicpm-o': MiniCPM-o 2.6,
+   * its vision and audio towers built too). Its language model reads the captions; AlignNet reads all its layers. */
+  student?: 'qwen' | 'internvl' | 'minicpm-o';
   onProgress?: (e: { phase: 'teacher' | 'distill' | 'lora' | 'generate'; step: number; total: number; loss?: number }) => void;
 }
 
 export interface DemoSummary {
   seconds: number;
+  student: 'qwen' | 'internvl' | 'minicpm-o';
   teacher: { steps: number; lossFirst: number; lossLast: number };
   loss: { first: number; last: number };
   agreement: { before: { ssim: number; psnr: number }; after: { ssim: number; psnr: number } };
@@ -143,6 +150,15 @@ async function tinyT5(dir: string, r: () => number): Promise<T5Encoder> {
 
 const QWEN = { model_type: 'qwen2_5_vl', vocab_size: WORDS.length, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 3,
   num_attention_heads: 4, num_key_value_heads: 2, rms_norm_eps: 1e-6, rope_theta: 10000, rope_scaling: { type: 'mrope', mrope_section: [2, 3, 3] } };
+// the other students: the same language model size (Qwen2 with 1-D RoPE), their own towers tiny
+const LM = { hidden_size: 64, intermediate_size: 128, num_hidden_layers: 3, num_attention_heads: 4, num_key_value_heads: 2,
+  rms_norm_eps: 1e-6, rope_theta: 10000, vocab_size: WORDS.length, hidden_act: 'silu' };
+const INTERNVL = { model_type: 'internvl_chat', downsample_ratio: 0.5, ps_version: 'v2', select_layer: -1, force_image_size: 28,
+  vision_config: { hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, image_size: 28, patch_size: 14 },
+  llm_config: { architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', ...LM } };
+const MINICPM = { model_type: 'minicpmo', ...LM, query_num: 4, audio_pool_step: 2, audio_chunk_length: 1.0,
+  vision_config: { hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, image_size: 28, patch_size: 14 },
+  audio_config: { d_model: 16, encoder_layers: 1, encoder_attention_heads: 2, encoder_ffn_dim: 64, num_mel_bins: 80, max_source_positions: 100 } };
 const FLUX = { in_channels: 12, num_layers: 2, num_single_layers: 2, attention_head_dim: 32, num_attention_heads: 2,
   joint_attention_dim: 32, pooled_projection_dim: 32, guidance_embeds: true, axes_dims_rope: [8, 12, 12] };
 
@@ -208,6 +224,8 @@ async function curvePng(file: string, series: { values: number[]; rgb: [number, 
 export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   const t0 = performance.now();
   const seed = opts.seed ?? 0, r = rng(seed + 1), quick = Boolean(opts.quick);
+  const student = opts.student ?? 'qwen';
+  if (!['qwen', 'internvl', 'minicpm-o'].includes(student)) throw invalidArg('student', "'qwen', 'internvl' or 'minicpm-o'", student);
   const out = path.resolve(opts.out);
   fs.mkdirSync(out, { recursive: true });
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'x2i-demo-'));
@@ -284,8 +302,9 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
       return own(toDisplay(heldOut.map((_, b) => unpack(v, b * N * 12))));
     };
 
-    // 3. the student: a Qwen2.5-VL-architecture encoder (all-layer states) and an AlignNet
-    const qwen = own(await QwenVLEncoder.fromConfig(QWEN, { seed: seed + 7 }));
+    // 3. the student: an MLLM of the chosen architecture (all-layer states) and an AlignNet
+    const qwen = own(student === 'internvl' ? await InternVLEncoder.fromConfig(INTERNVL, { seed: seed + 7 })
+      : student === 'minicpm-o' ? await MiniCPMOEncoder.fromConfig(MINICPM, { seed: seed + 7 }) : await QwenVLEncoder.fromConfig(QWEN, { seed: seed + 7 }));
     const states = new Map<string, Float32Array>();
     const C = QWEN.num_hidden_layers + 1, H = QWEN.hidden_size;
     {
@@ -370,6 +389,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     const tail = (a: number[]) => mean(a.slice(-Math.max(1, Math.ceil(a.length / 20))));
     const summary: DemoSummary = {
       seconds: (performance.now() - t0) / 1000,
+      student,
       teacher: { steps: teacherSteps, lossFirst: head(teacherLosses), lossLast: tail(teacherLosses) },
       loss: { first: head(distillLosses), last: tail(distillLosses) },
       agreement: { before: { ssim: mean(before.ssim), psnr: mean(before.psnr) }, after: { ssim: mean(after.ssim), psnr: mean(after.psnr) } },

@@ -51,6 +51,8 @@ it('x2i generate: the MiniCPM-o student from a sound, an image and text mixed (-
   expect(rb.status, rb.stderr).toBe(0);
   expect(fs.readFileSync(a).equals(fs.readFileSync(b))).toBe(false);
   expect(x2i('generate', '--flux', 'x', '--audio', a).stderr).toMatch(/--audio is the student's prompt: it needs --mllm/);
+  const d = x2i('demo', '--student', 'llama', '--out', path.join(tmp, 'never'));
+  expect([d.status, d.stderr.trim()]).toEqual([2, 'x2i demo: --student must be qwen, internvl or minicpm-o, got "llama"']);
 });
 
 it('x2i train: AlignNet from precomputed features, checkpoints, resume', async () => {

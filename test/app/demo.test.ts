@@ -27,6 +27,17 @@ describe('x2i demo (the built-in tiny pipeline)', () => {
     expect([meta.width, meta.height]).toEqual([2 * 66 + 2, 8 * 66 + 2]);  // teacher | student, 8 held-out prompts
   });
 
+  it('quick, with each other student architecture (InternVL2.5, MiniCPM-o 2.6)', async () => {
+    for (const student of ['internvl', 'minicpm-o'] as const) {
+      const out = path.join(tmp, `quick-${student}`);
+      const s = await x2i.runDemo({ out, quick: true, student });
+      expect(s.student).toBe(student);
+      expect(Number.isFinite(s.loss.first) && Number.isFinite(s.loss.last)).toBe(true);
+      expect(fs.statSync(path.join(out, 'after.png')).size).toBeGreaterThan(100);
+    }
+    await expect(x2i.runDemo({ out: path.join(tmp, 'never'), quick: true, student: 'llama' as never })).rejects.toThrow(/student/);
+  });
+
   it('npx x2i demo: the teacher learns, distillation helps (SSIM up, loss down by more than half), the LoRA draws its style for teacher and student', () => {
     const out = path.join(tmp, 'full');
     const r = spawnSync(process.execPath, [path.resolve('bin/x2i.js'), 'demo', '--out', out], { encoding: 'utf8', timeout: 900_000 });
