@@ -14,9 +14,10 @@
 namespace x2i::qwen {
 namespace {
 
+// Qwen2RMSNorm: normalise in float32 and round to the model dtype (at::rms_norm without a weight: one fused kernel
+// where LibTorch has it), then the weight in the model dtype.
 at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  at::Tensor xf = x.to(at::promote_types(at::kFloat, x.scalar_type()));
-  return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps)).to(x.scalar_type()) * w;
+  return at::rms_norm(x, {x.size(-1)}, std::nullopt, eps) * w;
 }
 
 at::Tensor rotateHalf(const at::Tensor& x) {
