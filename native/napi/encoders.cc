@@ -10,6 +10,33 @@
 #include "napi/model_wrap.h"
 
 namespace x2i {
+namespace {
+// An optional tensor field of an inputs object (undefined or null: absent).
+at::Tensor optTensor(const Napi::Object& o, const char* k) {
+  Napi::Value x = o.Get(k);
+  return x.IsUndefined() || x.IsNull() ? at::Tensor() : TensorWrap::Get(x, k);
+}
+// A vision transformer's config fields (InternViT, SigLIP), read the same way for every student.
+template <class V>
+void readVit(const Napi::Object& v, V& c, const char* n) {
+  c.hidden = configInt(v, "hiddenSize", n);
+  c.layers = configInt(v, "numHiddenLayers", n);
+  c.heads = configInt(v, "numAttentionHeads", n);
+  c.intermediate = configInt(v, "intermediateSize", n);
+  c.imageSize = configInt(v, "imageSize", n);
+  c.patch = configInt(v, "patchSize", n);
+  c.channels = configInt(v, "numChannels", n);
+  c.eps = v.Get("layerNormEps").As<Napi::Number>().DoubleValue();
+  if (c.hidden % c.heads) fail("ERR_CONFIG", std::string(n) + " config: vision hidden_size must be a multiple of num_attention_heads");
+}
+// { hiddenStates } of the students' language models
+Napi::Value hiddenToJs(Napi::Env env, const qwen::Outputs& o) {
+  auto r = Napi::Object::New(env);
+  r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
+  return r;
+}
+}  // namespace
+
 namespace t5 {
 namespace {
 
@@ -143,10 +170,7 @@ Inputs parseInputs(const Napi::CallbackInfo& info) {
   in.ids = TensorWrap::Get(o.Get("inputIds"), "inputIds");
   if (!o.Get("attentionMask").IsUndefined() && !o.Get("attentionMask").IsNull())
     in.mask = TensorWrap::Get(o.Get("attentionMask"), "attentionMask");
-  auto opt = [&](const char* k) {
-    Napi::Value x = o.Get(k);
-    return x.IsUndefined() || x.IsNull() ? at::Tensor() : TensorWrap::Get(x, k);
-  };
+  auto opt = [&](const char* k) { return optTensor(o, k); };
   in.pixelValues = opt("pixelValues");
   in.imageGridThw = opt("imageGridThw");
   in.pixelValuesVideos = opt("pixelValuesVideos");
@@ -190,19 +214,10 @@ Config parseConfig(const Napi::Object& o) {
   Config c;
   const char* n = "InternVLEncoder";
   if (!o.Get("vision").IsObject() || !o.Get("llm").IsObject()) fail("ERR_CONFIG", "InternVLEncoder config: { vision, llm, ... }");
-  auto v = o.Get("vision").As<Napi::Object>();
-  c.vision.hidden = configInt(v, "hiddenSize", n);
-  c.vision.layers = configInt(v, "numHiddenLayers", n);
-  c.vision.heads = configInt(v, "numAttentionHeads", n);
-  c.vision.intermediate = configInt(v, "intermediateSize", n);
-  c.vision.imageSize = configInt(v, "imageSize", n);
-  c.vision.patch = configInt(v, "patchSize", n);
-  c.vision.channels = configInt(v, "numChannels", n);
-  c.vision.eps = v.Get("layerNormEps").As<Napi::Number>().DoubleValue();
+  readVit(o.Get("vision").As<Napi::Object>(), c.vision, n);
   c.llm = qwen::parseConfig(o.Get("llm").As<Napi::Object>());
   c.downsample = o.Get("downsampleRatio").As<Napi::Number>().DoubleValue();
   c.imgContextId = o.Get("imgContextTokenId").As<Napi::Number>().Int64Value();
-  if (c.vision.hidden % c.vision.heads) fail("ERR_CONFIG", "InternVLEncoder config: vision hidden_size must be a multiple of num_attention_heads");
   if (c.vision.imageSize % c.vision.patch) fail("ERR_CONFIG", "InternVLEncoder config: image_size must be a multiple of patch_size");
   return c;
 }
@@ -211,10 +226,7 @@ Inputs parseInputs(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsObject()) fail("ERR_INVALID_ARG", "InternVLEncoder.forward expects { inputIds, attentionMask?, pixelValues? }");
   auto o = info[0].As<Napi::Object>();
   Inputs in;
-  auto opt = [&](const char* k) {
-    Napi::Value x = o.Get(k);
-    return x.IsUndefined() || x.IsNull() ? at::Tensor() : TensorWrap::Get(x, k);
-  };
+  auto opt = [&](const char* k) { return optTensor(o, k); };
   in.embedsOnly = o.Get("embedsOnly").ToBoolean().Value();
   if (!in.embedsOnly) in.ids = TensorWrap::Get(o.Get("inputIds"), "inputIds");
   in.mask = opt("attentionMask");
@@ -223,11 +235,7 @@ Inputs parseInputs(const Napi::CallbackInfo& info) {
   return in;
 }
 
-Napi::Value toJs(Napi::Env env, Outputs& o) {
-  auto r = Napi::Object::New(env);
-  r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
-  return r;
-}
+Napi::Value toJs(Napi::Env env, Outputs& o) { return hiddenToJs(env, o); }
 
 }  // namespace
 }  // namespace internvl
@@ -242,17 +250,8 @@ Config parseConfig(const Napi::Object& o) {
   c.llm = qwen::parseConfig(o.Get("llm").As<Napi::Object>());
   c.vision = o.Get("vision").IsObject();
   if (c.vision) {
-    auto v = o.Get("vision").As<Napi::Object>();
-    c.vcfg.hidden = configInt(v, "hiddenSize", n);
-    c.vcfg.layers = configInt(v, "numHiddenLayers", n);
-    c.vcfg.heads = configInt(v, "numAttentionHeads", n);
-    c.vcfg.intermediate = configInt(v, "intermediateSize", n);
-    c.vcfg.imageSize = configInt(v, "imageSize", n);
-    c.vcfg.patch = configInt(v, "patchSize", n);
-    c.vcfg.channels = configInt(v, "numChannels", n);
-    c.vcfg.eps = v.Get("layerNormEps").As<Napi::Number>().DoubleValue();
+    readVit(o.Get("vision").As<Napi::Object>(), c.vcfg, n);
     c.queryNum = configInt(o, "queryNum", n);
-    if (c.vcfg.hidden % c.vcfg.heads) fail("ERR_CONFIG", "MiniCPMOEncoder config: vision hidden_size must be a multiple of num_attention_heads");
   }
   c.audio = o.Get("audio").IsObject();
   if (c.audio) {
@@ -274,10 +273,7 @@ Inputs parseInputs(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsObject()) fail("ERR_INVALID_ARG", "MiniCPMOEncoder.forward expects { inputIds, ... }");
   auto o = info[0].As<Napi::Object>();
   Inputs in;
-  auto opt = [&](const char* k) {
-    Napi::Value x = o.Get(k);
-    return x.IsUndefined() || x.IsNull() ? at::Tensor() : TensorWrap::Get(x, k);
-  };
+  auto opt = [&](const char* k) { return optTensor(o, k); };
   in.only = o.Get("only").IsString() ? o.Get("only").ToString().Utf8Value() : "";
   if (in.only != "" && in.only != "image" && in.only != "audio") fail("ERR_INVALID_ARG", "MiniCPMOEncoder: only must be 'image' or 'audio'");
   if (in.only.empty()) in.ids = TensorWrap::Get(o.Get("inputIds"), "inputIds");
@@ -295,11 +291,7 @@ Inputs parseInputs(const Napi::CallbackInfo& info) {
   return in;
 }
 
-Napi::Value toJs(Napi::Env env, Outputs& o) {
-  auto r = Napi::Object::New(env);
-  r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
-  return r;
-}
+Napi::Value toJs(Napi::Env env, Outputs& o) { return hiddenToJs(env, o); }
 
 }  // namespace
 }  // namespace minicpm
