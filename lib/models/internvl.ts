@@ -171,9 +171,11 @@ function nativeConfig(top: Record<string, unknown>, file: string, imgContextToke
   const inv = 1 / ratio;
   r.check(Math.abs(inv - Math.round(inv)) < 1e-9, `field 'downsample_ratio' must be 1/k for an integer k, found ${ratio}`);
   const patch = vr.int('patch_size', { fallback: 14, max: 1024 });
-  const imageSize = r.has('force_image_size') && r.raw('force_image_size') !== null ? r.int('force_image_size') : vr.int('image_size');
-  r.check(imageSize % patch === 0 && (imageSize / patch) % Math.round(inv) === 0,
-    `the tile size ${imageSize} must be a multiple of patch_size × 1/downsample_ratio (${patch * Math.round(inv)})`);
+  const imageSize = vr.int('image_size');  // the position table's (tiles of another size are interpolated onto it)
+  const tile = r.has('force_image_size') && r.raw('force_image_size') !== null ? r.int('force_image_size') : imageSize;
+  for (const [k, v] of [['force_image_size', tile], ['vision_config.image_size', imageSize]] as const)
+    r.check(v % patch === 0 && (v / patch) % Math.round(inv) === 0,
+      `field '${k}' (${v}) must be a multiple of patch_size × 1/downsample_ratio (${patch * Math.round(inv)})`);
   const hidden = vr.int('hidden_size'), heads = vr.int('num_attention_heads');
   r.check(hidden % heads === 0, `${vr.name('hidden_size')} (${hidden}) must be a multiple of ${vr.name('num_attention_heads')} (${heads})`);
   return {

@@ -34,8 +34,10 @@ import path from 'node:path';
 const [bundleUrl, casesFile, work, golden] = process.argv.slice(2);
 const x2i = await import(bundleUrl);
 const cases = JSON.parse(fs.readFileSync(casesFile, 'utf8'));
-const folders = { flux: 'flux-transformer', t5: 't5-encoder', clip: 'clip-text', qwen: 'qwen2_5_vl', vae: 'vae' };
-const loaders = { flux: x2i.FluxTransformer, t5: x2i.T5Encoder, clip: x2i.ClipTextEncoder, qwen: x2i.QwenVLEncoder, vae: x2i.AutoencoderKL };
+const folders = { flux: 'flux-transformer', t5: 't5-encoder', clip: 'clip-text', qwen: 'qwen2_5_vl', vae: 'vae', internvl: 'internvl2_5',
+  minicpm: 'minicpm_o' };
+const loaders = { flux: x2i.FluxTransformer, t5: x2i.T5Encoder, clip: x2i.ClipTextEncoder, qwen: x2i.QwenVLEncoder, vae: x2i.AutoencoderKL,
+  internvl: x2i.InternVLEncoder, minicpm: x2i.MiniCPMOEncoder };
 function flatQwen(c) {  // the released flat layout of the same model
   const { text_config: t, ...top } = c;
   const { rope_parameters: rp, ...text } = t;
@@ -160,6 +162,80 @@ describe('hostile config values (each in a child process)', () => {
       ...sweep('qwen', ['vision_config'], ['"none"', '7']),
     ];
     expectConfigErrors(cases, attack(cases));
+  }, 120_000);
+
+  it('the zoo\'s students (InternVL2.5, MiniCPM-o 2.6): vision, audio and language model fields', () => {
+    const vit = ['hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'image_size'];
+    const lm = ['vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads'];
+    const SIZES = ['0', '-1', '2.5', '"8"', '1e999', '1e12', 'true'];
+    const cases: Case[] = [
+      ...vit.flatMap((k) => sweep('internvl', ['vision_config', k], SIZES)),
+      ...lm.flatMap((k) => sweep('internvl', ['llm_config', k], SIZES)),
+      ...sweep('internvl', ['vision_config', 'num_attention_heads'], ['3']), ...sweep('internvl', ['llm_config', 'num_key_value_heads'], ['3']),
+      ...sweep('internvl', ['downsample_ratio'], ['0', '-0.5', '"0.5"', '1e999', '0.3']),
+      ...sweep('internvl', ['vision_config', 'layer_norm_eps'], BAD_EPS), ...sweep('internvl', ['llm_config', 'rms_norm_eps'], BAD_EPS),
+      ...sweep('internvl', ['ps_version'], ['"v1"']), ...sweep('internvl', ['select_layer'], ['-2', '"x"']),
+      ...sweep('internvl', ['vision_config', 'qk_normalization'], ['true']), ...sweep('internvl', ['vision_config', 'norm_type'], ['"rms_norm"']),
+      ...sweep('internvl', ['llm_config'], ['"none"', '[1]']),
+      ...lm.flatMap((k) => sweep('minicpm', [k], SIZES)),
+      ...vit.flatMap((k) => sweep('minicpm', ['vision_config', k], SIZES)),
+      ...['d_model', 'encoder_layers', 'encoder_attention_heads', 'encoder_ffn_dim'].flatMap((k) => sweep('minicpm', ['audio_config', k], SIZES)),
+      ...sweep('minicpm', ['audio_config', 'encoder_ffn_dim'], ['96']), ...sweep('minicpm', ['audio_config', 'activation_function'], ['"relu"']),
+      ...sweep('minicpm', ['query_num'], SIZES), ...sweep('minicpm', ['audio_pool_step'], ['0', '-2', '2.5', '"2"']),
+      ...sweep('minicpm', ['audio_chunk_length'], ['"1"', '1e999']),
+      ...sweep('minicpm', ['vision_config'], ['"none"', '7']), ...sweep('minicpm', ['audio_config'], ['"none"', '7']),
+    ];
+    expectConfigErrors(cases, attack(cases));
+  }, 180_000);
+
+  it('the zoo students\' forward inputs: spans, grids, frame counts and shapes that do not fit are named errors', () => {
+    const script = String.raw`
+import path from 'node:path';
+const [bundleUrl, golden] = process.argv.slice(2);
+const x2i = await import(bundleUrl);
+const T = (a, shape) => x2i.Tensor.fromArray(BigInt64Array.from(a.map(BigInt)), shape);
+const io = await x2i.loadSafetensors(path.join(golden, 'minicpm_o', 'io.safetensors'));
+const vio = await x2i.loadSafetensors(path.join(golden, 'internvl2_5', 'io.safetensors'));
+const m = await x2i.MiniCPMOEncoder.fromPretrained(path.join(golden, 'minicpm_o'));
+const v = await x2i.InternVLEncoder.fromPretrained(path.join(golden, 'internvl2_5'));
+const img = { inputIds: io['image.input_ids'], pixelValues: [io['image.pixel_values.0']], tgtSizes: io['image.tgt_sizes'], imageBound: io['image.image_bound'] };
+const aud = { inputIds: io['audio.input_ids'], audioFeatures: io['audio.features'], audioFeatureLens: io['audio.audio_feature_lens'], audioBounds: io['audio.audio_bounds'] };
+const cases = [
+  ['image span past the end', /inside the 68 tokens/, () => m.forward({ ...img, imageBound: T([60, 100000], [1, 2]) })],
+  ['image span negative', /inside the/, () => m.forward({ ...img, imageBound: T([-5, 3], [1, 2]) })],
+  ['tgtSizes zero', /patch grid/, () => m.forward({ ...img, tgtSizes: T([0, 0], [1, 2]) })],
+  ['tgtSizes huge', /patch grid/, () => m.forward({ ...img, tgtSizes: T([1e6, 1e6], [1, 2]) })],
+  ['tgtSizes for two slices', /tgtSizes must be \[1, 2\]/, () => m.forward({ ...img, tgtSizes: T([6, 10, 6, 10], [2, 2]) })],
+  ['audio lens zero', /frame counts/, () => m.forward({ ...aud, audioFeatureLens: T([0], [1]) })],
+  ['audio lens past the frames', /frame counts/, () => m.forward({ ...aud, audioFeatureLens: T([1e9], [1]) })],
+  ['audio lens for two clips', /frame counts/, () => m.forward({ ...aud, audioFeatureLens: T([130, 130], [2]) })],
+  ['audio features of 40 mels', /\[n, 80, T\]/, async () => m.forward({ ...aud, audioFeatures: await x2i.zeros([1, 40, 130]) })],
+  ['audio features over 30 s', /30 s/, async () => m.forward({ ...aud, audioFeatures: await x2i.zeros([1, 80, 4000]), audioFeatureLens: T([4000], [1]) })],
+  ['audio span of other length', /audio features for/, () => m.forward({ ...aud, audioBounds: T([1, 2], [1, 2]) })],
+  ['minicpm ids past the vocabulary', /token ids/, () => m.forward({ inputIds: T([1, 2, 99999], [1, 3]) })],
+  ['internvl tiles not square', /pixelValues has shape/, async () => v.forward({ inputIds: vio['image.input_ids'], pixelValues: await x2i.zeros([1, 3, 56, 42]) })],
+  ['internvl tile of 2 channels', /pixelValues has shape/, async () => v.forward({ inputIds: vio['image.input_ids'], pixelValues: await x2i.zeros([1, 2, 56, 56]) })],
+  ['internvl more tiles than placeholders', /image features for/, () => v.forward({ inputIds: vio['image.input_ids'], pixelValues: vio['image_tiles.pixel_values'] })],
+  ['internvl ids negative', /token ids/, () => v.forward({ inputIds: T([-3, 5], [1, 2]) })],
+];
+for (const [name, re, fn] of cases) {
+  try {
+    const r = await fn();
+    r.hiddenStates?.dispose();
+    console.log(JSON.stringify({ name, ok: true }));
+  } catch (e) {
+    console.log(JSON.stringify({ name, ok: false, code: e.code, message: e.message, match: re.test(e.message) }));
+  }
+}
+`;
+    const r = runChild(script, [golden]);
+    expect(r.signal, r.stderr).toBeNull();
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.results.length, r.stderr).toBe(16);
+    for (const x of r.results as (Result & { match?: boolean })[]) {
+      expect(x.ok, `${x.name} was accepted`).toBe(false);
+      expect(x.match, `${x.name}: ${x.message}`).toBe(true);
+    }
   }, 120_000);
 
   it('AutoencoderKL: channels, groups, block lists, booleans', () => {
