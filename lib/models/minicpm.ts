@@ -27,6 +27,9 @@ export interface MiniCPMOPrompt {
 }
 
 export interface MiniCPMOProcessOptions {
+  /** Pad on the right with `<|endoftext|>` to this many tokens (official X2I training: 512; inference: none, the
+   * default). Pads take position 1 and attend to the prompt, as the reference's generate runs them. */
+  maxLength?: number;
   /** Slices per image (default 1, X2I's setting: the whole image only, up- or down-sampled to about
    * scale_resolution²; more: MiniCPM-V's grid slicing). */
   maxSliceNums?: number;
@@ -135,13 +138,17 @@ export class MiniCPMOEncoder extends NativeModel<NativeMiniCPMOEncoder> {
     };
     const img = spans([tok.ids.imStart, tok.ids.sliceStart], [tok.ids.imEnd, tok.ids.sliceEnd]);
     const aud = spans([tok.ids.audioStart], [tok.ids.audioEnd]);
+    const padTo = opts.maxLength;
+    if (padTo !== undefined && !(Number.isSafeInteger(padTo) && padTo > 0)) throw invalidArg('maxLength', 'a positive integer', padTo);
+    const real = ids.length;
+    if (padTo !== undefined && ids.length < padTo) ids.push(...new Array(padTo - ids.length).fill(tok.padId));
     const T = Math.max(0, ...lens);
     const padded = new Float32Array(feats.length * 80 * T);
     feats.forEach((f, i) => { for (let m = 0; m < 80; m++) padded.set(f.subarray(m * lens[i], (m + 1) * lens[i]), (i * 80 + m) * T); });
     const L = ids.length;
     return {
       inputIds: Tensor.fromArray(BigInt64Array.from(ids, BigInt), [1, L]),
-      attentionMask: Tensor.fromArray(new BigInt64Array(L).fill(1n), [1, L]),
+      attentionMask: Tensor.fromArray(BigInt64Array.from({ length: L }, (_, i) => (i < real ? 1n : 0n)), [1, L]),
       ...(strips.length ? { pixelValues: strips, tgtSizes: Tensor.fromArray(BigInt64Array.from(sizes, BigInt), [strips.length, 2]),
         imageBound: Tensor.fromArray(BigInt64Array.from(img, BigInt), [img.length / 2, 2]) } : {}),
       ...(feats.length ? { audioFeatures: Tensor.fromArray(padded, [feats.length, 80, T]),

@@ -44,7 +44,7 @@ export async function encodeStudentPrompt(mllm: StudentEncoder, prompt: string |
     const tok = opts.tokenizer;
     if (tok !== undefined && typeof (tok as MiniCPMOTokenizer).chat !== 'function')
       throw invalidArg('tokenizer', 'a MiniCPMOTokenizer for the MiniCPM-o student', tok);
-    return mllm.encodePrompt(prompt, { tokenizer: tok as MiniCPMOTokenizer | undefined });
+    return mllm.encodePrompt(prompt, { tokenizer: tok as MiniCPMOTokenizer | undefined, maxLength: opts.maxLength });
   }
   if (audios) throw new X2IError('audio prompts need the MiniCPM-o student (the others do not hear)', 'ERR_NOT_SUPPORTED');
   if (mllm instanceof InternVLEncoder) {

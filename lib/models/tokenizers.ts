@@ -389,9 +389,11 @@ const CHATML_DEFAULT_SYSTEM = "{% for message in messages %}{% if loop.first and
  * message). */
 export class MiniCPMOTokenizer {
   readonly ids: Readonly<Record<'unk' | 'imStart' | 'imEnd' | 'sliceStart' | 'sliceEnd' | 'audioStart' | 'audioEnd', number>>;
+  readonly padId: number;
   private readonly template: Template;
 
   private constructor(private readonly tok: Tokenizer, chatTemplate: string, source: string) {
+    this.padId = tokenId(tok, '<|endoftext|>', source);
     this.ids = Object.freeze({ unk: tokenId(tok, '<unk>', source), imStart: tokenId(tok, '<image>', source), imEnd: tokenId(tok, '</image>', source),
       sliceStart: tokenId(tok, '<slice>', source), sliceEnd: tokenId(tok, '</slice>', source),
       audioStart: tokenId(tok, '<|audio_start|>', source), audioEnd: tokenId(tok, '<|audio_end|>', source) });

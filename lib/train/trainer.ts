@@ -271,7 +271,7 @@ export class X2ITrainer {
       let hidden: Tensor;
       if ('prompt' in batch.student) {
         if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
-        const r = await encodeStudentPrompt(this.mllm, batch.student.prompt);
+        const r = await encodeStudentPrompt(this.mllm, batch.student.prompt, { maxLength: 512 });  // X2I's training length
         own(r.attentionMask);
         hidden = own(r.hiddenStates);
       } else {

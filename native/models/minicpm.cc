@@ -231,7 +231,8 @@ Outputs forward(const Model& m, const Inputs& in) {
   if (in.only == "image") return Outputs{imageEmbeds(m, in.pixelValues, in.tgtSizes), {}, {}};
   if (in.only == "audio") return Outputs{audioEmbeds(m, in.audioFeatures, in.audioFeatureLens), {}, {}};
   qwen::Inputs q;
-  q.ids = in.ids, q.mask = in.mask, q.capture = in.capture, q.positions = "arange", q.padRule = "x2i";
+  // positions cumsum(mask) − 1, right pads at 1 (the reference's generate); 0..S−1 without padding
+  q.ids = in.ids, q.mask = in.mask, q.capture = in.capture, q.positions = "sequential", q.padRule = "x2i";
   const int64_t S = in.ids.dim() == 2 ? in.ids.size(1) : 0;
   std::vector<at::Tensor> feats, rows;
   auto spans = [&](const at::Tensor& bounds, const at::Tensor& f, const char* what) {

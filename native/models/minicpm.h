@@ -57,7 +57,7 @@ at::Tensor imageEmbeds(const Model& m, const std::vector<at::Tensor>& pixelValue
 // projection, average pooling; N_i = ((F_i − 1)/2 + 1 − poolStep)/poolStep + 1 tokens per audio).
 at::Tensor audioEmbeds(const Model& m, const at::Tensor& features, const at::Tensor& lens);
 // The embeddings with the image and audio features written into their spans, one pass of the language model with
-// every layer's state kept ([B, L+1, S, H]); positions 0..S−1.
+// every layer's state kept ([B, L+1, S, H]); positions cumsum(mask) − 1, pads at 1 (0..S−1 without padding).
 Outputs forward(const Model& m, const Inputs& in);
 
 }  // namespace x2i::minicpm

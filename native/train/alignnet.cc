@@ -40,7 +40,11 @@ void backward(Model& m, const at::Tensor& hiddenStates, const at::Tensor& gSeq, 
     leaves[k] = tr.master.at(k).detach().requires_grad_(true);
     *ptr = leaves[k];
   }
-  auto [seq, pooled] = forward(shadow, hiddenStates.to(at::kFloat).detach());
+  // an encoder's output is an inference tensor (its forward ran under InferenceMode): a float32 one is copied out
+  // of it, since autograd cannot save it
+  at::Tensor x = hiddenStates.to(at::kFloat).detach();
+  if (x.is_inference()) x = x.clone();
+  auto [seq, pooled] = forward(shadow, x);
   std::vector<at::Tensor> outs{seq, pooled}, grads{gSeq.to(seq.device(), at::kFloat), gPooled.to(pooled.device(), at::kFloat)};
   std::vector<at::Tensor> inputs;
   std::vector<std::string> names;

@@ -21,6 +21,31 @@ beforeAll(async () => {
 afterAll(() => { flux.dispose(); fs.rmSync(tmp, { recursive: true, force: true }); });
 
 describe('X2ITrainer', () => {
+  it('trains with the MiniCPM-o student from prompts (a sound and text), its states padded to X2I\'s 512 tokens', async () => {
+    const mllm = await x2i.studentFromPretrained(path.join(golden, 'minicpm_o'));
+    const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
+    const file = path.join(tmp, 'alignnet-minicpm.safetensors');
+    await x2i.saveSafetensors(file, {
+      'conv.weight': await r([1, 3, 5, 5], 1), 'conv.bias': await r([1], 2),
+      'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(128).fill(1), [128]), 'mlp.layernorm.bias': await r([128], 3),
+      'mlp.projector.0.weight': await r([32, 128], 4), 'mlp.projector.2.weight': await r([32, 32], 5),
+      'mlp.fc.1.weight': await r([24, 32], 6), 'mlp.fc.1.bias': await r([24], 7),
+    });
+    using net = await AlignNet.fromPretrained(file);
+    const trainer = new X2ITrainer({ transformer: flux, alignNet: net, mllm }, { ...opts, seed: 0 });
+    const sound = Float32Array.from({ length: 16000 }, (_, i) => 0.3 * Math.sin(2 * Math.PI * 330 * i / 16000));
+    const batch: x2i.X2IBatch = { teacher: { encoderHiddenStates: await x2i.randn([1, 512, 32], { seed: 40 }), pooledProjections: await x2i.randn([1, 24], { seed: 41 }) },
+      student: { prompt: { text: 'a bird singing', audios: [sound] } } };
+    const first = (await trainer.trainStep(batch)).loss;
+    let last = first;
+    for (let i = 0; i < 4; i++) last = (await trainer.trainStep(batch)).loss;
+    expect(Number.isFinite(first) && Number.isFinite(last)).toBe(true);
+    expect(last).toBeLessThan(first);
+    const ins = await (mllm as x2i.MiniCPMOEncoder).processPrompt({ text: 'a bird singing', audios: [sound] }, { maxLength: 512 });
+    expect(ins.inputIds.shape).toEqual([1, 512]);
+    mllm.dispose();
+  });
+
   it('a few steps lower the distillation loss', async () => {
     using net = await AlignNet.fromPretrained(await alignNetFile(tmp));
     const trainer = new X2ITrainer({ transformer: flux, alignNet: net }, { ...opts, seed: 0 });
