@@ -118,6 +118,8 @@ export interface NativeFluxConfig {
   theta?: number;
   /** Fused kernels (default true) or the reference op chain. */
   fast?: boolean;
+  /** t·1000 and guidance·1000 into the timestep sinusoids in float32 (default false: rounded to the model dtype first). */
+  exactTimesteps?: boolean;
 }
 
 /** The inputs of one FLUX forward; absent entries are undefined (napi/flux.cc parseInputs). */

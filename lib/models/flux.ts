@@ -63,6 +63,12 @@ export interface FluxLoadOptions {
    * with the reference implementations in bf16. Identical up to float rounding in float32/float64.
    */
   precision?: 'fast' | 'reference';
+  /**
+   * 'model' (default): t·1000 and guidance·1000 are rounded to the model dtype before the sinusoidal embedding, as
+   * diffusers and BFL do (in bf16, t = 0.75 becomes 752 and guidance 3.5 becomes 3504). 'float32': they enter the
+   * sinusoids exactly (closer to the float32 model in bf16).
+   */
+  timestepPrecision?: 'model' | 'float32';
 }
 
 export interface FluxInputs {
@@ -182,6 +188,12 @@ function checkConfigKeys(cfg: Record<string, unknown>, source: string): FluxConf
       throw new X2IError(`${source}: unknown FluxTransformer config key '${k}' (known: ${[...CONFIG_KEYS].join(', ')})`, 'ERR_CONFIG');
   }
   return cfg as FluxConfig;
+}
+
+function exactTimestepsFlag(p: unknown): boolean {
+  if (p === undefined || p === 'model') return false;
+  if (p === 'float32') return true;
+  throw invalidArg('timestepPrecision', "'model' or 'float32'", p);
 }
 
 function precisionFlag(p: unknown): boolean {
@@ -304,7 +316,8 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
           'full config in options.config)', 'ERR_CONFIG');
       config = { ...inferBflConfig(shapes, weights), ...checkConfigKeys({ ...opts.config }, 'options.config') };
     }
-    const nativeConfig = { ...toNativeConfig(config, configFile ?? weights), fast: precisionFlag(opts.precision) };
+    const nativeConfig = { ...toNativeConfig(config, configFile ?? weights), fast: precisionFlag(opts.precision),
+      exactTimesteps: exactTimestepsFlag(opts.timestepPrecision) };
     const tensors = await loadSafetensors(weights, { device, dtype });
     if (configFile) layout = detectLayout(Object.keys(tensors), weights);
     try {
@@ -322,10 +335,11 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    * (PyTorch's default Linear init), drawn on the device from `seed`: for benchmarks, tests and demos.
    */
   static async fromConfig(config: FluxConfig = {}, opts: { device?: string; dtype?: DType; seed?: number;
-    precision?: 'fast' | 'reference' } = {}): Promise<FluxTransformer> {
+    precision?: 'fast' | 'reference'; timestepPrecision?: 'model' | 'float32' } = {}): Promise<FluxTransformer> {
     const { device, dtype } = defaultDtype(opts);
     const full = { ...FLUX_DEV_CONFIG, ...checkConfigKeys({ ...config }, 'config') };
-    const nativeConfig = { ...toNativeConfig(full, 'config'), fast: precisionFlag(opts.precision) };
+    const nativeConfig = { ...toNativeConfig(full, 'config'), fast: precisionFlag(opts.precision),
+      exactTimesteps: exactTimestepsFlag(opts.timestepPrecision) };
     const Native = addon().NativeFlux;
     const h = await nativeCall(() => Native.random(nativeConfig, device, dtype, opts.seed ?? 0));
     return new FluxTransformer(h, full, 'bfl', opts.precision ?? 'fast');

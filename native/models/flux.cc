@@ -593,8 +593,11 @@ Inputs prepare(const Model& m, Inputs in) {
   for (at::Tensor* t : {&in.hiddenStates, &in.encoderHiddenStates, &in.pooledProjections})
     if (!at::isFloatingType(t->scalar_type()))
       fail("ERR_INVALID_DTYPE", "FluxTransformer.forward: inputs must be floating point, found " + dtypeName(t->scalar_type()));
-  for (at::Tensor* t : {&in.hiddenStates, &in.encoderHiddenStates, &in.pooledProjections, &in.timestep, &in.guidance})
+  for (at::Tensor* t : {&in.hiddenStates, &in.encoderHiddenStates, &in.pooledProjections})
     if (t->defined()) *t = t->to(dev, dt);
+  const at::ScalarType tdt = m.cfg.exactTimesteps ? acc(dt) : dt;  // the sinusoids' input: exact or as the reference
+  for (at::Tensor* t : {&in.timestep, &in.guidance})
+    if (t->defined()) *t = t->to(dev, tdt);
   in.imgIds = in.imgIds.to(dev, at::kFloat);
   in.txtIds = in.txtIds.to(dev, at::kFloat);
   if (in.controlResiduals.defined()) {
@@ -629,7 +632,8 @@ at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap, bool ch
   const auto dt = m.dtype();
   PhaseTimer phase{std::getenv("X2I_PROFILE") != nullptr, m.device()};
   phase("start");
-  // conditioning vector: ((t + g) + y), the sinusoids of t·1000 and g·1000 in the model dtype
+  // conditioning vector: ((t + g) + y), the sinusoids of t·1000 and g·1000 (in the model dtype, or float32 with
+  // exactTimesteps)
   at::Tensor vec = mlpEmbedder(m.timeIn1, m.timeIn2, timestepEmbedding(in.timestep * 1000, m.timeFreqs).to(dt));
   if (m.cfg.guidance) vec = vec + mlpEmbedder(m.guidanceIn1, m.guidanceIn2, timestepEmbedding(in.guidance * 1000, m.timeFreqs).to(dt));
   vec = vec + mlpEmbedder(m.vectorIn1, m.vectorIn2, in.pooledProjections);

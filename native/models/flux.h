@@ -21,6 +21,9 @@ struct Config {
   // complex multiply, gate·x + residual in one op), rounding once where the reference rounds per op;
   // 'reference': the BFL op chain, one rounding per op, as the reference.
   bool fast = true;
+  // t·1000 and guidance·1000 into the sinusoids in float32 (true) or first rounded to the model dtype (false, the
+  // default: diffusers' and BFL's parity; bf16 holds 752 for 750 and 3504 for 3500)
+  bool exactTimesteps = false;
   int64_t headDim() const { return hidden / heads; }
 };
 

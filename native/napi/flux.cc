@@ -30,6 +30,7 @@ flux::Config parseConfig(const Napi::Object& o) {
   c.guidance = o.Get("guidance").ToBoolean();
   c.theta = numberOr(o, "theta", 10000.0);
   c.fast = !o.Get("fast").IsBoolean() || o.Get("fast").ToBoolean();
+  c.exactTimesteps = o.Get("exactTimesteps").IsBoolean() && o.Get("exactTimesteps").ToBoolean();
   Napi::Value axes = o.Get("axes");
   if (!axes.IsArray()) fail("ERR_CONFIG", "FluxTransformer config: 'axes' must be an array");
   c.axes.clear();

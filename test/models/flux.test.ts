@@ -292,3 +292,26 @@ describe('FluxTransformer.trainStep (training the transformer itself)', () => {
     await expect(b.trainStep(inputs, await x2i.randn([2, 16, 16]))).rejects.toThrow(/trained in float32/);
   });
 });
+
+describe('timestepPrecision (t·1000 and guidance·1000 into the sinusoids)', () => {
+  it("'float32' is exact where bf16 rounds them (t = 0.75 → 752, guidance 3.5 → 3504), and equal where bf16 holds them", async () => {
+    const dir = path.join(golden, 'flux-transformer');
+    using ref = await FluxTransformer.fromPretrained(dir);  // float32
+    using parity = await FluxTransformer.fromPretrained(dir, { dtype: 'bfloat16' });
+    using exact = await FluxTransformer.fromPretrained(dir, { dtype: 'bfloat16', timestepPrecision: 'float32' });
+    const B = inputs.hiddenStates.shape[0];
+    const at = (t: number, g: number) => ({ ...inputs, timestep: x2i.Tensor.fromArray(new Float32Array(B).fill(t), [B]),
+      guidance: x2i.Tensor.fromArray(new Float32Array(B).fill(g), [B]) });
+    const err = async (m: FluxTransformer, i: x2i.FluxInputs) =>
+      x2i.relativeError(await (await m.forward(i)).sample.to({ dtype: 'float32' }), (await ref.forward(i)).sample);
+    const odd = at(0.75, 3.5);
+    const [eParity, eExact] = [await err(parity, odd), await err(exact, odd)];
+    expect(eExact).toBeLessThan(eParity);
+    const round = at(1, 4);  // 1000 and 4000: bf16 holds them
+    const [a, b] = [(await parity.forward(round)).sample, (await exact.forward(round)).sample];
+    expect(await x2i.relativeError(a, b)).toBe(0);
+    expect(exact.precision).toBe('fast');
+    await expect(FluxTransformer.fromPretrained(dir, { timestepPrecision: 'half' as never })).rejects.toThrow(/timestepPrecision/);
+  });
+});
+
