@@ -90,6 +90,20 @@ export async function alignNetFile(dir: string): Promise<string> {
   return f;
 }
 
+/** A random AlignNet safetensors file for a student of `layers` stacked states of `hidden` channels into the tiny
+ * golden FLUX's conditioning (32-wide sequence, 24 pooled): standard normal weights from seeds seed..seed+6. */
+export async function studentAlignNetFile(file: string, layers: number, hidden: number, seed: number): Promise<string> {
+  const { Tensor, randn, saveSafetensors } = await import('../lib/index.js');
+  const r = (shape: number[], k: number) => randn(shape, { seed: seed + k });
+  await saveSafetensors(file, {
+    'conv.weight': await r([1, layers, 5, 5], 0), 'conv.bias': await r([1], 1),
+    'mlp.layernorm.weight': Tensor.fromArray(new Float32Array(hidden).fill(1), [hidden]), 'mlp.layernorm.bias': await r([hidden], 2),
+    'mlp.projector.0.weight': await r([32, hidden], 3), 'mlp.projector.2.weight': await r([32, 32], 4),
+    'mlp.fc.1.weight': await r([24, 32], 5), 'mlp.fc.1.bias': await r([24], 6),
+  });
+  return file;
+}
+
 /** Every file under a folder with its bytes (base64), to prove a checkpoint was not touched. */
 export function snapshot(dir: string): Record<string, string> {
   const out: Record<string, string> = {};

@@ -3,10 +3,9 @@
  * grid of s×s tiles from the aspect ratios i·j ≤ maxNum, cuts them row-major from a bicubic resize, and appends an
  * s×s thumbnail when there is more than one tile; each tile /255 and normalised with ImageNet's mean and std.
  */
-import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
-import { addon } from '../core/native.js';
+import { invalidArg } from '../core/errors.js';
 import { Tensor } from '../core/tensor.js';
-import type { RgbImage } from './qwen_vision.js';
+import { resizeRgb, rgbPixels, type RgbImage } from './qwen_vision.js';
 
 export interface InternVLVisionOptions {
   /** The tile size s (the config's force_image_size; 448 for InternVL2.5). */
@@ -39,29 +38,6 @@ export function tileGrid(width: number, height: number, imageSize: number, minNu
   return best;
 }
 
-async function resize(rgb: Uint8Array, w: number, h: number, outW: number, outH: number): Promise<Uint8Array> {
-  if (w === outW && h === outH) return rgb;
-  using t = Tensor.fromArray(rgb, [h, w, 3]);
-  const handle = t.handle;
-  using out = new Tensor(await nativeCall(() => addon().resizeImage(handle, outH, outW, 'pil')));  // Pillow, bit for bit
-  return await out.toArray() as Uint8Array;
-}
-
-function rgbOf(img: RgbImage): Uint8Array {
-  const c = img?.channels ?? 3;
-  if (!img || !(img.data instanceof Uint8Array || img.data instanceof Uint8ClampedArray))
-    throw invalidArg('image.data', 'a Uint8Array of interleaved RGB(A) pixels', img?.data);
-  if (!Number.isSafeInteger(img.width) || !Number.isSafeInteger(img.height) || img.width < 1 || img.height < 1)
-    throw invalidArg('image size', 'positive integers', [img.width, img.height]);
-  if (c !== 3 && c !== 4) throw new X2IError(`image: ${c} channels, expected 3 (RGB) or 4 (RGBA)`, 'ERR_IMAGE');
-  if (img.data.length !== img.width * img.height * c)
-    throw new X2IError(`image: ${img.data.length} bytes, expected ${img.width}×${img.height}×${c}`, 'ERR_IMAGE');
-  if (c === 3) return new Uint8Array(img.data.buffer, img.data.byteOffset, img.data.length);
-  const rgb = new Uint8Array(img.width * img.height * 3);
-  for (let i = 0, j = 0; i < img.data.length; i += 4, j += 3) rgb[j] = img.data[i], rgb[j + 1] = img.data[i + 1], rgb[j + 2] = img.data[i + 2];
-  return rgb;
-}
-
 /** Images → `{ pixelValues [Σ tiles, 3, s, s] float32, tiles }` (tiles[i]: image i's tile count, thumbnail included). */
 export async function preprocessInternVL(images: RgbImage[], opts: InternVLVisionOptions = {}): Promise<{ pixelValues: Tensor; tiles: number[] }> {
   if (!Array.isArray(images) || images.length === 0) throw invalidArg('images', 'a non-empty array of images', images);
@@ -78,16 +54,16 @@ export async function preprocessInternVL(images: RgbImage[], opts: InternVLVisio
     return f;
   };
   for (const img of images) {
-    let rgb = rgbOf(img), w = img.width, h = img.height;
+    let rgb = rgbPixels(img), w = img.width, h = img.height;
     if (opts.preResize) {
       const [pw, ph] = opts.preResize;
       if (!Number.isSafeInteger(pw) || !Number.isSafeInteger(ph) || pw < 1 || ph < 1) throw invalidArg('preResize', '[width, height] in pixels', opts.preResize);
-      rgb = await resize(rgb, w, h, pw, ph), w = pw, h = ph;
+      rgb = await resizeRgb(rgb, w, h, pw, ph, 'pil'), w = pw, h = ph;
     }
     const [gi, gj] = tileGrid(w, h, s, minNum, maxNum);
-    const big = await resize(rgb, w, h, gi * s, gj * s);
+    const big = await resizeRgb(rgb, w, h, gi * s, gj * s, 'pil');
     for (let b = 0; b < gi * gj; b++) planes.push(plane(big, gi * s, (b % gi) * s, Math.floor(b / gi) * s));
-    if ((opts.useThumbnail ?? true) && gi * gj !== 1) planes.push(plane(await resize(rgb, w, h, s, s), s, 0, 0));
+    if ((opts.useThumbnail ?? true) && gi * gj !== 1) planes.push(plane(await resizeRgb(rgb, w, h, s, s, 'pil'), s, 0, 0));
     tiles.push(gi * gj + ((opts.useThumbnail ?? true) && gi * gj !== 1 ? 1 : 0));
   }
   const all = new Float32Array(planes.length * 3 * s * s);

@@ -3,7 +3,7 @@
  * resampler), audio (Whisper encoder + projection + pooling) and text into the Qwen2.5 language model, one pass with
  * every layer's state kept — the student that hears.
  */
-import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
+import { X2IError, invalidArg } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeMiniCPMOConfig, NativeMiniCPMOEncoder, NativeMiniCPMOInputs } from '../core/addon.js';
 import { ConfigReader } from '../core/config.js';
@@ -11,7 +11,7 @@ import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { defaultDtype, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { nativeConfig as qwenConfig } from './qwen.js';
-import { roundHalfEven, type RgbImage } from './qwen_vision.js';
+import { resizeRgb, rgbPixels, roundHalfEven, type RgbImage } from './qwen_vision.js';
 import { MiniCPMOTokenizer } from './tokenizers.js';
 import { logMel, type DecodedAudio } from './audio.js';
 import fs from 'node:fs';
@@ -69,6 +69,11 @@ export class MiniCPMOEncoder extends NativeModel<NativeMiniCPMOEncoder> {
 
   /** The processor's settings: the folder's preprocessor_config.json, else config.json's slice_config and query_num. */
   get processorConfig(): { scaleResolution: number; patchSize: number; imageFeatureSize: number; mean: number[]; std: number[] } {
+    return (this.#processor ??= this.#readProcessorConfig());
+  }
+
+  #processor?: MiniCPMOEncoder['processorConfig'];
+  #readProcessorConfig(): MiniCPMOEncoder['processorConfig'] {
     let pre: Record<string, unknown> = {};
     const f = this.#folder ? path.join(this.#folder, 'preprocessor_config.json') : '';
     if (f && fs.existsSync(f)) {
@@ -316,14 +321,6 @@ function slicedGrid(w: number, h: number, maxSlices: number, scale: number): [nu
   return best;
 }
 
-async function pilResize(rgb: Uint8Array, w: number, h: number, ow: number, oh: number): Promise<Uint8Array> {
-  if (w === ow && h === oh) return rgb;
-  using t = Tensor.fromArray(rgb, [h, w, 3]);
-  const handle = t.handle;
-  using r = new Tensor(await nativeCall(() => addon().resizeImage(handle, oh, ow, 'pil')));
-  return await r.toArray() as Uint8Array;
-}
-
 /** One normalised slice as the processor's patch strip [3, patch, n·patch] (reshape_by_patch: patches row-major). */
 function strip(rgb: Uint8Array, W: number, x0: number, y0: number, w: number, h: number, patch: number, mean: number[], std: number[]) {
   const gh = h / patch, gw = w / patch, n = gh * gw;
@@ -340,24 +337,16 @@ function strip(rgb: Uint8Array, W: number, x0: number, y0: number, w: number, h:
 }
 
 async function sliceImage(img: RgbImage, maxSlices: number, pc: MiniCPMOEncoder['processorConfig']) {
-  const c = img?.channels ?? 3;
-  if (!img || !(img.data instanceof Uint8Array || img.data instanceof Uint8ClampedArray) || !Number.isSafeInteger(img.width) ||
-    !Number.isSafeInteger(img.height) || img.width < 1 || img.height < 1 || (c !== 3 && c !== 4) || img.data.length !== img.width * img.height * c)
-    throw invalidArg('image', '{ data: Uint8Array (RGB or RGBA), width, height }', img);
-  let rgb = new Uint8Array(img.data.buffer, img.data.byteOffset, img.data.length);
-  if (c === 4) {
-    rgb = new Uint8Array(img.width * img.height * 3);
-    for (let i = 0, j = 0; i < img.data.length; i += 4, j += 3) rgb[j] = img.data[i], rgb[j + 1] = img.data[i + 1], rgb[j + 2] = img.data[i + 2];
-  }
+  const rgb = rgbPixels(img);
   const { scaleResolution: S, patchSize: P, mean, std } = pc;
   const W0 = img.width, H0 = img.height;
   const grid = slicedGrid(W0, H0, maxSlices, S);
   const [sw, sh] = bestResize(W0, H0, S, P, grid === null);
-  const slices = [strip(await pilResize(rgb, W0, H0, sw, sh), sw, 0, 0, sw, sh, P, mean, std)];
+  const slices = [strip(await resizeRgb(rgb, W0, H0, sw, sh, 'pil'), sw, 0, 0, sw, sh, P, mean, std)];
   if (grid) {  // get_refine_size, then the grid's cells row by row
     const [gx, gy] = grid;
     const [cw, ch] = bestResize(ensureDivide(W0, gx) / gx, ensureDivide(H0, gy) / gy, S, P, true);
-    const refined = await pilResize(rgb, W0, H0, cw * gx, ch * gy);
+    const refined = await resizeRgb(rgb, W0, H0, cw * gx, ch * gy, 'pil');
     for (let i = 0; i < gy; i++) for (let j = 0; j < gx; j++) slices.push(strip(refined, cw * gx, j * cw, i * ch, cw, ch, P, mean, std));
   }
   return {

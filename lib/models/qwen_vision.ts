@@ -57,29 +57,35 @@ export function smartResize(height: number, width: number, factor = 28, minPixel
   return { height: h, width: w };
 }
 
-async function resized(img: RgbImage, h: number, w: number): Promise<Uint8Array> {
-  const c = img.channels ?? 3;
-  if (!(img.data instanceof Uint8Array || img.data instanceof Uint8ClampedArray))
-    throw invalidArg('image.data', 'a Uint8Array of interleaved RGB(A) pixels', img.data);
+/** An image's pixels as interleaved RGB bytes [H·W·3] (RGBA drops its alpha), its fields checked. */
+export function rgbPixels(img: RgbImage): Uint8Array {
+  const c = img?.channels ?? 3;
+  if (!img || !(img.data instanceof Uint8Array || img.data instanceof Uint8ClampedArray))
+    throw invalidArg('image.data', 'a Uint8Array of interleaved RGB(A) pixels', img?.data);
   if (!Number.isSafeInteger(img.width) || !Number.isSafeInteger(img.height) || img.width < 1 || img.height < 1)
     throw invalidArg('image size', 'positive integers', [img.width, img.height]);
   if (c !== 3 && c !== 4) throw new X2IError(`image: ${c} channels, expected 3 (RGB) or 4 (RGBA)`, 'ERR_IMAGE');
   if (img.data.length !== img.width * img.height * c)
     throw new X2IError(`image: ${img.data.length} bytes, expected ${img.width}×${img.height}×${c} = ${img.width * img.height * c}`, 'ERR_IMAGE');
-  let rgb = new Uint8Array(img.data.buffer, img.data.byteOffset, img.data.length);
-  if (c === 4) {
-    rgb = new Uint8Array(img.width * img.height * 3);
-    for (let i = 0, j = 0; i < img.data.length; i += 4, j += 3) rgb[j] = img.data[i], rgb[j + 1] = img.data[i + 1], rgb[j + 2] = img.data[i + 2];
-  }
-  using t = Tensor.fromArray(rgb, [img.height, img.width, 3]);
-  const h0 = t.handle;
-  const native = addon();
-  const out = new Tensor(await nativeCall(() => native.resizeImage(h0, h, w)));
-  try {
-    return await out.toArray() as Uint8Array;
-  } finally {
-    out.dispose();
-  }
+  if (c === 3) return new Uint8Array(img.data.buffer, img.data.byteOffset, img.data.length);
+  const rgb = new Uint8Array(img.width * img.height * 3);
+  for (let i = 0, j = 0; i < img.data.length; i += 4, j += 3) rgb[j] = img.data[i], rgb[j + 1] = img.data[i + 1], rgb[j + 2] = img.data[i + 2];
+  return rgb;
+}
+
+/** RGB bytes [h, w, 3] resized to [outH, outW, 3] off the event loop: 'torch' (PyTorch's antialiased bicubic, what
+ * torchvision-based processors compute) or 'pil' (Pillow's bicubic, bit for bit). The same bytes when the size is kept. */
+export async function resizeRgb(rgb: Uint8Array, w: number, h: number, outW: number, outH: number,
+  method: 'torch' | 'pil' = 'torch'): Promise<Uint8Array> {
+  if (w === outW && h === outH) return rgb;
+  using t = Tensor.fromArray(rgb, [h, w, 3]);
+  const handle = t.handle;
+  using out = new Tensor(await nativeCall(() => addon().resizeImage(handle, outH, outW, method)));
+  return await out.toArray() as Uint8Array;
+}
+
+async function resized(img: RgbImage, h: number, w: number): Promise<Uint8Array> {
+  return resizeRgb(rgbPixels(img), img.width, img.height, w, h);
 }
 
 /** Normalised frames [T, C, H, W] → rows [grid_t·grid_h·grid_w, C·tp·p·p] in the vision tower's order. */

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { golden, root, tmpDir } from '../helpers.js';
+import { golden, root, studentAlignNetFile, tmpDir } from '../helpers.js';
 
 const tmp = tmpDir();
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -31,15 +31,7 @@ it('x2i generate: a PNG from precomputed embeddings through FLUX and its VAE, wi
 });
 
 it('x2i generate: the MiniCPM-o student from a sound, an image and text mixed (--audio, --prompt-image, --video)', async () => {
-  const x = await import('../../lib/index.js');
-  const r = (shape: number[], seed: number) => x.randn(shape, { seed });
-  const align = path.join(tmp, 'alignnet-minicpm.safetensors');
-  await x.saveSafetensors(align, {
-    'conv.weight': await r([1, 3, 5, 5], 1), 'conv.bias': await r([1], 2),
-    'mlp.layernorm.weight': x.Tensor.fromArray(new Float32Array(128).fill(1), [128]), 'mlp.layernorm.bias': await r([128], 3),
-    'mlp.projector.0.weight': await r([32, 128], 4), 'mlp.projector.2.weight': await r([32, 32], 5),
-    'mlp.fc.1.weight': await r([24, 32], 6), 'mlp.fc.1.bias': await r([24], 7),
-  });
+  const align = await studentAlignNetFile(path.join(tmp, 'alignnet-minicpm.safetensors'), 3, 128, 1);
   const dir = path.join(golden, 'minicpm_o');
   const base = ['generate', '--flux', path.join(golden, 'flux-transformer'), '--vae', path.join(golden, 'vae'), '--mllm', dir, '--alignnet', align,
     '--height', '32', '--width', '32', '--steps', '2'];

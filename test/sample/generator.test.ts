@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { AlignNet, AutoencoderKL, FlowMatchEulerScheduler, FluxPipeline, FluxTransformer, QwenVLEncoder, X2IGenerator } from '../../lib/index.js';
-import { golden, tmpDir } from '../helpers.js';
+import { golden, studentAlignNetFile, tmpDir } from '../helpers.js';
 
 const tmp = tmpDir();
 let gen: X2IGenerator;
@@ -21,13 +21,7 @@ const fake = {
 
 beforeAll(async () => {
   // an AlignNet from the tiny Qwen (4 stacked states of 64) to the tiny FLUX's conditioning (32-wide sequence, 24 pooled)
-  const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
-  await x2i.saveSafetensors(path.join(tmp, 'alignnet.safetensors'), {
-    'conv.weight': await r([1, 4, 5, 5], 1), 'conv.bias': await r([1], 2),
-    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(64).fill(1), [64]), 'mlp.layernorm.bias': await r([64], 3),
-    'mlp.projector.0.weight': await r([32, 64], 4), 'mlp.projector.2.weight': await r([32, 32], 5),
-    'mlp.fc.1.weight': await r([24, 32], 6), 'mlp.fc.1.bias': await r([24], 7),
-  });
+  await studentAlignNetFile(path.join(tmp, 'alignnet.safetensors'), 4, 64, 1);
   const { config } = JSON.parse(fs.readFileSync(path.join(golden, 'scheduler', 'cases.json'), 'utf8'));
   gen = new X2IGenerator({
     mllm: await QwenVLEncoder.fromPretrained(path.join(golden, 'qwen2_5_vl')),
@@ -82,13 +76,7 @@ it('X2IGenerator with the InternVL student (picked by studentFromPretrained): te
   expect(await x2i.studentFromPretrained(path.join(golden, 'qwen2_5_vl'))).toBeInstanceOf(QwenVLEncoder);
   expect(await x2i.studentFromPretrained(path.join(golden, 'minicpm_o'))).toBeInstanceOf(x2i.MiniCPMOEncoder);
   // AlignNet from InternVL's 3 stacked states of 64 to the tiny FLUX's conditioning
-  const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
-  await x2i.saveSafetensors(path.join(tmp, 'alignnet-internvl.safetensors'), {
-    'conv.weight': await r([1, 3, 5, 5], 11), 'conv.bias': await r([1], 12),
-    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(64).fill(1), [64]), 'mlp.layernorm.bias': await r([64], 13),
-    'mlp.projector.0.weight': await r([32, 64], 14), 'mlp.projector.2.weight': await r([32, 32], 15),
-    'mlp.fc.1.weight': await r([24, 32], 16), 'mlp.fc.1.bias': await r([24], 17),
-  });
+  await studentAlignNetFile(path.join(tmp, 'alignnet-internvl.safetensors'), 3, 64, 11);
   const g = new X2IGenerator({ mllm, alignNet: await AlignNet.fromPretrained(path.join(tmp, 'alignnet-internvl.safetensors')), pipeline: gen.pipeline });
   const image = { data: new Uint8Array(40 * 48 * 3).map((_, i) => (i * 37) % 256), width: 48, height: 40 };
   const opts = { height: 32, width: 32, numInferenceSteps: 2, seed: 3, maxLength: 300 };
@@ -104,13 +92,7 @@ it('X2IGenerator with the InternVL student (picked by studentFromPretrained): te
 
 it('X2IGenerator generates from a synthetic sound end to end (the MiniCPM-o student): the same images as by hand', async () => {
   const mllm = await x2i.studentFromPretrained(path.join(golden, 'minicpm_o'));
-  const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
-  await x2i.saveSafetensors(path.join(tmp, 'alignnet-minicpm.safetensors'), {
-    'conv.weight': await r([1, 3, 5, 5], 21), 'conv.bias': await r([1], 22),
-    'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(128).fill(1), [128]), 'mlp.layernorm.bias': await r([128], 23),
-    'mlp.projector.0.weight': await r([32, 128], 24), 'mlp.projector.2.weight': await r([32, 32], 25),
-    'mlp.fc.1.weight': await r([24, 32], 26), 'mlp.fc.1.bias': await r([24], 27),
-  });
+  await studentAlignNetFile(path.join(tmp, 'alignnet-minicpm.safetensors'), 3, 128, 21);
   const g = new X2IGenerator({ mllm, alignNet: await AlignNet.fromPretrained(path.join(tmp, 'alignnet-minicpm.safetensors')), pipeline: gen.pipeline });
   // a chirp with a beat, 1.2 s at 16 kHz, and a plain tone
   const chirp = Float32Array.from({ length: 19200 }, (_, i) => 0.4 * Math.sin(2 * Math.PI * (300 + i / 40) * i / 16000) * (1 + Math.sin(i / 800)) / 2);

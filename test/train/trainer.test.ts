@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { AlignNet, FluxTransformer, X2ITrainer } from '../../lib/index.js';
-import { alignNetFile, golden, tmpDir } from '../helpers.js';
+import { alignNetFile, golden, studentAlignNetFile, tmpDir } from '../helpers.js';
 
 const tmp = tmpDir();
 let flux: FluxTransformer;
@@ -23,14 +23,7 @@ afterAll(() => { flux.dispose(); fs.rmSync(tmp, { recursive: true, force: true }
 describe('X2ITrainer', () => {
   it('trains with the MiniCPM-o student from prompts (a sound and text), its states padded to X2I\'s 512 tokens', async () => {
     const mllm = await x2i.studentFromPretrained(path.join(golden, 'minicpm_o'));
-    const r = (shape: number[], seed: number) => x2i.randn(shape, { seed });
-    const file = path.join(tmp, 'alignnet-minicpm.safetensors');
-    await x2i.saveSafetensors(file, {
-      'conv.weight': await r([1, 3, 5, 5], 1), 'conv.bias': await r([1], 2),
-      'mlp.layernorm.weight': x2i.Tensor.fromArray(new Float32Array(128).fill(1), [128]), 'mlp.layernorm.bias': await r([128], 3),
-      'mlp.projector.0.weight': await r([32, 128], 4), 'mlp.projector.2.weight': await r([32, 32], 5),
-      'mlp.fc.1.weight': await r([24, 32], 6), 'mlp.fc.1.bias': await r([24], 7),
-    });
+    const file = await studentAlignNetFile(path.join(tmp, 'alignnet-minicpm.safetensors'), 3, 128, 1);
     using net = await AlignNet.fromPretrained(file);
     const trainer = new X2ITrainer({ transformer: flux, alignNet: net, mllm }, { ...opts, seed: 0 });
     const sound = Float32Array.from({ length: 16000 }, (_, i) => 0.3 * Math.sin(2 * Math.PI * 330 * i / 16000));
