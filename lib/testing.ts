@@ -5,7 +5,7 @@
  * The probes live on `addon.testing` (typed as AddonTesting in lib/core/addon.ts), apart from the production
  * export table: the bridge's own cost (noop, noopAsync), LibTorch copies (benchCopy), one distillation tap
  * through the fused or composite pass (distillTap, benchDistillTap), strided views for the kernels
- * (narrowView), the attention kernel SDPA picks (sdpaBackend) and x2i's GroupNorm beside LibTorch's (groupNorm). Arguments are NativeTensor handles
+ * (narrowView), the attention kernel SDPA picks (sdpaBackend) x2i's GroupNorm beside LibTorch's (groupNorm) and unfused LoRA's one-pass kernel beside its twin (lowRankAdd). Arguments are NativeTensor handles
  * (`tensor.handle`).
  */
 import { X2IError } from './core/errors.js';

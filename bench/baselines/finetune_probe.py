@@ -218,6 +218,51 @@ def lora_gemm():
         r[name] = row; print(name, row, flush=True)
     r["per_forward_ms_est"] = tot
 
+# ---------------------------------------------------------------- C2: unfused LoRA forms in generation
+def lora_forms():
+    """Per adapted layer of one FLUX.1-dev forward at 1024^2 (img 4096, txt 512, single 4608 tokens), each form run
+    10x back to back per timing: base GEMM; x2i's current form; N-augmented ([W; D] stacked: u comes out of the
+    frozen GEMM as extra columns, then y += k u U^T in place on the strided view); the weight merged per call into a
+    scratch weight (W + k U D, then the GEMM); and for mlp0 the same followed by the tanh GELU."""
+    r = res.setdefault("lora_forms", {})
+    layers = []
+    for M, cnt, pre in ((4096, 19, "d_img_"), (512, 19, "d_txt_")):
+        layers += [(pre + "qkv", M, 3072, 9216, 48, cnt), (pre + "proj", M, 3072, 3072, 16, cnt),
+                   (pre + "mlp0", M, 3072, 12288, 16, cnt), (pre + "mlp2", M, 12288, 3072, 16, cnt)]
+    layers += [("s_linear1", 4608, 3072, 21504, 64, 38), ("s_linear2", 4608, 15360, 3072, 16, 38)]
+    forms = ("base", "current", "naug", "wmerge", "best")
+    tot = {f: 0.0 for f in forms}
+    k = 0.8
+    for name, M, fin, fout, R, cnt in layers:
+        x = torch.randn(M, fin, device=dev, dtype=dt); W = torch.randn(fout, fin, device=dev, dtype=dt) * 0.02
+        D = torch.randn(R, fin, device=dev, dtype=dt) * 0.02; U = torch.randn(fout, R, device=dev, dtype=dt) * 0.02
+        b = torch.randn(fout, device=dev, dtype=dt)
+        S = torch.cat([W, D], 0).contiguous(); bS = torch.cat([b, torch.zeros(R, device=dev, dtype=dt)])
+        Wtmp = torch.empty_like(W)
+        gelu = name.endswith("mlp0")
+        act = (lambda y: F.gelu(y, approximate="tanh")) if gelu else (lambda y: y)
+        def base(): return act(torch.addmm(b, x, W.t()))
+        def current():
+            acc = torch.addmm(b, torch.mm(x, D.t()), U.t(), alpha=k); return act(torch.addmm(acc, x, W.t()))
+        def naug():
+            y = torch.addmm(bS, x, S.t()); o = y[:, :fout]; o.addmm_(y[:, fout:], U.t(), alpha=k); return act(o)
+        def wmerge():
+            torch.addmm(W, U, D, alpha=k, out=Wtmp); return act(torch.addmm(b, x, Wtmp.t()))
+        ref = act((x.float() @ (W.float() + k * U.float() @ D.float()).t() + b.float()))
+        row = {}
+        for fn in ("current", "naug", "wmerge"):
+            got = locals()[fn]().float(); row["relerr_" + fn] = float((got - ref).norm() / ref.norm())
+        fns = {"base": base, "current": current, "naug": naug, "wmerge": wmerge}
+        for f, fn in fns.items():
+            ms = timeit(lambda: [fn() for _ in range(10)], 10, 3) / 10; row[f] = ms; tot[f] += ms * cnt
+        row["best"] = min(row["naug"], row["wmerge"]); tot["best"] += row["best"] * cnt
+        r[name] = row; print(name, {a: round(v, 4) for a, v in row.items()}, flush=True)
+        del x, W, D, U, S, Wtmp
+    tot["overhead_current"] = tot["current"] / tot["base"] - 1
+    tot["overhead_naug"] = tot["naug"] / tot["base"] - 1
+    tot["overhead_best"] = tot["best"] / tot["base"] - 1
+    r["per_forward_ms"] = tot; print(tot, flush=True)
+
 # ---------------------------------------------------------------- D: frozen FLUX fwd+bwd floor (eager), flash vs cudnn
 def frozen():
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -272,6 +317,7 @@ def frozen():
 res["device"] = torch.cuda.get_device_name(); res["torch"] = torch.__version__; res["cudnn"] = torch.backends.cudnn.version()
 section("sdpa", sdpa)
 section("lora_gemm", lora_gemm)
+section("lora_forms", lora_forms)
 section("lightcontrol", lightcontrol)
 section("frozen", frozen)
 save()

@@ -641,6 +641,10 @@ export interface AddonTesting {
   /** GroupNorm forward and backward (of ⟨dy, y⟩) by x2i's split reduction or by LibTorch's group_norm (default eps 1e-5). */
   groupNorm(x: NativeTensor, groups: number, weight: NativeTensor, bias: NativeTensor, dy: NativeTensor,
     method: 'split' | 'libtorch', eps?: number): Promise<{ y: NativeTensor; dx: NativeTensor; dw: NativeTensor; db: NativeTensor }>;
+  /** Unfused LoRA's one-pass term: epilogue(y + k · u · upᵀ) with y = yAug[:, :N], u = yAug[:, N:] (rank columns), by the
+   * CUDA kernel (optionally with up's chunk mask) or its LibTorch twin; gated: res + gate · v (gate: one row per sample). */
+  lowRankAdd(yAug: NativeTensor, rank: number, up: NativeTensor, k: number, epilogue: 'none' | 'gelu' | 'gated',
+    res: NativeTensor | undefined, gate: NativeTensor | undefined, method: 'kernel' | 'composite', mask?: boolean): Promise<NativeTensor>;
 }
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
@@ -658,7 +662,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 /** The probe names of `addon.testing`, at run time. */
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
-  groupNorm: true,
+  groupNorm: true, lowRankAdd: true,
 } satisfies Record<keyof AddonTesting, true>);
 
 /** Which members of a native class the contract declares: its statics and its instances' methods. */

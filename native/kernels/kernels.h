@@ -50,3 +50,18 @@ void cudaResetPeakMemory(int device);
 void cudaEmptyCache();
 
 }  // namespace x2i::kernels
+
+namespace x2i::kernels {
+
+// Unfused LoRA in inference (kernels/low_rank.cu; its LibTorch twin is lora::lowRankComposite):
+//   out[i, j] = epilogue(y[i, j] + k · Σ_r u[i, r] · up[j, r])
+// y [M, N], u [M, R], out [M, N]: 2-D with unit column stride, any row stride (y and u are column blocks of one
+// GEMM's output); up [N, R] contiguous; mask (optional, int32, R ≤ 512): per 64-column tile from maskOffset, bit c
+// set unless up's rank columns [16c, 16c + 16) are zero there. Epilogues: None; GeluTanh; Gated: res + gate · v
+// with res [M, N] and gate [M / rowsPerGate, N] (one gate row per batch sample). Float32 math, one rounding.
+enum class LowRankEpilogue { None, GeluTanh, Gated };
+void lowRankAdd(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, const at::Tensor& mask,
+                int64_t maskOffset, double k, LowRankEpilogue epi, const at::Tensor& res, const at::Tensor& gate,
+                int64_t rowsPerGate, const at::Tensor& out);
+
+}  // namespace x2i::kernels

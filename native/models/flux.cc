@@ -236,6 +236,11 @@ at::Tensor gated(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& 
   return fast ? at::addcmul(x, gate, y) : x + gate * y;
 }
 
+// res + gate · l(x): an adapter's low-rank term and the gated residual in one pass where they can be (lora.cc)
+at::Tensor gatedLinear(const Linear& l, const at::Tensor& x, const at::Tensor& res, const at::Tensor& gate, bool fast) {
+  return l(x, {{Epilogue::Gated, 0, -1, res, gate}}, fast)[0];
+}
+
 // [B, L, 3·hidden] → q, k, v [B, heads, L, hd]
 std::array<at::Tensor, 3> splitHeads(const at::Tensor& qkv, int64_t heads) {
   at::Tensor t = qkv.unflatten(-1, {3, heads, -1}).permute({2, 0, 3, 1, 4});
@@ -342,16 +347,23 @@ std::pair<at::Tensor, at::Tensor> doubleBlock(const Model& m, const DoubleBlock&
   auto [q, k, v] = qkvHeads(m, {{b.txt.qkv(modulate(txt, tm[0], tm[1], fast)), b.txt.qNorm, b.txt.kNorm},  // text first
                                  {b.img.qkv(modulate(img, im[0], im[1], fast)), b.img.qNorm, b.img.kNorm}}, rope);
   at::Tensor a = attention(q, k, v);
-  at::Tensor pImg = b.img.proj(a.narrow(1, T, a.size(1) - T)), pTxt = b.txt.proj(a.narrow(1, 0, T));
+  at::Tensor aImg = a.narrow(1, T, a.size(1) - T), aTxt = a.narrow(1, 0, T);
   if (tap) {
+    at::Tensor pImg = b.img.proj(aImg), pTxt = b.txt.proj(aTxt);
     tap(Tap::DoubleImg, index, pImg);
     tap(Tap::DoubleTxt, index, pTxt);
+    img = gated(img, im[2], pImg, fast);
+    txt = gated(txt, tm[2], pTxt, fast);
+  } else {
+    img = gatedLinear(b.img.proj, aImg, img, im[2], fast);
+    txt = gatedLinear(b.txt.proj, aTxt, txt, tm[2], fast);
   }
-  auto mlp = [](const Stream& s, const at::Tensor& x) { return s.mlp2(at::gelu(s.mlp0(x), "tanh")); };
-  img = gated(img, im[2], pImg, fast);
-  img = gated(img, im[5], mlp(b.img, modulate(img, im[3], im[4], fast)), fast);
-  txt = gated(txt, tm[2], pTxt, fast);
-  txt = gated(txt, tm[5], mlp(b.txt, modulate(txt, tm[3], tm[4], fast)), fast);
+  auto mlp = [&](const Stream& s, const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
+                 const at::Tensor& gate) {
+    return gatedLinear(s.mlp2, s.mlp0(modulate(x, shift, scale, fast), {{Epilogue::GeluTanh}}, fast)[0], x, gate, fast);
+  };
+  img = mlp(b.img, img, im[3], im[4], im[5]);
+  txt = mlp(b.txt, txt, tm[3], tm[4], tm[5]);
   return {img, txt};
 }
 
@@ -360,12 +372,11 @@ at::Tensor singleBlock(const Model& m, const SingleBlock& b, int64_t index, cons
   const int64_t h = m.cfg.hidden;
   const bool fast = m.cfg.fast;
   auto mod = b.mod(sv).unsqueeze(1).chunk(3, -1);  // shift, scale, gate
-  at::Tensor u = b.linear1(modulate(x, mod[0], mod[1], fast));
-  auto [q, k, v] = qkvHeads(m, {{u.narrow(-1, 0, 3 * h), b.qNorm, b.kNorm}}, rope);
+  auto u = b.linear1(modulate(x, mod[0], mod[1], fast), {{Epilogue::None, 0, 3 * h}, {Epilogue::GeluTanh, 3 * h}}, fast);
+  auto [q, k, v] = qkvHeads(m, {{u[0], b.qNorm, b.kNorm}}, rope);  // u: qkv, gelu(mlp)
   at::Tensor a = attention(q, k, v);
   if (tap) tap(Tap::Single, index, a);
-  at::Tensor o = b.linear2(at::cat({a, at::gelu(u.narrow(-1, 3 * h, u.size(-1) - 3 * h), "tanh")}, -1));
-  return gated(x, mod[2], o, fast);
+  return gatedLinear(b.linear2, at::cat({a, u[1]}, -1), x, mod[2], fast);
 }
 
 at::Tensor finalLayer(const Model& m, const at::Tensor& img, const at::Tensor& sv) {

@@ -47,13 +47,30 @@ struct LoraSlot {
   // the parts as one down-projection [Σr, in] and one block-diagonal up-projection [out, Σr] with each part's
   // scale folded in; cached for frozen adapters, rebuilt every call for trainable ones (autograd reaches the parts)
   at::Tensor down, up;
+  // frozen adapters: the first column of u in the stacked GEMM's output (Linear::stack), and up's chunk mask on the
+  // device (kernels::lowRankAdd; undefined when Σr > 512)
+  int64_t column = 0;
+  at::Tensor mask;
+};
+
+// What runs in the same pass as an adapted layer's low-rank term on CUDA (kernels::lowRankAdd).
+struct Epilogue {
+  enum Kind { None, GeluTanh, Gated } kind = None;
+  int64_t from = 0, n = -1;  // the output columns [from, from + n) (n < 0: to the end)
+  at::Tensor res, gate;      // Gated: res [B, L, n] + gate [B, 1, n] · y
 };
 
 struct Linear {
   at::Tensor w, b;
   std::vector<LoraSlot> lora;
+  // With frozen adapters: W and their down-projections in one [out + Σr, in] storage (w and each slot's down are
+  // views of it), the bias likewise, so that one GEMM gives W x + b and every u = down · x (models/lora.cc)
+  at::Tensor stack, stackBias;
   // W x + b, plus each adapter's low-rank term at (scale − fusedScale) (models/lora.cc)
   at::Tensor operator()(const at::Tensor& x) const;
+  // The output's column ranges, each through its epilogue; the adapters' low-rank terms added in the same pass
+  // where the stacked path applies (CUDA, frozen adapters, no autograd), else composed from LibTorch ops.
+  std::vector<at::Tensor> operator()(const at::Tensor& x, const std::vector<Epilogue>& ranges, bool fast) const;
 };
 struct Stream {  // one side (img or txt) of a double-stream block
   Linear mod, qkv, proj, mlp0, mlp2;

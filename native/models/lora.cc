@@ -1,10 +1,15 @@
 #include "models/lora.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#ifdef X2I_CUDA_KERNELS
+#include "kernels/kernels.h"
+#endif
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 namespace x2i {
 namespace flux {
@@ -23,29 +28,113 @@ std::pair<at::Tensor, at::Tensor> lowRank(const LoraSlot& slot, int64_t out, at:
   return {downs.size() == 1 ? downs[0] : at::cat(downs, 0), ups.size() == 1 ? ups[0] : at::block_diag(ups)};
 }
 
-// x [.., in] → y [.., out]. With active adapters, their low-rank terms are computed first, on top of the bias
-// (u = x·downᵀ, then b + k·u·upᵀ: two GEMMs of rank width), and the frozen GEMM accumulates into that (addmm with
-// β = 1: the sum is read in the big GEMM's epilogue, not in a pass of its own).
-at::Tensor Linear::operator()(const at::Tensor& x) const {
+// x [.., in] → y [.., out], composed from LibTorch ops (the path for autograd, trainable adapters and CPUs). With
+// active adapters, their low-rank terms are computed first, on top of the bias (u = x·downᵀ, then b + k·u·upᵀ: two
+// GEMMs of rank width), and the frozen GEMM accumulates into that (addmm with β = 1: the sum is read in the big
+// GEMM's epilogue, not in a pass of its own).
+at::Tensor composed(const Linear& l, const at::Tensor& x) {
   bool active = false;
-  for (const auto& slot : lora) active = active || slot.adapter->scale != slot.adapter->fusedScale;
-  if (!active) return at::linear(x, w, b);
-  const int64_t out = w.size(0);
+  for (const auto& slot : l.lora) active = active || slot.adapter->scale != slot.adapter->fusedScale;
+  if (!active) return at::linear(x, l.w, l.b);
+  const int64_t out = l.w.size(0);
   const at::Tensor x2 = x.reshape({-1, x.size(-1)});
   at::Tensor acc;  // [M, out]
-  for (const auto& slot : lora) {
+  for (const auto& slot : l.lora) {
     const double k = slot.adapter->scale - slot.adapter->fusedScale;
     if (k == 0) continue;
     auto [down, up] = slot.down.defined() && !slot.adapter->trainable ? std::make_pair(slot.down, slot.up)
                                                                        : lowRank(slot, out, x.scalar_type());
     const at::Tensor u = at::mm(x2, down.t());  // [M, Σr]
     if (acc.defined()) acc = at::addmm(acc, u, up.t(), 1, k);
-    else if (b.defined()) acc = at::addmm(b, u, up.t(), 1, k);
+    else if (l.b.defined()) acc = at::addmm(l.b, u, up.t(), 1, k);
     else acc = at::mm(u, up.t()) * k;
   }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
-  return at::addmm(acc, x2, w.t()).view(shape);
+  return at::addmm(acc, x2, l.w.t()).view(shape);
+}
+
+namespace {
+
+// The active adapters (scale ≠ fused scale), when the stacked path serves them all: CUDA kernels built, the
+// stack intact, frozen adapters only, nothing that autograd must see. Empty otherwise.
+std::vector<const LoraSlot*> stackedSlots(const Linear& l, const at::Tensor& x) {
+  std::vector<const LoraSlot*> active;
+#ifdef X2I_CUDA_KERNELS
+  if (!l.stack.defined() || !x.is_cuda() || x.scalar_type() == at::kDouble || x.scalar_type() != l.w.scalar_type() ||
+      l.w.data_ptr() != l.stack.data_ptr() || x.device() != l.stack.device() || std::getenv("X2I_NO_KERNELS"))
+    return {};
+  if (l.b.defined() && l.b.data_ptr() != l.stackBias.data_ptr()) return {};
+  if (at::GradMode::is_enabled() && (x.requires_grad() || l.w.requires_grad() || (l.b.defined() && l.b.requires_grad())))
+    return {};
+  for (const auto& s : l.lora) {
+    if (s.adapter->scale == s.adapter->fusedScale) continue;
+    if (s.adapter->trainable || !s.down.defined() || s.down.data_ptr() == nullptr) return {};
+    active.push_back(&s);
+  }
+#endif
+  return active;
+}
+
+at::Tensor epilogueComposite(const at::Tensor& y, const Epilogue& e, bool fast) {
+  if (e.kind == Epilogue::GeluTanh) return at::gelu(y, "tanh");
+  if (e.kind == Epilogue::Gated) return fast ? at::addcmul(e.res, e.gate, y) : e.res + e.gate * y;
+  return y;
+}
+
+// One GEMM over the stack gives [W x + b | u_1 | u_2 ...]; each column range then gets every active adapter's
+// low-rank term and its epilogue in one pass per adapter (kernels::lowRankAdd).
+std::vector<at::Tensor> stackedForward(const Linear& l, const at::Tensor& x, const std::vector<const LoraSlot*>& active,
+                                       const std::vector<Epilogue>& ranges) {
+  std::vector<at::Tensor> outs;
+#ifdef X2I_CUDA_KERNELS
+  const int64_t out = l.w.size(0);
+  const at::Tensor x2 = x.reshape({-1, x.size(-1)});
+  const int64_t M = x2.size(0);
+  const at::Tensor ya = at::addmm(l.stackBias, x2, l.stack.t());  // [M, out + Σr]
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  for (const auto& e : ranges) {
+    const int64_t n = e.n < 0 ? out - e.from : e.n;
+    at::Tensor o = at::empty({M, n}, ya.options()), res, gate;
+    if (e.kind == Epilogue::Gated) res = e.res.reshape({M, n}), gate = e.gate.reshape({-1, n});
+    for (size_t i = 0; i < active.size(); ++i) {
+      const LoraSlot& s = *active[i];
+      const bool last = i + 1 == active.size();
+      const bool tiled = s.mask.defined() && e.from % 64 == 0;
+      const auto kind = !last ? kernels::LowRankEpilogue::None
+                        : e.kind == Epilogue::GeluTanh ? kernels::LowRankEpilogue::GeluTanh
+                        : e.kind == Epilogue::Gated    ? kernels::LowRankEpilogue::Gated
+                                                       : kernels::LowRankEpilogue::None;
+      kernels::lowRankAdd(i == 0 ? ya.narrow(1, e.from, n) : o, ya.narrow(1, s.column, s.down.size(0)),
+                          s.up.narrow(0, e.from, n), tiled ? s.mask : at::Tensor(), tiled ? e.from / 64 : 0,
+                          s.adapter->scale - s.adapter->fusedScale, kind, res, gate,
+                          gate.defined() ? M / gate.size(0) : 1, o);
+    }
+    shape.back() = n;
+    outs.push_back(o.view(shape));
+  }
+#endif
+  return outs;
+}
+
+}  // namespace
+
+at::Tensor Linear::operator()(const at::Tensor& x) const {
+  auto active = stackedSlots(*this, x);
+  return active.empty() ? composed(*this, x) : stackedForward(*this, x, active, {Epilogue{}})[0];
+}
+
+std::vector<at::Tensor> Linear::operator()(const at::Tensor& x, const std::vector<Epilogue>& ranges, bool fast) const {
+  auto active = stackedSlots(*this, x);
+  bool kernelEpilogues = fast;  // the reference precision rounds the layer's output before its epilogue
+  for (const auto& e : ranges)
+    if (e.kind == Epilogue::Gated && at::GradMode::is_enabled() && (e.res.requires_grad() || e.gate.requires_grad()))
+      kernelEpilogues = false;
+  if (!active.empty() && kernelEpilogues) return stackedForward(*this, x, active, ranges);
+  const at::Tensor y = (*this)(x);
+  std::vector<at::Tensor> outs;
+  for (const auto& e : ranges) outs.push_back(epilogueComposite(y.narrow(-1, e.from, e.n < 0 ? y.size(-1) - e.from : e.n), e, fast));
+  return outs;
 }
 
 }  // namespace flux
@@ -68,6 +157,57 @@ void mergeAdapter(flux::Model& m, const flux::LoraAdapter* a, double k) {
   for (auto& [name, l] : linears(m))
     for (auto& slot : l->lora)
       if (slot.adapter.get() == a) merge(*l, slot, k);
+}
+
+}  // namespace
+
+at::Tensor chunkMask(const at::Tensor& up) {
+  const int64_t out = up.size(0), R = up.size(1);
+  if (R > 512) return {};
+  const at::Tensor nz = up.ne(0).to(at::kCPU).contiguous();
+  const bool* p = nz.data_ptr<bool>();
+  std::vector<uint32_t> bits(size_t((out + 63) / 64), 0u);
+  for (int64_t j = 0; j < out; ++j)
+    for (int64_t r = 0; r < R; ++r)
+      if (p[j * R + r]) bits[size_t(j / 64)] |= 1u << (r / 16);
+  at::Tensor m = at::empty({int64_t(bits.size())}, at::kInt);
+  std::memcpy(m.data_ptr<int>(), bits.data(), bits.size() * sizeof(uint32_t));
+  return m.to(up.device());
+}
+
+namespace {
+
+// W, then every frozen adapter's down-projection, in one storage (flux::Linear::stack): w, b and the slots' downs
+// become views of it, so fusing (which writes w in place) and the plain GEMM over w see the same weights. Without
+// frozen adapters the layer gets compact weights of its own again.
+void restack(flux::Linear& l) {
+  c10::NoGradGuard noGrad;
+  const int64_t out = l.w.size(0);
+  std::vector<at::Tensor> rows{l.w};
+  for (auto& s : l.lora)
+    if (!s.adapter->trainable) rows.push_back(s.down);
+  if (rows.size() == 1) {
+    if (l.stack.defined()) {
+      l.w = l.w.clone();
+      if (l.b.defined()) l.b = l.b.clone();
+      l.stack = l.stackBias = at::Tensor();
+    }
+    return;
+  }
+  at::Tensor stack = at::cat(rows, 0), bias = at::zeros({stack.size(0)}, stack.options());
+  if (l.b.defined()) bias.narrow(0, 0, out).copy_(l.b);
+  int64_t column = out;
+  for (auto& s : l.lora) {
+    if (s.adapter->trainable) continue;
+    const int64_t r = s.down.size(0);
+    s.down = stack.narrow(0, column, r);
+    s.column = column;
+    if (!s.mask.defined()) s.mask = chunkMask(s.up);
+    column += r;
+  }
+  l.w = stack.narrow(0, 0, out);
+  if (l.b.defined()) l.b = bias.narrow(0, 0, out);
+  l.stack = stack, l.stackBias = bias;
 }
 
 std::string names(const flux::Model& m) {
@@ -169,6 +309,7 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
     else
       std::tie(slot.down, slot.up) = flux::lowRank(slot, l->w.size(0), m.dtype());
     l->lora.push_back(std::move(slot));
+    if (!trainable) restack(*l);
   }
   m.adapters[name] = adapter;
 }
@@ -182,8 +323,11 @@ void remove(flux::Model& m, const std::string& name) {
   for (auto& k : gone) {
     auto a = m.adapters.at(k);
     if (a->fusedScale != 0) mergeAdapter(m, a.get(), -a->fusedScale);
-    for (auto& [n, l] : linears(m))
+    for (auto& [n, l] : linears(m)) {
+      const size_t before = l->lora.size();
       l->lora.erase(std::remove_if(l->lora.begin(), l->lora.end(), [&](auto& s) { return s.adapter == a; }), l->lora.end());
+      if (l->lora.size() != before && !a->trainable) restack(*l);
+    }
     m.adapters.erase(k);
   }
 }
@@ -219,6 +363,16 @@ std::vector<NamedPart> parts(flux::Model& m, const std::string& name) {
       if (slot.adapter == it->second)
         for (auto& p : slot.parts) out.push_back({target, &p});
   return out;
+}
+
+at::Tensor lowRankComposite(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, double k,
+                            const flux::Epilogue& e, int64_t rowsPerGate) {
+  const auto f = y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor v = y.to(f) + k * at::mm(u.to(f), up.to(f).t());
+  if (e.kind == flux::Epilogue::GeluTanh) v = at::gelu(v, "tanh");
+  if (e.kind == flux::Epilogue::Gated)
+    v = e.res.to(f) + e.gate.to(f).repeat_interleave(rowsPerGate, 0) * v;
+  return v.to(y.scalar_type());
 }
 
 }  // namespace lora

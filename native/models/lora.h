@@ -54,4 +54,13 @@ struct NamedPart {
 };
 std::vector<NamedPart> parts(flux::Model& m, const std::string& name);
 
+// Bit c of entry t: up's rank columns [16c, 16c + 16) have a non-zero in output rows [64t, 64t + 64); on up's device,
+// int32 (kernels::lowRankAdd skips the zero chunks of a fused layer's block-diagonal parts); undefined for R > 512.
+at::Tensor chunkMask(const at::Tensor& up);
+
+// The LibTorch twin of kernels::lowRankAdd (float32 math, float64 for float64 inputs): epilogue(y + k · u · upᵀ)
+// with y, u [M, ·], up [N, R]; Gated: e.res [M, N] + e.gate [M / rowsPerGate, N] row-repeated.
+at::Tensor lowRankComposite(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, double k,
+                            const flux::Epilogue& e, int64_t rowsPerGate);
+
 }  // namespace x2i::lora

@@ -4,6 +4,10 @@
 #include "napi/bindings.h"
 #include "napi/tensor.h"
 #include "models/group_norm.h"
+#include "models/lora.h"
+#ifdef X2I_CUDA_KERNELS
+#include "kernels/kernels.h"
+#endif
 #include "train/distill.h"
 
 #include <c10/core/InferenceMode.h>
@@ -67,6 +71,52 @@ Napi::Value GroupNormProbe(const Napi::CallbackInfo& info) {
       for (int i = 0; i < 4; ++i) o.Set(names[i], TensorWrap::Wrap(env, (*out)[size_t(i)]));
       return o;
     });
+  });
+}
+
+// lowRankAdd(yAug, rank, up, k, epilogue 'none' | 'gelu' | 'gated', res?, gate?, method 'kernel' | 'composite',
+// mask?) → Promise<Tensor>: epilogue(y + k · u · upᵀ) with y = yAug[:, :N], u = yAug[:, N:] (column blocks of one
+// tensor, as the stacked GEMM gives them) by kernels::lowRankAdd (CUDA; with mask, up's chunk mask as LoRA uses it)
+// or by its LibTorch twin lora::lowRankComposite, on the tensors' own device and dtype.
+Napi::Value LowRankAddProbe(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const at::Tensor ya = TensorWrap::Get(info[0], "yAug");
+    const int64_t R = info[1].As<Napi::Number>().Int64Value();
+    const at::Tensor up = TensorWrap::Get(info[2], "up");
+    const double k = info[3].As<Napi::Number>().DoubleValue();
+    const std::string epi = argString(info, 4, "epilogue");
+    flux::Epilogue e;
+    if (epi == "gelu") e.kind = flux::Epilogue::GeluTanh;
+    else if (epi == "gated") e.kind = flux::Epilogue::Gated;
+    else if (epi != "none") fail("ERR_INVALID_ARG", "lowRankAdd: epilogue must be 'none', 'gelu' or 'gated', found '" + epi + "'");
+    if (e.kind == flux::Epilogue::Gated) e.res = TensorWrap::Get(info[5], "res"), e.gate = TensorWrap::Get(info[6], "gate");
+    const std::string method = argString(info, 7, "method");
+    if (method != "kernel" && method != "composite") fail("ERR_INVALID_ARG", "lowRankAdd: method must be 'kernel' or 'composite', found '" + method + "'");
+    const bool useMask = info.Length() > 8 && info[8].ToBoolean();
+    if (ya.dim() != 2 || R <= 0 || R >= ya.size(1) || up.dim() != 2 || up.size(0) != ya.size(1) - R || up.size(1) != R)
+      fail("ERR_SHAPE_MISMATCH", "lowRankAdd: yAug " + shapeString(ya.sizes()) + ", rank " + std::to_string(R) + ", up " +
+                                     shapeString(up.sizes()));
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] {
+      const int64_t N = ya.size(1) - R, M = ya.size(0);
+      const at::Tensor y = ya.narrow(1, 0, N), u = ya.narrow(1, N, R);
+      const int64_t rowsPerGate = e.gate.defined() ? M / e.gate.size(0) : 1;
+      if (method == "composite") {
+        *out = lora::lowRankComposite(y, u, up, k, e, rowsPerGate);
+        return;
+      }
+#ifdef X2I_CUDA_KERNELS
+      const auto kind = e.kind == flux::Epilogue::GeluTanh ? kernels::LowRankEpilogue::GeluTanh
+                        : e.kind == flux::Epilogue::Gated  ? kernels::LowRankEpilogue::Gated
+                                                           : kernels::LowRankEpilogue::None;
+      at::Tensor o = at::empty({M, N}, y.options());
+      kernels::lowRankAdd(y, u, up.contiguous(), useMask ? lora::chunkMask(up) : at::Tensor(), 0, k, kind, e.res, e.gate,
+                          rowsPerGate, o);
+      *out = o;
+#else
+      fail("ERR_NOT_SUPPORTED", "lowRankAdd: this build has no CUDA kernels");
+#endif
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
   });
 }
 
@@ -194,6 +244,7 @@ Napi::Object testingExports(Napi::Env env) {
   t.Set("narrowView", Napi::Function::New(env, NarrowView));
   t.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
   t.Set("groupNorm", Napi::Function::New(env, GroupNormProbe));
+  t.Set("lowRankAdd", Napi::Function::New(env, LowRankAddProbe));
   return t;
 }
 

@@ -63,6 +63,31 @@ describe('LoRA and LightControl on CUDA', () => {
     }
   });
 
+  gpuIt('float32: the stacked one-pass path equals the LibTorch composition (two adapters, one off, one fused)', async () => {
+    const { inputs } = await inputsOn(path.join(golden, 'flux-lora', 'io.safetensors'), 'cuda');
+    const m = await x2i.FluxTransformer.fromPretrained(path.join(golden, 'flux-transformer'), { device: 'cuda', dtype: 'float32' });
+    await m.loadLora(path.join(golden, 'flux-lora', 'lora_kohya.safetensors'), { adapterName: 'a', scale: 0.7 });
+    await m.loadLora(path.join(golden, 'flux-lora', 'lora_diffusers.safetensors'), { adapterName: 'b', scale: -0.3 });
+    const compare = async (opts, what) => {
+      const kernel = (await m.forward(inputs, opts)).sample;
+      process.env.X2I_NO_KERNELS = '1';  // the composed path (and the QKV composite)
+      let composed;
+      try {
+        composed = (await m.forward(inputs, opts)).sample;
+      } finally {
+        delete process.env.X2I_NO_KERNELS;
+      }
+      const e = await x2i.relativeError(kernel, composed);
+      assert.ok(e <= 1e-5, `${what}: rel err ${e}`);
+    };
+    await compare({}, 'both adapters');
+    await compare({ loraScales: { b: 0 } }, 'b off');
+    await compare({ loraScales: { a: 0, b: 1 } }, 'a off, b at 1');
+    await m.fuseLora();
+    await compare({ loraScales: { a: 1 } }, 'fused at 0.7 and -0.3, then a at 1');
+    m.dispose();
+  });
+
   gpuIt('a LoRA fine-tuning step (float32) on CUDA equals the CPU step', async () => {
     const losses = {};
     for (const device of ['cpu', 'cuda']) {

@@ -73,6 +73,25 @@ describe('LoRA matches the golden reference (diffusers + peft)', () => {
     s.dispose();
   });
 
+  it('unloading gives the layers their own weights back, bit for bit (the adapters\' down-projections are stacked under them)', async () => {
+    const before = await sample();
+    await m.loadLora(kohyaFile, { adapterName: 'a', scale: 0.7 });
+    await m.loadLora(diffusersFile, { adapterName: 'b', scale: -0.3 });
+    const both = await sample();
+    const a = await sample({ loraScales: { b: 0 } });
+    m.unloadLora('a');  // the stack is rebuilt around b
+    const b = await sample();
+    expect(await relErr(both, b)).toBeGreaterThan(1e-3);
+    await m.loadLora(kohyaFile, { adapterName: 'a', scale: 0.7 });
+    expect(await relErr(await sample(), both)).toBeLessThan(1e-6);
+    m.unloadLora('b');
+    expect(await relErr(await sample(), a)).toBeLessThan(1e-6);
+    m.unloadLora('a');
+    const after = await sample();
+    expect(await relErr(after, before)).toBe(0);
+    for (const t of [before, both, a, b, after]) t.dispose();
+  });
+
   it('saves in the diffusers/PEFT layout and reloads bit-identical', async () => {
     await m.loadLora(kohyaFile, { adapterName: 'k' });
     const file = path.join(dir, 'k.safetensors');
