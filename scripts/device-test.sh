@@ -69,6 +69,8 @@ read -r -a stepArgs <<< "${X2I_BENCH_STEP_ARGS:-}"
 # PyTorch eager composition after (off by default: X2I_BENCH_FINETUNE=1; X2I_BENCH_FINETUNE_ARGS: e.g. --compile)
 read -r -a finetuneArgs <<< "${X2I_BENCH_FINETUNE_ARGS:-}"
 [ "${X2I_BENCH_FINETUNE:-0}" = 1 ] && node bench/finetune.mjs --baseline bench/baselines/finetune_step.py "${finetuneArgs[@]}" --json "$OUT/finetune.json" 2>&1 | tee "$OUT/finetune.md"
+# unfused LoRA's one-pass kernel at FLUX.1-dev's adapted layers against its LibTorch twin and a device copy
+[ "${X2I_BENCH_LOWRANK:-1}" = 1 ] && node bench/low_rank.mjs --json "$OUT/low_rank.json" 2>&1 | tee "$OUT/low_rank.md"
 # multi-GPU layouts at real sizes (single / data / split; those needing more GPUs than present are skipped)
 [ "${X2I_BENCH_PARALLEL:-1}" = 1 ] && node bench/x2i_parallel.mjs --json "$OUT/x2i_parallel.json" 2>&1 | tee "$OUT/x2i_parallel.md"
 exit "$status"

@@ -642,9 +642,9 @@ export interface AddonTesting {
   groupNorm(x: NativeTensor, groups: number, weight: NativeTensor, bias: NativeTensor, dy: NativeTensor,
     method: 'split' | 'libtorch', eps?: number): Promise<{ y: NativeTensor; dx: NativeTensor; dw: NativeTensor; db: NativeTensor }>;
   /** Unfused LoRA's one-pass term: epilogue(y + k · u · upᵀ) with y = yAug[:, :N], u = yAug[:, N:] (rank columns), by the
-   * CUDA kernel (optionally with up's chunk mask) or its LibTorch twin; gated: res + gate · v (gate: one row per sample). */
+   * CUDA kernel (optionally with up's chunk mask: true computes it, or the int32 mask) or its LibTorch twin; gated: res + gate · v (gate: one row per sample). */
   lowRankAdd(yAug: NativeTensor, rank: number, up: NativeTensor, k: number, epilogue: 'none' | 'gelu' | 'gated',
-    res: NativeTensor | undefined, gate: NativeTensor | undefined, method: 'kernel' | 'composite', mask?: boolean): Promise<NativeTensor>;
+    res: NativeTensor | undefined, gate: NativeTensor | undefined, method: 'kernel' | 'composite', mask?: boolean | NativeTensor): Promise<NativeTensor>;
 }
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */

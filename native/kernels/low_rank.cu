@@ -3,13 +3,16 @@
 //   out[i, j] = epilogue(y[i, j] + k · Σ_r u[i, r] · up[j, r])
 // A block computes a 64 × 64 tile: u's and up's rank columns go through shared memory 16 at a time (chunks that
 // are zero in up for the tile's columns are skipped: a fused layer's parts are block-diagonal), each thread
-// accumulates a 4 × 4 patch in float32, then reads y (and the residual), applies the epilogue and writes once.
+// accumulates a 4 × 4 patch in float32 while its reads of y (and the residual) are in flight, then applies the
+// epilogue and writes once.
 #include "kernels/kernels.h"
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <type_traits>
 
 namespace x2i::kernels {
 namespace {
@@ -64,19 +67,28 @@ __device__ __forceinline__ float geluTanh(float x) {
 }
 
 template <typename T, int EPI, bool VEC>
-__global__ void __launch_bounds__(kThreads) lowRankKernel(Args<T> a) {
+__global__ void __launch_bounds__(kThreads, 2) lowRankKernel(Args<T> a) {
   __shared__ float us[kChunk][kTile + 4], ups[kChunk][kTile + 4];  // [rank column][row or output column]
   const int t = threadIdx.x, tx = t % 16, ty = t / 16;               // columns tx·4.., rows ty·4..
   const int64_t col0 = int64_t(blockIdx.x) * kTile, row0 = int64_t(blockIdx.y) * kTile;
+  const int64_t col = col0 + tx * 4, n = a.N - col;
+  // y (and the residual) are read first, so that their loads are in flight during the rank product
+  float v[4][4] = {}, rs[4][4] = {};
+  for (int i = 0; i < 4; ++i) {
+    const int64_t row = row0 + ty * 4 + i;
+    if (row >= a.M || n <= 0) continue;
+    load4<VEC>(a.y + row * a.ldy + col, n, v[i]);
+    if constexpr (EPI == int(LowRankEpilogue::Gated)) load4<VEC>(a.res + row * a.ldres + col, n, rs[i]);
+  }
   const unsigned bits = a.mask ? unsigned(a.mask[a.maskOffset + blockIdx.x]) : 0u;
   float acc[4][4] = {};
   for (int64_t c0 = 0; c0 < a.R; c0 += kChunk) {
     if (a.mask && !((bits >> (c0 / kChunk)) & 1u)) continue;  // the same for the whole block: no divergence at the barriers
     for (int e = t; e < kTile * kChunk; e += kThreads) {
       const int i = e / kChunk, r = e % kChunk;
-      const int64_t row = row0 + i, col = col0 + i, rr = c0 + r;
+      const int64_t row = row0 + i, c = col0 + i, rr = c0 + r;
       us[r][i] = row < a.M && rr < a.R ? float(a.u[row * a.ldu + rr]) : 0.f;
-      ups[r][i] = col < a.N && rr < a.R ? float(a.up[col * a.R + rr]) : 0.f;
+      ups[r][i] = c < a.N && rr < a.R ? float(a.up[c * a.R + rr]) : 0.f;
     }
     __syncthreads();
 #pragma unroll
@@ -91,24 +103,33 @@ __global__ void __launch_bounds__(kThreads) lowRankKernel(Args<T> a) {
     }
     __syncthreads();
   }
-  const int64_t col = col0 + tx * 4, n = a.N - col;
   if (n <= 0) return;
+#pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t row = row0 + ty * 4 + i;
     if (row >= a.M) break;
-    float v[4];
-    load4<VEC>(a.y + row * a.ldy + col, n, v);
-    for (int j = 0; j < 4; ++j) v[j] = fmaf(a.k, acc[i][j], v[j]);
+    for (int j = 0; j < 4; ++j) v[i][j] = fmaf(a.k, acc[i][j], v[i][j]);
     if constexpr (EPI == int(LowRankEpilogue::GeluTanh)) {
-      for (int j = 0; j < 4; ++j) v[j] = geluTanh(v[j]);
+      for (int j = 0; j < 4; ++j) v[i][j] = geluTanh(v[i][j]);
     } else if constexpr (EPI == int(LowRankEpilogue::Gated)) {
-      float rs[4], g[4];
-      load4<VEC>(a.res + row * a.ldres + col, n, rs);
+      float g[4];
       load4<VEC>(a.gate + (row / a.rowsPerGate) * a.ldgate + col, n, g);
-      for (int j = 0; j < 4; ++j) v[j] = fmaf(g[j], v[j], rs[j]);
+      for (int j = 0; j < 4; ++j) v[i][j] = fmaf(g[j], v[i][j], rs[i][j]);
     }
-    store4<VEC>(a.out + row * a.ldout + col, n, v);
+    store4<VEC>(a.out + row * a.ldout + col, n, v[i]);
   }
+}
+
+template <typename T, int EPI>
+void launchEpilogue(const Args<T>& a, bool vec, dim3 grid, cudaStream_t stream) {
+  if (vec) lowRankKernel<T, EPI, true><<<grid, kThreads, 0, stream>>>(a);
+  else lowRankKernel<T, EPI, false><<<grid, kThreads, 0, stream>>>(a);
+}
+template <typename T>
+void launch(const Args<T>& a, LowRankEpilogue epi, bool vec, dim3 grid, cudaStream_t stream) {
+  if (epi == LowRankEpilogue::None) launchEpilogue<T, int(LowRankEpilogue::None)>(a, vec, grid, stream);
+  else if (epi == LowRankEpilogue::GeluTanh) launchEpilogue<T, int(LowRankEpilogue::GeluTanh)>(a, vec, grid, stream);
+  else launchEpilogue<T, int(LowRankEpilogue::Gated)>(a, vec, grid, stream);
 }
 
 bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
@@ -156,13 +177,7 @@ void lowRankAdd(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, 
       const int64_t v = 4 * int64_t(sizeof(T));
       bool vec = N % 4 == 0 && y.stride(0) % 4 == 0 && out.stride(0) % 4 == 0 && aligned(a.y, v) && aligned(a.out, v);
       if (gated) vec = vec && res.stride(0) % 4 == 0 && gate.stride(0) % 4 == 0 && aligned(a.res, v) && aligned(a.gate, v);
-      auto launch = [&](auto kern) { kern<<<grid, kThreads, 0, stream>>>(a); };
-#define X2I_LOWRANK(E)                                                                  \
-  (vec ? launch(lowRankKernel<T, int(LowRankEpilogue::E), true>) : launch(lowRankKernel<T, int(LowRankEpilogue::E), false>))
-      if (epi == LowRankEpilogue::None) X2I_LOWRANK(None);
-      else if (epi == LowRankEpilogue::GeluTanh) X2I_LOWRANK(GeluTanh);
-      else X2I_LOWRANK(Gated);
-#undef X2I_LOWRANK
+      launch(a, epi, vec, grid, stream);
     } else {
       TORCH_CHECK(false, "lowRankAdd: float64 runs the LibTorch composite");
     }
