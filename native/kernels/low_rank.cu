@@ -1,9 +1,9 @@
 // Unfused LoRA's low-rank term added in one pass over a frozen layer's output, with what follows the layer
 // (nothing, the tanh GELU, or the gated residual) in the same pass (models/lora.cc):
 //   out[i, j] = epilogue(y[i, j] + k · Σ_r u[i, r] · up[j, r])
-// A block computes a 64 × 64 tile: u's and up's rank columns go through shared memory 16 at a time (chunks that
+// A block computes a 64 × 64 tile (a thread: 2 rows × 8 columns, 16-byte accesses): u's and up's rank columns go through shared memory 16 at a time (chunks that
 // are zero in up for the tile's columns are skipped: a fused layer's parts are block-diagonal), each thread
-// accumulates a 4 × 4 patch in float32 while its reads of y (and the residual) are in flight, then applies the
+// accumulates its patch in float32 while its reads of y (and the residual) are in flight, then applies the
 // epilogue and writes once.
 #include "kernels/kernels.h"
 
@@ -17,7 +17,7 @@
 namespace x2i::kernels {
 namespace {
 
-constexpr int kTile = 64, kChunk = 16, kThreads = 256;
+constexpr int kTile = 64, kChunk = 16, kThreads = 256, kCols = 8, kRows = 2;  // a thread: 2 rows × 8 columns
 
 template <typename T>
 struct Args {
@@ -29,59 +29,72 @@ struct Args {
   float k;
 };
 
-// Four consecutive elements as float, vectorised when the caller checked alignment (VEC).
+// Eight consecutive elements as float: one 16-byte load (two for float32) when the caller checked alignment (VEC).
 template <bool VEC, typename T>
-__device__ __forceinline__ void load4(const T* p, int64_t n, float (&v)[4]) {
+__device__ __forceinline__ void load8(const T* p, int64_t n, float (&v)[kCols]) {
   if constexpr (VEC) {
     if constexpr (sizeof(T) == 2) {
-      uint2 raw = *reinterpret_cast<const uint2*>(p);
+      uint4 raw = *reinterpret_cast<const uint4*>(p);
       const T* h = reinterpret_cast<const T*>(&raw);
-      for (int c = 0; c < 4; ++c) v[c] = float(h[c]);
+#pragma unroll
+      for (int c = 0; c < 8; ++c) v[c] = float(h[c]);
     } else {
-      float4 f = *reinterpret_cast<const float4*>(p);
-      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+      const float4 f0 = reinterpret_cast<const float4*>(p)[0], f1 = reinterpret_cast<const float4*>(p)[1];
+      v[0] = f0.x, v[1] = f0.y, v[2] = f0.z, v[3] = f0.w, v[4] = f1.x, v[5] = f1.y, v[6] = f1.z, v[7] = f1.w;
     }
   } else {
-    for (int c = 0; c < 4; ++c) v[c] = c < n ? float(p[c]) : 0.f;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) v[c] = c < n ? float(p[c]) : 0.f;
   }
 }
 template <bool VEC, typename T>
-__device__ __forceinline__ void store4(T* p, int64_t n, const float (&v)[4]) {
+__device__ __forceinline__ void store8(T* p, int64_t n, const float (&v)[kCols]) {
   if constexpr (VEC) {
     if constexpr (sizeof(T) == 2) {
-      uint2 raw;
+      uint4 raw;
       T* h = reinterpret_cast<T*>(&raw);
-      for (int c = 0; c < 4; ++c) h[c] = T(v[c]);
-      *reinterpret_cast<uint2*>(p) = raw;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) h[c] = T(v[c]);
+      *reinterpret_cast<uint4*>(p) = raw;
     } else {
-      *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+      reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+      reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
     }
   } else {
-    for (int c = 0; c < 4 && c < n; ++c) p[c] = T(v[c]);
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+      if (c < n) p[c] = T(v[c]);
   }
 }
 
+// tanh-GELU; for bfloat16 outputs with the hardware tanh (its error is far below bfloat16's rounding)
+template <typename T>
 __device__ __forceinline__ float geluTanh(float x) {
   const float a = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.f + tanhf(a));
+  float t;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(a));
+  else t = tanhf(a);
+  return 0.5f * x * (1.f + t);
 }
 
 template <typename T, int EPI, bool VEC>
-__global__ void __launch_bounds__(kThreads, 2) lowRankKernel(Args<T> a) {
+__global__ void __launch_bounds__(kThreads, 3) lowRankKernel(Args<T> a) {
   __shared__ float us[kChunk][kTile + 4], ups[kChunk][kTile + 4];  // [rank column][row or output column]
-  const int t = threadIdx.x, tx = t % 16, ty = t / 16;               // columns tx·4.., rows ty·4..
+  const int t = threadIdx.x, tx = t % 8, ty = t / 8;                 // columns tx·8.., rows ty·2..
   const int64_t col0 = int64_t(blockIdx.x) * kTile, row0 = int64_t(blockIdx.y) * kTile;
-  const int64_t col = col0 + tx * 4, n = a.N - col;
+  const int64_t col = col0 + tx * kCols, n = a.N - col;
   // y (and the residual) are read first, so that their loads are in flight during the rank product
-  float v[4][4] = {}, rs[4][4] = {};
-  for (int i = 0; i < 4; ++i) {
-    const int64_t row = row0 + ty * 4 + i;
-    if (row >= a.M || n <= 0) continue;
-    load4<VEC>(a.y + row * a.ldy + col, n, v[i]);
-    if constexpr (EPI == int(LowRankEpilogue::Gated)) load4<VEC>(a.res + row * a.ldres + col, n, rs[i]);
+  float v[kRows][kCols] = {}, rs[kRows][kCols] = {};
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int64_t row = row0 + ty * kRows + i;
+    if (row < a.M && n > 0) {
+      load8<VEC>(a.y + row * a.ldy + col, n, v[i]);
+      if constexpr (EPI == int(LowRankEpilogue::Gated)) load8<VEC>(a.res + row * a.ldres + col, n, rs[i]);
+    }
   }
   const unsigned bits = a.mask ? unsigned(a.mask[a.maskOffset + blockIdx.x]) : 0u;
-  float acc[4][4] = {};
+  float acc[kRows][kCols] = {};
   for (int64_t c0 = 0; c0 < a.R; c0 += kChunk) {
     if (a.mask && !((bits >> (c0 / kChunk)) & 1u)) continue;  // the same for the whole block: no divergence at the barriers
     for (int e = t; e < kTile * kChunk; e += kThreads) {
@@ -93,30 +106,34 @@ __global__ void __launch_bounds__(kThreads, 2) lowRankKernel(Args<T> a) {
     __syncthreads();
 #pragma unroll
     for (int r = 0; r < kChunk; ++r) {
-      const float4 uu = *reinterpret_cast<const float4*>(&us[r][ty * 4]);
-      const float4 pp = *reinterpret_cast<const float4*>(&ups[r][tx * 4]);
-      const float ua[4] = {uu.x, uu.y, uu.z, uu.w}, pa[4] = {pp.x, pp.y, pp.z, pp.w};
+      const float2 uu = *reinterpret_cast<const float2*>(&us[r][ty * kRows]);
+      const float4 p0 = *reinterpret_cast<const float4*>(&ups[r][tx * kCols]);
+      const float4 p1 = *reinterpret_cast<const float4*>(&ups[r][tx * kCols + 4]);
+      const float ua[kRows] = {uu.x, uu.y}, pa[kCols] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < kRows; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(ua[i], pa[j], acc[i][j]);
+        for (int j = 0; j < kCols; ++j) acc[i][j] = fmaf(ua[i], pa[j], acc[i][j]);
     }
     __syncthreads();
   }
   if (n <= 0) return;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t row = row0 + ty * 4 + i;
+  for (int i = 0; i < kRows; ++i) {
+    const int64_t row = row0 + ty * kRows + i;
     if (row >= a.M) break;
-    for (int j = 0; j < 4; ++j) v[i][j] = fmaf(a.k, acc[i][j], v[i][j]);
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) v[i][j] = fmaf(a.k, acc[i][j], v[i][j]);
     if constexpr (EPI == int(LowRankEpilogue::GeluTanh)) {
-      for (int j = 0; j < 4; ++j) v[i][j] = geluTanh(v[i][j]);
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) v[i][j] = geluTanh<T>(v[i][j]);
     } else if constexpr (EPI == int(LowRankEpilogue::Gated)) {
-      float g[4];
-      load4<VEC>(a.gate + (row / a.rowsPerGate) * a.ldgate + col, n, g);
-      for (int j = 0; j < 4; ++j) v[i][j] = fmaf(g[j], v[i][j], rs[i][j]);
+      float g[kCols];
+      load8<VEC>(a.gate + (row / a.rowsPerGate) * a.ldgate + col, n, g);
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) v[i][j] = fmaf(g[j], v[i][j], rs[i][j]);
     }
-    store4<VEC>(a.out + row * a.ldout + col, n, v[i]);
+    store8<VEC>(a.out + row * a.ldout + col, n, v[i]);
   }
 }
 
@@ -174,9 +191,8 @@ void lowRankAdd(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, 
                 gated ? gate.data_ptr<T>() : nullptr, out.data_ptr<T>(), mask.defined() ? mask.data_ptr<int>() : nullptr,
                 M, N, R, y.stride(0), u.stride(0), gated ? res.stride(0) : 0, gated ? gate.stride(0) : 0,
                 out.stride(0), gated ? rowsPerGate : 1, int(maskOffset), float(k)};
-      const int64_t v = 4 * int64_t(sizeof(T));
-      bool vec = N % 4 == 0 && y.stride(0) % 4 == 0 && out.stride(0) % 4 == 0 && aligned(a.y, v) && aligned(a.out, v);
-      if (gated) vec = vec && res.stride(0) % 4 == 0 && gate.stride(0) % 4 == 0 && aligned(a.res, v) && aligned(a.gate, v);
+      bool vec = N % kCols == 0 && y.stride(0) % kCols == 0 && out.stride(0) % kCols == 0 && aligned(a.y, 16) && aligned(a.out, 16);
+      if (gated) vec = vec && res.stride(0) % kCols == 0 && gate.stride(0) % kCols == 0 && aligned(a.res, 16) && aligned(a.gate, 16);
       launch(a, epi, vec, grid, stream);
     } else {
       TORCH_CHECK(false, "lowRankAdd: float64 runs the LibTorch composite");
