@@ -64,3 +64,10 @@ import { addon, type BuildInfo } from './core/native.js';
 export function buildInfo(): BuildInfo {
   return addon().buildInfo();
 }
+export { resolveModelPath, hubCacheDirs } from './core/hub.js';
+export type { HubOptions } from './core/hub.js';
+export type { LoadProgress } from './core/io.js';
+export { createServer } from './app/server.js';
+export type { ServerOptions, X2IServer, ServedModel, ServedGenerator, GenerationDefaults, ServerStats, RequestLog } from './app/server.js';
+export { randomServedModel } from './app/serve.js';
+export type { RandomServedModelOptions } from './app/serve.js';

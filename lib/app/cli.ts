@@ -2,87 +2,190 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { packageRoot, targetLibTorch } from '../core/native.js';
 import { X2IError } from '../core/errors.js';
-import { LIMITS, finiteOption, imageOutput, imageSide, integerOption, outputDir, outputFile, parseNumberArg,
-  positiveInt, seedOption } from '../core/options.js';
+import { LIMITS, deviceOption, finiteOption, floatDtypeOption, imageOutput, imageSide, integerOption, outputDir, outputFile,
+  parseNumberArg, positiveInt, seedOption } from '../core/options.js';
+import { decodeRgb } from '../core/image_decode.js';
 import { buildInfo, cuda, memory } from '../index.js';
 import type { DType } from '../core/tensor.js';
 import type { FluxImages } from '../sample/pipeline.js';
+import { Progress, endProgressLine } from './progress.js';
 
-const USAGE = `usage: x2i <command> [options]
+export { Progress, loadingBar, type LoadProgress, type ProgressOptions } from './progress.js';
+
+const OVERVIEW = `usage: x2i <command> [options]
 
 commands:
   generate             an image with FLUX, conditioned by its own text encoders (teacher) or by an MLLM +
-                       AlignNet (X2I student)
-                       --flux DIR|FILE (transformer: a diffusers folder, its pipeline folder, or a BFL file)
-                       --vae DIR (default: FLUX folder's vae/)
-                       teacher: --prompt TEXT with --text-encoder DIR --text-encoder-2 DIR (default: beside --flux),
-                                or --embeds FILE.safetensors (prompt_embeds, pooled_prompt_embeds)
-                       student: --mllm DIR --alignnet FILE with any mix of --prompt TEXT, --prompt-image FILE
-                                (repeatable: images the MLLM reads), --video FILE|DIR (repeatable: a video's frames
-                                in order, or a folder of them) and --audio FILE (repeatable: WAV, FLAC, MP3, OGG; the
-                                MiniCPM-o student hears); the student kind comes from --mllm's config.json
-                       image-to-image: --image FILE (the init image) --strength 0.6; inpainting: also --mask FILE
-                       (white = repaint); height and width default to the image's
-                       --lora PATH[:SCALE] (repeatable; SCALE default 1) --fuse-lora (merge them before sampling)
-                       --lightcontrol DIR|FILE --control-image FILE --control-scale 1.0 (X2I's LightControl)
-                       --out FILE.png|.jpg|.webp (default out.png) --height 1024 --width 1024 --steps 28
-                       --guidance 3.5 --seed 0 --device cpu|cuda[:N] --dtype float32|bfloat16
+                       AlignNet (X2I student); image-to-image, inpainting, LoRA, LightControl
   train                train AlignNet by attention distillation (X2ITrainer)
-                       --flux DIR|FILE --alignnet FILE (initial weights) --out DIR (checkpoints)
-                       data: --captions FILE.jsonl|.txt with --mllm DIR (student) and --text-encoder DIR
-                             --text-encoder-2 DIR (teacher; default: beside --flux),
-                             or --features FILE.safetensors (teacher.encoder_hidden_states,
-                             teacher.pooled_projections, student.hidden_states; batch on dim 0)
-                       --steps 1000 --lr 1e-4 --warmup 0 --accumulate 1 --checkpoint-every 100
-                       --height 1024 --width 1024 --resume --device cpu|cuda[:N] --dtype ...
-                       --overwrite (replace the checkpoints of a non-empty --out; without it or --resume,
-                       a non-empty --out is refused) --keep-last 2 (checkpoints kept)
-                       several GPUs: --nproc-per-node N --parallel data|split (one process per GPU, NCCL;
-                       data: each rank its share of the captions; split: 2 ranks, teacher | student)
-                       many nodes: also --nnodes M --node-rank I --master-addr HOST --master-port 29500 on each
   train lora           train a LoRA on the frozen FLUX by flow matching (LoraTrainer)
   train lightcontrol   train LightControl's branches (LightControlTrainer)
-                       --flux DIR|FILE --vae DIR (default: FLUX folder's vae/) --out DIR (checkpoints)
-                       --data DIR|FILE.jsonl|SHARDS.tar (a folder of images with .txt/.json sidecars, a JSONL
-                       manifest, or WebDataset shards: a path, data-{000..009}.tar or a comma list)
-                       conditioning: --mllm DIR --alignnet FILE (student; samples with references: IT2I), or
-                       --text-encoder DIR --text-encoder-2 DIR (teacher; default: beside --flux), or
-                       --embeds FILE.safetensors (prompt_embeds, pooled_prompt_embeds: one for every sample)
-                       --steps 1000 --lr (1e-4 lora, 1e-5 lightcontrol) --accumulate 1 --warmup 0
-                       --checkpoint-every 100 --height 1024 --width 1024 --seed 0 --resume --overwrite
-                       --keep-last 2 --gradient-checkpointing --device ... --dtype ...
-                       lora: --rank 16 --alpha 16 --targets to_q,to_k,... (default: FLUX's usual set)
-                             --editing-prompt TEXT (the IT2I template's)
-                       lightcontrol: --lightcontrol DIR|FILE (initial branches; default: new official-config
-                             ones) --hint source|target (default source; target copies the released script,
-                             whose hint is the target image itself: a leak, for reproducing it only)
-  eval                 teacher–student agreement: SSIM/PSNR of images from the same noise and the distillation
-                       loss, on held-out samples
-                       --flux DIR|FILE --vae DIR --alignnet FILE|DIR --features FILE.safetensors (as for train)
-                       --steps 28 --height 1024 --width 1024 --device ... --json FILE
-  demo                 the whole pipeline on a built-in tiny configuration (no download, CPU, ~4-5 min on 2
-                       cores): train a tiny teacher on drawn shapes, distill a tiny MLLM + AlignNet into it,
-                       generate held-out prompts with both, train a style LoRA on the teacher and apply it
-                       to both; writes before.png, after.png, lora.png, loss.png, summary.json
-                       --out DIR (default x2i-demo) --seed 0 --quick (a few steps of each: seconds)
-                       --student qwen|internvl|minicpm-o (the tiny student's architecture; default qwen)
+  eval                 teacher–student agreement: SSIM/PSNR and the distillation loss on held-out samples
+  demo                 the whole pipeline on a built-in tiny configuration (no download, CPU)
   info                 the native addon, the LibTorch it runs on, CUDA devices
-  bench [bridge]       benchmark the N-API bridge (call overhead, copy bandwidth vs LibTorch)
-                       options: --mib N (copy size, default 256), --json FILE
-  bench flux           FLUX.1 blocks and the whole model on CUDA, bf16 (needs a GPU)
-                       options: --baseline PATH (a python3 script of the same block math in PyTorch, run with --json), --json FILE
-  bench distill        the distillation loss kernel and training step on CUDA (needs a GPU)
-                       options: --baseline PATH (a python3 script of the official loss in PyTorch, run with --json), --json FILE
-  bench qwen           the Qwen2.5-VL-7B-size encoder on CUDA: prefill with and without all-layer
-                       capture, the vision tower (needs a GPU)
-                       options: --baseline PATH (bench/baselines/qwen_prefill.py, transformers), --json FILE
-  bench finetune       LoRA and LightControl training steps and generation with an adapter, FLUX.1-dev size on CUDA
-                       options: --baseline PATH (bench/baselines/finetune_step.py, PyTorch eager), --json FILE
-  help                 this text
+  bench [which]        benchmarks: bridge (default), flux, distill, qwen, finetune
+  help [command]       this text, or a command's
+
+every command: --help, -h (its options), --quiet, -q (no progress and no messages; errors still print)
+x2i --version, -v      the package version
+
+Progress goes to stderr: a bar redrawn in place on a terminal, plain lines (every 10%) otherwise.
+Exit status: 0 done, 1 failed, 2 a usage error (a bad flag or value, a missing file; the message names the flag).
 `;
+
+const COMMON_HELP = `  --quiet, -q          no progress bars and no messages on stderr (errors still print)
+  --help, -h           this text
+`;
+
+const TRAIN_RUN_HELP = `  --config FILE.json   options from a JSON object (the long flag names: "lr", "checkpoint-every" or
+                       "checkpointEvery", ...); flags on the command line override it
+  --resume             continue the run in --out (trainer.json: its latest checkpoint). The options that change
+                       the run (model and data paths, lr, warmup, accumulate, height, width, seed, dtype, LoRA
+                       rank/alpha/targets, hint, ...) must equal the ones the run recorded; --steps,
+                       --checkpoint-every, --keep-last, --device, --gradient-checkpointing and the initial weights
+                       may change
+  --force-resume       resume even where those options differ (the new ones are recorded)
+  --overwrite          replace the checkpoints of a non-empty --out (without it or --resume, a non-empty --out
+                       is refused)
+  --keep-last 2        checkpoints kept (the newest)
+The run folder holds step-NNNNNN-M/ checkpoints, trainer.json (the latest checkpoint, checksums, the effective
+options as "config") and metrics.jsonl (one line per optimizer step: step, microStep, loss, lr, gradNorm, seconds;
+a resumed run drops the lines after its checkpoint). Ctrl-C stops at a step boundary and saves.
+`;
+
+/** Each command's --help. */
+const HELP: Record<string, string> = {
+  generate: `usage: x2i generate --flux DIR|FILE (--prompt TEXT | --embeds FILE) [options]
+       x2i generate --flux DIR|FILE --mllm DIR --alignnet FILE [--prompt TEXT] [--prompt-image FILE]... [options]
+
+an image with FLUX, conditioned by its own text encoders (teacher) or by an MLLM + AlignNet (X2I student)
+
+  --flux DIR|FILE      the transformer: a diffusers folder, its pipeline folder, or a BFL single file
+  --vae DIR            default: the FLUX folder's vae/
+  --out FILE           .png, .jpg/.jpeg or .webp: the format follows the extension (default out.png)
+  --height 1024 --width 1024   multiples of 16 (default: the --image's size, else 1024)
+  --steps 28           denoising steps
+  --guidance 3.5       FLUX's guidance
+  --seed 0             the noise seed (the same noise on every device)
+  --device cpu         cpu, cuda or cuda:N
+  --dtype DTYPE        float32, bfloat16, float16 or float64 (default: bfloat16 on CUDA, float32 on the CPU)
+teacher:
+  --prompt TEXT        through T5 + CLIP: --text-encoder DIR --text-encoder-2 DIR (default: beside --flux)
+  --embeds FILE        precomputed .safetensors (prompt_embeds, pooled_prompt_embeds) instead
+student (the kind comes from --mllm's config.json: Qwen2.5-VL, InternVL2.5, MiniCPM-o):
+  --mllm DIR --alignnet FILE   with any mix of:
+  --prompt TEXT
+  --prompt-image FILE  repeatable: images the MLLM reads (EXIF orientation applied, transparency on white)
+  --video FILE|DIR     repeatable: a video's frames in order, or a folder of them (.png, .jpg, .webp)
+  --audio FILE         repeatable: WAV, FLAC, MP3, OGG (the MiniCPM-o student hears)
+image-to-image and inpainting:
+  --image FILE         the init image (its size is the default --height/--width)
+  --strength 0.6       in (0, 1]: the share of the steps that run
+  --mask FILE          inpainting: white = repaint, black = keep
+adapters:
+  --lora PATH[:SCALE]  repeatable: a LoRA file (diffusers/PEFT, kohya, XLabs) or a 'x2i train lora' run folder;
+                       SCALE default 1
+  --fuse-lora          merge the adapters into the weights before sampling
+  --lightcontrol DIR|FILE --control-image FILE [--control-scale 1.0]   X2I's LightControl
+${COMMON_HELP}`,
+
+  train: `usage: x2i train --flux DIR|FILE --alignnet FILE --out DIR (--captions FILE --mllm DIR | --features FILE) [options]
+       x2i train lora|lightcontrol ...   (see x2i train lora --help, x2i train lightcontrol --help)
+
+train AlignNet by attention distillation (X2ITrainer)
+
+  --flux DIR|FILE      the transformer (teacher and student share its frozen weights)
+  --alignnet FILE      AlignNet's initial weights
+  --out DIR            the run folder
+data:
+  --captions FILE      .jsonl (caption_en, caption or text) or .txt (one a line), with --mllm DIR (student) and
+                       --text-encoder DIR --text-encoder-2 DIR (teacher; default: beside --flux)
+  --features FILE      precomputed .safetensors (teacher.encoder_hidden_states, teacher.pooled_projections,
+                       student.hidden_states; batch on dim 0) instead
+  --steps 1000         micro-batches in all (a resumed run continues up to it)
+  --lr 1e-4 --warmup 0 --accumulate 1 (micro-batches per optimizer step)
+  --checkpoint-every 100   optimizer steps between checkpoints
+  --height 1024 --width 1024   multiples of 16
+  --device cpu --dtype DTYPE
+${TRAIN_RUN_HELP}several GPUs:
+  --nproc-per-node N --parallel data|split   one process per GPU, NCCL; data: each rank its share of the
+                       captions; split: 2 ranks, teacher | student
+  --nnodes M --node-rank I --master-addr HOST --master-port 29500   many nodes (on each)
+${COMMON_HELP}`,
+};
+
+for (const kind of ['lora', 'lightcontrol'] as const) HELP[`train ${kind}`] = `usage: x2i train ${kind} --flux DIR|FILE --data DATA --out DIR [options]
+
+${kind === 'lora' ? 'train a LoRA on the frozen FLUX transformer by flow matching (LoraTrainer)'
+    : "train LightControl's branches through the frozen FLUX transformer (LightControlTrainer)"}
+
+  --flux DIR|FILE      the transformer
+  --vae DIR            default: the FLUX folder's vae/
+  --out DIR            the run folder
+  --data DATA          a folder of images with .txt/.json sidecars, a JSONL manifest (image, caption,
+                       instruction, references), or WebDataset shards (a path, data-{000..009}.tar, a comma list)
+conditioning (one of):
+  --mllm DIR --alignnet FILE   the X2I student (samples with references: IT2I)
+  --text-encoder DIR --text-encoder-2 DIR   the teacher's T5 + CLIP (default: beside --flux)
+  --embeds FILE        one precomputed .safetensors (prompt_embeds, pooled_prompt_embeds) for every sample
+  --steps 1000 --lr ${kind === 'lora' ? '1e-4' : '1e-5'} --warmup 0 --accumulate 1 --checkpoint-every 100
+  --height 1024 --width 1024 --seed 0
+  --gradient-checkpointing   less memory, one more forward
+  --device cpu --dtype DTYPE
+${kind === 'lora' ? `  --rank 16 --alpha 16 (default: the rank)
+  --targets to_q,to_k,...   module names or suffixes (default: FLUX's usual set)
+  --editing-prompt TEXT     the IT2I template's
+` : `  --lightcontrol DIR|FILE   initial branches (default: new ones of the official config)
+  --hint source|target      default source; target copies the released script, whose hint is the target image
+                            itself: a leak, for reproducing its checkpoints only
+`}${TRAIN_RUN_HELP}${COMMON_HELP}`;
+
+Object.assign(HELP, {
+  eval: `usage: x2i eval --flux DIR|FILE --alignnet FILE|DIR --features FILE [options]
+
+teacher–student agreement: SSIM/PSNR of images from the same noise, and the distillation loss, on held-out samples
+
+  --flux DIR|FILE      the transformer
+  --vae DIR            default: the FLUX folder's vae/
+  --alignnet FILE|DIR  AlignNet's weights, or a 'x2i train' run folder (its latest checkpoint)
+  --features FILE      .safetensors as for x2i train
+  --steps 28 --height 1024 --width 1024 --device cpu --dtype DTYPE
+  --json FILE          also write the results as JSON
+${COMMON_HELP}`,
+
+  demo: `usage: x2i demo [--out DIR] [options]
+
+the whole pipeline on a built-in tiny configuration (no download, CPU, ~4-5 min on 2 cores): train a tiny teacher
+on drawn shapes, distill a tiny MLLM + AlignNet into it, generate held-out prompts with both, train a style LoRA
+on the teacher and apply it to both; writes before.png, after.png, lora.png, loss.png, summary.json
+
+  --out x2i-demo       the output folder
+  --seed 0
+  --quick              a few steps of each (seconds)
+  --student qwen       the tiny student's architecture: qwen, internvl or minicpm-o
+${COMMON_HELP}`,
+
+  info: `usage: x2i info
+
+the native addon, the LibTorch it runs on (version, flavour), CUDA devices and backend, threads
+
+${COMMON_HELP}`,
+
+  bench: `usage: x2i bench [bridge|flux|distill|qwen|finetune] [options]
+
+  bridge               (default) the N-API call overhead and copy bandwidth vs LibTorch; --mib 256 (copy size)
+  flux                 FLUX.1 blocks and the whole model on CUDA, bf16
+  distill              the distillation loss kernel and the training step on CUDA
+  qwen                 the Qwen2.5-VL-7B-size encoder on CUDA: prefill with and without all-layer capture, vision
+  finetune             LoRA and LightControl training steps and generation with an adapter, FLUX.1-dev size
+  --baseline PATH      (not bridge) a python3 script of the same math in PyTorch, run with --json
+                       (bench/baselines/*.py)
+  --json FILE          the results as JSON
+${COMMON_HELP}`,
+});
 
 function info(): number {
   const b = buildInfo();
@@ -108,12 +211,111 @@ function readVersion(): string {
   }
 }
 
-function progressBar(label: string): (p: { step: number; total: number; phase: string }) => void {
-  return ({ step, total, phase }) => {
-    const width = 30, done = Math.round((step / total) * width);
-    process.stderr.write(`\r${label} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${step}/${total} ${phase}   `);
-    if (phase === 'decode') process.stderr.write('\n');
+// ---------------------------------------------------------------------------------------------------------------
+// flags: every command takes --help/-h and --quiet/-q; the training commands --config FILE
+
+type OptionSpec = { type: 'string' | 'boolean'; multiple?: boolean; short?: string; default?: string };
+type Values<O extends Record<string, OptionSpec>> = { -readonly [K in keyof O]: O[K] extends { type: 'boolean' } ? boolean
+  : O[K] extends { multiple: true } ? string[] | undefined : O[K] extends { default: string } ? string : string | undefined } &
+  { quiet: boolean };
+
+const COMMON_OPTIONS = { help: { type: 'boolean', short: 'h' }, quiet: { type: 'boolean', short: 'q' } } as const;
+
+const camel = (k: string) => k.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+
+/** The option a mistyped one was probably meant to be (one edit away, or a prefix of it). */
+function closest(name: string, names: string[]): string | undefined {
+  const near = (a: string, b: string) => {
+    if (Math.abs(a.length - b.length) > 1) return false;
+    let i = 0;
+    while (i < a.length && a[i] === b[i]) i++;
+    return [1, 0].some((da) => [1, 0].some((db) => (da || db) && a.slice(i + da) === b.slice(i + db)));
   };
+  return names.find((n) => near(name, n)) ?? names.find((n) => n.startsWith(name) && name.length >= 3);
+}
+
+/** A parseArgs error as one line naming the flag, with where to look (exit status 2). */
+function usageError(cmd: string, e: unknown, names: string[]): X2IError {
+  const msg = (e as Error).message;
+  const unknown = /^Unknown option '(-{1,2})([^']*)'/.exec(msg);
+  if (unknown) {
+    const guess = unknown[1] === '--' ? closest(unknown[2], names) : undefined;
+    return new X2IError(`unknown option '${unknown[1]}${unknown[2]}' (${guess ? `did you mean --${guess}? ` : ''}see x2i ${cmd} --help)`, 'ERR_INVALID_ARG');
+  }
+  const value = /^Option '(-{1,2}[^ ']+)[^']*' argument (missing|is ambiguous)/.exec(msg);
+  if (value) return new X2IError(value[2] === 'missing' ? `${value[1]}: expected a value after it (see x2i ${cmd} --help)`
+    : `${value[1]}: its value starts with '-': write ${value[1]}=VALUE`, 'ERR_INVALID_ARG');
+  return new X2IError(`${msg.split('. ')[0].replace(/\.$/, '')} (see x2i ${cmd} --help)`, 'ERR_INVALID_ARG');
+}
+
+/** `--config FILE`: a JSON object of options (long flag names without dashes, kebab-case or camelCase; numbers or
+ * strings for values, true/false for switches) → the values as if given on the command line. */
+function readConfig(cmd: string, file: string, options: Record<string, OptionSpec>): Record<string, string | boolean> {
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new X2IError(`--config: ${file}: no such file`, 'ERR_FILE_NOT_FOUND');
+    throw new X2IError(`--config: ${file}: ${code ? (e as Error).message : `not valid JSON (${(e as Error).message})`}`, 'ERR_INVALID_ARG');
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    throw new X2IError(`--config: ${file}: expected a JSON object of options ({"lr": 1e-4, "steps": 2000, ...}), got ${Array.isArray(json) ? 'an array' : JSON.stringify(json)}`, 'ERR_INVALID_ARG');
+  const names = Object.keys(options).filter((k) => k !== 'help' && k !== 'config');
+  const byKey = new Map(names.flatMap((k) => [[k, k], [camel(k), k]]));
+  const out: Record<string, string | boolean> = {};
+  for (const [key, value] of Object.entries(json)) {
+    const k = byKey.get(key);
+    if (!k) {
+      const guess = closest(key, names);
+      throw new X2IError(`--config: ${file}: unknown option ${JSON.stringify(key)} (${guess ? `did you mean "${guess}"? ` : ''}see x2i ${cmd} --help)`, 'ERR_INVALID_ARG');
+    }
+    if (options[k].type === 'boolean') {
+      if (typeof value !== 'boolean') throw new X2IError(`--config: ${file}: "${key}": expected true or false, got ${JSON.stringify(value)}`, 'ERR_INVALID_ARG');
+      out[k] = value;
+    } else if (typeof value === 'string' || (typeof value === 'number' && Number.isFinite(value))) {
+      out[k] = String(value);
+    } else {
+      throw new X2IError(`--config: ${file}: "${key}": expected a string or a finite number, got ${JSON.stringify(value)}`, 'ERR_INVALID_ARG');
+    }
+  }
+  return out;
+}
+
+/**
+ * A command's flags: parseArgs (strict) plus --help/-h and --quiet/-q (and --config FILE with `config`), defaults
+ * applied last (command line over --config over defaults). `--steps -1` reads -1 as the value. An unknown flag or a
+ * missing value is an error naming the flag (exit 2); null when --help was asked.
+ */
+function parse<O extends Record<string, OptionSpec>>(cmd: string, args: string[], options: O,
+  opts: { positionals?: boolean; config?: boolean } = {}): { v: Values<O>; positionals: string[] } | null {
+  const all: Record<string, OptionSpec> = { ...options, ...COMMON_OPTIONS, ...(opts.config ? { config: { type: 'string' } } : {}) };
+  const fixed: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const m = /^--([^=]+)$/.exec(args[i]);
+    if (m && all[m[1]]?.type === 'string' && i + 1 < args.length && /^-(\d|\.\d|inf|nan)/i.test(args[i + 1])) fixed.push(`${args[i]}=${args[++i]}`);
+    else fixed.push(args[i]);
+  }
+  const bare = Object.fromEntries(Object.entries(all).map(([k, { default: _, ...o }]) => [k, o]));
+  let parsed: { values: Record<string, unknown>; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: fixed, options: bare as ParseArgsConfig['options'], allowPositionals: !!opts.positionals, strict: true });
+  } catch (e) {
+    if (args.includes('--help') || args.includes('-h')) return null;
+    throw usageError(cmd, e, Object.keys(all));
+  }
+  const cli = parsed.values;
+  if (cli.help) return null;
+  const file = typeof cli.config === 'string' ? readConfig(cmd, cli.config, all) : {};
+  const defaults = Object.fromEntries(Object.entries(options).map(([k, o]) => [k, o.default ?? (o.type === 'boolean' ? false : undefined)]));
+  const v = { ...defaults, ...file, ...cli } as Record<string, unknown>;
+  v.quiet = Boolean(v.quiet);
+  return { v: v as Values<O>, positionals: parsed.positionals };
+}
+
+function help(cmd: string): number {
+  process.stdout.write(HELP[cmd] ?? OVERVIEW);
+  return 0;
 }
 
 /** `--lora PATH[:SCALE]`: the scale is what follows the last ':' when it is a number (a path that exists as given is
@@ -149,30 +351,25 @@ function mustExist(flag: string, f: string | undefined): void {
   if (f !== undefined && !fs.existsSync(f)) throw new X2IError(`${flag}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
 }
 
-/** An image file decoded to RGB for the MLLM (sharp). */
-async function rgbImage(f: string): Promise<{ data: Uint8Array; width: number; height: number }> {
-  const { default: sharp } = await import('sharp');
-  const { data, info } = await sharp(f).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-  return { data: new Uint8Array(data), width: info.width, height: info.height };
-}
-
 async function generate(args: string[]): Promise<number> {
-  const { values: v } = parseArgs({ args, options: {
+  const p = parse('generate', args, {
     flux: { type: 'string' }, vae: { type: 'string' }, prompt: { type: 'string' }, embeds: { type: 'string' },
     'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' }, mllm: { type: 'string' }, alignnet: { type: 'string' },
     'prompt-image': { type: 'string', multiple: true }, audio: { type: 'string', multiple: true }, video: { type: 'string', multiple: true },
     image: { type: 'string' }, strength: { type: 'string' }, mask: { type: 'string' },
-    lora: { type: 'string', multiple: true }, 'fuse-lora': { type: 'boolean', default: false }, lightcontrol: { type: 'string' },
+    lora: { type: 'string', multiple: true }, 'fuse-lora': { type: 'boolean' }, lightcontrol: { type: 'string' },
     'control-image': { type: 'string' }, 'control-scale': { type: 'string' },
     out: { type: 'string', default: 'out.png' }, height: { type: 'string' },
     width: { type: 'string' }, steps: { type: 'string', default: '28' }, guidance: { type: 'string', default: '3.5' },
-    seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } });
-  const fail = (msg: string) => (process.stderr.write(`x2i generate: ${msg}\n`), 2);
-  if (!v.flux) return fail('--flux is required');
+    seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } as const);
+  if (!p) return help('generate');
+  const { v } = p;
+  const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i generate: ${msg}\n`), 2);
+  if (!v.flux) return fail('--flux is required (see x2i generate --help)');
   const studentInput = !!(v.prompt || v['prompt-image'] || v.audio || v.video);
   for (const k of ['prompt-image', 'audio', 'video'] as const)
     if (v[k] && !v.mllm) return fail(`--${k} is the student's prompt: it needs --mllm and --alignnet`);
-  if (!v.prompt && !v.embeds && !(v.mllm && studentInput)) return fail('give --prompt or --embeds (the student also takes --prompt-image, --video, --audio)');
+  if (!v.prompt && !v.embeds && !(v.mllm && studentInput)) return fail('give --prompt or --embeds (the student also takes --prompt-image, --video, --audio; see x2i generate --help)');
   if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet || !studentInput))
     return fail('the student needs --mllm, --alignnet and a prompt (--prompt, --prompt-image, --video or --audio)');
   if (v.strength !== undefined && !v.image) return fail('--strength needs --image (the init image of image-to-image)');
@@ -183,6 +380,7 @@ async function generate(args: string[]): Promise<number> {
   if (v.lightcontrol !== undefined && !v['control-image']) return fail('--lightcontrol needs --control-image FILE (the control image)');
   // every option checked before a model loads
   const format = imageOutput('--out', v.out);
+  const device = deviceOption('--device', v.device), dtype = v.dtype === undefined ? undefined : floatDtypeOption('--dtype', v.dtype);
   const side = (k: 'height' | 'width') => v[k] !== undefined ? imageSide(`--${k}`, parseNumberArg(`--${k}`, v[k])) : v.image ? undefined : 1024;
   const gen0 = { height: side('height'), width: side('width'),
     numInferenceSteps: positiveInt('--steps', parseNumberArg('--steps', v.steps), LIMITS.inferenceSteps),
@@ -192,8 +390,9 @@ async function generate(args: string[]): Promise<number> {
   for (const k of ['prompt-image', 'audio', 'video'] as const) for (const f of v[k] ?? []) mustExist(`--${k}`, f);
   for (const k of ['embeds', 'image', 'mask', 'lightcontrol', 'control-image'] as const) mustExist(`--${k}`, v[k]);
   const loras = (v.lora ?? []).map(loraArg);
+  const progress = new Progress({ quiet: v.quiet });
   const x2i = await import('../index.js');
-  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const opts = { device, dtype };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
   for (const l of loras) await transformer.loadLora(await runFile(l.file, 'lora.safetensors'), { scale: l.scale });
@@ -202,16 +401,17 @@ async function generate(args: string[]): Promise<number> {
   const lightControl = v.lightcontrol ? await loadLightControl(v.lightcontrol, opts) : undefined;
   const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
   const scheduler = fs.existsSync(schedulerFile) ? x2i.FlowMatchEulerScheduler.fromPretrained(schedulerFile) : new x2i.FlowMatchEulerScheduler();
-  const gen = { ...gen0, onProgress: progressBar('x2i generate'),
+  const gen = { ...gen0, onProgress: progress.steps('x2i generate'),
     ...(v.image ? { image: v.image, strength, mask: v.mask } : {}),
     ...(v['control-image'] ? { control: { image: v['control-image'], scale: controlScale } } : {}) };
   let out: FluxImages;
   if (v.mllm || v.alignnet) {
     const images = [], video = [], audios = [];
-    for (const f of v['prompt-image'] ?? []) images.push(await rgbImage(f));
+    // EXIF orientation applied, transparency composited on white (lib/core/image_decode.ts)
+    for (const f of v['prompt-image'] ?? []) images.push(await decodeRgb(f, { name: '--prompt-image' }));
     for (const f of v.video ?? [])  // a frame, or a folder of frames in name order
       for (const g of fs.statSync(f).isDirectory() ? fs.readdirSync(f).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().map((n) => path.join(f, n)) : [f])
-        video.push(await rgbImage(g));
+        video.push(await decodeRgb(g, { name: '--video' }));
     for (const f of v.audio ?? []) audios.push(await x2i.audio.load(f));
     const g = new x2i.X2IGenerator({ mllm: await x2i.studentFromPretrained(v.mllm!, opts),
       alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }) });
@@ -219,8 +419,8 @@ async function generate(args: string[]): Promise<number> {
     out = await g.generate({ ...gen, prompt: mixed ? { text: v.prompt, ...(images.length ? { images } : {}), ...(video.length ? { video } : {}),
       ...(audios.length ? { audios } : {}) } : v.prompt! });
   } else if (v.embeds) {
-    const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
-    if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);
+    const e = await x2i.loadSafetensors(v.embeds, { device });
+    if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`--embeds: ${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);
     out = await new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }).generate({ ...gen, promptEmbeds: e.prompt_embeds,
       pooledPromptEmbeds: e.pooled_prompt_embeds });
   } else {
@@ -229,13 +429,13 @@ async function generate(args: string[]): Promise<number> {
       textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts) });
     out = await pipe.generate({ ...gen, prompt: v.prompt });
   }
-  fs.writeFileSync(v.out!, await x2i.encodeImage(out.images, 0, format));
-  process.stderr.write(`x2i generate: wrote ${v.out}\n`);
+  fs.writeFileSync(v.out, await x2i.encodeImage(out.images, 0, format));
+  progress.note(`x2i generate: wrote ${v.out} (${format === 'jpeg' ? 'JPEG' : format === 'png' ? 'PNG' : 'WebP'}, ${out.images.shape[3]}×${out.images.shape[2]})`);
   return 0;
 }
 
 /** The flags every training command shares, each checked (exit 2 naming the flag on a bad value). */
-function trainingFlags(num: (flag: string) => number) {
+function trainingFlags(num: (flag: string) => number, v: { device: string; dtype?: string }) {
   return {
     steps: positiveInt('--steps', num('steps'), LIMITS.trainSteps),
     lr: finiteOption('--lr', num('lr'), { min: 0 }),
@@ -245,52 +445,97 @@ function trainingFlags(num: (flag: string) => number) {
     keepLast: positiveInt('--keep-last', num('keep-last'), 1000),
     height: imageSide('--height', num('height')),
     width: imageSide('--width', num('width')),
+    device: deviceOption('--device', v.device),
+    dtype: v.dtype === undefined ? undefined : floatDtypeOption('--dtype', v.dtype),
   };
 }
 
+/** A path as recorded in a run's config: absolute (a run resumed from another folder compares equal). */
+const absolute = (p: string | undefined) => (p === undefined ? undefined : path.resolve(p));
+
+/** The options of every training command recorded in trainer.json "config" but free to change on --resume: the
+ * run's length, its checkpointing, where it runs (the initial weights a resume replaces are added per command). */
+const RESUME_FREE = ['steps', 'checkpoint-every', 'keep-last', 'device', 'gradient-checkpointing'];
+
+/**
+ * `--resume` against the options the run recorded (trainer.json "config"): every option that changes the run (all but
+ * `free`) and differs is named with both values in one error (exit 2), unless `force` (--force-resume: a note, and the
+ * new options are recorded from the next checkpoint on). Runs that recorded no config pass.
+ */
+async function checkResume(cmd: string, dir: string, config: Record<string, unknown>, free: readonly string[], force: boolean,
+  progress: Progress): Promise<void> {
+  const { configChanges, recordedConfig } = await import('../train/checkpoints.js');
+  const recorded = recordedConfig(dir);
+  if (!recorded) return;
+  const keys = [...new Set([...Object.keys(recorded), ...Object.keys(config)])].filter((k) => !free.includes(k));
+  const changes = configChanges(recorded, config, keys);
+  if (changes.length === 0) return;
+  const show = (x: unknown) => (x === undefined ? '(not given)' : typeof x === 'string' ? JSON.stringify(x) : String(x));
+  const list = changes.map((c) => `--${c.key}: the run recorded ${show(c.recorded)}, this command gives ${show(c.given)}`).join('; ');
+  if (!force) throw new X2IError(`--resume: ${dir} was trained with other options: ${list} (give the recorded values, or --force-resume to continue with these)`,
+    'ERR_CONFIG_MISMATCH');
+  progress.note(`${cmd}: --force-resume: continuing ${dir} with ${list}`);
+}
+
 async function train(args: string[]): Promise<number> {
-  const { values: v } = parseArgs({ args, options: {
+  const p = parse('train', args, {
     flux: { type: 'string' }, alignnet: { type: 'string' }, out: { type: 'string' }, captions: { type: 'string' },
     features: { type: 'string' }, mllm: { type: 'string' }, 'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' },
     steps: { type: 'string', default: '1000' }, lr: { type: 'string', default: '1e-4' }, warmup: { type: 'string', default: '0' },
     accumulate: { type: 'string', default: '1' }, 'checkpoint-every': { type: 'string', default: '100' },
-    height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, resume: { type: 'boolean', default: false },
-    overwrite: { type: 'boolean', default: false }, 'keep-last': { type: 'string', default: '2' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, parallel: { type: 'string' },
+    height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, resume: { type: 'boolean' },
+    'force-resume': { type: 'boolean' }, overwrite: { type: 'boolean' }, 'keep-last': { type: 'string', default: '2' },
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, parallel: { type: 'string' },
     'nproc-per-node': { type: 'string' }, nnodes: { type: 'string', default: '1' }, 'node-rank': { type: 'string', default: '0' },
-    'master-addr': { type: 'string' }, 'master-port': { type: 'string' } } });
-  if (!v.flux || !v.alignnet || !v.out) { process.stderr.write('x2i train: --flux, --alignnet and --out are required\n'); return 2; }
-  if (v.parallel && v.parallel !== 'data' && v.parallel !== 'split') { process.stderr.write(`x2i train: --parallel data|split, got '${v.parallel}'\n`); return 2; }
-  if (v['nproc-per-node'] && !v.parallel) { process.stderr.write('x2i train: --nproc-per-node needs --parallel data|split\n'); return 2; }
-  if (!v.captions && !v.features) { process.stderr.write('x2i train: give --captions (with --mllm) or --features\n'); return 2; }
-  if (v.captions && !v.mllm) { process.stderr.write('x2i train: --captions needs --mllm for the student\n'); return 2; }
+    'master-addr': { type: 'string' }, 'master-port': { type: 'string' } } as const, { config: true });
+  if (!p) return help('train');
+  const { v } = p;
+  const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i train: ${msg}\n`), 2);
+  if (!v.flux || !v.alignnet || !v.out) return fail('--flux, --alignnet and --out are required (see x2i train --help)');
+  if (v.parallel && v.parallel !== 'data' && v.parallel !== 'split') return fail(`--parallel: expected data or split, got "${v.parallel}"`);
+  if (v['nproc-per-node'] && !v.parallel) return fail('--nproc-per-node needs --parallel data|split');
+  if (!v.captions && !v.features) return fail('give --captions (with --mllm) or --features (see x2i train --help)');
+  if (v.captions && !v.mllm) return fail('--captions needs --mllm for the student');
   // every option checked before a model loads (and before the launcher starts any rank)
-  const num = (k: keyof typeof v) => parseNumberArg(`--${k}`, v[k] as string);
-  const { steps, lr, warmup, accumulate, checkpointEvery, keepLast, height, width } = trainingFlags((k) => num(k as keyof typeof v));
-  if (v.resume && v.overwrite) { process.stderr.write('x2i train: give --resume or --overwrite, not both\n'); return 2; }
+  const num = (k: string) => parseNumberArg(`--${k}`, (v as Record<string, unknown>)[k] as string);
+  const { steps, lr, warmup, accumulate, checkpointEvery, keepLast, height, width, device: given, dtype } = trainingFlags(num, v);
+  const nnodes = positiveInt('--nnodes', num('nnodes'), 100_000);
+  const nodeRank = integerOption('--node-rank', num('node-rank'), { min: 0, max: nnodes - 1 });
+  const nproc = v['nproc-per-node'] !== undefined ? positiveInt('--nproc-per-node', num('nproc-per-node'), 1024) : undefined;
+  const masterPort = v['master-port'] !== undefined ? integerOption('--master-port', num('master-port'), { min: 1, max: 65535 }) : undefined;
+  if (v.resume && v.overwrite) return fail('give --resume or --overwrite, not both');
+  if (v['force-resume'] && !v.resume) return fail('--force-resume needs --resume');
   const resuming = v.resume && fs.existsSync(path.join(v.out, 'trainer.json'));
   outputDir('--out', v.out, { refuseNonEmpty: !resuming && !v.overwrite,
     hint: v.resume ? 'it holds no trainer.json to resume from; pass --overwrite to replace it' : 'pass --resume to continue its run, or --overwrite to replace it' });
-  if (resuming) (await import('../train/trainer.js')).X2ITrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
+  const progress = new Progress({ quiet: v.quiet });
+  // the effective options, recorded in trainer.json and compared on --resume
+  const config = { flux: absolute(v.flux), alignnet: absolute(v.alignnet), captions: absolute(v.captions), features: absolute(v.features),
+    mllm: absolute(v.mllm), 'text-encoder': absolute(v['text-encoder']), 'text-encoder-2': absolute(v['text-encoder-2']), steps, lr,
+    warmup, accumulate, 'checkpoint-every': checkpointEvery, 'keep-last': keepLast, height, width, device: given, dtype,
+    parallel: v.parallel, 'nproc-per-node': nproc, nnodes };
+  if (resuming) {
+    (await import('../train/trainer.js')).X2ITrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
+    await checkResume('x2i train', v.out, config, [...RESUME_FREE, 'alignnet'], v['force-resume'], progress);  // resume replaces AlignNet's init
+  }
   for (const [k, f] of [['--features', v.features], ['--captions', v.captions], ['--alignnet', v.alignnet]] as const)
     if (f && !fs.existsSync(f)) throw new X2IError(`${k}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
-  if (v['nproc-per-node'] && process.env.X2I_LAUNCHED !== '1') {  // the launcher: one process per GPU, then wait
+  if (nproc !== undefined && process.env.X2I_LAUNCHED !== '1') {  // the launcher: one process per GPU, then wait
     const { launch } = await import('../train/distributed.js');
     // Ctrl-C reaches every rank (one process group): they stop together at a step boundary and save; wait for them
     process.on('SIGINT', () => {});
-    const nnodes = positiveInt('--nnodes', num('nnodes'), 100_000);
-    const codes = await launch(process.argv[1], { nprocPerNode: positiveInt('--nproc-per-node', num('nproc-per-node'), 1024), nnodes,
-      nodeRank: integerOption('--node-rank', num('node-rank'), { min: 0, max: nnodes - 1 }), masterAddr: v['master-addr'],
-      masterPort: v['master-port'] ? integerOption('--master-port', num('master-port'), { min: 1, max: 65535 }) : undefined,
+    const codes = await launch(process.argv[1], { nprocPerNode: nproc, nnodes, nodeRank, masterAddr: v['master-addr'], masterPort,
       args: process.argv.slice(2), env: { X2I_LAUNCHED: '1' } });
     return codes.every((c) => c === 0) ? 0 : 1;
   }
   const x2i = await import('../index.js');
   const group = v.parallel ? await x2i.ProcessGroup.init() : undefined;
-  const device = group && v.device.startsWith('cuda') ? x2i.ProcessGroup.localDevice() : v.device;
-  const opts = { device, dtype: v.dtype as DType | undefined };
+  const device = group && given.startsWith('cuda') ? x2i.ProcessGroup.localDevice() : given;
+  const opts = { device, dtype };
   // what this rank holds: everything, or the teacher's (rank 0) / the student's (rank 1) half in split mode
   const split = v.parallel === 'split', teacherSide = !split || group!.rank === 0, studentSide = !split || group!.rank === 1;
   const reporting = !group || (split ? group.rank === 1 : group.rank === 0);
+  const report = reporting ? progress : new Progress({ quiet: true });
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
   const alignNet = await x2i.AlignNet.fromPretrained(v.alignnet, { ...opts, dtype: 'float32' });
@@ -299,7 +544,7 @@ async function train(args: string[]): Promise<number> {
   if (v.features) {
     const f = await x2i.loadSafetensors(v.features, { device });
     for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
-      if (!f[k]) { process.stderr.write(`x2i train: ${v.features} lacks '${k}'\n`); return 2; }
+      if (!f[k]) return fail(`--features: ${v.features} lacks '${k}'`);
     data = [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'], pooledProjections: f['teacher.pooled_projections'] },
       student: { hiddenStates: f['student.hidden_states'] } }];
   } else {
@@ -312,16 +557,14 @@ async function train(args: string[]): Promise<number> {
       clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
   }
   const trainer = new x2i.X2ITrainer(parts, { lr, warmupSteps: warmup, totalSteps: steps, gradientAccumulation: accumulate, height, width,
-    keepLast, overwrite: v.overwrite, parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null });
+    keepLast, overwrite: v.overwrite, parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null, config });
   if (resuming) await trainer.resume(v.out);
   const ac = new AbortController();
-  process.once('SIGINT', () => { process.stderr.write('\nx2i train: stopping at the next step boundary\n'); ac.abort(); });
-  const bar = progressBar('x2i train');
+  process.once('SIGINT', () => { report.note('x2i train: stopping at the next step boundary'); ac.abort(); });
+  const bar = report.bar('x2i train');
   await trainer.fit({ data, steps: Math.max(0, steps - trainer.microStep), signal: ac.signal, checkpointDir: v.out, collect: false,
-    checkpointEvery, onStep: (i) => {
-      if (reporting) bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` });
-    } });
-  if (reporting) process.stderr.write(`\nx2i train: step ${trainer.step}; checkpoint ${x2i.X2ITrainer.latestCheckpoint(v.out)}\n`);
+    checkpointEvery, onStep: (i) => bar(i.microStep, steps, `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}`) });
+  if (reporting) progress.note(`x2i train: step ${trainer.step}; checkpoint ${x2i.X2ITrainer.latestCheckpoint(v.out)}`);
   await group?.close();
   return 0;
 }
@@ -360,27 +603,29 @@ async function dataSpec(spec: string): Promise<{ kind: 'folder' | 'jsonl' | 'tar
 /** `x2i train lora` / `x2i train lightcontrol`: fine-tuning on the frozen FLUX transformer (LoraTrainer, LightControlTrainer). */
 async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<number> {
   const cmd = `x2i train ${kind}`;
-  const { values: v } = parseArgs({ args, options: {
+  const p = parse(`train ${kind}`, args, {
     flux: { type: 'string' }, vae: { type: 'string' }, out: { type: 'string' }, data: { type: 'string' },
     mllm: { type: 'string' }, alignnet: { type: 'string' }, 'text-encoder': { type: 'string' }, 'text-encoder-2': { type: 'string' },
     embeds: { type: 'string' },
     steps: { type: 'string', default: '1000' }, lr: { type: 'string', default: kind === 'lora' ? '1e-4' : '1e-5' },
     accumulate: { type: 'string', default: '1' }, warmup: { type: 'string', default: '0' }, 'checkpoint-every': { type: 'string', default: '100' },
     height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' }, seed: { type: 'string', default: '0' },
-    resume: { type: 'boolean', default: false }, overwrite: { type: 'boolean', default: false }, 'keep-last': { type: 'string', default: '2' },
-    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, 'gradient-checkpointing': { type: 'boolean', default: false },
+    resume: { type: 'boolean' }, 'force-resume': { type: 'boolean' }, overwrite: { type: 'boolean' }, 'keep-last': { type: 'string', default: '2' },
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, 'gradient-checkpointing': { type: 'boolean' },
     ...(kind === 'lora' ? { rank: { type: 'string', default: '16' }, alpha: { type: 'string' }, targets: { type: 'string' },
       'editing-prompt': { type: 'string' } } as const
-      : { lightcontrol: { type: 'string' }, hint: { type: 'string', default: 'source' } } as const) } });
-  const fail = (msg: string) => (process.stderr.write(`${cmd}: ${msg}\n`), 2);
+      : { lightcontrol: { type: 'string' }, hint: { type: 'string', default: 'source' } } as const) } as const, { config: true });
+  if (!p) return help(`train ${kind}`);
+  const { v } = p;
+  const fail = (msg: string) => (endProgressLine(), process.stderr.write(`${cmd}: ${msg}\n`), 2);
   const s = (k: string) => (v as Record<string, string | boolean | undefined>)[k] as string | undefined;
-  if (!v.flux || !v.out || !v.data) return fail('--flux, --out and --data are required');
+  if (!v.flux || !v.out || !v.data) return fail(`--flux, --out and --data are required (see ${cmd} --help)`);
   if ((v.mllm || v.alignnet) && (!v.mllm || !v.alignnet)) return fail('the student conditioning needs both --mllm and --alignnet');
   if (v.embeds && (v.mllm || v['text-encoder'] || v['text-encoder-2'])) return fail('give --embeds, or the encoders (--mllm/--alignnet or --text-encoder/--text-encoder-2), not both');
   if (v.mllm && (v['text-encoder'] || v['text-encoder-2'])) return fail('give the student (--mllm, --alignnet) or the teacher (--text-encoder, --text-encoder-2), not both');
   // every option checked before a model loads
   const num = (k: string) => parseNumberArg(`--${k}`, s(k));
-  const { steps, lr, warmup, accumulate, checkpointEvery, keepLast, height, width } = trainingFlags(num);
+  const { steps, lr, warmup, accumulate, checkpointEvery, keepLast, height, width, device, dtype } = trainingFlags(num, v);
   const seed = seedOption('--seed', num('seed'));
   const rank = kind === 'lora' ? integerOption('--rank', num('rank'), { min: 1, max: 4096 }) : 0;
   const alpha = kind === 'lora' && s('alpha') !== undefined ? finiteOption('--alpha', num('alpha'), { min: 0, minExclusive: true }) : undefined;
@@ -391,18 +636,31 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
   if (kind === 'lightcontrol' && hint !== 'source' && hint !== 'target')
     throw new X2IError(`--hint: expected source or target, got ${JSON.stringify(hint)}`, 'ERR_INVALID_ARG');
   if (v.resume && v.overwrite) return fail('give --resume or --overwrite, not both');
+  if (v['force-resume'] && !v.resume) return fail('--force-resume needs --resume');
   const resuming = v.resume && fs.existsSync(path.join(v.out, 'trainer.json'));
   outputDir('--out', v.out, { refuseNonEmpty: !resuming && !v.overwrite,
     hint: v.resume ? 'it holds no trainer.json to resume from; pass --overwrite to replace it' : 'pass --resume to continue its run, or --overwrite to replace it' });
+  const progress = new Progress({ quiet: v.quiet });
   const { LoraTrainer, LightControlTrainer } = await import('../train/finetune.js');
-  if (resuming) LoraTrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
   const data = await dataSpec(v.data);
+  // the effective options, recorded in trainer.json and compared on --resume (the data's paths made absolute)
+  const config = { flux: absolute(v.flux), vae: absolute(v.vae), data: data.kind === 'tar' ? data.shards!.map((f) => path.resolve(f)).join(',') : absolute(v.data),
+    mllm: absolute(v.mllm), alignnet: absolute(v.alignnet), 'text-encoder': absolute(v['text-encoder']),
+    'text-encoder-2': absolute(v['text-encoder-2']), embeds: absolute(v.embeds), steps, lr, accumulate, warmup,
+    'checkpoint-every': checkpointEvery, 'keep-last': keepLast, height, width, seed, device, dtype,
+    'gradient-checkpointing': v['gradient-checkpointing'],
+    ...(kind === 'lora' ? { rank, alpha, targets: targets?.join(','), 'editing-prompt': s('editing-prompt') }
+      : { lightcontrol: absolute(s('lightcontrol')), hint }) };
+  if (resuming) {
+    LoraTrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
+    await checkResume(cmd, v.out, config, kind === 'lightcontrol' ? [...RESUME_FREE, 'lightcontrol'] : RESUME_FREE, v['force-resume'], progress);
+  }
   for (const k of ['alignnet', 'embeds', 'lightcontrol'] as const) mustExist(`--${k}`, s(k));
   for (const k of ['mllm', 'vae', 'text-encoder', 'text-encoder-2'] as const) mustExist(`--${k}`, s(k));
   mustExist('--flux', v.flux);
 
   const x2i = await import('../index.js');
-  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const opts = { device, dtype };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
   const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
@@ -411,8 +669,8 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
   let parts: import('../train/finetune.js').FineTuneParts = { transformer, vae, scheduler };
   let conditioning: { encoderHiddenStates: import('../core/tensor.js').Tensor; pooledProjections: import('../core/tensor.js').Tensor } | undefined;
   if (v.embeds) {
-    const e = await x2i.loadSafetensors(v.embeds, { device: v.device });
-    if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);
+    const e = await x2i.loadSafetensors(v.embeds, { device });
+    if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`--embeds: ${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);
     conditioning = { encoderHiddenStates: e.prompt_embeds, pooledProjections: e.pooled_prompt_embeds };
   } else if (v.mllm) {
     parts = { ...parts, mllm: await x2i.studentFromPretrained(v.mllm, opts), alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts) };
@@ -421,27 +679,27 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
       clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
   }
   const common = { lr, warmupSteps: warmup, totalSteps: steps, gradientAccumulation: accumulate, height, width, seed, keepLast,
-    overwrite: v.overwrite, checkpoint: v['gradient-checkpointing'], conditioning: v.mllm ? 'student' as const : 'teacher' as const };
+    overwrite: v.overwrite, checkpoint: v['gradient-checkpointing'], conditioning: v.mllm ? 'student' as const : 'teacher' as const, config };
   let trainer: InstanceType<typeof LoraTrainer> | InstanceType<typeof LightControlTrainer>;
   if (kind === 'lora') {
     trainer = new LoraTrainer(parts, { ...common, editingPrompt: s('editing-prompt'), lora: { rank, alpha, targets, seed } });
   } else {
-    const lightControl = s('lightcontrol') ? await loadLightControl(s('lightcontrol')!, { device: v.device, dtype: 'float32' })
-      : await x2i.LightControl.fromConfig({}, { dtype: 'float32', device: v.device, seed });
+    const lightControl = s('lightcontrol') ? await loadLightControl(s('lightcontrol')!, { device, dtype: 'float32' })
+      : await x2i.LightControl.fromConfig({}, { dtype: 'float32', device, seed });
     trainer = new LightControlTrainer({ ...parts, lightControl }, { ...common, hint: hint as 'source' | 'target' });
   }
   if (resuming) await trainer.resume(v.out);
   const ac = new AbortController();
-  process.once('SIGINT', () => { process.stderr.write(`\n${cmd}: stopping at the next step boundary\n`); ac.abort(); });
+  process.once('SIGINT', () => { progress.note(`${cmd}: stopping at the next step boundary`); ac.abort(); });
   const dopts = { repeat: true, skip: trainer.microStep };
   const samples = data.kind === 'folder' ? x2i.datasets.fromFolder(v.data, dopts) : data.kind === 'jsonl' ? x2i.datasets.fromJsonl(v.data, dopts)
     : x2i.datasets.fromWebDataset(data.shards!, dopts);
   const withConditioning = conditioning ? (async function* () {
     for await (const x of samples) yield { ...x, conditioning };
   })() : samples;
-  const bar = progressBar(cmd);
+  const bar = progress.bar(cmd);
   const infos = await trainer.fit({ data: withConditioning, steps: Math.max(0, steps - trainer.microStep), signal: ac.signal, checkpointDir: v.out,
-    checkpointEvery, onStep: (i) => bar({ step: i.microStep, total: steps, phase: `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}` }) });
+    checkpointEvery, onStep: (i) => bar(i.microStep, steps, `loss ${i.loss.toFixed(4)} lr ${i.lr.toExponential(2)}`) });
   if (infos.length === 0 && trainer.microStep < steps && !ac.signal.aborted)
     throw new X2IError(`--data: ${v.data}: no samples`, 'ERR_DATA');
   const lc = s('lightcontrol');
@@ -450,59 +708,73 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
       : path.join(path.dirname(lc), 'config.json');
     if (fs.existsSync(cfg) && path.resolve(cfg) !== path.resolve(v.out, 'config.json')) fs.copyFileSync(cfg, path.join(v.out, 'config.json'));
   }
-  process.stderr.write(`\n${cmd}: step ${trainer.step}; checkpoint ${LoraTrainer.latestCheckpoint(v.out)}\n`);
+  progress.note(`${cmd}: step ${trainer.step}; checkpoint ${LoraTrainer.latestCheckpoint(v.out)}`);
   return 0;
 }
 
 async function evaluate(args: string[]): Promise<number> {
-  const { values: v } = parseArgs({ args, options: {
+  const p = parse('eval', args, {
     flux: { type: 'string' }, vae: { type: 'string' }, alignnet: { type: 'string' }, features: { type: 'string' },
     steps: { type: 'string', default: '28' }, height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' },
-    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, json: { type: 'string' } } });
-  if (!v.flux || !v.alignnet || !v.features) { process.stderr.write('x2i eval: --flux, --alignnet and --features are required\n'); return 2; }
+    device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, json: { type: 'string' } } as const);
+  if (!p) return help('eval');
+  const { v } = p;
+  const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i eval: ${msg}\n`), 2);
+  if (!v.flux || !v.alignnet || !v.features) return fail('--flux, --alignnet and --features are required (see x2i eval --help)');
   const numInferenceSteps = positiveInt('--steps', parseNumberArg('--steps', v.steps), LIMITS.inferenceSteps);
   const height = imageSide('--height', parseNumberArg('--height', v.height)), width = imageSide('--width', parseNumberArg('--width', v.width));
+  const device = deviceOption('--device', v.device), dtype = v.dtype === undefined ? undefined : floatDtypeOption('--dtype', v.dtype);
   if (v.json) outputFile('--json', v.json);
   for (const [k, f] of [['--features', v.features], ['--alignnet', v.alignnet]] as const)
     if (!fs.existsSync(f)) throw new X2IError(`${k}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
+  const progress = new Progress({ quiet: v.quiet });
   const x2i = await import('../index.js');
-  const opts = { device: v.device, dtype: v.dtype as DType | undefined };
+  const opts = { device, dtype };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const alignnetPath = fs.existsSync(path.join(v.alignnet, 'trainer.json'))
     ? path.join(x2i.X2ITrainer.latestCheckpoint(v.alignnet), 'alignnet.safetensors') : v.alignnet;
-  const pipeline = new x2i.FluxPipeline({ transformer: await x2i.FluxTransformer.fromPretrained(v.flux, opts),
+  // each sample's teacher and student images, in turn, with their progress
+  let images = 0;
+  class ReportingPipeline extends x2i.FluxPipeline {
+    override generate(o: import('../sample/pipeline.js').FluxGenerateOptions) {
+      return super.generate({ ...o, onProgress: progress.steps(`x2i eval: ${images++ % 2 ? 'student' : 'teacher'} images`) });
+    }
+  }
+  const pipeline = new ReportingPipeline({ transformer: await x2i.FluxTransformer.fromPretrained(v.flux, opts),
     vae: await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts) });
   const alignNet = await x2i.AlignNet.fromPretrained(alignnetPath, opts);
-  const f = await x2i.loadSafetensors(v.features, { device: v.device });
+  const f = await x2i.loadSafetensors(v.features, { device });
   for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
-    if (!f[k]) { process.stderr.write(`x2i eval: ${v.features} lacks '${k}'\n`); return 2; }
+    if (!f[k]) return fail(`--features: ${v.features} lacks '${k}'`);
   const r = await x2i.evaluateAgreement({ pipeline, alignNet, height, width, numInferenceSteps, samples: [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'],
       pooledProjections: f['teacher.pooled_projections'] }, student: { hiddenStates: f['student.hidden_states'] } }] });
+  progress.end();
   console.log(`ssim ${r.ssim.toFixed(4)}  psnr ${r.psnr.toFixed(2)} dB  distillation loss ${r.loss.toFixed(5)}`);
   if (v.json) fs.writeFileSync(v.json, JSON.stringify(r, null, 2));
   return 0;
 }
 
 async function demo(args: string[]): Promise<number> {
-  const { values: v } = parseArgs({ args, options: { out: { type: 'string', default: 'x2i-demo' },
-    seed: { type: 'string', default: '0' }, quick: { type: 'boolean', default: false }, student: { type: 'string', default: 'qwen' } } });
+  const p = parse('demo', args, { out: { type: 'string', default: 'x2i-demo' }, seed: { type: 'string', default: '0' },
+    quick: { type: 'boolean' }, student: { type: 'string', default: 'qwen' } } as const);
+  if (!p) return help('demo');
+  const { v } = p;
   const seed = seedOption('--seed', parseNumberArg('--seed', v.seed));
-  if (!['qwen', 'internvl', 'minicpm-o'].includes(v.student!)) {
+  if (!['qwen', 'internvl', 'minicpm-o'].includes(v.student)) {
     process.stderr.write(`x2i demo: --student must be qwen, internvl or minicpm-o, got "${v.student}"\n`);
     return 2;
   }
   outputDir('--out', v.out);
+  const progress = new Progress({ quiet: v.quiet });
   const { runDemo } = await import('./demo.js');
   const label: Record<string, string> = { teacher: 'training the teacher', distill: 'distilling the student', lora: 'training a LoRA',
     generate: 'generating' };
-  let phase = '';
-  const s = await runDemo({ out: v.out!, seed, quick: v.quick, student: v.student as 'qwen' | 'internvl' | 'minicpm-o', onProgress: (e) => {
-    if (e.phase !== phase) { if (phase) process.stderr.write('\n'); phase = e.phase; }
-    const width = 30, done = Math.round((e.step / e.total) * width);
-    process.stderr.write(`\rx2i demo: ${label[e.phase]} [${'#'.repeat(done)}${'.'.repeat(width - done)}] ${e.step}/${e.total}` +
-      (e.loss !== undefined ? ` loss ${e.loss.toFixed(4)}` : '') + '   ');
+  const bars = new Map<string, ReturnType<Progress['bar']>>();
+  const s = await runDemo({ out: v.out, seed, quick: v.quick, student: v.student as 'qwen' | 'internvl' | 'minicpm-o', onProgress: (e) => {
+    if (!bars.has(e.phase)) bars.set(e.phase, progress.bar(`x2i demo: ${label[e.phase]}`));
+    bars.get(e.phase)!(e.step, e.total, e.loss !== undefined ? `loss ${e.loss.toFixed(4)}` : undefined);
   } });
-  process.stderr.write('\n');
+  progress.end();
   const f = (x: number, d = 3) => x.toFixed(d);
   console.log(`teacher: flow-matching loss ${f(s.teacher.lossFirst)} → ${f(s.teacher.lossLast)} over ${s.teacher.steps} steps`);
   console.log(`distillation loss ${f(s.loss.first)} → ${f(s.loss.last)}`);
@@ -511,8 +783,28 @@ async function demo(args: string[]): Promise<number> {
   const bg = s.lora.background;
   console.log(`LoRA (a light-background style, ${s.lora.steps} micro-batches, loss ${f(s.lora.lossFirst)} → ${f(s.lora.lossLast)}): ` +
     `held-out background ${f(bg.without, 2)} → ${f(bg.teacher, 2)} (teacher), ${f(bg.student, 2)} (student); style ${f(bg.target, 2)}`);
-  console.log(`${s.seconds.toFixed(0)} s; wrote ${s.files.map((x) => path.join(v.out!, x)).join(', ')}`);
+  console.log(`${s.seconds.toFixed(0)} s; wrote ${s.files.map((x) => path.join(v.out, x)).join(', ')}`);
   return 0;
+}
+
+async function bench(args: string[]): Promise<number> {
+  const p = parse('bench', args, { mib: { type: 'string' }, json: { type: 'string' }, baseline: { type: 'string' } } as const, { positionals: true });
+  if (!p) return help('bench');
+  const { v, positionals } = p;
+  const fail = (msg: string) => (process.stderr.write(`x2i bench: ${msg}\n`), 2);
+  const which = positionals[0] ?? 'bridge';
+  if (positionals.length > 1) return fail(`one benchmark at a time, got ${positionals.join(', ')} (see x2i bench --help)`);
+  if (!['bridge', 'flux', 'distill', 'qwen', 'finetune'].includes(which)) return fail(`unknown benchmark '${which}' (available: bridge, flux, distill, qwen, finetune)`);
+  if (v.mib !== undefined && which !== 'bridge') return fail(`--mib is the bridge benchmark's (copy size), not ${which}'s`);
+  if (v.baseline !== undefined && which === 'bridge') return fail('--baseline is for flux, distill, qwen and finetune');
+  const args2 = [path.join(packageRoot, 'bench', `${which}.mjs`)];
+  if (v.mib !== undefined) args2.push('--mib', String(positiveInt('--mib', parseNumberArg('--mib', v.mib), 1 << 16)));
+  if (v.baseline !== undefined) {
+    mustExist('--baseline', v.baseline);
+    args2.push('--baseline', v.baseline);
+  }
+  if (v.json !== undefined) args2.push('--json', outputFile('--json', v.json));
+  return spawnSync(process.execPath, args2, { stdio: 'inherit' }).status ?? 1;
 }
 
 /** A user's mistake (an option, a path, a file): printed as one line, exit status 2 (no stack trace). */
@@ -520,7 +812,7 @@ function isUserError(e: unknown): e is Error & { code: string } {
   const code = (e as { code?: unknown })?.code;
   return e instanceof Error && typeof code === 'string' && (code.startsWith('ERR_PARSE_ARGS') ||
     ['ERR_INVALID_ARG', 'ERR_OUTPUT_EXISTS', 'ERR_OUTPUT_PATH', 'ERR_FILE_NOT_FOUND', 'ERR_BAD_CHECKPOINT', 'ERR_CHECKSUM',
-      'ERR_NON_FINITE', 'ERR_DATA'].includes(code));
+      'ERR_NON_FINITE', 'ERR_DATA', 'ERR_IMAGE', 'ERR_CONFIG_MISMATCH'].includes(code));
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -529,7 +821,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof X2IError || isUserError(e)) {
       const cmd = argv[0] === 'train' && (argv[1] === 'lora' || argv[1] === 'lightcontrol') ? `train ${argv[1]}` : argv[0] ?? '';
-      process.stderr.write(`\nx2i ${cmd}: ${(e as Error).message}\n`);
+      endProgressLine();
+      process.stderr.write(`x2i ${cmd}: ${(e as Error).message}\n`);
       return isUserError(e) ? 2 : 1;
     }
     throw e;
@@ -548,29 +841,27 @@ async function run(argv: string[]): Promise<number> {
     case 'generate':
       return generate(rest);
     case 'info':
-      return info();
-    case 'bench': {
-      const { positionals, values } = parseArgs({ args: rest, allowPositionals: true,
-        options: { mib: { type: 'string' }, json: { type: 'string' }, baseline: { type: 'string' } } });
-      const which = positionals[0] ?? 'bridge';
-      if (!['bridge', 'flux', 'distill', 'qwen', 'finetune'].includes(which)) {
-        console.error(`x2i bench: unknown benchmark '${which}' (available: bridge, flux, distill, qwen, finetune)`);
+      return parse('info', rest, {}) ? info() : help('info');
+    case 'bench':
+      return bench(rest);
+    case '--version':
+    case '-v':
+      process.stdout.write(`${readVersion()}\n`);
+      return 0;
+    case 'help': {
+      const topic = rest[0] === 'train' && (rest[1] === 'lora' || rest[1] === 'lightcontrol') ? `train ${rest[1]}` : rest[0];
+      if (topic !== undefined && !HELP[topic]) {
+        process.stderr.write(`x2i help: no command '${rest.join(' ')}' (commands: ${Object.keys(HELP).join(', ')})\n`);
         return 2;
       }
-      const args = [path.join(packageRoot, 'bench', `${which}.mjs`)];
-      if (values.mib && which === 'bridge') args.push('--mib', values.mib);
-      if (values.baseline && which !== 'bridge') args.push('--baseline', values.baseline);
-      if (values.json) args.push('--json', values.json);
-      return spawnSync(process.execPath, args, { stdio: 'inherit' }).status ?? 1;
+      return help(topic ?? '');
     }
     case undefined:
-    case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(USAGE);
-      return 0;
+      return help('');
     default:
-      process.stderr.write(`x2i: unknown command '${cmd}'\n\n${USAGE}`);
+      process.stderr.write(`x2i: unknown command '${cmd}' (x2i --help lists the commands)\n`);
       return 2;
   }
 }

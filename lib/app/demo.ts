@@ -10,6 +10,7 @@
  * `summary.json`. The models work in pixel space (a "latent" is the image packed 2×2, 12 channels): there is no
  * VAE to train; everything else is the code path of the full-size models.
  */
+import { lineChartSvg, writeChart } from './plots.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -195,31 +196,6 @@ async function gridPng(file: string, columns: Tensor[]): Promise<void> {
 }
 
 /** A loss-curve PNG (log scale): one polyline per series. */
-async function curvePng(file: string, series: { values: number[]; rgb: [number, number, number] }[]): Promise<void> {
-  const { default: sharp } = await import('sharp');
-  const W = 480, H = 240, pad = 12, raw = Buffer.alloc(W * H * 3, 255);
-  const put = (x: number, y: number, rgb: number[]) => {
-    if (x < 0 || y < 0 || x >= W || y >= H) return;
-    for (let c = 0; c < 3; c++) raw[(y * W + x) * 3 + c] = rgb[c];
-  };
-  for (let x = pad; x < W - pad; x++) put(x, H - pad, [0, 0, 0]);
-  for (let y = pad; y < H - pad; y++) put(pad, y, [0, 0, 0]);
-  for (const { values, rgb } of series) {
-    const logs = values.map((v) => Math.log(Math.max(v, 1e-12)));
-    const lo = Math.min(...logs), hi = Math.max(...logs), span = hi - lo || 1;
-    let prev: [number, number] | undefined;
-    logs.forEach((l, i) => {
-      const x = Math.round(pad + (i / Math.max(1, logs.length - 1)) * (W - 2 * pad)), y = Math.round(H - pad - ((l - lo) / span) * (H - 2 * pad));
-      if (prev) {
-        const steps = Math.max(Math.abs(x - prev[0]), Math.abs(y - prev[1]), 1);
-        for (let s = 0; s <= steps; s++) put(Math.round(prev[0] + ((x - prev[0]) * s) / steps), Math.round(prev[1] + ((y - prev[1]) * s) / steps), rgb);
-      }
-      prev = [x, y];
-    });
-  }
-  await sharp(raw, { raw: { width: W, height: H, channels: 3 } }).png().toFile(file);
-}
-
 // ---------------------------------------------------------------- the demo
 export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   const t0 = performance.now();
@@ -379,11 +355,15 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     };
 
     // 6. files
-    const files = ['before.png', 'after.png', 'lora.png', 'loss.png', 'summary.json'];
+    const files = ['before.png', 'after.png', 'lora.png', 'loss.png', 'loss.svg', 'summary.json'];
     await gridPng(path.join(out, 'before.png'), [teacherImgs, beforeImgs]);
     await gridPng(path.join(out, 'after.png'), [teacherImgs, afterImgs]);
     await gridPng(path.join(out, 'lora.png'), [teacherImgs, loraTeacher, afterImgs, loraStudent]);
-    await curvePng(path.join(out, 'loss.png'), [{ values: distillLosses, rgb: [200, 30, 30] }, { values: teacherLosses, rgb: [30, 30, 200] }]);
+    const lossChart = lineChartSvg({ title: 'x2i demo: training losses', xLabel: 'step', yLabel: 'loss (log scale)', logY: true,
+      series: [{ name: 'teacher (flow matching)', values: teacherLosses, color: '#1e1ec8' },
+        { name: 'student (distillation)', values: distillLosses, color: '#c81e1e' }] });
+    await writeChart(path.join(out, 'loss.svg'), lossChart);
+    await writeChart(path.join(out, 'loss.png'), lossChart);
     const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
     const head = (a: number[]) => mean(a.slice(0, Math.max(1, Math.ceil(a.length / 20))));
     const tail = (a: number[]) => mean(a.slice(-Math.max(1, Math.ceil(a.length / 20))));

@@ -352,11 +352,33 @@ export interface NativeClipConfig {
   eosTokenId: number;
   layerNormEps: number;
   hiddenAct: 'quick_gelu' | 'gelu';
+  /** The text_projection's output width (whole CLIPModel checkpoints); absent: no projection. */
+  projectionDim?: number;
 }
 
 export interface NativeClipTextEncoder {
+  /** textEmbeds: pooledOutput · text_projectionᵀ, for checkpoints with the projection (projectionDim set). */
   forward(inputs: { inputIds: NativeTensor }):
-    Promise<{ lastHiddenState: NativeTensor; pooledOutput: NativeTensor; hiddenStates: NativeTensor }>;
+    Promise<{ lastHiddenState: NativeTensor; pooledOutput: NativeTensor; hiddenStates: NativeTensor; textEmbeds?: NativeTensor }>;
+  dispose(): void;
+}
+
+/** CLIP vision tower config (the clipvision parseConfig of native/napi/encoders.cc). */
+export interface NativeClipVisionConfig {
+  hiddenSize: number;
+  intermediateSize: number;
+  numAttentionHeads: number;
+  numHiddenLayers: number;
+  imageSize: number;
+  patchSize: number;
+  numChannels: number;
+  layerNormEps: number;
+  hiddenAct: string;
+  /** The visual_projection's output width; absent: no projection. */
+  projectionDim?: number;
+}
+export interface NativeClipVisionEncoder {
+  forward(inputs: { pixelValues: NativeTensor }): Promise<{ lastHiddenState: NativeTensor; poolerOutput: NativeTensor; imageEmbeds?: NativeTensor }>;
   dispose(): void;
 }
 
@@ -561,6 +583,7 @@ export interface Addon {
   NativeAlignNet: NativeAlignNetClass;
   NativeT5Encoder: NativeModelClass<NativeT5Config, NativeT5Encoder>;
   NativeClipTextEncoder: NativeModelClass<NativeClipConfig, NativeClipTextEncoder>;
+  NativeClipVisionEncoder: NativeModelClass<NativeClipVisionConfig, NativeClipVisionEncoder>;
   NativeQwenVLEncoder: NativeModelClass<NativeQwenConfig, NativeQwenVLEncoder>;
   NativeInternVLEncoder: NativeModelClass<NativeInternVLConfig, NativeInternVLEncoder>;
   NativeMiniCPMOEncoder: NativeModelClass<NativeMiniCPMOConfig, NativeMiniCPMOEncoder>;
@@ -649,7 +672,7 @@ export interface AddonTesting {
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
 export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze({
-  NativeTensor: true, NativeFlux: true, NativeAlignNet: true, NativeT5Encoder: true, NativeClipTextEncoder: true,
+  NativeTensor: true, NativeFlux: true, NativeAlignNet: true, NativeT5Encoder: true, NativeClipTextEncoder: true, NativeClipVisionEncoder: true,
   NativeQwenVLEncoder: true, NativeInternVLEncoder: true, NativeMiniCPMOEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
   distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
   cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
@@ -678,6 +701,7 @@ interface AddonClasses {
   readonly NativeAlignNet: ClassMembers<NativeAlignNetClass, NativeAlignNet>;
   readonly NativeT5Encoder: ClassMembers<Addon['NativeT5Encoder'], NativeT5Encoder>;
   readonly NativeClipTextEncoder: ClassMembers<Addon['NativeClipTextEncoder'], NativeClipTextEncoder>;
+  readonly NativeClipVisionEncoder: ClassMembers<Addon['NativeClipVisionEncoder'], NativeClipVisionEncoder>;
   readonly NativeQwenVLEncoder: ClassMembers<Addon['NativeQwenVLEncoder'], NativeQwenVLEncoder>;
   readonly NativeInternVLEncoder: ClassMembers<Addon['NativeInternVLEncoder'], NativeInternVLEncoder>;
   readonly NativeMiniCPMOEncoder: ClassMembers<Addon['NativeMiniCPMOEncoder'], NativeMiniCPMOEncoder>;
@@ -696,6 +720,7 @@ export const ADDON_CLASSES: AddonClasses = Object.freeze({
     backward: true, optimizerStep: true, broadcastWeights: true, trainingState: true, dispose: true } },
   NativeT5Encoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeClipTextEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
+  NativeClipVisionEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeQwenVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeInternVLEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },
   NativeMiniCPMOEncoder: { statics: { load: true, random: true }, methods: { forward: true, dispose: true } },

@@ -11,7 +11,7 @@ import { X2IError, invalidArg, nativeCall } from './errors.js';
 import { addon } from './native.js';
 import { Tensor, type AnyDType, type DType } from './tensor.js';
 import { planTorchCheckpoint } from './torch_checkpoint.js';
-import type { NativeTensor } from './addon.js';
+import type { NativeReadEntry } from './addon.js';
 
 /** safetensors dtype → x2i dtype and bits per element. */
 const ST_DTYPES: Record<string, { dtype: AnyDType; bits: number } | { unsupported: string }> = {
@@ -64,17 +64,33 @@ export interface LoadOptions {
    * affects loaded tensors.
    */
   mmap?: boolean;
+  /** Stops the loading between two reads: everything read so far is freed and the Promise rejects with
+   * `signal.reason` (an AbortError DOMException unless abort() was given another). */
+  signal?: AbortSignal;
+  /** Called once before the first read (nothing loaded yet) and after each read, with the totals of the whole load.
+   * An exception thrown here stops the loading as an abort does, and the Promise rejects with it. */
+  onProgress?: (p: LoadProgress) => void;
+  /** Bytes read per native call (default 128 MiB): how often onProgress reports and the signal is checked. With
+   * `mmap` each file is one call (mapping is cheap and lazy). */
+  chunkBytes?: number;
 }
+
+/** Where a load stands, over the whole load (every shard). Loaded counts only rise; the totals never change. */
+export interface LoadProgress {
+  /** The file the last read came from (before the first read: the first file). */
+  file: string;
+  /** Bytes read so far, as stored in the files (before any dtype cast). */
+  bytesLoaded: number;
+  bytesTotal: number;
+  tensorsLoaded: number;
+  tensorsTotal: number;
+}
+
+const DEFAULT_CHUNK_BYTES = 128 * 1024 * 1024;
 
 /** A record whose every key is an own property, `__proto__` included (plain assignment would set the prototype). */
 export function defineEntry<T>(rec: Record<string, T>, name: string, value: T): void {
   Object.defineProperty(rec, name, { value, enumerable: true, writable: true, configurable: true });
-}
-
-function tensorRecord(names: string[], handles: NativeTensor[]): Record<string, Tensor> {
-  const out: Record<string, Tensor> = {};
-  names.forEach((name, i) => defineEntry(out, name, new Tensor(handles[i])));
-  return out;
 }
 
 function bad(file: string, code: string, msg: string): X2IError {
@@ -184,16 +200,74 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
   }
 }
 
-async function loadOne(file: string, opts: LoadOptions, only?: Set<string>): Promise<Record<string, Tensor>> {
-  const h = await readSafetensorsHeader(file);
-  const plan = h.entries.filter((e) => !only || only.has(e.name)).map((e) => {
+/** One file's reads: its data offset and the ranges to read, in the order the tensors come back. */
+interface FileRead {
+  file: string;
+  dataStart: number;
+  entries: NativeReadEntry[];
+}
+
+/** A safetensors file's ranges (all, or the tensors named in `only`). */
+function safetensorsRead(h: SafetensorsHeader, only?: Set<string>): FileRead {
+  const entries = h.entries.filter((e) => !only || only.has(e.name)).map((e): NativeReadEntry => {
     // LibTorch packs float4 in pairs: the last dimension halves.
     const shape = e.dtype === 'float4_e2m1fn_x2' ? [...e.shape.slice(0, -1), e.shape[e.shape.length - 1] / 2] : e.shape;
-    return [e.name, e.dtype, shape, e.dataOffsets[0], e.dataOffsets[1]] as [string, string, number[], number, number];
+    return [e.name, e.dtype, shape, e.dataOffsets[0], e.dataOffsets[1]];
   });
-  const handles = await nativeCall(() => addon().readSafetensors(file, h.dataStart, plan, opts.device, opts.dtype,
-    opts.mmap === true));
-  return tensorRecord(plan.map((e) => e[0]), handles);
+  return { file: h.path, dataStart: h.dataStart, entries };
+}
+
+/** The indices of the entries in groups of at most `chunk` bytes (a larger storage alone), the views of one storage
+ * in one group (the reader reads a storage once per call, and its views share it). */
+function chunked(entries: NativeReadEntry[], chunk: number): { index: number[]; bytes: number }[] {
+  const storages = new Map<string, number[]>();
+  entries.forEach((e, i) => {
+    const key = `${e[3]}:${e[4]}:${e[1]}`;
+    if (!storages.has(key)) storages.set(key, []);
+    storages.get(key)!.push(i);
+  });
+  const groups: { index: number[]; bytes: number }[] = [];
+  let cur = { index: [] as number[], bytes: 0 };
+  for (const views of storages.values()) {
+    const bytes = entries[views[0]][4] - entries[views[0]][3];
+    if (cur.index.length && cur.bytes + bytes > chunk) { groups.push(cur); cur = { index: [], bytes: 0 }; }
+    cur.index.push(...views);
+    cur.bytes += bytes;
+  }
+  if (cur.index.length) groups.push(cur);
+  return groups;
+}
+
+/** Reads the files' ranges in groups, reporting after each and checking the signal between them; on an abort or
+ * an error everything read is freed. The record holds the tensors in entry order, file after file. */
+async function readFiles(reads: FileRead[], opts: LoadOptions): Promise<Record<string, Tensor>> {
+  const plans = reads.map((r) => ({ ...r, groups: chunked(r.entries, opts.mmap ? Infinity : opts.chunkBytes ?? DEFAULT_CHUNK_BYTES) }));
+  const all = plans.flatMap((p) => p.groups);
+  const progress: LoadProgress = { file: reads[0]?.file ?? '', bytesLoaded: 0, bytesTotal: all.reduce((a, g) => a + g.bytes, 0),
+    tensorsLoaded: 0, tensorsTotal: all.reduce((a, g) => a + g.index.length, 0) };
+  const loaded: Tensor[][] = reads.map(() => []);  // per file, by entry index
+  try {
+    opts.signal?.throwIfAborted();
+    opts.onProgress?.({ ...progress });
+    opts.signal?.throwIfAborted();  // an abort from the report itself
+    for (const [i, p] of plans.entries()) {
+      for (const g of p.groups) {
+        const handles = await nativeCall(() => addon().readSafetensors(p.file, p.dataStart, g.index.map((k) => p.entries[k]),
+          opts.device, opts.dtype, opts.mmap === true));
+        g.index.forEach((k, j) => { loaded[i][k] = new Tensor(handles[j]); });
+        Object.assign(progress, { file: p.file, bytesLoaded: progress.bytesLoaded + g.bytes,
+          tensorsLoaded: progress.tensorsLoaded + g.index.length });
+        opts.onProgress?.({ ...progress });
+        opts.signal?.throwIfAborted();
+      }
+    }
+  } catch (e) {
+    for (const t of loaded.flat()) t?.dispose();
+    throw e;
+  }
+  const out: Record<string, Tensor> = {};
+  plans.forEach((p, i) => p.entries.forEach((e, k) => defineEntry(out, e[0], loaded[i][k])));
+  return out;
 }
 
 function checkLoadOptions(opts: LoadOptions): void {
@@ -202,6 +276,10 @@ function checkLoadOptions(opts: LoadOptions): void {
   if (opts.dtype !== undefined && !['float32', 'float16', 'bfloat16', 'float64'].includes(opts.dtype))
     throw invalidArg('dtype', "a floating dtype ('float32', 'float16', 'bfloat16', 'float64')", opts.dtype);
   if (opts.mmap !== undefined && typeof opts.mmap !== 'boolean') throw invalidArg('mmap', 'a boolean', opts.mmap);
+  if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw invalidArg('signal', 'an AbortSignal', opts.signal);
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') throw invalidArg('onProgress', 'a function', opts.onProgress);
+  if (opts.chunkBytes !== undefined && !(Number.isSafeInteger(opts.chunkBytes) && opts.chunkBytes > 0))
+    throw invalidArg('chunkBytes', 'a positive integer', opts.chunkBytes);
 }
 
 /** The weight files of a folder: its `*.safetensors.index.json`, else its single `*.safetensors` file, else the
@@ -222,13 +300,16 @@ function resolveFolder(dir: string): string {
 
 /**
  * Loads every tensor of a safetensors file, of a sharded checkpoint (`*.safetensors.index.json`), or of a
- * folder holding either. The tensors own their memory unless `opts.mmap` (see LoadOptions.mmap).
+ * folder holding either. The tensors own their memory unless `opts.mmap` (see LoadOptions.mmap). Every header is
+ * read and checked before the first tensor; the data is read in chunks (LoadOptions.chunkBytes), reported to
+ * `opts.onProgress` and stopped by `opts.signal` between two of them.
  */
 export async function loadSafetensors(file: string, opts: LoadOptions = {}): Promise<Record<string, Tensor>> {
   if (typeof file !== 'string') throw invalidArg('path', 'a file path string', file);
   checkLoadOptions(opts);
+  opts.signal?.throwIfAborted();
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = resolveFolder(file);
-  if (!file.endsWith('.index.json')) return loadOne(file, opts);
+  if (!file.endsWith('.index.json')) return readFiles([safetensorsRead(await readSafetensorsHeader(file))], opts);
   let index: { weight_map?: Record<string, unknown> };
   try {
     index = JSON.parse(await fs.promises.readFile(file, 'utf8'));
@@ -246,24 +327,17 @@ export async function loadSafetensors(file: string, opts: LoadOptions = {}): Pro
     if (!shards.has(shard)) shards.set(shard, new Set());
     shards.get(shard)!.add(name);
   }
-  const out: Record<string, Tensor> = {};
-  try {
-    for (const [shard, names] of shards) {
-      const shardPath = path.join(path.dirname(file), shard);
-      const part = await loadOne(shardPath, opts, names);
-      const missing = [...names].filter((n) => !Object.hasOwn(part, n));
-      if (missing.length) {
-        for (const t of Object.values(part)) t.dispose();
-        throw bad(file, 'ERR_SAFETENSORS_INDEX', `shard ${shard} lacks ${missing.length} tensor(s) the index ` +
-          `lists: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
-      }
-      for (const [n, t] of Object.entries(part)) defineEntry(out, n, t);
-    }
-  } catch (e) {
-    for (const t of Object.values(out)) t.dispose();
-    throw e;
+  const reads: FileRead[] = [];
+  for (const [shard, names] of shards) {
+    const h = await readSafetensorsHeader(path.join(path.dirname(file), shard));
+    const have = new Set(h.entries.map((e) => e.name));
+    const missing = [...names].filter((n) => !have.has(n));
+    if (missing.length)
+      throw bad(file, 'ERR_SAFETENSORS_INDEX', `shard ${shard} lacks ${missing.length} tensor(s) the index ` +
+        `lists: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
+    reads.push(safetensorsRead(h, names));
   }
-  return out;
+  return readFiles(reads, opts);
 }
 
 /**
@@ -307,13 +381,12 @@ export async function saveSafetensors(file: string, tensors: Record<string, Tens
  * ComfyUI `{config, state_dict}` file. Nested dicts are flattened with '.'; values that are not tensors are skipped.
  * The archive is validated by lib/core/torch_checkpoint.ts before a byte of tensor data is read: zip bounds, STORED
  * records only, a restricted unpickler (only the globals a state dict needs; nothing is executed), every storage and
- * view checked against its record's length. Errors are X2IErrors naming the file and what was wrong. */
+ * view checked against its record's length. Errors are X2IErrors naming the file and what was wrong. `signal`,
+ * `onProgress` and `chunkBytes` as loadSafetensors (the views of one storage are read together). */
 export async function loadTorchCheckpoint(file: string, opts: LoadOptions = {}): Promise<Record<string, Tensor>> {
   if (typeof file !== 'string') throw invalidArg('path', 'a file path string', file);
   checkLoadOptions(opts);
+  opts.signal?.throwIfAborted();
   await statFile(file);
-  const plan = planTorchCheckpoint(file);
-  const handles = await nativeCall(() => addon().readSafetensors(file, 0, plan.entries, opts.device, opts.dtype,
-    opts.mmap === true));
-  return tensorRecord(plan.entries.map((e) => e[0]), handles);
+  return readFiles([{ file, dataStart: 0, entries: planTorchCheckpoint(file).entries }], opts);
 }

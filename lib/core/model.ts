@@ -3,10 +3,12 @@ import { DisposedError, X2IError, nativeCall } from './errors.js';
 import { SerialQueue } from './queue.js';
 
 const disposeSymbol: typeof Symbol.dispose = Symbol.dispose ?? Symbol.for('nodejs.dispose');
+const asyncDisposeSymbol: typeof Symbol.asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 
 export abstract class NativeModel<H extends { dispose(): void }> {
   #h: H | null;
   #queue = new SerialQueue();
+  #freed: Promise<void> | null = null;
   readonly #name: string;
 
   protected constructor(handle: H, name: string) {
@@ -35,15 +37,31 @@ export abstract class NativeModel<H extends { dispose(): void }> {
     return this.#queue.run(() => nativeCall(() => fn(h)));
   }
 
-  /** Frees the weights once the calls in flight have finished (idempotent). */
+  /** Frees the weights once the calls in flight have finished (idempotent); new calls fail at once. */
   dispose(): void {
+    void this.disposeAsync();
+  }
+
+  /**
+   * dispose(), awaitable: resolves once the calls queued before it have settled and the native model is released
+   * (its memory back to the allocator: on CUDA to LibTorch's caching allocator, which `x2i.cuda.memory(device,
+   * { emptyCache: true })` hands back to the driver). Memory still referenced elsewhere (tensors returned by the
+   * model's methods, e.g. LightControl.weights()) stays until those are disposed. Every call returns the same Promise.
+   */
+  disposeAsync(): Promise<void> {
     const h = this.#h;
     this.#h = null;
-    if (h) void this.#queue.run(async () => h.dispose());
+    if (h) this.#freed = this.#queue.run(async () => h.dispose());
+    return this.#freed ?? Promise.resolve();
   }
 
   [disposeSymbol](): void {
     this.dispose();
+  }
+
+  /** `await using model = await X.fromPretrained(...)`: disposeAsync() at the end of the scope. */
+  [asyncDisposeSymbol](): Promise<void> {
+    return this.disposeAsync();
   }
 }
 

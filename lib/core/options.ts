@@ -148,3 +148,16 @@ export function isNonEmptyDir(dir: string): boolean {
     return false;
   }
 }
+
+/** A device name: 'cpu', 'cuda' or 'cuda:N'. */
+export function deviceOption(name: string, value: unknown): string {
+  if (typeof value !== 'string' || !/^(cpu|cuda(:\d{1,4})?)$/.test(value)) throw fail(name, value, "'cpu', 'cuda' or 'cuda:N'");
+  return value;
+}
+
+/** A floating dtype for weights and compute. */
+export function floatDtypeOption(name: string, value: unknown): 'float32' | 'bfloat16' | 'float16' | 'float64' {
+  if (value !== 'float32' && value !== 'bfloat16' && value !== 'float16' && value !== 'float64')
+    throw fail(name, value, 'float32, bfloat16, float16 or float64');
+  return value;
+}

@@ -7,11 +7,12 @@ import { addon } from '../core/native.js';
 import type { NativeAlignNet, NativeTensor } from '../core/addon.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { ConfigReader } from '../core/config.js';
-import { defaultDtype } from './pretrained.js';
+import { afterAbortCheck, defaultDtype, type LoadingOptions } from './pretrained.js';
+import { resolveModelPath } from '../core/hub.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import { ProcessGroup } from '../train/distributed.js';
 
-export interface AlignNetLoadOptions {
+export interface AlignNetLoadOptions extends LoadingOptions {
   /** 'cpu' (default) or 'cuda[:N]'. */
   device?: string;
   /** Default: 'bfloat16' on CUDA, 'float32' on the CPU. */
@@ -72,21 +73,22 @@ export class AlignNet extends NativeModel<NativeAlignNet> {
 
   /**
    * Loads an official X2I checkpoint (`diffusion_pytorch_model.bin`, a torch.save zip with `module.` prefixes),
-   * a ComfyUI `{config, state_dict}` pickle, or safetensors; a folder holding one of them. The variant and all
+   * a ComfyUI `{config, state_dict}` pickle, or safetensors; a folder holding one of them (or a Hugging Face repo id
+   * in the local cache: resolveModelPath). The variant and all
    * sizes come from the weights.
    */
   static async fromPretrained(p: string, opts: AlignNetLoadOptions = {}): Promise<AlignNet> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder or file path', p);
     const { device, dtype } = defaultDtype(opts);
-    const file = resolveFile(p);
+    const file = resolveFile(resolveModelPath(p, opts));
     const eps = new ConfigReader({ ...opts.config }, 'options.config').eps('norm_eps', 1e-6);
-    const raw = file.endsWith('.safetensors') ? await loadSafetensors(file, { device, dtype })
-      : await loadTorchCheckpoint(file, { device, dtype });
+    const load = { device, dtype, signal: opts.signal, onProgress: opts.onProgress };
+    const raw = file.endsWith('.safetensors') ? await loadSafetensors(file, load) : await loadTorchCheckpoint(file, load);
     const w = canonical(raw);
     try {
       const Native = addon().NativeAlignNet;
       const handles = Object.fromEntries(Object.entries(w).map(([k, t]) => [k, t.handle]));
-      return new AlignNet(await nativeCall(() => Native.load(handles, eps, file)));
+      return new AlignNet(afterAbortCheck(await nativeCall(() => Native.load(handles, eps, file)), opts.signal));
     } finally {
       for (const t of Object.values(w)) t.dispose();
     }

@@ -1,9 +1,10 @@
-/** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder (native/models/clip.cc). */
+/** x2i.ClipTextEncoder: CLIP's text tower, FLUX's text_encoder, with text_projection when the checkpoint is a whole
+ * CLIPModel (native/models/clip.cc). */
 import { X2IError, invalidArg } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeClipTextEncoder, NativeClipConfig, NativeTensor } from '../core/addon.js';
 import { ConfigReader, requireMultiple } from '../core/config.js';
-import { defaultDtype, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { folderOf, loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { ClipTokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
@@ -31,6 +32,14 @@ function nativeConfig(config: Record<string, unknown>, file: string): NativeClip
   };
 }
 
+export interface ClipTextOutput {
+  lastHiddenState: Tensor;
+  pooledOutput: Tensor;
+  hiddenStates: Tensor;
+  /** [B, D]: pooledOutput through text_projection (a whole CLIPModel checkpoint; CLIP score's text side). */
+  textEmbeds?: Tensor;
+}
+
 export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
   readonly config: Readonly<Record<string, unknown>>;
 
@@ -45,7 +54,7 @@ export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
 
   /** Tokenizes (BOS, EOS, padding with EOS to 77) and encodes. The tokenizer: `opts.tokenizer`, else the model
    * folder's, else FLUX's sibling `tokenizer/` (vocab.json + merges.txt is enough). */
-  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+  async encodePrompt(text: string | string[], opts: EncodeOptions & { tokenizer?: PromptTokenizer } = {}): Promise<ClipTextOutput> {
     if (Array.isArray(text) ? text.length === 0 || !text.every((t) => typeof t === 'string') : typeof text !== 'string')
       throw invalidArg('text', 'a string or a non-empty array of strings', text);
     const own = ['tokenizer.json', 'vocab.json'].some((f) => fs.existsSync(path.join(this.#folder, f)));
@@ -63,11 +72,12 @@ export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
    * CLIP config's `text_config` is used), e.g. FLUX's `text_encoder/`. */
   static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<ClipTextEncoder> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
-    const read = readModelFolder(p, opts.config);
+    const read = readModelFolder(p, opts.config, opts);
     const config = textConfig(read.config, read.configFile);
     const native = nativeConfig(config, read.configFile);
     const Native = addon().NativeClipTextEncoder;
-    const h = await loadNative(read.weights, defaultDtype(opts), (w) => Native.load(native, w, read.weights));
+    const h = await loadNative(read.weights, loadOptions(opts), (w) =>  // a whole CLIPModel's text_projection, its width from the tensor
+      Native.load({ ...native, projectionDim: w['text_projection.weight']?.info().shape[0] }, w, read.weights));
     return new ClipTextEncoder(h, config, read.weights);
   }
 
@@ -81,13 +91,14 @@ export class ClipTextEncoder extends NativeModel<NativeClipTextEncoder> {
 
   /** inputIds [B, S ≤ 77] → lastHiddenState (after the final LayerNorm), pooledOutput (at the first EOS) and
    * hiddenStates [B, L+1, S, H] (embeddings, every layer; the last before the final LayerNorm, as transformers). */
-  async forward(inputs: { inputIds: Tensor }): Promise<{ lastHiddenState: Tensor; pooledOutput: Tensor; hiddenStates: Tensor }> {
+  async forward(inputs: { inputIds: Tensor }): Promise<ClipTextOutput> {
     if (!inputs || !(inputs.inputIds instanceof Tensor)) throw invalidArg('inputs.inputIds', 'a Tensor', inputs?.inputIds);
     requireNonEmpty('inputs.inputIds', inputs.inputIds, 'batch or sequence');
     this.native();  // a DisposedError before any work
     const ids = inputs.inputIds.handle;
     const r = await this.call((h) => h.forward({ inputIds: ids }));
-    return { lastHiddenState: new Tensor(r.lastHiddenState), pooledOutput: new Tensor(r.pooledOutput), hiddenStates: new Tensor(r.hiddenStates) };
+    return { lastHiddenState: new Tensor(r.lastHiddenState), pooledOutput: new Tensor(r.pooledOutput), hiddenStates: new Tensor(r.hiddenStates),
+      ...(r.textEmbeds ? { textEmbeds: new Tensor(r.textEmbeds) } : {}) };
   }
 
 }

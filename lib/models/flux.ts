@@ -10,7 +10,8 @@ import { defaultLoraTargets, diffusersModules, loraParts, matchModules, peftTens
 import { loadTorchCheckpoint, saveSafetensors } from '../core/io.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { CONFIG_LIMITS, ConfigReader, describeValue } from '../core/config.js';
-import { defaultDtype } from './pretrained.js';
+import { afterAbortCheck, defaultDtype, type LoadingOptions } from './pretrained.js';
+import { resolveModelPath } from '../core/hub.js';
 import { Tensor, type DType } from '../core/tensor.js';
 import type { Divergence } from '../train/distill.js';
 
@@ -49,7 +50,7 @@ export const FLUX_DEV_CONFIG: Required<Omit<FluxConfig, 'out_channels'>> & { out
 };
 const CONFIG_KEYS = new Set(Object.keys(FLUX_DEV_CONFIG));
 
-export interface FluxLoadOptions {
+export interface FluxLoadOptions extends LoadingOptions {
   /** 'cpu' (default) or 'cuda[:N]'. */
   device?: string;
   /** Default: 'bfloat16' on CUDA, 'float32' on the CPU. */
@@ -287,7 +288,8 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
   }
 
   /**
-   * Loads a diffusers folder (`config.json` + weights, sharded or not; a pipeline folder's `transformer/`)
+   * Loads a diffusers folder (`config.json` + weights, sharded or not; a pipeline folder's `transformer/`), a
+   * Hugging Face repo id in the local cache (`black-forest-labs/FLUX.1-dev`: its `transformer/`; resolveModelPath)
    * or a BFL single file (`flux1-dev.safetensors`; depth, widths and head count inferred from the tensor
    * shapes, FLUX.1 defaults for the rest, `config` overrides). Tensors are memory-mapped and moved to the
    * device one by one in the requested dtype.
@@ -295,7 +297,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
   static async fromPretrained(p: string, opts: FluxLoadOptions = {}): Promise<FluxTransformer> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder or file path', p);
     const { device, dtype } = defaultDtype(opts);
-    const { weights, configFile } = resolvePath(p);
+    const { weights, configFile } = resolvePath(resolveModelPath(p, opts));
     let config: FluxConfig;
     let layout: Layout;
     if (configFile) {
@@ -318,12 +320,12 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     }
     const nativeConfig = { ...toNativeConfig(config, configFile ?? weights), fast: precisionFlag(opts.precision),
       exactTimesteps: exactTimestepsFlag(opts.timestepPrecision) };
-    const tensors = await loadSafetensors(weights, { device, dtype });
+    const tensors = await loadSafetensors(weights, { device, dtype, signal: opts.signal, onProgress: opts.onProgress });
     if (configFile) layout = detectLayout(Object.keys(tensors), weights);
     try {
       const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));
       const Native = addon().NativeFlux;
-      const h = await nativeCall(() => Native.load(nativeConfig, handles, layout, weights));
+      const h = afterAbortCheck(await nativeCall(() => Native.load(nativeConfig, handles, layout, weights)), opts.signal);
       return new FluxTransformer(h, config, layout, opts.precision ?? 'fast');
     } finally {
       for (const t of Object.values(tensors)) t.dispose();

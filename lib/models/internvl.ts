@@ -10,7 +10,7 @@ import type { NativeInternVLConfig, NativeInternVLEncoder, NativeInternVLInputs 
 import { ConfigReader } from '../core/config.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
-import { defaultDtype, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { nativeConfig as qwenConfig } from './qwen.js';
 import { InternVLTokenizer, type EncodeOptions } from './tokenizers.js';
 import { preprocessInternVL, type InternVLVisionOptions } from './internvl_vision.js';
@@ -95,11 +95,11 @@ export class InternVLEncoder extends NativeModel<NativeInternVLEncoder> {
    */
   static async fromPretrained(p: string, opts: PretrainedOptions & { imgContextTokenId?: number } = {}): Promise<InternVLEncoder> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
-    const { config: top, configFile: file, weights } = readModelFolder(p, opts.config);
+    const { config: top, configFile: file, weights } = readModelFolder(p, opts.config, opts);
     const dir = fs.statSync(weights).isDirectory() ? weights : path.dirname(weights);
     const native = nativeConfig(top, file, opts.imgContextTokenId ?? imgContextId(dir));
     const Native = addon().NativeInternVLEncoder;
-    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    const h = await loadNative(weights, loadOptions(opts), (w) => Native.load(native, w, weights));
     return new InternVLEncoder(h, top, dir);
   }
 

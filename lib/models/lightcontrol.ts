@@ -9,7 +9,8 @@ import type { NativeLightControl, NativeLightControlConfig } from '../core/addon
 import { CONFIG_LIMITS, ConfigReader, describeValue } from '../core/config.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor, type DType } from '../core/tensor.js';
-import { defaultDtype, randomNative, type RandomOptions } from './pretrained.js';
+import { afterAbortCheck, defaultDtype, randomNative, type LoadingOptions, type RandomOptions } from './pretrained.js';
+import { resolveModelPath } from '../core/hub.js';
 
 /** The LightControl config (config.json's snake_case fields). Absent fields take the official values. */
 export interface LightControlConfig {
@@ -51,7 +52,7 @@ export const LIGHTCONTROL_OFFICIAL_CONFIG: Readonly<LightControlFullConfig> = Ob
 const DOCUMENTATION_KEYS = new Set(['notes', 'official_defaults', 'hint_shape', 'seed', 'param_init', 'hint_init',
   'transformer', '_class_name', '_diffusers_version', '_name_or_path']);
 
-export interface LightControlLoadOptions {
+export interface LightControlLoadOptions extends LoadingOptions {
   /** 'cpu' (default) or 'cuda[:N]'. */
   device?: string;
   /** Default: 'bfloat16' on CUDA, 'float32' on the CPU (official bf16 checkpoints are cast to it). */
@@ -193,7 +194,8 @@ export class LightControl extends NativeModel<NativeLightControl> {
   /**
    * Loads X2I's LightControl: a folder (config.json + `diffusion_pytorch_model.bin` / `lightcontrol.bin` /
    * `*.safetensors`), or a single `.bin` (torch.save, as the official training writes it: `module.<i>.<param>`,
-   * bf16) or `.safetensors` file (`<i>.<param>`; a config.json beside it is read). Without config.json the official
+   * bf16) or `.safetensors` file (`<i>.<param>`; a config.json beside it is read); a Hugging Face repo id in the local
+   * cache (resolveModelPath) names either. Without config.json the official
    * config applies; `opts.config` is laid over either; without `num_branches` the number of branches comes from the keys.
    */
   static async fromPretrained(p: string, opts: LightControlLoadOptions = {}): Promise<LightControl> {
@@ -201,18 +203,18 @@ export class LightControl extends NativeModel<NativeLightControl> {
     const { device, dtype } = defaultDtype(opts);
     if (opts.config !== undefined && (!opts.config || typeof opts.config !== 'object' || Array.isArray(opts.config)))
       throw invalidArg('options.config', 'an object of config.json fields', opts.config);
-    const { file, configFile } = resolve(p);
+    const { file, configFile } = resolve(resolveModelPath(p, opts));
     const source = configFile ?? 'options.config';
     const config = { ...(configFile ? readConfig(configFile) : {}), ...opts.config };
     nativeConfig(config, source, 1);  // a bad config fails before the weights are read
-    const raw = file.endsWith('.safetensors') ? await loadSafetensors(file, { device, dtype })
-      : await loadTorchCheckpoint(file, { device, dtype });
+    const load = { device, dtype, signal: opts.signal, onProgress: opts.onProgress };
+    const raw = file.endsWith('.safetensors') ? await loadSafetensors(file, load) : await loadTorchCheckpoint(file, load);
     const { weights, branches } = canonical(raw, file);
     try {
       const c = nativeConfig(config, source, branches);
       const Native = addon().NativeLightControl;
       const handles = Object.fromEntries(Object.entries(weights).map(([k, t]) => [k, t.handle]));
-      const h = await nativeCall(() => Native.load(c, handles, file));
+      const h = afterAbortCheck(await nativeCall(() => Native.load(c, handles, file)), opts.signal);
       return new LightControl(h, c, new ConfigReader(config, source).num('scale', { fallback: 1 }));
     } finally {
       for (const t of Object.values(weights)) t.dispose();

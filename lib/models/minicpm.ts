@@ -9,7 +9,7 @@ import type { NativeMiniCPMOConfig, NativeMiniCPMOEncoder, NativeMiniCPMOInputs 
 import { ConfigReader } from '../core/config.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
-import { defaultDtype, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { nativeConfig as qwenConfig } from './qwen.js';
 import { resizeRgb, rgbPixels, roundHalfEven, type RgbImage } from './qwen_vision.js';
 import { MiniCPMOTokenizer } from './tokenizers.js';
@@ -186,10 +186,10 @@ export class MiniCPMOEncoder extends NativeModel<NativeMiniCPMOEncoder> {
    * `apm.`, `audio_projection_layer.`; `tts.` is not read). */
   static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<MiniCPMOEncoder> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
-    const { config: top, configFile: file, weights } = readModelFolder(p, opts.config);
+    const { config: top, configFile: file, weights } = readModelFolder(p, opts.config, opts);
     const native = nativeConfig(top, file);
     const Native = addon().NativeMiniCPMOEncoder;
-    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    const h = await loadNative(weights, loadOptions(opts), (w) => Native.load(native, w, weights));
     return new MiniCPMOEncoder(h, top, fs.statSync(weights).isDirectory() ? weights : path.dirname(weights));
   }
 

@@ -2,11 +2,31 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { X2IError, nativeCall } from '../core/errors.js';
-import { loadSafetensors } from '../core/io.js';
+import { resolveModelPath, type HubOptions } from '../core/hub.js';
+import { loadSafetensors, type LoadProgress } from '../core/io.js';
 import type { NativeModelClass, NativeTensor } from '../core/addon.js';
 import type { DType } from '../core/tensor.js';
 
-export interface PretrainedOptions {
+export type { LoadProgress } from '../core/io.js';
+
+/** What every `fromPretrained` takes besides device and dtype: where the model comes from, and following its loading. */
+export interface LoadingOptions extends HubOptions {
+  /** A Hugging Face repo id's revision: a commit (40 hex digits), or a branch or tag read from the cache's
+   * `refs/<name>`. Default: `main` (or the id's `@revision`). Ignored for local paths. */
+  revision?: string;
+  /** The Hugging Face cache folder to resolve repo ids in. Default: `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`,
+   * `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub` (see hubCacheDirs). Nothing is
+   * ever downloaded. */
+  cacheDir?: string;
+  /** Stops the loading between two reads of the weights (and drops a model whose native load finished after the
+   * abort): everything loaded so far is freed, and the Promise rejects with `signal.reason` (an AbortError). */
+  signal?: AbortSignal;
+  /** Called before the first read and after each read of the weights (every file or shard at least once, reads of
+   * about 128 MiB: a larger tensor is one read), with the bytes and tensors of the whole model read so far. */
+  onProgress?: (p: LoadProgress) => void;
+}
+
+export interface PretrainedOptions extends LoadingOptions {
   /** 'cpu' (default) or 'cuda[:N]'. */
   device?: string;
   /** Default: 'bfloat16' on CUDA, 'float32' on the CPU. */
@@ -21,10 +41,16 @@ export function defaultDtype(opts: { device?: string; dtype?: DType }): { device
   return { device, dtype: opts.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32') };
 }
 
-/** A model folder: its config.json (merged with overrides) and its weights (single or sharded safetensors). */
-export function readModelFolder(p: string, overrides: Record<string, unknown> = {}): { config: Record<string, unknown>;
-  configFile: string; weights: string } {
-  if (!fs.existsSync(p)) throw new X2IError(`${p}: no such folder`, 'ERR_FILE_NOT_FOUND');
+/** The device, dtype (defaultDtype), signal and onProgress of `opts`, for loadNative. */
+export function loadOptions(opts: PretrainedOptions): { device: string; dtype: DType } & Pick<LoadingOptions, 'signal' | 'onProgress'> {
+  return { ...defaultDtype(opts), signal: opts.signal, onProgress: opts.onProgress };
+}
+
+/** A model folder (a local path, or a Hugging Face repo id resolved in the local cache: resolveModelPath): its
+ * config.json (merged with overrides) and its weights (single or sharded safetensors). */
+export function readModelFolder(p: string, overrides: Record<string, unknown> = {}, hub: HubOptions = {}): {
+  config: Record<string, unknown>; configFile: string; weights: string } {
+  p = resolveModelPath(p, hub);
   const dir = fs.statSync(p).isDirectory() ? p : path.dirname(p);
   const configFile = path.join(dir, 'config.json');
   if (!fs.existsSync(configFile)) throw new X2IError(`${dir}: no config.json`, 'ERR_FILE_NOT_FOUND');
@@ -60,16 +86,28 @@ export function field(config: Record<string, unknown>, key: string, file: string
   return v;
 }
 
-/** Loads the weights and hands them to a native loader; the JS handles are released afterwards. */
-export async function loadNative<H>(weightsPath: string, opts: { device: string; dtype: DType },
+/** Loads the weights and hands them to a native loader; the JS handles are released afterwards. `signal` and
+ * `onProgress` follow the reads (io.ts readFiles); a model whose native load ends after an abort is freed. */
+export async function loadNative<H extends { dispose(): void }>(weightsPath: string,
+  opts: { device: string; dtype: DType } & Pick<LoadingOptions, 'signal' | 'onProgress'>,
   load: (weights: Record<string, NativeTensor>) => Promise<H>): Promise<H> {
-  const tensors = await loadSafetensors(weightsPath, opts);
+  const tensors = await loadSafetensors(weightsPath, { device: opts.device, dtype: opts.dtype, signal: opts.signal,
+    onProgress: opts.onProgress });
   try {
     const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));
-    return await nativeCall(() => load(handles));
+    return afterAbortCheck(await nativeCall(() => load(handles)), opts.signal);
   } finally {
     for (const t of Object.values(tensors)) t.dispose();
   }
+}
+
+/** `h`, or — if `signal` was aborted meanwhile — `h` freed and the abort's reason thrown. */
+export function afterAbortCheck<H extends { dispose(): void }>(h: H, signal?: AbortSignal): H {
+  if (signal?.aborted) {
+    h.dispose();
+    signal.throwIfAborted();
+  }
+  return h;
 }
 
 /** Options of the models' `fromConfig`: random weights drawn on `device` from `seed` (native RandomInit: PyTorch's

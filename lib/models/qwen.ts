@@ -3,7 +3,7 @@ import { X2IError, invalidArg, nativeSync } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeQwenConfig, NativeQwenInputs, NativeQwenVLEncoder } from '../core/addon.js';
 import { ConfigReader, requireMultiple } from '../core/config.js';
-import { defaultDtype, field, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { field, folderOf, loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { QwenTokenizer, type ChatMessage, type EncodeOptions } from './tokenizers.js';
@@ -101,10 +101,10 @@ export class QwenVLEncoder extends NativeModel<NativeQwenVLEncoder> {
    * `model.language_model.*` names. */
   static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<QwenVLEncoder> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
-    const { config: top, configFile: file, weights } = readModelFolder(p, opts.config);
+    const { config: top, configFile: file, weights } = readModelFolder(p, opts.config, opts);
     const native = nativeConfig(top, file);
     const Native = addon().NativeQwenVLEncoder;
-    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    const h = await loadNative(weights, loadOptions(opts), (w) => Native.load(native, w, weights));
     return new QwenVLEncoder(h, top, weights);
   }
 

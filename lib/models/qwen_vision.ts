@@ -4,10 +4,12 @@
  * C·2·14·14 values in the (t, h/2, w/2, 2, 2) order the vision tower expects.
  */
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
+import { flattenRgba } from '../core/image_decode.js';
 import { addon } from '../core/native.js';
 import { Tensor } from '../core/tensor.js';
 
-/** Decoded pixels, interleaved RGB (or RGBA, alpha dropped), row-major. */
+/** Decoded pixels, interleaved RGB (or RGBA, composited on white), row-major. Files and encoded images: read them
+ * with `decodeRgb` (lib/core/image_decode.ts: EXIF orientation applied, alpha on white). */
 export interface RgbImage {
   data: Uint8Array | Uint8ClampedArray;
   width: number;
@@ -57,7 +59,8 @@ export function smartResize(height: number, width: number, factor = 28, minPixel
   return { height: h, width: w };
 }
 
-/** An image's pixels as interleaved RGB bytes [H·W·3] (RGBA drops its alpha), its fields checked. */
+/** An image's pixels as interleaved RGB bytes [H·W·3] (RGBA composited on white, as sharp's flatten and transformers'
+ * `convert_rgb`), its fields checked. */
 export function rgbPixels(img: RgbImage): Uint8Array {
   const c = img?.channels ?? 3;
   if (!img || !(img.data instanceof Uint8Array || img.data instanceof Uint8ClampedArray))
@@ -68,9 +71,7 @@ export function rgbPixels(img: RgbImage): Uint8Array {
   if (img.data.length !== img.width * img.height * c)
     throw new X2IError(`image: ${img.data.length} bytes, expected ${img.width}×${img.height}×${c} = ${img.width * img.height * c}`, 'ERR_IMAGE');
   if (c === 3) return new Uint8Array(img.data.buffer, img.data.byteOffset, img.data.length);
-  const rgb = new Uint8Array(img.width * img.height * 3);
-  for (let i = 0, j = 0; i < img.data.length; i += 4, j += 3) rgb[j] = img.data[i], rgb[j + 1] = img.data[i + 1], rgb[j + 2] = img.data[i + 2];
-  return rgb;
+  return flattenRgba(img.data, img.width * img.height);
 }
 
 /** RGB bytes [h, w, 3] resized to [outH, outW, 3] off the event loop: 'torch' (PyTorch's antialiased bicubic, what

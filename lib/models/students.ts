@@ -4,6 +4,7 @@
  * X2ITrainer make on any of them.
  */
 import { X2IError, invalidArg } from '../core/errors.js';
+import { resolveModelPath } from '../core/hub.js';
 import type { Tensor } from '../core/tensor.js';
 import { InternVLEncoder } from './internvl.js';
 import { MiniCPMOEncoder } from './minicpm.js';
@@ -24,10 +25,11 @@ export interface StudentEncodeOptions {
   tokenizer?: QwenTokenizer | InternVLTokenizer | MiniCPMOTokenizer;
 }
 
-/** The student in a folder, by its config.json: model_type `qwen2_5_vl` / `qwen2_vl` → QwenVLEncoder,
- * `internvl_chat` → InternVLEncoder, `minicpmo` → MiniCPMOEncoder. */
+/** The student in a folder (or a Hugging Face repo id in the local cache), by its config.json: model_type
+ * `qwen2_5_vl` / `qwen2_vl` → QwenVLEncoder, `internvl_chat` → InternVLEncoder, `minicpmo` → MiniCPMOEncoder. */
 export async function studentFromPretrained(p: string, opts: PretrainedOptions = {}): Promise<StudentEncoder> {
   if (typeof p !== 'string') throw invalidArg('path', 'a model folder', p);
+  p = resolveModelPath(p, opts);
   const { config, configFile } = readModelFolder(p);
   const kind = String(config.model_type ?? '');
   if (kind === 'internvl_chat') return InternVLEncoder.fromPretrained(p, opts);

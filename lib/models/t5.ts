@@ -3,7 +3,7 @@ import { X2IError, invalidArg } from '../core/errors.js';
 import { addon } from '../core/native.js';
 import type { NativeT5Encoder, NativeT5Config, NativeTensor } from '../core/addon.js';
 import { ConfigReader } from '../core/config.js';
-import { defaultDtype, folderOf, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { folderOf, loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
 import { T5Tokenizer, type EncodeOptions, type PromptTokenizer } from './tokenizers.js';
@@ -68,10 +68,10 @@ export class T5Encoder extends NativeModel<NativeT5Encoder> {
   /** A transformers T5 folder (`config.json` + `model.safetensors`, sharded or not), e.g. FLUX's `text_encoder_2/`. */
   static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<T5Encoder> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
-    const { config, configFile, weights } = readModelFolder(p, opts.config);
+    const { config, configFile, weights } = readModelFolder(p, opts.config, opts);
     const native = nativeConfig(config, configFile);
     const Native = addon().NativeT5Encoder;
-    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    const h = await loadNative(weights, loadOptions(opts), (w) => Native.load(native, w, weights));
     return new T5Encoder(h, config, weights);
   }
 

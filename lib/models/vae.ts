@@ -4,7 +4,7 @@ import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { addon } from '../core/native.js';
 import type { NativeAutoencoderKL, NativeVaeConfig, NativeTensor } from '../core/addon.js';
 import { ConfigReader } from '../core/config.js';
-import { defaultDtype, loadNative, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { Tensor } from '../core/tensor.js';
 
 /** FLUX.1's VAE config (vae/config.json). */
@@ -53,10 +53,10 @@ export class AutoencoderKL extends NativeModel<NativeAutoencoderKL> {
   /** A diffusers VAE folder (FLUX's `vae/`: config.json + diffusion_pytorch_model.safetensors). */
   static async fromPretrained(p: string, opts: PretrainedOptions = {}): Promise<AutoencoderKL> {
     if (typeof p !== 'string') throw invalidArg('path', 'a folder path', p);
-    const { config, configFile: file, weights } = readModelFolder(p, opts.config);
+    const { config, configFile: file, weights } = readModelFolder(p, opts.config, opts);
     const native = nativeConfig(config, file);
     const Native = addon().NativeAutoencoderKL;
-    const h = await loadNative(weights, defaultDtype(opts), (w) => Native.load(native, w, weights));
+    const h = await loadNative(weights, loadOptions(opts), (w) => Native.load(native, w, weights));
     return new AutoencoderKL(h, config);
   }
 

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { X2IError, invalidArg, nativeCall } from '../core/errors.js';
+import { BACKGROUND, loadSharp, orientedImage, type Sharp } from '../core/image_decode.js';
 import { nonNegativeInt } from '../core/options.js';
 import { addon } from '../core/native.js';
 import { Tensor } from '../core/tensor.js';
@@ -15,40 +16,33 @@ import type { RgbImage } from '../models/qwen_vision.js';
  * [H, W]); decoded pixels (`RgbImage`); an encoded PNG / JPEG / WebP `Buffer`; or the path of such a file. */
 export type GenerateImageInput = Tensor | RgbImage | Buffer | string;
 
-type Sharp = import('sharp').Sharp;
-
-async function sharpOf(): Promise<typeof import('sharp')> {
-  return (await import('sharp')).default;
-}
-
 function isRgbImage(x: unknown): x is RgbImage {
   return typeof x === 'object' && x !== null && !(x instanceof Tensor) && !Buffer.isBuffer(x) && 'data' in x && 'width' in x && 'height' in x;
 }
 
-/** A sharp pipeline for a non-Tensor input: EXIF orientation applied. */
+/** A sharp pipeline for a non-Tensor input: EXIF orientation applied, alpha composited on white (the shared reader,
+ * lib/core/image_decode.ts). */
 async function sharpInput(name: string, input: RgbImage | Buffer | string): Promise<Sharp> {
-  const sharp = await sharpOf();
-  let img: Sharp;
   if (typeof input === 'string') {
     if (input === '' || input.includes('\0')) throw invalidArg(name, 'an image file path', input);
     if (!fs.existsSync(input)) throw new X2IError(`${name}: the file ${JSON.stringify(input)} does not exist`, 'ERR_INVALID_ARG');
-    img = sharp(input);
-  } else if (Buffer.isBuffer(input)) {
-    if (input.length === 0) throw new X2IError(`${name}: the image buffer is empty`, 'ERR_INVALID_ARG');
-    img = sharp(input);
-  } else {
-    const c = input.channels ?? 3;
-    if (!(input.data instanceof Uint8Array || input.data instanceof Uint8ClampedArray))
-      throw invalidArg(`${name}.data`, 'a Uint8Array of interleaved RGB(A) pixels', input.data);
-    if (!Number.isSafeInteger(input.width) || !Number.isSafeInteger(input.height) || input.width < 1 || input.height < 1)
-      throw invalidArg(`${name} size`, 'positive integers', [input.width, input.height]);
-    if (c !== 1 && c !== 3 && c !== 4) throw new X2IError(`${name}: ${c} channels, expected 1 (gray), 3 (RGB) or 4 (RGBA)`, 'ERR_INVALID_ARG');
-    if (input.data.length !== input.width * input.height * c)
-      throw new X2IError(`${name}: ${input.data.length} bytes, expected ${input.width}×${input.height}×${c}`, 'ERR_INVALID_ARG');
-    img = sharp(Buffer.from(input.data.buffer, input.data.byteOffset, input.data.length),
-      { raw: { width: input.width, height: input.height, channels: c as 1 | 3 | 4 } });
+    return orientedImage(input);
   }
-  return img.rotate();
+  if (Buffer.isBuffer(input)) {
+    if (input.length === 0) throw new X2IError(`${name}: the image buffer is empty`, 'ERR_INVALID_ARG');
+    return orientedImage(input);
+  }
+  const c = input.channels ?? 3;
+  if (!(input.data instanceof Uint8Array || input.data instanceof Uint8ClampedArray))
+    throw invalidArg(`${name}.data`, 'a Uint8Array of interleaved RGB(A) pixels', input.data);
+  if (!Number.isSafeInteger(input.width) || !Number.isSafeInteger(input.height) || input.width < 1 || input.height < 1)
+    throw invalidArg(`${name} size`, 'positive integers', [input.width, input.height]);
+  if (c !== 1 && c !== 3 && c !== 4) throw new X2IError(`${name}: ${c} channels, expected 1 (gray), 3 (RGB) or 4 (RGBA)`, 'ERR_INVALID_ARG');
+  if (input.data.length !== input.width * input.height * c)
+    throw new X2IError(`${name}: ${input.data.length} bytes, expected ${input.width}×${input.height}×${c}`, 'ERR_INVALID_ARG');
+  const sharp = await loadSharp();
+  return sharp(Buffer.from(input.data.buffer, input.data.byteOffset, input.data.length),
+    { raw: { width: input.width, height: input.height, channels: c as 1 | 3 | 4 } }).flatten({ background: BACKGROUND });
 }
 
 async function decodeFailed<T>(name: string, p: Promise<T>): Promise<T> {
@@ -112,12 +106,12 @@ function interleaved(data: Float32Array, off: number, ch: number, H: number, W: 
 /** One image (or mask) as float32 [ch, height, width] in [0, 1] (host); `ch` 3 (RGB, alpha flattened on white) or
  * 1 (grayscale). Sharp's resize (Lanczos 3, fit 'fill') when the size differs. */
 async function readPixels(name: string, input: RgbImage | Buffer | string, height: number, width: number, gray: boolean): Promise<Float32Array> {
-  let img = (await sharpInput(name, input)).flatten({ background: '#ffffff' });
+  let img = await sharpInput(name, input);
   const size = await imageInputSize(name, input);
   if (size.height !== height || size.width !== width) {
     // resize after the orientation and the flattening: a fresh pipeline over the oriented pixels
     const { data, info } = await decodeFailed(name, img.raw().toBuffer({ resolveWithObject: true }));
-    const sharp = await sharpOf();
+    const sharp = await loadSharp();
     img = sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } })
       .resize(width, height, { fit: 'fill' });
   }

@@ -125,3 +125,80 @@ export async function checkFinite(t: Tensor, what: string, nonNegative = false):
       throw new X2IError(`${what}: ${nonNegative && Number.isFinite(x) ? 'negative' : 'non-finite'} value ${x} at element ${i}`, 'ERR_NON_FINITE');
   }
 }
+
+/** The options a run recorded in `dir/trainer.json` ("config": e.g. the CLI's effective flags), or undefined where it
+ * recorded none (runs written before configs were recorded, or by the API without `config`). */
+export function recordedConfig(dir: string): Record<string, unknown> | undefined {
+  const file = path.join(dir, 'trainer.json');
+  let meta: unknown;
+  try {
+    meta = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new X2IError(`${file}: cannot read the run's options (${(e as Error).message})`, 'ERR_BAD_CHECKPOINT', { cause: e });
+  }
+  const c = (meta as { config?: unknown })?.config;
+  if (c === undefined || c === null) return undefined;
+  if (typeof c !== 'object' || Array.isArray(c)) throw new X2IError(`${file}: "config" must be an object of options, got ${JSON.stringify(c)}`, 'ERR_BAD_CHECKPOINT');
+  return c as Record<string, unknown>;
+}
+
+/** The `keys` whose values differ between a recorded config and a given one (compared as JSON; absent = undefined). */
+export function configChanges(recorded: Record<string, unknown>, given: Record<string, unknown>, keys: readonly string[]):
+  { key: string; recorded: unknown; given: unknown }[] {
+  return keys.filter((k) => JSON.stringify(recorded[k]) !== JSON.stringify(given[k])).map((k) => ({ key: k, recorded: recorded[k], given: given[k] }));
+}
+
+/** A plain JSON object of options (a trainer's `config`), checked. */
+export function checkRunConfig(name: string, c: unknown): Record<string, unknown> | undefined {
+  if (c === undefined) return undefined;
+  if (typeof c !== 'object' || c === null || Array.isArray(c) || Object.getPrototypeOf(c) !== Object.prototype)
+    throw new X2IError(`${name}: expected a plain object of options (recorded in trainer.json), got ${Array.isArray(c) ? 'an array' : String(c)}`, 'ERR_INVALID_ARG');
+  try {
+    JSON.stringify(c);
+  } catch (e) {
+    throw new X2IError(`${name}: must be JSON-serialisable (${(e as Error).message})`, 'ERR_INVALID_ARG');
+  }
+  return c as Record<string, unknown>;
+}
+
+/** The metrics file of a run folder: one JSON line per optimizer step. */
+export const METRICS_FILE = 'metrics.jsonl';
+
+/**
+ * `dir/metrics.jsonl` written during fit(): one line per optimizer step, `{"step", "microStep", "loss" (the mean of
+ * its micro-batches), "lr", "gradNorm" (null where none), "seconds" (its wall time)}`. Opening it keeps the lines of
+ * steps ≤ `step` only: a resumed run continues its log without the steps after its checkpoint, an overwritten one
+ * starts afresh (unreadable lines, e.g. one cut by a crash, are dropped too).
+ */
+export class MetricsLog {
+  readonly file: string;
+  #losses: number[] = [];
+  #seconds = 0;
+
+  constructor(dir: string, step: number) {
+    this.file = path.join(dir, METRICS_FILE);
+    if (!fs.existsSync(this.file)) return;
+    const keep = fs.readFileSync(this.file, 'utf8').split('\n').filter((l) => {
+      try {
+        const s = JSON.parse(l)?.step;
+        return Number.isSafeInteger(s) && s <= step;
+      } catch {
+        return false;
+      }
+    });
+    fs.writeFileSync(this.file, keep.map((l) => `${l}\n`).join(''));
+  }
+
+  /** One micro-batch (its loss and seconds); the line is appended when it ended an optimizer step. */
+  add(info: { step: number; microStep: number; loss: number; lr: number; gradNorm?: number }, seconds: number, endsStep: boolean): void {
+    this.#losses.push(info.loss);
+    this.#seconds += seconds;
+    if (!endsStep) return;
+    const loss = this.#losses.reduce((a, b) => a + b, 0) / this.#losses.length;
+    fs.mkdirSync(path.dirname(this.file), { recursive: true });
+    fs.appendFileSync(this.file, JSON.stringify({ step: info.step, microStep: info.microStep, loss, lr: info.lr, gradNorm: info.gradNorm ?? null,
+      seconds: Math.round(this.#seconds * 1e4) / 1e4 }) + '\n');
+    this.#losses = [];
+    this.#seconds = 0;
+  }
+}

@@ -20,8 +20,8 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
-import type { Sharp } from 'sharp';
 import { X2IError, invalidArg } from '../core/errors.js';
+import { loadSharp, orientedImage, orientedSize, rgbBytes } from '../core/image_decode.js';
 import { mulberry32 } from './optimizer.js';
 
 /** A decoded image: interleaved RGB uint8, row-major (an `RgbImage` of lib/models/qwen_vision.ts). */
@@ -360,14 +360,6 @@ async function* run(source: RecordSource, o: Checked): AsyncGenerator<TrainingSa
 // ---------------------------------------------------------------------------------------------------------------
 // decoding (sharp, on libuv's thread pool)
 
-let sharpModule: Promise<{ default: typeof import('sharp') }> | undefined;
-
-async function sharpOf(input: Buffer | Uint8Array, raw?: { width: number; height: number; channels: 3 }): Promise<Sharp> {
-  sharpModule ??= import('sharp');
-  const { default: sharp } = await sharpModule;
-  return raw ? sharp(input, { raw }) : sharp(input, { failOn: 'error' });
-}
-
 async function decodeImage(ref: ImageRef, resize: ResizeOption | undefined, role: 'image' | 'reference', key: string): Promise<DecodedImage> {
   const { input, name } = ref;
   let bytes: Uint8Array;
@@ -391,24 +383,16 @@ async function decodeImage(ref: ImageRef, resize: ResizeOption | undefined, role
     bytes = input;
   }
   try {
-    let img = await sharpOf(bytes, raw);
+    // the shared reader (lib/core/image_decode.ts): EXIF orientation applied, alpha composited on white
+    let img = raw ? (await loadSharp())(bytes, { raw }) : await orientedImage(bytes, { failOn: 'error' });
     let spec: ResizeSpec | undefined;
     if (typeof resize === 'function') {
-      let size: { width: number; height: number };
-      if (raw) size = { width: raw.width, height: raw.height };
-      else {
-        const m = await img.metadata();
-        const swap = (m.orientation ?? 1) >= 5;
-        size = { width: (swap ? m.height : m.width) ?? 0, height: (swap ? m.width : m.height) ?? 0 };
-      }
+      const size = raw ? { width: raw.width, height: raw.height } : orientedSize(await img.metadata());
       const s = resize(size, role, key);
       spec = s === undefined ? undefined : checkResize(s, 'resize()');
     } else spec = resize;
-    img = img.rotate().flatten({ background: '#ffffff' });
     if (spec) img = img.resize(spec.width, spec.height, { fit: spec.fit ?? 'cover' });
-    const { data, info } = await img.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
-    return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height, channels: 3 };
+    return await rgbBytes(img);
   } catch (e) {
     if (e instanceof X2IError) throw e;
     throw new X2IError(`${name}: cannot decode image: ${(e as Error).message}`, 'ERR_IMAGE', { cause: e });

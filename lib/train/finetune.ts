@@ -32,7 +32,7 @@ import { FluxPipeline } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
 import { imageForVae, type GenerateImageInput } from '../sample/image_input.js';
 import { ProcessGroup } from './distributed.js';
-import { checkFinite, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
+import { MetricsLog, checkFinite, checkRunConfig, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
 import { OPTIMIZER_DEFAULTS, checkOptimizerOptions, mulberry32, scheduledLearningRate, type OptimizerOptions } from './optimizer.js';
 
 /** One training sample (datasets' `TrainingSample` is one). */
@@ -93,6 +93,9 @@ export interface FineTuneOptions extends OptimizerOptions {
   keepLast?: number;
   /** Allow writing into a non-empty folder this trainer did not write or resume from. Default false. */
   overwrite?: boolean;
+  /** How the run was configured (e.g. the CLI's effective flags): a plain JSON object recorded in trainer.json as
+   * "config" (`recordedConfig(dir)` reads it back). */
+  config?: Record<string, unknown>;
 }
 
 export interface FineTuneStepInfo {
@@ -115,13 +118,15 @@ export interface FineTuneFitOptions {
   signal?: AbortSignal;
   onStep?: (info: FineTuneStepInfo) => void;
   checkpointDir?: string;
-  /** Save every N optimizer steps (and at the end). */
+  /** Save every N optimizer steps (and at the end). With `checkpointDir`, each optimizer step is also a line of
+   * `checkpointDir/metrics.jsonl` (MetricsLog: the lines after this trainer's step are dropped first). */
   checkpointEvery?: number;
 }
 
 const DEFAULTS = { ...OPTIMIZER_DEFAULTS, height: 1024, width: 1024, guidance: 3.5, seed: 0, checkpoint: false,
   conditioning: undefined as 'student' | 'teacher' | undefined, editingPrompt: 'Style Information Only from Reference Image',
-  prompt: undefined as FineTuneOptions['prompt'], parallel: null as { group: ProcessGroup } | null, tokenizer: undefined as StudentEncodeOptions['tokenizer'], maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false };
+  prompt: undefined as FineTuneOptions['prompt'], parallel: null as { group: ProcessGroup } | null, tokenizer: undefined as StudentEncodeOptions['tokenizer'], maxLength: 512, hint: 'source' as 'source' | 'target', keepLast: 2, overwrite: false,
+  config: undefined as Record<string, unknown> | undefined };
 
 /** The files a fine-tuning checkpoint may hold. */
 const FILES = ['lora.safetensors', 'lightcontrol.safetensors', 'config.json', 'optimizer.safetensors'] as const;
@@ -189,6 +194,7 @@ abstract class FlowFineTuner {
       throw invalidArg('parallel', '{ group: ProcessGroup } or null', o.parallel);
     positiveInt('keepLast', o.keepLast, 1000);
     if (typeof o.overwrite !== 'boolean') throw invalidArg('overwrite', 'a boolean', o.overwrite);
+    checkRunConfig('config', o.config);
   }
 
   /** What is trained: the native run (made on first use). */
@@ -421,12 +427,19 @@ abstract class FlowFineTuner {
         return r.done ? undefined : r.value;
       };
     } else throw invalidArg('data', 'an array or an (async) iterable of samples', data);
+    let log: MetricsLog | undefined;
+    if (opts.checkpointDir !== undefined && this.#writer) {
+      log = new MetricsLog(opts.checkpointDir, this.step);
+      this.#ownDirs.add(path.resolve(opts.checkpointDir));
+    }
     const out: FineTuneStepInfo[] = [];
     for (let k = 0; k < opts.steps; k++) {
       if (opts.signal?.aborted) break;
+      const t0 = performance.now();
       const sample = await next();
       if (sample === undefined) break;
       const info = await this.trainStep(sample);
+      log?.add(info, (performance.now() - t0) / 1000, info.gradNorm !== undefined);
       out.push(info);
       opts.onStep?.(info);
       if (opts.checkpointDir && opts.checkpointEvery && info.gradNorm !== undefined && this.step % opts.checkpointEvery === 0)
@@ -441,12 +454,17 @@ abstract class FlowFineTuner {
       hint: 'resume from it, or pass overwrite: true to replace its checkpoints' });
   }
 
+  /** Whether this process writes the checkpoints and metrics: rank 0 (the ranks agree). */
+  get #writer(): boolean {
+    return !this.options.parallel || this.options.parallel.group.rank === 0;
+  }
+
   /** Writes `dir/step-NNNNNN-M/` (the trained weights and `optimizer.safetensors`) and points `dir/trainer.json` at it
    * atomically; keeps the `keepLast` newest. Refuses (ERR_NON_FINITE) after a non-finite step or with non-finite state. */
   async save(dir: string): Promise<string> {
     const name = checkpointFolderName(this.step, this.microStep);
     const target = path.join(dir, name);
-    if (this.options.parallel && this.options.parallel.group.rank !== 0) return target;  // rank 0 writes (the ranks agree)
+    if (!this.#writer) return target;
     if (this.#poisoned) throw new X2IError(`save: refusing to checkpoint after ${this.#poisoned}`, 'ERR_NON_FINITE');
     this.#checkOutputDir(dir, 'save dir');
     const ft = await this.run();
@@ -469,10 +487,11 @@ abstract class FlowFineTuner {
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
     }
-    const { prompt, tokenizer, parallel, ...options } = this.options;
+    const { prompt, tokenizer, parallel, config, ...options } = this.options;
     commitCheckpoint(dir, name, [...files, 'optimizer.safetensors'], { step: this.step, microStep: this.microStep,
       kind: this.constructor.name, options: { ...options, prompt: prompt ? 'custom' : undefined },
-      parallel: parallel ? { mode: 'data', worldSize: parallel.group.worldSize } : null }, this.options.keepLast);
+      parallel: parallel ? { mode: 'data', worldSize: parallel.group.worldSize } : null, ...(config ? { config } : {}) },
+      this.options.keepLast);
     void tokenizer;
     return target;
   }

@@ -16,7 +16,7 @@ import { loadSafetensors, saveSafetensors } from '../core/io.js';
 import { FluxPipeline } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
 import { OPTIMIZER_DEFAULTS, checkOptimizerOptions, mulberry32, scheduledLearningRate, type OptimizerOptions } from './optimizer.js';
-import { checkFinite, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
+import { MetricsLog, checkFinite, checkRunConfig, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
 
 export { mulberry32 } from './optimizer.js';
 import { encodeStudentPrompt, type StudentEncoder, type StudentPrompt } from '../models/students.js';
@@ -61,6 +61,9 @@ export interface X2ITrainerOptions extends OptimizerOptions {
   /** Allow fit()/save() to write checkpoints into a non-empty folder this trainer did not write or resume from
    * (its older checkpoints are then removed by the retention). Default false: such a folder is refused. */
   overwrite?: boolean;
+  /** How the run was configured (e.g. the CLI's effective flags): a plain JSON object recorded in trainer.json as
+   * "config" (`recordedConfig(dir)` reads it back). */
+  config?: Record<string, unknown>;
 }
 
 /** One micro-batch: the teacher's conditioning (or a caption for T5 + CLIP) and the student's MLLM input
@@ -88,7 +91,8 @@ export interface X2IStepInfo {
 
 const DEFAULTS = { ...OPTIMIZER_DEFAULTS, height: 1024, width: 1024, guidance: 3.5, divergence: 'rkl' as Divergence, temperature: 3,
   checkpoint: false, seed: 0, trajectory: null as { steps: number } | null,
-  parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null, keepLast: 2, overwrite: false };
+  parallel: null as { group: ProcessGroup; mode: 'data' | 'split' } | null, keepLast: 2, overwrite: false,
+  config: undefined as Record<string, unknown> | undefined };
 
 /** The files of one checkpoint folder (their sha256 is recorded in trainer.json and checked on resume). */
 const CHECKPOINT_FILES = ['alignnet.safetensors', 'optimizer.safetensors'] as const;
@@ -171,6 +175,7 @@ export class X2ITrainer {
     }
     positiveInt('keepLast', o.keepLast, 1000);
     if (typeof o.overwrite !== 'boolean') throw invalidArg('overwrite', 'a boolean', o.overwrite);
+    checkRunConfig('config', o.config);
   }
 
   /** Folders this trainer wrote checkpoints into or resumed from: reused without `overwrite`. */
@@ -415,7 +420,9 @@ export class X2ITrainer {
    * modes a stop on any rank stops every rank at the same micro-batch (their checkpoints agree). `checkpointDir`
    * must be empty, new, or one this trainer saved into or resumed from (else `overwrite`); every option is checked
    * before the first step. A non-finite loss, gradient norm or learning rate stops it with an X2IError
-   * (ERR_NON_FINITE) and no checkpoint of that state. `collect: false` returns no step infos (long runs). */
+   * (ERR_NON_FINITE) and no checkpoint of that state. `collect: false` returns no step infos (long runs). With
+   * `checkpointDir`, each optimizer step is also a line of `checkpointDir/metrics.jsonl` (MetricsLog; the lines after
+   * this trainer's step are dropped first, so a resumed run continues its log). */
   async fit(opts: { data: X2IBatch[]; steps: number; signal?: AbortSignal; onStep?: (i: X2IStepInfo) => void;
     checkpointDir?: string; checkpointEvery?: number; collect?: boolean }): Promise<X2IStepInfo[]> {
     if (!Array.isArray(opts?.data) || opts.data.length === 0) throw invalidArg('data', 'a non-empty array of batches', opts?.data);
@@ -423,11 +430,18 @@ export class X2ITrainer {
     if (opts.checkpointEvery !== undefined) positiveInt('checkpointEvery', opts.checkpointEvery, LIMITS.trainSteps);
     if (opts.onStep !== undefined && typeof opts.onStep !== 'function') throw invalidArg('onStep', 'a function', opts.onStep);
     if (opts.checkpointDir !== undefined) this.#checkOutputDir(opts.checkpointDir);
+    let log: MetricsLog | undefined;
+    if (opts.checkpointDir !== undefined && this.#writer) {
+      log = new MetricsLog(opts.checkpointDir, this.step);
+      this.#ownDirs.add(path.resolve(opts.checkpointDir));
+    }
     const out: X2IStepInfo[] = [];
     for (let i = 0; i < opts.steps; i++) {
       if (await this.#shouldStop(Boolean(opts.signal?.aborted))) break;
+      const t0 = performance.now();
       const info = await this.trainStep(opts.data[this.microStep % opts.data.length]);
       if (info.stopped) break;
+      log?.add(info, (performance.now() - t0) / 1000, info.gradNorm !== undefined);
       if (opts.collect !== false) out.push(info);
       opts.onStep?.(info);
       if (opts.checkpointDir && opts.checkpointEvery && info.gradNorm !== undefined && this.step % opts.checkpointEvery === 0)
@@ -435,6 +449,13 @@ export class X2ITrainer {
     }
     if (opts.checkpointDir) await this.save(opts.checkpointDir);
     return out;
+  }
+
+  /** Whether this process writes the checkpoints and metrics: rank 0 in data mode (all ranks hold the same state),
+   * the student in split mode. */
+  get #writer(): boolean {
+    const par = this.options.parallel;
+    return !par || (this.role !== 'teacher' && (this.role !== 'data' || par.group.rank === 0));
   }
 
   /**
@@ -448,9 +469,7 @@ export class X2ITrainer {
   async save(dir: string): Promise<string> {
     const name = checkpointFolderName(this.step, this.microStep);
     const target = path.join(dir, name);
-    // one writer: rank 0 in data mode (all ranks hold the same state), the student in split mode
-    const par = this.options.parallel;
-    if (par && (this.role === 'teacher' || (this.role === 'data' && par.group.rank !== 0))) return target;
+    if (!this.#writer) return target;
     if (this.#poisoned) throw new X2IError(`X2ITrainer.save: refusing to checkpoint after ${this.#poisoned}`, 'ERR_NON_FINITE');
     this.#checkOutputDir(dir, 'save dir');
     const st = this.alignNet.trainingState();
@@ -471,9 +490,10 @@ export class X2ITrainer {
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
     }
-    const { parallel, ...options } = this.options;
+    const { parallel, config, ...options } = this.options;
     commitCheckpoint(dir, name, CHECKPOINT_FILES, { step: this.step, microStep: this.microStep, options,
-      parallel: parallel ? { mode: parallel.mode, worldSize: parallel.group.worldSize } : null }, this.options.keepLast);
+      parallel: parallel ? { mode: parallel.mode, worldSize: parallel.group.worldSize } : null, ...(config ? { config } : {}) },
+      this.options.keepLast);
     return target;
   }
 

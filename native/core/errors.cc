@@ -1,5 +1,8 @@
 #include "core/errors.h"
 
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 
@@ -25,6 +28,18 @@ Caught translate(std::exception_ptr e) {
   } catch (...) {
     return {"ERR_NATIVE", "unknown native exception"};
   }
+}
+
+void quietHardwareProbes() {
+  struct Swallow : c10::WarningHandler {
+    void process(const c10::Warning&) override {}
+  } swallow;
+  bool available;
+  {
+    c10::WarningUtils::WarningHandlerGuard guard(&swallow);
+    available = at::_nnpack_available();
+  }
+  if (!available) at::globalContext().setUserEnabledNNPACK(false);
 }
 
 }  // namespace x2i

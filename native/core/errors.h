@@ -19,4 +19,9 @@ struct Caught {
 // Turns any in-flight exception (x2i::Error, c10::Error, OOM, std::exception, ...) into code + message.
 Caught translate(std::exception_ptr e);
 
+// LibTorch's one-time hardware warnings kept out of the user's terminal: NNPACK is probed once with warnings
+// swallowed and switched off where this CPU cannot run it ("Could not initialize NNPACK! Reason: Unsupported
+// hardware." on every process otherwise). Called once when the addon loads.
+void quietHardwareProbes();
+
 }  // namespace x2i

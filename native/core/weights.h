@@ -87,6 +87,7 @@ class WeightMap {
     return {W, take(name + ".bias", {out})};
   }
   void drop(const std::string& name) { w_.erase(name); }
+  bool has(const std::string& name) const { return w_.count(name) > 0; }
   void finish() {
     if (w_.empty()) return;
     std::string extra;

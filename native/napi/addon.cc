@@ -6,6 +6,7 @@
 namespace {
 
 Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
+  x2i::quietHardwareProbes();
   using namespace x2i;
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) { exports.Set(name, Napi::Function::New(env, f)); };
   exports.Set("NativeTensor", TensorWrap::Init(env));
@@ -13,6 +14,7 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeAlignNet", initAlignNet(env));
   exports.Set("NativeT5Encoder", initT5(env));
   exports.Set("NativeClipTextEncoder", initClip(env));
+  exports.Set("NativeClipVisionEncoder", initClipVision(env));
   exports.Set("NativeQwenVLEncoder", initQwen(env));
   fn("qwenRopeIndex", QwenRopeIndex);
   exports.Set("NativeAutoencoderKL", initVae(env));

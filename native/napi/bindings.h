@@ -15,6 +15,7 @@ Napi::Function initFlux(Napi::Env env);              // NativeFlux
 Napi::Function initAlignNet(Napi::Env env);          // NativeAlignNet
 Napi::Function initT5(Napi::Env env);                // NativeT5Encoder
 Napi::Function initClip(Napi::Env env);              // NativeClipTextEncoder
+Napi::Function initClipVision(Napi::Env env);        // NativeClipVisionEncoder
 Napi::Function initQwen(Napi::Env env);              // NativeQwenVLEncoder
 Napi::Function initVae(Napi::Env env);               // NativeAutoencoderKL
 Napi::Function initInternVL(Napi::Env env);          // NativeInternVLEncoder

@@ -1,4 +1,4 @@
-// The encoders' JS handles: NativeT5Encoder, NativeClipTextEncoder, NativeQwenVLEncoder (and qwenRopeIndex),
+// The encoders' JS handles: NativeT5Encoder, NativeClipTextEncoder, NativeClipVisionEncoder, NativeQwenVLEncoder (and qwenRopeIndex),
 // NativeInternVLEncoder, NativeMiniCPMOEncoder, NativeAutoencoderKL (lib/models/*.ts wrap them). Each reads its config and inputs here and runs models/<name>.cc.
 #include "models/clip.h"
 #include "models/internvl.h"
@@ -95,6 +95,7 @@ Config parseConfig(const Napi::Object& o) {
   if (c.act != "quick_gelu" && c.act != "gelu")
     fail("ERR_CONFIG", "ClipTextEncoder config: unsupported hidden_act '" + c.act + "' (expected quick_gelu or gelu)");
   if (c.hidden % c.heads) fail("ERR_CONFIG", "ClipTextEncoder config: hidden_size is not a multiple of num_attention_heads");
+  if (o.Has("projectionDim") && !o.Get("projectionDim").IsUndefined()) c.projectionDim = configInt(o, "projectionDim", "ClipTextEncoder");
   return c;
 }
 
@@ -108,11 +109,63 @@ Napi::Value toJs(Napi::Env env, Outputs& o) {
   r.Set("lastHiddenState", TensorWrap::Wrap(env, o.last));
   r.Set("pooledOutput", TensorWrap::Wrap(env, o.pooled));
   r.Set("hiddenStates", TensorWrap::Wrap(env, o.hidden));
+  if (o.embeds.defined()) r.Set("textEmbeds", TensorWrap::Wrap(env, o.embeds));
   return r;
 }
 
 }  // namespace
 }  // namespace clip
+
+// CLIP's vision tower (models/clip.cc): the EncoderSpec names over clip::loadVision / clip::forwardVision.
+namespace clipvision {
+using Model = clip::VisionModel;
+using Outputs = clip::VisionOutputs;
+struct Inputs {
+  at::Tensor pixelValues;
+};
+std::shared_ptr<Model> load(const clip::VisionConfig& c, std::map<std::string, at::Tensor> w, const std::string& source) {
+  return clip::loadVision(c, std::move(w), source);
+}
+Outputs forward(const Model& m, const Inputs& in) { return clip::forwardVision(m, in.pixelValues); }
+namespace {
+
+clip::VisionConfig parseConfig(const Napi::Object& o) {
+  const char* n = "ClipVisionEncoder";
+  clip::VisionConfig c;
+  c.hidden = configInt(o, "hiddenSize", n);
+  c.intermediate = configInt(o, "intermediateSize", n);
+  c.heads = configInt(o, "numAttentionHeads", n);
+  c.layers = configInt(o, "numHiddenLayers", n);
+  c.imageSize = configInt(o, "imageSize", n);
+  c.patchSize = configInt(o, "patchSize", n);
+  c.channels = configInt(o, "numChannels", n);
+  c.eps = o.Get("layerNormEps").As<Napi::Number>().DoubleValue();
+  c.act = o.Get("hiddenAct").ToString().Utf8Value();
+  if (o.Has("projectionDim") && !o.Get("projectionDim").IsUndefined()) c.projectionDim = configInt(o, "projectionDim", n);
+  if (c.act != "quick_gelu" && c.act != "gelu")
+    fail("ERR_CONFIG", "ClipVisionEncoder config: unsupported hidden_act '" + c.act + "' (expected quick_gelu or gelu)");
+  if (c.hidden % c.heads) fail("ERR_CONFIG", "ClipVisionEncoder config: hidden_size is not a multiple of num_attention_heads");
+  if (c.imageSize % c.patchSize)
+    fail("ERR_CONFIG", "ClipVisionEncoder config: image_size " + std::to_string(c.imageSize) + " is not a multiple of patch_size " +
+                           std::to_string(c.patchSize));
+  return c;
+}
+
+Inputs parseInputs(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsObject()) fail("ERR_INVALID_ARG", "ClipVisionEncoder.forward expects { pixelValues }");
+  return {TensorWrap::Get(info[0].As<Napi::Object>().Get("pixelValues"), "pixelValues")};
+}
+
+Napi::Value toJs(Napi::Env env, Outputs& o) {
+  auto r = Napi::Object::New(env);
+  r.Set("lastHiddenState", TensorWrap::Wrap(env, o.last));
+  r.Set("poolerOutput", TensorWrap::Wrap(env, o.pooled));
+  if (o.embeds.defined()) r.Set("imageEmbeds", TensorWrap::Wrap(env, o.embeds));
+  return r;
+}
+
+}  // namespace
+}  // namespace clipvision
 
 namespace qwen {
 namespace {
@@ -401,6 +454,7 @@ struct EncoderSpec : ModelSpec<M> {
   }
 X2I_ENCODER_SPEC(T5Spec, t5, "NativeT5Encoder");
 X2I_ENCODER_SPEC(ClipSpec, clip, "NativeClipTextEncoder");
+X2I_ENCODER_SPEC(ClipVisionSpec, clipvision, "NativeClipVisionEncoder");
 X2I_ENCODER_SPEC(QwenSpec, qwen, "NativeQwenVLEncoder");
 X2I_ENCODER_SPEC(VaeSpec, vae, "NativeAutoencoderKL");
 X2I_ENCODER_SPEC(InternVLSpec, internvl, "NativeInternVLEncoder");
@@ -411,6 +465,7 @@ X2I_ENCODER_SPEC(MiniCPMSpec, minicpm, "NativeMiniCPMOEncoder");
 
 Napi::Function initT5(Napi::Env env) { return ModelWrap<T5Spec>::Init(env); }
 Napi::Function initClip(Napi::Env env) { return ModelWrap<ClipSpec>::Init(env); }
+Napi::Function initClipVision(Napi::Env env) { return ModelWrap<ClipVisionSpec>::Init(env); }
 Napi::Function initQwen(Napi::Env env) { return ModelWrap<QwenSpec>::Init(env); }
 Napi::Function initVae(Napi::Env env) { return ModelWrap<VaeSpec>::Init(env); }
 Napi::Function initInternVL(Napi::Env env) { return ModelWrap<InternVLSpec>::Init(env); }

@@ -1,30 +1,130 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Progress, loadingBar } from '../../lib/app/progress.js';
 import { golden, root, studentAlignNetFile, tmpDir } from '../helpers.js';
 
 const tmp = tmpDir();
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const x2i = (...args: string[]) => spawnSync(process.execPath, [path.join(root, 'bin', 'x2i.js'), ...args], { encoding: 'utf8' });
+/** stderr's lines without what the CLI does not print: LibTorch's NNPACK warning (native code, on CPUs without NNPACK)
+ * and the loader's stale-build warning (only in a checkout whose native/ changed since the addon was built). */
+const chatter = (stderr: string) => stderr.split('\n').filter((l) => l !== '' && !/NNPACK\.cpp.*Could not initialize NNPACK/.test(l) &&
+  !/\[X2I_STALE_BUILD\]|^\(Use `node --trace-warnings/.test(l));
 
 it('x2i info, help and unknown commands', () => {
   const info = x2i('info');
   expect(info.status).toBe(0);
   expect(info.stdout).toMatch(/libtorch\s+\d+\.\d+/);
   expect(x2i('help').stdout).toContain('generate');
-  expect(x2i('nope').status).toBe(2);
+  const nope = x2i('nope');
+  expect([nope.status, nope.stderr]).toEqual([2, "x2i: unknown command 'nope' (x2i --help lists the commands)\n"]);
 });
 
-it('x2i generate: a PNG from precomputed embeddings through FLUX and its VAE, with a progress bar', async () => {
+describe('conventions', () => {
+  const commands = [['generate'], ['train'], ['train', 'lora'], ['train', 'lightcontrol'], ['eval'], ['demo'], ['info'], ['bench']];
+
+  it('--help and -h on every command: its usage on stdout, exit 0, nothing on stderr, before any other check', () => {
+    const texts = new Set<string>();
+    for (const cmd of commands)
+      for (const flag of ['--help', '-h']) {
+        const r = x2i(...cmd, flag);
+        expect([r.status, r.stderr], `${cmd.join(' ')} ${flag}`).toEqual([0, '']);
+        expect(r.stdout.startsWith(`usage: x2i ${cmd.join(' ')}`), `${cmd.join(' ')} ${flag}: ${r.stdout.slice(0, 80)}`).toBe(true);
+        expect(r.stdout, cmd.join(' ')).toMatch(/--quiet, -q/);
+        texts.add(r.stdout);
+        expect(x2i('help', ...cmd).stdout).toBe(r.stdout);
+      }
+    expect(texts.size).toBe(commands.length);  // one text per command
+    // --help wins over bad or missing flags; the training commands document --config and --force-resume
+    expect(x2i('generate', '--steps', 'abc', '--bogus', '-h').status).toBe(0);
+    for (const cmd of commands.slice(1, 4)) expect(x2i(...cmd, '--help').stdout).toMatch(/--config FILE[\s\S]*--force-resume[\s\S]*metrics\.jsonl/);
+    // the overview lists every command and says how to get a command's help
+    for (const flag of ['--help', '-h']) {
+      const r = x2i(flag);
+      expect(r.status).toBe(0);
+      for (const cmd of commands) expect(r.stdout).toContain(`\n  ${cmd.join(' ')} `);
+      expect(r.stdout).toMatch(/every command: --help, -h/);
+    }
+    expect(x2i('help', 'nope').status).toBe(2);
+  });
+
+  it('--version and -v: the package version', () => {
+    const version = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version;
+    for (const flag of ['--version', '-v']) {
+      const r = x2i(flag);
+      expect([r.status, r.stdout, r.stderr]).toEqual([0, `${version}\n`, '']);
+    }
+  });
+
+  it('progress: plain lines off a terminal (every step of a short run, else each 10%), a redrawn bar on one, nothing when quiet', () => {
+    const sink = (isTTY: boolean) => ({ isTTY, text: '', write(x: string) { this.text += x; } });
+    const plain = sink(false), p = new Progress({ stream: plain });
+    const bar = p.bar('x2i train');
+    for (let i = 1; i <= 100; i++) bar(i, 100, `loss ${(1 / i).toFixed(2)}`);
+    p.note('x2i train: done');
+    expect(plain.text).not.toContain('\r');
+    const lines = plain.text.trimEnd().split('\n');
+    expect(lines.slice(0, -1).map((l) => l.split(' ')[2])).toEqual(['1/100', ...Array.from({ length: 10 }, (_, k) => `${10 * (k + 1)}/100`)]);
+    expect(lines[1]).toBe('x2i train 10/100 loss 0.10');
+    expect(lines.at(-1)).toBe('x2i train: done');
+    const short = sink(false), q = new Progress({ stream: short }).bar('x2i generate');
+    for (let i = 1; i <= 4; i++) q(i, 4, 'denoise');
+    q(4, 4, 'decode');
+    q(4, 4, 'decode');  // the same line is never printed twice
+    expect(short.text).toBe('x2i generate 1/4 denoise\nx2i generate 2/4 denoise\nx2i generate 3/4 denoise\nx2i generate 4/4 denoise\nx2i generate 4/4 decode\n');
+    // a terminal: one line redrawn with carriage returns, ended before the next message
+    const tty = sink(true), t = new Progress({ stream: tty });
+    const tb = t.bar('x2i demo: training');
+    for (let i = 1; i <= 3; i++) tb(i, 3);
+    t.note('x2i demo: done');
+    expect(tty.text).toBe(`\rx2i demo: training [##########${'.'.repeat(20)}] 1/3\rx2i demo: training [${'#'.repeat(20)}..........] 2/3` +
+      `\rx2i demo: training [${'#'.repeat(30)}] 3/3\nx2i demo: done\n`);
+    // quiet: nothing at all
+    const quiet = sink(true), z = new Progress({ stream: quiet, quiet: true });
+    z.bar('x')(1, 2);
+    z.note('chatter');
+    loadingBar('loading', z)({ file: 'a', bytesLoaded: 1, bytesTotal: 2, tensorsLoaded: 1, tensorsTotal: 2 });
+    expect(quiet.text).toBe('');
+  });
+
+  it('loadingBar: MB loaded of the total and the file, for fromPretrained\'s onProgress', () => {
+    const out = { isTTY: false, text: '', write(x: string) { this.text += x; } };
+    const cb = loadingBar('x2i generate: loading FLUX', { stream: out });
+    for (let i = 0; i <= 20; i++)
+      cb({ file: '/models/flux/transformer/diffusion_pytorch_model-00001-of-00003.safetensors', bytesLoaded: i * 1.2e8, bytesTotal: 2.4e9,
+        tensorsLoaded: i * 40, tensorsTotal: 800 });
+    const lines = out.text.trimEnd().split('\n');
+    expect(lines[0]).toBe('x2i generate: loading FLUX 0/2400 MB (0/800 tensors, diffusion_pytorch_model-00001-of-00003.safetensors)');
+    expect(lines.at(-1)).toBe('x2i generate: loading FLUX 2400/2400 MB (800/800 tensors, diffusion_pytorch_model-00001-of-00003.safetensors)');
+    expect(lines.length).toBe(11);  // off a terminal: the start, each 10%
+    const small = { isTTY: true, text: '', write(x: string) { this.text += x; } };
+    loadingBar('vae', { stream: small })({ file: 'vae.safetensors', bytesLoaded: 1.5e6, bytesTotal: 3e6, tensorsLoaded: 3, tensorsTotal: 6 });
+    expect(small.text).toBe(`\rvae [${'#'.repeat(15)}${'.'.repeat(15)}] 1.5/3.0 MB (3/6 tensors, vae.safetensors)`);
+  });
+});
+
+it('x2i generate: a PNG from precomputed embeddings through FLUX and its VAE, with progress; the format follows --out', async () => {
   const out = path.join(tmp, 'a.png');
-  const r = x2i('generate', '--flux', path.join(golden, 'flux-transformer'), '--vae', path.join(golden, 'vae'),
-    '--embeds', path.join(golden, 'pipeline', 'io.safetensors'), '--height', '32', '--width', '32', '--steps', '4', '--out', out);
+  const base = ['generate', '--flux', path.join(golden, 'flux-transformer'), '--vae', path.join(golden, 'vae'),
+    '--embeds', path.join(golden, 'pipeline', 'io.safetensors'), '--height', '32', '--width', '32'];
+  const r = x2i(...base, '--steps', '4', '--out', out);
   expect(r.status, r.stderr).toBe(0);
-  expect(r.stderr).toContain('4/4 decode');
+  // not a terminal: plain lines, no carriage returns
+  expect(chatter(r.stderr)).toEqual(['x2i generate 1/4 denoise', 'x2i generate 2/4 denoise', 'x2i generate 3/4 denoise', 'x2i generate 4/4 denoise',
+    'x2i generate 4/4 decode', `x2i generate: wrote ${out} (PNG, 32×32)`]);
   const { default: sharp } = await import('sharp');
   const meta = await sharp(out).metadata();
   expect([meta.format, meta.width, meta.height]).toEqual(['png', 32, 32]);
+  for (const [file, format] of [['a.jpg', 'jpeg'], ['a.JPEG', 'jpeg'], ['a.webp', 'webp']]) {
+    const q = x2i(...base, '--steps', '1', '--out', path.join(tmp, file), ...(file === 'a.webp' ? ['-q'] : ['--quiet']));
+    expect(q.status, q.stderr).toBe(0);
+    expect(chatter(q.stderr), file).toEqual([]);  // --quiet: no progress, no messages
+    expect((await sharp(path.join(tmp, file)).metadata()).format, file).toBe(format);
+  }
+  const gif = x2i(...base, '--out', path.join(tmp, 'a.gif'));
+  expect([gif.status, gif.stderr]).toEqual([2, `x2i generate: --out: expected an image file path ending in .png, .jpg, .jpeg or .webp, got "${path.join(tmp, 'a.gif')}"\n`]);
   expect(x2i('generate').status).toBe(2);
   expect(x2i('generate', '--flux', 'x').stderr).toMatch(/give --prompt or --embeds/);
   expect(x2i('generate', '--flux', 'nowhere', '--prompt', 'x', '--mllm', 'm').stderr).toMatch(/student needs --mllm, --alignnet and a prompt/);
@@ -47,21 +147,55 @@ it('x2i generate: the MiniCPM-o student from a sound, an image and text mixed (-
   expect([d.status, d.stderr.trim()]).toEqual([2, 'x2i demo: --student must be qwen, internvl or minicpm-o, got "llama"']);
 });
 
-it('x2i train: AlignNet from precomputed features, checkpoints, resume', async () => {
+it('x2i train: AlignNet from precomputed features, --config, checkpoints, metrics.jsonl, resume checked against the recorded options', async () => {
   const x = await import('../../lib/index.js');
   const feats = path.join(tmp, 'features.safetensors');
   await x.saveSafetensors(feats, { 'teacher.encoder_hidden_states': await x.randn([1, 7, 32], { seed: 1 }),
     'teacher.pooled_projections': await x.randn([1, 24], { seed: 2 }), 'student.hidden_states': await x.randn([1, 5, 7, 32], { seed: 3 }) });
   const out = path.join(tmp, 'run');
-  const common = ['--flux', path.join(golden, 'flux-transformer'), '--alignnet', path.join(golden, 'alignnet', 'diffusion_pytorch_model.bin'),
-    '--features', feats, '--out', out, '--height', '32', '--width', '32', '--lr', '1e-3', '--checkpoint-every', '2'];
+  // options from a JSON file (camelCase or the flags' names), the command line over it
+  const cfg = path.join(tmp, 'train.json');
+  fs.writeFileSync(cfg, JSON.stringify({ flux: path.join(golden, 'flux-transformer'), height: 32, width: '32', lr: 0.5, checkpointEvery: 2, 'keep-last': 3 }));
+  const common = ['--config', cfg, '--alignnet', path.join(golden, 'alignnet', 'diffusion_pytorch_model.bin'),
+    '--features', feats, '--out', out, '--lr', '1e-3'];
+  const trainerJson = () => JSON.parse(fs.readFileSync(path.join(out, 'trainer.json'), 'utf8'));
+  const metrics = () => fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l));
   const r = x2i('train', ...common, '--steps', '3');
   expect(r.status, r.stderr).toBe(0);
-  expect(r.stderr).toMatch(/3\/3 loss \d/);
-  expect(JSON.parse(fs.readFileSync(path.join(out, 'trainer.json'), 'utf8')).step).toBe(3);
-  const again = x2i('train', ...common, '--steps', '5', '--resume');
+  // not a terminal: a plain line per step (cosine from lr over 3 steps), then where the checkpoint is
+  expect(chatter(r.stderr)).toEqual([...['1.00e-3', '7.50e-4', '2.50e-4'].map((lr, i) => expect.stringMatching(new RegExp(`^x2i train ${i + 1}/3 loss \\d+\\.\\d{4} lr ${lr}$`))),
+    `x2i train: step 3; checkpoint ${path.join(out, 'step-000003-3')}`]);
+  expect(trainerJson().step).toBe(3);
+  expect(trainerJson().config).toMatchObject({ flux: path.join(golden, 'flux-transformer'), features: feats, lr: 1e-3, height: 32, width: 32,
+    'checkpoint-every': 2, 'keep-last': 3, steps: 3, device: 'cpu' });
+  expect(trainerJson().options).toMatchObject({ lr: 1e-3, keepLast: 3, height: 32 });
+  expect(fs.readdirSync(out).filter((d) => d.startsWith('step-')).sort()).toEqual(['step-000002-2', 'step-000003-3']);
+  // one line per optimizer step
+  expect(metrics().map((m) => m.step)).toEqual([1, 2, 3]);
+  for (const [i, m] of metrics().entries()) {
+    expect(Object.keys(m)).toEqual(['step', 'microStep', 'loss', 'lr', 'gradNorm', 'seconds']);
+    expect(m.microStep).toBe(m.step);
+    for (const k of ['loss', 'gradNorm', 'seconds']) expect(Number.isFinite(m[k]) && m[k] >= 0, `${k} ${m[k]}`).toBe(true);
+    expect(m.lr).toBeCloseTo([1e-3, 7.5e-4, 2.5e-4][i], 12);
+  }
+  // a run that went past its checkpoint and died: its later lines are dropped on resume
+  fs.appendFileSync(path.join(out, 'metrics.jsonl'), JSON.stringify({ step: 4, microStep: 4, loss: 99 }) + '\n{"step": 5, "lo');
+  const again = x2i('train', ...common, '--steps', '5', '--resume', '-q');
   expect(again.status, again.stderr).toBe(0);
-  expect(JSON.parse(fs.readFileSync(path.join(out, 'trainer.json'), 'utf8')).step).toBe(5);
+  expect(chatter(again.stderr)).toEqual([]);
+  expect(trainerJson().step).toBe(5);
+  expect(metrics().map((m) => [m.step, m.loss === 99])).toEqual([[1, false], [2, false], [3, false], [4, false], [5, false]]);
+  // a resume whose options would change the run is refused, naming each option and both values; --force-resume allows it
+  const changed = x2i('train', ...common, '--steps', '6', '--resume', '--lr', '2e-3', '--height', '48');
+  expect(changed.status).toBe(2);
+  expect(changed.stderr).toBe(`x2i train: --resume: ${out} was trained with other options: --lr: the run recorded 0.001, this command gives 0.002; ` +
+    '--height: the run recorded 32, this command gives 48 (give the recorded values, or --force-resume to continue with these)\n');
+  expect(trainerJson().step).toBe(5);
+  const forced = x2i('train', ...common, '--steps', '6', '--resume', '--force-resume', '--lr', '2e-3');
+  expect(forced.status, forced.stderr).toBe(0);
+  expect(forced.stderr).toContain(`x2i train: --force-resume: continuing ${out} with --lr: the run recorded 0.001, this command gives 0.002`);
+  expect(trainerJson()).toMatchObject({ step: 6, config: { lr: 2e-3 } });
+  expect(metrics().map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6]);
   expect(x2i('train', '--flux', 'a').status).toBe(2);
   // x2i eval on the trained checkpoint folder
   const json = path.join(tmp, 'eval.json');

@@ -56,6 +56,15 @@ describe('x2i train: numbers and paths checked before any model loads', () => {
       [['--accumulate', '1.5'], /--accumulate/], [['--checkpoint-every', '0'], /--checkpoint-every/], [['--warmup', '0.5'], /--warmup/],
       [['--height', '30'], /--height: expected a positive multiple of 16 of at most 8192, got 30/], [['--width', '1e5'], /--width/],
       [['--keep-last', '0'], /--keep-last/], [['--nproc-per-node', '0', '--parallel', 'data'], /--nproc-per-node: .*got 0/],
+      // a negative number is the flag's value (not read as a flag), then refused by the validator
+      [['--steps', '-1'], /--steps: expected a positive integer .*got -1$/m], [['--lr', '-1e-3'], /--lr: expected a finite number ≥ 0, got -0\.001/],
+      [['--height', '1000'], /--height: expected a positive multiple of 16 of at most 8192, got 1000/],
+      [['--nnodes', 'abc'], /--nnodes: expected a number, got "abc"/], [['--node-rank', '1'], /--node-rank: expected a non-negative integer of at most 0, got 1/],
+      [['--master-port', '70000'], /--master-port: .*got 70000/], [['--device', 'gpu'], /--device: expected 'cpu', 'cuda' or 'cuda:N', got "gpu"/],
+      [['--dtype', 'fp8'], /--dtype: expected float32, bfloat16, float16 or float64, got "fp8"/],
+      [['--steps'], /--steps: expected a value after it \(see x2i train --help\)/],
+      [['--stepz', '3'], /x2i train: unknown option '--stepz' \(did you mean --steps\? see x2i train --help\)/],
+      [['--force-resume'], /--force-resume needs --resume/],
     ];
     for (const [args, re] of cases) {
       const out = path.join(tmp, 'never');
@@ -134,7 +143,10 @@ describe('x2i train --resume: corrupted checkpoints are errors naming the file',
       'teacher.pooled_projections': await x.randn([1, 24], { seed: 2 }),
       'student.hidden_states': x.Tensor.fromArray(new Float32Array(5 * 7 * 32).fill(NaN), [1, 5, 7, 32]) });
     const before = snapshot(dir);
+    // other features: a change of the run's data, refused on --resume unless forced
     userError(x2i('train', ...common(dir).map((a) => (a === feats ? nan : a)), '--steps', '4', '--resume'),
+      /--resume: .* was trained with other options: --features: the run recorded ".*features\.safetensors", this command gives ".*nan-features\.safetensors"/);
+    userError(x2i('train', ...common(dir).map((a) => (a === feats ? nan : a)), '--steps', '4', '--resume', '--force-resume'),
       /micro-batch 2 .*training stopped \(no checkpoint is written from this state; the last good checkpoint is kept\)/);
     expect(snapshot(dir)).toEqual(before);
   });
@@ -145,6 +157,7 @@ describe('x2i train --resume: corrupted checkpoints are errors naming the file',
       ['absolute', (m: Record<string, unknown>) => JSON.stringify({ ...m, checkpoint: path.join(good, String(m.checkpoint)) }), /trainer\.json: "checkpoint" must name/],
       ['badjson', () => '{"step": 2, "checkpoint": ', /trainer\.json: not valid JSON/],
       ['badstep', (m: Record<string, unknown>) => JSON.stringify({ ...m, step: 'two' }), /trainer\.json: "step" must be a non-negative integer/],
+      ['badconfig', (m: Record<string, unknown>) => JSON.stringify({ ...m, config: 'lr=1' }), /trainer\.json: "config" must be an object of options, got "lr=1"/],
     ] as const) {
       const dir = copyRun(`json-${name}`);
       const json = path.join(dir, 'trainer.json');
@@ -154,7 +167,8 @@ describe('x2i train --resume: corrupted checkpoints are errors naming the file',
       expect(snapshot(dir), name).toEqual(before);
       expect(snapshot(good), name).toEqual(goodBefore);
       // eval reads the same pointer
-      userError(x2i('eval', '--flux', flux, '--alignnet', dir, '--features', feats, '--height', '32', '--width', '32', '--steps', '1'), re, `eval ${name}`);
+      if (name !== 'badconfig')  // eval reads no config
+        userError(x2i('eval', '--flux', flux, '--alignnet', dir, '--features', feats, '--height', '32', '--width', '32', '--steps', '1'), re, `eval ${name}`);
     }
   });
 });
@@ -171,7 +185,11 @@ describe('x2i generate / eval / demo: options and output paths before any work',
       [['--guidance', 'NaN'], /--guidance: expected a number, got "NaN"/], [['--guidance', 'Infinity'], /--guidance: expected a finite number/],
       [['--steps', '0'], /--steps: expected a positive integer/], [['--steps', '1e9'], /--steps: .*at most 10000/],
       [['--height', '33'], /--height: expected a positive multiple of 16/], [['--seed=-1'], /--seed: expected a non-negative integer/],
-      [['--seed', '0.5'], /--seed/], [['--bogus', '1'], /Unknown option '--bogus'/],
+      [['--seed', '0.5'], /--seed/], [['--bogus', '1'], /^x2i generate: unknown option '--bogus' \(see x2i generate --help\)$/m],
+      [['--guidance', 'nan'], /--guidance: expected a number, got "nan"/], [['--steps', '-1'], /--steps: expected a positive integer .*got -1/],
+      [['--width', '1000'], /--width: expected a positive multiple of 16/], [['--device', 'cuda:x'], /--device: expected 'cpu', 'cuda' or 'cuda:N'/],
+      [['--out', path.join(tmp, 'x.bmp')], /--out: expected an image file path ending in \.png, \.jpg, \.jpeg or \.webp, got ".*x\.bmp"/],
+      [['--seeds', '1'], /unknown option '--seeds' \(did you mean --seed\? see x2i generate --help\)/],
     ];
     fs.mkdirSync(path.join(tmp, 'd.png'));
     for (const [args, re] of cases) {
@@ -184,6 +202,67 @@ describe('x2i generate / eval / demo: options and output paths before any work',
     userError(x2i('eval', '--flux', flux, '--alignnet', good, '--features', feats, '--height', '32', '--width', '32', '--steps', '1',
       '--json', '/nonexistent/r.json'), /--json: cannot write/);
     userError(x2i('demo', '--seed', 'x', '--out', path.join(tmp, 'demo')), /--seed: expected a number, got "x"/);
+    userError(x2i('demo', '--quick', '--fast'), /x2i demo: unknown option '--fast' \(see x2i demo --help\)/);
+    userError(x2i('eval', '--flux', flux, '--alignnet', good, '--features', feats, '--height', '1000'), /--height: expected a positive multiple of 16/);
+    userError(x2i('eval', '--flux', flux, '--alignnet', good, '--features', feats, '--dtype', 'half'), /--dtype: expected float32/);
+    userError(x2i('bench', '--mib', '0'), /--mib: expected a positive integer/);
+    userError(x2i('bench', 'bridge', '--mib', 'lots'), /--mib: expected a number, got "lots"/);
+    userError(x2i('bench', 'gpu'), /unknown benchmark 'gpu'/);
+    userError(x2i('bench', 'flux', '--mib', '4'), /--mib is the bridge benchmark's/);
+    userError(x2i('info', '--verbose'), /x2i info: unknown option '--verbose' \(see x2i info --help\)/);
     userError(x2i('demo', '--out', path.join(tmp, 'features.safetensors')), /--out: .* is a file, expected a folder/);
+  });
+});
+
+describe('x2i train --config FILE and --resume against the recorded options', () => {
+  const cfg = (name: string, body: string) => {
+    const f = path.join(tmp, `${name}.json`);
+    fs.writeFileSync(f, body);
+    return f;
+  };
+
+  it('bad config files: exit 2 naming the file and the key', () => {
+    const out = path.join(tmp, 'never-config');
+    const cases: [string, RegExp][] = [
+      ['{"steps": 2,', /--config: .*broken\.json: not valid JSON/],
+      ['[1, 2]', /--config: .*broken\.json: expected a JSON object of options .*got an array/],
+      ['{"stepz": 2}', /--config: .*broken\.json: unknown option "stepz" \(did you mean "steps"\? see x2i train --help\)/],
+      ['{"resume": "yes"}', /--config: .*broken\.json: "resume": expected true or false, got "yes"/],
+      ['{"lr": [0.1]}', /--config: .*broken\.json: "lr": expected a string or a finite number, got \[0\.1\]/],
+      ['{"steps": 0}', /--steps: expected a positive integer .*got 0/],  // config values go through the same validators
+      ['{"keepLast": -3}', /--keep-last: .*got -3/],
+      ['{"help": true}', /unknown option "help"/],
+    ];
+    for (const [body, re] of cases) userError(x2i('train', ...common(out), '--config', cfg('broken', body)), re, body);
+    // the command line wins over the file: its bad value is the one refused
+    userError(x2i('train', ...common(out), '--config', cfg('fine', '{"steps": 2}'), '--steps', '0'), /--steps: .*got 0/);
+    userError(x2i('train', ...common(out), '--config', path.join(tmp, 'nope.json')), /--config: .*nope\.json: no such file/);
+    expect(fs.existsSync(out)).toBe(false);
+  });
+
+  it('a run started from a config file records it; a resume that changes the run is refused, the folder untouched', () => {
+    const dir = path.join(tmp, 'configured');
+    const file = cfg('run', JSON.stringify({ flux, alignnet, features: feats, out: dir, height: 32, width: 32, lr: 1e-3, 'checkpoint-every': 1 }));
+    const r = x2i('train', '--config', file, '--steps', '1', '--quiet');
+    expect(r.status, r.stderr).toBe(0);
+    const meta = JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'));
+    expect(meta.config).toMatchObject({ flux, alignnet, features: feats, lr: 1e-3, height: 32, width: 32, warmup: 0, accumulate: 1 });
+    const before = snapshot(dir);
+    for (const [args, re] of [
+      [['--accumulate', '2'], /--accumulate: the run recorded 1, this command gives 2/],
+      [['--width', '48'], /--width: the run recorded 32, this command gives 48/],
+      [['--lr', '0.001', '--warmup', '5'], /was trained with other options: --warmup: the run recorded 0, this command gives 5 \(give the recorded values/],
+      [['--dtype', 'float64'], /--dtype: the run recorded \(not given\), this command gives "float64"/],
+      [['--flux', path.join(tmp, 'good')], /--flux: the run recorded ".*flux-transformer", this command gives ".*good"/],
+    ] as [string[], RegExp][])
+      userError(x2i('train', '--config', file, '--steps', '3', '--resume', ...args), re, args.join(' '));
+    expect(snapshot(dir)).toEqual(before);
+    // what may change: the length of the run, checkpointing, the device; the same paths given relative
+    const ok = spawnSync(process.execPath, [path.join(root, 'bin', 'x2i.js'), 'train', '--config', file, '--steps', '2', '--resume', '--keep-last', '1',
+      '--checkpoint-every', '5', '--device', 'cpu', '--features', path.relative(path.dirname(feats), feats), '-q'],
+      { encoding: 'utf8', timeout: 60_000, cwd: path.dirname(feats) });
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'))).toMatchObject({ step: 2, config: { 'keep-last': 1, steps: 2 } });
+    expect(fs.readdirSync(dir).filter((d) => d.startsWith('step-'))).toEqual(['step-000002-2']);  // --keep-last 1
   });
 });

@@ -29,6 +29,11 @@ function userError(r: SpawnSyncReturns<string>, re: RegExp, what = ''): void {
 }
 
 const trainerJson = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'));
+const metrics = (dir: string) => fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l));
+const stepFolders = (dir: string) => fs.readdirSync(dir).filter((d) => d.startsWith('step-')).sort();
+/** stderr's lines without LibTorch's NNPACK warning and the loader's stale-build warning (neither is the CLI's). */
+const chatter = (stderr: string) => stderr.split('\n').filter((l) => l !== '' && !/NNPACK\.cpp.*Could not initialize NNPACK/.test(l) &&
+  !/\[X2I_STALE_BUILD\]|^\(Use `node --trace-warnings/.test(l));
 
 /** A diffusers AutoencoderKL folder of factor 8 (block_out_channels [8, 8, 8, 8], one resnet per block), random weights. */
 async function tinyVae8(dir: string): Promise<void> {
@@ -183,21 +188,30 @@ describe('x2i train lora / lightcontrol', () => {
   const base = (out: string, data: string) => ['--flux', flux, '--vae', vae8, '--embeds', embeds, '--data', data, '--out', out,
     '--height', '32', '--width', '32', '--checkpoint-every', '2'];
 
-  it('train lora on a folder of images + captions: checkpoints with lora.safetensors, --resume continues, the run loads in generate', () => {
+  it('train lora on a folder of images + captions (--config): checkpoints with lora.safetensors, metrics.jsonl, --resume continues, the run loads in generate', () => {
     const out = path.join(tmp, 'run-lora');
-    const args = [...base(out, path.join(tmp, 'folder')), '--rank', '4', '--alpha', '8', '--targets', 'to_q,to_k,to_v,proj_out'];
+    const cfg = path.join(tmp, 'lora.json');
+    fs.writeFileSync(cfg, JSON.stringify({ rank: 4, alpha: 8, targets: 'to_q,to_k,to_v,proj_out', editingPrompt: 'keep the style' }));
+    const args = [...base(out, path.join(tmp, 'folder')), '--config', cfg];
     const r = x2i('train', 'lora', ...args, '--steps', '3');
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/3\/3 loss \d/);
-    expect(r.stderr).toMatch(/x2i train lora: step 3; checkpoint .*step-000003-3/);
-    expect(trainerJson(out)).toMatchObject({ step: 3, microStep: 3, kind: 'LoraTrainer' });
+    expect(chatter(r.stderr).map((l) => l.replace(/loss \d+\.\d{4} lr \S+/, 'loss'))).toEqual(['x2i train lora 1/3 loss', 'x2i train lora 2/3 loss',
+      'x2i train lora 3/3 loss', `x2i train lora: step 3; checkpoint ${path.join(out, 'step-000003-3')}`]);
+    expect(trainerJson(out)).toMatchObject({ step: 3, microStep: 3, kind: 'LoraTrainer', config: { rank: 4, alpha: 8, targets: 'to_q,to_k,to_v,proj_out',
+      'editing-prompt': 'keep the style', data: path.join(tmp, 'folder'), embeds, lr: 1e-4, height: 32 } });
+    expect(stepFolders(out)).toEqual(['step-000002-2', 'step-000003-3']);  // --keep-last 2 (the default)
     expect(fs.existsSync(path.join(out, 'step-000003-3', 'lora.safetensors'))).toBe(true);
-    expect(fs.existsSync(path.join(out, 'step-000002-2', 'lora.safetensors'))).toBe(true);
+    expect(metrics(out).map((m) => [m.step, m.microStep, Number.isFinite(m.loss), Number.isFinite(m.gradNorm)])).toEqual([[1, 1, true, true], [2, 2, true, true], [3, 3, true, true]]);
     userError(x2i('train', 'lora', ...args, '--steps', '5'), /--out: the folder .* is not empty \(pass --resume/);
+    // a resume that changes the adapter is refused, naming the options and both values
+    userError(x2i('train', 'lora', ...args, '--steps', '5', '--resume', '--rank', '8', '--targets', 'to_q'),
+      /--rank: the run recorded 4, this command gives 8; --targets: the run recorded "to_q,to_k,to_v,proj_out", this command gives "to_q"/);
     const again = x2i('train', 'lora', ...args, '--steps', '5', '--resume');
     expect(again.status, again.stderr).toBe(0);
     expect(again.stderr).toMatch(/5\/5 loss \d/);
     expect(trainerJson(out)).toMatchObject({ step: 5, microStep: 5 });
+    expect(stepFolders(out)).toEqual(['step-000004-4', 'step-000005-5']);
+    expect(metrics(out).map((m) => m.step)).toEqual([1, 2, 3, 4, 5]);
     // the trained adapter, from the run folder (its latest checkpoint) or its file
     for (const l of [`${out}:0.8`, path.join(out, 'step-000005-5', 'lora.safetensors')]) {
       const g = gen(vae8, '--height', '32', '--width', '32', '--lora', l, '--out', path.join(tmp, 'trained-lora.png'));
@@ -205,17 +219,24 @@ describe('x2i train lora / lightcontrol', () => {
     }
   });
 
-  it('train lightcontrol on a JSONL of targets and sources: lightcontrol.safetensors, --resume, the run loads in generate', () => {
+  it('train lightcontrol on a JSONL of targets and sources: lightcontrol.safetensors, --keep-last 1, --resume, --quiet, the run loads in generate', () => {
     const out = path.join(tmp, 'run-lc');
-    const args = [...base(out, path.join(tmp, 'pairs', 'manifest.jsonl')), '--lightcontrol', lightcontrol];
+    const args = [...base(out, path.join(tmp, 'pairs', 'manifest.jsonl')), '--lightcontrol', lightcontrol, '--keep-last', '1', '--checkpoint-every', '1'];
     const r = x2i('train', 'lightcontrol', ...args, '--steps', '2');
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/2\/2 loss \d.* lr 5\.00e-6/);  // default lr 1e-5, cosine: half-way after step 1
-    expect(trainerJson(out)).toMatchObject({ step: 2, kind: 'LightControlTrainer', options: { hint: 'source' } });
+    expect(trainerJson(out)).toMatchObject({ step: 2, kind: 'LightControlTrainer', options: { hint: 'source', keepLast: 1 },
+      config: { hint: 'source', lr: 1e-5, 'keep-last': 1 } });
+    expect(stepFolders(out)).toEqual(['step-000002-2']);  // step-000001-1 removed
     expect(fs.existsSync(path.join(out, 'step-000002-2', 'lightcontrol.safetensors'))).toBe(true);
-    const again = x2i('train', 'lightcontrol', ...args, '--steps', '3', '--resume');
+    userError(x2i('train', 'lightcontrol', ...args, '--steps', '3', '--resume', '--hint', 'target'),
+      /--hint: the run recorded "source", this command gives "target" \(give the recorded values, or --force-resume/);
+    const again = x2i('train', 'lightcontrol', ...args, '--steps', '3', '--resume', '--quiet');
     expect(again.status, again.stderr).toBe(0);
+    expect(chatter(again.stderr)).toEqual([]);
     expect(trainerJson(out)).toMatchObject({ step: 3, microStep: 3 });
+    expect(stepFolders(out)).toEqual(['step-000003-3']);
+    expect(metrics(out).map((m) => m.step)).toEqual([1, 2, 3]);
     const g = gen(vae8, '--height', '32', '--width', '32', '--lightcontrol', out, '--control-image', img, '--out', path.join(tmp, 'trained-lc.png'));
     expect(g.status, g.stderr).toBe(0);
   });
@@ -231,7 +252,11 @@ describe('x2i train lora / lightcontrol', () => {
       ['lora', ['--lr', 'abc'], /--lr: expected a number, got "abc"/],
       ['lightcontrol', ['--hint', 'both'], /--hint: expected source or target, got "both"/],
       ['lightcontrol', ['--lightcontrol', path.join(tmp, 'nope')], /--lightcontrol: .*nope: no such file/],
-      ['lightcontrol', ['--rank', '4'], /Unknown option '--rank'/],
+      ['lightcontrol', ['--rank', '4'], /x2i train lightcontrol: unknown option '--rank' \(see x2i train lightcontrol --help\)/],
+      ['lora', ['--hint', 'source'], /unknown option '--hint' \(see x2i train lora --help\)/],
+      ['lora', ['--rank', '-4'], /--rank: expected a positive integer .*got -4/],
+      ['lora', ['--seed', '-1'], /--seed: expected a non-negative integer .*got -1/],
+      ['lora', ['--config', path.join(tmp, 'nope.json')], /--config: .*nope\.json: no such file/],
     ];
     for (const [kind, extra, re] of cases) userError(x2i('train', kind, ...base(out, folder), ...extra), re, `${kind} ${extra.join(' ')}`);
     userError(x2i('train', 'lora', ...base(out, path.join(tmp, 'nope.jsonl'))), /--data: .*nope\.jsonl: no such file/);

@@ -16,7 +16,7 @@ describe('x2i demo (the built-in tiny pipeline)', () => {
     const s = await x2i.runDemo({ out, quick: true, onProgress: (e) => phases.add(e.phase) });
     expect(x2i.memory().tensors).toBe(live);  // every tensor of the run is freed
     expect([...phases].sort()).toEqual(['distill', 'generate', 'lora', 'teacher']);
-    for (const f of ['before.png', 'after.png', 'lora.png', 'loss.png', 'summary.json']) expect(fs.statSync(path.join(out, f)).size).toBeGreaterThan(100);
+    for (const f of ['before.png', 'after.png', 'lora.png', 'loss.png', 'loss.svg', 'summary.json']) expect(fs.statSync(path.join(out, f)).size).toBeGreaterThan(100);
     const j = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
     for (const k of ['seconds', 'loss', 'agreement', 'teacher', 'heldOut', 'lora']) expect(j).toHaveProperty(k);
     expect(Number.isFinite(j.lora.background.teacher) && Number.isFinite(j.lora.background.student)).toBe(true);

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { AlignNet, FluxPipeline, FluxTransformer, X2ITrainer } from '../../lib/index.js';
 import { alignNetFile, golden, snapshot, tmpDir } from '../helpers.js';
+import { recordedConfig } from '../../lib/train/checkpoints.js';
 
 const tmp = tmpDir();
 let flux: FluxTransformer;
@@ -46,6 +47,8 @@ describe('X2ITrainer: options checked before any work', () => {
       [{ keepLast: 0 }, /keepLast/], [{ seed: -1 }, /seed/], [{ seed: 0.5 }, /seed/], [{ trajectory: { steps: 0 } }, /trajectory\.steps/],
       [{ temperature: 0 }, /temperature/], [{ divergence: 'nope' as x2i.X2ITrainerOptions['divergence'] }, /divergence/],
       [{ overwrite: 'yes' as unknown as boolean }, /overwrite/],
+      [{ config: 'lr=1' as unknown as Record<string, unknown> }, /config: expected a plain object of options .*got lr=1/],
+      [{ config: [1] as unknown as Record<string, unknown> }, /config: .*got an array/],
     ];
     for (const [o, re] of bad) {
       let err: unknown;
@@ -125,14 +128,19 @@ describe('X2ITrainer: the good state is never lost', () => {
     again.net.dispose();
   });
 
-  it('keepLast: the newest checkpoints are kept, older ones removed', async () => {
+  it('keepLast: the newest checkpoints are kept, older ones removed; the config recorded; metrics.jsonl a line per optimizer step', async () => {
     const dir = path.join(tmp, 'keep');
-    const { net, t } = await trainer({ keepLast: 3 });
+    const { net, t } = await trainer({ keepLast: 3, config: { lr: 1e-3, data: 'features' } });
     await t.fit({ data, steps: 5, checkpointDir: dir, checkpointEvery: 1 });
     expect(fs.readdirSync(dir).filter((d) => d.startsWith('step-')).sort()).toEqual(['step-000003-3', 'step-000004-4', 'step-000005-5']);
     const meta = JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'));
     expect(meta.checkpoints.map((c: { name: string }) => c.name)).toEqual(['step-000005-5', 'step-000004-4', 'step-000003-3']);
     expect(Object.keys(meta.files).sort()).toEqual(['alignnet.safetensors', 'optimizer.safetensors']);
+    expect(recordedConfig(dir)).toEqual({ lr: 1e-3, data: 'features' });
+    expect(meta.options).not.toHaveProperty('config');
+    const lines = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5]);
+    expect(lines.every((l) => Number.isFinite(l.loss) && Number.isFinite(l.gradNorm) && l.lr === t.learningRate(l.step - 1))).toBe(true);
     net.dispose();
   });
 });
