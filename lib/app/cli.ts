@@ -23,10 +23,11 @@ commands:
   train                train AlignNet by attention distillation (X2ITrainer)
   train lora           train a LoRA on the frozen FLUX by flow matching (LoraTrainer)
   train lightcontrol   train LightControl's branches (LightControlTrainer)
-  eval                 teacher–student agreement: SSIM/PSNR and the distillation loss on held-out samples
+  eval                 the student against its teacher: CLIP score on prompts (student/teacher ratio), SSIM/PSNR,
+                       the distillation loss on held-out samples
   demo                 the whole pipeline on a built-in tiny configuration (no download, CPU)
   info                 the native addon, the LibTorch it runs on, CUDA devices
-  bench [which]        benchmarks: bridge (default), flux, distill, qwen, finetune
+  bench [which]        benchmarks: bridge (default), flux, distill, qwen, finetune, low_rank
   help [command]       this text, or a command's
 
 every command: --help, -h (its options), --quiet, -q (no progress and no messages; errors still print)
@@ -144,15 +145,25 @@ ${kind === 'lora' ? `  --rank 16 --alpha 16 (default: the rank)
 `}${TRAIN_RUN_HELP}${COMMON_HELP}`;
 
 Object.assign(HELP, {
-  eval: `usage: x2i eval --flux DIR|FILE --alignnet FILE|DIR --features FILE [options]
+  eval: `usage: x2i eval --flux DIR|FILE --alignnet FILE|DIR (--prompts FILE --mllm DIR --clip DIR | --features FILE) [options]
 
-teacher–student agreement: SSIM/PSNR of images from the same noise, and the distillation loss, on held-out samples
+the X2I student against its teacher
+  on prompts (--prompts): for each prompt the teacher's image (FLUX on T5 + CLIP) and the student's (MLLM +
+  AlignNet) from the same noise, each scored against the prompt by CLIP score (100 · max(cos, 0) of CLIP's image
+  and text embeddings), the student/teacher ratio, and their SSIM/PSNR agreement; a summary table on stdout, and
+  with --out the images, summary.json and charts (clip_scores.svg/.png, agreement.svg/.png)
+  on features (--features): SSIM/PSNR from the same noise and the distillation loss, on held-out samples
 
-  --flux DIR|FILE      the transformer
+  --flux DIR|FILE      the transformer (a diffusers folder: its text encoders beside it)
   --vae DIR            default: the FLUX folder's vae/
   --alignnet FILE|DIR  AlignNet's weights, or a 'x2i train' run folder (its latest checkpoint)
-  --features FILE      .safetensors as for x2i train
-  --steps 28 --height 1024 --width 1024 --device cpu --dtype DTYPE
+  --prompts FILE       one prompt per line (.txt), or JSONL with "prompt" or "caption"
+  --mllm DIR           the student's MLLM (any X2I student; its kind from config.json)
+  --clip DIR           a whole CLIP checkpoint (e.g. openai/clip-vit-large-patch14): both towers, projections, tokenizer
+  --text-encoder DIR --text-encoder-2 DIR   the teacher's CLIP and T5 (default: beside --flux)
+  --out DIR            write teacher_N.png, student_N.png, summary.json and the charts there
+  --features FILE      .safetensors as for x2i train (the features mode)
+  --steps 28 --height 1024 --width 1024 --guidance 3.5 --seed 0 --device cpu --dtype DTYPE
   --json FILE          also write the results as JSON
 ${COMMON_HELP}`,
 
@@ -174,13 +185,14 @@ the native addon, the LibTorch it runs on (version, flavour), CUDA devices and b
 
 ${COMMON_HELP}`,
 
-  bench: `usage: x2i bench [bridge|flux|distill|qwen|finetune] [options]
+  bench: `usage: x2i bench [bridge|flux|distill|qwen|finetune|low_rank] [options]
 
   bridge               (default) the N-API call overhead and copy bandwidth vs LibTorch; --mib 256 (copy size)
   flux                 FLUX.1 blocks and the whole model on CUDA, bf16
   distill              the distillation loss kernel and the training step on CUDA
   qwen                 the Qwen2.5-VL-7B-size encoder on CUDA: prefill with and without all-layer capture, vision
   finetune             LoRA and LightControl training steps and generation with an adapter, FLUX.1-dev size
+  low_rank             unfused LoRA's one-pass kernel at FLUX.1-dev's adapted layers vs its LibTorch twin
   --baseline PATH      (not bridge) a python3 script of the same math in PyTorch, run with --json
                        (bench/baselines/*.py)
   --json FILE          the results as JSON
@@ -715,21 +727,30 @@ async function finetune(kind: 'lora' | 'lightcontrol', args: string[]): Promise<
 async function evaluate(args: string[]): Promise<number> {
   const p = parse('eval', args, {
     flux: { type: 'string' }, vae: { type: 'string' }, alignnet: { type: 'string' }, features: { type: 'string' },
+    prompts: { type: 'string' }, mllm: { type: 'string' }, clip: { type: 'string' }, 'text-encoder': { type: 'string' },
+    'text-encoder-2': { type: 'string' }, out: { type: 'string' }, guidance: { type: 'string', default: '3.5' }, seed: { type: 'string', default: '0' },
     steps: { type: 'string', default: '28' }, height: { type: 'string', default: '1024' }, width: { type: 'string', default: '1024' },
     device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, json: { type: 'string' } } as const);
   if (!p) return help('eval');
   const { v } = p;
   const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i eval: ${msg}\n`), 2);
-  if (!v.flux || !v.alignnet || !v.features) return fail('--flux, --alignnet and --features are required (see x2i eval --help)');
+  if (!v.flux || !v.alignnet || (!v.features && !v.prompts))
+    return fail('--flux, --alignnet and --prompts (with --mllm, --clip) or --features are required (see x2i eval --help)');
+  if (v.prompts && v.features) return fail('--prompts and --features are two modes: give one');
+  if (v.prompts && (!v.mllm || !v.clip)) return fail('--prompts needs --mllm (the student) and --clip (the CLIP checkpoint that scores)');
   const numInferenceSteps = positiveInt('--steps', parseNumberArg('--steps', v.steps), LIMITS.inferenceSteps);
   const height = imageSide('--height', parseNumberArg('--height', v.height)), width = imageSide('--width', parseNumberArg('--width', v.width));
+  const guidanceScale = finiteOption('--guidance', parseNumberArg('--guidance', v.guidance));
+  const seed = seedOption('--seed', parseNumberArg('--seed', v.seed));
   const device = deviceOption('--device', v.device), dtype = v.dtype === undefined ? undefined : floatDtypeOption('--dtype', v.dtype);
   if (v.json) outputFile('--json', v.json);
-  for (const [k, f] of [['--features', v.features], ['--alignnet', v.alignnet]] as const)
-    if (!fs.existsSync(f)) throw new X2IError(`${k}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
+  if (v.out) outputDir('--out', v.out);
+  for (const [k, f] of [['--features', v.features], ['--prompts', v.prompts], ['--alignnet', v.alignnet]] as const)
+    if (f !== undefined && !fs.existsSync(f)) throw new X2IError(`${k}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
   const progress = new Progress({ quiet: v.quiet });
   const x2i = await import('../index.js');
   const opts = { device, dtype };
+  const load = (what: string) => ({ ...opts, onProgress: progress.loading(`x2i eval: loading ${what}`) });
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const alignnetPath = fs.existsSync(path.join(v.alignnet, 'trainer.json'))
     ? path.join(x2i.X2ITrainer.latestCheckpoint(v.alignnet), 'alignnet.safetensors') : v.alignnet;
@@ -740,18 +761,80 @@ async function evaluate(args: string[]): Promise<number> {
       return super.generate({ ...o, onProgress: progress.steps(`x2i eval: ${images++ % 2 ? 'student' : 'teacher'} images`) });
     }
   }
-  const pipeline = new ReportingPipeline({ transformer: await x2i.FluxTransformer.fromPretrained(v.flux, opts),
-    vae: await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts) });
-  const alignNet = await x2i.AlignNet.fromPretrained(alignnetPath, opts);
-  const f = await x2i.loadSafetensors(v.features, { device });
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, load('the transformer'));
+  const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), load('the VAE'));
+  const alignNet = await x2i.AlignNet.fromPretrained(alignnetPath, load('AlignNet'));
+  if (v.prompts) {
+    const prompts = readPrompts(v.prompts);
+    const teacher = new ReportingPipeline({ transformer, vae,
+      textEncoder: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), load("the teacher's CLIP")),
+      textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), load("the teacher's T5")) });
+    const student = new x2i.X2IGenerator({ mllm: await x2i.studentFromPretrained(v.mllm!, load('the MLLM')), alignNet,
+      pipeline: new ReportingPipeline({ transformer, vae }) });
+    const clip = await x2i.ClipScorer.fromPretrained(v.clip!, load('CLIP'));
+    const r = await x2i.evaluatePrompts({ teacher, student, clip, prompts, height, width, numInferenceSteps, guidanceScale, seed,
+      onImages: v.out ? (i, t, s) => {
+        fs.writeFileSync(path.join(v.out!, `teacher_${i}.png`), t);
+        fs.writeFileSync(path.join(v.out!, `student_${i}.png`), s);
+      } : undefined });
+    progress.end();
+    const f = (x: number, d = 2) => x.toFixed(d);
+    console.log('| # | prompt | CLIP teacher | CLIP student | student / teacher | SSIM | PSNR dB |');
+    console.log('|---:|---|---:|---:|---:|---:|---:|');
+    r.prompts.forEach((row, i) => console.log(`| ${i} | ${row.prompt.length > 48 ? `${row.prompt.slice(0, 47)}…` : row.prompt} | ${f(row.clipTeacher)} | ` +
+      `${f(row.clipStudent)} | ${f(row.clipTeacher > 0 ? row.clipStudent / row.clipTeacher : 0, 3)} | ${f(row.ssim, 4)} | ${f(row.psnr)} |`));
+    const m = r.summary;
+    console.log(`| mean (${m.n}) | | ${f(m.clipTeacher)} | ${f(m.clipStudent)} | ${f(m.ratio, 3)} | ${f(m.ssim, 4)} | ${f(m.psnr)} |`);
+    if (v.out) await evalCharts(v.out, r);
+    if (v.json) fs.writeFileSync(v.json, JSON.stringify(r, null, 2));
+    clip.dispose();
+    return 0;
+  }
+  const pipeline = new ReportingPipeline({ transformer, vae });
+  const f = await x2i.loadSafetensors(v.features!, { device });
   for (const k of ['teacher.encoder_hidden_states', 'teacher.pooled_projections', 'student.hidden_states'])
     if (!f[k]) return fail(`--features: ${v.features} lacks '${k}'`);
-  const r = await x2i.evaluateAgreement({ pipeline, alignNet, height, width, numInferenceSteps, samples: [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'],
+  const r = await x2i.evaluateAgreement({ pipeline, alignNet, height, width, numInferenceSteps, guidanceScale, seed, samples: [{ teacher: { encoderHiddenStates: f['teacher.encoder_hidden_states'],
       pooledProjections: f['teacher.pooled_projections'] }, student: { hiddenStates: f['student.hidden_states'] } }] });
   progress.end();
   console.log(`ssim ${r.ssim.toFixed(4)}  psnr ${r.psnr.toFixed(2)} dB  distillation loss ${r.loss.toFixed(5)}`);
   if (v.json) fs.writeFileSync(v.json, JSON.stringify(r, null, 2));
   return 0;
+}
+
+/** Prompts of a .txt file (one per non-empty line) or JSONL ("prompt" or "caption" per line). */
+function readPrompts(file: string): string[] {
+  const lines = fs.readFileSync(file, 'utf8').split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  const prompts = lines.map((l, i) => {
+    if (!file.toLowerCase().endsWith('.jsonl')) return l;
+    let o: unknown;
+    try {
+      o = JSON.parse(l);
+    } catch (e) {
+      throw new X2IError(`--prompts: ${file} line ${i + 1}: not JSON (${(e as Error).message})`, 'ERR_DATA');
+    }
+    const t = (o as Record<string, unknown>)?.prompt ?? (o as Record<string, unknown>)?.caption;
+    if (typeof t !== 'string' || !t.trim()) throw new X2IError(`--prompts: ${file} line ${i + 1}: no "prompt" or "caption" string`, 'ERR_DATA');
+    return t;
+  });
+  if (!prompts.length) throw new X2IError(`--prompts: ${file} holds no prompt`, 'ERR_DATA');
+  return prompts;
+}
+
+/** x2i eval's charts: CLIP score per prompt (teacher, student) and the images' agreement (SSIM) per prompt. */
+async function evalCharts(out: string, r: import('../sample/evaluate.js').PromptEvaluation): Promise<void> {
+  const { barChartSvg, writeChart } = await import('./plots.js');
+  const categories = r.prompts.map((_, i) => `#${i}`);
+  const scores = barChartSvg({ title: `CLIP score per prompt (student / teacher ${r.summary.ratio.toFixed(3)})`, xLabel: 'prompt',
+    yLabel: 'CLIP score', categories, series: [{ name: 'teacher (T5 + CLIP)', values: r.prompts.map((p) => p.clipTeacher), color: '#1e1ec8' },
+      { name: 'student (MLLM + AlignNet)', values: r.prompts.map((p) => p.clipStudent), color: '#c81e1e' }] });
+  const agree = barChartSvg({ title: 'teacher–student agreement per prompt', xLabel: 'prompt', yLabel: 'SSIM', categories,
+    series: [{ name: 'SSIM (same noise)', values: r.prompts.map((p) => p.ssim), color: '#2a8a2a' }] });
+  for (const [name, svg] of [['clip_scores', scores], ['agreement', agree]] as const) {
+    await writeChart(path.join(out, `${name}.svg`), svg);
+    await writeChart(path.join(out, `${name}.png`), svg);
+  }
+  fs.writeFileSync(path.join(out, 'summary.json'), JSON.stringify(r, null, 2));
 }
 
 async function demo(args: string[]): Promise<number> {
@@ -794,7 +877,7 @@ async function bench(args: string[]): Promise<number> {
   const fail = (msg: string) => (process.stderr.write(`x2i bench: ${msg}\n`), 2);
   const which = positionals[0] ?? 'bridge';
   if (positionals.length > 1) return fail(`one benchmark at a time, got ${positionals.join(', ')} (see x2i bench --help)`);
-  if (!['bridge', 'flux', 'distill', 'qwen', 'finetune'].includes(which)) return fail(`unknown benchmark '${which}' (available: bridge, flux, distill, qwen, finetune)`);
+  if (!['bridge', 'flux', 'distill', 'qwen', 'finetune', 'low_rank'].includes(which)) return fail(`unknown benchmark '${which}' (available: bridge, flux, distill, qwen, finetune, low_rank)`);
   if (v.mib !== undefined && which !== 'bridge') return fail(`--mib is the bridge benchmark's (copy size), not ${which}'s`);
   if (v.baseline !== undefined && which === 'bridge') return fail('--baseline is for flux, distill, qwen and finetune');
   const args2 = [path.join(packageRoot, 'bench', `${which}.mjs`)];

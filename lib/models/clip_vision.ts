@@ -7,7 +7,7 @@ import type { NativeClipVisionConfig, NativeClipVisionEncoder } from '../core/ad
 import { ConfigReader, requireMultiple } from '../core/config.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
-import { folderOf, loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
+import { defaultDtype, folderOf, loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { resizeRgb, rgbPixels, type RgbImage } from './qwen_vision.js';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -73,7 +73,8 @@ function processorOf(folder: string): Required<ClipImageProcessorOptions> {
 }
 
 /** Images → pixelValues [N, 3, cropH, cropW] float32 as CLIPImageProcessor: RGB, shorter side to `shortestEdge`
- * (the longer one truncated in proportion) by Pillow's bicubic (bit for bit), centre crop, /255, normalised. */
+ * (the longer one truncated in proportion) by Pillow's bicubic (bit for bit: the PIL processor; transformers 5's
+ * default torchvision path differs by at most one 8-bit level in a few pixels), centre crop, /255, normalised. */
 export async function preprocessClip(images: RgbImage[], opts: ClipImageProcessorOptions = {}): Promise<Tensor> {
   if (!Array.isArray(images) || images.length === 0) throw invalidArg('images', 'a non-empty array of images', images);
   const o = { ...DEFAULTS, ...opts };
@@ -109,11 +110,14 @@ export class ClipVisionEncoder extends NativeModel<NativeClipVisionEncoder> {
   readonly config: Readonly<Record<string, unknown>>;
   /** The preprocessing this model was released with (preprocessor_config.json, else CLIP's defaults). */
   readonly processor: Readonly<Required<ClipImageProcessorOptions>>;
+  /** Where the weights live ('cpu', 'cuda:0', ...). */
+  readonly device: string;
 
-  private constructor(h: NativeClipVisionEncoder, config: Record<string, unknown>, processor: Required<ClipImageProcessorOptions>) {
+  private constructor(h: NativeClipVisionEncoder, config: Record<string, unknown>, processor: Required<ClipImageProcessorOptions>, device: string) {
     super(h, 'ClipVisionEncoder');
     this.config = Object.freeze(config);
     this.processor = Object.freeze(processor);
+    this.device = device;
   }
 
   /** A transformers CLIP folder: CLIPVisionModel(WithProjection) or a whole CLIPModel (its `vision_config`, the
@@ -123,9 +127,10 @@ export class ClipVisionEncoder extends NativeModel<NativeClipVisionEncoder> {
     const read = readModelFolder(p, opts.config, opts);
     const config = visionConfig(read.config, read.configFile);
     const Native = addon().NativeClipVisionEncoder;
-    const h = await loadNative(read.weights, loadOptions(opts), (w) =>  // the projection's width from its tensor
+    const lo = loadOptions(opts);
+    const h = await loadNative(read.weights, lo, (w) =>  // the projection's width from its tensor
       Native.load(nativeConfig(config, read.configFile, w['visual_projection.weight']?.info().shape[0]), w, read.weights));
-    return new ClipVisionEncoder(h, config, processorOf(folderOf(read.weights)));
+    return new ClipVisionEncoder(h, config, processorOf(folderOf(read.weights)), lo.device);
   }
 
   /** Random weights of a CLIP vision config (or a full CLIP config); `projectionDim` adds a visual_projection. */
@@ -134,7 +139,7 @@ export class ClipVisionEncoder extends NativeModel<NativeClipVisionEncoder> {
     const c = visionConfig(config, 'config');
     const size = Number(c.image_size ?? 224);
     return new ClipVisionEncoder(await randomNative(addon().NativeClipVisionEncoder, nativeConfig(c, 'config', opts.projectionDim), opts), c,
-      { ...DEFAULTS, shortestEdge: size, cropSize: [size, size] });
+      { ...DEFAULTS, shortestEdge: size, cropSize: [size, size] }, defaultDtype(opts).device);
   }
 
   /** Images (decoded RGB(A); files: `decodeRgb`) → pixelValues with this model's processor settings. */

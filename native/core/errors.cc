@@ -1,10 +1,9 @@
 #include "core/errors.h"
 
 #include <ATen/ATen.h>
-#include <c10/util/Exception.h>
-
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Logging.h>
 
 #include <new>
 
@@ -37,7 +36,10 @@ void quietHardwareProbes() {
   bool available;
   {
     c10::WarningUtils::WarningHandlerGuard guard(&swallow);
+    const int level = FLAGS_caffe2_log_level;  // NNPACK's message goes through c10's LOG(WARNING)
+    FLAGS_caffe2_log_level = 2;               // errors only
     available = at::_nnpack_available();
+    FLAGS_caffe2_log_level = level;
   }
   if (!available) at::globalContext().setUserEnabledNNPACK(false);
 }
