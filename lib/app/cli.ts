@@ -406,10 +406,11 @@ async function generate(args: string[]): Promise<number> {
   const x2i = await import('../index.js');
   const opts = { device, dtype };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
-  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  const load = (what: string) => ({ ...opts, onProgress: progress.loading(`x2i generate: loading ${what}`) });
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, load('FLUX'));
   for (const l of loras) await transformer.loadLora(await runFile(l.file, 'lora.safetensors'), { scale: l.scale });
   if (v['fuse-lora']) await transformer.fuseLora();
-  const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), opts);
+  const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), load('the VAE'));
   const lightControl = v.lightcontrol ? await loadLightControl(v.lightcontrol, opts) : undefined;
   const schedulerFile = path.join(root, 'scheduler', 'scheduler_config.json');
   const scheduler = fs.existsSync(schedulerFile) ? x2i.FlowMatchEulerScheduler.fromPretrained(schedulerFile) : new x2i.FlowMatchEulerScheduler();
@@ -425,8 +426,8 @@ async function generate(args: string[]): Promise<number> {
       for (const g of fs.statSync(f).isDirectory() ? fs.readdirSync(f).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().map((n) => path.join(f, n)) : [f])
         video.push(await decodeRgb(g, { name: '--video' }));
     for (const f of v.audio ?? []) audios.push(await x2i.audio.load(f));
-    const g = new x2i.X2IGenerator({ mllm: await x2i.studentFromPretrained(v.mllm!, opts),
-      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, opts), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }) });
+    const g = new x2i.X2IGenerator({ mllm: await x2i.studentFromPretrained(v.mllm!, load('the MLLM')),
+      alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, load('AlignNet')), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }) });
     const mixed = images.length || video.length || audios.length;
     out = await g.generate({ ...gen, prompt: mixed ? { text: v.prompt, ...(images.length ? { images } : {}), ...(video.length ? { video } : {}),
       ...(audios.length ? { audios } : {}) } : v.prompt! });
@@ -437,8 +438,8 @@ async function generate(args: string[]): Promise<number> {
       pooledPromptEmbeds: e.pooled_prompt_embeds });
   } else {
     const pipe = new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl,
-      textEncoder: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts),
-      textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), opts) });
+      textEncoder: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), load('CLIP')),
+      textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), load('T5')) });
     out = await pipe.generate({ ...gen, prompt: v.prompt });
   }
   fs.writeFileSync(v.out, await x2i.encodeImage(out.images, 0, format));
@@ -747,6 +748,7 @@ async function evaluate(args: string[]): Promise<number> {
   if (v.out) outputDir('--out', v.out);
   for (const [k, f] of [['--features', v.features], ['--prompts', v.prompts], ['--alignnet', v.alignnet]] as const)
     if (f !== undefined && !fs.existsSync(f)) throw new X2IError(`${k}: ${f}: no such file`, 'ERR_FILE_NOT_FOUND');
+  const prompts = v.prompts ? readPrompts(v.prompts) : [];  // before any model loads
   const progress = new Progress({ quiet: v.quiet });
   const x2i = await import('../index.js');
   const opts = { device, dtype };
@@ -765,7 +767,6 @@ async function evaluate(args: string[]): Promise<number> {
   const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), load('the VAE'));
   const alignNet = await x2i.AlignNet.fromPretrained(alignnetPath, load('AlignNet'));
   if (v.prompts) {
-    const prompts = readPrompts(v.prompts);
     const teacher = new ReportingPipeline({ transformer, vae,
       textEncoder: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), load("the teacher's CLIP")),
       textEncoder2: await x2i.T5Encoder.fromPretrained(v['text-encoder-2'] ?? path.join(root, 'text_encoder_2'), load("the teacher's T5")) });

@@ -112,7 +112,11 @@ it('x2i generate: a PNG from precomputed embeddings through FLUX and its VAE, wi
   const r = x2i(...base, '--steps', '4', '--out', out);
   expect(r.status, r.stderr).toBe(0);
   // not a terminal: plain lines, no carriage returns
-  expect(chatter(r.stderr)).toEqual(['x2i generate 1/4 denoise', 'x2i generate 2/4 denoise', 'x2i generate 3/4 denoise', 'x2i generate 4/4 denoise',
+  // the loading bars of FLUX and the VAE first (plain lines off a terminal), then the steps
+  const lines = chatter(r.stderr);
+  expect(lines.filter((l) => l.startsWith('x2i generate: loading FLUX')).at(-1)).toMatch(/^x2i generate: loading FLUX [\d.]+\/[\d.]+ MB \(\d+\/\d+ tensors, .+\.safetensors\)$/);
+  expect(lines.some((l) => l.startsWith('x2i generate: loading the VAE'))).toBe(true);
+  expect(lines.filter((l) => !l.startsWith('x2i generate: loading '))).toEqual(['x2i generate 1/4 denoise', 'x2i generate 2/4 denoise', 'x2i generate 3/4 denoise', 'x2i generate 4/4 denoise',
     'x2i generate 4/4 decode', `x2i generate: wrote ${out} (PNG, 32×32)`]);
   const { default: sharp } = await import('sharp');
   const meta = await sharp(out).metadata();
@@ -206,6 +210,15 @@ it('x2i train: AlignNet from precomputed features, --config, checkpoints, metric
   const ej = JSON.parse(fs.readFileSync(json, 'utf8'));
   expect(ej.ssim).toBeGreaterThan(-1);
   expect(ej.ssim).toBeLessThanOrEqual(1);
+  // the prompts mode needs the student and a CLIP checkpoint; prompt files are checked line by line
+  const evalBase = ['eval', '--flux', path.join(golden, 'flux-transformer'), '--alignnet', out];
+  const pf = path.join(tmp, 'prompts.jsonl');
+  fs.writeFileSync(pf, '{"prompt": "a red square"}\n{"text": "no prompt field"}\n');
+  expect(x2i(...evalBase, '--prompts', pf).stderr).toBe('x2i eval: --prompts needs --mllm (the student) and --clip (the CLIP checkpoint that scores)\n');
+  expect(x2i(...evalBase, '--prompts', pf, '--features', feats).stderr).toMatch(/--prompts and --features are two modes/);
+  const bad = x2i(...evalBase, '--prompts', pf, '--mllm', path.join(golden, 'qwen2_5_vl'), '--clip', path.join(root, 'test', 'fixtures', 'clip'),
+    '--vae', path.join(golden, 'vae'), '--height', '32', '--width', '32');
+  expect([bad.status, bad.stderr.trim().split('\n').at(-1)]).toEqual([2, `x2i eval: --prompts: ${pf} line 2: no "prompt" or "caption" string`]);
   // two processes: the split layout (teacher rank 0, student rank 1) and data parallel, through the CLI's launcher
   for (const mode of ['split', 'data']) {
     const dir = path.join(tmp, `run-${mode}`);
