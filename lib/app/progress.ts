@@ -1,3 +1,6 @@
+import type { LoadProgress } from '../core/io.js';
+export type { LoadProgress };
+
 /**
  * The CLI's progress and chatter on stderr. On a terminal (`isTTY`) a bar is redrawn in place with carriage returns;
  * anywhere else (a pipe, a log file, CI) each bar prints plain lines at a modest rate: every step of a run of at most
@@ -111,14 +114,6 @@ export class Progress {
   }
 }
 
-/** What `fromPretrained`'s `onProgress` reports while a model loads. */
-export interface LoadProgress {
-  file: string;
-  bytesLoaded: number;
-  bytesTotal: number;
-  tensorsLoaded: number;
-  tensorsTotal: number;
-}
 
 /** A loading bar on stderr (redrawn on a terminal, plain lines elsewhere, nothing with `quiet`): the `onProgress` of
  * `fromPretrained`, e.g. `FluxTransformer.fromPretrained(dir, { onProgress: loadingBar('loading FLUX') })`. */

@@ -17,14 +17,20 @@ function textConfig(config: Record<string, unknown>, file: string): Record<strin
   return new ConfigReader(config, file).nested('text_config')?.config ?? config;
 }
 
-/** The native loader's config from a CLIP text config. */
-function nativeConfig(config: Record<string, unknown>, file: string): NativeClipConfig {
+/** What both CLIP towers' configs share: the activation, the reader, the width and the heads (checked to divide). */
+export function clipTower(config: Record<string, unknown>, file: string): { act: 'quick_gelu' | 'gelu'; r: ConfigReader; hidden: number; heads: number } {
   const act = String(config.hidden_act ?? 'quick_gelu');
   if (act !== 'quick_gelu' && act !== 'gelu')
     throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
   const r = new ConfigReader(config, file);
   const hidden = r.int('hidden_size'), heads = r.int('num_attention_heads');
   requireMultiple(r, { key: 'hidden_size', value: hidden }, { key: 'num_attention_heads', value: heads });
+  return { act, r, hidden, heads };
+}
+
+/** The native loader's config from a CLIP text config. */
+function nativeConfig(config: Record<string, unknown>, file: string): NativeClipConfig {
+  const { act, r, hidden, heads } = clipTower(config, file);
   return {
     vocabSize: r.int('vocab_size'), hiddenSize: hidden, intermediateSize: r.int('intermediate_size'), numAttentionHeads: heads,
     numHiddenLayers: r.layers('num_hidden_layers'), maxPositionEmbeddings: r.int('max_position_embeddings', { fallback: 77 }),

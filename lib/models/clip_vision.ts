@@ -7,6 +7,7 @@ import type { NativeClipVisionConfig, NativeClipVisionEncoder } from '../core/ad
 import { ConfigReader, requireMultiple } from '../core/config.js';
 import { NativeModel, requireNonEmpty } from '../core/model.js';
 import { Tensor } from '../core/tensor.js';
+import { clipTower } from './clip.js';
 import { defaultDtype, folderOf, loadNative, loadOptions, randomNative, readModelFolder, type PretrainedOptions, type RandomOptions } from './pretrained.js';
 import { resizeRgb, rgbPixels, type RgbImage } from './qwen_vision.js';
 import fs from 'node:fs';
@@ -30,12 +31,7 @@ function visionConfig(config: Record<string, unknown>, file: string): Record<str
 }
 
 function nativeConfig(config: Record<string, unknown>, file: string, projectionDim?: number): NativeClipVisionConfig {
-  const act = String(config.hidden_act ?? 'quick_gelu');
-  if (act !== 'quick_gelu' && act !== 'gelu')
-    throw new X2IError(`${file}: hidden_act '${act}' is not supported (quick_gelu, gelu)`, 'ERR_CONFIG');
-  const r = new ConfigReader(config, file);
-  const hidden = r.int('hidden_size'), heads = r.int('num_attention_heads');
-  requireMultiple(r, { key: 'hidden_size', value: hidden }, { key: 'num_attention_heads', value: heads });
+  const { act, r, hidden, heads } = clipTower(config, file);
   const imageSize = r.int('image_size', { fallback: 224 }), patchSize = r.int('patch_size', { fallback: 32 });
   requireMultiple(r, { key: 'image_size', value: imageSize }, { key: 'patch_size', value: patchSize });
   return { hiddenSize: hidden, intermediateSize: r.int('intermediate_size'), numAttentionHeads: heads,
