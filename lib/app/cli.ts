@@ -11,6 +11,7 @@ import { decodeRgb } from '../core/image_decode.js';
 import { buildInfo, cuda, memory } from '../index.js';
 import type { DType } from '../core/tensor.js';
 import type { FluxImages } from '../sample/pipeline.js';
+import { SERVE_USAGE } from './serve.js';
 import { Progress, endProgressLine } from './progress.js';
 
 export { Progress, loadingBar, type LoadProgress, type ProgressOptions } from './progress.js';
@@ -25,6 +26,8 @@ commands:
   train lightcontrol   train LightControl's branches (LightControlTrainer)
   eval                 the student against its teacher: CLIP score on prompts (student/teacher ratio), SSIM/PSNR,
                        the distillation loss on held-out samples
+  serve                the HTTP generation service (x2i.createServer): JSON or multipart requests, SSE progress,
+                       a bounded queue per GPU, batching, /health and /metrics
   demo                 the whole pipeline on a built-in tiny configuration (no download, CPU)
   info                 the native addon, the LibTorch it runs on, CUDA devices
   bench [which]        benchmarks: bridge (default), flux, distill, qwen, finetune, low_rank
@@ -118,6 +121,7 @@ ${TRAIN_RUN_HELP}several GPUs:
 ${COMMON_HELP}`,
 };
 
+HELP.serve = `usage: x2i serve [options]\n\n${SERVE_USAGE}${COMMON_HELP}`;
 for (const kind of ['lora', 'lightcontrol'] as const) HELP[`train ${kind}`] = `usage: x2i train ${kind} --flux DIR|FILE --data DATA --out DIR [options]
 
 ${kind === 'lora' ? 'train a LoRA on the frozen FLUX transformer by flow matching (LoraTrainer)'
@@ -924,6 +928,8 @@ async function run(argv: string[]): Promise<number> {
       return rest[0] === 'lora' || rest[0] === 'lightcontrol' ? finetune(rest[0], rest.slice(1)) : train(rest);
     case 'generate':
       return generate(rest);
+    case 'serve':
+      return (await import('./serve.js')).serveCommand(rest);
     case 'info':
       return parse('info', rest, {}) ? info() : help('info');
     case 'bench':

@@ -248,7 +248,12 @@ export async function serveCommand(args: string[]): Promise<number> {
     }
     server = await createServer({ ...serverOpts, models, logger: false, onResponse: v.quiet ? undefined
       : (e) => log(`${e.stream ? 'stream' : 'generate'} #${e.id ?? '-'} ${e.model ?? ''} ${e.status} ${e.ms.toFixed(0)} ms` +
-        (e.batchSize ? ` (batch of ${e.batchSize})` : '')) });
+        (e.batchSize ? ` (batch of ${e.batchSize})` : '')) }).catch((e: NodeJS.ErrnoException) => {
+      if (e?.code === 'EADDRINUSE') throw new X2IError(`--port: ${v.host}:${port} is in use`, 'ERR_INVALID_ARG', { cause: e });
+      if (e?.code === 'EADDRNOTAVAIL' || e?.code === 'ENOTFOUND' || e?.code === 'EAI_AGAIN')
+        throw new X2IError(`--host: cannot listen on ${JSON.stringify(v.host)} (${e.code})`, 'ERR_INVALID_ARG', { cause: e });
+      throw e;
+    });
     log(`serving ${server.models.join(', ')} at ${server.url} (POST /v1/generate, /v1/generate/stream; GET /health, /metrics)`);
     const s = server;
     let stop: ((signal: NodeJS.Signals) => void) | undefined;

@@ -19,7 +19,14 @@
  * dimension and `FluxPipeline.generate` denoises them in one forward per step. A client that disconnects is dropped
  * from the queue, or, once its batch runs, the batch stops at the next step boundary when every request in it has
  * gone (the pipeline checks its AbortSignal before each step). `close()` refuses new and queued work with 503, lets
- * the running batches finish, then closes the listener. Every tensor a request makes is disposed when it ends.
+ * the running batches finish, then closes the listener. Every tensor a request makes is disposed when it ends; the
+ * images are encoded (PNG, JPEG, WebP) on the host after their batch has left the device.
+ *
+ * A request alone gives exactly the bytes of `generate()` with the same options and seed; in a batch its image agrees
+ * with that up to float rounding (the batched matrix products round differently): `maxBatch: 1` for byte-exact
+ * reproducibility. Image answers carry `x-x2i-seed`, `x-x2i-batch-size` and `server-timing` (queue, encode, generate,
+ * image, total). Errors are `{ error: { code, field, message } }` with 400 (naming the field), 404, 413, 415, 429,
+ * 500 or 503.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -32,7 +39,7 @@ import { addon } from '../core/native.js';
 import { LIMITS, finiteOption, imageSide, integerOption, parseNumberArg, positiveInt, seedOption } from '../core/options.js';
 import { Tensor, cuda, memory, randn } from '../core/tensor.js';
 import type { TypedArray } from '../core/native.js';
-import { encodeImage, type FluxPipeline } from '../sample/pipeline.js';
+import type { FluxPipeline } from '../sample/pipeline.js';
 import type { X2IGenerator } from '../sample/generator.js';
 import type { StudentEncodeOptions, StudentPrompt } from '../models/students.js';
 import type { RgbImage } from '../models/qwen_vision.js';
@@ -160,7 +167,11 @@ export interface X2IServer {
   /** Refuses new and queued requests (503), waits for the running batches, then closes the listener (not an `app`
    * you passed). Idempotent. The models stay yours to dispose. */
   close(): Promise<void>;
+  /** `close()`, for `await using server = await createServer(...)`. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
+
+const asyncDisposeSymbol: typeof Symbol.asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose');
 
 // ------------------------------------------------------------------------------------------------ errors
 
@@ -592,13 +603,13 @@ interface Job {
   req: GenRequest;
   /** Requests with the same key may share a batch; null: never batched (an init image). */
   key: string | null;
-  state: 'queued' | 'running' | 'done';
+  state: 'queued' | 'running' | 'encoding' | 'done';
   gone: boolean;
   enqueuedAt: number;
   startedAt: number;
   encodeMs: number;
   batch?: Batch;
-  onStart?: (batchSize: number) => void;
+  onStart?: (batchSize: number, job: Job) => void;
   onProgress?: (step: number, total: number) => void;
   promise: Promise<JobResult>;
   settle(r: JobResult | HttpError): void;
@@ -628,6 +639,13 @@ async function catBatch(ts: Tensor[]): Promise<Tensor> {
   }
   const rows = ts.reduce((s, t) => s + t.shape[0], 0);
   return Tensor.fromArray(out as Float32Array, [rows, ...ts[0].shape.slice(1)], { dtype: ts[0].dtype as 'float32', device: ts[0].device });
+}
+
+/** Interleaved RGB pixels as PNG, JPEG or WebP, exactly as `encodeImage` encodes them (sharp). */
+async function encodePixels(rgb: Buffer, width: number, height: number, format: OutputFormat): Promise<Buffer> {
+  const { default: sharp } = await import('sharp');
+  const img = sharp(rgb, { raw: { width, height, channels: 3 } });
+  return format === 'png' ? img.png().toBuffer() : format === 'jpeg' ? img.jpeg({ quality: 95 }).toBuffer() : img.webp({ quality: 95 }).toBuffer();
 }
 
 /** The packed noise FluxPipeline draws for a batch of one from `seed`: [1, (h/2)(w/2), 4C]. */
@@ -711,6 +729,8 @@ class DeviceWorker {
   batchSeconds = 0;
   #timer: NodeJS.Timeout | undefined;
   #idle: (() => void)[] = [];
+  /** Images being encoded (after their batch left the device). */
+  #encoding = new Set<Promise<void>>();
 
   constructor(readonly device: string, private readonly cfg: ServiceConfig, private readonly metrics: Metrics,
     private readonly isClosing: () => boolean) {}
@@ -719,12 +739,16 @@ class DeviceWorker {
     return this.running ? this.running.jobs.filter((j) => j.state === 'running').length : 0;
   }
 
+  /** A 429 with Retry-After (the queue's batches at the running mean batch time) when the queue is full. */
+  checkCapacity(): void {
+    if (this.queue.length < this.cfg.maxQueue) return;
+    const wait = Math.max(1, Math.ceil(((this.queue.length + 1) / this.cfg.maxBatch + 1) * (this.batchSeconds || 1)));
+    throw new HttpError(429, 'queue_full', `the queue of device ${this.device} is full (${this.cfg.maxQueue} waiting); retry after ${wait} s`,
+      null, { 'retry-after': String(wait) });
+  }
+
   submit(job: Job): void {
-    if (this.queue.length >= this.cfg.maxQueue) {
-      const wait = Math.max(1, Math.ceil(((this.queue.length + 1) / this.cfg.maxBatch + 1) * (this.batchSeconds || 1)));
-      throw new HttpError(429, 'queue_full', `the queue of device ${this.device} is full (${this.cfg.maxQueue} waiting); retry after ${wait} s`,
-        null, { 'retry-after': String(wait) });
-    }
+    this.checkCapacity();
     this.queue.push(job);
     this.pump();
   }
@@ -746,9 +770,14 @@ class DeviceWorker {
     }
   }
 
+  /** Resolves when no batch runs and no image is being encoded. */
   idle(): Promise<void> {
-    if (!this.running) return Promise.resolve();
+    if (!this.running && this.#encoding.size === 0) return Promise.resolve();
     return new Promise((r) => this.#idle.push(r));
+  }
+
+  #notify(): void {
+    if (!this.running && this.#encoding.size === 0) for (const r of this.#idle.splice(0)) r();
   }
 
   pump(): void {
@@ -774,7 +803,7 @@ class DeviceWorker {
       this.batches++;
       const s = (performance.now() - t0) / 1000;
       this.batchSeconds = this.batchSeconds ? 0.8 * this.batchSeconds + 0.2 * s : s;
-      for (const r of this.#idle.splice(0)) r();
+      this.#notify();
       this.pump();
     });
   }
@@ -783,7 +812,7 @@ class DeviceWorker {
   leave(job: Job): void {
     job.gone = true;
     const b = job.batch;
-    if (b && b.jobs.every((j) => j.gone || j.state === 'done') && !b.ac.signal.aborted) {
+    if (b && this.running === b && b.jobs.every((j) => j.gone || j.state === 'done') && !b.ac.signal.aborted) {
       b.ac.abort(CLIENT_GONE());
       this.abortedBatches++;
     }
@@ -797,7 +826,7 @@ class DeviceWorker {
       j.startedAt = started;
       this.metrics.queueWait.sum += (started - j.enqueuedAt) / 1000;
       this.metrics.queueWait.count++;
-      j.onStart?.(batch.jobs.length);
+      j.onStart?.(batch.jobs.length, j);
     }
     const m = batch.jobs[0].req.model;
     const owned: Tensor[] = [];
@@ -827,7 +856,11 @@ class DeviceWorker {
       for (const group of groups.values()) await this.generate(m, batch, group, owned);
     } finally {
       for (const t of owned) t.dispose();
-      for (const j of batch.jobs) if (j.state !== 'done') { j.state = 'done'; j.settle(j.gone ? CLIENT_GONE() : new HttpError(500, 'generation_failed', 'no result')); }
+      for (const j of batch.jobs) {
+        if (j.state === 'done' || j.state === 'encoding') continue;
+        j.state = 'done';
+        j.settle(j.gone ? CLIENT_GONE() : new HttpError(500, 'generation_failed', 'no result'));
+      }
     }
   }
 
@@ -863,19 +896,34 @@ class DeviceWorker {
         } });
       const generateMs = performance.now() - t0;
       const [, , H, W] = out.images.shape;
+      const images = out.images, ops = addon();
+      const u8 = new Tensor(await nativeCall(() => ops.imageToUint8(images.handle)));
+      let pixels: Uint8Array;
+      try {
+        pixels = await u8.toArray() as Uint8Array;
+      } finally {
+        u8.dispose();
+      }
+      // the device is free from here: the images are encoded on the host while the next batch runs
       for (const [i, x] of g.entries()) {
         const job = x.job;
         if (job.gone) continue;
+        job.state = 'encoding';
         const ti = performance.now();
-        const image = await encodeImage(out.images, i, job.req.format);
-        this.metrics.imageDone();
-        job.state = 'done';
-        job.settle({ image, format: job.req.format, width: W, height: H, seed: job.req.seed, batchSize: B,
-          timings: { queueMs: job.startedAt - job.enqueuedAt, encodeMs: job.encodeMs, generateMs, imageMs: performance.now() - ti } });
+        const done = encodePixels(Buffer.from(pixels.buffer, pixels.byteOffset + i * H * W * 3, H * W * 3), W, H, job.req.format).then((image) => {
+          this.metrics.imageDone();
+          job.settle(job.gone ? CLIENT_GONE() : { image, format: job.req.format, width: W, height: H, seed: job.req.seed, batchSize: B,
+            timings: { queueMs: job.startedAt - job.enqueuedAt, encodeMs: job.encodeMs, generateMs, imageMs: performance.now() - ti } });
+        }, (e) => job.settle(toHttpError(e))).finally(() => {
+          job.state = 'done';
+          this.#encoding.delete(done);
+          this.#notify();
+        });
+        this.#encoding.add(done);
       }
     } catch (e) {
       const err = batch.ac.signal.aborted ? CLIENT_GONE() : toHttpError(e);
-      for (const x of g) if (x.job.state !== 'done') { x.job.state = 'done'; x.job.settle(x.job.gone ? CLIENT_GONE() : err); }
+      for (const x of g) if (x.job.state === 'running') { x.job.state = 'done'; x.job.settle(x.job.gone ? CLIENT_GONE() : err); }
     } finally {
       out?.images.dispose();
       out?.stepLatents?.dispose();
@@ -946,14 +994,28 @@ export async function createServer(options: ServerOptions): Promise<X2IServer> {
   const app: FastifyInstance = options.app ?? Fastify({ logger: options.logger ?? false, bodyLimit: cfg.bodyLimit,
     forceCloseConnections: 'idle', return503OnClosing: true });
 
-  const submit = (req: GenRequest): Job => {
+  // the listener's connections and their requests in flight, for close()
+  const sockets = new Map<import('node:net').Socket, number>();
+  if (owns) {
+    app.server.on('connection', (socket: import('node:net').Socket) => {
+      sockets.set(socket, 0);
+      socket.once('close', () => sockets.delete(socket));
+    });
+    app.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      const socket = req.socket;
+      sockets.set(socket, (sockets.get(socket) ?? 0) + 1);
+      res.once('close', () => { if (sockets.has(socket)) sockets.set(socket, Math.max(0, sockets.get(socket)! - 1)); });
+    });
+  }
+
+  const submit = (req: GenRequest, hooks: Pick<Job, 'onStart' | 'onProgress'> = {}): Job => {
     let settle!: (r: JobResult | HttpError) => void;
     const promise = new Promise<JobResult>((resolve, reject) => {
       settle = (r) => (r instanceof HttpError ? reject(r) : resolve(r));
     });
     promise.catch(() => undefined);  // handled by the route; never an unhandled rejection
     const job: Job = { id: nextId++, req, key: batchKey(req), state: 'queued', gone: false, enqueuedAt: performance.now(), startedAt: 0,
-      encodeMs: 0, promise, settle };
+      encodeMs: 0, promise, settle, ...hooks };
     workers.get(req.model.device)!.submit(job);
     return job;
   };
@@ -961,6 +1023,7 @@ export async function createServer(options: ServerOptions): Promise<X2IServer> {
   /** The client left: drop the job from its queue, or let its batch stop at the next step. */
   const abandon = (job: Job) => {
     if (job.state === 'done' || job.gone) return;
+    if (job.state === 'encoding') { job.gone = true; return; }  // its image is dropped
     const w = workers.get(job.req.model.device)!;
     if (job.state === 'queued') {
       job.gone = true;
@@ -986,24 +1049,37 @@ export async function createServer(options: ServerOptions): Promise<X2IServer> {
     let status = 500, counted = false, job: Job | undefined, errorCode: string | undefined, batchSize: number | undefined;
     try {
       if (closing) throw SHUTTING_DOWN();
+      const type = String(request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+      if (type !== '' && type !== 'application/json' && !request.isMultipart())
+        throw new HttpError(415, 'unsupported_media_type', `send application/json or multipart/form-data, not ${type}`);
+      // a full queue refuses before any image is read or decoded
+      const named = (request.body as { model?: unknown } | undefined)?.model;
+      const target = typeof named === 'string' && models.has(named) ? models.get(named)! : models.values().next().value!;
+      if (!request.isMultipart()) workers.get(target.device)!.checkCapacity();
       const { body, uploads } = request.isMultipart() ? await readMultipart(request, cfg)
         : { body: request.body, uploads: { promptImages: [] } as Uploads };
       const req = await parseRequest(body, uploads, request.headers.accept, models, cfg);
       if (closing) throw SHUTTING_DOWN();
-      const j = job = submit(req);
+      // a stream's events from the moment the job exists (it may start at once); sent once the stream is open
+      let open = false;
+      const early: [string, unknown][] = [];
       const res = reply.raw;
+      const send = (event: string, data: unknown) => {
+        if (!open) early.push([event, data]);
+        else if (!res.writableEnded && !res.destroyed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+      };
+      const hooks = stream ? { onStart: (n: number, started: Job) => send('start', { id: started.id, batchSize: n }),
+        onProgress: (step: number, total: number) => send('progress', { step, total }) } : {};
+      const j = job = submit(req, hooks);  // may refuse with 429
       res.on('close', () => { if (!res.writableFinished) abandon(j); });
       if (stream) {
         reply.hijack();
         res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform',
           'x-accel-buffering': 'no', ...(closing ? { connection: 'close' } : {}) });
-        const send = (event: string, data: unknown) => {
-          if (!res.writableEnded && !res.destroyed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-        };
         const w = workers.get(req.model.device)!;
+        open = true;
         send('queued', { id: j.id, position: w.queue.indexOf(j) + 1, seed: req.seed });
-        j.onStart = (n) => send('start', { id: j.id, batchSize: n });
-        j.onProgress = (step, total) => send('progress', { step, total });
+        for (const [event, data] of early.splice(0)) send(event, data);
         const ping = setInterval(() => { if (!res.writableEnded && !res.destroyed) res.write(': ping\n\n'); }, 15_000);
         try {
           const r = await j.promise;
@@ -1180,7 +1256,12 @@ export async function createServer(options: ServerOptions): Promise<X2IServer> {
   if (owns) {
     await app.ready();
     if (options.listen !== false) {
-      await app.listen({ host, port });
+      try {
+        await app.listen({ host, port });
+      } catch (e) {
+        await app.close().catch(() => undefined);
+        throw e;
+      }
       const addr = app.server.address();
       boundPort = typeof addr === 'object' && addr ? addr.port : port;
       url = `http://${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
@@ -1202,9 +1283,22 @@ export async function createServer(options: ServerOptions): Promise<X2IServer> {
         closing = true;
         for (const w of workers.values()) w.refuseQueued();
         await Promise.all([...workers.values()].map((w) => w.idle()));
-        if (owns) await app.close();
+        if (!owns) return;
+        // Node's server.close() waits for every connection: those with no request in flight (keep-alive ones, and
+        // ones a client opened but never used) are closed now and as soon as they become so
+        const reap = setInterval(() => {
+          for (const [socket, n] of sockets) if (n === 0) socket.destroy();
+        }, 50);
+        try {
+          await app.close();
+        } finally {
+          clearInterval(reap);
+        }
       })();
       return closed;
+    },
+    [asyncDisposeSymbol]() {
+      return server.close();
     },
   };
   return server;

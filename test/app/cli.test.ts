@@ -23,7 +23,7 @@ it('x2i info, help and unknown commands', () => {
 });
 
 describe('conventions', () => {
-  const commands = [['generate'], ['train'], ['train', 'lora'], ['train', 'lightcontrol'], ['eval'], ['demo'], ['info'], ['bench']];
+  const commands = [['generate'], ['train'], ['train', 'lora'], ['train', 'lightcontrol'], ['eval'], ['serve'], ['demo'], ['info'], ['bench']];
 
   it('--help and -h on every command: its usage on stdout, exit 0, nothing on stderr, before any other check', () => {
     const texts = new Set<string>();

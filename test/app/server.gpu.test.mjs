@@ -11,8 +11,10 @@ import { fileURLToPath } from 'node:url';
 import * as x2i from '../../dist/index.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
-const gpuIt = (name, fn) => it(name, { skip }, fn);
+const hasCuda = x2i.cuda.isAvailable();
+if (!hasCuda && process.env.X2I_REQUIRE_GPU === '1') throw new Error('X2I_REQUIRE_GPU=1 but CUDA is not available');
+const skip = hasCuda ? false : 'CUDA is not available';
+const gpuIt = (name, fn) => it(name, { skip, timeout: 180_000 }, fn);  // a hang is a failure, not a stalled suite
 
 let model, server, sharp, tensorBaseline, cudaBaseline;
 const post = (s, body, opts = {}) => fetch(`${s.url}${opts.path ?? '/v1/generate'}`, { method: 'POST', signal: opts.signal,
@@ -40,6 +42,15 @@ async function* events(res) {
     }
   }
 }
+async function waitFor(it, name) {
+  const seen = [];
+  for (;;) {
+    const { value, done } = await it.next();
+    if (done) throw new Error(`the stream ended before '${name}' (after ${JSON.stringify(seen).slice(0, 300)})`);
+    seen.push(value);
+    if (value.event === name) return seen;
+  }
+}
 const until = async (cond, ms = 60_000) => {
   const end = Date.now() + ms;
   while (!(await cond())) {
@@ -47,16 +58,23 @@ const until = async (cond, ms = 60_000) => {
     await new Promise((r) => setTimeout(r, 10));
   }
 };
-const dev = (s) => s.stats().devices.cuda;
+// the device as the model reports it ('cuda:0': a device index is always named)
+const DEV = 'cuda:0';
+const dev = (s) => s.stats().devices[DEV];
 
 describe('the generation service on CUDA (tiny models)', { skip }, () => {
   before(async () => {
     sharp = (await import('sharp')).default;
     model = await x2i.randomServedModel({ device: 'cuda' });
+    server = await x2i.createServer({ generator: model, port: 0, maxQueue: 16, maxBatch: 4, batchWindowMs: 40, maxSteps: 5000 });
+    // the baselines after a first request of each batch shape class (cuBLAS's workspaces stay allocated after the
+    // first products)
+    await Promise.all([0, 1].map((seed) => post(server, { prompt: 'warm up', seed, numInferenceSteps: 1, height: 32, width: 32 })
+      .then((r) => r.arrayBuffer())));
+    await (await post(server, { prompt: 'warm up', numInferenceSteps: 1, height: 32, width: 32 })).arrayBuffer();
     tensorBaseline = x2i.memory().tensors;
     await x2i.cuda.synchronize();
     cudaBaseline = x2i.cuda.memory('cuda').allocated;
-    server = await x2i.createServer({ generator: model, port: 0, maxQueue: 16, maxBatch: 4, batchWindowMs: 40, maxSteps: 5000 });
   });
   after(async () => {
     await server?.close();
@@ -65,9 +83,9 @@ describe('the generation service on CUDA (tiny models)', { skip }, () => {
 
   gpuIt('serves on cuda: health names the device and bf16', async () => {
     const h = await (await fetch(`${server.url}/health`)).json();
-    assert.equal(h.models.default.device, 'cuda');
+    assert.equal(h.models.default.device, DEV);
     assert.equal(h.models.default.dtype, 'bfloat16');
-    assert.match(server.metrics(), /x2i_cuda_memory_bytes\{device="cuda",kind="allocated"\} \d+/);
+    assert.match(server.metrics(), /x2i_cuda_memory_bytes\{device="cuda:0",kind="allocated"\} \d+/);
   });
 
   gpuIt('N concurrent clients: every request answered, batched, of the requested size; the same seed twice, the same bytes', async () => {
@@ -108,9 +126,9 @@ describe('the generation service on CUDA (tiny models)', { skip }, () => {
         if (last >= 3) { ac.abort(); break; }
       }
     } catch { /* the abort */ }
-    await until(() => dev(server).inFlight === 0 && dev(server).batches > s0.devices.cuda.batches);
+    await until(() => dev(server).inFlight === 0 && dev(server).batches > s0.devices[DEV].batches);
     const s1 = server.stats();
-    assert.equal(s1.devices.cuda.abortedBatches - s0.devices.cuda.abortedBatches, 1);
+    assert.equal(s1.devices[DEV].abortedBatches - s0.devices[DEV].abortedBatches, 1);
     assert.ok(s1.stepsAfterAbort - s0.stepsAfterAbort <= 1, `steps after the abort: ${s1.stepsAfterAbort - s0.stepsAfterAbort}`);
     assert.ok(s1.denoiseSteps - s0.denoiseSteps < last + 20, `ran ${s1.denoiseSteps - s0.denoiseSteps} steps after seeing ${last}`);
 
@@ -119,9 +137,9 @@ describe('the generation service on CUDA (tiny models)', { skip }, () => {
       const ac2 = new AbortController();
       const long = await post(s, { prompt: 'hold', numInferenceSteps: 8000, height: 256, width: 256 }, { path: '/v1/generate/stream', signal: ac2.signal });
       const it2 = events(long);
-      while ((await it2.next()).value?.event !== 'start') { /* until it runs */ }
+      await waitFor(it2, 'start');
       const queued = post(s, { prompt: 'q', numInferenceSteps: 2, height: 32, width: 32 });
-      await until(() => s.stats().devices.cuda.queued === 1);
+      await until(() => s.stats().devices[DEV].queued === 1);
       const refused = await post(s, { prompt: 'r', numInferenceSteps: 2, height: 32, width: 32 });
       assert.equal(refused.status, 429);
       assert.ok(Number(refused.headers.get('retry-after')) >= 1);
@@ -144,9 +162,9 @@ describe('the generation service on CUDA (tiny models)', { skip }, () => {
       const s = { url };
       const long = await post(s, { prompt: 'in flight', numInferenceSteps: 400, height: 128, width: 128 }, { path: '/v1/generate/stream' });
       const it2 = events(long);
-      while ((await it2.next()).value?.event !== 'start') { /* until it runs */ }
+      await waitFor(it2, 'start');
       const queued = post(s, { prompt: 'q', numInferenceSteps: 2 });
-      await until(async () => (await (await fetch(`${url}/health`)).json()).devices.cuda.queued === 1);
+      await until(async () => (await (await fetch(`${url}/health`)).json()).devices[DEV].queued === 1);
       child.kill('SIGTERM');
       const q = await queued;
       assert.equal(q.status, 503);
@@ -165,6 +183,7 @@ describe('the generation service on CUDA (tiny models)', { skip }, () => {
     assert.equal(x2i.memory().tensors, tensorBaseline);
     await x2i.cuda.synchronize();
     const allocated = x2i.cuda.memory('cuda').allocated;
-    assert.ok(allocated <= cudaBaseline + 1024 * 1024, `allocated ${allocated} bytes after, ${cudaBaseline} before`);
+    // what a request allocates is freed again (a few MiB of library workspaces for new shapes may stay)
+    assert.ok(allocated <= cudaBaseline + 16 * 1024 * 1024, `allocated ${allocated} bytes after, ${cudaBaseline} before`);
   });
 });

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import * as x2i from '../../lib/index.js';
 import { createServer, randomServedModel, type X2IServer } from '../../lib/index.js';
+import { serveCommand } from '../../lib/app/serve.js';
 import { golden, root, settleGc, tmpDir } from '../helpers.js';
 
 type Model = Awaited<ReturnType<typeof randomServedModel>>;
@@ -53,6 +54,17 @@ async function* events(res: Response): AsyncGenerator<{ event: string; data: any
       const data = /^data: (.*)$/m.exec(chunk)?.[1];
       if (event) yield { event, data: data ? JSON.parse(data) : undefined };
     }
+  }
+}
+
+/** Reads events until `name` (the events before it are returned); a stream that ends first is an error. */
+async function waitFor(it: AsyncGenerator<{ event: string; data: any }>, name: string): Promise<{ event: string; data: any }[]> {
+  const seen = [];
+  for (;;) {
+    const { value, done } = await it.next();
+    if (done) throw new Error(`the stream ended before '${name}' (after ${JSON.stringify(seen).slice(0, 300)})`);
+    seen.push(value);
+    if (value.event === name) return seen;
   }
 }
 
@@ -219,18 +231,20 @@ describe('createServer', () => {
       const ac = new AbortController();
       const long = await post(s, { prompt: 'hold the device', numInferenceSteps: 3000, height: 128, width: 128 }, { path: '/v1/generate/stream', signal: ac.signal });
       const it = events(long);
-      while ((await it.next()).value?.event !== 'start') { /* until it runs */ }
+      await waitFor(it, 'start');
       const small = { prompt: 'small', numInferenceSteps: 2, height: 32, width: 32 };
-      const rs = await Promise.all([post(s, small), post(s, small), post(s, small)].map((p, i) =>
-        i < 2 ? p : p.then(async (r) => ({ status: r.status, retry: r.headers.get('retry-after'), body: await r.json() }))));
-      const refused = rs[2] as { status: number; retry: string | null; body: any };
+      const accepted = [post(s, small)];
+      await until(() => s.stats().devices.cpu.queued === 1);
+      accepted.push(post(s, small));
+      await until(() => s.stats().devices.cpu.queued === 2);
+      const refused = await post(s, small);
       expect(refused.status).toBe(429);
-      expect(Number(refused.retry)).toBeGreaterThanOrEqual(1);
-      expect(refused.body.error).toMatchObject({ code: 'queue_full', field: null });
+      expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect((await refused.json()).error).toMatchObject({ code: 'queue_full', field: null });
       expect(s.stats().devices.cpu.queued).toBe(2);
       expect(s.metrics()).toMatch(/x2i_queue_length\{device="cpu"\} 2/);
       ac.abort();  // free the device: the two queued ones run
-      for (const r of rs.slice(0, 2) as Response[]) {
+      for (const r of await Promise.all(accepted)) {
         expect(r.status).toBe(200);
         expect((await decode(await r.arrayBuffer())).width).toBe(32);
       }
@@ -295,6 +309,11 @@ describe('createServer', () => {
     expect([big.status, (await big.json()).error.code]).toEqual([413, 'body_too_large']);
     const text = await post(server, 'prompt=x', { headers: { 'content-type': 'text/plain' } });
     expect([text.status, (await text.json()).error.code]).toEqual([415, 'unsupported_media_type']);
+    const bigUpload = new FormData();
+    bigUpload.append('prompt', 'x');
+    bigUpload.append('image', new Blob([Buffer.alloc(3 * 2 ** 20)]), 'big.png');
+    const bu = await fetch(`${server.url}/v1/generate`, { method: 'POST', body: bigUpload });
+    expect([bu.status, (await bu.json()).error.code]).toEqual([413, 'body_too_large']);
     const none = await fetch(`${server.url}/v2/nothing`);
     expect([none.status, (await none.json()).error.code]).toEqual([404, 'not_found']);
     // a server without fileRoot takes no paths
@@ -364,7 +383,7 @@ describe('createServer', () => {
     // well-formed exposition: every sample line is `name{labels} number`, every name declared by TYPE
     const declared = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((x) => x[1]));
     for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) {
-      expect(line).toMatch(/^[a-z_]+(\{[^}]*\})? -?[\d.e+-]+$/);
+      expect(line).toMatch(/^[a-z_][a-z0-9_]*(\{[^}]*\})? -?[\d.e+-]+$/);
       const name = line.split(/[{ ]/)[0].replace(/_(bucket|sum|count)$/, '');
       expect(declared.has(name) || declared.has(line.split(/[{ ]/)[0]), line).toBe(true);
     }
@@ -467,7 +486,7 @@ describe('createServer', () => {
     const s = await createServer({ generator: model, port: 0, maxBatch: 1, maxSteps: 5000 });
     const long = await post(s, { prompt: 'finish me', numInferenceSteps: 60, height: 64, width: 64 }, { path: '/v1/generate/stream' });
     const it = events(long);
-    while ((await it.next()).value?.event !== 'start') { /* until it runs */ }
+    await waitFor(it, 'start');
     const queued = post(s, { prompt: 'queued', numInferenceSteps: 2, height: 32, width: 32 });
     await until(() => s.stats().devices.cpu.queued === 1);
     const closed = s.close();
@@ -494,7 +513,7 @@ describe('createServer', () => {
       const s = { url } as X2IServer;
       const long = await post(s, { prompt: 'in flight', numInferenceSteps: 120, height: 64, width: 64 }, { path: '/v1/generate/stream' });
       const it = events(long);
-      while ((await it.next()).value?.event !== 'start') { /* until it runs */ }
+      await waitFor(it, 'start');
       const queued = [post(s, { prompt: 'q1', numInferenceSteps: 2 }), post(s, { prompt: 'q2', numInferenceSteps: 2 })];
       await until(async () => (await (await fetch(`${url}/health`)).json()).devices.cpu.queued === 2);
       child.kill('SIGTERM');
@@ -516,6 +535,29 @@ describe('createServer', () => {
     }
   }, 120_000);
 
+  it('x2i serve: bad flags are refused by name before any model loads', async () => {
+    const stderr = process.stderr.write;
+    let said = '';
+    process.stderr.write = ((chunk: string) => { said += chunk; return true; }) as typeof process.stderr.write;
+    try {
+      expect(await serveCommand([])).toBe(2);
+      expect(said).toMatch(/give --flux .* or --tiny/);
+      expect(await serveCommand(['--tiny', '--flux', 'x'])).toBe(2);
+      expect(await serveCommand(['--random', 'huge'])).toBe(2);
+      expect(await serveCommand(['--flux', 'f', '--mllm', 'm'])).toBe(2);
+      expect(said).toMatch(/needs both --mllm and --alignnet/);
+    } finally {
+      process.stderr.write = stderr;
+    }
+    await expect(serveCommand(['--tiny', '--port', 'eighty'])).rejects.toThrow(/--port: expected a number/);
+    await expect(serveCommand(['--tiny', '--port', '70000'])).rejects.toThrow(/--port/);
+    await expect(serveCommand(['--tiny', '--max-queue', '-1'])).rejects.toThrow(/--max-queue/);
+    await expect(serveCommand(['--tiny', '--height', '30'])).rejects.toThrow(/--height: expected a positive multiple of 4/);
+    await expect(serveCommand(['--tiny', '--file-root', path.join(tmp, 'nope')])).rejects.toThrow(/--file-root/);
+    await expect(serveCommand(['--flux', path.join(tmp, 'nope')])).rejects.toThrow(/--flux: .*no such file/);
+    await expect(serveCommand(['--tiny', '--port', String(server.port)])).rejects.toThrow(/--port: 127\.0\.0\.1:\d+ is in use/);
+  });
+
   it('rejects bad options by name', async () => {
     await expect(createServer({})).rejects.toThrow(/give a generator/);
     await expect(createServer({ generator: {} as never })).rejects.toThrow(/expected an X2IGenerator, a FluxPipeline/);
@@ -527,8 +569,9 @@ describe('createServer', () => {
     await expect(createServer({ generator: bare })).rejects.toThrow(/needs textEncoder \(CLIP\) and textEncoder2 \(T5\)/);
   });
 
-  it('memory is back to its baseline after every request', async () => {
+  it('memory is back to its baseline after every request: every tensor disposed, none left to the garbage collector', async () => {
     await until(() => device(server).inFlight === 0 && device(server).queued === 0);
+    expect(x2i.memory().tensors).toBe(baseline);  // before any collection: disposed, not collected
     await settleGc();
     expect(x2i.memory().tensors).toBe(baseline);
   });
