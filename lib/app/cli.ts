@@ -121,7 +121,7 @@ ${TRAIN_RUN_HELP}several GPUs:
 ${COMMON_HELP}`,
 };
 
-HELP.serve = `usage: x2i serve [options]\n\n${SERVE_USAGE}${COMMON_HELP}`;
+HELP.serve = `usage: x2i serve [options]\n\n${SERVE_USAGE}`;
 for (const kind of ['lora', 'lightcontrol'] as const) HELP[`train ${kind}`] = `usage: x2i train ${kind} --flux DIR|FILE --data DATA --out DIR [options]
 
 ${kind === 'lora' ? 'train a LoRA on the frozen FLUX transformer by flow matching (LoraTrainer)'

@@ -19,7 +19,7 @@ export const SERVE_USAGE = `  serve                the HTTP generation service (
                        student: --mllm DIR --alignnet FILE (requests' "model": "student"; the default)
                        teacher: --text-encoder DIR --text-encoder-2 DIR (default: beside --flux, loaded when
                                 there is no --mllm or when given; "model": "teacher")
-                       --tiny (random tiny models, no weights: any CPU) or --random flux-dev (random weights at
+                       --tiny (random tiny models, no weights, on the CPU too) or --random flux-dev (random weights at
                        FLUX.1-dev + Qwen2.5-VL-7B size) --seed 0 (their weights)
                        --lora PATH[:SCALE] (repeatable; requests name adapters in "loraScales")
                        --host 127.0.0.1 --port 8080 --device cpu|cuda[:N] --dtype float32|bfloat16
@@ -27,7 +27,8 @@ export const SERVE_USAGE = `  serve                the HTTP generation service (
                        --body-limit-mib 32 --max-image-side 2048 --max-pixels 4194304 --max-steps 100
                        --file-root DIR (requests may name image files under it; default: no paths)
                        request defaults: --height --width (1024; tiny 64) --steps (28; tiny 8) --guidance 3.5
-                       --max-length 512 (the student's prompt tokens; tiny 256) --quiet (no request log)
+                       --max-length 512 (the student's prompt tokens; tiny 256)
+                       --quiet, -q (no request log) --help, -h (this text)
 `;
 
 // ------------------------------------------------------------------------------------------------ random models
@@ -154,7 +155,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     'body-limit-mib': { type: 'string', default: '32' }, 'max-image-side': { type: 'string', default: '2048' },
     'max-pixels': { type: 'string', default: String(2048 * 2048) }, 'max-steps': { type: 'string', default: '100' },
     'file-root': { type: 'string' }, height: { type: 'string' }, width: { type: 'string' }, steps: { type: 'string' },
-    guidance: { type: 'string' }, 'max-length': { type: 'string' }, quiet: { type: 'boolean', default: false },
+    guidance: { type: 'string' }, 'max-length': { type: 'string' }, quiet: { type: 'boolean', short: 'q', default: false },
     help: { type: 'boolean', short: 'h', default: false } } });
   if (v.help) {
     process.stdout.write(`usage: x2i serve [options]\n\n${SERVE_USAGE}`);
