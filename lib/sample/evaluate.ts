@@ -101,7 +101,8 @@ export class ClipScorer {
   async embedImages(images: RgbImage[] | Tensor): Promise<Float32Array[]> {
     const rgb = images instanceof Tensor ? await tensorToRgb(images) : images;
     using px = await this.vision.preprocess(rgb);
-    const out = await this.vision.forward({ pixelValues: await px.to({ device: this.vision.device }) });
+    using onDevice = await px.to({ device: this.vision.device });
+    const out = await this.vision.forward({ pixelValues: onDevice });
     return takeEmbeds(out.imageEmbeds, [out.lastHiddenState, out.poolerOutput], 'the vision checkpoint has no visual_projection');
   }
 

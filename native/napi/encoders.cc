@@ -79,6 +79,14 @@ Napi::Value toJs(Napi::Env env, Outputs& o) {
 }  // namespace t5
 
 namespace clip {
+
+// What both CLIP towers' configs must satisfy: a supported activation, heads dividing the width.
+void checkTower(const std::string& model, const std::string& act, int64_t hidden, int64_t heads) {
+  if (act != "quick_gelu" && act != "gelu")
+    fail("ERR_CONFIG", model + " config: unsupported hidden_act '" + act + "' (expected quick_gelu or gelu)");
+  if (hidden % heads) fail("ERR_CONFIG", model + " config: hidden_size is not a multiple of num_attention_heads");
+}
+
 namespace {
 
 Config parseConfig(const Napi::Object& o) {
@@ -92,9 +100,7 @@ Config parseConfig(const Napi::Object& o) {
   c.eosTokenId = configInt(o, "eosTokenId", "ClipTextEncoder");
   c.eps = o.Get("layerNormEps").As<Napi::Number>().DoubleValue();
   c.act = o.Get("hiddenAct").ToString().Utf8Value();
-  if (c.act != "quick_gelu" && c.act != "gelu")
-    fail("ERR_CONFIG", "ClipTextEncoder config: unsupported hidden_act '" + c.act + "' (expected quick_gelu or gelu)");
-  if (c.hidden % c.heads) fail("ERR_CONFIG", "ClipTextEncoder config: hidden_size is not a multiple of num_attention_heads");
+  checkTower("ClipTextEncoder", c.act, c.hidden, c.heads);
   if (o.Has("projectionDim") && !o.Get("projectionDim").IsUndefined()) c.projectionDim = configInt(o, "projectionDim", "ClipTextEncoder");
   return c;
 }
@@ -142,9 +148,7 @@ clip::VisionConfig parseConfig(const Napi::Object& o) {
   c.eps = o.Get("layerNormEps").As<Napi::Number>().DoubleValue();
   c.act = o.Get("hiddenAct").ToString().Utf8Value();
   if (o.Has("projectionDim") && !o.Get("projectionDim").IsUndefined()) c.projectionDim = configInt(o, "projectionDim", n);
-  if (c.act != "quick_gelu" && c.act != "gelu")
-    fail("ERR_CONFIG", "ClipVisionEncoder config: unsupported hidden_act '" + c.act + "' (expected quick_gelu or gelu)");
-  if (c.hidden % c.heads) fail("ERR_CONFIG", "ClipVisionEncoder config: hidden_size is not a multiple of num_attention_heads");
+  clip::checkTower(n, c.act, c.hidden, c.heads);
   if (c.imageSize % c.patchSize)
     fail("ERR_CONFIG", "ClipVisionEncoder config: image_size " + std::to_string(c.imageSize) + " is not a multiple of patch_size " +
                            std::to_string(c.patchSize));

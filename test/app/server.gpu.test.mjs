@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { events, waitFor, until as waitUntil } from '../fixtures/sse-client.mjs';
 import * as x2i from '../../dist/index.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -24,40 +25,7 @@ const decode = async (buf) => {
   const meta = await img.metadata();
   return { width: meta.width, height: meta.height, raw: await img.raw().toBuffer() };
 };
-async function* events(res) {
-  const reader = res.body.getReader();
-  const dec = new TextDecoder();
-  let buf = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buf += dec.decode(value, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const chunk = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const event = /^event: (.*)$/m.exec(chunk)?.[1];
-      const data = /^data: (.*)$/m.exec(chunk)?.[1];
-      if (event) yield { event, data: data ? JSON.parse(data) : undefined };
-    }
-  }
-}
-async function waitFor(it, name) {
-  const seen = [];
-  for (;;) {
-    const { value, done } = await it.next();
-    if (done) throw new Error(`the stream ended before '${name}' (after ${JSON.stringify(seen).slice(0, 300)})`);
-    seen.push(value);
-    if (value.event === name) return seen;
-  }
-}
-const until = async (cond, ms = 60_000) => {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-};
+const until = (cond, ms = 60_000) => waitUntil(cond, ms);
 // the device as the model reports it ('cuda:0': a device index is always named)
 const DEV = 'cuda:0';
 const dev = (s) => s.stats().devices[DEV];

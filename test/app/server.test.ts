@@ -11,6 +11,7 @@ import sharp from 'sharp';
 import * as x2i from '../../lib/index.js';
 import { createServer, randomServedModel, type X2IServer } from '../../lib/index.js';
 import { serveCommand } from '../../lib/app/serve.js';
+import { events, waitFor, until as waitUntil } from '../fixtures/sse-client.mjs';
 import { golden, root, settleGc, tmpDir } from '../helpers.js';
 
 type Model = Awaited<ReturnType<typeof randomServedModel>>;
@@ -37,44 +38,7 @@ async function decode(buf: Buffer | ArrayBuffer): Promise<{ width: number; heigh
   return { width: meta.width!, height: meta.height!, raw: await img.raw().toBuffer() };
 }
 
-/** Server-Sent Events of a response, as they arrive. */
-async function* events(res: Response): AsyncGenerator<{ event: string; data: any }> {
-  const reader = res.body!.getReader();
-  const dec = new TextDecoder();
-  let buf = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buf += dec.decode(value, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const chunk = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const event = /^event: (.*)$/m.exec(chunk)?.[1];
-      const data = /^data: (.*)$/m.exec(chunk)?.[1];
-      if (event) yield { event, data: data ? JSON.parse(data) : undefined };
-    }
-  }
-}
-
-/** Reads events until `name` (the events before it are returned); a stream that ends first is an error. */
-async function waitFor(it: AsyncGenerator<{ event: string; data: any }>, name: string): Promise<{ event: string; data: any }[]> {
-  const seen = [];
-  for (;;) {
-    const { value, done } = await it.next();
-    if (done) throw new Error(`the stream ended before '${name}' (after ${JSON.stringify(seen).slice(0, 300)})`);
-    seen.push(value);
-    if (value.event === name) return seen;
-  }
-}
-
-const until = async (cond: () => boolean | Promise<boolean>, ms = 30_000) => {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-};
+const until = (cond: () => boolean | Promise<boolean>, ms = 30_000) => waitUntil(cond, ms);
 const device = (s: X2IServer) => s.stats().devices.cpu;
 
 beforeAll(async () => {
