@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
+import { loadFrozenAdapter, uniform } from './frozen_adapter.mjs';
 
 const { values: args } = parseArgs({ options: {
   baseline: { type: 'string' }, json: { type: 'string' }, steps: { type: 'string', default: '5' },
@@ -88,19 +89,6 @@ const latents = await x2i.randn([1, N, C], { seed: 1, device, dtype: 'float32' }
 const encoderHiddenStates = await x2i.randn([1, T, JOINT], { seed: 2, device, dtype });
 const pooledProjections = await x2i.randn([1, POOLED], { seed: 3, device, dtype });
 const conditioning = { encoderHiddenStates, pooledProjections };
-
-/** A deterministic uniform stream in [−a, a) (mulberry32). */
-function uniform(n, a, seed) {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * a;
-  }
-  return out;
-}
 
 // ---- LoRA training step, with and without activation checkpointing
 const loraName = await flux.addLora({ rank: 16, alpha: 16, seed: 0 });
@@ -180,28 +168,7 @@ const gen = async (name) => {
 };
 if (only.has('generate')) await gen('generate');
 // one frozen adapter in the diffusers/PEFT layout on every default target: A [16, in], B [out, 16], small values
-{
-  const D = flux.loraShape.hidden, F = 4 * D, r = 16;
-  const dims = (m) => {
-    if (/\.(ff|ff_context)\.net\.0\.proj$|\.proj_mlp$/.test(m)) return [D, F];
-    if (/\.(ff|ff_context)\.net\.2$/.test(m)) return [F, D];
-    if (/^single_transformer_blocks\.\d+\.proj_out$/.test(m)) return [D + F, D];
-    return [D, D];
-  };
-  const record = {};
-  let k = 0;
-  for (const m of x2i.defaultLoraTargets(flux.loraShape)) {
-    const [inF, outF] = dims(m);
-    record[`transformer.${m}.lora_A.weight`] = x2i.Tensor.fromArray(uniform(r * inF, 1 / Math.sqrt(inF), 100 + k++), [r, inF]);
-    record[`transformer.${m}.lora_B.weight`] = x2i.Tensor.fromArray(uniform(outF * r, 1e-3, 100 + k++), [outF, r]);
-  }
-  try {
-    await flux.loadLora(record, { adapterName: 'frozen' });
-  } finally {
-    for (const t of Object.values(record)) t.dispose();
-  }
-  result.frozenAdapter = { modules: k / 2, rank: r };
-}
+result.frozenAdapter = await loadFrozenAdapter(flux, { rank: 16 });
 if (only.has('generate')) {
   await gen('generate_unfused');
   await flux.fuseLora();

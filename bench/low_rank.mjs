@@ -3,6 +3,7 @@
 // LibTorch twin (the unfused composition: float32 GEMM of rank width, add, epilogue, cast) and a device copy of the
 // same bytes (the bandwidth yardstick: the kernel reads y (and the residual) and writes the output once).
 //   node bench/low_rank.mjs [--json out.json] [--iters 50]
+// Times are means over back-to-back calls inside the addon's worker (benchLowRankAdd), without the bridge's cost.
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
@@ -36,17 +37,6 @@ function maskOf(N, R, parts) {
   return bits;
 }
 
-async function time(fn) {
-  for (let i = 0; i < 3; i++) (await fn()).dispose();
-  await x2i.cuda.synchronize();
-  const t0 = performance.now();
-  const outs = await Promise.all(Array.from({ length: iters }, () => fn()));
-  await x2i.cuda.synchronize();
-  const ms = (performance.now() - t0) / iters;
-  for (const o of outs) o.dispose();
-  return ms;
-}
-
 const rows = [];
 const dev = { device: 'cuda', dtype: 'bfloat16' };
 for (const l of layers) {
@@ -55,9 +45,10 @@ for (const l of layers) {
   const res = await x2i.randn([l.M, l.N], { seed: 3, ...dev }), gate = await x2i.randn([1, l.N], { seed: 4, ...dev });
   const mask = l.parts ? await x2i.Tensor.fromArray(maskOf(l.N, l.R, l.parts), [Math.ceil(l.N / 64)]).to({ device: 'cuda' }) : undefined;
   const gated = l.epilogue === 'gated';
-  const call = (method) => async () => new x2i.Tensor(await probes().lowRankAdd(yAug.handle, l.R, up.handle, 0.8, l.epilogue,
-    gated ? res.handle : undefined, gated ? gate.handle : undefined, method, mask?.handle ?? false));
-  const kernel = await time(call('kernel')), twin = await time(call('composite'));
+  // mean ms over `iters` back-to-back calls inside the worker (the bridge's cost left out)
+  const time = (method) => probes().benchLowRankAdd(yAug.handle, l.R, up.handle, 0.8, l.epilogue,
+    gated ? res.handle : undefined, gated ? gate.handle : undefined, method, mask?.handle ?? false, iters);
+  const kernel = await time('kernel'), twin = await time('composite');
   const bytes = l.M * l.N * 2 * (gated ? 3 : 2);  // y (+ residual) read, output written
   const copyS = await probes().benchCopy(bytes / 2, 'cuda', 'cuda', 20);  // reads and writes bytes / 2
   const row = { ...l, kernel_ms: kernel, twin_ms: twin, copy_ms: copyS * 1e3, kernel_GBs: bytes / kernel / 1e6, copy_GBs: bytes / copyS / 1e9 };

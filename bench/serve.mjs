@@ -3,8 +3,9 @@
 // 1024², 28 steps, 512 prompt tokens. For 1, 2 and 4 concurrent clients (each sending its requests one after another,
 // every request another prompt and seed, over loopback HTTP with global fetch), the images per second and the p50 / p95
 // latency seen by the clients, per server configuration (--max-batch: 1 = no batching; 4 = concurrent requests
-// batched into one forward per step). Warm-up requests first, not timed. The table goes to stdout; --json FILE writes
-// every latency.
+// batched into one forward per step). Warm-up requests first, not timed. The baseline, in the same run: the same
+// generations called in-process one after another (X2IGenerator.generate, then PNG encoding: no HTTP, no queue).
+// The table goes to stdout; --json FILE writes every latency.
 //   node bench/serve.mjs [--clients 1,2,4] [--requests 3] [--max-batch 1,4] [--steps 28] [--size 1024] [--json out.json]
 //   node bench/serve.mjs --tiny --device cpu   (the tiny models: the code path end to end, no GPU)
 import fs from 'node:fs';
@@ -54,6 +55,31 @@ const request = async (url) => {
   return { ms: performance.now() - t, batchSize: Number(r.headers.get('x-x2i-batch-size')), bytes: png.length };
 };
 
+// ---- the baseline: the same requests in-process, one after another
+{
+  const direct = async () => {
+    const i = n++;
+    const t = performance.now();
+    const out = await model.generator.generate({ prompt: `a photograph of scene number ${i}, in the style of a study`, seed: i, height: side,
+      width: side, numInferenceSteps: steps, tokenizer: model.tokenizer, maxLength: model.maxLength });
+    try {
+      await x2i.encodeImage(out.images, 0, 'png');
+    } finally {
+      out.images.dispose();
+      out.stepLatents?.dispose();
+    }
+    return performance.now() - t;
+  };
+  for (let w = 0; w < warmup; w++) await direct();
+  const count = Math.max(2, perClient);
+  const start = performance.now();
+  const ms = [];
+  for (let k = 0; k < count; k++) ms.push(await direct());
+  const seconds = (performance.now() - start) / 1000;
+  result.direct = { requests: count, seconds, imagesPerSecond: count / seconds, p50_ms: pct(ms, 50), p95_ms: pct(ms, 95), latencies_ms: ms };
+  console.error(`in-process: ${f(result.direct.imagesPerSecond, 3)} images/s, p50 ${f(result.direct.p50_ms / 1000, 2)} s`);
+}
+
 for (const maxBatch of maxBatches) {
   const server = await x2i.createServer({ generator: model, port: 0, maxQueue: 64, maxBatch, batchWindowMs: Number(args['batch-window-ms']),
     maxSteps: Math.max(100, steps), maxImageSide: Math.max(2048, side), maxPixels: Math.max(2048 * 2048, side * side) });
@@ -86,9 +112,13 @@ model.dispose();
 console.log(`The generation service${tiny ? ' (TINY models, code-path check)' : ''}: ${tiny ? 'tiny' : 'FLUX.1-dev + Qwen2.5-VL-7B-size'} ` +
   `random ${onCuda ? 'bf16' : 'float32'} weights, ${side}², ${steps} steps, ${perClient} request(s) per client over loopback HTTP — ${result.date}`);
 console.log(`device ${result.device}; models built in ${f(result.build_s)} s${result.weights_GiB ? `, ${f(result.weights_GiB, 1)} GiB of weights` : ''}`);
-console.log('| max batch | clients | requests | images/s | p50 latency | p95 latency | mean batch | peak allocated |');
+console.log('| max batch | clients | requests | images/s (service / in-process) | p50 latency | p95 latency | mean batch | peak allocated |');
 console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
+{
+  const d = result.direct;
+  console.log(`| in-process baseline (no HTTP) | 1 | ${d.requests} | ${f(d.imagesPerSecond, 3)} | ${f(d.p50_ms / 1000, 2)} s | ${f(d.p95_ms / 1000, 2)} s | 1.00 | — |`);
+}
 for (const r of result.runs)
-  console.log(`| ${r.maxBatch} | ${r.clients} | ${r.requests} | ${f(r.imagesPerSecond, 3)} | ${f(r.p50_ms / 1000, 2)} s | ${f(r.p95_ms / 1000, 2)} s | ` +
+  console.log(`| ${r.maxBatch} | ${r.clients} | ${r.requests} | ${f(r.imagesPerSecond, 3)} (${f(r.imagesPerSecond / result.direct.imagesPerSecond, 2)}) | ${f(r.p50_ms / 1000, 2)} s | ${f(r.p95_ms / 1000, 2)} s | ` +
     `${f(r.meanBatch, 2)} | ${r.peak_allocated_GiB === null ? '—' : `${f(r.peak_allocated_GiB, 1)} GiB`} |`);
 if (args.json) fs.writeFileSync(args.json, JSON.stringify(result, null, 1));

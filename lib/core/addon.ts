@@ -668,6 +668,11 @@ export interface AddonTesting {
    * CUDA kernel (optionally with up's chunk mask: true computes it, or the int32 mask) or its LibTorch twin; gated: res + gate · v (gate: one row per sample). */
   lowRankAdd(yAug: NativeTensor, rank: number, up: NativeTensor, k: number, epilogue: 'none' | 'gelu' | 'gated',
     res: NativeTensor | undefined, gate: NativeTensor | undefined, method: 'kernel' | 'composite', mask?: boolean | NativeTensor): Promise<NativeTensor>;
+  /** Mean ms of one lowRankAdd call (its arguments) over `iters` back-to-back calls in the worker (default 100). */
+  benchLowRankAdd(yAug: NativeTensor, rank: number, up: NativeTensor, k: number, epilogue: 'none' | 'gelu' | 'gated',
+    res: NativeTensor | undefined, gate: NativeTensor | undefined, method: 'kernel' | 'composite', mask: boolean | NativeTensor, iters?: number): Promise<number>;
+  /** cudaProfilerStart (true) / cudaProfilerStop (false) for a profiler whose capture starts off; false without CUDA kernels. */
+  cudaProfiler(start: boolean): boolean;
 }
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
@@ -685,7 +690,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 /** The probe names of `addon.testing`, at run time. */
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
-  groupNorm: true, lowRankAdd: true,
+  groupNorm: true, lowRankAdd: true, benchLowRankAdd: true, cudaProfiler: true,
 } satisfies Record<keyof AddonTesting, true>);
 
 /** Which members of a native class the contract declares: its statics and its instances' methods. */

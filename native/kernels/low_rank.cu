@@ -1,16 +1,24 @@
 // Unfused LoRA's low-rank term added in one pass over a frozen layer's output, with what follows the layer
 // (nothing, the tanh GELU, or the gated residual) in the same pass (models/lora.cc):
 //   out[i, j] = epilogue(y[i, j] + k · Σ_r u[i, r] · up[j, r])
-// A block computes a 64 × 64 tile (a thread: 2 rows × 8 columns, 16-byte accesses): u's and up's rank columns go through shared memory 16 at a time (chunks that
-// are zero in up for the tile's columns are skipped: a fused layer's parts are block-diagonal), each thread
-// accumulates its patch in float32 while its reads of y (and the residual) are in flight, then applies the
-// epilogue and writes once.
+// A block computes a 64 × 64 tile; u's and up's rank columns go through shared memory 16 at a time (chunks that are
+// zero in up for the tile's columns are skipped: a fused layer's parts are block-diagonal).
+//   - tensorCoreKernel (bf16 / fp16, rank a multiple of 16, 16-byte aligned rows; sm_80+): the block's reads of y
+//     (and the residual) are issued first and stay in flight while its four warps form u · upᵀ on tensor cores
+//     (WMMA 16 × 16 × 16, float32 accumulators, one 16-row slice per warp); the products go through shared memory
+//     so that every thread then reads, applies the epilogue and writes 16-byte runs of whole rows. The pass is bound
+//     by memory, as a copy is.
+//   - lowRankKernel (float32, other ranks, unaligned views): the same on CUDA cores, a thread 2 rows × 8 columns.
 #include "kernels/kernels.h"
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
 
 #include <type_traits>
 
@@ -137,16 +145,103 @@ __global__ void __launch_bounds__(kThreads, 3) lowRankKernel(Args<T> a) {
   }
 }
 
+
+// ---- the tensor-core pass (bf16 / fp16)
+template <typename T> struct Wmma;
+template <> struct Wmma<c10::BFloat16> { using type = __nv_bfloat16; };
+template <> struct Wmma<c10::Half> { using type = __half; };
+
+constexpr int kTcThreads = 128, kLdR = kChunk + 8, kLdAcc = kTile + 4;  // 4 warps; padded shared rows
+
 template <typename T, int EPI>
-void launchEpilogue(const Args<T>& a, bool vec, dim3 grid, cudaStream_t stream) {
+__global__ void __launch_bounds__(kTcThreads) tensorCoreKernel(Args<T> a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  using W = typename Wmma<T>::type;
+  __shared__ __align__(32) T us[kTile][kLdR], ups[kTile][kLdR];  // [row or output column][rank column of the chunk]
+  __shared__ __align__(32) float acc[kTile][kLdAcc];              // u · upᵀ of the tile
+  const int t = threadIdx.x, warp = t / 32;
+  const int64_t col0 = int64_t(blockIdx.x) * kTile, row0 = int64_t(blockIdx.y) * kTile;
+  // this thread's part of the tile: rows t / 8 + 16 i (i < 4), columns 8 (t % 8) .. + 8 — whole 128-byte row runs
+  const int cx = (t % 8) * kCols, ry = t / 8;
+  const int64_t col = col0 + cx;
+  const bool colIn = col < a.N;  // N % 8 == 0 on this path: a run is all in or all out
+  uint4 y[4], rs[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t row = row0 + ry + 16 * i;
+    if (row < a.M && colIn) {
+      y[i] = *reinterpret_cast<const uint4*>(a.y + row * a.ldy + col);
+      if constexpr (EPI == int(LowRankEpilogue::Gated)) rs[i] = *reinterpret_cast<const uint4*>(a.res + row * a.ldres + col);
+    }
+  }
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[kTile / 16];
+#pragma unroll
+  for (int n = 0; n < kTile / 16; ++n) wmma::fill_fragment(c[n], 0.f);
+  const unsigned bits = a.mask ? unsigned(a.mask[a.maskOffset + blockIdx.x]) : ~0u;
+  // the chunk's u rows and up rows: 64 × 16 each, one 16-byte half-row per thread
+  const int lr = t / 2, lh = (t % 2) * 8;
+  for (int64_t c0 = 0; c0 < a.R; c0 += kChunk) {
+    if (!((bits >> (c0 / kChunk)) & 1u)) continue;  // the same for the whole block
+    const int64_t row = row0 + lr, oc = col0 + lr;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(&us[lr][lh]) = row < a.M ? *reinterpret_cast<const uint4*>(a.u + row * a.ldu + c0 + lh) : zero;
+    *reinterpret_cast<uint4*>(&ups[lr][lh]) = oc < a.N ? *reinterpret_cast<const uint4*>(a.up + oc * a.R + c0 + lh) : zero;
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> fa;
+    wmma::load_matrix_sync(fa, reinterpret_cast<const W*>(&us[16 * warp][0]), kLdR);
+#pragma unroll
+    for (int n = 0; n < kTile / 16; ++n) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::col_major> fb;  // B[r][j] = up[j][r]
+      wmma::load_matrix_sync(fb, reinterpret_cast<const W*>(&ups[16 * n][0]), kLdR);
+      wmma::mma_sync(c[n], fa, fb, c[n]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int n = 0; n < kTile / 16; ++n) wmma::store_matrix_sync(&acc[16 * warp][16 * n], c[n], kLdAcc, wmma::mem_row_major);
+  __syncthreads();
+  if (!colIn) return;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t row = row0 + ry + 16 * i;
+    if (row >= a.M) break;
+    const T* yh = reinterpret_cast<const T*>(&y[i]);
+    const float4 p0 = *reinterpret_cast<const float4*>(&acc[ry + 16 * i][cx]), p1 = *reinterpret_cast<const float4*>(&acc[ry + 16 * i][cx + 4]);
+    const float pa[kCols] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+    float v[kCols];
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) v[j] = fmaf(a.k, pa[j], float(yh[j]));
+    if constexpr (EPI == int(LowRankEpilogue::GeluTanh)) {
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) v[j] = geluTanh<T>(v[j]);
+    } else if constexpr (EPI == int(LowRankEpilogue::Gated)) {
+      const uint4 graw = *reinterpret_cast<const uint4*>(a.gate + (row / a.rowsPerGate) * a.ldgate + col);
+      const T *gh = reinterpret_cast<const T*>(&graw), *rh = reinterpret_cast<const T*>(&rs[i]);
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) v[j] = fmaf(float(gh[j]), v[j], float(rh[j]));
+    }
+    store8<true>(a.out + row * a.ldout + col, kCols, v);
+  }
+#endif
+}
+
+template <typename T, int EPI>
+void launchEpilogue(const Args<T>& a, bool vec, bool tensorCores, dim3 grid, cudaStream_t stream) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (tensorCores) {
+      tensorCoreKernel<T, EPI><<<grid, kTcThreads, 0, stream>>>(a);
+      return;
+    }
+  }
   if (vec) lowRankKernel<T, EPI, true><<<grid, kThreads, 0, stream>>>(a);
   else lowRankKernel<T, EPI, false><<<grid, kThreads, 0, stream>>>(a);
 }
 template <typename T>
-void launch(const Args<T>& a, LowRankEpilogue epi, bool vec, dim3 grid, cudaStream_t stream) {
-  if (epi == LowRankEpilogue::None) launchEpilogue<T, int(LowRankEpilogue::None)>(a, vec, grid, stream);
-  else if (epi == LowRankEpilogue::GeluTanh) launchEpilogue<T, int(LowRankEpilogue::GeluTanh)>(a, vec, grid, stream);
-  else launchEpilogue<T, int(LowRankEpilogue::Gated)>(a, vec, grid, stream);
+void launch(const Args<T>& a, LowRankEpilogue epi, bool vec, bool tc, dim3 grid, cudaStream_t stream) {
+  if (epi == LowRankEpilogue::None) launchEpilogue<T, int(LowRankEpilogue::None)>(a, vec, tc, grid, stream);
+  else if (epi == LowRankEpilogue::GeluTanh) launchEpilogue<T, int(LowRankEpilogue::GeluTanh)>(a, vec, tc, grid, stream);
+  else launchEpilogue<T, int(LowRankEpilogue::Gated)>(a, vec, tc, grid, stream);
 }
 
 bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
@@ -193,7 +288,12 @@ void lowRankAdd(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, 
                 out.stride(0), gated ? rowsPerGate : 1, int(maskOffset), float(k)};
       bool vec = N % kCols == 0 && y.stride(0) % kCols == 0 && out.stride(0) % kCols == 0 && aligned(a.y, 16) && aligned(a.out, 16);
       if (gated) vec = vec && res.stride(0) % kCols == 0 && gate.stride(0) % kCols == 0 && aligned(a.res, 16) && aligned(a.gate, 16);
-      launch(a, epi, vec, grid, stream);
+      // tensor cores: 16-bit types on sm_80+, whole rank chunks, 16-byte aligned u and up rows
+      int major = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, y.get_device()));
+      const bool tc = !std::is_same_v<T, float> && vec && major >= 8 &&
+                      R % kChunk == 0 && u.stride(0) % kCols == 0 && aligned(a.u, 16) && aligned(a.up, 16);
+      launch(a, epi, vec, tc, grid, stream);
     } else {
       TORCH_CHECK(false, "lowRankAdd: float64 runs the LibTorch composite");
     }

@@ -7,6 +7,9 @@
 #include "models/lora.h"
 #ifdef X2I_CUDA_KERNELS
 #include "kernels/kernels.h"
+
+#include <cuda_profiler_api.h>
+#include <cuda_runtime_api.h>
 #endif
 #include "train/distill.h"
 
@@ -74,53 +77,87 @@ Napi::Value GroupNormProbe(const Napi::CallbackInfo& info) {
   });
 }
 
-// lowRankAdd(yAug, rank, up, k, epilogue 'none' | 'gelu' | 'gated', res?, gate?, method 'kernel' | 'composite',
-// mask?) → Promise<Tensor>: epilogue(y + k · u · upᵀ) with y = yAug[:, :N], u = yAug[:, N:] (column blocks of one
-// tensor, as the stacked GEMM gives them) by kernels::lowRankAdd (CUDA; with mask, up's chunk mask as LoRA uses it)
-// or by its LibTorch twin lora::lowRankComposite, on the tensors' own device and dtype. mask: true (computed from up)
-// or the int32 mask itself.
-Napi::Value LowRankAddProbe(const Napi::CallbackInfo& info) {
-  return guardAsync(info, [&]() -> Napi::Value {
-    const at::Tensor ya = TensorWrap::Get(info[0], "yAug");
-    const int64_t R = info[1].As<Napi::Number>().Int64Value();
-    const at::Tensor up = TensorWrap::Get(info[2], "up");
-    const double k = info[3].As<Napi::Number>().DoubleValue();
+// The arguments of lowRankAdd / benchLowRankAdd: (yAug, rank, up, k, epilogue 'none' | 'gelu' | 'gated', res?, gate?,
+// method 'kernel' | 'composite', mask?); run() computes epilogue(y + k · u · upᵀ) with y = yAug[:, :N], u = yAug[:, N:]
+// (column blocks of one tensor, as the stacked GEMM gives them) by kernels::lowRankAdd (CUDA; with mask, up's chunk
+// mask as LoRA uses it) or by its LibTorch twin lora::lowRankComposite, on the tensors' own device and dtype. mask:
+// true (computed from up) or the int32 mask itself.
+struct LowRankCall {
+  at::Tensor ya, up, givenMask;
+  int64_t R = 0;
+  double k = 1;
+  flux::Epilogue e;
+  bool composite = false, useMask = false;
+
+  LowRankCall(const Napi::CallbackInfo& info, const char* name) {
+    const std::string fn(name);
+    ya = TensorWrap::Get(info[0], "yAug");
+    R = info[1].As<Napi::Number>().Int64Value();
+    up = TensorWrap::Get(info[2], "up");
+    k = info[3].As<Napi::Number>().DoubleValue();
     const std::string epi = argString(info, 4, "epilogue");
-    flux::Epilogue e;
     if (epi == "gelu") e.kind = flux::Epilogue::GeluTanh;
     else if (epi == "gated") e.kind = flux::Epilogue::Gated;
-    else if (epi != "none") fail("ERR_INVALID_ARG", "lowRankAdd: epilogue must be 'none', 'gelu' or 'gated', found '" + epi + "'");
+    else if (epi != "none") fail("ERR_INVALID_ARG", fn + ": epilogue must be 'none', 'gelu' or 'gated', found '" + epi + "'");
     if (e.kind == flux::Epilogue::Gated) e.res = TensorWrap::Get(info[5], "res"), e.gate = TensorWrap::Get(info[6], "gate");
     const std::string method = argString(info, 7, "method");
-    if (method != "kernel" && method != "composite") fail("ERR_INVALID_ARG", "lowRankAdd: method must be 'kernel' or 'composite', found '" + method + "'");
-    at::Tensor givenMask;  // a precomputed mask (a benchmark keeps its host copy out of the timed calls)
-    if (info.Length() > 8 && info[8].IsObject()) givenMask = TensorWrap::Get(info[8], "mask");
-    const bool useMask = givenMask.defined() || (info.Length() > 8 && info[8].ToBoolean());
+    if (method != "kernel" && method != "composite") fail("ERR_INVALID_ARG", fn + ": method must be 'kernel' or 'composite', found '" + method + "'");
+    composite = method == "composite";
+    if (info.Length() > 8 && info[8].IsObject()) givenMask = TensorWrap::Get(info[8], "mask");  // a benchmark keeps its host copy out of the timed calls
+    useMask = givenMask.defined() || (info.Length() > 8 && info[8].ToBoolean());
     if (ya.dim() != 2 || R <= 0 || R >= ya.size(1) || up.dim() != 2 || up.size(0) != ya.size(1) - R || up.size(1) != R)
-      fail("ERR_SHAPE_MISMATCH", "lowRankAdd: yAug " + shapeString(ya.sizes()) + ", rank " + std::to_string(R) + ", up " +
-                                     shapeString(up.sizes()));
-    auto out = std::make_shared<at::Tensor>();
-    return queue(info.Env(), [=] {
-      const int64_t N = ya.size(1) - R, M = ya.size(0);
-      const at::Tensor y = ya.narrow(1, 0, N), u = ya.narrow(1, N, R);
-      const int64_t rowsPerGate = e.gate.defined() ? M / e.gate.size(0) : 1;
-      if (method == "composite") {
-        *out = lora::lowRankComposite(y, u, up, k, e, rowsPerGate);
-        return;
-      }
-#ifdef X2I_CUDA_KERNELS
-      const auto kind = e.kind == flux::Epilogue::GeluTanh ? kernels::LowRankEpilogue::GeluTanh
-                        : e.kind == flux::Epilogue::Gated  ? kernels::LowRankEpilogue::Gated
-                                                           : kernels::LowRankEpilogue::None;
-      at::Tensor o = at::empty({M, N}, y.options());
-      const at::Tensor mask = givenMask.defined() ? givenMask : useMask ? lora::chunkMask(up) : at::Tensor();
-      kernels::lowRankAdd(y, u, up.contiguous(), mask, 0, k, kind, e.res, e.gate,
-                          rowsPerGate, o);
-      *out = o;
-#else
-      fail("ERR_NOT_SUPPORTED", "lowRankAdd: this build has no CUDA kernels");
+      fail("ERR_SHAPE_MISMATCH", fn + ": yAug " + shapeString(ya.sizes()) + ", rank " + std::to_string(R) + ", up " + shapeString(up.sizes()));
+#ifndef X2I_CUDA_KERNELS
+    if (!composite) fail("ERR_NOT_SUPPORTED", fn + ": this build has no CUDA kernels");
 #endif
-    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  }
+
+  at::Tensor run() const {
+    const int64_t N = ya.size(1) - R, M = ya.size(0);
+    const at::Tensor y = ya.narrow(1, 0, N), u = ya.narrow(1, N, R);
+    const int64_t rowsPerGate = e.gate.defined() ? M / e.gate.size(0) : 1;
+    if (composite) return lora::lowRankComposite(y, u, up, k, e, rowsPerGate);
+#ifdef X2I_CUDA_KERNELS
+    const auto kind = e.kind == flux::Epilogue::GeluTanh ? kernels::LowRankEpilogue::GeluTanh
+                      : e.kind == flux::Epilogue::Gated  ? kernels::LowRankEpilogue::Gated
+                                                         : kernels::LowRankEpilogue::None;
+    at::Tensor o = at::empty({M, N}, y.options());
+    const at::Tensor mask = givenMask.defined() ? givenMask : useMask ? lora::chunkMask(up) : at::Tensor();
+    kernels::lowRankAdd(y, u, up.contiguous(), mask, 0, k, kind, e.res, e.gate, rowsPerGate, o);
+    return o;
+#else
+    return {};
+#endif
+  }
+};
+
+// lowRankAdd(...LowRankCall's arguments) → Promise<Tensor>
+Napi::Value LowRankAddProbe(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const LowRankCall c(info, "lowRankAdd");
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] { *out = c.run(); }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  });
+}
+
+// benchLowRankAdd(...LowRankCall's arguments, iters = 100) → Promise<number>: mean ms of one call over `iters`
+// back-to-back calls in the worker (three warm-ups; a device synchronisation at each end) — the kernel's time without
+// the bridge's.
+Napi::Value BenchLowRankAdd(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const LowRankCall c(info, "benchLowRankAdd");
+    const int iters = info.Length() > 9 && info[9].IsNumber() ? info[9].As<Napi::Number>().Int32Value() : 100;
+    if (iters < 1) fail("ERR_INVALID_ARG", "benchLowRankAdd: iters must be positive");
+    auto ms = std::make_shared<double>(0);
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      for (int i = 0; i < 3; ++i) c.run();
+      syncDevice(c.ya);
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < iters; ++i) c.run();
+      syncDevice(c.ya);
+      *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+    }, [ms](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *ms); });
   });
 }
 
@@ -238,6 +275,22 @@ Napi::Value SdpaBackend(const Napi::CallbackInfo& info) {
   });
 }
 
+// cudaProfiler(start): cudaProfilerStart / cudaProfilerStop, so that a profiler started with its capture off
+// (ncu --profile-from-start off) sees only the calls between them; false where this build has no CUDA kernels.
+Napi::Value CudaProfiler(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const bool start = info.Length() > 0 && info[0].ToBoolean();
+#ifdef X2I_CUDA_KERNELS
+    const cudaError_t e = start ? cudaProfilerStart() : cudaProfilerStop();
+    if (e != cudaSuccess) fail("ERR_CUDA", std::string("cudaProfiler: ") + cudaGetErrorString(e));
+    return Napi::Boolean::New(info.Env(), true);
+#else
+    (void)start;
+    return Napi::Boolean::New(info.Env(), false);
+#endif
+  });
+}
+
 Napi::Object testingExports(Napi::Env env) {
   auto t = Napi::Object::New(env);
   t.Set("noop", Napi::Function::New(env, Noop));
@@ -249,6 +302,8 @@ Napi::Object testingExports(Napi::Env env) {
   t.Set("sdpaBackend", Napi::Function::New(env, SdpaBackend));
   t.Set("groupNorm", Napi::Function::New(env, GroupNormProbe));
   t.Set("lowRankAdd", Napi::Function::New(env, LowRankAddProbe));
+  t.Set("benchLowRankAdd", Napi::Function::New(env, BenchLowRankAdd));
+  t.Set("cudaProfiler", Napi::Function::New(env, CudaProfiler));
   return t;
 }
 

@@ -43,11 +43,11 @@ describe('the generation service on CUDA (tiny models)', { skip }, () => {
     tensorBaseline = x2i.memory().tensors;
     await x2i.cuda.synchronize();
     cudaBaseline = x2i.cuda.memory('cuda').allocated;
-  });
+  }, { timeout: 180_000 });
   after(async () => {
     await server?.close();
     model?.dispose();
-  });
+  }, { timeout: 60_000 });
 
   gpuIt('serves on cuda: health names the device and bf16', async () => {
     const h = await (await fetch(`${server.url}/health`)).json();

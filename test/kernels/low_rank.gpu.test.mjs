@@ -1,7 +1,8 @@
 // Unfused LoRA's one-pass kernel (native/kernels/low_rank.cu) against its LibTorch twin in float64 on the CPU:
 // epilogue(y + k · u · upᵀ) with y and u column blocks of one tensor (as the stacked GEMM gives them), the three
 // epilogues (none, tanh-GELU, gated residual with one gate row per sample), odd sizes (the scalar path), aligned
-// sizes (the vectorised path), block-diagonal ups with the chunk mask, float32 / bfloat16 / float16.
+// sizes (the vectorised path; for bf16 / fp16 with ranks in whole chunks of 16 the tensor-core path, also with partial
+// tiles), block-diagonal ups with the chunk mask, float32 / bfloat16 / float16.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as x2i from '../../dist/index.js';
@@ -33,6 +34,7 @@ const cases = [
   { M: 256, N: 384, R: 48, B: 1, parts: 3 },       // a fused qkv's block-diagonal up, masked chunks
   { M: 4096, N: 3072, R: 16, B: 1 },               // FLUX's image stream at 1024², rank 16
   { M: 512, N: 1024, R: 64, B: 2, parts: 4 },      // linear1-like: four parts
+  { M: 100, N: 136, R: 32, B: 2 },                 // the tensor-core path (16-bit, whole rank chunks) with partial tiles
 ];
 
 async function inputs(c, device, dtype) {
