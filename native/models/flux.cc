@@ -252,8 +252,10 @@ std::array<at::Tensor, 3> splitHeads(const at::Tensor& qkv, int64_t heads) {
 // dense tensor, with the same shapes and q, k, v layout; with both, cuDNN's attention backward failed
 // (mha_graph.execute, then an illegal memory access), likely one cached graph serving both layouts; with the
 // gradient in one layout it runs (bench/RESULTS.md, issue 13). A copy only where the layouts differ.
-at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+// out (optional, not for autograd): [B, L, hidden] to write the result into (rows may be strided)
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out = {}) {
   at::Tensor o = at::scaled_dot_product_attention(q, k, v);  // [B, H, L, hd]
+  if (out.defined()) return out.unflatten(2, {o.size(1), o.size(3)}).copy_(o.transpose(1, 2)), out;
   if (o.requires_grad()) {
     std::vector<int64_t> strides = o.strides().vec();
     o.register_hook([strides](const at::Tensor& g) {
@@ -372,6 +374,16 @@ at::Tensor singleBlock(const Model& m, const SingleBlock& b, int64_t index, cons
   const int64_t h = m.cfg.hidden;
   const bool fast = m.cfg.fast;
   auto mod = b.mod(sv).unsqueeze(1).chunk(3, -1);  // shift, scale, gate
+  if (fast && !tap && !at::GradMode::is_enabled()) {
+    // inference: the attention and the MLP's activations written side by side into linear2's input (no concatenation)
+    const int64_t f = b.linear1.w.size(0) - 3 * h;
+    at::Tensor in2 = at::empty({x.size(0), x.size(1), h + f}, x.options());
+    auto u = b.linear1(modulate(x, mod[0], mod[1], fast),
+                       {{Epilogue::None, 0, 3 * h}, {Epilogue::GeluTanh, 3 * h, -1, {}, {}, in2.narrow(-1, h, f)}}, fast);
+    auto [q, k, v] = qkvHeads(m, {{u[0], b.qNorm, b.kNorm}}, rope);
+    attention(q, k, v, in2.narrow(-1, 0, h));
+    return gatedLinear(b.linear2, in2, x, mod[2], fast);
+  }
   auto u = b.linear1(modulate(x, mod[0], mod[1], fast), {{Epilogue::None, 0, 3 * h}, {Epilogue::GeluTanh, 3 * h}}, fast);
   auto [q, k, v] = qkvHeads(m, {{u[0], b.qNorm, b.kNorm}}, rope);  // u: qkv, gelu(mlp)
   at::Tensor a = attention(q, k, v);

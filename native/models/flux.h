@@ -58,6 +58,7 @@ struct Epilogue {
   enum Kind { None, GeluTanh, Gated } kind = None;
   int64_t from = 0, n = -1;  // the output columns [from, from + n) (n < 0: to the end)
   at::Tensor res, gate;      // Gated: res [B, L, n] + gate [B, 1, n] · y
+  at::Tensor out;            // where the range's result goes ([B, L, n], rows may be strided); default: a new tensor
 };
 
 struct Linear {

@@ -77,6 +77,12 @@ std::vector<const LoraSlot*> stackedSlots(const Linear& l, const at::Tensor& x) 
 }
 
 at::Tensor epilogueComposite(const at::Tensor& y, const Epilogue& e, bool fast) {
+  if (e.out.defined()) {  // written where the caller wants it (not for autograd)
+    at::Tensor o = e.out;
+    if (e.kind == Epilogue::GeluTanh) return at::gelu_out(o, y, "tanh");
+    if (e.kind == Epilogue::Gated) return fast ? at::addcmul_out(o, e.res, e.gate, y) : o.copy_(e.res + e.gate * y);
+    return o.copy_(y);
+  }
   if (e.kind == Epilogue::GeluTanh) return at::gelu(y, "tanh");
   if (e.kind == Epilogue::Gated) return fast ? at::addcmul(e.res, e.gate, y) : e.res + e.gate * y;
   return y;
@@ -95,7 +101,7 @@ std::vector<at::Tensor> stackedForward(const Linear& l, const at::Tensor& x, con
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   for (const auto& e : ranges) {
     const int64_t n = e.n < 0 ? out - e.from : e.n;
-    at::Tensor o = at::empty({M, n}, ya.options()), res, gate;
+    at::Tensor o = e.out.defined() ? e.out.view({M, n}) : at::empty({M, n}, ya.options()), res, gate;
     if (e.kind == Epilogue::Gated) res = e.res.reshape({M, n}), gate = e.gate.reshape({-1, n});
     for (size_t i = 0; i < active.size(); ++i) {
       const LoraSlot& s = *active[i];
@@ -111,7 +117,7 @@ std::vector<at::Tensor> stackedForward(const Linear& l, const at::Tensor& x, con
                           gate.defined() ? M / gate.size(0) : 1, o);
     }
     shape.back() = n;
-    outs.push_back(o.view(shape));
+    outs.push_back(e.out.defined() ? e.out : o.view(shape));
   }
 #endif
   return outs;

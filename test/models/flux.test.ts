@@ -51,6 +51,18 @@ describe('FluxTransformer matches the golden reference', () => {
     });
   }
 
+  it('without captures (single blocks write attention and MLP side by side, no concatenation): the same sample bit for bit', async () => {
+    using m = await FluxTransformer.fromPretrained(folder);
+    const plain = await m.forward(inputs);
+    const captured = await m.forward(inputs, { capture: true });
+    expect(plain.captures).toBeUndefined();
+    expect(await relErr(plain.sample, io.sample)).toBeLessThan(1e-4);
+    expect(await plain.sample.toArray()).toEqual(await captured.sample.toArray());
+    plain.sample.dispose();
+    captured.sample.dispose();
+    for (const t of Object.values(captured.captures!)) t.dispose();
+  });
+
   it('counts its parameters: every tensor of the checkpoint', async () => {
     using m = await FluxTransformer.fromPretrained(bflFile, { config: axes });
     const w = await x2i.loadSafetensors(bflFile);
