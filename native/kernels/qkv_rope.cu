@@ -1,12 +1,16 @@
 // Fused QKV split + QK-RMSNorm + RoPE (forward and backward) for the FLUX joint attention: one warp per
 // (token, head, q|k|v) row, float32 math, one read of the projection output and one write of each head
-// tensor in the [B, heads, tokens, hd] layout SDPA takes.
+// tensor in the [B, heads, tokens, hd] layout SDPA takes. Where the head dim is 32·V (FLUX: 128, V = 4) and the rows
+// are aligned, a lane holds V consecutive elements (one vector load or store per row and tensor: forwardVec,
+// backwardVec); else a lane strides over the row (forwardKernel, backwardKernel).
 #include "kernels/kernels.h"
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include <tuple>
 
 namespace x2i::kernels {
 namespace {
@@ -112,6 +116,96 @@ __global__ void backwardKernel(Seg<T> s, Shape z, const float* cos, const float*
   }
 }
 
+
+// ---- V consecutive elements per lane (hd = 32·V, V even; rows aligned to V elements)
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <typename T, int V>
+__device__ __forceinline__ void loadV(const T* p, float (&f)[V]) {
+  const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+  for (int i = 0; i < V; ++i) f[i] = float(pk.v[i]);
+}
+template <typename T, int V>
+__device__ __forceinline__ void storeV(T* p, const float (&f)[V]) {
+  Pack<T, V> pk;
+#pragma unroll
+  for (int i = 0; i < V; ++i) pk.v[i] = T(f[i]);
+  *reinterpret_cast<Pack<T, V>*>(p) = pk;
+}
+
+template <typename T, int V>
+__global__ void forwardVec(Seg<T> s, Shape z, const float* cos, const float* sin, T* q, T* k, T* v) {
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  int b, l, h, which;
+  if (!decode(w, s.rows, z.H, b, l, h, which, z.B)) return;
+  const T* x = s.qkv + b * s.sB + l * s.sL + which * z.hidden + h * z.hd + lane * V;
+  const int64_t o = ((int64_t(b) * z.H + h) * z.L + s.offset + l) * z.hd + lane * V;
+  float a[V];
+  loadV<T, V>(x, a);
+  if (which == 2) return storeV<T, V>(v + o, a);
+  float ss = 0;
+#pragma unroll
+  for (int i = 0; i < V; ++i) ss += a[i] * a[i];
+  const float r = rsqrtf(warpSum(ss) / z.hd + z.eps);
+  float sc[V], c[V / 2], sn[V / 2];
+  loadV<T, V>((which == 0 ? s.qs : s.ks) + lane * V, sc);
+  const int64_t pr = int64_t(s.offset + l) * (z.hd / 2) + lane * (V / 2);  // this lane's rotation pairs
+#pragma unroll
+  for (int j = 0; j < V / 2; ++j) c[j] = cos[pr + j], sn[j] = sin[pr + j];
+  float y[V];
+#pragma unroll
+  for (int j = 0; j < V / 2; ++j) {
+    const float n0 = a[2 * j] * r * sc[2 * j], n1 = a[2 * j + 1] * r * sc[2 * j + 1];
+    y[2 * j] = n0 * c[j] - n1 * sn[j];
+    y[2 * j + 1] = n0 * sn[j] + n1 * c[j];
+  }
+  storeV<T, V>((which == 0 ? q : k) + o, y);
+}
+
+template <typename T, int V>
+__global__ void backwardVec(Seg<T> s, Shape z, const float* cos, const float* sin, const T* dq, const T* dk,
+                            const T* dv, T* dqkv) {
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  int b, l, h, which;
+  if (!decode(w, s.rows, z.H, b, l, h, which, z.B)) return;
+  T* dx = dqkv + (int64_t(b) * s.rows + l) * 3 * z.hidden + which * z.hidden + h * z.hd + lane * V;
+  const int64_t o = ((int64_t(b) * z.H + h) * z.L + s.offset + l) * z.hd + lane * V;
+  float g[V];
+  if (which == 2) {
+    loadV<T, V>(dv + o, g);
+    return storeV<T, V>(dx, g);
+  }
+  float a[V], sc[V], c[V / 2], sn[V / 2];
+  loadV<T, V>(s.qkv + b * s.sB + l * s.sL + which * z.hidden + h * z.hd + lane * V, a);
+  loadV<T, V>((which == 0 ? dq : dk) + o, g);
+  loadV<T, V>((which == 0 ? s.qs : s.ks) + lane * V, sc);
+  float ss = 0;
+#pragma unroll
+  for (int i = 0; i < V; ++i) ss += a[i] * a[i];
+  const float r = rsqrtf(warpSum(ss) / z.hd + z.eps);
+  const int64_t pr = int64_t(s.offset + l) * (z.hd / 2) + lane * (V / 2);
+#pragma unroll
+  for (int j = 0; j < V / 2; ++j) c[j] = cos[pr + j], sn[j] = sin[pr + j];
+  // y = R·(u ⊙ scale), u = x·r:  du = scale ⊙ Rᵀ dy;  dx = r·(du − u·⟨du, u⟩/hd)
+  float du[V], dot = 0;
+#pragma unroll
+  for (int j = 0; j < V / 2; ++j) {
+    du[2 * j] = (g[2 * j] * c[j] + g[2 * j + 1] * sn[j]) * sc[2 * j];
+    du[2 * j + 1] = (g[2 * j + 1] * c[j] - g[2 * j] * sn[j]) * sc[2 * j + 1];
+    dot += du[2 * j] * a[2 * j] * r + du[2 * j + 1] * a[2 * j + 1] * r;
+  }
+  dot = warpSum(dot) / z.hd;
+  float d[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) d[i] = r * (du[i] - a[i] * r * dot);
+  storeV<T, V>(dx, d);
+}
+
 Shape shapeOf(const std::vector<QkvSegment>& segs, int64_t heads, double eps) {
   TORCH_CHECK(!segs.empty(), "qkvRope: no segments");
   const auto& q0 = segs[0].qkv;
@@ -136,6 +230,19 @@ Seg<T> segOf(const QkvSegment& s, int offset) {
           s.qScale.data_ptr<T>(), s.kScale.data_ptr<T>()};
 }
 
+// V for the vector kernels (0: the striding ones): hd = 32·V with V ∈ {2, 4}, every row and pointer aligned to V elements
+template <typename T>
+int vecWidth(const Shape& z, const std::vector<QkvSegment>& segs, std::initializer_list<const at::Tensor*> more) {
+  const int V = z.hd == 128 ? 4 : z.hd == 64 ? 2 : 0;
+  if (!V) return 0;
+  auto ok = [&](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % (sizeof(T) * V) == 0; };
+  for (auto& s : segs)
+    if (!ok(s.qkv) || !ok(s.qScale) || !ok(s.kScale) || s.qkv.stride(0) % V || s.qkv.stride(1) % V) return 0;
+  for (const at::Tensor* t : more)
+    if (!ok(*t)) return 0;
+  return z.hidden % V ? 0 : V;
+}
+
 unsigned blocksFor(const Shape& z, int rows) {
   const int64_t warps = int64_t(z.B) * rows * z.H * 3;
   return unsigned((warps * kWarp + kThreads - 1) / kThreads);
@@ -154,12 +261,20 @@ std::array<at::Tensor, 3> qkvRopeForward(const std::vector<QkvSegment>& segs, co
   at::Tensor q = at::empty({z.B, z.H, z.L, z.hd}, opts), k = at::empty_like(q), v = at::empty_like(q);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qkvRopeForward", [&] {
+    const int V = vecWidth<scalar_t>(z, segs, {});
     int offset = 0;
     for (auto& s : segs) {
       const int rows = int(s.qkv.size(1));
-      if (rows) forwardKernel<scalar_t><<<blocksFor(z, rows), kThreads, 0, stream>>>(
-          segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(), q.data_ptr<scalar_t>(),
-          k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>());
+      const auto args = std::make_tuple(segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(),
+                                        q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>());
+      auto launch = [&](auto kernel) {
+        std::apply([&](auto... a) { kernel<<<blocksFor(z, rows), kThreads, 0, stream>>>(a...); }, args);
+      };
+      if (rows) {
+        if (V == 4) launch(forwardVec<scalar_t, 4>);
+        else if (V == 2) launch(forwardVec<scalar_t, 2>);
+        else launch(forwardKernel<scalar_t>);
+      }
       offset += rows;
     }
   });
@@ -181,13 +296,22 @@ std::vector<at::Tensor> qkvRopeBackward(const std::vector<QkvSegment>& segs, con
   std::vector<at::Tensor> out;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qkvRopeBackward", [&] {
+    const int V = vecWidth<scalar_t>(z, segs, {&gq, &gk, &gv});
     int offset = 0;
     for (auto& s : segs) {
       const int rows = int(s.qkv.size(1));
       at::Tensor d = at::empty({z.B, rows, 3 * int64_t(z.hidden)}, x.options());
-      if (rows) backwardKernel<scalar_t><<<blocksFor(z, rows), kThreads, 0, stream>>>(
-          segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(), gq.data_ptr<scalar_t>(),
-          gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), d.data_ptr<scalar_t>());
+      const auto args = std::make_tuple(segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(),
+                                        gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(),
+                                        d.data_ptr<scalar_t>());
+      auto launch = [&](auto kernel) {
+        std::apply([&](auto... a) { kernel<<<blocksFor(z, rows), kThreads, 0, stream>>>(a...); }, args);
+      };
+      if (rows) {
+        if (V == 4) launch(backwardVec<scalar_t, 4>);
+        else if (V == 2) launch(backwardVec<scalar_t, 2>);
+        else launch(backwardKernel<scalar_t>);
+      }
       out.push_back(d);
       offset += rows;
     }

@@ -1,5 +1,6 @@
 // The CUDA kernels against their LibTorch composites (X2I_NO_KERNELS=1) and against float64 on the CPU,
-// on odd sizes: forward, and the backward to the conditioning inputs.
+// on odd sizes: forward, and the backward to the conditioning inputs. Head dims 128 and 64 take the QKV kernels'
+// vector path (a lane holds 4 or 2 consecutive elements), 34 the striding one.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -41,6 +42,9 @@ const configs = [
   { name: 'head dim 128 (FLUX), 2 heads, 1 + 65 tokens', B: 1, T: 1, N: 65,
     c: { in_channels: 64, num_layers: 1, num_single_layers: 1, attention_head_dim: 128, num_attention_heads: 2,
       joint_attention_dim: 64, pooled_projection_dim: 32, axes_dims_rope: [16, 56, 56] } },
+  { name: 'head dim 64 (two elements a lane), 3 heads, 5 + 50 tokens, batch 2', B: 2, T: 5, N: 50,
+    c: { in_channels: 16, num_layers: 1, num_single_layers: 2, attention_head_dim: 64, num_attention_heads: 3,
+      joint_attention_dim: 48, pooled_projection_dim: 24, axes_dims_rope: [8, 28, 28] } },
 ];
 
 describe('fused QKV + QK-RMSNorm + RoPE kernel', () => {
