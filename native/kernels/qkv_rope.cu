@@ -10,8 +10,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <tuple>
-
 namespace x2i::kernels {
 namespace {
 
@@ -243,6 +241,12 @@ int vecWidth(const Shape& z, const std::vector<QkvSegment>& segs, std::initializ
   return z.hidden % V ? 0 : V;
 }
 
+// The kernel for a vector width V (0: the striding one); all of one signature.
+template <typename T>
+auto forwardFor(int V) { return V == 4 ? forwardVec<T, 4> : V == 2 ? forwardVec<T, 2> : forwardKernel<T>; }
+template <typename T>
+auto backwardFor(int V) { return V == 4 ? backwardVec<T, 4> : V == 2 ? backwardVec<T, 2> : backwardKernel<T>; }
+
 unsigned blocksFor(const Shape& z, int rows) {
   const int64_t warps = int64_t(z.B) * rows * z.H * 3;
   return unsigned((warps * kWarp + kThreads - 1) / kThreads);
@@ -265,16 +269,9 @@ std::array<at::Tensor, 3> qkvRopeForward(const std::vector<QkvSegment>& segs, co
     int offset = 0;
     for (auto& s : segs) {
       const int rows = int(s.qkv.size(1));
-      const auto args = std::make_tuple(segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(),
-                                        q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>());
-      auto launch = [&](auto kernel) {
-        std::apply([&](auto... a) { kernel<<<blocksFor(z, rows), kThreads, 0, stream>>>(a...); }, args);
-      };
-      if (rows) {
-        if (V == 4) launch(forwardVec<scalar_t, 4>);
-        else if (V == 2) launch(forwardVec<scalar_t, 2>);
-        else launch(forwardKernel<scalar_t>);
-      }
+      if (rows) forwardFor<scalar_t>(V)<<<blocksFor(z, rows), kThreads, 0, stream>>>(
+          segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(), q.data_ptr<scalar_t>(),
+          k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>());
       offset += rows;
     }
   });
@@ -301,17 +298,9 @@ std::vector<at::Tensor> qkvRopeBackward(const std::vector<QkvSegment>& segs, con
     for (auto& s : segs) {
       const int rows = int(s.qkv.size(1));
       at::Tensor d = at::empty({z.B, rows, 3 * int64_t(z.hidden)}, x.options());
-      const auto args = std::make_tuple(segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(),
-                                        gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(),
-                                        d.data_ptr<scalar_t>());
-      auto launch = [&](auto kernel) {
-        std::apply([&](auto... a) { kernel<<<blocksFor(z, rows), kThreads, 0, stream>>>(a...); }, args);
-      };
-      if (rows) {
-        if (V == 4) launch(backwardVec<scalar_t, 4>);
-        else if (V == 2) launch(backwardVec<scalar_t, 2>);
-        else launch(backwardKernel<scalar_t>);
-      }
+      if (rows) backwardFor<scalar_t>(V)<<<blocksFor(z, rows), kThreads, 0, stream>>>(
+          segOf<scalar_t>(s, offset), z, c.data_ptr<float>(), sn.data_ptr<float>(), gq.data_ptr<scalar_t>(),
+          gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), d.data_ptr<scalar_t>());
       out.push_back(d);
       offset += rows;
     }

@@ -255,7 +255,10 @@ std::array<at::Tensor, 3> splitHeads(const at::Tensor& qkv, int64_t heads) {
 // out (optional, not for autograd): [B, L, hidden] to write the result into (rows may be strided)
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out = {}) {
   at::Tensor o = at::scaled_dot_product_attention(q, k, v);  // [B, H, L, hd]
-  if (out.defined()) return out.unflatten(2, {o.size(1), o.size(3)}).copy_(o.transpose(1, 2)), out;
+  if (out.defined()) {
+    out.unflatten(2, {o.size(1), o.size(3)}).copy_(o.transpose(1, 2));
+    return out;
+  }
   if (o.requires_grad()) {
     std::vector<int64_t> strides = o.strides().vec();
     o.register_hook([strides](const at::Tensor& g) {
