@@ -789,7 +789,7 @@ async function evaluate(args: string[]): Promise<number> {
     r.prompts.forEach((row, i) => console.log(`| ${i} | ${row.prompt.length > 48 ? `${row.prompt.slice(0, 47)}…` : row.prompt} | ${f(row.clipTeacher)} | ` +
       `${f(row.clipStudent)} | ${f(row.clipTeacher > 0 ? row.clipStudent / row.clipTeacher : 0, 3)} | ${f(row.ssim, 4)} | ${f(row.psnr)} |`));
     const m = r.summary;
-    console.log(`| mean (${m.n}) | | ${f(m.clipTeacher)} | ${f(m.clipStudent)} | ${f(m.ratio, 3)} | ${f(m.ssim, 4)} | ${f(m.psnr)} |`);
+    console.log(`| mean (${m.n}) | | ${f(m.clipTeacher)} | ${f(m.clipStudent)} | ${m.ratio === null ? '—' : f(m.ratio, 3)} | ${f(m.ssim, 4)} | ${f(m.psnr)} |`);
     if (v.out) await evalCharts(v.out, r);
     if (v.json) fs.writeFileSync(v.json, JSON.stringify(r, null, 2));
     clip.dispose();
@@ -830,7 +830,7 @@ function readPrompts(file: string): string[] {
 async function evalCharts(out: string, r: import('../sample/evaluate.js').PromptEvaluation): Promise<void> {
   const { barChartSvg, writeChart } = await import('./plots.js');
   const categories = r.prompts.map((_, i) => `#${i}`);
-  const scores = barChartSvg({ title: `CLIP score per prompt (student / teacher ${r.summary.ratio.toFixed(3)})`, xLabel: 'prompt',
+  const scores = barChartSvg({ title: `CLIP score per prompt (student / teacher ${r.summary.ratio === null ? '—' : r.summary.ratio.toFixed(3)})`, xLabel: 'prompt',
     yLabel: 'CLIP score', categories, series: [{ name: 'teacher (T5 + CLIP)', values: r.prompts.map((p) => p.clipTeacher), color: '#1e1ec8' },
       { name: 'student (MLLM + AlignNet)', values: r.prompts.map((p) => p.clipStudent), color: '#c81e1e' }] });
   const agree = barChartSvg({ title: 'teacher–student agreement per prompt', xLabel: 'prompt', yLabel: 'SSIM', categories,

@@ -5,7 +5,7 @@ import { ClipTextEncoder } from '../models/clip.js';
 import { ClipVisionEncoder } from '../models/clip_vision.js';
 import type { PretrainedOptions } from '../models/pretrained.js';
 import type { RgbImage } from '../models/qwen_vision.js';
-import type { X2IGenerator } from './generator.js';
+import type { X2IGenerateOptions, X2IGenerator } from './generator.js';
 import type { AlignNet } from '../models/alignnet.js';
 import { distillationLoss } from '../train/distill.js';
 import { addon } from '../core/native.js';
@@ -155,17 +155,19 @@ async function tensorToRgb(images: Tensor): Promise<RgbImage[]> {
 // ---------------------------------------------------------------- teacher vs student on prompts (x2i eval --prompts)
 export interface PromptEvaluation {
   prompts: { prompt: string; seed: number; clipTeacher: number; clipStudent: number; ssim: number; psnr: number }[];
-  /** Means over the prompts; ratio = clipStudent / clipTeacher. */
-  summary: { clipTeacher: number; clipStudent: number; ratio: number; ssim: number; psnr: number; n: number };
+  /** Means over the prompts; ratio = clipStudent / clipTeacher (null where the teacher's mean score is 0: no ratio). */
+  summary: { clipTeacher: number; clipStudent: number; ratio: number | null; ssim: number; psnr: number; n: number };
 }
 
 /**
  * The X2I student against its teacher on prompts: for each prompt the teacher's image (FLUX on T5 + CLIP: `teacher`
  * a FluxPipeline with its text encoders) and the student's (`student` an X2IGenerator over the same transformer)
  * from the same noise, each scored against the prompt by CLIP score, and their SSIM/PSNR agreement. Images are kept
- * only as PNG through `onImages` (optional).
+ * only as PNG through `onImages` (optional). `studentOptions`: how the student encodes a prompt (its tokenizer, default
+ * the one in its MLLM's folder; maxLength; template), as for `X2IGenerator.generate`.
  */
 export async function evaluatePrompts(opts: { teacher: FluxPipeline; student: X2IGenerator; clip: ClipScorer; prompts: string[];
+  studentOptions?: Pick<X2IGenerateOptions, 'tokenizer' | 'maxLength' | 'template'>;
   height?: number; width?: number; numInferenceSteps?: number; guidanceScale?: number; seed?: number; signal?: AbortSignal;
   onPrompt?: (i: number, total: number) => void; onImages?: (i: number, teacherPng: Buffer, studentPng: Buffer) => Promise<void> | void }): Promise<PromptEvaluation> {
   if (!Array.isArray(opts.prompts) || opts.prompts.length === 0 || !opts.prompts.every((p) => typeof p === 'string' && p.trim()))
@@ -180,7 +182,7 @@ export async function evaluatePrompts(opts: { teacher: FluxPipeline; student: X2
     const seed = (opts.seed ?? 0) + i;
     const t = await opts.teacher.generate({ ...gen, seed, prompt });
     try {
-      const s = await opts.student.generate({ ...gen, seed, prompt });
+      const s = await opts.student.generate({ ...opts.studentOptions, ...gen, seed, prompt });
       try {
         const agree = await imageAgreement(t.images, s.images);
         const [ct] = await opts.clip.score(t.images, [prompt]), [cs] = await opts.clip.score(s.images, [prompt]);
@@ -194,7 +196,7 @@ export async function evaluatePrompts(opts: { teacher: FluxPipeline; student: X2
     }
   }
   const mean = (k: 'clipTeacher' | 'clipStudent' | 'ssim' | 'psnr') => rows.reduce((a, r) => a + r[k], 0) / rows.length;
-  const summary = { clipTeacher: mean('clipTeacher'), clipStudent: mean('clipStudent'), ratio: 0, ssim: mean('ssim'), psnr: mean('psnr'), n: rows.length };
-  summary.ratio = summary.clipTeacher > 0 ? summary.clipStudent / summary.clipTeacher : 0;
+  const summary = { clipTeacher: mean('clipTeacher'), clipStudent: mean('clipStudent'), ratio: null as number | null, ssim: mean('ssim'), psnr: mean('psnr'), n: rows.length };
+  summary.ratio = summary.clipTeacher > 0 ? summary.clipStudent / summary.clipTeacher : null;
   return { prompts: rows, summary };
 }
