@@ -10,7 +10,7 @@
 // activation checkpointing. Baseline: the same step and generation as a PyTorch eager composition
 // (--baseline bench/baselines/x2i_step.py; transformers T5 / CLIP / Qwen2.5-VL), run after this process has
 // freed the GPU.
-//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--compile (the baseline also times torch.compile)] [--json out.json]
+//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--compile (the baseline also times torch.compile of the generation)] [--compile-step (and of the training step)] [--json out.json]
 //                           [--steps 5] [--gen-iters 3]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,7 +21,7 @@ import * as x2i from '../dist/index.js';
 import { CLIP_L, QWEN_7B, T5_XXL } from './real_sizes.mjs';
 
 const { values: args } = parseArgs({ options: {
-  baseline: { type: 'string' }, compile: { type: 'boolean', default: false }, json: { type: 'string' },
+  baseline: { type: 'string' }, compile: { type: 'boolean', default: false }, 'compile-step': { type: 'boolean', default: false }, json: { type: 'string' },
   steps: { type: 'string', default: '5' }, 'gen-iters': { type: 'string', default: '3' },
 } });
 if (!x2i.cuda.isAvailable()) { console.error('bench/x2i_step.mjs needs CUDA'); process.exit(1); }
@@ -126,7 +126,7 @@ result.leftover_GiB = gib(x2i.cuda.memory(device, { emptyCache: true }).reserved
 // ---- the PyTorch eager composition, once this process holds (almost) nothing on the GPU
 if (args.baseline) {
   const out = path.join(os.tmpdir(), `x2i_step-${process.pid}.json`);
-  const extra = args.compile ? ['--compile'] : [];
+  const extra = [...(args.compile ? ['--compile'] : []), ...(args['compile-step'] ? ['--compile-step'] : [])];
   const r = spawnSync('python3', [args.baseline, '--steps', String(steps), '--gen-iters', String(genIters), ...extra, '--json', out],
     { encoding: 'utf8', timeout: 540_000 });
   if (fs.existsSync(out)) result.baseline = JSON.parse(fs.readFileSync(out, 'utf8'));  // a timeout keeps the phases done
@@ -147,6 +147,8 @@ row('training step', R.step, b.step);
 row('training step, activation checkpointing', R.step_checkpoint, b.step_checkpoint);
 row('teacher generation 1024², 28 steps', R.generate, b.generate);
 if (b.generate_compile) console.log(`| teacher generation, torch.compile | | | ${f(b.generate_compile.ms)} | | ${f(b.generate_compile.ms / R.generate.ms, 2)}× |`);
+if (b.step_compile) console.log(`| training step, torch.compile (transformer, AlignNet, loss; compiled in ${f(b.step_compile_s)} s) | | | ` +
+  `${f(b.step_compile.ms)} | ${f(b.step_compile.peak_allocated_GiB, 2)} GiB | ${f(b.step_compile.ms / R.step.ms, 2)}× |`);
 console.log(`step parts (x2i): encoders ${f(R.step.encoders_ms)} ms, trainStep ${f(R.step.trainStep_ms)} ms; loss ${f(R.step.loss, 3)}, skipped ${R.step.skipped}`);
 console.log(`generation parts (x2i): VAE decode 1024² ${f(R.generate.vae_decode_ms)} ms`);
 if (result.baselineError) console.log(`baseline failed:\n${result.baselineError}`);

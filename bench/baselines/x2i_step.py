@@ -10,10 +10,12 @@ weights, batch 1, 1024² (4096 image tokens), 512 text tokens:
   the same frozen FLUX forward with grad, the same features, the official loss (z-norm, tau 3, softmax over
   channels, kl_div(log p_T, p_S, 'batchmean'), 76 terms), backward into AlignNet, clip_grad_norm 1.0, AdamW.
 And the teacher's generation: T5 + CLIP + 28 Euler steps of FLUX.1-dev at 1024² (no VAE: diffusers is not on
-the machine), eager and (--compile) with torch.compile of the transformer.
+the machine), eager and (--compile) with torch.compile of the transformer. --compile-step times the training step
+with torch.compile of the same composition (the transformer for teacher and student, AlignNet and the loss compiled;
+the encoders eager), last (each compilation takes minutes: the two flags apart fit a device call each).
 The FLUX transformer (flux_torch.py, shared with finetune_step.py) is written out in plain PyTorch (BFL's math: AdaLN, QK-RMSNorm, 3-axis RoPE, joint
 attention text-first, GELU-tanh), one module per part, weights frozen.
-    python3 x2i_step.py [--steps 5] [--gen-iters 3] [--compile] [--json out.json]
+    python3 x2i_step.py [--steps 5] [--gen-iters 3] [--compile] [--compile-step] [--json out.json]
 """
 import argparse, json, math, os, statistics, sys, time, traceback
 
@@ -28,6 +30,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=5)
 p.add_argument("--gen-iters", type=int, default=3)
 p.add_argument("--compile", action="store_true")
+p.add_argument("--compile-step", action="store_true")
 p.add_argument("--json")
 a = p.parse_args()
 dev, dt = "cuda", torch.bfloat16
@@ -121,21 +124,24 @@ try:
         with torch.no_grad():
             return t5(input_ids=t5_ids).last_hidden_state, clip(input_ids=clip_ids).pooler_output
 
-    def step():
-        ehs, pooled = conditioning()
-        with torch.no_grad():
-            hs = torch.stack(qwen.model(input_ids=qwen_ids, output_hidden_states=True, use_cache=False).hidden_states, 1)
-            lat = torch.randn(1, N, 64, device=dev, dtype=dt)
-            tt = {"img": [], "txt": [], "single": []}
-            flux(lat, ehs, pooled, ones, guid, cos, sin, tt)
-        seq, pool = align(hs)
-        ss = {"img": [], "txt": [], "single": []}
-        flux(lat, seq, pool, ones, guid, cos, sin, ss)
-        loss = official_loss(tt, ss)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(align.parameters(), 1.0)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        res.setdefault("loss", float(loss))
+    def make_step(fl, al, loss_fn, key):             # the step with these modules (eager or compiled)
+        def step():
+            ehs, pooled = conditioning()
+            with torch.no_grad():
+                hs = torch.stack(qwen.model(input_ids=qwen_ids, output_hidden_states=True, use_cache=False).hidden_states, 1)
+                lat = torch.randn(1, N, 64, device=dev, dtype=dt)
+                tt = {"img": [], "txt": [], "single": []}
+                fl(lat, ehs, pooled, ones, guid, cos, sin, tt)
+            seq, pool = al(hs)
+            ss = {"img": [], "txt": [], "single": []}
+            fl(lat, seq, pool, ones, guid, cos, sin, ss)
+            loss = loss_fn(tt, ss)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(align.parameters(), 1.0)
+            opt.step(); opt.zero_grad(set_to_none=True)
+            res.setdefault(key, float(loss))
+        return step
+    step = make_step(flux, align, official_loss, "loss")
 
     torch.cuda.reset_peak_memory_stats()
     ms, all_ms = timed(step, a.steps, 2)
@@ -169,6 +175,17 @@ try:
         res["compile_s"] = time.perf_counter() - t0
         ms, all_ms = timed(run, a.gen_iters, 0)
         res["generate_compile"] = {"ms": ms, "all_ms": all_ms}
+        save()
+    if a.compile_step:
+        # ---- the training step, compiled: the same composition, the same optimizer state continuing
+        t0 = time.perf_counter()
+        cstep = make_step(torch.compile(flux, dynamic=False), torch.compile(align, dynamic=False),
+                          torch.compile(official_loss, dynamic=False), "loss_compile")
+        cstep()
+        res["step_compile_s"] = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats()
+        ms, all_ms = timed(cstep, a.steps, 1)
+        res["step_compile"] = {"ms": ms, "all_ms": all_ms, "peak_allocated_GiB": torch.cuda.max_memory_allocated() / GiB}
 except Exception as e:  # report, do not hide
     res["error"] = "".join(traceback.format_exception(e))[-3000:]
 print(json.dumps(res, indent=1))
