@@ -33,26 +33,37 @@ struct Shape {
   float eps;
 };
 
-// Row (b, l, h, which) of warp w; returns false past the end.
-__device__ __forceinline__ bool decode(int64_t w, int rows, int H, int& b, int& l, int& h, int& which, int B) {
-  if (w >= int64_t(B) * rows * H * 3) return false;
-  which = int(w % 3);
+// The row this thread's warp serves — token l of sample b, head h, which = 0 | 1 | 2 (q | k | v) — and where it
+// starts: in the projection output (in), in its gradient (din, [B, rows, 3·hidden]), in the head tensors (out); pos:
+// the token's place over all segments (its RoPE row). False past the end.
+struct Row {
+  int lane, which;
+  int64_t in, din, out, pos;
+};
+template <typename T>
+__device__ __forceinline__ bool rowOf(const Seg<T>& s, const Shape& z, Row& r) {
+  int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  if (w >= int64_t(z.B) * s.rows * z.H * 3) return false;
+  r.lane = int(threadIdx.x % kWarp);
+  r.which = int(w % 3);
   w /= 3;
-  h = int(w % H);
-  w /= H;
-  l = int(w % rows);
-  b = int(w / rows);
+  const int64_t h = w % z.H;
+  w /= z.H;
+  const int64_t l = w % s.rows, b = w / s.rows, col = r.which * int64_t(z.hidden) + h * z.hd;
+  r.in = b * s.sB + l * s.sL + col;
+  r.din = (b * s.rows + l) * 3 * z.hidden + col;
+  r.pos = s.offset + l;
+  r.out = ((b * z.H + h) * z.L + r.pos) * z.hd;
   return true;
 }
 
 template <typename T>
 __global__ void forwardKernel(Seg<T> s, Shape z, const float* cos, const float* sin, T* q, T* k, T* v) {
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  int b, l, h, which;
-  if (!decode(w, s.rows, z.H, b, l, h, which, z.B)) return;
-  const T* x = s.qkv + b * s.sB + l * s.sL + which * z.hidden + h * z.hd;
-  const int64_t o = ((int64_t(b) * z.H + h) * z.L + s.offset + l) * z.hd;
+  Row row;
+  if (!rowOf(s, z, row)) return;
+  const int lane = row.lane, which = row.which;
+  const T* x = s.qkv + row.in;
+  const int64_t o = row.out;
   if (which == 2) {
     for (int i = lane; i < z.hd; i += kWarp) v[o + i] = x[i];
     return;
@@ -66,7 +77,7 @@ __global__ void forwardKernel(Seg<T> s, Shape z, const float* cos, const float* 
   const T* sc = which == 0 ? s.qs : s.ks;
   T* out = (which == 0 ? q : k) + o;
   const int half = z.hd / 2;
-  const float *c = cos + int64_t(s.offset + l) * half, *sn = sin + int64_t(s.offset + l) * half;
+  const float *c = cos + row.pos * half, *sn = sin + row.pos * half;
   for (int p = lane; p < half; p += kWarp) {
     const float n0 = float(x[2 * p]) * r * float(sc[2 * p]), n1 = float(x[2 * p + 1]) * r * float(sc[2 * p + 1]);
     out[2 * p] = T(n0 * c[p] - n1 * sn[p]);
@@ -77,13 +88,12 @@ __global__ void forwardKernel(Seg<T> s, Shape z, const float* cos, const float* 
 template <typename T>
 __global__ void backwardKernel(Seg<T> s, Shape z, const float* cos, const float* sin, const T* dq, const T* dk,
                                const T* dv, T* dqkv) {
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  int b, l, h, which;
-  if (!decode(w, s.rows, z.H, b, l, h, which, z.B)) return;
-  const T* x = s.qkv + b * s.sB + l * s.sL + which * z.hidden + h * z.hd;
-  T* dx = dqkv + (int64_t(b) * s.rows + l) * 3 * z.hidden + which * z.hidden + h * z.hd;
-  const int64_t o = ((int64_t(b) * z.H + h) * z.L + s.offset + l) * z.hd;
+  Row row;
+  if (!rowOf(s, z, row)) return;
+  const int lane = row.lane, which = row.which;
+  const T* x = s.qkv + row.in;
+  T* dx = dqkv + row.din;
+  const int64_t o = row.out;
   if (which == 2) {
     for (int i = lane; i < z.hd; i += kWarp) dx[i] = dv[o + i];
     return;
@@ -97,7 +107,7 @@ __global__ void backwardKernel(Seg<T> s, Shape z, const float* cos, const float*
   const T* sc = which == 0 ? s.qs : s.ks;
   const T* dy = (which == 0 ? dq : dk) + o;
   const int half = z.hd / 2;
-  const float *c = cos + int64_t(s.offset + l) * half, *sn = sin + int64_t(s.offset + l) * half;
+  const float *c = cos + row.pos * half, *sn = sin + row.pos * half;
   // y = R·(u ⊙ scale), u = x·r:  du = scale ⊙ Rᵀ dy;  dx = r·(du − u·⟨du, u⟩/hd)
   float dot = 0;
   for (int p = lane; p < half; p += kWarp) {
@@ -136,12 +146,11 @@ __device__ __forceinline__ void storeV(T* p, const float (&f)[V]) {
 
 template <typename T, int V>
 __global__ void forwardVec(Seg<T> s, Shape z, const float* cos, const float* sin, T* q, T* k, T* v) {
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  int b, l, h, which;
-  if (!decode(w, s.rows, z.H, b, l, h, which, z.B)) return;
-  const T* x = s.qkv + b * s.sB + l * s.sL + which * z.hidden + h * z.hd + lane * V;
-  const int64_t o = ((int64_t(b) * z.H + h) * z.L + s.offset + l) * z.hd + lane * V;
+  Row row;
+  if (!rowOf(s, z, row)) return;
+  const int lane = row.lane, which = row.which;
+  const T* x = s.qkv + row.in + lane * V;
+  const int64_t o = row.out + lane * V;
   float a[V];
   loadV<T, V>(x, a);
   if (which == 2) return storeV<T, V>(v + o, a);
@@ -151,7 +160,7 @@ __global__ void forwardVec(Seg<T> s, Shape z, const float* cos, const float* sin
   const float r = rsqrtf(warpSum(ss) / z.hd + z.eps);
   float sc[V], c[V / 2], sn[V / 2];
   loadV<T, V>((which == 0 ? s.qs : s.ks) + lane * V, sc);
-  const int64_t pr = int64_t(s.offset + l) * (z.hd / 2) + lane * (V / 2);  // this lane's rotation pairs
+  const int64_t pr = row.pos * (z.hd / 2) + lane * (V / 2);  // this lane's rotation pairs
 #pragma unroll
   for (int j = 0; j < V / 2; ++j) c[j] = cos[pr + j], sn[j] = sin[pr + j];
   float y[V];
@@ -167,26 +176,25 @@ __global__ void forwardVec(Seg<T> s, Shape z, const float* cos, const float* sin
 template <typename T, int V>
 __global__ void backwardVec(Seg<T> s, Shape z, const float* cos, const float* sin, const T* dq, const T* dk,
                             const T* dv, T* dqkv) {
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  int b, l, h, which;
-  if (!decode(w, s.rows, z.H, b, l, h, which, z.B)) return;
-  T* dx = dqkv + (int64_t(b) * s.rows + l) * 3 * z.hidden + which * z.hidden + h * z.hd + lane * V;
-  const int64_t o = ((int64_t(b) * z.H + h) * z.L + s.offset + l) * z.hd + lane * V;
+  Row row;
+  if (!rowOf(s, z, row)) return;
+  const int lane = row.lane, which = row.which;
+  T* dx = dqkv + row.din + lane * V;
+  const int64_t o = row.out + lane * V;
   float g[V];
   if (which == 2) {
     loadV<T, V>(dv + o, g);
     return storeV<T, V>(dx, g);
   }
   float a[V], sc[V], c[V / 2], sn[V / 2];
-  loadV<T, V>(s.qkv + b * s.sB + l * s.sL + which * z.hidden + h * z.hd + lane * V, a);
+  loadV<T, V>(s.qkv + row.in + lane * V, a);
   loadV<T, V>((which == 0 ? dq : dk) + o, g);
   loadV<T, V>((which == 0 ? s.qs : s.ks) + lane * V, sc);
   float ss = 0;
 #pragma unroll
   for (int i = 0; i < V; ++i) ss += a[i] * a[i];
   const float r = rsqrtf(warpSum(ss) / z.hd + z.eps);
-  const int64_t pr = int64_t(s.offset + l) * (z.hd / 2) + lane * (V / 2);
+  const int64_t pr = row.pos * (z.hd / 2) + lane * (V / 2);
 #pragma unroll
   for (int j = 0; j < V / 2; ++j) c[j] = cos[pr + j], sn[j] = sin[pr + j];
   // y = R·(u ⊙ scale), u = x·r:  du = scale ⊙ Rᵀ dy;  dx = r·(du − u·⟨du, u⟩/hd)

@@ -74,7 +74,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   if (in.ids.dim() != 2 || at::isFloatingType(in.ids.scalar_type()))
     fail("ERR_SHAPE_MISMATCH", "ClipTextEncoder.forward: inputIds must be integer ids [B, S], found " +
                                    dtypeName(in.ids.scalar_type()) + " " + shapeString(in.ids.sizes()));
-  const int64_t B = in.ids.size(0), S = in.ids.size(1), H = c.hidden, hd = H / c.heads;
+  const int64_t B = in.ids.size(0), S = in.ids.size(1), H = c.hidden;
   if (S > c.maxPositions)
     fail("ERR_SHAPE_MISMATCH", "ClipTextEncoder.forward: " + std::to_string(S) + " tokens, at most " + std::to_string(c.maxPositions));
   const auto dev = m.tokenEmbed.device();

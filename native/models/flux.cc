@@ -274,7 +274,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool useKernels(const Model& m, const at::Tensor& x) {
+[[maybe_unused]] bool useKernels(const Model& m, const at::Tensor& x) {
 #ifdef X2I_CUDA_KERNELS
   return m.cfg.fast && x.is_cuda() && x.scalar_type() != at::kDouble && std::getenv("X2I_NO_KERNELS") == nullptr;
 #else
