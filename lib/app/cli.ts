@@ -787,7 +787,7 @@ async function evaluate(args: string[]): Promise<number> {
     console.log('| # | prompt | CLIP teacher | CLIP student | student / teacher | SSIM | PSNR dB |');
     console.log('|---:|---|---:|---:|---:|---:|---:|');
     r.prompts.forEach((row, i) => console.log(`| ${i} | ${row.prompt.length > 48 ? `${row.prompt.slice(0, 47)}…` : row.prompt} | ${f(row.clipTeacher)} | ` +
-      `${f(row.clipStudent)} | ${f(row.clipTeacher > 0 ? row.clipStudent / row.clipTeacher : 0, 3)} | ${f(row.ssim, 4)} | ${f(row.psnr)} |`));
+      `${f(row.clipStudent)} | ${row.clipTeacher > 0 ? f(row.clipStudent / row.clipTeacher, 3) : '—'} | ${f(row.ssim, 4)} | ${f(row.psnr)} |`));
     const m = r.summary;
     console.log(`| mean (${m.n}) | | ${f(m.clipTeacher)} | ${f(m.clipStudent)} | ${m.ratio === null ? '—' : f(m.ratio, 3)} | ${f(m.ssim, 4)} | ${f(m.psnr)} |`);
     if (v.out) await evalCharts(v.out, r);

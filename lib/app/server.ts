@@ -39,7 +39,7 @@ import { addon } from '../core/native.js';
 import { LIMITS, finiteOption, imageSide, integerOption, parseNumberArg, positiveInt, seedOption } from '../core/options.js';
 import { Tensor, cuda, memory, randn } from '../core/tensor.js';
 import type { TypedArray } from '../core/native.js';
-import type { FluxPipeline } from '../sample/pipeline.js';
+import { type FluxPipeline, encodeRgb, imagesToRgb } from '../sample/pipeline.js';
 import type { X2IGenerator } from '../sample/generator.js';
 import type { StudentEncodeOptions, StudentPrompt } from '../models/students.js';
 import type { RgbImage } from '../models/qwen_vision.js';
@@ -641,13 +641,6 @@ async function catBatch(ts: Tensor[]): Promise<Tensor> {
   return Tensor.fromArray(out as Float32Array, [rows, ...ts[0].shape.slice(1)], { dtype: ts[0].dtype as 'float32', device: ts[0].device });
 }
 
-/** Interleaved RGB pixels as PNG, JPEG or WebP, exactly as `encodeImage` encodes them (sharp). */
-async function encodePixels(rgb: Buffer, width: number, height: number, format: OutputFormat): Promise<Buffer> {
-  const { default: sharp } = await import('sharp');
-  const img = sharp(rgb, { raw: { width, height, channels: 3 } });
-  return format === 'png' ? img.png().toBuffer() : format === 'jpeg' ? img.jpeg({ quality: 95 }).toBuffer() : img.webp({ quality: 95 }).toBuffer();
-}
-
 /** The packed noise FluxPipeline draws for a batch of one from `seed`: [1, (h/2)(w/2), 4C]. */
 async function packedNoise(pipe: FluxPipeline, r: GenRequest): Promise<Tensor> {
   const f = pipe.vaeScaleFactor;
@@ -896,21 +889,14 @@ class DeviceWorker {
         } });
       const generateMs = performance.now() - t0;
       const [, , H, W] = out.images.shape;
-      const images = out.images, ops = addon();
-      const u8 = new Tensor(await nativeCall(() => ops.imageToUint8(images.handle)));
-      let pixels: Uint8Array;
-      try {
-        pixels = await u8.toArray() as Uint8Array;
-      } finally {
-        u8.dispose();
-      }
+      const pixels = await imagesToRgb(out.images);
       // the device is free from here: the images are encoded on the host while the next batch runs
       for (const [i, x] of g.entries()) {
         const job = x.job;
         if (job.gone) continue;
         job.state = 'encoding';
         const ti = performance.now();
-        const done = encodePixels(Buffer.from(pixels.buffer, pixels.byteOffset + i * H * W * 3, H * W * 3), W, H, job.req.format).then((image) => {
+        const done = encodeRgb(pixels[i], job.req.format).then((image) => {
           this.metrics.imageDone();
           job.settle(job.gone ? CLIENT_GONE() : { image, format: job.req.format, width: W, height: H, seed: job.req.seed, batchSize: B,
             timings: { queueMs: job.startedAt - job.enqueuedAt, encodeMs: job.encodeMs, generateMs, imageMs: performance.now() - ti } });

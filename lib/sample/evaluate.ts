@@ -9,7 +9,7 @@ import type { X2IGenerateOptions, X2IGenerator } from './generator.js';
 import type { AlignNet } from '../models/alignnet.js';
 import { distillationLoss } from '../train/distill.js';
 import { addon } from '../core/native.js';
-import { FluxPipeline } from './pipeline.js';
+import { FluxPipeline, imagesToRgb } from './pipeline.js';
 import { Tensor, randn } from '../core/tensor.js';
 
 /** SSIM (11×11 Gaussian window, σ 1.5) and PSNR (peak 1) per image of two [B, C, H, W] batches in [0, 1]. */
@@ -99,7 +99,7 @@ export class ClipScorer {
 
   /** Image embeddings [N, D], L2-normalised: decoded images, or a [B, 3, H, W] tensor in [0, 1] (FluxImages.images). */
   async embedImages(images: RgbImage[] | Tensor): Promise<Float32Array[]> {
-    const rgb = images instanceof Tensor ? await tensorToRgb(images) : images;
+    const rgb = images instanceof Tensor ? await imagesToRgb(images) : images;
     using px = await this.vision.preprocess(rgb);
     using onDevice = await px.to({ device: this.vision.device });
     const out = await this.vision.forward({ pixelValues: onDevice });
@@ -140,16 +140,6 @@ async function takeEmbeds(e: Tensor | undefined, rest: Tensor[], missing: string
     const v = all.slice(i * D, (i + 1) * D), n = Math.hypot(...v) || 1;
     return v.map((x) => x / n);
   });
-}
-
-/** [B, 3, H, W] in [0, 1] → 8-bit RGB images (the rounding encodeImage uses). */
-async function tensorToRgb(images: Tensor): Promise<RgbImage[]> {
-  if (images.shape.length !== 4 || images.shape[1] !== 3) throw invalidArg('images', 'a [B, 3, H, W] Tensor', images.shape);
-  const [B, , H, W] = images.shape;
-  const h = images.handle;
-  using u8 = new Tensor(await nativeCall(() => addon().imageToUint8(h)));
-  const all = await u8.toArray() as Uint8Array;
-  return Array.from({ length: B }, (_, i) => ({ data: all.subarray(i * H * W * 3, (i + 1) * H * W * 3), width: W, height: H }));
 }
 
 // ---------------------------------------------------------------- teacher vs student on prompts (x2i eval --prompts)

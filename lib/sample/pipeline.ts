@@ -10,6 +10,7 @@ import type { ClipTextEncoder } from '../models/clip.js';
 import type { T5Encoder } from '../models/t5.js';
 import type { PromptTokenizer } from '../models/tokenizers.js';
 import type { LightControl } from '../models/lightcontrol.js';
+import type { RgbImage } from '../models/qwen_vision.js';
 import { type GenerateImageInput, imageForVae, imageInputSize, packedMask } from './image_input.js';
 
 
@@ -69,23 +70,32 @@ export interface FluxGenerateOptions {
   returnStepLatents?: boolean;
 }
 
+/** [B, 3, H, W] in [0, 1] → each image as interleaved 8-bit RGB (one conversion for the batch, on its device). */
+export async function imagesToRgb(images: Tensor): Promise<RgbImage[]> {
+  if (!(images instanceof Tensor) || images.shape.length !== 4 || images.shape[1] !== 3)
+    throw invalidArg('images', 'a [B, 3, H, W] Tensor', images);
+  const [B, , H, W] = images.shape;
+  const native = addon(), h = images.handle;
+  using u8 = new Tensor(await nativeCall(() => native.imageToUint8(h)));
+  const all = await u8.toArray() as Uint8Array;
+  return Array.from({ length: B }, (_, i) => ({ data: all.subarray(i * H * W * 3, (i + 1) * H * W * 3), width: W, height: H, channels: 3 }));
+}
+
+/** Interleaved 8-bit RGB as PNG, JPEG (quality 95) or WebP (quality 95), through sharp. */
+export async function encodeRgb(image: RgbImage, format: 'png' | 'jpeg' | 'webp' = 'png'): Promise<Buffer> {
+  const { default: sharp } = await import('sharp');
+  const { data, width, height } = image;
+  const img = sharp(Buffer.from(data.buffer, data.byteOffset, data.byteLength), { raw: { width, height, channels: 3 } });
+  return format === 'png' ? img.png().toBuffer() : format === 'jpeg' ? img.jpeg({ quality: 95 }).toBuffer() : img.webp({ quality: 95 }).toBuffer();
+}
+
 /** Encodes image i of a [B, 3, H, W] tensor in [0, 1] as PNG, JPEG or WebP (through sharp). */
 export async function encodeImage(images: Tensor, i = 0, format: 'png' | 'jpeg' | 'webp' = 'png'): Promise<Buffer> {
   if (!(images instanceof Tensor) || images.shape.length !== 4 || images.shape[1] !== 3)
     throw invalidArg('images', 'a [B, 3, H, W] Tensor', images);
-  const [B, , H, W] = images.shape;
+  const B = images.shape[0];
   if (!(Number.isSafeInteger(i) && i >= 0 && i < B)) throw invalidArg('image index', `0..${B - 1}`, i);
-  const native = addon();
-  const u8 = new Tensor(await nativeCall(() => native.imageToUint8(images.handle)));
-  try {
-    const all = await u8.toArray() as Uint8Array;
-    const one = Buffer.from(all.buffer, all.byteOffset + i * H * W * 3, H * W * 3);
-    const { default: sharp } = await import('sharp');
-    const img = sharp(one, { raw: { width: W, height: H, channels: 3 } });
-    return format === 'png' ? img.png().toBuffer() : format === 'jpeg' ? img.jpeg({ quality: 95 }).toBuffer() : img.webp({ quality: 95 }).toBuffer();
-  } finally {
-    u8.dispose();
-  }
+  return encodeRgb((await imagesToRgb(images))[i], format);
 }
 
 export interface FluxImages {

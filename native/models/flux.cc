@@ -377,18 +377,19 @@ at::Tensor singleBlock(const Model& m, const SingleBlock& b, int64_t index, cons
   const int64_t h = m.cfg.hidden;
   const bool fast = m.cfg.fast;
   auto mod = b.mod(sv).unsqueeze(1).chunk(3, -1);  // shift, scale, gate
-  if (fast && !tap && !at::GradMode::is_enabled()) {
-    // inference: the attention and the MLP's activations written side by side into linear2's input (no concatenation)
-    const int64_t f = b.linear1.w.size(0) - 3 * h;
-    at::Tensor in2 = at::empty({x.size(0), x.size(1), h + f}, x.options());
-    auto u = b.linear1(modulate(x, mod[0], mod[1], fast),
-                       {{Epilogue::None, 0, 3 * h}, {Epilogue::GeluTanh, 3 * h, -1, {}, {}, in2.narrow(-1, h, f)}}, fast);
-    auto [q, k, v] = qkvHeads(m, {{u[0], b.qNorm, b.kNorm}}, rope);
+  // inference: the attention and the MLP's activations are written side by side into linear2's input (no
+  // concatenation); with taps or autograd they stay tensors of their own
+  const bool inPlace = fast && !tap && !at::GradMode::is_enabled();
+  const int64_t f = b.linear1.w.size(0) - 3 * h;
+  const at::Tensor in2 = inPlace ? at::empty({x.size(0), x.size(1), h + f}, x.options()) : at::Tensor();
+  auto u = b.linear1(modulate(x, mod[0], mod[1], fast),
+                     {{Epilogue::None, 0, 3 * h}, {Epilogue::GeluTanh, 3 * h, -1, {}, {}, inPlace ? in2.narrow(-1, h, f) : at::Tensor()}},
+                     fast);
+  auto [q, k, v] = qkvHeads(m, {{u[0], b.qNorm, b.kNorm}}, rope);  // u: qkv, gelu(mlp)
+  if (inPlace) {
     attention(q, k, v, in2.narrow(-1, 0, h));
     return gatedLinear(b.linear2, in2, x, mod[2], fast);
   }
-  auto u = b.linear1(modulate(x, mod[0], mod[1], fast), {{Epilogue::None, 0, 3 * h}, {Epilogue::GeluTanh, 3 * h}}, fast);
-  auto [q, k, v] = qkvHeads(m, {{u[0], b.qNorm, b.kNorm}}, rope);  // u: qkv, gelu(mlp)
   at::Tensor a = attention(q, k, v);
   if (tap) tap(Tap::Single, index, a);
   return gatedLinear(b.linear2, at::cat({a, u[1]}, -1), x, mod[2], fast);
