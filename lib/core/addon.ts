@@ -120,6 +120,8 @@ export interface NativeFluxConfig {
   fast?: boolean;
   /** t·1000 and guidance·1000 into the timestep sinusoids in float32 (default false: rounded to the model dtype first). */
   exactTimesteps?: boolean;
+  /** The block layers' weights in FP8 e4m3 with per-row scales, their GEMMs in FP8 (default false). */
+  fp8?: boolean;
 }
 
 /** The inputs of one FLUX forward; absent entries are undefined (napi/flux.cc parseInputs). */
@@ -157,6 +159,8 @@ export interface NativeFluxInfo {
   device: string;
   dtype: string;
   parameters: number;
+  /** Whether the block layers hold FP8 weights. */
+  fp8: boolean;
 }
 
 export interface NativeDistillationStepResult {
@@ -194,7 +198,8 @@ export interface NativeFlux {
 
 export interface NativeFluxClass {
   /** layout: 'bfl' | 'diffusers'; source: the file named in errors. */
-  load(config: NativeFluxConfig, weights: NativeTensorRecord, layout: 'bfl' | 'diffusers', source: string): Promise<NativeFlux>;
+  /** With `device`, the weights move there one by one (FP8 block weights quantized as they arrive). */
+  load(config: NativeFluxConfig, weights: NativeTensorRecord, layout: 'bfl' | 'diffusers', source: string, device?: string): Promise<NativeFlux>;
   random(config: NativeFluxConfig, device: string, dtype: string, seed: number): Promise<NativeFlux>;
 }
 
@@ -673,6 +678,12 @@ export interface AddonTesting {
     res: NativeTensor | undefined, gate: NativeTensor | undefined, method: 'kernel' | 'composite', mask: boolean | NativeTensor, iters?: number): Promise<number>;
   /** cudaProfilerStart (true) / cudaProfilerStop (false) for a profiler whose capture starts off; false without CUDA kernels. */
   cudaProfiler(start: boolean): boolean;
+  /** FP8 activations: per-row scale max|row| / 448 and e4m3 values, by the CUDA kernel or its LibTorch twin. */
+  fp8QuantizeRows(x: NativeTensor, method: 'kernel' | 'twin'): Promise<{ q: NativeTensor; scale: NativeTensor }>;
+  /** An FP8 layer made from `weight` (quantized per row): y = W x + b by its own path ('gemm') or the float64 product of
+   * the same quantized operands on the CPU ('twin64'); with dy, dx through the layer's backward. */
+  fp8Linear(x: NativeTensor, weight: NativeTensor, bias: NativeTensor | undefined, method: 'gemm' | 'twin64',
+    dy?: NativeTensor): Promise<{ y: NativeTensor; w8: NativeTensor; scale: NativeTensor; dx?: NativeTensor }>;
 }
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
@@ -690,7 +701,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 /** The probe names of `addon.testing`, at run time. */
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
-  groupNorm: true, lowRankAdd: true, benchLowRankAdd: true, cudaProfiler: true,
+  groupNorm: true, lowRankAdd: true, benchLowRankAdd: true, cudaProfiler: true, fp8QuantizeRows: true, fp8Linear: true,
 } satisfies Record<keyof AddonTesting, true>);
 
 /** Which members of a native class the contract declares: its statics and its instances' methods. */

@@ -70,6 +70,17 @@ export interface FluxLoadOptions extends LoadingOptions {
    * sinusoids exactly (closer to the float32 model in bf16).
    */
   timestepPrecision?: 'model' | 'float32';
+  /**
+   * 'none' (default): every weight in `dtype`. 'fp8': the double and single blocks' linear layers (99% of the
+   * weights) in FP8 e4m3 with one scale per output channel, quantized on the device as they load (the full-precision
+   * model is never there at once: FLUX.1-dev takes 12 GB instead of 24 GB); activations are scaled per token at run time
+   * and the GEMMs run on FP8 tensor cores (compute capability 8.9+: Ada, Hopper; elsewhere the same quantized numbers
+   * through a dequantized matmul). Embedders, final layer, norms and attention stay in `dtype` (bf16/fp16). The
+   * input gradient (X2I's frozen student, LoRA training) goes through the dequantized weights; training the weights
+   * themselves (`trainStep`) and fusing LoRA adapters into them are refused. An option, off by default: bf16 is the
+   * reference path (bench/RESULTS.md has its error against bf16).
+   */
+  quantize?: 'none' | 'fp8';
 }
 
 export interface FluxInputs {
@@ -197,6 +208,12 @@ function exactTimestepsFlag(p: unknown): boolean {
   throw invalidArg('timestepPrecision', "'model' or 'float32'", p);
 }
 
+function fp8Flag(q: unknown): boolean {
+  if (q === undefined || q === 'none') return false;
+  if (q === 'fp8') return true;
+  throw invalidArg('quantize', "'none' or 'fp8'", q);
+}
+
 function precisionFlag(p: unknown): boolean {
   if (p === undefined || p === 'fast') return true;
   if (p === 'reference') return false;
@@ -275,6 +292,8 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
   /** Checkpoint layout it was loaded from. */
   readonly layout: Layout;
   readonly precision: 'fast' | 'reference';
+  /** 'fp8' where the block layers hold FP8 weights (FluxLoadOptions.quantize). */
+  readonly quantize: 'none' | 'fp8';
 
   private constructor(h: NativeFlux, config: FluxConfig, layout: Layout, precision: 'fast' | 'reference' = 'fast') {
     super(h, 'FluxTransformer');
@@ -285,6 +304,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     this.parameters = info.parameters;
     this.layout = layout;
     this.precision = precision;
+    this.quantize = info.fp8 ? 'fp8' : 'none';
   }
 
   /**
@@ -318,14 +338,17 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
           'full config in options.config)', 'ERR_CONFIG');
       config = { ...inferBflConfig(shapes, weights), ...checkConfigKeys({ ...opts.config }, 'options.config') };
     }
+    const fp8 = fp8Flag(opts.quantize);
     const nativeConfig = { ...toNativeConfig(config, configFile ?? weights), fast: precisionFlag(opts.precision),
-      exactTimesteps: exactTimestepsFlag(opts.timestepPrecision) };
-    const tensors = await loadSafetensors(weights, { device, dtype, signal: opts.signal, onProgress: opts.onProgress });
+      exactTimesteps: exactTimestepsFlag(opts.timestepPrecision), fp8 };
+    // FP8: the tensors stay mapped on the CPU and move to the device one by one inside load, each block weight
+    // quantized as it arrives
+    const tensors = await loadSafetensors(weights, { device: fp8 ? 'cpu' : device, dtype, signal: opts.signal, onProgress: opts.onProgress });
     if (configFile) layout = detectLayout(Object.keys(tensors), weights);
     try {
       const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));
       const Native = addon().NativeFlux;
-      const h = afterAbortCheck(await nativeCall(() => Native.load(nativeConfig, handles, layout, weights)), opts.signal);
+      const h = afterAbortCheck(await nativeCall(() => Native.load(nativeConfig, handles, layout, weights, device)), opts.signal);
       return new FluxTransformer(h, config, layout, opts.precision ?? 'fast');
     } finally {
       for (const t of Object.values(tensors)) t.dispose();
@@ -337,11 +360,11 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
    * (PyTorch's default Linear init), drawn on the device from `seed`: for benchmarks, tests and demos.
    */
   static async fromConfig(config: FluxConfig = {}, opts: { device?: string; dtype?: DType; seed?: number;
-    precision?: 'fast' | 'reference'; timestepPrecision?: 'model' | 'float32' } = {}): Promise<FluxTransformer> {
+    precision?: 'fast' | 'reference'; timestepPrecision?: 'model' | 'float32'; quantize?: 'none' | 'fp8' } = {}): Promise<FluxTransformer> {
     const { device, dtype } = defaultDtype(opts);
     const full = { ...FLUX_DEV_CONFIG, ...checkConfigKeys({ ...config }, 'config') };
     const nativeConfig = { ...toNativeConfig(full, 'config'), fast: precisionFlag(opts.precision),
-      exactTimesteps: exactTimestepsFlag(opts.timestepPrecision) };
+      exactTimesteps: exactTimestepsFlag(opts.timestepPrecision), fp8: fp8Flag(opts.quantize) };
     const Native = addon().NativeFlux;
     const h = await nativeCall(() => Native.random(nativeConfig, device, dtype, opts.seed ?? 0));
     return new FluxTransformer(h, full, 'bfl', opts.precision ?? 'fast');

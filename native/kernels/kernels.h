@@ -65,3 +65,13 @@ void lowRankAdd(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, 
                 int64_t rowsPerGate, const at::Tensor& out);
 
 }  // namespace x2i::kernels
+
+namespace x2i::kernels {
+
+// FP8 activations (kernels/fp8.cu; its twin is fp8::quantizeRows(x, twin = true)): x [M, K] (bf16, fp16, float32;
+// unit column stride) → q [M, K] float8_e4m3fn = round(x / s) and s [M, 1] float32 = max(|row|, 1e-12) / 448.
+std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x);
+// Whether `device` multiplies FP8 on tensor cores (at::_scaled_mm: compute capability 8.9 or later).
+bool fp8GemmSupported(int device);
+
+}  // namespace x2i::kernels

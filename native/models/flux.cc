@@ -4,6 +4,7 @@
 // norm statistics in float32.
 #include "models/flux.h"
 #include "core/weights.h"
+#include "models/fp8.h"
 #include "models/lora.h"
 #ifdef X2I_CUDA_KERNELS
 #include "kernels/kernels.h"
@@ -46,7 +47,10 @@ at::Tensor rows(WeightMap& w, const std::vector<std::string>& names, const std::
 
 Linear linear(WeightMap& w, const std::string& name, int64_t out, int64_t in) {
   auto [W, b] = w.linear(name, out, in);
-  return {W, b};
+  if (W.scalar_type() != at::kFloat8_e4m3fn) return {W, b};
+  Linear l;  // quantized already (random init with fp8): its row scales beside it
+  l.w8 = W, l.w8Scale = w.take(name + ".weight_scale", {out}), l.b = b;
+  return l;
 }
 
 // rows [0, h) <-> [h, 2h): diffusers' norm_out is (scale, shift), BFL's final modulation (shift, scale)
@@ -380,7 +384,7 @@ at::Tensor singleBlock(const Model& m, const SingleBlock& b, int64_t index, cons
   // inference: the attention and the MLP's activations are written side by side into linear2's input (no
   // concatenation); with taps or autograd they stay tensors of their own
   const bool inPlace = fast && !tap && !at::GradMode::is_enabled();
-  const int64_t f = b.linear1.w.size(0) - 3 * h;
+  const int64_t f = b.linear1.outFeatures() - 3 * h;
   const at::Tensor in2 = inPlace ? at::empty({x.size(0), x.size(1), h + f}, x.options()) : at::Tensor();
   auto u = b.linear1(modulate(x, mod[0], mod[1], fast),
                      {{Epilogue::None, 0, 3 * h}, {Epilogue::GeluTanh, 3 * h, -1, {}, {}, inPlace ? in2.narrow(-1, h, f) : at::Tensor()}},
@@ -521,7 +525,7 @@ void expectShape(const char* name, const at::Tensor& t, std::vector<int64_t> sha
 }  // namespace
 
 std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor> weights, const std::string& layout,
-                            const std::string& source) {
+                            const std::string& source, std::optional<c10::Device> device) {
   checkConfig(cfg);
   // ComfyUI-style single files carry a prefix
   const std::string prefix = "model.diffusion_model.";
@@ -538,10 +542,18 @@ std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor>
   else fail("ERR_INVALID_ARG", "unknown FLUX checkpoint layout '" + layout + "' (expected 'bfl' or 'diffusers')");
   w.finish();
   // one device and dtype for all weights
-  const auto dev = m->imgIn.w.device();
+  const auto dev = device.value_or(m->imgIn.w.device());
   const auto dt = m->imgIn.w.scalar_type();
-  if (!at::isFloatingType(dt)) fail("ERR_CHECKPOINT_DTYPE", "FluxTransformer (" + source + "): weights are " + dtypeName(dt));
+  if (!at::isFloatingType(dt) || at::isFloat8Type(dt))
+    fail("ERR_CHECKPOINT_DTYPE", "FluxTransformer (" + source + "): weights are " + dtypeName(dt));
+  for (Linear* l : fp8::blockLinears(*m)) {
+    if (cfg.fp8) fp8::quantize(*l, dev);  // one layer at a time, on the device
+    if (l->w8.defined()) l->w8 = l->w8.to(dev), l->w8Scale = l->w8Scale.to(dev, at::kFloat), m->cfg.fp8 = true;
+  }
   auto fix = [&](at::Tensor& t) {
+    if (t.defined() && at::isFloat8Type(t.scalar_type()))
+      fail("ERR_CHECKPOINT_DTYPE", "FluxTransformer (" + source + "): a " + dtypeName(t.scalar_type()) + " tensor of shape " +
+                                       shapeString(t.sizes()) + " outside the block layers (only those may be FP8)");
     if (t.defined() && (t.device() != dev || t.scalar_type() != dt)) t = t.to(dev, dt);
   };
   m->forEachParameter(fix);
@@ -561,7 +573,10 @@ std::shared_ptr<Model> random(const Config& cfg, c10::Device device, at::ScalarT
   std::map<std::string, at::Tensor> w;
   auto lin = [&](const std::string& name, int64_t out, int64_t in) {
     const double b = 1.0 / std::sqrt(double(in));
-    w[name + ".weight"] = at::empty({out, in}, opts).uniform_(-b, b, gen).to(dtype);
+    at::Tensor W = at::empty({out, in}, opts).uniform_(-b, b, gen).to(dtype);
+    if (cfg.fp8 && name.find("_blocks.") != std::string::npos)  // quantized as drawn (from the same model-dtype values)
+      std::tie(W, w[name + ".weight_scale"]) = fp8::quantizeWeight(W, device);
+    w[name + ".weight"] = W;
     w[name + ".bias"] = at::empty({out}, opts).uniform_(-b, b, gen).to(dtype);
   };
   auto ones = [&](const std::string& name) { w[name] = at::ones({hd}, opts.dtype(dtype)); };

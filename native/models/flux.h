@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace x2i::flux {
@@ -24,6 +25,8 @@ struct Config {
   // t·1000 and guidance·1000 into the sinusoids in float32 (true) or first rounded to the model dtype (false, the
   // default: diffusers' and BFL's parity; bf16 holds 752 for 750 and 3504 for 3500)
   bool exactTimesteps = false;
+  // the block layers' weights in FP8 e4m3 with per-row scales, their GEMMs in FP8 (models/fp8.h)
+  bool fp8 = false;
   int64_t headDim() const { return hidden / heads; }
 };
 
@@ -63,6 +66,9 @@ struct Epilogue {
 
 struct Linear {
   at::Tensor w, b;
+  // FP8 layers (models/fp8.h): w8 [out, in] float8_e4m3fn and per-row scales w8Scale [out] float32 (w ≈ w8 · scale);
+  // w is then undefined
+  at::Tensor w8, w8Scale;
   std::vector<LoraSlot> lora;
   // With frozen adapters: W and their down-projections in one [out + Σr, in] storage (w and each slot's down are
   // views of it), the bias likewise, so that one GEMM gives W x + b and every u = down · x (models/lora.cc)
@@ -72,6 +78,8 @@ struct Linear {
   // The output's column ranges, each through its epilogue; the adapters' low-rank terms added in the same pass
   // where the stacked path applies (CUDA, frozen adapters, no autograd), else composed from LibTorch ops.
   std::vector<at::Tensor> operator()(const at::Tensor& x, const std::vector<Epilogue>& ranges, bool fast) const;
+  int64_t outFeatures() const { return (w.defined() ? w : w8).size(0); }
+  int64_t inFeatures() const { return (w.defined() ? w : w8).size(1); }
 };
 struct Stream {  // one side (img or txt) of a double-stream block
   Linear mod, qkv, proj, mlp0, mlp2;
@@ -95,28 +103,35 @@ struct Model {
   c10::Device device() const { return imgIn.w.device(); }
   at::ScalarType dtype() const { return imgIn.w.scalar_type(); }
 
-  // Calls fn(at::Tensor&) on every parameter (undefined ones too: the absent guidance embedder).
+  // Calls fn(Linear&) on every linear layer.
   template <class F>
-  void forEachParameter(F&& fn) {
+  void forEachLinear(F&& fn) {
     for (Linear* l : {&imgIn, &txtIn, &timeIn1, &timeIn2, &guidanceIn1, &guidanceIn2, &vectorIn1, &vectorIn2, &finalMod,
                       &finalLinear})
-      fn(l->w), fn(l->b);
+      fn(*l);
     for (auto& b : doubles)
-      for (Stream* s : {&b.img, &b.txt}) {
-        for (Linear* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) fn(l->w), fn(l->b);
-        fn(s->qNorm), fn(s->kNorm);
-      }
-    for (auto& b : singles) {
-      for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fn(l->w), fn(l->b);
-      fn(b.qNorm), fn(b.kNorm);
-    }
+      for (Stream* s : {&b.img, &b.txt})
+        for (Linear* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) fn(*l);
+    for (auto& b : singles)
+      for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fn(*l);
+  }
+  // Calls fn(at::Tensor&) on every parameter in the model dtype (undefined ones too: the absent guidance embedder,
+  // the w of FP8 layers; their w8 / w8Scale are not visited).
+  template <class F>
+  void forEachParameter(F&& fn) {
+    forEachLinear([&](Linear& l) { fn(l.w), fn(l.b); });
+    for (auto& b : doubles)
+      for (Stream* s : {&b.img, &b.txt}) fn(s->qNorm), fn(s->kNorm);
+    for (auto& b : singles) fn(b.qNorm), fn(b.kNorm);
   }
 };
 
 // Builds a model from named tensors in either layout ("bfl" or "diffusers"); every key is checked against
 // the config: missing, unexpected and wrongly shaped tensors are errors naming the tensor and both shapes.
+// With `device`, each tensor moves there as the model takes it (with Config::fp8, a block layer's weight is quantized
+// on the device as it arrives: the model's full-precision weights are never there at once).
 std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor> weights, const std::string& layout,
-                            const std::string& source);
+                            const std::string& source, std::optional<c10::Device> device = std::nullopt);
 
 // A model of the config's shapes with PyTorch's default Linear init (uniform ±1/√fan_in; QK-norm scales 1),
 // drawn in float32 on the target device from `seed`, then cast: for benchmarks, tests and demos.

@@ -1,4 +1,5 @@
 #include "models/lora.h"
+#include "models/fp8.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #ifdef X2I_CUDA_KERNELS
@@ -35,10 +36,11 @@ std::pair<at::Tensor, at::Tensor> lowRank(const LoraSlot& slot, int64_t out, at:
 at::Tensor composed(const Linear& l, const at::Tensor& x) {
   bool active = false;
   for (const auto& slot : l.lora) active = active || slot.adapter->scale != slot.adapter->fusedScale;
-  if (!active) return at::linear(x, l.w, l.b);
-  const int64_t out = l.w.size(0);
+  if (!active) return l.w8.defined() ? fp8::linear(l, x) : at::linear(x, l.w, l.b);
+  const int64_t out = l.outFeatures();
   const at::Tensor x2 = x.reshape({-1, x.size(-1)});
-  at::Tensor acc;  // [M, out]
+  // FP8 layers: the quantized GEMM with its bias first, the low-rank terms accumulated onto it
+  at::Tensor acc = l.w8.defined() ? fp8::linear(l, x2) : at::Tensor();  // [M, out]
   for (const auto& slot : l.lora) {
     const double k = slot.adapter->scale - slot.adapter->fusedScale;
     if (k == 0) continue;
@@ -51,7 +53,7 @@ at::Tensor composed(const Linear& l, const at::Tensor& x) {
   }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
-  return at::addmm(acc, x2, l.w.t()).view(shape);
+  return (l.w8.defined() ? acc : at::addmm(acc, x2, l.w.t())).view(shape);
 }
 
 namespace {
@@ -151,6 +153,9 @@ namespace {
 
 // k · ΔW of one adapter's parts at one layer, added to W in float32.
 void merge(flux::Linear& l, const flux::LoraSlot& slot, double k) {
+  if (l.w8.defined())
+    fail("ERR_NOT_SUPPORTED", "fuseLora: this transformer's block weights are FP8 (quantize: 'fp8'); adapters run "
+                              "unfused on them");
   c10::NoGradGuard noGrad;
   at::Tensor w = l.w.to(at::kFloat);
   if (w.data_ptr() == l.w.data_ptr()) w = w.clone();
@@ -187,6 +192,7 @@ namespace {
 // become views of it, so fusing (which writes w in place) and the plain GEMM over w see the same weights. Without
 // frozen adapters the layer gets compact weights of its own again.
 void restack(flux::Linear& l) {
+  if (l.w8.defined()) return;  // FP8 layers: the low-rank terms are composed on top of the FP8 GEMM
   c10::NoGradGuard noGrad;
   const int64_t out = l.w.size(0);
   std::vector<at::Tensor> rows{l.w};
@@ -265,7 +271,7 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
     auto it = all.find(s.target);
     if (it == all.end()) fail("ERR_CHECKPOINT_KEY", "LoRA '" + name + "': no layer '" + s.target + "' in this transformer");
     flux::Linear& l = *it->second;
-    const int64_t out = l.w.size(0), in = l.w.size(1);
+    const int64_t out = l.outFeatures(), in = l.inFeatures();
     flux::LoraPart p;
     p.row = s.row, p.scale = s.scale;
     if (!std::isfinite(s.scale)) fail("ERR_INVALID_ARG", "LoRA '" + name + "' at '" + s.target + "': alpha / rank is not finite");
@@ -313,7 +319,7 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
     if (trainable)
       for (auto& p : slot.parts) p.A.requires_grad_(true), p.B.requires_grad_(true);
     else
-      std::tie(slot.down, slot.up) = flux::lowRank(slot, l->w.size(0), m.dtype());
+      std::tie(slot.down, slot.up) = flux::lowRank(slot, l->outFeatures(), m.dtype());
     l->lora.push_back(std::move(slot));
     if (!trainable) restack(*l);
   }

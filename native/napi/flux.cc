@@ -31,6 +31,7 @@ flux::Config parseConfig(const Napi::Object& o) {
   c.theta = numberOr(o, "theta", 10000.0);
   c.fast = !o.Get("fast").IsBoolean() || o.Get("fast").ToBoolean();
   c.exactTimesteps = o.Get("exactTimesteps").IsBoolean() && o.Get("exactTimesteps").ToBoolean();
+  c.fp8 = o.Get("fp8").IsBoolean() && o.Get("fp8").ToBoolean();
   Napi::Value axes = o.Get("axes");
   if (!axes.IsArray()) fail("ERR_CONFIG", "FluxTransformer config: 'axes' must be an array");
   c.axes.clear();
@@ -98,17 +99,19 @@ struct FluxSpec : ModelSpec<flux::Model> {
   };
   using W = ModelWrap<FluxSpec>;
 
-  // load(config, weights: Record<string, NativeTensor>, layout, source) → Promise<NativeFlux>
+  // load(config, weights: Record<string, NativeTensor>, layout, source, device?) → Promise<NativeFlux>
   static Napi::Value load(const Napi::CallbackInfo& info) {
     return guardAsync(info, [&]() -> Napi::Value {
       if (info.Length() < 4 || !info[0].IsObject() || !info[1].IsObject())
-        fail("ERR_INVALID_ARG", "NativeFlux.load(config, weights, layout, source)");
+        fail("ERR_INVALID_ARG", "NativeFlux.load(config, weights, layout, source, device?)");
       flux::Config cfg = parseConfig(info[0].As<Napi::Object>());
       auto weights = std::make_shared<std::map<std::string, at::Tensor>>(weightsFromJs(info[1]));
       const std::string layout = argString(info, 2, "layout"), source = argString(info, 3, "source");
+      std::optional<c10::Device> device;
+      if (info.Length() > 4 && info[4].IsString()) device = parseDevice(argString(info, 4, "device"));
       return W::build(info.Env(), [=] {
         c10::AutoGradMode noGrad(false);  // not inference mode: backward passes save these weights
-        auto m = flux::load(cfg, std::move(*weights), layout, source);
+        auto m = flux::load(cfg, std::move(*weights), layout, source, device);
         syncDevice(m->imgIn.w);
         return m;
       });
@@ -142,7 +145,9 @@ struct FluxSpec : ModelSpec<flux::Model> {
       o.Set("dtype", dtypeName(m->dtype()));
       int64_t params = 0;
       m->forEachParameter([&](const at::Tensor& t) { if (t.defined()) params += t.numel(); });
+      m->forEachLinear([&](const flux::Linear& l) { if (l.w8.defined()) params += l.w8.numel(); });
       o.Set("parameters", double(params));
+      o.Set("fp8", m->cfg.fp8);
       return o;
     });
   }

@@ -3,6 +3,7 @@
 // x2i's GroupNorm against LibTorch's.
 #include "napi/bindings.h"
 #include "napi/tensor.h"
+#include "models/fp8.h"
 #include "models/group_norm.h"
 #include "models/lora.h"
 #ifdef X2I_CUDA_KERNELS
@@ -291,6 +292,68 @@ Napi::Value CudaProfiler(const Napi::CallbackInfo& info) {
   });
 }
 
+// fp8QuantizeRows(x [M, K], method 'kernel' | 'twin') → Promise<{ q: float8_e4m3fn [M, K], scale: float32 [M, 1] }>:
+// FP8 activations by the CUDA kernel (fp8.cu) or its LibTorch twin, on x's device.
+Napi::Value Fp8QuantizeRows(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const at::Tensor x = TensorWrap::Get(info[0], "x");
+    const std::string method = argString(info, 1, "method");
+    if (method != "kernel" && method != "twin") fail("ERR_INVALID_ARG", "fp8QuantizeRows: method must be 'kernel' or 'twin', found '" + method + "'");
+    if (x.dim() != 2 || !at::isFloatingType(x.scalar_type()))
+      fail("ERR_INVALID_ARG", "fp8QuantizeRows: x must be a 2-D floating tensor, found " + shapeString(x.sizes()));
+    auto out = std::make_shared<std::pair<at::Tensor, at::Tensor>>();
+    return queue(info.Env(), [=] {
+      *out = fp8::quantizeRows(x, method == "twin");
+      syncDevice(x);
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("q", TensorWrap::Wrap(env, out->first));
+      o.Set("scale", TensorWrap::Wrap(env, out->second));
+      return o;
+    });
+  });
+}
+
+// fp8Linear(x [.., in], weight [out, in], bias?, method 'gemm' | 'twin64', dy?) → Promise<{ y, w8, scale, dx? }>:
+// the weight quantized as the FP8 layers quantize it, then y = W x + b by the layer's path on x's device ('gemm':
+// FP8 tensor cores where they apply) or by the float64 product of the same quantized operands on the CPU ('twin64');
+// with dy, dx = d⟨dy, y⟩ / dx through the layer's backward ('gemm' only).
+Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const at::Tensor x = TensorWrap::Get(info[0], "x"), w = TensorWrap::Get(info[1], "weight");
+    const at::Tensor b = info[2].IsObject() ? TensorWrap::Get(info[2], "bias") : at::Tensor();
+    const std::string method = argString(info, 3, "method");
+    if (method != "gemm" && method != "twin64") fail("ERR_INVALID_ARG", "fp8Linear: method must be 'gemm' or 'twin64', found '" + method + "'");
+    const at::Tensor dy = info.Length() > 4 && info[4].IsObject() ? TensorWrap::Get(info[4], "dy") : at::Tensor();
+    if (w.dim() != 2 || x.dim() < 2 || x.size(-1) != w.size(1))
+      fail("ERR_SHAPE_MISMATCH", "fp8Linear: x " + shapeString(x.sizes()) + " and weight " + shapeString(w.sizes()) + " do not multiply");
+    auto out = std::make_shared<std::array<at::Tensor, 4>>();
+    return queue(info.Env(), [=] {
+      flux::Linear l;
+      std::tie(l.w8, l.w8Scale) = fp8::quantizeWeight(w, x.device());
+      if (b.defined()) l.b = b.to(x.device(), x.scalar_type());
+      if (method == "twin64") {
+        flux::Linear c{{}, l.b.defined() ? l.b.cpu() : at::Tensor(), l.w8.cpu(), l.w8Scale.cpu()};
+        (*out)[0] = fp8::linearTwin(c, x.cpu(), at::kDouble);
+      } else {
+        c10::AutoGradMode enable(dy.defined());
+        const at::Tensor xi = dy.defined() ? x.detach().requires_grad_(true) : x;
+        at::Tensor y = fp8::linear(l, xi);
+        if (dy.defined()) (*out)[3] = torch::autograd::grad({y}, {xi}, {dy.to(y.device(), y.scalar_type())})[0];
+        (*out)[0] = y.detach();
+      }
+      (*out)[1] = l.w8, (*out)[2] = l.w8Scale;
+      syncDevice(x);
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      const char* names[] = {"y", "w8", "scale", "dx"};
+      for (int i = 0; i < 4; ++i)
+        if ((*out)[size_t(i)].defined()) o.Set(names[i], TensorWrap::Wrap(env, (*out)[size_t(i)]));
+      return o;
+    });
+  });
+}
+
 Napi::Object testingExports(Napi::Env env) {
   auto t = Napi::Object::New(env);
   t.Set("noop", Napi::Function::New(env, Noop));
@@ -304,6 +367,8 @@ Napi::Object testingExports(Napi::Env env) {
   t.Set("lowRankAdd", Napi::Function::New(env, LowRankAddProbe));
   t.Set("benchLowRankAdd", Napi::Function::New(env, BenchLowRankAdd));
   t.Set("cudaProfiler", Napi::Function::New(env, CudaProfiler));
+  t.Set("fp8QuantizeRows", Napi::Function::New(env, Fp8QuantizeRows));
+  t.Set("fp8Linear", Napi::Function::New(env, Fp8Linear));
   return t;
 }
 

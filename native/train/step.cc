@@ -145,6 +145,7 @@ DistillResult distillationStep(const flux::Model& m, const Teacher& teacher, con
 
 FlowStepResult flowMatchingStep(flux::Model& m, const flux::Inputs& in, const at::Tensor& target, const AdamW& opt,
                                 double maxNorm, AdamWState& st) {
+  if (m.cfg.fp8) fail("ERR_NOT_SUPPORTED", "FluxTransformer.trainStep: the block weights are FP8 (frozen); load the model without quantize to train it");
   std::vector<at::Tensor*> params;
   m.forEachParameter([&](at::Tensor& t) { if (t.defined()) params.push_back(&t); });
   struct Frozen {  // the weights are frozen again however the step ends

@@ -1,0 +1,129 @@
+// FP8 activations for the FP8 linear layers (models/fp8.cc): each row of x [M, K] scaled by its own
+// s = max|row| / 448 and rounded to float8_e4m3fn (nearest even), in one kernel: a block per row reads the row
+// twice (the max, then the scaled values; the second read comes from cache) and writes 8 bytes per thread-step.
+// Bit for bit the LibTorch twin fp8::quantizeRows(x, twin = true): IEEE division for s and x / s.
+#include "kernels/kernels.h"
+
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <mutex>
+
+namespace x2i::kernels {
+namespace {
+
+constexpr int kThreads = 256, kVec = 8;
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
+  if constexpr (sizeof(T) == 2) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) v[c] = float(h[c]);
+  } else {
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) v[c] = float(p[c]);
+  }
+}
+
+__device__ __forceinline__ uint8_t e4m3(float v) {
+  return __nv_cvt_float_to_fp8(fminf(fmaxf(v, -448.f), 448.f), __NV_SATFINITE, __NV_E4M3);
+}
+
+// the block's max of v (every thread gets it)
+__device__ __forceinline__ float blockMax(float v) {
+  __shared__ float part[kThreads / 32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = part[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) v = fmaxf(v, part[w]);
+  return v;
+}
+
+// VEC: K % 8 == 0 and 16-byte aligned rows (8 elements per step), else one element per step
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restrict__ x, int64_t ldx, int64_t K,
+                                                               uint8_t* __restrict__ q, float* __restrict__ scale) {
+  const T* row = x + int64_t(blockIdx.x) * ldx;
+  uint8_t* out = q + int64_t(blockIdx.x) * K;
+  const int64_t step = VEC ? kVec : 1;
+  float amax = 0;
+  for (int64_t j = int64_t(threadIdx.x) * step; j < K; j += int64_t(kThreads) * step) {
+    if constexpr (VEC) {
+      float v[kVec];
+      load8(row + j, v);
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) amax = fmaxf(amax, fabsf(v[c]));
+    } else {
+      amax = fmaxf(amax, fabsf(float(row[j])));
+    }
+  }
+  const float s = fmaxf(blockMax(amax), 1e-12f) / 448.f;
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  for (int64_t j = int64_t(threadIdx.x) * step; j < K; j += int64_t(kThreads) * step) {
+    if constexpr (VEC) {
+      float v[kVec];
+      load8(row + j, v);
+      uint2 packed;
+      uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) b[c] = e4m3(v[c] / s);
+      *reinterpret_cast<uint2*>(out + j) = packed;
+    } else {
+      out[j] = e4m3(float(row[j]) / s);
+    }
+  }
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2, "quantizeRowsE4m3: x must be a 2-D CUDA tensor");
+  const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
+  const c10::cuda::CUDAGuard guard(xc.device());
+  const int64_t M = xc.size(0), K = xc.size(1);
+  at::Tensor q = at::empty({M, K}, xc.options().dtype(at::kFloat8_e4m3fn));
+  at::Tensor s = at::empty({M, 1}, xc.options().dtype(at::kFloat));
+  if (M == 0) return {q, s};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "quantizeRowsE4m3", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      using T = scalar_t;
+      const T* p = xc.data_ptr<T>();
+      const bool vec = K % kVec == 0 && xc.stride(0) % kVec == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+      auto* qp = reinterpret_cast<uint8_t*>(q.data_ptr());
+      if (vec) quantizeRowsKernel<T, true><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
+      else quantizeRowsKernel<T, false><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
+    } else {
+      TORCH_CHECK(false, "quantizeRowsE4m3: float64 runs the LibTorch twin");
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {q, s};
+}
+
+bool fp8GemmSupported(int device) {
+  static std::mutex mu;
+  static std::vector<int> known(64, -1);  // per device: -1 not asked yet, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mu);
+  if (device < 0 || device >= int(known.size())) return false;
+  if (known[size_t(device)] < 0) {
+    int major = 0, minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    known[size_t(device)] = major * 10 + minor >= 89 ? 1 : 0;
+  }
+  return known[size_t(device)] == 1;
+}
+
+}  // namespace x2i::kernels

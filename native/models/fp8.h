@@ -1,0 +1,35 @@
+// FP8 (e4m3) weights for FLUX's frozen block layers: each weight row quantized with its own scale at load
+// (w ≈ w8 · scale[row]), each activation row (token) with its own scale at run time; the GEMM on FP8 tensor cores
+// (at::_scaled_mm, compute capability ≥ 8.9) with the bias in its epilogue and the output in the model dtype.
+// Elsewhere (CPUs, older GPUs, odd widths) the same quantized numbers go through a dequantized matmul: the twin the
+// CUDA path is tested against. The input gradient (the frozen student's backward, LoRA training) multiplies by the
+// dequantized weights.
+#pragma once
+#include "models/flux.h"
+
+namespace x2i::fp8 {
+
+constexpr double kE4m3Max = 448;  // the largest finite float8_e4m3fn
+
+// The layers quantized with Config::fp8: every double and single block's linear layers (modulation, qkv, proj,
+// MLP, linear1, linear2); the embedders and the final layer stay in the model dtype.
+std::vector<flux::Linear*> blockLinears(flux::Model& m);
+
+// w [out, in] (any floating dtype, any device) → w8 [out, in] float8_e4m3fn and scale [out] float32 on `device`.
+std::pair<at::Tensor, at::Tensor> quantizeWeight(const at::Tensor& w, c10::Device device);
+// Quantizes the layer in place (w dropped, w8 / w8Scale set; the bias moved to `device`). LoRA adapters stay
+// unfused on top.
+void quantize(flux::Linear& l, c10::Device device);
+
+// x [M, K] → x8 [M, K] float8_e4m3fn and scale [M, 1] float32 (per-row amax / 448): the CUDA kernel where built,
+// else (or with `twin`) LibTorch ops.
+std::pair<at::Tensor, at::Tensor> quantizeRows(const at::Tensor& x, bool twin = false);
+
+// W x + b of an FP8 layer, x [.., in] in the model dtype → [.., out]; differentiable with respect to x.
+at::Tensor linear(const flux::Linear& l, const at::Tensor& x);
+// The same product in `dt` from the dequantized operands (the reference; float64 in tests).
+at::Tensor linearTwin(const flux::Linear& l, const at::Tensor& x, at::ScalarType dt);
+// w8 · scale in `dt`
+at::Tensor dequantized(const flux::Linear& l, at::ScalarType dt);
+
+}  // namespace x2i::fp8
