@@ -10,7 +10,7 @@
 // activation checkpointing. Baseline: the same step and generation as a PyTorch eager composition
 // (--baseline bench/baselines/x2i_step.py; transformers T5 / CLIP / Qwen2.5-VL), run after this process has
 // freed the GPU.
-//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--compile (the baseline also times torch.compile of the generation)] [--compile-step (and of the training step)] [--json out.json]
+//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--compile (the baseline also times torch.compile of the generation)] [--compile-step (and of the training step)] [--fp8 (also the generation with FP8 block weights)] [--json out.json]
 //                           [--steps 5] [--gen-iters 3]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,7 +21,7 @@ import * as x2i from '../dist/index.js';
 import { CLIP_L, QWEN_7B, T5_XXL } from './real_sizes.mjs';
 
 const { values: args } = parseArgs({ options: {
-  baseline: { type: 'string' }, compile: { type: 'boolean', default: false }, 'compile-step': { type: 'boolean', default: false }, json: { type: 'string' },
+  baseline: { type: 'string' }, compile: { type: 'boolean', default: false }, 'compile-step': { type: 'boolean', default: false }, fp8: { type: 'boolean', default: false }, json: { type: 'string' },
   steps: { type: 'string', default: '5' }, 'gen-iters': { type: 'string', default: '3' },
 } });
 if (!x2i.cuda.isAvailable()) { console.error('bench/x2i_step.mjs needs CUDA'); process.exit(1); }
@@ -95,10 +95,10 @@ for (const checkpoint of [false, true]) {
 // ---- teacher generation: T5 + CLIP + 28 steps + VAE decode at 1024²
 const vae = await x2i.AutoencoderKL.fromConfig({}, { device, dtype, seed: 5 });
 const pipe = new x2i.FluxPipeline({ transformer: flux, vae });
-const gen = async () => {
+const gen = async (p = pipe) => {
   const e = await teacherConditioning();
   try {
-    const r = await pipe.generate({ promptEmbeds: e.encoderHiddenStates, pooledPromptEmbeds: e.pooledProjections, height: 1024,
+    const r = await p.generate({ promptEmbeds: e.encoderHiddenStates, pooledPromptEmbeds: e.pooledProjections, height: 1024,
       width: 1024, numInferenceSteps: 28, seed: 0 });
     r.images.dispose();
   } finally {
@@ -117,6 +117,17 @@ for (let i = 0; i < 4; i++) { const s = now(); (await vae.decode(z)).dispose(); 
 z.dispose();
 result.runs.generate = { ms: median(gts), all_ms: gts, vae_decode_ms: median(dts.slice(1)),
   peak_allocated_GiB: gib(x2i.cuda.memory(device).peakAllocated) };
+// --fp8: the same generation with the transformer's block weights in FP8 (quantize: 'fp8', the same seed)
+if (args.fp8) {
+  const flux8 = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize: 'fp8' });
+  const pipe8 = new x2i.FluxPipeline({ transformer: flux8, vae });
+  await gen(pipe8);
+  x2i.cuda.memory(device, { reset: true });
+  const ts = [];
+  for (let i = 0; i < genIters; i++) { const s = now(); await gen(pipe8); ts.push(now() - s); }
+  result.runs.generate_fp8 = { ms: median(ts), all_ms: ts, peak_allocated_GiB: gib(x2i.cuda.memory(device).peakAllocated) };
+  flux8.dispose();
+}
 
 for (const m of [flux, t5, clip, qwen, alignNet, vae]) m.dispose();
 for (const t of [t5Ids, clipIds, qwenIds]) t.dispose();
@@ -146,7 +157,12 @@ const row = (name, x, y) => console.log(`| ${name} | ${f(x?.ms)} | ${f(x?.peak_a
 row('training step', R.step, b.step);
 row('training step, activation checkpointing', R.step_checkpoint, b.step_checkpoint);
 row('teacher generation 1024², 28 steps', R.generate, b.generate);
-if (b.generate_compile) console.log(`| teacher generation, torch.compile | | | ${f(b.generate_compile.ms)} | | ${f(b.generate_compile.ms / R.generate.ms, 2)}× |`);
+if (R.generate_fp8) row('teacher generation, FP8 block weights (quantize: fp8)', R.generate_fp8, b.generate);
+if (b.generate_compile) {
+  console.log(`| teacher generation, torch.compile | | | ${f(b.generate_compile.ms)} | | ${f(b.generate_compile.ms / R.generate.ms, 2)}× |`);
+  console.log(`x2i / torch.compile generation time: bf16 ${f(R.generate.ms / b.generate_compile.ms, 3)}` +
+    (R.generate_fp8 ? `, FP8 ${f(R.generate_fp8.ms / b.generate_compile.ms, 3)}` : '') + ' (x2i includes the VAE decode, the baseline does not)');
+}
 if (b.step_compile) console.log(`| training step, torch.compile (transformer, AlignNet, loss; compiled in ${f(b.step_compile_s)} s) | | | ` +
   `${f(b.step_compile.ms)} | ${f(b.step_compile.peak_allocated_GiB, 2)} GiB | ${f(b.step_compile.ms / R.step.ms, 2)}× |`);
 console.log(`step parts (x2i): encoders ${f(R.step.encoders_ms)} ms, trainStep ${f(R.step.trainStep_ms)} ms; loss ${f(R.step.loss, 3)}, skipped ${R.step.skipped}`);

@@ -43,10 +43,13 @@ def modulate(x, shift, scale):
     return F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + scale) + shift
 
 
-def timestep_embedding(t, dim=256):                  # t in [0, 1] (x 1000 inside, as BFL)
+def timestep_embedding(t, dim=256, t_dtype=None):     # t in [0, 1] (x 1000 inside, as BFL)
+    """t_dtype None: t·1000 in float32 (exact); a dtype: t rounded to it and ×1000 in it before the float32
+    sinusoids, as BFL and diffusers do with the model's dtype (bf16: t = 0.75 -> 752, guidance 3.5 -> 3504)."""
     half = dim // 2
     f = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * f[None]
+    t1000 = 1000.0 * t.float() if t_dtype is None else (t.to(t_dtype) * 1000).float()
+    args = t1000[:, None] * f[None]
     return torch.cat([torch.cos(args), torch.sin(args)], -1)
 
 
@@ -101,9 +104,10 @@ class SingleBlock(nn.Module):
 
 
 class Flux(nn.Module):
-    """FLUX.1; forward(img, txt, pooled, t, g, cos, sin, taps=None, control=None, checkpoint=False):
+    """FLUX.1; forward(img, txt, pooled, t, g, cos, sin, taps=None, control=None, checkpoint=False, t_dtype=None):
     control(i, img) -> a residual added to the image stream after double block i (LightControl) or None;
-    checkpoint: torch.utils.checkpoint per block (use_reentrant=False), as diffusers' gradient checkpointing."""
+    checkpoint: torch.utils.checkpoint per block (use_reentrant=False), as diffusers' gradient checkpointing;
+    t_dtype: where t·1000 and g·1000 are computed (timestep_embedding; None: float32, exact)."""
     def __init__(self, d=D, h=H, mlp=MLP, depth=19, depth_single=38, in_channels=64, joint_dim=4096, pooled_dim=768):
         super().__init__()
         self.img_in = nn.Linear(in_channels, d); self.txt_in = nn.Linear(joint_dim, d)
@@ -111,8 +115,9 @@ class Flux(nn.Module):
         self.double_blocks = nn.ModuleList(DoubleBlock(d, h, mlp) for _ in range(depth))
         self.single_blocks = nn.ModuleList(SingleBlock(d, h, mlp) for _ in range(depth_single))
         self.final_mod = nn.Linear(d, 2 * d); self.final = nn.Linear(d, in_channels)
-    def forward(self, img, txt, pooled, t, g, cos, sin, taps=None, control=None, checkpoint=False):
-        vec = self.time_in(timestep_embedding(t).to(img.dtype)) + self.guidance_in(timestep_embedding(g).to(img.dtype)) + self.vector_in(pooled)
+    def forward(self, img, txt, pooled, t, g, cos, sin, taps=None, control=None, checkpoint=False, t_dtype=None):
+        vec = (self.time_in(timestep_embedding(t, t_dtype=t_dtype).to(img.dtype))
+               + self.guidance_in(timestep_embedding(g, t_dtype=t_dtype).to(img.dtype)) + self.vector_in(pooled))
         img, txt = self.img_in(img), self.txt_in(txt)
         ck = checkpoint and torch.is_grad_enabled()
         for i, b in enumerate(self.double_blocks):

@@ -1,0 +1,128 @@
+// FP8 block weights on the GPU (native/models/fp8.cc, native/kernels/fp8.cu): the activation kernel bit for bit
+// against its LibTorch twin (bf16 / fp16 / float32, odd and aligned widths, row-strided views, zero rows); the FP8
+// tensor-core GEMM (at::_scaled_mm, per-row scales, bias in the epilogue) and the layer's input gradient against the
+// float64 product of the same quantized operands on the CPU, at odd and FLUX.1 sizes; a FLUX transformer with
+// quantize: 'fp8' against the same seed's bf16 model (the same draws, quantized), its weights' memory halved.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import * as x2i from '../../dist/index.js';
+import { probes } from '../../dist/testing.js';
+
+const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
+
+async function f64(t) {
+  const d = await t.to({ dtype: 'float64', device: 'cpu' });
+  const a = await d.toArray();
+  d.dispose();
+  return a;
+}
+function relErrOf(a, b) {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) num += (a[i] - b[i]) ** 2, den += b[i] ** 2;
+  return Math.sqrt(num / den);
+}
+// the raw e4m3 bytes of a float8 tensor, as float64 values (exact)
+const bits = (t) => f64(t);
+
+describe('FP8 activations: kernel = LibTorch twin, bit for bit', { skip }, () => {
+  for (const dtype of ['bfloat16', 'float16', 'float32'])
+    for (const [M, K, strided] of [[1, 16, false], [7, 3072, false], [33, 15360, false], [5, 100, false], [64, 12288, true], [3, 24, true]])
+      it(`${dtype} [${M}, ${K}]${strided ? ' (a row-strided view)' : ''}`, async () => {
+        const full = await x2i.randn([M, strided ? K + 40 : K], { seed: M + K, device: 'cuda', dtype });
+        const x = strided ? new x2i.Tensor(probes().narrowView(full.handle, 1, 8, K)) : full;
+        const k = await probes().fp8QuantizeRows(x.handle, 'kernel');
+        const t = await probes().fp8QuantizeRows(x.handle, 'twin');
+        const [qk, qt] = [new x2i.Tensor(k.q), new x2i.Tensor(t.q)];
+        const [sk, st] = [new x2i.Tensor(k.scale), new x2i.Tensor(t.scale)];
+        assert.equal(qk.dtype, 'float8_e4m3fn');
+        assert.deepEqual(await sk.toArray(), await st.toArray());
+        assert.deepEqual(await bits(qk), await bits(qt));
+        for (const v of [qk, qt, sk, st]) v.dispose();
+        if (x !== full) x.dispose();
+        full.dispose();
+      });
+
+  it('zero rows give zeros (scale 1e-12 / 448), not NaN', async () => {
+    const x = await x2i.zeros([4, 64], { device: 'cuda', dtype: 'bfloat16' });
+    const k = await probes().fp8QuantizeRows(x.handle, 'kernel');
+    const q = new x2i.Tensor(k.q), s = new x2i.Tensor(k.scale);
+    assert.ok((await bits(q)).every((v) => v === 0));
+    assert.ok((await s.toArray()).every((v) => v === Math.fround(Math.fround(1e-12) / 448)));
+    for (const v of [x, q, s]) v.dispose();
+  });
+});
+
+describe('an FP8 layer on tensor cores = the float64 product of its quantized operands', { skip }, () => {
+  // [M, K, N]: odd token counts; FLUX.1's qkv at 1024² (4608 tokens), linear2 (15360 in), a modulation (one row)
+  for (const [M, K, N] of [[1, 64, 48], [77, 256, 160], [4608, 3072, 9216], [512, 15360, 3072], [1, 3072, 18432], [9, 40, 24]])
+    for (const dtype of ['bfloat16', 'float16'])
+      it(`${dtype} [${M}, ${K}] · [${N}, ${K}]ᵀ${K % 16 ? ' (K not a multiple of 16: the twin path on the GPU)' : ''}`, async () => {
+        const x = await x2i.randn([M, K], { seed: 1, device: 'cuda', dtype });
+        const w = await x2i.randn([N, K], { seed: 2, device: 'cuda', dtype });
+        const b = await x2i.randn([N], { seed: 3, device: 'cuda', dtype });
+        const dy = await x2i.randn([M, N], { seed: 4, device: 'cuda', dtype });
+        const r = await probes().fp8Linear(x.handle, w.handle, b.handle, 'gemm', dy.handle);
+        const ref = await probes().fp8Linear(x.handle, w.handle, b.handle, 'twin64');
+        const y = new x2i.Tensor(r.y), y64 = new x2i.Tensor(ref.y), dx = new x2i.Tensor(r.dx);
+        assert.equal(y.device, 'cuda:0');
+        // one rounding to 16 bits after float32 accumulation
+        const e = relErrOf(await f64(y), await f64(y64));
+        assert.ok(e < (dtype === 'bfloat16' ? 5e-3 : 1e-3), `y: relative error ${e}`);
+        // dx = dy · (w8 · scale): the dequantized weights in the model dtype
+        const w8 = new x2i.Tensor(r.w8), sc = new x2i.Tensor(r.scale);
+        const wd = await f64(w8), s = await sc.toArray(), dyv = await f64(dy), dxv = await f64(dx);
+        if (M * N * K <= 4e8) {
+          const want = new Float64Array(M * K);
+          for (let i = 0; i < M; i++)
+            for (let n = 0; n < N; n++) {
+              const g = dyv[i * N + n] * s[n];
+              for (let k = 0; k < K; k++) want[i * K + k] += g * wd[n * K + k];
+            }
+          const ed = relErrOf(dxv, want);
+          assert.ok(ed < (dtype === 'bfloat16' ? 1e-2 : 2e-3), `dx: relative error ${ed}`);
+        }
+        for (const v of [x, w, b, dy, y, y64, dx, w8, sc]) v.dispose();
+      });
+});
+
+describe('FluxTransformer with quantize: fp8 on the GPU', { skip }, () => {
+  it('the bf16 model of the same seed, quantized: close, half the weight memory, and faster per forward', async () => {
+    const cfg = { num_layers: 2, num_single_layers: 4 };  // FLUX.1-dev widths, fewer blocks
+    const B = 1, T = 512, N = 4096;
+    const ids = new Float32Array(N * 3);
+    for (let n = 0; n < N; n++) ids[3 * n + 1] = Math.floor(n / 64), ids[3 * n + 2] = n % 64;
+    const ins = { hiddenStates: await x2i.randn([B, N, 64], { seed: 1, device: 'cuda', dtype: 'bfloat16' }),
+      encoderHiddenStates: await x2i.randn([B, T, 4096], { seed: 2, device: 'cuda', dtype: 'bfloat16' }),
+      pooledProjections: await x2i.randn([B, 768], { seed: 3, device: 'cuda', dtype: 'bfloat16' }),
+      timestep: x2i.Tensor.fromArray(new Float32Array([1]), [1]), guidance: x2i.Tensor.fromArray(new Float32Array([4]), [1]),
+      imgIds: x2i.Tensor.fromArray(ids, [N, 3]), txtIds: x2i.Tensor.fromArray(new Float32Array(T * 3), [T, 3]) };
+    const mem = () => x2i.cuda.memory('cuda').allocated;
+    const m0 = mem();
+    const bf = await x2i.FluxTransformer.fromConfig(cfg, { device: 'cuda', dtype: 'bfloat16', seed: 7 });
+    const m1 = mem();
+    const f8 = await x2i.FluxTransformer.fromConfig(cfg, { device: 'cuda', dtype: 'bfloat16', seed: 7, quantize: 'fp8' });
+    const m2 = mem();
+    assert.equal(f8.quantize, 'fp8');
+    assert.ok((m2 - m1) < 0.56 * (m1 - m0), `weights: fp8 ${(m2 - m1) / 2 ** 30} GiB vs bf16 ${(m1 - m0) / 2 ** 30} GiB`);
+    const a = await bf.forward(ins, { capture: true }), b = await f8.forward(ins, { capture: true });
+    for (const [k, ta, tb] of [['sample', a.sample, b.sample], ['single', a.captures.single, b.captures.single],
+      ['doubleImg', a.captures.doubleImg, b.captures.doubleImg]]) {
+      const e = relErrOf(await f64(tb), await f64(ta));
+      assert.ok(e > 1e-4 && e < 0.1, `${k}: fp8 vs bf16 relative error ${e}`);
+    }
+    const time = async (m) => {
+      await m.forward(ins);
+      await x2i.cuda.synchronize();
+      const t0 = performance.now();
+      for (let i = 0; i < 5; i++) (await m.forward(ins)).sample.dispose();
+      await x2i.cuda.synchronize();
+      return (performance.now() - t0) / 5;
+    };
+    const [tb, t8] = [await time(bf), await time(f8)];
+    assert.ok(t8 < tb, `forward: fp8 ${t8.toFixed(1)} ms vs bf16 ${tb.toFixed(1)} ms`);
+    for (const o of [a, b]) { o.sample.dispose(); for (const t of Object.values(o.captures)) t.dispose(); }
+    for (const t of Object.values(ins)) t.dispose();
+    bf.dispose();
+    f8.dispose();
+  });
+});
