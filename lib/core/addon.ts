@@ -38,6 +38,8 @@ export interface CudaMemoryInfo {
   peakAllocated: number;
   reserved: number;
   peakReserved: number;
+  /** The device's memory. */
+  total: number;
 }
 
 export interface BuildInfo {
@@ -608,6 +610,8 @@ export interface Addon {
   cudaDeviceCount(): number;
   cudaSynchronize(device?: string): Promise<void>;
   cudaMemory(device?: string, reset?: boolean, emptyCache?: boolean): CudaMemoryInfo;
+  /** The caching allocator holds at most `bytes` on the device (null: no cap). */
+  cudaSetMemoryLimit(device: string, bytes: number | null): void;
   /** Whether this build has NCCL (the 'nccl' process-group backend). */
   ncclAvailable(): boolean;
   setNumThreads(n: number): void;
@@ -691,7 +695,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
   NativeTensor: true, NativeFlux: true, NativeAlignNet: true, NativeT5Encoder: true, NativeClipTextEncoder: true, NativeClipVisionEncoder: true,
   NativeQwenVLEncoder: true, NativeInternVLEncoder: true, NativeMiniCPMOEncoder: true, NativeAutoencoderKL: true, NativeLightControl: true, NativeProcessGroup: true, NativeFineTune: true, qwenRopeIndex: true,
   distillationLoss: true, memory: true, buildInfo: true, cudaIsAvailable: true, cudaDeviceCount: true,
-  cudaSynchronize: true, cudaMemory: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
+  cudaSynchronize: true, cudaMemory: true, cudaSetMemoryLimit: true, ncclAvailable: true, setNumThreads: true, readSafetensors: true,
   writeSafetensors: true, zeros: true, randn: true, matmul: true, relativeError: true, audioLogMel: true, audioResample: true,
   resizeImage: true, packLatents: true, unpackLatents: true, toImage: true, imageToUint8: true, imageAgreement: true,
   encodeLatents: true, noiseLatents: true, blendLatents: true,

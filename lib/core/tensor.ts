@@ -174,6 +174,17 @@ export const cuda = {
     checkDevice(device);
     return addon().cudaMemory(device, opts.reset ?? false, opts.emptyCache ?? false);
   },
+  /**
+   * Caps what the caching allocator holds on `device` at `bytes` (torch.cuda.set_per_process_memory_fraction(bytes /
+   * total)): an allocation beyond it frees the cache and then fails with a clear out-of-memory error, as on a card of
+   * that size. `null` lifts the cap. For proving that a workload fits a smaller card.
+   */
+  setMemoryLimit(bytes: number | null, device = 'cuda'): void {
+    checkDevice(device);
+    if (bytes !== null && !(typeof bytes === 'number' && Number.isFinite(bytes) && bytes > 0))
+      throw invalidArg('cuda.setMemoryLimit(bytes)', 'a positive number of bytes or null', bytes);
+    addon().cudaSetMemoryLimit(device, bytes);
+  },
   /** Waits for all work queued on the device. */
   async synchronize(device = 'cuda'): Promise<void> {
     checkDevice(device);

@@ -2,6 +2,8 @@
 #include "kernels/kernels.h"
 
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 
 namespace x2i::kernels {
 
@@ -15,5 +17,16 @@ DeviceMemory cudaMemory(int device) {
 void cudaResetPeakMemory(int device) { c10::cuda::CUDACachingAllocator::resetPeakStats(c10::DeviceIndex(device)); }
 
 void cudaEmptyCache() { c10::cuda::CUDACachingAllocator::emptyCache(); }
+
+int64_t cudaTotalMemory(int device) {
+  const c10::cuda::CUDAGuard guard(c10::DeviceIndex(device));
+  size_t free = 0, total = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return int64_t(total);
+}
+
+void cudaSetMemoryFraction(int device, double fraction) {
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, c10::DeviceIndex(device));
+}
 
 }  // namespace x2i::kernels

@@ -48,6 +48,11 @@ DeviceMemory cudaMemory(int device);
 void cudaResetPeakMemory(int device);
 // Returns the cached, unused blocks to the driver (torch.cuda.empty_cache), e.g. before another process runs.
 void cudaEmptyCache();
+// The device's memory in bytes (cudaMemGetInfo's total).
+int64_t cudaTotalMemory(int device);
+// The caching allocator refuses to hold more than fraction × total on the device (an out-of-memory error after it
+// has freed its cache; torch.cuda.set_per_process_memory_fraction); 1 lifts the cap.
+void cudaSetMemoryFraction(int device, double fraction);
 
 }  // namespace x2i::kernels
 

@@ -28,6 +28,7 @@ Napi::Object InitX2I(Napi::Env env, Napi::Object exports) {
   fn("cudaDeviceCount", CudaDeviceCount);
   fn("cudaSynchronize", CudaSynchronize);
   fn("cudaMemory", CudaMemory);
+  fn("cudaSetMemoryLimit", CudaSetMemoryLimit);
   exports.Set("NativeProcessGroup", initProcessGroup(env));
   exports.Set("NativeFineTune", initFineTune(env));
   fn("ncclAvailable", NcclAvailable);

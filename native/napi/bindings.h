@@ -60,6 +60,7 @@ Napi::Value CudaIsAvailable(const Napi::CallbackInfo& info);
 Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info);
 Napi::Value CudaSynchronize(const Napi::CallbackInfo& info);
 Napi::Value CudaMemory(const Napi::CallbackInfo& info);
+Napi::Value CudaSetMemoryLimit(const Napi::CallbackInfo& info);
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info);
 
 // test and benchmark probes (exported as `testing`): probes.cc

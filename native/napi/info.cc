@@ -71,10 +71,35 @@ Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
     o.Set("peakAllocated", double(m.peakAllocated));
     o.Set("reserved", double(m.reserved));
     o.Set("peakReserved", double(m.peakReserved));
+    o.Set("total", double(kernels::cudaTotalMemory(idx)));
     return o;
 #else
     (void)reset, (void)empty;
     fail("ERR_NOT_SUPPORTED", "cuda.memory: this build has no CUDA kernels (built without nvcc)");
+#endif
+  });
+}
+
+// cudaSetMemoryLimit(device, bytes | null): the caching allocator holds at most `bytes` on the device (its memory
+// fraction bytes / total); null lifts the cap.
+Napi::Value CudaSetMemoryLimit(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
+    if (!d.is_cuda() || cudaDeviceCount() == 0) fail("ERR_CUDA_UNAVAILABLE", "cuda.setMemoryLimit: no CUDA device");
+    const bool lift = info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined();
+    if (!lift && (!info[1].IsNumber() || !(info[1].As<Napi::Number>().DoubleValue() > 0)))
+      fail("ERR_INVALID_ARG", "cuda.setMemoryLimit: bytes must be a positive number or null");
+#ifdef X2I_CUDA_KERNELS
+    const int idx = d.has_index() ? d.index() : 0;
+    const double total = double(kernels::cudaTotalMemory(idx));
+    const double bytes = lift ? total : info[1].As<Napi::Number>().DoubleValue();
+    if (bytes > total)
+      fail("ERR_INVALID_ARG", "cuda.setMemoryLimit: " + std::to_string(int64_t(bytes)) + " bytes is more than the device's " +
+                                  std::to_string(int64_t(total)));
+    kernels::cudaSetMemoryFraction(idx, bytes / total);
+    return info.Env().Undefined();
+#else
+    fail("ERR_NOT_SUPPORTED", "cuda.setMemoryLimit: this build has no CUDA kernels (built without nvcc)");
 #endif
   });
 }

@@ -172,6 +172,22 @@ describe('CUDA', () => {
     assert.ok(m2.reserved <= m1.reserved - 64 * 2 ** 20, 'emptyCache gives the freed block back');
   });
 
+  gpuIt('cuda.setMemoryLimit: an allocation beyond the cap is a clear out-of-memory error, not a crash; null lifts it', async () => {
+    const m0 = x2i.cuda.memory('cuda', { emptyCache: true });
+    assert.ok(m0.total > 2 ** 30, JSON.stringify(m0));
+    x2i.cuda.setMemoryLimit(m0.reserved + 2 ** 30);  // 1 GiB beyond what is held now
+    try {
+      const fits = await x2i.zeros([2 ** 27], { device: 'cuda' });  // 512 MiB
+      fits.dispose();
+      await assert.rejects(x2i.zeros([2 ** 29], { device: 'cuda' }), (e) => e instanceof Error && /out of memory|CUDA|memory/i.test(e.message));
+      assert.throws(() => x2i.cuda.setMemoryLimit(m0.total * 2), { code: 'ERR_INVALID_ARG' });
+    } finally {
+      x2i.cuda.setMemoryLimit(null);
+    }
+    const big = await x2i.zeros([2 ** 29], { device: 'cuda' });  // 2 GiB: fine without the cap
+    big.dispose();
+  });
+
   gpuIt('fromConfig draws random weights on the GPU: deterministic in the seed, finite outputs', async () => {
     const c = { model_type: 't5', vocab_size: 64, d_model: 32, d_kv: 8, d_ff: 48, num_layers: 2, num_heads: 4, feed_forward_proj: 'gated-gelu' };
     const a = await x2i.T5Encoder.fromConfig(c, { device: 'cuda', seed: 7 });

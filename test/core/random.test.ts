@@ -76,5 +76,12 @@ describe('fromConfig (random weights)', () => {
   it('cuda.memory is a clear error without a CUDA device', () => {
     if (cuda.isAvailable()) return;
     expect(() => cuda.memory()).toThrow(/CUDA is not available/);
+    expect(() => cuda.setMemoryLimit(2 ** 30)).toThrow(/CUDA is not available/);
+  });
+
+  it('cuda.setMemoryLimit checks its bytes before anything else', () => {
+    for (const bad of [0, -1, Number.NaN, Infinity, '1GB'])
+      expect(() => cuda.setMemoryLimit(bad as number)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG', message: expect.stringMatching(/positive number of bytes or null/) }));
+    expect(() => cuda.setMemoryLimit(2 ** 30, 'gpu')).toThrow(/'cpu', 'cuda' or 'cuda:N'/);
   });
 });
