@@ -93,6 +93,8 @@ struct SingleBlock {
   at::Tensor qNorm, kNorm;
 };
 
+struct StepGraph;  // a captured denoising step (sample/euler.cc)
+
 struct Model {
   Config cfg;
   Linear imgIn, txtIn, timeIn1, timeIn2, guidanceIn1, guidanceIn2, vectorIn1, vectorIn2, finalMod, finalLinear;
@@ -100,6 +102,10 @@ struct Model {
   std::vector<SingleBlock> singles;
   at::Tensor timeFreqs;  // the 128 sinusoid frequencies, computed once on the CPU (as BFL does), on the device
   std::map<std::string, std::shared_ptr<LoraAdapter>> adapters;  // by name (models/lora.h)
+  // Bumped whenever weights move to new storage (adapters stacked or unstacked, fused, unfused): what a captured
+  // CUDA graph read is then gone, and sample/euler.cc captures again.
+  uint64_t weightsVersion = 0;
+  mutable std::shared_ptr<StepGraph> stepGraph;  // the last captured denoising step (sample/euler.cc)
   c10::Device device() const { return imgIn.w.device(); }
   at::ScalarType dtype() const { return imgIn.w.scalar_type(); }
 

@@ -324,6 +324,7 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
     if (!trainable) restack(*l);
   }
   m.adapters[name] = adapter;
+  ++m.weightsVersion;
 }
 
 void remove(flux::Model& m, const std::string& name) {
@@ -342,6 +343,7 @@ void remove(flux::Model& m, const std::string& name) {
     }
     m.adapters.erase(k);
   }
+  ++m.weightsVersion;
 }
 
 void applyScales(const flux::Model& m, const std::map<std::string, double>& scales) {
@@ -359,11 +361,13 @@ void fuse(flux::Model& m) {
     if (a->scale != a->fusedScale) mergeAdapter(m, a.get(), a->scale - a->fusedScale);
     a->fusedScale = a->scale;
   }
+  ++m.weightsVersion;
 }
 
 void unfuse(flux::Model& m) {
   for (auto& [k, a] : m.adapters)
     if (a->fusedScale != 0) mergeAdapter(m, a.get(), -a->fusedScale), a->fusedScale = 0;
+  ++m.weightsVersion;
 }
 
 std::vector<NamedPart> parts(flux::Model& m, const std::string& name) {

@@ -53,8 +53,8 @@ describe('FP8 activations: kernel = LibTorch twin, bit for bit', { skip }, () =>
 });
 
 describe('an FP8 layer on tensor cores = the float64 product of its quantized operands', { skip }, () => {
-  // [M, K, N]: odd token counts; FLUX.1's qkv at 1024² (4608 tokens), linear2 (15360 in), a modulation (one row)
-  for (const [M, K, N] of [[1, 64, 48], [77, 256, 160], [4608, 3072, 9216], [512, 15360, 3072], [1, 3072, 18432], [9, 40, 24]])
+  // [M, K, N]: odd token counts; FLUX.1's qkv widths, linear2 (15360 in), a modulation (one row)
+  for (const [M, K, N] of [[1, 64, 48], [77, 256, 160], [1024, 3072, 9216], [512, 15360, 3072], [1, 3072, 18432], [9, 40, 24]])
     for (const dtype of ['bfloat16', 'float16'])
       it(`${dtype} [${M}, ${K}] · [${N}, ${K}]ᵀ${K % 16 ? ' (K not a multiple of 16: the twin path on the GPU)' : ''}`, async () => {
         const x = await x2i.randn([M, K], { seed: 1, device: 'cuda', dtype });
