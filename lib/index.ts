@@ -72,6 +72,8 @@ export function buildInfo(): BuildInfo {
 export { resolveModelPath, hubCacheDirs } from './core/hub.js';
 export type { HubOptions } from './core/hub.js';
 export type { LoadProgress } from './core/io.js';
+export { MEMORY_PRESETS, memoryPreset } from './app/memory_presets.js';
+export type { MemoryPreset, MemoryPresetName } from './app/memory_presets.js';
 export { createServer } from './app/server.js';
 export type { ServerOptions, X2IServer, ServedModel, ServedGenerator, GenerationDefaults, ServerStats, RequestLog } from './app/server.js';
 export { randomServedModel } from './app/serve.js';

@@ -12,6 +12,7 @@ import { buildInfo, cuda, memory } from '../index.js';
 import type { DType } from '../core/tensor.js';
 import type { FluxImages } from '../sample/pipeline.js';
 import { SERVE_USAGE } from './serve.js';
+import { MEMORY_PRESETS, memoryPreset } from './memory_presets.js';
 import { Progress, endProgressLine } from './progress.js';
 
 export { Progress, loadingBar, type LoadProgress, type ProgressOptions } from './progress.js';
@@ -109,6 +110,8 @@ data:
                        --text-encoder DIR --text-encoder-2 DIR (teacher; default: beside --flux)
   --features FILE      precomputed .safetensors (teacher.encoder_hidden_states, teacher.pooled_projections,
                        student.hidden_states; batch on dim 0) instead
+  --memory full        full: every model on the GPU (the step at 1024²: ~70 GiB); 48gb: activation checkpointing
+                       (with --features, no encoder on the GPU); 24gb: also FP8 block weights (x2i.MEMORY_PRESETS)
   --steps 1000         micro-batches in all (a resumed run continues up to it)
   --lr 1e-4 --warmup 0 --accumulate 1 (micro-batches per optimizer step)
   --checkpoint-every 100   optimizer steps between checkpoints
@@ -504,10 +507,15 @@ async function train(args: string[]): Promise<number> {
     'force-resume': { type: 'boolean' }, overwrite: { type: 'boolean' }, 'keep-last': { type: 'string', default: '2' },
     device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' }, parallel: { type: 'string' },
     'nproc-per-node': { type: 'string' }, nnodes: { type: 'string', default: '1' }, 'node-rank': { type: 'string', default: '0' },
-    'master-addr': { type: 'string' }, 'master-port': { type: 'string' } } as const, { config: true });
+    'master-addr': { type: 'string' }, 'master-port': { type: 'string' }, memory: { type: 'string', default: 'full' } } as const, { config: true });
   if (!p) return help('train');
   const { v } = p;
   const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i train: ${msg}\n`), 2);
+  if (!Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v.memory))
+    return fail(`--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v.memory}"`);
+  const preset = memoryPreset(v.memory);
+  if (preset.precomputedFeatures && !v.features)
+    return fail(`--memory ${v.memory} trains on precomputed features (no encoder on the GPU): give --features FILE`);
   if (!v.flux || !v.alignnet || !v.out) return fail('--flux, --alignnet and --out are required (see x2i train --help)');
   if (v.parallel && v.parallel !== 'data' && v.parallel !== 'split') return fail(`--parallel: expected data or split, got "${v.parallel}"`);
   if (v['nproc-per-node'] && !v.parallel) return fail('--nproc-per-node needs --parallel data|split');
@@ -530,7 +538,7 @@ async function train(args: string[]): Promise<number> {
   const config = { flux: absolute(v.flux), alignnet: absolute(v.alignnet), captions: absolute(v.captions), features: absolute(v.features),
     mllm: absolute(v.mllm), 'text-encoder': absolute(v['text-encoder']), 'text-encoder-2': absolute(v['text-encoder-2']), steps, lr,
     warmup, accumulate, 'checkpoint-every': checkpointEvery, 'keep-last': keepLast, height, width, device: given, dtype,
-    parallel: v.parallel, 'nproc-per-node': nproc, nnodes };
+    parallel: v.parallel, 'nproc-per-node': nproc, nnodes, ...(v.memory !== 'full' ? { memory: v.memory } : {}) };
   if (resuming) {
     (await import('../train/trainer.js')).X2ITrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
     await checkResume('x2i train', v.out, config, [...RESUME_FREE, 'alignnet'], v['force-resume'], progress);  // resume replaces AlignNet's init
@@ -554,7 +562,7 @@ async function train(args: string[]): Promise<number> {
   const reporting = !group || (split ? group.rank === 1 : group.rank === 0);
   const report = reporting ? progress : new Progress({ quiet: true });
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
-  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, opts);
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, { ...opts, quantize: preset.quantize });
   const alignNet = await x2i.AlignNet.fromPretrained(v.alignnet, { ...opts, dtype: 'float32' });
   let data: import('../train/trainer.js').X2IBatch[];
   let parts: ConstructorParameters<typeof x2i.X2ITrainer>[0] = { transformer, alignNet };
@@ -574,7 +582,8 @@ async function train(args: string[]): Promise<number> {
       clip: await x2i.ClipTextEncoder.fromPretrained(v['text-encoder'] ?? path.join(root, 'text_encoder'), opts) };
   }
   const trainer = new x2i.X2ITrainer(parts, { lr, warmupSteps: warmup, totalSteps: steps, gradientAccumulation: accumulate, height, width,
-    keepLast, overwrite: v.overwrite, parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null, config });
+    keepLast, overwrite: v.overwrite, parallel: group ? { group, mode: v.parallel as 'data' | 'split' } : null, config,
+    checkpoint: preset.checkpoint });
   if (resuming) await trainer.resume(v.out);
   const ac = new AbortController();
   process.once('SIGINT', () => { report.note('x2i train: stopping at the next step boundary'); ac.abort(); });

@@ -151,6 +151,25 @@ it('x2i generate: the MiniCPM-o student from a sound, an image and text mixed (-
   expect([d.status, d.stderr.trim()]).toEqual([2, 'x2i demo: --student must be qwen, internvl or minicpm-o, got "llama"']);
 });
 
+it('x2i train --memory: 24gb trains with FP8 block weights and checkpointing on features; presets are checked', async () => {
+  const x = await import('../../lib/index.js');
+  const feats = path.join(tmp, 'features-memory.safetensors');
+  await x.saveSafetensors(feats, { 'teacher.encoder_hidden_states': await x.randn([1, 7, 32], { seed: 1 }),
+    'teacher.pooled_projections': await x.randn([1, 24], { seed: 2 }), 'student.hidden_states': await x.randn([1, 5, 7, 32], { seed: 3 }) });
+  const base = ['--flux', path.join(golden, 'flux-transformer'), '--alignnet', path.join(golden, 'alignnet', 'diffusion_pytorch_model.bin'),
+    '--height', '32', '--width', '32', '--steps', '1', '-q'];
+  const out = path.join(tmp, 'run-24gb');
+  const r = x2i('train', ...base, '--features', feats, '--out', out, '--memory', '24gb');
+  expect(r.status, r.stderr).toBe(0);
+  const tj = JSON.parse(fs.readFileSync(path.join(out, 'trainer.json'), 'utf8'));
+  expect(tj.config.memory).toBe('24gb');
+  expect(tj.options.checkpoint).toBe(true);
+  const bad = x2i('train', ...base, '--features', feats, '--out', path.join(tmp, 'never-1'), '--memory', '12gb');
+  expect([bad.status, bad.stderr.trim()]).toEqual([2, 'x2i train: --memory: expected full, 48gb, 24gb, got "12gb"']);
+  const noFeatures = x2i('train', ...base, '--captions', feats, '--mllm', tmp, '--out', path.join(tmp, 'never-2'), '--memory', '48gb');
+  expect([noFeatures.status, noFeatures.stderr.trim()]).toEqual([2, 'x2i train: --memory 48gb trains on precomputed features (no encoder on the GPU): give --features FILE']);
+});
+
 it('x2i train: AlignNet from precomputed features, --config, checkpoints, metrics.jsonl, resume checked against the recorded options', async () => {
   const x = await import('../../lib/index.js');
   const feats = path.join(tmp, 'features.safetensors');
