@@ -77,6 +77,8 @@ an image with FLUX, conditioned by its own text encoders (teacher) or by an MLLM
   --seed 0             the noise seed (the same noise on every device)
   --device cpu         cpu, cuda or cuda:N
   --dtype DTYPE        float32, bfloat16, float16 or float64 (default: bfloat16 on CUDA, float32 on the CPU)
+  --memory full        full: every model stays loaded; 48gb: the student's MLLM encodes and is freed before the
+                       transformer loads; 24gb: also FP8 block weights (X2I 1024² in 24 GiB; x2i.MEMORY_PRESETS)
 teacher:
   --prompt TEXT        through T5 + CLIP: --text-encoder DIR --text-encoder-2 DIR (default: beside --flux)
   --embeds FILE        precomputed .safetensors (prompt_embeds, pooled_prompt_embeds) instead
@@ -380,11 +382,15 @@ async function generate(args: string[]): Promise<number> {
     'control-image': { type: 'string' }, 'control-scale': { type: 'string' },
     out: { type: 'string', default: 'out.png' }, height: { type: 'string' },
     width: { type: 'string' }, steps: { type: 'string', default: '28' }, guidance: { type: 'string', default: '3.5' },
-    seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' } } as const);
+    seed: { type: 'string', default: '0' }, device: { type: 'string', default: 'cpu' }, dtype: { type: 'string' },
+    memory: { type: 'string', default: 'full' } } as const);
   if (!p) return help('generate');
   const { v } = p;
   const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i generate: ${msg}\n`), 2);
   if (!v.flux) return fail('--flux is required (see x2i generate --help)');
+  if (!Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v.memory))
+    return fail(`--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v.memory}"`);
+  const preset = memoryPreset(v.memory);
   const studentInput = !!(v.prompt || v['prompt-image'] || v.audio || v.video);
   for (const k of ['prompt-image', 'audio', 'video'] as const)
     if (v[k] && !v.mllm) return fail(`--${k} is the student's prompt: it needs --mllm and --alignnet`);
@@ -414,7 +420,34 @@ async function generate(args: string[]): Promise<number> {
   const opts = { device, dtype };
   const root = fs.existsSync(path.join(v.flux, 'transformer')) ? v.flux : path.dirname(v.flux);
   const load = (what: string) => ({ ...opts, onProgress: progress.loading(`x2i generate: loading ${what}`) });
-  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, load('FLUX'));
+  // the student's prompt (text, images, video frames, sounds)
+  const studentPrompt = async (): Promise<string | import('../models/students.js').StudentPrompt> => {
+    const images = [], video = [], audios = [];
+    // EXIF orientation applied, transparency composited on white (lib/core/image_decode.ts)
+    for (const f of v['prompt-image'] ?? []) images.push(await decodeRgb(f, { name: '--prompt-image' }));
+    for (const f of v.video ?? [])  // a frame, or a folder of frames in name order
+      for (const g of fs.statSync(f).isDirectory() ? fs.readdirSync(f).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().map((n) => path.join(f, n)) : [f])
+        video.push(await decodeRgb(g, { name: '--video' }));
+    for (const f of v.audio ?? []) audios.push(await x2i.audio.load(f));
+    const mixed = images.length || video.length || audios.length;
+    return mixed ? { text: v.prompt, ...(images.length ? { images } : {}), ...(video.length ? { video } : {}), ...(audios.length ? { audios } : {}) } : v.prompt!;
+  };
+  // --memory 48gb / 24gb: the MLLM encodes the prompt and is freed before the transformer loads
+  let studentEmbeds: { encoderHiddenStates: import('../core/tensor.js').Tensor; pooledProjections: import('../core/tensor.js').Tensor } | undefined;
+  if (v.mllm && preset.freeEncoderBeforeDenoising) {
+    const mllm = await x2i.studentFromPretrained(v.mllm, load('the MLLM'));
+    const alignNet = await x2i.AlignNet.fromPretrained(v.alignnet!, load('AlignNet'));
+    try {
+      const { hiddenStates, attentionMask } = await x2i.encodeStudentPrompt(mllm, await studentPrompt());
+      attentionMask.dispose();
+      studentEmbeds = await alignNet.forward(hiddenStates);
+      hiddenStates.dispose();
+    } finally {
+      mllm.dispose();
+      alignNet.dispose();
+    }
+  }
+  const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, { ...load('FLUX'), quantize: preset.quantize });
   for (const l of loras) await transformer.loadLora(await runFile(l.file, 'lora.safetensors'), { scale: l.scale });
   if (v['fuse-lora']) await transformer.fuseLora();
   const vae = await x2i.AutoencoderKL.fromPretrained(v.vae ?? path.join(root, 'vae'), load('the VAE'));
@@ -425,19 +458,18 @@ async function generate(args: string[]): Promise<number> {
     ...(v.image ? { image: v.image, strength, mask: v.mask } : {}),
     ...(v['control-image'] ? { control: { image: v['control-image'], scale: controlScale } } : {}) };
   let out: FluxImages;
-  if (v.mllm || v.alignnet) {
-    const images = [], video = [], audios = [];
-    // EXIF orientation applied, transparency composited on white (lib/core/image_decode.ts)
-    for (const f of v['prompt-image'] ?? []) images.push(await decodeRgb(f, { name: '--prompt-image' }));
-    for (const f of v.video ?? [])  // a frame, or a folder of frames in name order
-      for (const g of fs.statSync(f).isDirectory() ? fs.readdirSync(f).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().map((n) => path.join(f, n)) : [f])
-        video.push(await decodeRgb(g, { name: '--video' }));
-    for (const f of v.audio ?? []) audios.push(await x2i.audio.load(f));
+  if (studentEmbeds) {
+    try {
+      out = await new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }).generate({ ...gen,
+        promptEmbeds: studentEmbeds.encoderHiddenStates, pooledPromptEmbeds: studentEmbeds.pooledProjections });
+    } finally {
+      studentEmbeds.encoderHiddenStates.dispose();
+      studentEmbeds.pooledProjections.dispose();
+    }
+  } else if (v.mllm || v.alignnet) {
     const g = new x2i.X2IGenerator({ mllm: await x2i.studentFromPretrained(v.mllm!, load('the MLLM')),
       alignNet: await x2i.AlignNet.fromPretrained(v.alignnet!, load('AlignNet')), pipeline: new x2i.FluxPipeline({ transformer, vae, scheduler, lightControl }) });
-    const mixed = images.length || video.length || audios.length;
-    out = await g.generate({ ...gen, prompt: mixed ? { text: v.prompt, ...(images.length ? { images } : {}), ...(video.length ? { video } : {}),
-      ...(audios.length ? { audios } : {}) } : v.prompt! });
+    out = await g.generate({ ...gen, prompt: await studentPrompt() });
   } else if (v.embeds) {
     const e = await x2i.loadSafetensors(v.embeds, { device });
     if (!e.prompt_embeds || !e.pooled_prompt_embeds) return fail(`--embeds: ${v.embeds} lacks prompt_embeds / pooled_prompt_embeds`);

@@ -146,6 +146,17 @@ it('x2i generate: the MiniCPM-o student from a sound, an image and text mixed (-
     '--video', path.join(dir, 'image.png'), '--prompt', 'make it a watercolor', '--out', b);
   expect(rb.status, rb.stderr).toBe(0);
   expect(fs.readFileSync(a).equals(fs.readFileSync(b))).toBe(false);
+  // --memory 48gb: the MLLM encodes and is freed before the transformer loads — the same image; 24gb: FP8 block weights
+  const c = path.join(tmp, 'mixed-48gb.png'), d8 = path.join(tmp, 'mixed-24gb.png');
+  const mixedArgs = ['--audio', path.join(dir, 'mixed_audio.wav'), '--prompt-image', path.join(dir, 'mixed_image.png'),
+    '--video', path.join(dir, 'image.png'), '--prompt', 'make it a watercolor'];
+  const rc = x2i(...base, ...mixedArgs, '--memory', '48gb', '--out', c);
+  expect(rc.status, rc.stderr).toBe(0);
+  expect(fs.readFileSync(c).equals(fs.readFileSync(b))).toBe(true);
+  const rd = x2i(...base, ...mixedArgs, '--memory', '24gb', '--out', d8);
+  expect(rd.status, rd.stderr).toBe(0);
+  expect(fs.readFileSync(d8).subarray(1, 4).toString()).toBe('PNG');
+  expect(x2i(...base, '--prompt', 'x', '--memory', 'tiny', '--out', c).stderr.trim()).toBe('x2i generate: --memory: expected full, 48gb, 24gb, got "tiny"');
   expect(x2i('generate', '--flux', 'x', '--audio', a).stderr).toMatch(/--audio is the student's prompt: it needs --mllm/);
   const d = x2i('demo', '--student', 'llama', '--out', path.join(tmp, 'never'));
   expect([d.status, d.stderr.trim()]).toEqual([2, 'x2i demo: --student must be qwen, internvl or minicpm-o, got "llama"']);
