@@ -49,7 +49,7 @@ const flux = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0 }
 const t5 = await x2i.T5Encoder.fromConfig(T5_XXL, { device, dtype, seed: 1 });
 const clip = await x2i.ClipTextEncoder.fromConfig(CLIP_L, { device, dtype, seed: 2 });
 const qwen = await x2i.QwenVLEncoder.fromConfig(QWEN_7B, { device, dtype, seed: 3 });
-let alignNet = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
+const alignNet = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
 const [t5Ids, clipIds, qwenIds] = [ids(T, 32128, 1), ids(77, 49407, 2), ids(T, 150000, 3)];
 async function features() {
   const a = await t5.forward({ inputIds: t5Ids });
@@ -85,43 +85,56 @@ const cpuFeatures = { teacher: { encoderHiddenStates: await toCpu(f.teacher.enco
 for (const m of [flux, t5, clip, qwen, alignNet]) m.dispose();
 for (const t of [t5Ids, clipIds]) t.dispose();
 
-// ---- training presets: precomputed features, checkpointing, bf16 or FP8 block weights
-for (const [name, cap, quantize] of [['train-48gb', 40, 'none'], ['train-24gb', 22, 'fp8']]) {
+// what a preset made, freed however it ends (a failed preset must not leave its models to the next one's cap)
+async function freeAll(objs) {
+  for (const o of objs) if (o && typeof o.disposeAsync === 'function') await o.disposeAsync(); else if (o && typeof o.dispose === 'function') o.dispose();
+}
+
+// ---- training presets: precomputed features, checkpointing, bf16 or FP8 block weights (x2i.MEMORY_PRESETS)
+for (const [name, preset] of [['train-48gb', x2i.MEMORY_PRESETS['48gb']], ['train-24gb', x2i.MEMORY_PRESETS['24gb']]]) {
+  const cap = preset.trainCapGiB, quantize = preset.quantize, made = [];
   await begin(name, cap);
   try {
     const tr = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize });
-    alignNet = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
+    made.push(tr);
+    const an = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
+    made.push(an);
     const weights_GiB = x2i.cuda.memory(device).allocated / GiB;
     const batch = { teacher: { encoderHiddenStates: await cpuFeatures.teacher.encoderHiddenStates.to({ device }),
       pooledProjections: await cpuFeatures.teacher.pooledProjections.to({ device }) },
       student: { hiddenStates: await cpuFeatures.student.hiddenStates.to({ device }) } };
-    const trainer = new x2i.X2ITrainer({ transformer: tr, alignNet }, { seed: 0, checkpoint: true });
+    made.push(batch.teacher.encoderHiddenStates, batch.teacher.pooledProjections, batch.student.hiddenStates);
+    const trainer = new x2i.X2ITrainer({ transformer: tr, alignNet: an }, { seed: 0, checkpoint: preset.checkpoint });
     const r = await timeSteps(trainer, async () => batch);
-    disposeBatch(batch);
-    await end(name, cap, { quantize, checkpoint: true, weights_GiB, step_ms: r.ms, all_ms: r.all_ms, loss: r.loss,
+    await end(name, cap, { quantize, checkpoint: preset.checkpoint, weights_GiB, step_ms: r.ms, all_ms: r.all_ms, loss: r.loss,
       vs_train_full: r.ms / result.presets['train-full'].step_ms });
-    tr.dispose();
-    alignNet.dispose();
   } catch (e) {
     await end(name, cap, { quantize, error: String(e.message ?? e).split('\n')[0] });
+  } finally {
+    await freeAll(made);
   }
 }
 
 // ---- generation presets: the MLLM encodes and is freed, then AlignNet + the transformer + the VAE
-for (const [name, cap, quantize] of [['generate-24gb', 24, 'fp8'], ['generate-24gb-bf16', 24, 'none']]) {
+for (const [name, quantize] of [['generate-24gb', 'fp8'], ['generate-24gb-bf16', 'none']]) {
+  const cap = x2i.MEMORY_PRESETS['24gb'].generateCapGiB, made = [];
   await begin(name, cap);
   try {
     const t0 = now();
     const q = await x2i.QwenVLEncoder.fromConfig(QWEN_7B, { device, dtype, seed: 3 });
+    made.push(q);
     const { hiddenStates } = await q.forward({ inputIds: qwenIds });
-    q.dispose();
-    await tick();
+    await q.disposeAsync();
     const encode_ms = now() - t0;
     const an = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
+    made.push(an);
     const cond = await an.forward(hiddenStates);
+    made.push(cond.encoderHiddenStates, cond.pooledProjections);
     hiddenStates.dispose();
     const tr = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize });
+    made.push(tr);
     const vae = await x2i.AutoencoderKL.fromConfig({}, { device, dtype, seed: 5 });
+    made.push(vae);
     const pipe = new x2i.FluxPipeline({ transformer: tr, vae });
     const ts = [];
     for (let i = 0; i < 3; i++) {
@@ -132,12 +145,11 @@ for (const [name, cap, quantize] of [['generate-24gb', 24, 'fp8'], ['generate-24
       await sync();
       if (i > 0) ts.push(now() - s);
     }
-    cond.encoderHiddenStates.dispose();
-    cond.pooledProjections.dispose();
     await end(name, cap, { quantize, encode_and_free_ms: encode_ms, generate_ms: median(ts), all_ms: ts });
-    for (const m of [an, tr, vae]) m.dispose();
   } catch (e) {
     await end(name, cap, { quantize, error: String(e.message ?? e).split('\n')[0] });
+  } finally {
+    await freeAll(made);
   }
 }
 qwenIds.dispose();
@@ -145,14 +157,14 @@ qwenIds.dispose();
 // ---- report
 const P = result.presets, fx = (x, d = 1) => (typeof x === 'number' ? x.toFixed(d) : '—');
 console.log(`X2I memory presets under allocator caps (real sizes, random bf16 weights, 1024²) — ${result.date}`);
-console.log('| preset | cap | what | time | peak allocated | fits |');
-console.log('|---|---:|---|---:|---:|---|');
+console.log('| preset | cap | what | time | peak allocated | peak reserved | fits |');
+console.log('|---|---:|---|---:|---:|---:|---|');
 const what = { 'train-full': 'all models on the GPU, encoders in the step', 'train-48gb': 'precomputed features, checkpointing, bf16',
   'train-24gb': 'precomputed features, checkpointing, FP8 block weights', 'generate-24gb': 'Qwen encodes and is freed; FP8 transformer, VAE',
   'generate-24gb-bf16': 'Qwen encodes and is freed; bf16 transformer, VAE' };
 for (const [k, p] of Object.entries(P)) {
   const t = p.step_ms ? `${fx(p.step_ms)} ms/step${p.vs_train_full ? ` (${fx(p.vs_train_full, 2)}× train-full)` : ''}` : p.generate_ms ? `${fx(p.generate_ms)} ms/image` : '—';
   const fits = p.error ? `no: ${p.error.slice(0, 80)}` : p.cap_GiB ? (p.peak_reserved_GiB <= p.cap_GiB ? 'yes' : 'no') : '(no cap)';
-  console.log(`| ${k} | ${p.cap_GiB ? p.cap_GiB + ' GiB' : '—'} | ${what[k]} | ${t} | ${fx(p.peak_allocated_GiB, 2)} GiB | ${fits} |`);
+  console.log(`| ${k} | ${p.cap_GiB ? p.cap_GiB + ' GiB' : '—'} | ${what[k]} | ${t} | ${fx(p.peak_allocated_GiB, 2)} GiB | ${fx(p.peak_reserved_GiB, 2)} GiB | ${fits} |`);
 }
 if (args.json) fs.writeFileSync(args.json, JSON.stringify(result, null, 2));

@@ -388,9 +388,9 @@ async function generate(args: string[]): Promise<number> {
   const { v } = p;
   const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i generate: ${msg}\n`), 2);
   if (!v.flux) return fail('--flux is required (see x2i generate --help)');
-  if (!Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v.memory))
-    return fail(`--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v.memory}"`);
-  const preset = memoryPreset(v.memory);
+  const preset = memoryFlag(v.memory);
+  if (typeof preset === 'string') return fail(preset);
+  if (v['fuse-lora'] && preset.quantize === 'fp8') return fail(`--fuse-lora: --memory ${v.memory} has FP8 block weights, on which adapters run unfused`);
   const studentInput = !!(v.prompt || v['prompt-image'] || v.audio || v.video);
   for (const k of ['prompt-image', 'audio', 'video'] as const)
     if (v[k] && !v.mllm) return fail(`--${k} is the student's prompt: it needs --mllm and --alignnet`);
@@ -443,8 +443,8 @@ async function generate(args: string[]): Promise<number> {
       studentEmbeds = await alignNet.forward(hiddenStates);
       hiddenStates.dispose();
     } finally {
-      mllm.dispose();
-      alignNet.dispose();
+      await mllm.disposeAsync();  // freed before the transformer loads
+      await alignNet.disposeAsync();
     }
   }
   const transformer = await x2i.FluxTransformer.fromPretrained(v.flux, { ...load('FLUX'), quantize: preset.quantize });
@@ -484,6 +484,12 @@ async function generate(args: string[]): Promise<number> {
   fs.writeFileSync(v.out, await x2i.encodeImage(out.images, 0, format));
   progress.note(`x2i generate: wrote ${v.out} (${format === 'jpeg' ? 'JPEG' : format === 'png' ? 'PNG' : 'WebP'}, ${out.images.shape[3]}×${out.images.shape[2]})`);
   return 0;
+}
+
+/** --memory's preset (exit 2 naming the presets otherwise). */
+function memoryFlag(v: string): Readonly<import('./memory_presets.js').MemoryPreset> | string {
+  return Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v) ? memoryPreset(v)
+    : `--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v}"`;
 }
 
 /** The flags every training command shares, each checked (exit 2 naming the flag on a bad value). */
@@ -543,9 +549,8 @@ async function train(args: string[]): Promise<number> {
   if (!p) return help('train');
   const { v } = p;
   const fail = (msg: string) => (endProgressLine(), process.stderr.write(`x2i train: ${msg}\n`), 2);
-  if (!Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v.memory))
-    return fail(`--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v.memory}"`);
-  const preset = memoryPreset(v.memory);
+  const preset = memoryFlag(v.memory);
+  if (typeof preset === 'string') return fail(preset);
   if (preset.precomputedFeatures && !v.features)
     return fail(`--memory ${v.memory} trains on precomputed features (no encoder on the GPU): give --features FILE`);
   if (!v.flux || !v.alignnet || !v.out) return fail('--flux, --alignnet and --out are required (see x2i train --help)');
@@ -570,7 +575,7 @@ async function train(args: string[]): Promise<number> {
   const config = { flux: absolute(v.flux), alignnet: absolute(v.alignnet), captions: absolute(v.captions), features: absolute(v.features),
     mllm: absolute(v.mllm), 'text-encoder': absolute(v['text-encoder']), 'text-encoder-2': absolute(v['text-encoder-2']), steps, lr,
     warmup, accumulate, 'checkpoint-every': checkpointEvery, 'keep-last': keepLast, height, width, device: given, dtype,
-    parallel: v.parallel, 'nproc-per-node': nproc, nnodes, ...(v.memory !== 'full' ? { memory: v.memory } : {}) };
+    parallel: v.parallel, 'nproc-per-node': nproc, nnodes, ...(preset.quantize !== 'none' ? { quantize: preset.quantize } : {}) };
   if (resuming) {
     (await import('../train/trainer.js')).X2ITrainer.latestCheckpoint(v.out);  // a bad trainer.json: now
     await checkResume('x2i train', v.out, config, [...RESUME_FREE, 'alignnet'], v['force-resume'], progress);  // resume replaces AlignNet's init

@@ -687,7 +687,11 @@ export interface AddonTesting {
   /** An FP8 layer made from `weight` (quantized per row): y = W x + b by its own path ('gemm') or the float64 product of
    * the same quantized operands on the CPU ('twin64'); with dy, dx through the layer's backward. */
   fp8Linear(x: NativeTensor, weight: NativeTensor, bias: NativeTensor | undefined, method: 'gemm' | 'twin64',
-    dy?: NativeTensor): Promise<{ y: NativeTensor; w8: NativeTensor; scale: NativeTensor; dx?: NativeTensor }>;
+    dy?: NativeTensor): Promise<{ y: NativeTensor; w8: NativeTensor; scale: NativeTensor; dx?: NativeTensor; path: 'scaled_mm' | 'twin' }>;
+  /** Mean ms of one FP8 layer call (weight quantized once) and of the bf16 linear, back to back in the worker. */
+  benchFp8Linear(x: NativeTensor, weight: NativeTensor, iters?: number): Promise<{ fp8Ms: number; bf16Ms: number; path: 'scaled_mm' | 'twin' }>;
+  /** The transformer's captured denoising step (sample/euler.cc). */
+  stepGraphState(flux: NativeFlux): 'none' | 'fresh' | 'warm' | 'captured' | 'failed';
 }
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */
@@ -706,6 +710,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
   groupNorm: true, lowRankAdd: true, benchLowRankAdd: true, cudaProfiler: true, fp8QuantizeRows: true, fp8Linear: true,
+  benchFp8Linear: true, stepGraphState: true,
 } satisfies Record<keyof AddonTesting, true>);
 
 /** Which members of a native class the contract declares: its statics and its instances' methods. */

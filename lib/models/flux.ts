@@ -341,9 +341,10 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
     const fp8 = fp8Flag(opts.quantize);
     const nativeConfig = { ...toNativeConfig(config, configFile ?? weights), fast: precisionFlag(opts.precision),
       exactTimesteps: exactTimestepsFlag(opts.timestepPrecision), fp8 };
-    // FP8: the tensors stay mapped on the CPU and move to the device one by one inside load, each block weight
-    // quantized as it arrives
-    const tensors = await loadSafetensors(weights, { device: fp8 ? 'cpu' : device, dtype, signal: opts.signal, onProgress: opts.onProgress });
+    // FP8: the tensors stay memory-mapped on the CPU (a dtype other than the file's costs a host copy) and move to the
+    // device one by one inside load, each block weight quantized as it arrives
+    const tensors = await loadSafetensors(weights, fp8 ? { device: 'cpu', dtype, mmap: true, signal: opts.signal, onProgress: opts.onProgress }
+      : { device, dtype, signal: opts.signal, onProgress: opts.onProgress });
     if (configFile) layout = detectLayout(Object.keys(tensors), weights);
     try {
       const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));

@@ -4,7 +4,6 @@
 // Bit for bit the LibTorch twin fp8::quantizeRows(x, twin = true): IEEE division for s and x / s.
 #include "kernels/kernels.h"
 
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -14,6 +13,7 @@
 #include <cuda_fp8.h>
 
 #include <mutex>
+#include <type_traits>
 
 namespace x2i::kernels {
 namespace {
@@ -33,20 +33,22 @@ __device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
   }
 }
 
-__device__ __forceinline__ uint8_t e4m3(float v) {
-  return __nv_cvt_float_to_fp8(fminf(fmaxf(v, -448.f), 448.f), __NV_SATFINITE, __NV_E4M3);
-}
+// nearest even, finite values beyond ±448 saturated, NaN kept (as the twin's clamp and cast)
+__device__ __forceinline__ uint8_t e4m3(float v) { return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3); }
+
+// max that propagates NaN (as torch.amax; fmaxf would drop it)
+__device__ __forceinline__ float maxNan(float a, float b) { return a != a || a > b ? a : b; }
 
 // the block's max of v (every thread gets it)
 __device__ __forceinline__ float blockMax(float v) {
   __shared__ float part[kThreads / 32];
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = maxNan(v, __shfl_xor_sync(0xffffffffu, v, o));
   if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
   __syncthreads();
   v = part[0];
 #pragma unroll
-  for (int w = 1; w < kThreads / 32; ++w) v = fmaxf(v, part[w]);
+  for (int w = 1; w < kThreads / 32; ++w) v = maxNan(v, part[w]);
   return v;
 }
 
@@ -63,12 +65,12 @@ __global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restri
       float v[kVec];
       load8(row + j, v);
 #pragma unroll
-      for (int c = 0; c < kVec; ++c) amax = fmaxf(amax, fabsf(v[c]));
+      for (int c = 0; c < kVec; ++c) amax = maxNan(fabsf(v[c]), amax);
     } else {
-      amax = fmaxf(amax, fabsf(float(row[j])));
+      amax = maxNan(fabsf(float(row[j])), amax);
     }
   }
-  const float s = fmaxf(blockMax(amax), 1e-12f) / 448.f;
+  const float m = blockMax(amax), s = (m != m ? m : fmaxf(m, 1e-12f)) / 448.f;  // NaN rows stay NaN
   if (threadIdx.x == 0) scale[blockIdx.x] = s;
   for (int64_t j = int64_t(threadIdx.x) * step; j < K; j += int64_t(kThreads) * step) {
     if constexpr (VEC) {
@@ -96,18 +98,19 @@ std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x) {
   at::Tensor s = at::empty({M, 1}, xc.options().dtype(at::kFloat));
   if (M == 0) return {q, s};
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "quantizeRowsE4m3", [&] {
-    if constexpr (!std::is_same_v<scalar_t, double>) {
-      using T = scalar_t;
-      const T* p = xc.data_ptr<T>();
-      const bool vec = K % kVec == 0 && xc.stride(0) % kVec == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
-      auto* qp = reinterpret_cast<uint8_t*>(q.data_ptr());
-      if (vec) quantizeRowsKernel<T, true><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
-      else quantizeRowsKernel<T, false><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
-    } else {
-      TORCH_CHECK(false, "quantizeRowsE4m3: float64 runs the LibTorch twin");
-    }
-  });
+  auto launch = [&](auto* p) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    const bool vec = K % kVec == 0 && xc.stride(0) % kVec == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+    auto* qp = reinterpret_cast<uint8_t*>(q.data_ptr());
+    if (vec) quantizeRowsKernel<T, true><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
+    else quantizeRowsKernel<T, false><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
+  };
+  switch (xc.scalar_type()) {
+    case at::kBFloat16: launch(xc.data_ptr<at::BFloat16>()); break;
+    case at::kHalf: launch(xc.data_ptr<at::Half>()); break;
+    case at::kFloat: launch(xc.data_ptr<float>()); break;
+    default: TORCH_CHECK(false, "quantizeRowsE4m3: bf16, fp16 or float32 (other dtypes run the LibTorch twin), found ", xc.scalar_type());
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {q, s};
 }

@@ -670,6 +670,7 @@ struct PhaseTimer {
 };
 
 at::Tensor forward(const Model& m, const Inputs& in, const TapHook& tap, bool checkpoint) {
+  if (c10::GradMode::is_enabled()) m.stepGraph.reset();  // training: the denoising step's graph pool is not kept
   checkpoint = checkpoint && c10::GradMode::is_enabled();
   const auto dt = m.dtype();
   PhaseTimer phase{std::getenv("X2I_PROFILE") != nullptr, m.device()};

@@ -20,36 +20,36 @@ at::Tensor toE4m3(const at::Tensor& xf, const at::Tensor& scale) {
   return (xf / scale).clamp_(-kE4m3Max, kE4m3Max).to(at::kFloat8_e4m3fn);
 }
 
-// x [M, K] · (w8 · scale)ᵀ + b on FP8 tensor cores, or undefined where that path does not apply
-at::Tensor scaledGemm(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& b, const at::Tensor& x) {
-#ifdef X2I_CUDA_KERNELS
-  const auto dt = x.scalar_type();
-  if (!x.is_cuda() || (dt != at::kBFloat16 && dt != at::kHalf) || x.size(1) % 16 || w8.size(0) % 16 ||
-      !kernels::fp8GemmSupported(x.device().index()) || std::getenv("X2I_NO_KERNELS"))
-    return {};
-  auto [x8, xs] = quantizeRows(x);
-  std::optional<at::Tensor> bias;
-  if (b.defined()) bias = b.to(dt);
-  return at::_scaled_mm(x8, w8.t(), xs, scale.view({1, -1}), bias, std::nullopt, dt, /*use_fast_accum=*/false);
-#else
-  (void)w8, (void)scale, (void)b, (void)x;
-  return {};
-#endif
+// w8 · scale in dt (scaled in float32: a bf16 / fp16 scale would round)
+at::Tensor dequantize(const at::Tensor& w8, const at::Tensor& scale, at::ScalarType dt) {
+  return (w8.to(at::promote_types(at::kFloat, dt)) * scale.unsqueeze(1)).to(dt);
 }
 
-at::Tensor product(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& b, const at::Tensor& x) {
-  const at::Tensor x2 = x.reshape({-1, x.size(-1)});
-  at::Tensor y = scaledGemm(w8, scale, b, x2);
-  if (!y.defined()) {  // the twin: the same quantized operands, multiplied in float32 (float64 for float64 inputs)
-    const auto f = at::promote_types(at::kFloat, x.scalar_type());
-    auto [x8, xs] = quantizeRows(x2);
-    y = at::mm(x8.to(f) * xs.to(f), (w8.to(f) * scale.to(f).unsqueeze(1)).t());
-    if (b.defined()) y.add_(b.to(f));
-    y = y.to(x.scalar_type());
-  }
+// x [.., K] · (w8 · scale)ᵀ + b from the dequantized operands, in dt (x quantized as the FP8 path quantizes it)
+at::Tensor twin(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& b, const at::Tensor& x, at::ScalarType dt,
+                bool twinRows) {
+  auto [x8, xs] = quantizeRows(x.reshape({-1, x.size(-1)}), twinRows);
+  at::Tensor y = at::mm(x8.to(dt) * xs.to(dt), dequantize(w8, scale, dt).t());
+  if (b.defined()) y.add_(b.to(dt));
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = w8.size(0);
   return y.view(shape);
+}
+
+at::Tensor product(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& b, const at::Tensor& x) {
+  if (usesScaledMm(w8.size(0), x)) {
+#ifdef X2I_CUDA_KERNELS
+    auto [x8, xs] = quantizeRows(x.reshape({-1, x.size(-1)}));
+    std::optional<at::Tensor> bias;
+    if (b.defined()) bias = b.to(at::kBFloat16);
+    at::Tensor y = at::_scaled_mm(x8, w8.t(), xs, scale.view({1, -1}), bias, std::nullopt, at::kBFloat16, /*use_fast_accum=*/false);
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = w8.size(0);
+    return y.view(shape);
+#endif
+  }
+  // the twin: the same quantized operands, multiplied in float32 (float64 for float64 inputs)
+  return twin(w8, scale, b, x, at::promote_types(at::kFloat, x.scalar_type()), false).to(x.scalar_type());
 }
 
 // y = W x + b with W in FP8; backward: dx = dy · W (the weights frozen, dequantized for the product)
@@ -63,8 +63,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     const at::Tensor w8 = ctx->saved_data["w8"].toTensor(), scale = ctx->saved_data["scale"].toTensor();
     const at::Tensor dy = g[0];
-    const at::Tensor w = w8.to(dy.scalar_type()) * scale.to(dy.scalar_type()).unsqueeze(1);  // [out, in]
-    return {at::matmul(dy, w), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {at::matmul(dy, dequantize(w8, scale, dy.scalar_type())), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -109,18 +108,30 @@ at::Tensor linear(const flux::Linear& l, const at::Tensor& x) {
   return Fp8Linear::apply(x, l.w8, l.w8Scale, l.b.defined() ? std::optional<at::Tensor>(l.b) : std::nullopt)[0];
 }
 
-at::Tensor dequantized(const flux::Linear& l, at::ScalarType dt) {
-  return l.w8.to(dt) * l.w8Scale.to(dt).unsqueeze(1);
-}
+at::Tensor dequantized(const flux::Linear& l, at::ScalarType dt) { return dequantize(l.w8, l.w8Scale, dt); }
 
 at::Tensor linearTwin(const flux::Linear& l, const at::Tensor& x, at::ScalarType dt) {
   c10::NoGradGuard noGrad;
-  auto [x8, xs] = quantizeRows(x.reshape({-1, x.size(-1)}), /*twin=*/true);
-  at::Tensor y = at::mm(x8.to(dt) * xs.to(dt), dequantized(l, dt).t());
-  if (l.b.defined()) y.add_(l.b.to(dt));
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = l.w8.size(0);
-  return y.view(shape);
+  return twin(l.w8, l.w8Scale, l.b, x, dt, /*twinRows=*/true);
+}
+
+bool usesScaledMm(int64_t outFeatures, const at::Tensor& x) {
+#ifdef X2I_CUDA_KERNELS
+  // bf16 only: the rowwise kernels of some LibTorch builds (CUTLASS on sm89, cuBLAS before 12.9) take no fp16 bias
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.size(-1) % 16 == 0 && outFeatures % 16 == 0 &&
+         kernels::fp8GemmSupported(x.device().index()) && std::getenv("X2I_NO_KERNELS") == nullptr;
+#else
+  (void)outFeatures, (void)x;
+  return false;
+#endif
+}
+
+bool rowKernelBuilt() {
+#ifdef X2I_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace x2i::fp8

@@ -31,5 +31,10 @@ at::Tensor linear(const flux::Linear& l, const at::Tensor& x);
 at::Tensor linearTwin(const flux::Linear& l, const at::Tensor& x, at::ScalarType dt);
 // w8 · scale in `dt`
 at::Tensor dequantized(const flux::Linear& l, at::ScalarType dt);
+// Whether linear() multiplies x by a layer of outFeatures rows on FP8 tensor cores (CUDA kernels built, bf16 x, widths multiples of 16,
+// compute capability ≥ 8.9, X2I_NO_KERNELS unset); else the twin runs.
+bool usesScaledMm(int64_t outFeatures, const at::Tensor& x);
+// Whether this build has the activation kernel (kernels/fp8.cu).
+bool rowKernelBuilt();
 
 }  // namespace x2i::fp8

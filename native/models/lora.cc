@@ -261,6 +261,7 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
   if (m.adapters.count(name)) fail("ERR_INVALID_ARG", "loadLora: an adapter named '" + name + "' is already loaded (unloadLora it first)");
   if (specs.empty()) fail("ERR_INVALID_ARG", "loadLora: adapter '" + name + "' has no parts");
   if (!std::isfinite(scale)) fail("ERR_INVALID_ARG", "loadLora: the scale must be finite");
+  ++m.weightsVersion;  // first: a failure part way has moved storage too
   auto all = linears(m);
   auto adapter = std::make_shared<flux::LoraAdapter>();
   adapter->name = name, adapter->scale = scale, adapter->trainable = trainable;
@@ -324,12 +325,12 @@ void add(flux::Model& m, const std::string& name, const std::vector<PartSpec>& s
     if (!trainable) restack(*l);
   }
   m.adapters[name] = adapter;
-  ++m.weightsVersion;
 }
 
 void remove(flux::Model& m, const std::string& name) {
   if (!name.empty() && !m.adapters.count(name))
     fail("ERR_INVALID_ARG", "unloadLora: no adapter '" + name + "' (loaded: " + names(m) + ")");
+  ++m.weightsVersion;
   std::vector<std::string> gone;
   for (auto& [k, a] : m.adapters)
     if (name.empty() || k == name) gone.push_back(k);
@@ -343,7 +344,6 @@ void remove(flux::Model& m, const std::string& name) {
     }
     m.adapters.erase(k);
   }
-  ++m.weightsVersion;
 }
 
 void applyScales(const flux::Model& m, const std::map<std::string, double>& scales) {
@@ -356,18 +356,26 @@ void applyScales(const flux::Model& m, const std::map<std::string, double>& scal
 }
 
 void fuse(flux::Model& m) {
+  // all refusals before anything merges: an adapter half merged would count twice
+  for (auto& [k, a] : m.adapters)
+    if (a->scale != a->fusedScale)
+      for (auto& [n, l] : linears(m))
+        for (auto& slot : l->lora)
+          if (slot.adapter == a && l->w8.defined())
+            fail("ERR_NOT_SUPPORTED", "fuseLora: adapter '" + k + "' has parts on '" + n + "', whose weights are FP8 (quantize: "
+                                      "'fp8'); adapters run unfused on FP8 layers");
+  ++m.weightsVersion;
   for (auto& [k, a] : m.adapters) {
     if (a->trainable) fail("ERR_NOT_SUPPORTED", "fuseLora: adapter '" + k + "' is being trained (save it and load it to fuse)");
     if (a->scale != a->fusedScale) mergeAdapter(m, a.get(), a->scale - a->fusedScale);
     a->fusedScale = a->scale;
   }
-  ++m.weightsVersion;
 }
 
 void unfuse(flux::Model& m) {
+  ++m.weightsVersion;
   for (auto& [k, a] : m.adapters)
     if (a->fusedScale != 0) mergeAdapter(m, a.get(), -a->fusedScale), a->fusedScale = 0;
-  ++m.weightsVersion;
 }
 
 std::vector<NamedPart> parts(flux::Model& m, const std::string& name) {

@@ -5,6 +5,7 @@
 #include "kernels/kernels.h"
 #endif
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
 namespace x2i {
@@ -62,6 +63,7 @@ Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
     const bool empty = info.Length() > 2 && info[2].ToBoolean();
 #ifdef X2I_CUDA_KERNELS
     const int idx = d.has_index() ? d.index() : 0;
+    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);  // the allocator exists before the first tensor
     syncDevice(d);
     if (empty) kernels::cudaEmptyCache();
     auto m = kernels::cudaMemory(idx);
@@ -91,6 +93,7 @@ Napi::Value CudaSetMemoryLimit(const Napi::CallbackInfo& info) {
       fail("ERR_INVALID_ARG", "cuda.setMemoryLimit: bytes must be a positive number or null");
 #ifdef X2I_CUDA_KERNELS
     const int idx = d.has_index() ? d.index() : 0;
+    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
     const double total = double(kernels::cudaTotalMemory(idx));
     const double bytes = lift ? total : info[1].As<Napi::Number>().DoubleValue();
     if (bytes > total)

@@ -4,6 +4,8 @@
 #include "napi/bindings.h"
 #include "napi/tensor.h"
 #include "models/fp8.h"
+#include "napi/flux.h"
+#include "sample/euler.h"
 #include "models/group_norm.h"
 #include "models/lora.h"
 #ifdef X2I_CUDA_KERNELS
@@ -299,6 +301,8 @@ Napi::Value Fp8QuantizeRows(const Napi::CallbackInfo& info) {
     const at::Tensor x = TensorWrap::Get(info[0], "x");
     const std::string method = argString(info, 1, "method");
     if (method != "kernel" && method != "twin") fail("ERR_INVALID_ARG", "fp8QuantizeRows: method must be 'kernel' or 'twin', found '" + method + "'");
+    if (method == "kernel" && (!fp8::rowKernelBuilt() || !x.is_cuda() || std::getenv("X2I_NO_KERNELS")))
+      fail("ERR_NOT_SUPPORTED", "fp8QuantizeRows: the kernel needs a CUDA tensor, a build with the CUDA kernels and X2I_NO_KERNELS unset");
     if (x.dim() != 2 || !at::isFloatingType(x.scalar_type()))
       fail("ERR_INVALID_ARG", "fp8QuantizeRows: x must be a 2-D floating tensor, found " + shapeString(x.sizes()));
     auto out = std::make_shared<std::pair<at::Tensor, at::Tensor>>();
@@ -314,7 +318,7 @@ Napi::Value Fp8QuantizeRows(const Napi::CallbackInfo& info) {
   });
 }
 
-// fp8Linear(x [.., in], weight [out, in], bias?, method 'gemm' | 'twin64', dy?) → Promise<{ y, w8, scale, dx? }>:
+// fp8Linear(x [.., in], weight [out, in], bias?, method 'gemm' | 'twin64', dy?) → Promise<{ y, w8, scale, dx?, path }>:
 // the weight quantized as the FP8 layers quantize it, then y = W x + b by the layer's path on x's device ('gemm':
 // FP8 tensor cores where they apply) or by the float64 product of the same quantized operands on the CPU ('twin64');
 // with dy, dx = d⟨dy, y⟩ / dx through the layer's backward ('gemm' only).
@@ -328,6 +332,7 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
     if (w.dim() != 2 || x.dim() < 2 || x.size(-1) != w.size(1))
       fail("ERR_SHAPE_MISMATCH", "fp8Linear: x " + shapeString(x.sizes()) + " and weight " + shapeString(w.sizes()) + " do not multiply");
     auto out = std::make_shared<std::array<at::Tensor, 4>>();
+    const bool scaledMm = method == "gemm" && fp8::usesScaledMm(w.size(0), x);
     return queue(info.Env(), [=] {
       flux::Linear l;
       std::tie(l.w8, l.w8Scale) = fp8::quantizeWeight(w, x.device());
@@ -344,13 +349,58 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
       }
       (*out)[1] = l.w8, (*out)[2] = l.w8Scale;
       syncDevice(x);
-    }, [out](Napi::Env env) -> Napi::Value {
+    }, [out, scaledMm](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       const char* names[] = {"y", "w8", "scale", "dx"};
       for (int i = 0; i < 4; ++i)
         if ((*out)[size_t(i)].defined()) o.Set(names[i], TensorWrap::Wrap(env, (*out)[size_t(i)]));
+      o.Set("path", scaledMm ? "scaled_mm" : "twin");
       return o;
     });
+  });
+}
+
+// benchFp8Linear(x [M, K], weight [N, K], iters?) → Promise<{ fp8Ms, bf16Ms, path }>: mean ms of one FP8 layer call
+// (the weight quantized once; the activation quantization included) and of at::linear with the weight in x's dtype,
+// over `iters` back-to-back calls in the worker (default 20, after 3 warm-ups), synchronised at both ends.
+Napi::Value BenchFp8Linear(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const at::Tensor x = TensorWrap::Get(info[0], "x"), w = TensorWrap::Get(info[1], "weight");
+    const int iters = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 20;
+    if (w.dim() != 2 || x.dim() != 2 || x.size(1) != w.size(1) || iters < 1)
+      fail("ERR_INVALID_ARG", "benchFp8Linear: x [M, K], weight [N, K], iters ≥ 1");
+    auto out = std::make_shared<std::array<double, 2>>();
+    const bool scaledMm = fp8::usesScaledMm(w.size(0), x);
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+      flux::Linear l;
+      std::tie(l.w8, l.w8Scale) = fp8::quantizeWeight(w, x.device());
+      const at::Tensor wx = w.to(x.device(), x.scalar_type());
+      auto time = [&](auto&& fn) {
+        for (int i = 0; i < 3; ++i) fn();
+        syncDevice(x);
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < iters; ++i) fn();
+        syncDevice(x);
+        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+      };
+      (*out)[0] = time([&] { fp8::linear(l, x); });
+      (*out)[1] = time([&] { at::linear(x, wx); });
+    }, [out, scaledMm](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("fp8Ms", (*out)[0]);
+      o.Set("bf16Ms", (*out)[1]);
+      o.Set("path", scaledMm ? "scaled_mm" : "twin");
+      return o;
+    });
+  });
+}
+
+// stepGraphState(flux) → 'none' | 'fresh' | 'warm' | 'captured' | 'failed': the transformer's captured denoising
+// step (sample/euler.cc)
+Napi::Value StepGraphState(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    return Napi::String::New(info.Env(), sample::stepGraphState(*fluxOf(info[0], "flux")));
   });
 }
 
@@ -369,6 +419,8 @@ Napi::Object testingExports(Napi::Env env) {
   t.Set("cudaProfiler", Napi::Function::New(env, CudaProfiler));
   t.Set("fp8QuantizeRows", Napi::Function::New(env, Fp8QuantizeRows));
   t.Set("fp8Linear", Napi::Function::New(env, Fp8Linear));
+  t.Set("benchFp8Linear", Napi::Function::New(env, BenchFp8Linear));
+  t.Set("stepGraphState", Napi::Function::New(env, StepGraphState));
   return t;
 }
 

@@ -3,11 +3,16 @@
 #include <c10/core/InferenceMode.h>
 #ifdef X2I_CUDA_KERNELS
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <array>
 #include <cstdio>
+#include <iomanip>
+#include <optional>
 #include <cstdlib>
 #include <sstream>
 
@@ -20,8 +25,10 @@ namespace x2i::flux {
 // lives as long as the graph.
 struct StepGraph {
   std::string key;
-  enum State { Warm, Captured, Failed } state = Warm;  // Warm: one eager run made; Failed: eager from now on
+  // Fresh: not run yet; Warm: one eager run made; Captured; Failed: eager from now on
+  enum State { Fresh, Warm, Captured, Failed } state = Fresh;
 #ifdef X2I_CUDA_KERNELS
+  std::optional<c10::cuda::CUDAStream> stream;  // the warm-up, the capture and the replays run on it
   at::cuda::CUDAGraph graph;
 #endif
   Inputs in;     // the static inputs
@@ -34,16 +41,21 @@ namespace x2i::sample {
 namespace {
 
 #ifdef X2I_CUDA_KERNELS
+// The inputs a step's forward reads (each copied into the graph's buffer before a replay).
+std::array<at::Tensor*, 8> tensorsOf(flux::Inputs& in) {
+  return {&in.hiddenStates, &in.encoderHiddenStates, &in.pooledProjections, &in.timestep, &in.guidance, &in.imgIds,
+          &in.txtIds, &in.controlResiduals};
+}
+
 // What the capture depends on beyond the input buffers' contents; empty: the step is not graphed (CPU, float64,
 // trainable adapters, profiling, X2I_NO_CUDA_GRAPHS).
-std::string graphKey(const flux::Model& m, const flux::Inputs& p) {
+std::string graphKey(const flux::Model& m, flux::Inputs& p) {
   if (!p.hiddenStates.is_cuda() || p.hiddenStates.scalar_type() == at::kDouble || std::getenv("X2I_NO_CUDA_GRAPHS") ||
       std::getenv("X2I_PROFILE"))
     return {};
   std::ostringstream k;
-  k << &m << '/' << m.weightsVersion;
-  for (const at::Tensor* t : {&p.hiddenStates, &p.encoderHiddenStates, &p.pooledProjections, &p.timestep, &p.guidance,
-                              &p.imgIds, &p.txtIds, &p.controlResiduals}) {
+  k << std::setprecision(17) << &m << '/' << m.weightsVersion << '/' << (std::getenv("X2I_NO_KERNELS") != nullptr);
+  for (const at::Tensor* t : tensorsOf(p)) {
     k << '|';
     if (t->defined()) k << t->sizes() << t->scalar_type() << t->device();
   }
@@ -55,58 +67,91 @@ std::string graphKey(const flux::Model& m, const flux::Inputs& p) {
   return k.str();
 }
 
-// v = forward(p) through the model's captured step. The first forward with a key runs eagerly (cuBLAS / cuDNN plans,
-// workspaces and kernels are made outside the capture), the second captures and replays, the later ones copy p into
-// the graph's buffers and replay. A capture that fails (an operation CUDA graphs refuse) leaves the key eager.
-at::Tensor graphedForward(const flux::Model& m, const flux::Inputs& p, const std::string& key) {
+// `waiter`'s later work starts after what `done` has queued so far
+void waitFor(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done) {
+  if (waiter == done) return;
+  cudaEvent_t e;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventRecord(e, done.stream()));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(waiter.stream(), e, 0));
+  C10_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait has happened
+}
+
+// The allocator's state after a capture that failed part way (capture_end did not get to end the pool's routing).
+void abandonCapture(flux::StepGraph& g, c10::DeviceIndex dev) {
+  try { g.graph.capture_end(); } catch (...) {}
+  try { c10::cuda::CUDACachingAllocator::endAllocateToPool(dev, g.graph.pool()); } catch (...) {}
+  try { c10::cuda::CUDACachingAllocator::releasePool(dev, g.graph.pool()); } catch (...) {}
+}
+
+// v = forward(p) through the model's captured step, on the step's own stream. The first forward with a key runs
+// eagerly (cuBLAS / cuDNN plans, the stream's workspaces and the kernels are made outside the capture), the second
+// captures (thread-local mode: other threads' CUDA work goes on) and replays, the later ones copy p into the graph's
+// buffers and replay. A capture that fails (an operation CUDA graphs refuse) leaves the key eager.
+at::Tensor graphedForward(const flux::Model& m, flux::Inputs& p, const std::string& key) {
+  const c10::DeviceIndex dev = p.hiddenStates.device().index();
   auto& g = m.stepGraph;
   if (!g || g->key != key) {
     g.reset();  // the old graph and its pool go first
     g = std::make_shared<flux::StepGraph>();
     g->key = key;
-    return flux::forward(m, p);
+    g->stream = c10::cuda::getStreamFromPool(false, dev);
   }
   if (g->state == flux::StepGraph::Failed) return flux::forward(m, p);
-  if (g->state == flux::StepGraph::Captured) {
-    for (auto [dst, src] : {std::pair{&g->in.hiddenStates, &p.hiddenStates}, {&g->in.encoderHiddenStates, &p.encoderHiddenStates},
-                            {&g->in.pooledProjections, &p.pooledProjections}, {&g->in.timestep, &p.timestep},
-                            {&g->in.guidance, &p.guidance}, {&g->in.imgIds, &p.imgIds}, {&g->in.txtIds, &p.txtIds},
-                            {&g->in.controlResiduals, &p.controlResiduals}})
-      if (dst->defined()) dst->copy_(*src);
-    g->graph.replay();
-    return g->v.clone();  // the graph's output buffer is rewritten by the next replay
-  }
-  g->in = p;
-  g->in.loraScales.clear();  // applied already (prepare); the key holds them
-  for (at::Tensor* t : {&g->in.hiddenStates, &g->in.encoderHiddenStates, &g->in.pooledProjections, &g->in.timestep,
-                        &g->in.guidance, &g->in.imgIds, &g->in.txtIds, &g->in.controlResiduals})
-    if (t->defined()) *t = t->clone();
-  c10::cuda::getCurrentCUDAStream().synchronize();
-  try {
-    const c10::cuda::CUDAStreamGuard onSide(c10::cuda::getStreamFromPool(false, p.hiddenStates.device().index()));
-    g->graph.capture_begin();
-    try {
-      g->v = flux::forward(m, g->in);
-    } catch (...) {
-      try { g->graph.capture_end(); } catch (...) {}
-      throw;
+  const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream(dev);
+  waitFor(*g->stream, caller);  // the inputs are ready
+  at::Tensor v;
+  {
+    const c10::cuda::CUDAStreamGuard onStream(*g->stream);
+    if (g->state == flux::StepGraph::Fresh) {  // first use of this key: eager, on the step's stream
+      v = flux::forward(m, p);
+      g->state = flux::StepGraph::Warm;
+    } else if (g->state == flux::StepGraph::Captured) {
+      auto dst = tensorsOf(g->in), src = tensorsOf(p);
+      for (size_t i = 0; i < dst.size(); ++i)
+        if (dst[i]->defined()) dst[i]->copy_(*src[i]);
+      g->graph.replay();
+      v = g->v.clone();  // the graph's output buffer is rewritten by the next replay
+    } else {
+      g->in = p;
+      g->in.loraScales.clear();  // applied already (prepare); the key holds them
+      for (at::Tensor* t : tensorsOf(g->in))
+        if (t->defined()) *t = t->clone();
+      g->stream->synchronize();
+      c10::cuda::CUDACachingAllocator::emptyCache();  // the warm-up's cached blocks back before the graph's pool grows
+      try {
+        g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+        try {
+          g->v = flux::forward(m, g->in);
+        } catch (...) {
+          abandonCapture(*g, dev);
+          throw;
+        }
+        g->graph.capture_end();
+        g->state = flux::StepGraph::Captured;
+        g->graph.replay();
+        v = g->v.clone();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "x2i: the denoising step could not be captured as a CUDA graph (%s); it runs eagerly\n", e.what());
+        g->in = {};
+        g->v = at::Tensor();
+        g->state = flux::StepGraph::Failed;
+      }
     }
-    g->graph.capture_end();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "x2i: the denoising step could not be captured as a CUDA graph (%s); it runs eagerly\n", e.what());
-    g->graph.reset();
-    g->in = {};
-    g->v = at::Tensor();
-    g->state = flux::StepGraph::Failed;
-    return flux::forward(m, p);
   }
-  g->state = flux::StepGraph::Captured;
-  g->graph.replay();
-  return g->v.clone();
+  if (!v.defined()) return flux::forward(m, p);  // the capture failed: eager on the caller's stream
+  waitFor(caller, *g->stream);
+  v.record_stream(caller);
+  return v;
 }
 #endif
 
 }  // namespace
+
+const char* stepGraphState(const flux::Model& m) {
+  const char* names[] = {"fresh", "warm", "captured", "failed"};
+  return m.stepGraph ? names[int(m.stepGraph->state)] : "none";
+}
 
 Denoised denoise(const flux::Model& m, const flux::Inputs& in, const std::vector<float>& ts,
                  const std::vector<float>& sig, bool keepSteps) {

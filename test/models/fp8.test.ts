@@ -80,6 +80,8 @@ describe('FP8 activations: one scale per row', () => {
     using x = await x2i.randn([2, 3, 4], { seed: 1 });
     await expect(probes().fp8QuantizeRows(x.handle, 'twin')).rejects.toThrow(/2-D floating tensor/);
     await expect(probes().fp8QuantizeRows(x.handle, 'fast' as 'twin')).rejects.toThrow(/'kernel' or 'twin'/);
+    using y = await x2i.randn([2, 16], { seed: 1 });  // the kernel never stands in silently for the twin
+    await expect(probes().fp8QuantizeRows(y.handle, 'kernel')).rejects.toMatchObject({ code: 'ERR_NOT_SUPPORTED' });
   });
 });
 

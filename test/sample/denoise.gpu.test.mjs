@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as x2i from '../../dist/index.js';
+import { probes } from '../../dist/testing.js';
 
 const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
 const device = 'cuda', dtype = 'bfloat16';
@@ -53,6 +54,7 @@ describe('the denoising step as a CUDA graph', { skip }, () => {
         const ins = await inputs(seed, B);
         const g = await run(flux, ins), e = await eager(() => run(flux, ins));
         same(g, e, `${quantize}, seed ${seed}, batch ${B}`);
+        assert.equal(probes().stepGraphState(flux.nativeHandle()), 'captured', 'the steps after the first replay a graph');
         dispose(ins);
       }
       flux.dispose();
@@ -79,7 +81,16 @@ describe('the denoising step as a CUDA graph', { skip }, () => {
     const fused = await run(flux, ins);
     same(fused, await eager(() => run(flux, ins)), 'fused');
     await flux.unfuseLora();
+    // another adapter under the same name and scale, loaded with no step in between: only the weights' storage changed
     flux.unloadLora('a');
+    const other = {};
+    for (const [k, v] of Object.entries(tensors)) other[k] = await x2i.randn(v.shape, { seed: k.length + (k.includes('lora_A') ? 7 : 8), dtype: 'float32' });
+    await flux.loadLora(other, { adapterName: 'a' });
+    const withOther = await run(flux, ins);
+    assert.equal(probes().stepGraphState(flux.nativeHandle()), 'captured');
+    same(withOther, await eager(() => run(flux, ins)), 'another adapter a');
+    assert.throws(() => same(withOther, withA, 'the other adapter differs'));
+    dispose(other);
     same(await run(flux, ins), await eager(() => run(flux, ins)), 'unloaded');
     dispose(tensors);
     dispose(ins);
