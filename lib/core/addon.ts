@@ -691,7 +691,7 @@ export interface AddonTesting {
   /** Mean ms of one FP8 layer call (weight quantized once) and of the bf16 linear, back to back in the worker. */
   benchFp8Linear(x: NativeTensor, weight: NativeTensor, iters?: number): Promise<{ fp8Ms: number; bf16Ms: number; path: 'scaled_mm' | 'twin' }>;
   /** The transformer's captured denoising step (sample/euler.cc). */
-  stepGraphState(flux: NativeFlux): 'none' | 'fresh' | 'warm' | 'captured' | 'failed';
+  stepGraphState(flux: NativeFlux): 'none' | 'fresh' | 'captured' | 'failed';
 }
 
 /** The production export names, at run time (the type system keeps them in step with `Addon`). */

@@ -1,7 +1,7 @@
 // FP8 activations for the FP8 linear layers (models/fp8.cc): each row of x [M, K] scaled by its own
-// s = max|row| / 448 and rounded to float8_e4m3fn (nearest even), in one kernel: a block per row reads the row
+// s = max|row| · (1/448) and rounded to float8_e4m3fn (nearest even), in one kernel: a block per row reads the row
 // twice (the max, then the scaled values; the second read comes from cache) and writes 8 bytes per thread-step.
-// Bit for bit the LibTorch twin fp8::quantizeRows(x, twin = true): IEEE division for s and x / s.
+// Bit for bit the LibTorch twin fp8::quantizeRows(x, twin = true): s times the float nearest 1/448, x / s divided.
 #include "kernels/kernels.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -70,7 +70,8 @@ __global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restri
       amax = maxNan(fabsf(float(row[j])), amax);
     }
   }
-  const float m = blockMax(amax), s = (m != m ? m : fmaxf(m, 1e-12f)) / 448.f;  // NaN rows stay NaN
+  // × the float nearest 1/448, as LibTorch divides a tensor by a scalar; NaN rows stay NaN
+  const float m = blockMax(amax), s = (m != m ? m : fmaxf(m, 1e-12f)) * (1.f / 448.f);
   if (threadIdx.x == 0) scale[blockIdx.x] = s;
   for (int64_t j = int64_t(threadIdx.x) * step; j < K; j += int64_t(kThreads) * step) {
     if constexpr (VEC) {

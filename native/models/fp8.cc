@@ -13,8 +13,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// per-row scales of a float32 [M, K]: max(|row|) / 448 (at least 1e-12 / 448: rows of zeros stay zeros)
-at::Tensor rowScales(const at::Tensor& xf) { return xf.abs().amax(-1, true).clamp_min(1e-12).div_(kE4m3Max); }
+// per-row scales of a float32 [M, K]: max(|row|) × the float nearest 1/448 (at least 1e-12 of that: rows of zeros stay
+// zeros); a multiplication, as LibTorch's CUDA division by a scalar is, so that every device and the kernel agree
+at::Tensor rowScales(const at::Tensor& xf) {
+  return xf.abs().amax(-1, true).clamp_min(1e-12).mul_(double(1.f / float(kE4m3Max)));
+}
 
 at::Tensor toE4m3(const at::Tensor& xf, const at::Tensor& scale) {
   return (xf / scale).clamp_(-kE4m3Max, kE4m3Max).to(at::kFloat8_e4m3fn);

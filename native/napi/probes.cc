@@ -396,7 +396,7 @@ Napi::Value BenchFp8Linear(const Napi::CallbackInfo& info) {
   });
 }
 
-// stepGraphState(flux) → 'none' | 'fresh' | 'warm' | 'captured' | 'failed': the transformer's captured denoising
+// stepGraphState(flux) → 'none' | 'fresh' | 'captured' | 'failed': the transformer's captured denoising
 // step (sample/euler.cc)
 Napi::Value StepGraphState(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {

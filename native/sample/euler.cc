@@ -25,8 +25,8 @@ namespace x2i::flux {
 // lives as long as the graph.
 struct StepGraph {
   std::string key;
-  // Fresh: not run yet; Warm: one eager run made; Captured; Failed: eager from now on
-  enum State { Fresh, Warm, Captured, Failed } state = Fresh;
+  // Fresh: not captured yet; Captured; Failed: eager from now on
+  enum State { Fresh, Captured, Failed } state = Fresh;
 #ifdef X2I_CUDA_KERNELS
   std::optional<c10::cuda::CUDAStream> stream;  // the warm-up, the capture and the replays run on it
   at::cuda::CUDAGraph graph;
@@ -85,9 +85,8 @@ void abandonCapture(flux::StepGraph& g, c10::DeviceIndex dev) {
 }
 
 // v = forward(p) through the model's captured step, on the step's own stream. The first forward with a key runs
-// eagerly (cuBLAS / cuDNN plans, the stream's workspaces and the kernels are made outside the capture), the second
-// captures (thread-local mode: other threads' CUDA work goes on) and replays, the later ones copy p into the graph's
-// buffers and replay. A capture that fails (an operation CUDA graphs refuse) leaves the key eager.
+// eagerly and is then captured (thread-local mode: other threads' CUDA work goes on); the later ones copy p into the
+// graph's buffers and replay. A capture that fails (an operation CUDA graphs refuse) leaves the key eager.
 at::Tensor graphedForward(const flux::Model& m, flux::Inputs& p, const std::string& key) {
   const c10::DeviceIndex dev = p.hiddenStates.device().index();
   auto& g = m.stepGraph;
@@ -103,16 +102,16 @@ at::Tensor graphedForward(const flux::Model& m, flux::Inputs& p, const std::stri
   at::Tensor v;
   {
     const c10::cuda::CUDAStreamGuard onStream(*g->stream);
-    if (g->state == flux::StepGraph::Fresh) {  // first use of this key: eager, on the step's stream
-      v = flux::forward(m, p);
-      g->state = flux::StepGraph::Warm;
-    } else if (g->state == flux::StepGraph::Captured) {
+    if (g->state == flux::StepGraph::Captured) {
       auto dst = tensorsOf(g->in), src = tensorsOf(p);
       for (size_t i = 0; i < dst.size(); ++i)
         if (dst[i]->defined()) dst[i]->copy_(*src[i]);
       g->graph.replay();
       v = g->v.clone();  // the graph's output buffer is rewritten by the next replay
     } else {
+      // first use of this key: an eager forward on the step's stream and on this thread (cuBLAS / cuDNN handles are
+      // per thread, workspaces per stream: made here, outside the capture), then the capture for the next steps
+      v = flux::forward(m, p);
       g->in = p;
       g->in.loraScales.clear();  // applied already (prepare); the key holds them
       for (at::Tensor* t : tensorsOf(g->in))
@@ -123,14 +122,12 @@ at::Tensor graphedForward(const flux::Model& m, flux::Inputs& p, const std::stri
         g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
         try {
           g->v = flux::forward(m, g->in);
+          g->graph.capture_end();
         } catch (...) {
           abandonCapture(*g, dev);
           throw;
         }
-        g->graph.capture_end();
         g->state = flux::StepGraph::Captured;
-        g->graph.replay();
-        v = g->v.clone();
       } catch (const std::exception& e) {
         std::fprintf(stderr, "x2i: the denoising step could not be captured as a CUDA graph (%s); it runs eagerly\n", e.what());
         g->in = {};
@@ -139,7 +136,6 @@ at::Tensor graphedForward(const flux::Model& m, flux::Inputs& p, const std::stri
       }
     }
   }
-  if (!v.defined()) return flux::forward(m, p);  // the capture failed: eager on the caller's stream
   waitFor(caller, *g->stream);
   v.record_stream(caller);
   return v;
@@ -149,7 +145,7 @@ at::Tensor graphedForward(const flux::Model& m, flux::Inputs& p, const std::stri
 }  // namespace
 
 const char* stepGraphState(const flux::Model& m) {
-  const char* names[] = {"fresh", "warm", "captured", "failed"};
+  const char* names[] = {"fresh", "captured", "failed"};
   return m.stepGraph ? names[int(m.stepGraph->state)] : "none";
 }
 

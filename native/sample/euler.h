@@ -16,7 +16,7 @@ struct Denoised {
 Denoised denoise(const flux::Model& m, const flux::Inputs& in, const std::vector<float>& timesteps,
                  const std::vector<float>& sigmas, bool keepSteps);
 
-// The model's captured denoising step: "none", "fresh", "warm" (one eager step made), "captured" or "failed" (eager).
+// The model's captured denoising step: "none", "fresh" (not captured yet), "captured" or "failed" (eager from now on).
 const char* stepGraphState(const flux::Model& m);
 
 }  // namespace x2i::sample

@@ -47,7 +47,7 @@ describe('FP8 activations: kernel = LibTorch twin, bit for bit', { skip }, () =>
     const k = await probes().fp8QuantizeRows(x.handle, 'kernel');
     const q = new x2i.Tensor(k.q), s = new x2i.Tensor(k.scale);
     assert.ok((await bits(q)).every((v) => v === 0));
-    assert.ok((await s.toArray()).every((v) => v === Math.fround(Math.fround(1e-12) / 448)));
+    assert.ok((await s.toArray()).every((v) => v === Math.fround(Math.fround(1e-12) * Math.fround(1 / 448))));
     for (const v of [x, q, s]) v.dispose();
   });
 });

@@ -50,7 +50,7 @@ async function f64(t: Tensor): Promise<Float64Array> {
 }
 
 describe('FP8 activations: one scale per row', () => {
-  it('scale = max|row| / 448; values on the e4m3 grid, within half a step of x / scale; zero rows stay zero', async () => {
+  it('scale = max|row| / 448 (× the float nearest 1/448); values on the e4m3 grid, within half a step of x / scale; zero rows stay zero', async () => {
     const M = 5, K = 48;
     const x = await x2i.randn([M, K], { seed: 3 });
     const xs = await x.toArray() as Float32Array;
@@ -64,7 +64,7 @@ describe('FP8 activations: one scale per row', () => {
     const qv = await f64(qt), sv = await st.toArray() as Float32Array;
     for (let i = 0; i < M; i++) {
       const amax = Math.max(...xs.subarray(i * K, (i + 1) * K).map(Math.abs));
-      expect(sv[i]).toBe(Math.fround(Math.max(amax, Math.fround(1e-12)) / 448));
+      expect(sv[i]).toBe(Math.fround(Math.max(amax, Math.fround(1e-12)) * Math.fround(1 / 448)));
       for (let j = 0; j < K; j++) {
         const v = qv[i * K + j], want = xs[i * K + j] / sv[i];
         expect(E4M3.has(Math.abs(v))).toBe(true);
@@ -124,7 +124,7 @@ describe('an FP8 layer', () => {
     const r = await probes().fp8Linear(x.handle, w.handle, undefined, 'gemm');
     const wv = await w.toArray() as Float32Array, s = await new Tensor(r.scale).toArray() as Float32Array;
     expect(s.length).toBe(16);
-    for (let n = 0; n < 16; n++) expect(s[n]).toBe(Math.fround(Math.max(...wv.subarray(n * 32, n * 32 + 32).map(Math.abs)) / 448));
+    for (let n = 0; n < 16; n++) expect(s[n]).toBe(Math.fround(Math.max(...wv.subarray(n * 32, n * 32 + 32).map(Math.abs)) * Math.fround(1 / 448)));
   });
 });
 
