@@ -74,8 +74,8 @@ export interface FluxLoadOptions extends LoadingOptions {
    * 'none' (default): every weight in `dtype`. 'fp8': the double and single blocks' linear layers (99% of the
    * weights) in FP8 e4m3 with one scale per output channel, quantized on the device as they load (the full-precision
    * model is never there at once: FLUX.1-dev takes 12 GB instead of 24 GB); activations are scaled per token at run time
-   * and the GEMMs run on FP8 tensor cores (compute capability 8.9+: Ada, Hopper; elsewhere the same quantized numbers
-   * through a dequantized matmul). Embedders, final layer, norms and attention stay in `dtype` (bf16/fp16). The
+   * and, for bf16 models on compute capability 8.9+ (Ada, Hopper), the GEMMs run on FP8 tensor cores (fp16 models, older
+   * GPUs and CPUs: the same quantized numbers through a dequantized matmul). Embedders, final layer, norms and attention stay in `dtype` (bf16/fp16). The
    * input gradient (X2I's frozen student, LoRA training) goes through the dequantized weights; training the weights
    * themselves (`trainStep`) and fusing LoRA adapters into them are refused. An option, off by default: bf16 is the
    * reference path (bench/RESULTS.md has its error against bf16).
