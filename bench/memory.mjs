@@ -15,7 +15,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { CLIP_L, QWEN_7B, T5_XXL } from './real_sizes.mjs';
+import { CLIP_L, QWEN_7B, T5_XXL, promptIds, teacherConditioning } from './real_sizes.mjs';
 
 const { values: args } = parseArgs({ options: { steps: { type: 'string', default: '5' }, json: { type: 'string' } } });
 if (!x2i.cuda.isAvailable()) { console.error('bench/memory.mjs needs CUDA'); process.exit(1); }
@@ -25,7 +25,6 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const now = () => performance.now();
 const sync = () => x2i.cuda.synchronize(device);
 const tick = () => new Promise((r) => setImmediate(r));  // dispose() frees once a model's queue is empty: a tick later
-const ids = (n, vocab, seed) => x2i.Tensor.fromArray(BigInt64Array.from({ length: n }, (_, i) => BigInt((i * 7919 + seed * 104729) % vocab)), [1, n], { device });
 
 async function begin(name, capGiB) {
   await tick();
@@ -50,15 +49,11 @@ const t5 = await x2i.T5Encoder.fromConfig(T5_XXL, { device, dtype, seed: 1 });
 const clip = await x2i.ClipTextEncoder.fromConfig(CLIP_L, { device, dtype, seed: 2 });
 const qwen = await x2i.QwenVLEncoder.fromConfig(QWEN_7B, { device, dtype, seed: 3 });
 const alignNet = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
-const [t5Ids, clipIds, qwenIds] = [ids(T, 32128, 1), ids(77, 49407, 2), ids(T, 150000, 3)];
+const ids = promptIds(x2i.Tensor, device, T);
 async function features() {
-  const a = await t5.forward({ inputIds: t5Ids });
-  a.hiddenStates.dispose();
-  const c = await clip.forward({ inputIds: clipIds });
-  c.lastHiddenState.dispose();
-  c.hiddenStates.dispose();
-  const { hiddenStates } = await qwen.forward({ inputIds: qwenIds });
-  return { teacher: { encoderHiddenStates: a.lastHiddenState, pooledProjections: c.pooledOutput }, student: { hiddenStates } };
+  const teacher = await teacherConditioning(t5, clip, ids);
+  const { hiddenStates } = await qwen.forward({ inputIds: ids.qwen });
+  return { teacher, student: { hiddenStates } };
 }
 const disposeBatch = (b) => { b.teacher.encoderHiddenStates.dispose(); b.teacher.pooledProjections.dispose(); b.student.hiddenStates.dispose(); };
 async function timeSteps(trainer, batchOf, n = steps) {
@@ -83,7 +78,7 @@ const cpuFeatures = { teacher: { encoderHiddenStates: await toCpu(f.teacher.enco
   student: { hiddenStates: await toCpu(f.student.hiddenStates) } };
 // the student's prompt for generation: Qwen's hidden states of its ids (the same encoder, one prompt)
 for (const m of [flux, t5, clip, qwen, alignNet]) m.dispose();
-for (const t of [t5Ids, clipIds]) t.dispose();
+for (const t of [ids.t5, ids.clip]) t.dispose();
 
 // what a preset made, freed however it ends (a failed preset must not leave its models to the next one's cap)
 async function freeAll(objs) {
@@ -123,7 +118,7 @@ for (const [name, quantize] of [['generate-24gb', 'fp8'], ['generate-24gb-bf16',
     const t0 = now();
     const q = await x2i.QwenVLEncoder.fromConfig(QWEN_7B, { device, dtype, seed: 3 });
     made.push(q);
-    const { hiddenStates } = await q.forward({ inputIds: qwenIds });
+    const { hiddenStates } = await q.forward({ inputIds: ids.qwen });
     await q.disposeAsync();
     const encode_ms = now() - t0;
     const an = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
@@ -152,7 +147,7 @@ for (const [name, quantize] of [['generate-24gb', 'fp8'], ['generate-24gb-bf16',
     await freeAll(made);
   }
 }
-qwenIds.dispose();
+ids.qwen.dispose();
 
 // ---- report
 const P = result.presets, fx = (x, d = 1) => (typeof x === 'number' ? x.toFixed(d) : '—');

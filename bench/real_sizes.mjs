@@ -10,3 +10,19 @@ export const QWEN_7B = { model_type: 'qwen2_5_vl', vocab_size: 152064, hidden_si
   vision_config: { depth: 32, hidden_size: 1280, intermediate_size: 3420, num_heads: 16, in_chans: 3, out_hidden_size: 3584,
     patch_size: 14, spatial_merge_size: 2, temporal_patch_size: 2, window_size: 112, fullatt_block_indexes: [7, 15, 23, 31], tokens_per_second: 2 } };
 
+
+// The prompt token ids the real-size benchmarks feed (512 for T5 and Qwen, 77 for CLIP), on `device`.
+export function promptIds(Tensor, device, T = 512) {
+  const ids = (n, vocab, seed) => Tensor.fromArray(BigInt64Array.from({ length: n }, (_, i) => BigInt((i * 7919 + seed * 104729) % vocab)), [1, n], { device });
+  return { t5: ids(T, 32128, 1), clip: ids(77, 49407, 2), qwen: ids(T, 150000, 3) };
+}
+
+// The teacher's conditioning of those ids: T5's last hidden state and CLIP's pooled output.
+export async function teacherConditioning(t5, clip, ids) {
+  const a = await t5.forward({ inputIds: ids.t5 });
+  a.hiddenStates.dispose();
+  const c = await clip.forward({ inputIds: ids.clip });
+  c.lastHiddenState.dispose();
+  c.hiddenStates.dispose();
+  return { encoderHiddenStates: a.lastHiddenState, pooledProjections: c.pooledOutput };
+}

@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { CLIP_L, QWEN_7B, T5_XXL } from './real_sizes.mjs';
+import { CLIP_L, QWEN_7B, T5_XXL, promptIds, teacherConditioning as realSizeTeacher } from './real_sizes.mjs';
 
 const { values: args } = parseArgs({ options: {
   baseline: { type: 'string' }, compile: { type: 'boolean', default: false }, 'compile-step': { type: 'boolean', default: false }, fp8: { type: 'boolean', default: false }, json: { type: 'string' },
@@ -42,19 +42,8 @@ const alignNet = await x2i.AlignNet.fromConfig({}, { device, dtype, seed: 4 });
 result.build_s = (now() - t0) / 1000;
 result.weights_GiB = gib(x2i.cuda.memory(device).allocated);
 
-const ids = (n, vocab, seed) => x2i.Tensor.fromArray(BigInt64Array.from({ length: n }, (_, i) => BigInt((i * 7919 + seed * 104729) % vocab)), [1, n]);
-const t5Ids = await ids(T, 32128, 1).to({ device });
-const clipIds = await ids(77, 49407, 2).to({ device });
-const qwenIds = await ids(T, 150000, 3).to({ device });
-
-async function teacherConditioning() {
-  const a = await t5.forward({ inputIds: t5Ids });
-  a.hiddenStates.dispose();
-  const c = await clip.forward({ inputIds: clipIds });
-  c.lastHiddenState.dispose();
-  c.hiddenStates.dispose();
-  return { encoderHiddenStates: a.lastHiddenState, pooledProjections: c.pooledOutput };
-}
+const ids = promptIds(x2i.Tensor, device, T);
+const teacherConditioning = () => realSizeTeacher(t5, clip, ids);
 
 // ---- the training step, with and without activation checkpointing
 for (const checkpoint of [false, true]) {
@@ -64,7 +53,7 @@ for (const checkpoint of [false, true]) {
   const one = async () => {
     const s0 = now();
     const teacher = await teacherConditioning();
-    const { hiddenStates } = await qwen.forward({ inputIds: qwenIds });
+    const { hiddenStates } = await qwen.forward({ inputIds: ids.qwen });
     await x2i.cuda.synchronize(device);
     const s1 = now();
     try {
@@ -130,7 +119,7 @@ if (args.fp8) {
 }
 
 for (const m of [flux, t5, clip, qwen, alignNet, vae]) m.dispose();
-for (const t of [t5Ids, clipIds, qwenIds]) t.dispose();
+for (const t of Object.values(ids)) t.dispose();
 await new Promise((r) => setImmediate(r));  // dispose() frees once each model's queue is empty: a tick later
 result.leftover_GiB = gib(x2i.cuda.memory(device, { emptyCache: true }).reserved);
 

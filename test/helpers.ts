@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
-import type { Tensor } from '../lib/index.js';
+import type { FluxInputs, Tensor } from '../lib/index.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const golden = path.join(root, 'test', 'fixtures', 'golden');
@@ -18,6 +18,12 @@ export async function expectGoldenLoss(r: { loss: number; skipped: number; terms
     const ref = Array.from(await d[key].toArray() as Float32Array);
     r.terms[k].forEach((v, i) => expect(Math.abs(v - ref[i]) / ref[i], `${k}[${i}]`).toBeLessThan(1e-4));
   }
+}
+
+/** FluxTransformer's inputs from a golden io file's snake_case names (flux-transformer, flux-lora, lightcontrol). */
+export function fluxInputsOf(io: Record<string, Tensor>): FluxInputs {
+  return { hiddenStates: io.hidden_states, encoderHiddenStates: io.encoder_hidden_states, pooledProjections: io.pooled_projections,
+    timestep: io.timestep, guidance: io.guidance, imgIds: io.img_ids, txtIds: io.txt_ids };
 }
 
 /** ‖a − b‖ / ‖b‖ of two float32 tensors of one shape, computed here (independently of the addon's relativeError). */

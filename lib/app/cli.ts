@@ -12,7 +12,7 @@ import { buildInfo, cuda, memory } from '../index.js';
 import type { DType } from '../core/tensor.js';
 import type { FluxImages } from '../sample/pipeline.js';
 import { SERVE_USAGE } from './serve.js';
-import { MEMORY_PRESETS, memoryPreset } from './memory_presets.js';
+import { MEMORY_PRESETS, type MemoryPreset, type MemoryPresetName } from './memory_presets.js';
 import { Progress, endProgressLine } from './progress.js';
 
 export { Progress, loadingBar, type LoadProgress, type ProgressOptions } from './progress.js';
@@ -487,8 +487,8 @@ async function generate(args: string[]): Promise<number> {
 }
 
 /** --memory's preset (exit 2 naming the presets otherwise). */
-function memoryFlag(v: string): Readonly<import('./memory_presets.js').MemoryPreset> | string {
-  return Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v) ? memoryPreset(v)
+function memoryFlag(v: string): Readonly<MemoryPreset> | string {
+  return Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v) ? MEMORY_PRESETS[v as MemoryPresetName]
     : `--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v}"`;
 }
 

@@ -1,9 +1,13 @@
-// The CUDA caching allocator's counters (what torch.cuda.memory_allocated / max_memory_allocated read).
+// The CUDA caching allocator's counters (what torch.cuda.memory_allocated / max_memory_allocated read), its cap, and
+// the device's compute capability.
 #include "kernels/kernels.h"
 
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include <array>
+#include <mutex>
 
 namespace x2i::kernels {
 
@@ -23,6 +27,20 @@ int64_t cudaTotalMemory(int device) {
   size_t free = 0, total = 0;
   C10_CUDA_CHECK(cudaMemGetInfo(&free, &total));
   return int64_t(total);
+}
+
+int computeCapability(int device) {
+  static std::mutex mu;
+  static std::array<int, 64> known{};  // per device: 0 not asked yet
+  std::lock_guard<std::mutex> lock(mu);
+  if (device < 0 || device >= int(known.size())) return 0;
+  if (!known[size_t(device)]) {
+    int major = 0, minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    known[size_t(device)] = major * 10 + minor;
+  }
+  return known[size_t(device)];
 }
 
 void cudaSetMemoryFraction(int device, double fraction) {

@@ -12,7 +12,6 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
-#include <mutex>
 #include <type_traits>
 
 namespace x2i::kernels {
@@ -114,20 +113,6 @@ std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x) {
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {q, s};
-}
-
-bool fp8GemmSupported(int device) {
-  static std::mutex mu;
-  static std::vector<int> known(64, -1);  // per device: -1 not asked yet, 0 no, 1 yes
-  std::lock_guard<std::mutex> lock(mu);
-  if (device < 0 || device >= int(known.size())) return false;
-  if (known[size_t(device)] < 0) {
-    int major = 0, minor = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    known[size_t(device)] = major * 10 + minor >= 89 ? 1 : 0;
-  }
-  return known[size_t(device)] == 1;
 }
 
 }  // namespace x2i::kernels

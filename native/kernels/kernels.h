@@ -53,6 +53,8 @@ int64_t cudaTotalMemory(int device);
 // The caching allocator refuses to hold more than fraction × total on the device (an out-of-memory error after it
 // has freed its cache; torch.cuda.set_per_process_memory_fraction); 1 lifts the cap.
 void cudaSetMemoryFraction(int device, double fraction);
+// The device's compute capability as major · 10 + minor (89: Ada, 90: Hopper), asked once per device.
+int computeCapability(int device);
 
 }  // namespace x2i::kernels
 
@@ -76,7 +78,5 @@ namespace x2i::kernels {
 // FP8 activations (kernels/fp8.cu; its twin is fp8::quantizeRows(x, twin = true)): x [M, K] (bf16, fp16, float32;
 // unit column stride) → q [M, K] float8_e4m3fn = round(x / s) and s [M, 1] float32 = max(|row|, 1e-12) / 448.
 std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x);
-// Whether `device` multiplies FP8 on tensor cores (at::_scaled_mm: compute capability 8.9 or later).
-bool fp8GemmSupported(int device);
 
 }  // namespace x2i::kernels

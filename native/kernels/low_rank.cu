@@ -289,9 +289,7 @@ void lowRankAdd(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, 
       bool vec = N % kCols == 0 && y.stride(0) % kCols == 0 && out.stride(0) % kCols == 0 && aligned(a.y, 16) && aligned(a.out, 16);
       if (gated) vec = vec && res.stride(0) % kCols == 0 && gate.stride(0) % kCols == 0 && aligned(a.res, 16) && aligned(a.gate, 16);
       // tensor cores: 16-bit types on sm_80+, whole rank chunks, 16-byte aligned u and up rows
-      int major = 0;
-      C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, y.get_device()));
-      const bool tc = !std::is_same_v<T, float> && vec && major >= 8 &&
+      const bool tc = !std::is_same_v<T, float> && vec && computeCapability(y.get_device()) >= 80 &&
                       R % kChunk == 0 && u.stride(0) % kCols == 0 && aligned(a.u, 16) && aligned(a.up, 16);
       launch(a, epi, vec, tc, grid, stream);
     } else {

@@ -546,10 +546,11 @@ std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor>
   const auto dt = m->imgIn.w.scalar_type();
   if (!at::isFloatingType(dt) || at::isFloat8Type(dt))
     fail("ERR_CHECKPOINT_DTYPE", "FluxTransformer (" + source + "): weights are " + dtypeName(dt));
-  for (Linear* l : fp8::blockLinears(*m)) {
-    if (cfg.fp8) fp8::quantize(*l, dev);  // one layer at a time, on the device
-    if (l->w8.defined()) l->w8 = l->w8.to(dev), l->w8Scale = l->w8Scale.to(dev, at::kFloat), m->cfg.fp8 = true;
-  }
+  // Config::fp8 quantizes every block's linear layers (the embedders and the final layer stay in the model dtype)
+  m->forEachBlockLinear([&](Linear& l) {
+    if (cfg.fp8) fp8::quantize(l, dev);  // one layer at a time, on the device
+    if (l.w8.defined()) l.w8 = l.w8.to(dev), l.w8Scale = l.w8Scale.to(dev, at::kFloat), m->cfg.fp8 = true;
+  });
   auto fix = [&](at::Tensor& t) {
     if (t.defined() && at::isFloat8Type(t.scalar_type()))
       fail("ERR_CHECKPOINT_DTYPE", "FluxTransformer (" + source + "): a " + dtypeName(t.scalar_type()) + " tensor of shape " +

@@ -109,17 +109,22 @@ struct Model {
   c10::Device device() const { return imgIn.w.device(); }
   at::ScalarType dtype() const { return imgIn.w.scalar_type(); }
 
+  // Calls fn(Linear&) on every linear layer of the double and single blocks.
+  template <class F>
+  void forEachBlockLinear(F&& fn) {
+    for (auto& b : doubles)
+      for (Stream* s : {&b.img, &b.txt})
+        for (Linear* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) fn(*l);
+    for (auto& b : singles)
+      for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fn(*l);
+  }
   // Calls fn(Linear&) on every linear layer.
   template <class F>
   void forEachLinear(F&& fn) {
     for (Linear* l : {&imgIn, &txtIn, &timeIn1, &timeIn2, &guidanceIn1, &guidanceIn2, &vectorIn1, &vectorIn2, &finalMod,
                       &finalLinear})
       fn(*l);
-    for (auto& b : doubles)
-      for (Stream* s : {&b.img, &b.txt})
-        for (Linear* l : {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2}) fn(*l);
-    for (auto& b : singles)
-      for (Linear* l : {&b.mod, &b.linear1, &b.linear2}) fn(*l);
+    forEachBlockLinear(fn);
   }
   // Calls fn(at::Tensor&) on every parameter in the model dtype (undefined ones too: the absent guidance embedder,
   // the w of FP8 layers; their w8 / w8Scale are not visited).

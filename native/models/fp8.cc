@@ -28,15 +28,20 @@ at::Tensor dequantize(const at::Tensor& w8, const at::Tensor& scale, at::ScalarT
   return (w8.to(at::promote_types(at::kFloat, dt)) * scale.unsqueeze(1)).to(dt);
 }
 
+// y [M, N] of x [.., K] back in x's leading shape: [.., N]
+at::Tensor rowsLike(const at::Tensor& y, const at::Tensor& x) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = y.size(1);
+  return y.view(shape);
+}
+
 // x [.., K] · (w8 · scale)ᵀ + b from the dequantized operands, in dt (x quantized as the FP8 path quantizes it)
 at::Tensor twin(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& b, const at::Tensor& x, at::ScalarType dt,
                 bool twinRows) {
   auto [x8, xs] = quantizeRows(x.reshape({-1, x.size(-1)}), twinRows);
   at::Tensor y = at::mm(x8.to(dt) * xs.to(dt), dequantize(w8, scale, dt).t());
   if (b.defined()) y.add_(b.to(dt));
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = w8.size(0);
-  return y.view(shape);
+  return rowsLike(y, x);
 }
 
 at::Tensor product(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& b, const at::Tensor& x) {
@@ -45,10 +50,7 @@ at::Tensor product(const at::Tensor& w8, const at::Tensor& scale, const at::Tens
     auto [x8, xs] = quantizeRows(x.reshape({-1, x.size(-1)}));
     std::optional<at::Tensor> bias;
     if (b.defined()) bias = b.to(at::kBFloat16);
-    at::Tensor y = at::_scaled_mm(x8, w8.t(), xs, scale.view({1, -1}), bias, std::nullopt, at::kBFloat16, /*use_fast_accum=*/false);
-    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-    shape.back() = w8.size(0);
-    return y.view(shape);
+    return rowsLike(at::_scaled_mm(x8, w8.t(), xs, scale.view({1, -1}), bias, std::nullopt, at::kBFloat16, /*use_fast_accum=*/false), x);
 #endif
   }
   // the twin: the same quantized operands, multiplied in float32 (float64 for float64 inputs)
@@ -71,14 +73,6 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
 };
 
 }  // namespace
-
-std::vector<flux::Linear*> blockLinears(flux::Model& m) {
-  std::vector<flux::Linear*> out;
-  for (auto& b : m.doubles)
-    for (flux::Stream* s : {&b.img, &b.txt}) out.insert(out.end(), {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2});
-  for (auto& b : m.singles) out.insert(out.end(), {&b.mod, &b.linear1, &b.linear2});
-  return out;
-}
 
 std::pair<at::Tensor, at::Tensor> quantizeWeight(const at::Tensor& w, c10::Device device) {
   c10::NoGradGuard noGrad;
@@ -111,8 +105,6 @@ at::Tensor linear(const flux::Linear& l, const at::Tensor& x) {
   return Fp8Linear::apply(x, l.w8, l.w8Scale, l.b.defined() ? std::optional<at::Tensor>(l.b) : std::nullopt)[0];
 }
 
-at::Tensor dequantized(const flux::Linear& l, at::ScalarType dt) { return dequantize(l.w8, l.w8Scale, dt); }
-
 at::Tensor linearTwin(const flux::Linear& l, const at::Tensor& x, at::ScalarType dt) {
   c10::NoGradGuard noGrad;
   return twin(l.w8, l.w8Scale, l.b, x, dt, /*twinRows=*/true);
@@ -122,7 +114,7 @@ bool usesScaledMm(int64_t outFeatures, const at::Tensor& x) {
 #ifdef X2I_CUDA_KERNELS
   // bf16 only: the rowwise kernels of some LibTorch builds (CUTLASS on sm89, cuBLAS before 12.9) take no fp16 bias
   return x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.size(-1) % 16 == 0 && outFeatures % 16 == 0 &&
-         kernels::fp8GemmSupported(x.device().index()) && std::getenv("X2I_NO_KERNELS") == nullptr;
+         kernels::computeCapability(x.device().index()) >= 89 && std::getenv("X2I_NO_KERNELS") == nullptr;
 #else
   (void)outFeatures, (void)x;
   return false;

@@ -1,7 +1,7 @@
 // FP8 (e4m3) weights for FLUX's frozen block layers: each weight row quantized with its own scale at load
 // (w ≈ w8 · scale[row]), each activation row (token) with its own scale at run time; the GEMM on FP8 tensor cores
-// (at::_scaled_mm, compute capability ≥ 8.9) with the bias in its epilogue and the output in the model dtype.
-// Elsewhere (CPUs, older GPUs, odd widths) the same quantized numbers go through a dequantized matmul: the twin the
+// (at::_scaled_mm, compute capability ≥ 8.9, bf16 models) with the bias in its epilogue.
+// Elsewhere (CPUs, older GPUs, fp16, odd widths) the same quantized numbers go through a dequantized matmul: the twin the
 // CUDA path is tested against. The input gradient (the frozen student's backward, LoRA training) multiplies by the
 // dequantized weights.
 #pragma once
@@ -10,10 +10,6 @@
 namespace x2i::fp8 {
 
 constexpr double kE4m3Max = 448;  // the largest finite float8_e4m3fn
-
-// The layers quantized with Config::fp8: every double and single block's linear layers (modulation, qkv, proj,
-// MLP, linear1, linear2); the embedders and the final layer stay in the model dtype.
-std::vector<flux::Linear*> blockLinears(flux::Model& m);
 
 // w [out, in] (any floating dtype, any device) → w8 [out, in] float8_e4m3fn and scale [out] float32 on `device`.
 std::pair<at::Tensor, at::Tensor> quantizeWeight(const at::Tensor& w, c10::Device device);
@@ -29,8 +25,6 @@ std::pair<at::Tensor, at::Tensor> quantizeRows(const at::Tensor& x, bool twin = 
 at::Tensor linear(const flux::Linear& l, const at::Tensor& x);
 // The same product in `dt` from the dequantized operands (the reference; float64 in tests).
 at::Tensor linearTwin(const flux::Linear& l, const at::Tensor& x, at::ScalarType dt);
-// w8 · scale in `dt`
-at::Tensor dequantized(const flux::Linear& l, at::ScalarType dt);
 // Whether linear() multiplies x by a layer of outFeatures rows on FP8 tensor cores (CUDA kernels built, bf16 x, widths multiples of 16,
 // compute capability ≥ 8.9, X2I_NO_KERNELS unset); else the twin runs.
 bool usesScaledMm(int64_t outFeatures, const at::Tensor& x);

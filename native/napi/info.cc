@@ -53,17 +53,27 @@ Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
   });
 }
 
+// The CUDA device of argument 0 (default "cuda") for the allocator calls of `what`, the allocator initialised.
+static c10::Device allocatorDevice(const Napi::CallbackInfo& info, const char* what) {
+  const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
+  if (!d.is_cuda() || cudaDeviceCount() == 0) fail("ERR_CUDA_UNAVAILABLE", std::string(what) + ": no CUDA device");
+#ifdef X2I_CUDA_KERNELS
+  at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);  // the allocator exists before the first tensor
+  return d.has_index() ? d : c10::Device(c10::DeviceType::CUDA, 0);
+#else
+  fail("ERR_NOT_SUPPORTED", std::string(what) + ": this build has no CUDA kernels (built without nvcc)");
+#endif
+}
+
 // cudaMemory(device, reset?, emptyCache?) → { allocated, peakAllocated, reserved, peakReserved } (bytes, the caching
 // allocator's counters); reset: the peaks start again from now; emptyCache: cached free blocks go back first. Needs the CUDA build (X2I_CUDA_KERNELS).
 Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
-    const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
-    if (!d.is_cuda() || cudaDeviceCount() == 0) fail("ERR_CUDA_UNAVAILABLE", "cuda.memory: no CUDA device");
+    const c10::Device d = allocatorDevice(info, "cuda.memory");
     const bool reset = info.Length() > 1 && info[1].ToBoolean();
     const bool empty = info.Length() > 2 && info[2].ToBoolean();
 #ifdef X2I_CUDA_KERNELS
-    const int idx = d.has_index() ? d.index() : 0;
-    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);  // the allocator exists before the first tensor
+    const int idx = d.index();
     syncDevice(d);
     if (empty) kernels::cudaEmptyCache();
     auto m = kernels::cudaMemory(idx);
@@ -76,8 +86,8 @@ Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
     o.Set("total", double(kernels::cudaTotalMemory(idx)));
     return o;
 #else
-    (void)reset, (void)empty;
-    fail("ERR_NOT_SUPPORTED", "cuda.memory: this build has no CUDA kernels (built without nvcc)");
+    (void)reset, (void)empty, (void)d;
+    return info.Env().Undefined();  // not reached: allocatorDevice failed
 #endif
   });
 }
@@ -86,24 +96,22 @@ Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
 // fraction bytes / total); null lifts the cap.
 Napi::Value CudaSetMemoryLimit(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
-    const c10::Device d = parseDevice(info.Length() > 0 && info[0].IsString() ? argString(info, 0, "device") : "cuda");
-    if (!d.is_cuda() || cudaDeviceCount() == 0) fail("ERR_CUDA_UNAVAILABLE", "cuda.setMemoryLimit: no CUDA device");
     const bool lift = info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined();
     if (!lift && (!info[1].IsNumber() || !(info[1].As<Napi::Number>().DoubleValue() > 0)))
       fail("ERR_INVALID_ARG", "cuda.setMemoryLimit: bytes must be a positive number or null");
+    const c10::Device d = allocatorDevice(info, "cuda.setMemoryLimit");
 #ifdef X2I_CUDA_KERNELS
-    const int idx = d.has_index() ? d.index() : 0;
-    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+    const int idx = d.index();
     const double total = double(kernels::cudaTotalMemory(idx));
     const double bytes = lift ? total : info[1].As<Napi::Number>().DoubleValue();
     if (bytes > total)
       fail("ERR_INVALID_ARG", "cuda.setMemoryLimit: " + std::to_string(int64_t(bytes)) + " bytes is more than the device's " +
                                   std::to_string(int64_t(total)));
     kernels::cudaSetMemoryFraction(idx, bytes / total);
-    return info.Env().Undefined();
 #else
-    fail("ERR_NOT_SUPPORTED", "cuda.setMemoryLimit: this build has no CUDA kernels (built without nvcc)");
+    (void)d;
 #endif
+    return info.Env().Undefined();
   });
 }
 

@@ -49,6 +49,18 @@ TapCall parseTapCall(const Napi::CallbackInfo& info, const char* name) {
   return c;
 }
 
+// Mean ms of one fn() over `iters` back-to-back calls after three warm-ups, the device of `on` synchronised at both
+// ends (the benchmark probes' loop, run in the worker).
+template <class F>
+double meanMs(const at::Tensor& on, int iters, F&& fn) {
+  for (int i = 0; i < 3; ++i) fn();
+  syncDevice(on);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) fn();
+  syncDevice(on);
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+}
+
 }  // namespace
 
 // groupNorm(x, groups, weight, bias, dy, method 'split' | 'libtorch', eps?) → Promise<{ y, dx, dw, db }>: GroupNorm
@@ -154,12 +166,7 @@ Napi::Value BenchLowRankAdd(const Napi::CallbackInfo& info) {
     auto ms = std::make_shared<double>(0);
     return queue(info.Env(), [=] {
       c10::InferenceMode guard;
-      for (int i = 0; i < 3; ++i) c.run();
-      syncDevice(c.ya);
-      auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < iters; ++i) c.run();
-      syncDevice(c.ya);
-      *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+      *ms = meanMs(c.ya, iters, [&] { c.run(); });
     }, [ms](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *ms); });
   });
 }
@@ -219,13 +226,7 @@ Napi::Value BenchDistillTap(const Napi::CallbackInfo& info) {
     auto ms = std::make_shared<double>(0);
     return queue(info.Env(), [=] {
       c10::InferenceMode guard;
-      auto sync = [&] { syncDevice(c.S); };
-      for (int i = 0; i < 3; ++i) tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
-      sync();
-      auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < iters; ++i) tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite);
-      sync();
-      *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+      *ms = meanMs(c.S, iters, [&] { tapLossGrad(c.T, c.S, c.div, c.tau, c.In, c.composite); });
     }, [ms](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *ms); });
   });
 }
@@ -376,16 +377,8 @@ Napi::Value BenchFp8Linear(const Napi::CallbackInfo& info) {
       flux::Linear l;
       std::tie(l.w8, l.w8Scale) = fp8::quantizeWeight(w, x.device());
       const at::Tensor wx = w.to(x.device(), x.scalar_type());
-      auto time = [&](auto&& fn) {
-        for (int i = 0; i < 3; ++i) fn();
-        syncDevice(x);
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < iters; ++i) fn();
-        syncDevice(x);
-        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
-      };
-      (*out)[0] = time([&] { fp8::linear(l, x); });
-      (*out)[1] = time([&] { at::linear(x, wx); });
+      (*out)[0] = meanMs(x, iters, [&] { fp8::linear(l, x); });
+      (*out)[1] = meanMs(x, iters, [&] { at::linear(x, wx); });
     }, [out, scaledMm](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       o.Set("fp8Ms", (*out)[0]);

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { FluxTransformer, Tensor } from '../../lib/index.js';
-import { expectGoldenLoss, golden, relErr, settleGc, tmpDir } from '../helpers.js';
+import { expectGoldenLoss, fluxInputsOf, golden, relErr, settleGc, tmpDir } from '../helpers.js';
 
 const dir = tmpDir();
 const folder = path.join(golden, 'flux-transformer');
@@ -23,9 +23,7 @@ async function writeVariant(name: string, edit: (w: Record<string, Tensor>) => v
 
 beforeAll(async () => {
   io = await x2i.loadSafetensors(path.join(folder, 'io.safetensors'));
-  inputs = { hiddenStates: io.hidden_states, encoderHiddenStates: io.encoder_hidden_states,
-    pooledProjections: io.pooled_projections, timestep: io.timestep, guidance: io.guidance, imgIds: io.img_ids,
-    txtIds: io.txt_ids };
+  inputs = fluxInputsOf(io);
 });
 afterAll(() => {
   for (const t of Object.values(io)) t.dispose();

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { FluxTransformer, Tensor } from '../../lib/index.js';
 import { probes } from '../../lib/testing.js';
-import { golden, relErr } from '../helpers.js';
+import { fluxInputsOf, golden, relErr } from '../helpers.js';
 
 const folder = path.join(golden, 'flux-transformer');
 const loraDir = path.join(golden, 'flux-lora');
@@ -18,9 +18,7 @@ let inputs: x2i.FluxInputs;
 beforeAll(async () => {
   io = await x2i.loadSafetensors(path.join(folder, 'io.safetensors'));
   loraIo = await x2i.loadSafetensors(path.join(loraDir, 'io.safetensors'));
-  inputs = { hiddenStates: io.hidden_states, encoderHiddenStates: io.encoder_hidden_states,
-    pooledProjections: io.pooled_projections, timestep: io.timestep, guidance: io.guidance, imgIds: io.img_ids,
-    txtIds: io.txt_ids };
+  inputs = fluxInputsOf(io);
 });
 afterAll(() => {
   for (const t of [...Object.values(io), ...Object.values(loraIo)]) t.dispose();

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { FluxTransformer, Tensor } from '../../lib/index.js';
-import { golden, parseSafetensorsBytes, relErr, tmpDir } from '../helpers.js';
+import { fluxInputsOf, golden, parseSafetensorsBytes, relErr, tmpDir } from '../helpers.js';
 
 const dir = tmpDir();
 const folder = path.join(golden, 'flux-transformer');
@@ -22,9 +22,7 @@ async function sample(opts: x2i.FluxCallOptions = {}): Promise<Tensor> {
 beforeAll(async () => {
   io = await x2i.loadSafetensors(path.join(loraDir, 'io.safetensors'));
   base = await x2i.loadSafetensors(path.join(folder, 'io.safetensors'));
-  inputs = { hiddenStates: io.hidden_states, encoderHiddenStates: io.encoder_hidden_states,
-    pooledProjections: io.pooled_projections, timestep: io.timestep, guidance: io.guidance, imgIds: io.img_ids,
-    txtIds: io.txt_ids };
+  inputs = fluxInputsOf(io);
   m = await FluxTransformer.fromPretrained(folder);
 });
 afterAll(() => {

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x2i from '../../lib/index.js';
 import { AutoencoderKL, FluxPipeline, FluxTransformer, LightControl, Tensor } from '../../lib/index.js';
-import { golden } from '../helpers.js';
+import { fluxInputsOf, golden } from '../helpers.js';
 
 const lcDir = path.join(golden, 'lightcontrol');
 let io: Record<string, Tensor>;
@@ -28,8 +28,7 @@ afterAll(() => {
 describe('LightControl in the transformer and the pipeline', () => {
   it('the transformer output with every branch added matches the official forward (golden sample)', async () => {
     const { residuals } = await lc.forward({ hint: io.hint, timestep: io.timestep });
-    const inputs = { hiddenStates: io.hidden_states, encoderHiddenStates: io.encoder_hidden_states, pooledProjections: io.pooled_projections,
-      timestep: io.timestep, guidance: io.guidance, imgIds: io.img_ids, txtIds: io.txt_ids };
+    const inputs = fluxInputsOf(io);
     const { sample } = await flux.forward(inputs, { controlResiduals: residuals });
     const err = await x2i.relativeError(sample, io.sample);
     console.log(`LightControl transformer sample: relative error ${err.toExponential(2)}`);
