@@ -10,7 +10,7 @@
 // activation checkpointing. Baseline: the same step and generation as a PyTorch eager composition
 // (--baseline bench/baselines/x2i_step.py; transformers T5 / CLIP / Qwen2.5-VL), run after this process has
 // freed the GPU.
-//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--compile (the baseline also times torch.compile of the generation)] [--compile-step (and of the training step)] [--fp8 (also the generation with FP8 block weights)] [--json out.json]
+//   node bench/x2i_step.mjs [--baseline bench/baselines/x2i_step.py] [--compile (the baseline also times torch.compile of the generation)] [--compile-step (and of the training step)] [--fp8 (also the training step and the generation with FP8 block weights)] [--json out.json]
 //                           [--steps 5] [--gen-iters 3]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -45,9 +45,9 @@ result.weights_GiB = gib(x2i.cuda.memory(device).allocated);
 const ids = promptIds(x2i.Tensor, device, T);
 const teacherConditioning = () => realSizeTeacher(t5, clip, ids);
 
-// ---- the training step, with and without activation checkpointing
-for (const checkpoint of [false, true]) {
-  const trainer = new x2i.X2ITrainer({ transformer: flux, alignNet, mllm: qwen, t5, clip }, { checkpoint, seed: 0 });
+// ---- the training step, with and without activation checkpointing (and with --fp8, on FP8 block weights)
+async function trainingStep(transformer, checkpoint) {
+  const trainer = new x2i.X2ITrainer({ transformer, alignNet, mllm: qwen, t5, clip }, { checkpoint, seed: 0 });
   const ts = [], parts = { encoders: [], trainStep: [] };
   let last;
   const one = async () => {
@@ -74,12 +74,14 @@ for (const checkpoint of [false, true]) {
     ts.push(all), parts.encoders.push(enc), parts.trainStep.push(step);
   }
   const m = x2i.cuda.memory(device);
-  result.runs[checkpoint ? 'step_checkpoint' : 'step'] = {
+  return {
     ms: median(ts), encoders_ms: median(parts.encoders), trainStep_ms: median(parts.trainStep), all_ms: ts,
     peak_allocated_GiB: gib(m.peakAllocated), peak_reserved_GiB: gib(m.peakReserved), loss: last.loss, skipped: last.skipped,
     gradNorm: last.gradNorm,
   };
 }
+result.runs.step = await trainingStep(flux, false);
+result.runs.step_checkpoint = await trainingStep(flux, true);
 
 // ---- teacher generation: T5 + CLIP + 28 steps + VAE decode at 1024²
 const vae = await x2i.AutoencoderKL.fromConfig({}, { device, dtype, seed: 5 });
@@ -106,9 +108,11 @@ for (let i = 0; i < 4; i++) { const s = now(); (await vae.decode(z)).dispose(); 
 z.dispose();
 result.runs.generate = { ms: median(gts), all_ms: gts, vae_decode_ms: median(dts.slice(1)),
   peak_allocated_GiB: gib(x2i.cuda.memory(device).peakAllocated) };
-// --fp8: the same generation with the transformer's block weights in FP8 (quantize: 'fp8', the same seed)
+// --fp8: the training step and the generation with the transformer's block weights in FP8 (quantize: 'fp8', the same
+// seed; the step's backward on FP8 tensor cores)
 if (args.fp8) {
   const flux8 = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize: 'fp8' });
+  result.runs.step_fp8 = await trainingStep(flux8, false);
   const pipe8 = new x2i.FluxPipeline({ transformer: flux8, vae });
   await gen(pipe8);
   x2i.cuda.memory(device, { reset: true });
@@ -145,6 +149,7 @@ console.log('|---|---:|---:|---:|---:|---:|');
 const row = (name, x, y) => console.log(`| ${name} | ${f(x?.ms)} | ${f(x?.peak_allocated_GiB, 2)} GiB | ${f(y?.ms)} | ${f(y?.peak_allocated_GiB, 2)} GiB | ${y?.ms ? f(y.ms / x.ms, 2) + '×' : '—'} |`);
 row('training step', R.step, b.step);
 row('training step, activation checkpointing', R.step_checkpoint, b.step_checkpoint);
+if (R.step_fp8) row('training step, FP8 block weights (quantize: fp8)', R.step_fp8, b.step);
 row('teacher generation 1024², 28 steps', R.generate, b.generate);
 if (R.generate_fp8) row('teacher generation, FP8 block weights (quantize: fp8)', R.generate_fp8, b.generate);
 if (b.generate_compile) {
@@ -154,6 +159,9 @@ if (b.generate_compile) {
 }
 if (b.step_compile) console.log(`| training step, torch.compile (transformer, AlignNet, loss; compiled in ${f(b.step_compile_s)} s) | | | ` +
   `${f(b.step_compile.ms)} | ${f(b.step_compile.peak_allocated_GiB, 2)} GiB | ${f(b.step_compile.ms / R.step.ms, 2)}× |`);
+if (b.step_compile && R.step_fp8) console.log(`torch.compile / x2i training step time: bf16 ${f(b.step_compile.ms / R.step.ms, 3)}×, FP8 ${f(b.step_compile.ms / R.step_fp8.ms, 3)}×; ` +
+  `eager / x2i: bf16 ${f(b.step.ms / R.step.ms, 3)}×, FP8 ${f(b.step.ms / R.step_fp8.ms, 3)}×`);
+if (R.step_fp8) console.log(`step parts (x2i, FP8): encoders ${f(R.step_fp8.encoders_ms)} ms, trainStep ${f(R.step_fp8.trainStep_ms)} ms; loss ${f(R.step_fp8.loss, 3)}, skipped ${R.step_fp8.skipped}`);
 console.log(`step parts (x2i): encoders ${f(R.step.encoders_ms)} ms, trainStep ${f(R.step.trainStep_ms)} ms; loss ${f(R.step.loss, 3)}, skipped ${R.step.skipped}`);
 console.log(`generation parts (x2i): VAE decode 1024² ${f(R.generate.vae_decode_ms)} ms`);
 if (result.baselineError) console.log(`baseline failed:\n${result.baselineError}`);

@@ -682,12 +682,17 @@ export interface AddonTesting {
     res: NativeTensor | undefined, gate: NativeTensor | undefined, method: 'kernel' | 'composite', mask: boolean | NativeTensor, iters?: number): Promise<number>;
   /** cudaProfilerStart (true) / cudaProfilerStop (false) for a profiler whose capture starts off; false without CUDA kernels. */
   cudaProfiler(start: boolean): boolean;
-  /** FP8 activations: per-row scale max|row| / 448 and e4m3 values, by the CUDA kernel or its LibTorch twin. */
-  fp8QuantizeRows(x: NativeTensor, method: 'kernel' | 'twin'): Promise<{ q: NativeTensor; scale: NativeTensor }>;
+  /** FP8 activations: per-row scale max|row| / 448 and e4m3 values (of x · colScale with column scales), by the CUDA
+   * kernel or its LibTorch twin. */
+  fp8QuantizeRows(x: NativeTensor, method: 'kernel' | 'twin', colScale?: NativeTensor): Promise<{ q: NativeTensor; scale: NativeTensor }>;
   /** An FP8 layer made from `weight` (quantized per row): y = W x + b by its own path ('gemm') or the float64 product of
-   * the same quantized operands on the CPU ('twin64'); with dy, dx through the layer's backward. */
+   * the same quantized operands on the CPU ('twin64'); with dy, dx through the layer's backward ('gemm') or the float64
+   * product of the FP8 backward's quantized operands ('twin64'). */
   fp8Linear(x: NativeTensor, weight: NativeTensor, bias: NativeTensor | undefined, method: 'gemm' | 'twin64',
-    dy?: NativeTensor): Promise<{ y: NativeTensor; w8: NativeTensor; scale: NativeTensor; dx?: NativeTensor; path: 'scaled_mm' | 'twin' }>;
+    dy?: NativeTensor): Promise<{ y: NativeTensor; w8: NativeTensor; scale: NativeTensor; dx?: NativeTensor; path: 'scaled_mm' | 'twin';
+      backwardPath: 'scaled_mm' | 'dequantized' }>;
+  /** The FP8 backward's weight transposition (a 2-D CUDA tensor of 1-byte elements) → its transpose, contiguous. */
+  fp8Transpose(x: NativeTensor): Promise<NativeTensor>;
   /** Mean ms of one FP8 layer call (weight quantized once) and of the bf16 linear, back to back in the worker. */
   benchFp8Linear(x: NativeTensor, weight: NativeTensor, iters?: number): Promise<{ fp8Ms: number; bf16Ms: number; path: 'scaled_mm' | 'twin' }>;
   /** The transformer's captured denoising step (sample/euler.cc). */
@@ -710,7 +715,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
   groupNorm: true, lowRankAdd: true, benchLowRankAdd: true, cudaProfiler: true, fp8QuantizeRows: true, fp8Linear: true,
-  benchFp8Linear: true, stepGraphState: true,
+  benchFp8Linear: true, fp8Transpose: true, stepGraphState: true,
 } satisfies Record<keyof AddonTesting, true>);
 
 /** Which members of a native class the contract declares: its statics and its instances' methods. */

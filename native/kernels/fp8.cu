@@ -1,7 +1,11 @@
-// FP8 activations for the FP8 linear layers (models/fp8.cc): each row of x [M, K] scaled by its own
-// s = max|row| · (1/448) and rounded to float8_e4m3fn (nearest even), in one kernel: a block per row reads the row
-// twice (the max, then the scaled values; the second read comes from cache) and writes 8 bytes per thread-step.
-// Bit for bit the LibTorch twin fp8::quantizeRows(x, twin = true): s times the float nearest 1/448, x / s divided.
+// FP8 for the FP8 linear layers (models/fp8.cc):
+// - activations (and, in the backward, the output gradient): each row of x [M, K], optionally times a float32 scale per
+//   column first (the weight's row scales, folded into the gradient), scaled by its own s = max|row| · (1/448) and rounded
+//   to float8_e4m3fn (nearest even), in one kernel: a block per row reads the row twice (the max, then the scaled values;
+//   the second read comes from cache) and writes 8 bytes per thread-step. Bit for bit the LibTorch twin
+//   fp8::quantizeRows(x, twin = true): s times the float nearest 1/448, x / s divided.
+// - the weight transposed for the backward's GEMM (FP8 tensor cores take B column-major only): 64 × 64 byte tiles
+//   through shared memory, 4 bytes per thread access.
 #include "kernels/kernels.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -52,10 +56,13 @@ __device__ __forceinline__ float blockMax(float v) {
 }
 
 // VEC: K % 8 == 0 and 16-byte aligned rows (8 elements per step), else one element per step
+// cols: a float32 factor per column (nullptr: none), applied in float32 before the max
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restrict__ x, int64_t ldx, int64_t K,
-                                                               uint8_t* __restrict__ q, float* __restrict__ scale) {
+                                                               const float* __restrict__ cols, uint8_t* __restrict__ q,
+                                                               float* __restrict__ scale) {
   const T* row = x + int64_t(blockIdx.x) * ldx;
+  auto scaled = [cols](float v, int64_t j) { return cols ? v * cols[j] : v; };
   uint8_t* out = q + int64_t(blockIdx.x) * K;
   const int64_t step = VEC ? kVec : 1;
   float amax = 0;
@@ -64,9 +71,9 @@ __global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restri
       float v[kVec];
       load8(row + j, v);
 #pragma unroll
-      for (int c = 0; c < kVec; ++c) amax = maxNan(fabsf(v[c]), amax);
+      for (int c = 0; c < kVec; ++c) amax = maxNan(fabsf(scaled(v[c], j + c)), amax);
     } else {
-      amax = maxNan(fabsf(float(row[j])), amax);
+      amax = maxNan(fabsf(scaled(float(row[j]), j)), amax);
     }
   }
   // × the float nearest 1/448, as LibTorch divides a tensor by a scalar; NaN rows stay NaN
@@ -79,19 +86,43 @@ __global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restri
       uint2 packed;
       uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
 #pragma unroll
-      for (int c = 0; c < kVec; ++c) b[c] = e4m3(v[c] / s);
+      for (int c = 0; c < kVec; ++c) b[c] = e4m3(scaled(v[c], j + c) / s);
       *reinterpret_cast<uint2*>(out + j) = packed;
     } else {
-      out[j] = e4m3(float(row[j]) / s);
+      out[j] = e4m3(scaled(float(row[j]), j) / s);
     }
+  }
+}
+
+// out [C, R] = in [R, C]ᵀ for bytes, R and C multiples of 4 and 4-byte aligned rows: a block moves a 64 × 64 tile;
+// each thread reads 4 consecutive bytes of an input row and writes 4 consecutive bytes of an output row
+constexpr int kTile = 64;
+__global__ void __launch_bounds__(kThreads) transposeBytesKernel(const uint8_t* __restrict__ in, int64_t R, int64_t C,
+                                                                 uint8_t* __restrict__ out) {
+  __shared__ uint8_t tile[kTile][kTile + 4];  // rows 4-byte aligned; the padding spreads the column reads over banks
+  const int64_t r0 = int64_t(blockIdx.y) * kTile, c0 = int64_t(blockIdx.x) * kTile;
+  const int tx = threadIdx.x % (kTile / 4), ty = threadIdx.x / (kTile / 4);  // 16 words across, 16 rows per pass
+  constexpr int kRows = kThreads / (kTile / 4);
+  for (int i = ty; i < kTile; i += kRows) {
+    const int64_t r = r0 + i, c = c0 + 4 * tx;
+    if (r < R && c < C) *reinterpret_cast<uint32_t*>(&tile[i][4 * tx]) = *reinterpret_cast<const uint32_t*>(in + r * C + c);
+  }
+  __syncthreads();
+  for (int i = ty; i < kTile; i += kRows) {
+    const int64_t c = c0 + i, r = r0 + 4 * tx;  // output row c, columns r .. r + 3 = tile rows 4·tx .. 4·tx + 3
+    if (c < C && r < R)
+      *reinterpret_cast<uint32_t*>(out + c * R + r) = uint32_t(tile[4 * tx][i]) | uint32_t(tile[4 * tx + 1][i]) << 8 |
+                                                      uint32_t(tile[4 * tx + 2][i]) << 16 | uint32_t(tile[4 * tx + 3][i]) << 24;
   }
 }
 
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x) {
+std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x, const at::Tensor& colScale) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2, "quantizeRowsE4m3: x must be a 2-D CUDA tensor");
   const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
+  const at::Tensor cols = colScale.defined() ? colScale.to(xc.device(), at::kFloat).contiguous() : at::Tensor();
+  TORCH_CHECK(!cols.defined() || cols.numel() == xc.size(1), "quantizeRowsE4m3: ", xc.size(1), " column scales expected, found ", cols.numel());
   const c10::cuda::CUDAGuard guard(xc.device());
   const int64_t M = xc.size(0), K = xc.size(1);
   at::Tensor q = at::empty({M, K}, xc.options().dtype(at::kFloat8_e4m3fn));
@@ -102,8 +133,9 @@ std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x) {
     using T = std::remove_pointer_t<decltype(p)>;
     const bool vec = K % kVec == 0 && xc.stride(0) % kVec == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
     auto* qp = reinterpret_cast<uint8_t*>(q.data_ptr());
-    if (vec) quantizeRowsKernel<T, true><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
-    else quantizeRowsKernel<T, false><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, qp, s.data_ptr<float>());
+    const float* cp = cols.defined() ? cols.data_ptr<float>() : nullptr;
+    if (vec) quantizeRowsKernel<T, true><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, cp, qp, s.data_ptr<float>());
+    else quantizeRowsKernel<T, false><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, cp, qp, s.data_ptr<float>());
   };
   switch (xc.scalar_type()) {
     case at::kBFloat16: launch(xc.data_ptr<at::BFloat16>()); break;
@@ -113,6 +145,22 @@ std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x) {
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {q, s};
+}
+
+at::Tensor transposeBytes(const at::Tensor& x) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.element_size() == 1, "transposeBytes: x must be a 2-D CUDA tensor of 1-byte elements");
+  const int64_t R = x.size(0), C = x.size(1);
+  const int64_t tilesR = (R + kTile - 1) / kTile, tilesC = (C + kTile - 1) / kTile;
+  const bool fits = x.is_contiguous() && R % 4 == 0 && C % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0 &&
+                    tilesR <= 65535 && tilesC <= INT32_MAX;
+  if (!fits) return x.t().contiguous();  // LibTorch's copy: the kernel's twin
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty({C, R}, x.options());
+  if (R == 0 || C == 0) return out;
+  transposeBytesKernel<<<dim3(unsigned(tilesC), unsigned(tilesR)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const uint8_t*>(x.data_ptr()), R, C, reinterpret_cast<uint8_t*>(out.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 }  // namespace x2i::kernels

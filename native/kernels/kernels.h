@@ -76,7 +76,11 @@ void lowRankAdd(const at::Tensor& y, const at::Tensor& u, const at::Tensor& up, 
 namespace x2i::kernels {
 
 // FP8 activations (kernels/fp8.cu; its twin is fp8::quantizeRows(x, twin = true)): x [M, K] (bf16, fp16, float32;
-// unit column stride) → q [M, K] float8_e4m3fn = round(x / s) and s [M, 1] float32 = max(|row|, 1e-12) / 448.
-std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x);
+// unit column stride) → q [M, K] float8_e4m3fn = round(x / s) and s [M, 1] float32 = max(|row|, 1e-12) / 448; with
+// colScale [K] (float32), x·colScale in float32 in place of x.
+std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x, const at::Tensor& colScale = {});
+// xᵀ, contiguous, for 2-D CUDA tensors of 1-byte elements (FP8 weights; kernels/fp8.cu; its twin x.t().contiguous(),
+// which also serves shapes the kernel does not take: widths not multiples of 4).
+at::Tensor transposeBytes(const at::Tensor& x);
 
 }  // namespace x2i::kernels

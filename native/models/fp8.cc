@@ -6,6 +6,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cstdlib>
+#include <string>
 
 namespace x2i::fp8 {
 namespace {
@@ -57,7 +58,24 @@ at::Tensor product(const at::Tensor& w8, const at::Tensor& scale, const at::Tens
   return twin(w8, scale, b, x, at::promote_types(at::kFloat, x.scalar_type()), false).to(x.scalar_type());
 }
 
-// y = W x + b with W in FP8; backward: dx = dy · W (the weights frozen, dequantized for the product)
+// dx = dy · W for W = diag(scale) · w8 [N, K], dy [.., N]. On FP8 tensor cores (the forward's conditions, with N and K
+// swapped): the weight's row scales fold into dy's columns before its rows are quantized, so dx = q(dy · diag(scale)) · w8
+// with w8 transposed for the GEMM (tensor cores take the second operand column-major only) and dy's row scales in the
+// epilogue. Elsewhere, or with X2I_FP8_BACKWARD=dequantize: dy times the dequantized weights.
+at::Tensor inputGradient(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& dy) {
+  const int64_t K = w8.size(1);
+  if (backwardUsesScaledMm(K, dy)) {
+#ifdef X2I_CUDA_KERNELS
+    auto [g8, gs] = quantizeRows(dy.reshape({-1, dy.size(-1)}), false, scale);
+    const at::Tensor w8t = kernels::transposeBytes(w8);  // [K, N]
+    const at::Tensor ones = at::ones({1, K}, gs.options());
+    return rowsLike(at::_scaled_mm(g8, w8t.t(), gs, ones, std::nullopt, std::nullopt, at::kBFloat16, /*use_fast_accum=*/false), dy);
+#endif
+  }
+  return at::matmul(dy, dequantize(w8, scale, dy.scalar_type()));
+}
+
+// y = W x + b with W in FP8; backward: dx = dy · W (the weights frozen)
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static variable_list forward(AutogradContext* ctx, at::Tensor x, at::Tensor w8, at::Tensor scale,
                                std::optional<at::Tensor> b) {
@@ -67,8 +85,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     const at::Tensor w8 = ctx->saved_data["w8"].toTensor(), scale = ctx->saved_data["scale"].toTensor();
-    const at::Tensor dy = g[0];
-    return {at::matmul(dy, dequantize(w8, scale, dy.scalar_type())), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {inputGradient(w8, scale, g[0]), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -88,15 +105,16 @@ void quantize(flux::Linear& l, c10::Device device) {
   if (l.b.defined()) l.b = l.b.to(device);
 }
 
-std::pair<at::Tensor, at::Tensor> quantizeRows(const at::Tensor& x, bool twin) {
+std::pair<at::Tensor, at::Tensor> quantizeRows(const at::Tensor& x, bool twin, const at::Tensor& colScale) {
   c10::NoGradGuard noGrad;
 #ifdef X2I_CUDA_KERNELS
   if (!twin && x.is_cuda() && x.scalar_type() != at::kDouble && std::getenv("X2I_NO_KERNELS") == nullptr)
-    return kernels::quantizeRowsE4m3(x);
+    return kernels::quantizeRowsE4m3(x, colScale);
 #else
   (void)twin;
 #endif
-  const at::Tensor xf = x.to(at::kFloat);
+  at::Tensor xf = x.to(at::kFloat);
+  if (colScale.defined()) xf = xf * colScale.to(x.device(), at::kFloat);
   const at::Tensor s = rowScales(xf);
   return {toE4m3(xf, s), s};
 }
@@ -119,6 +137,17 @@ bool usesScaledMm(int64_t outFeatures, const at::Tensor& x) {
   (void)outFeatures, (void)x;
   return false;
 #endif
+}
+
+at::Tensor inputGradientTwin(const flux::Linear& l, const at::Tensor& dy, at::ScalarType dt) {
+  c10::NoGradGuard noGrad;
+  auto [g8, gs] = quantizeRows(dy.reshape({-1, dy.size(-1)}), /*twin=*/true, l.w8Scale);
+  return rowsLike(at::mm(g8.to(dt) * gs.to(dt), l.w8.to(dt)), dy);
+}
+
+bool backwardUsesScaledMm(int64_t inFeatures, const at::Tensor& dy) {
+  const char* e = std::getenv("X2I_FP8_BACKWARD");
+  return (e == nullptr || std::string(e) != "dequantize") && usesScaledMm(inFeatures, dy);
 }
 
 bool rowKernelBuilt() {

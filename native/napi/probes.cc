@@ -295,12 +295,15 @@ Napi::Value CudaProfiler(const Napi::CallbackInfo& info) {
   });
 }
 
-// fp8QuantizeRows(x [M, K], method 'kernel' | 'twin') → Promise<{ q: float8_e4m3fn [M, K], scale: float32 [M, 1] }>:
-// FP8 activations by the CUDA kernel (fp8.cu) or its LibTorch twin, on x's device.
+// fp8QuantizeRows(x [M, K], method 'kernel' | 'twin', colScale? [K]) → Promise<{ q: float8_e4m3fn [M, K], scale: float32
+// [M, 1] }>: FP8 activations (x · colScale with column scales) by the CUDA kernel (fp8.cu) or its LibTorch twin, on x's device.
 Napi::Value Fp8QuantizeRows(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     const at::Tensor x = TensorWrap::Get(info[0], "x");
     const std::string method = argString(info, 1, "method");
+    const at::Tensor cols = info.Length() > 2 && info[2].IsObject() ? TensorWrap::Get(info[2], "colScale") : at::Tensor();
+    if (cols.defined() && (cols.dim() != 1 || x.dim() != 2 || cols.size(0) != x.size(1) || cols.device() != x.device()))
+      fail("ERR_SHAPE_MISMATCH", "fp8QuantizeRows: colScale must be [" + std::to_string(x.size(-1)) + "] on x's device, found " + shapeString(cols.sizes()));
     if (method != "kernel" && method != "twin") fail("ERR_INVALID_ARG", "fp8QuantizeRows: method must be 'kernel' or 'twin', found '" + method + "'");
     if (method == "kernel" && (!fp8::rowKernelBuilt() || !x.is_cuda() || std::getenv("X2I_NO_KERNELS")))
       fail("ERR_NOT_SUPPORTED", "fp8QuantizeRows: the kernel needs a CUDA tensor, a build with the CUDA kernels and X2I_NO_KERNELS unset");
@@ -308,7 +311,7 @@ Napi::Value Fp8QuantizeRows(const Napi::CallbackInfo& info) {
       fail("ERR_INVALID_ARG", "fp8QuantizeRows: x must be a 2-D floating tensor, found " + shapeString(x.sizes()));
     auto out = std::make_shared<std::pair<at::Tensor, at::Tensor>>();
     return queue(info.Env(), [=] {
-      *out = fp8::quantizeRows(x, method == "twin");
+      *out = fp8::quantizeRows(x, method == "twin", cols);
       syncDevice(x);
     }, [out](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
@@ -319,10 +322,11 @@ Napi::Value Fp8QuantizeRows(const Napi::CallbackInfo& info) {
   });
 }
 
-// fp8Linear(x [.., in], weight [out, in], bias?, method 'gemm' | 'twin64', dy?) → Promise<{ y, w8, scale, dx?, path }>:
-// the weight quantized as the FP8 layers quantize it, then y = W x + b by the layer's path on x's device ('gemm':
-// FP8 tensor cores where they apply) or by the float64 product of the same quantized operands on the CPU ('twin64');
-// with dy, dx = d⟨dy, y⟩ / dx through the layer's backward ('gemm' only).
+// fp8Linear(x [.., in], weight [out, in], bias?, method 'gemm' | 'twin64', dy?) → Promise<{ y, w8, scale, dx?, path,
+// backwardPath }>: the weight quantized as the FP8 layers quantize it, then y = W x + b by the layer's path on x's device
+// ('gemm': FP8 tensor cores where they apply) or by the float64 product of the same quantized operands on the CPU
+// ('twin64'); with dy, dx = d⟨dy, y⟩ / dx through the layer's backward ('gemm'; backwardPath 'scaled_mm' or
+// 'dequantized') or the float64 product of the FP8 backward's quantized operands, q(dy · diag(scale)) · w8 ('twin64').
 Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     const at::Tensor x = TensorWrap::Get(info[0], "x"), w = TensorWrap::Get(info[1], "weight");
@@ -334,6 +338,7 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
       fail("ERR_SHAPE_MISMATCH", "fp8Linear: x " + shapeString(x.sizes()) + " and weight " + shapeString(w.sizes()) + " do not multiply");
     auto out = std::make_shared<std::array<at::Tensor, 4>>();
     const bool scaledMm = method == "gemm" && fp8::usesScaledMm(w.size(0), x);
+    const bool backwardScaledMm = method == "gemm" && dy.defined() && fp8::backwardUsesScaledMm(w.size(1), dy.to(x.scalar_type()));
     return queue(info.Env(), [=] {
       flux::Linear l;
       std::tie(l.w8, l.w8Scale) = fp8::quantizeWeight(w, x.device());
@@ -341,6 +346,7 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
       if (method == "twin64") {
         flux::Linear c{{}, l.b.defined() ? l.b.cpu() : at::Tensor(), l.w8.cpu(), l.w8Scale.cpu()};
         (*out)[0] = fp8::linearTwin(c, x.cpu(), at::kDouble);
+        if (dy.defined()) (*out)[3] = fp8::inputGradientTwin(c, dy.cpu(), at::kDouble);
       } else {
         c10::AutoGradMode enable(dy.defined());
         const at::Tensor xi = dy.defined() ? x.detach().requires_grad_(true) : x;
@@ -350,12 +356,13 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
       }
       (*out)[1] = l.w8, (*out)[2] = l.w8Scale;
       syncDevice(x);
-    }, [out, scaledMm](Napi::Env env) -> Napi::Value {
+    }, [out, scaledMm, backwardScaledMm](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       const char* names[] = {"y", "w8", "scale", "dx"};
       for (int i = 0; i < 4; ++i)
         if ((*out)[size_t(i)].defined()) o.Set(names[i], TensorWrap::Wrap(env, (*out)[size_t(i)]));
       o.Set("path", scaledMm ? "scaled_mm" : "twin");
+      o.Set("backwardPath", backwardScaledMm ? "scaled_mm" : "dequantized");
       return o;
     });
   });
@@ -389,6 +396,24 @@ Napi::Value BenchFp8Linear(const Napi::CallbackInfo& info) {
   });
 }
 
+// fp8Transpose(x [R, C], 1-byte elements, CUDA) → Promise<[C, R]>: the backward's weight transposition
+// (kernels/fp8.cu; LibTorch's copy for widths not multiples of 4)
+Napi::Value Fp8Transpose(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const at::Tensor x = TensorWrap::Get(info[0], "x");
+    if (!fp8::rowKernelBuilt() || !x.is_cuda() || x.dim() != 2 || x.element_size() != 1)
+      fail("ERR_NOT_SUPPORTED", "fp8Transpose: a 2-D CUDA tensor of 1-byte elements and a build with the CUDA kernels, found " +
+                                    shapeString(x.sizes()) + " on " + x.device().str());
+    auto out = std::make_shared<at::Tensor>();
+    return queue(info.Env(), [=] {
+#ifdef X2I_CUDA_KERNELS
+      *out = kernels::transposeBytes(x);
+#endif
+      syncDevice(x);
+    }, [out](Napi::Env env) -> Napi::Value { return TensorWrap::Wrap(env, *out); });
+  });
+}
+
 // stepGraphState(flux) → 'none' | 'fresh' | 'captured' | 'failed': the transformer's captured denoising
 // step (sample/euler.cc)
 Napi::Value StepGraphState(const Napi::CallbackInfo& info) {
@@ -413,6 +438,7 @@ Napi::Object testingExports(Napi::Env env) {
   t.Set("fp8QuantizeRows", Napi::Function::New(env, Fp8QuantizeRows));
   t.Set("fp8Linear", Napi::Function::New(env, Fp8Linear));
   t.Set("benchFp8Linear", Napi::Function::New(env, BenchFp8Linear));
+  t.Set("fp8Transpose", Napi::Function::New(env, Fp8Transpose));
   t.Set("stepGraphState", Napi::Function::New(env, StepGraphState));
   return t;
 }

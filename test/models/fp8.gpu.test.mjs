@@ -42,6 +42,22 @@ describe('FP8 activations: kernel = LibTorch twin, bit for bit', { skip }, () =>
         full.dispose();
       });
 
+  // the backward's form: the weight's row scales as column factors of dy
+  for (const dtype of ['bfloat16', 'float32'])
+    for (const [M, K] of [[5, 3072], [9, 100], [64, 15360]])
+      it(`${dtype} [${M}, ${K}] with column scales`, async () => {
+        const x = await x2i.randn([M, K], { seed: M, device: 'cuda', dtype });
+        const cpu = x2i.Tensor.fromArray(new Float32Array(K).map((_, j) => 2 ** ((j % 9) - 4) * (1 + j / K)), [K]);
+        const c = await cpu.to({ device: 'cuda' });
+        cpu.dispose();
+        const k = await probes().fp8QuantizeRows(x.handle, 'kernel', c.handle);
+        const t = await probes().fp8QuantizeRows(x.handle, 'twin', c.handle);
+        const [qk, qt, sk, st] = [k.q, t.q, k.scale, t.scale].map((h) => new x2i.Tensor(h));
+        assert.deepEqual(await sk.toArray(), await st.toArray());
+        assert.deepEqual(await bits(qk), await bits(qt));
+        for (const v of [x, c, qk, qt, sk, st]) v.dispose();
+      });
+
   it('zero rows give zeros (scale 1e-12 / 448), not NaN', async () => {
     const x = await x2i.zeros([4, 64], { device: 'cuda', dtype: 'bfloat16' });
     const k = await probes().fp8QuantizeRows(x.handle, 'kernel');
@@ -50,6 +66,24 @@ describe('FP8 activations: kernel = LibTorch twin, bit for bit', { skip }, () =>
     assert.ok((await s.toArray()).every((v) => v === Math.fround(Math.fround(1e-12) * Math.fround(1 / 448))));
     for (const v of [x, q, s]) v.dispose();
   });
+});
+
+describe("the FP8 backward's weight transposition: kernel = LibTorch's copy, byte for byte", { skip }, () => {
+  // tiles of 64: exact, ragged on both sides, one row, widths not multiples of 4 (LibTorch's copy)
+  for (const [R, C] of [[64, 128], [3072, 64], [100, 68], [4, 260], [132, 36], [5, 7], [12, 6]])
+    it(`[${R}, ${C}]`, async () => {
+      const x = await x2i.randn([R, C], { seed: R * C, device: 'cuda', dtype: 'bfloat16' });
+      const { q, scale } = await probes().fp8QuantizeRows(x.handle, 'twin');
+      const q8 = new x2i.Tensor(q);
+      const t = new x2i.Tensor(await probes().fp8Transpose(q));
+      assert.deepEqual(t.shape, [C, R]);
+      assert.equal(t.dtype, 'float8_e4m3fn');
+      const a = await bits(q8), b = await bits(t);
+      const want = new Float64Array(R * C);
+      for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) want[c * R + r] = a[r * C + c];
+      assert.deepEqual(b, want);
+      for (const v of [x, q8, t, new x2i.Tensor(scale)]) v.dispose();
+    });
 });
 
 // whether this GPU runs FP8 GEMMs (compute capability 8.9+): what the layer reports for a bf16 call
@@ -71,19 +105,23 @@ describe('an FP8 layer on tensor cores = the float64 product of its quantized op
         const b = await x2i.randn([N], { seed: 3, device: 'cuda', dtype });
         const dy = await x2i.randn([M, N], { seed: 4, device: 'cuda', dtype });
         const r = await probes().fp8Linear(x.handle, w.handle, b.handle, 'gemm', dy.handle);
-        const ref = await probes().fp8Linear(x.handle, w.handle, b.handle, 'twin64');
-        const y = new x2i.Tensor(r.y), y64 = new x2i.Tensor(ref.y), dx = new x2i.Tensor(r.dx);
+        const ref = await probes().fp8Linear(x.handle, w.handle, b.handle, 'twin64', dy.handle);
+        const y = new x2i.Tensor(r.y), y64 = new x2i.Tensor(ref.y), dx = new x2i.Tensor(r.dx), dx64 = new x2i.Tensor(ref.dx);
         assert.equal(y.device, 'cuda:0');
         // FP8 tensor cores for bf16 with widths in multiples of 16 (on compute capability 8.9+); fp16 and odd widths: the twin
-        if (dtype === 'float16' || K % 16 || N % 16) assert.equal(r.path, 'twin');
-        else if (fp8Capable) assert.equal(r.path, 'scaled_mm');
+        if (dtype === 'float16' || K % 16 || N % 16) assert.deepEqual([r.path, r.backwardPath], ['twin', 'dequantized']);
+        else if (fp8Capable) assert.deepEqual([r.path, r.backwardPath], ['scaled_mm', 'scaled_mm']);
         // one rounding to 16 bits after float32 accumulation
         const e = relErrOf(await f64(y), await f64(y64));
         assert.ok(e < (dtype === 'bfloat16' ? 5e-3 : 1e-3), `y: relative error ${e}`);
-        // dx = dy · (w8 · scale): the dequantized weights in the model dtype
         const w8 = new x2i.Tensor(r.w8), sc = new x2i.Tensor(r.scale);
         const wd = await f64(w8), s = await sc.toArray(), dyv = await f64(dy), dxv = await f64(dx);
-        if (M * N * K <= 4e8) {
+        if (r.backwardPath === 'scaled_mm') {
+          // on FP8 tensor cores: the float64 product of the same quantized operands, q(dy · diag(scale)) · w8, rounded once
+          const ed = relErrOf(dxv, await f64(dx64));
+          assert.ok(ed < 5e-3, `dx (FP8 backward): relative error ${ed}`);
+        } else if (M * N * K <= 4e8) {
+          // dx = dy · (w8 · scale): the dequantized weights in the model dtype
           const want = new Float64Array(M * K);
           for (let i = 0; i < M; i++)
             for (let n = 0; n < N; n++) {
@@ -93,7 +131,7 @@ describe('an FP8 layer on tensor cores = the float64 product of its quantized op
           const ed = relErrOf(dxv, want);
           assert.ok(ed < (dtype === 'bfloat16' ? 1e-2 : 2e-3), `dx: relative error ${ed}`);
         }
-        for (const v of [x, w, b, dy, y, y64, dx, w8, sc]) v.dispose();
+        for (const v of [x, w, b, dy, y, y64, dx, dx64, w8, sc]) v.dispose();
       });
 });
 

@@ -74,6 +74,28 @@ describe('FP8 activations: one scale per row', () => {
     for (const t of [x, xt, qt, st]) t.dispose();
   });
 
+  it('with column scales (the backward folds the weight scales into dy): x · c is quantized, the row scale from max|x · c|', async () => {
+    const M = 3, K = 40;
+    using x = await x2i.randn([M, K], { seed: 8 });
+    const cv = new Float32Array(K).map((_, j) => 2 ** ((j % 7) - 3) * (1 + j / 64));
+    using c = Tensor.fromArray(cv, [K]);
+    const xs = await x.toArray() as Float32Array;
+    const { q, scale } = await probes().fp8QuantizeRows(x.handle, 'twin', c.handle);
+    using qt = new Tensor(q);
+    using st = new Tensor(scale);
+    const qv = await f64(qt), sv = await st.toArray() as Float32Array;
+    for (let i = 0; i < M; i++) {
+      const xc = Array.from(xs.subarray(i * K, (i + 1) * K), (v, j) => Math.fround(v * cv[j]));
+      expect(sv[i]).toBe(Math.fround(Math.max(...xc.map(Math.abs)) * Math.fround(1 / 448)));
+      for (let j = 0; j < K; j++) {
+        const want = xc[j] / sv[i];
+        expect(Math.abs(qv[i * K + j] - want)).toBeLessThanOrEqual(Math.max(Math.abs(want) * 2 ** -4, 2 ** -10) * (1 + 1e-6));
+      }
+    }
+    using bad = Tensor.fromArray(new Float32Array(K - 1), [K - 1]);
+    await expect(probes().fp8QuantizeRows(x.handle, 'twin', bad.handle)).rejects.toMatchObject({ code: 'ERR_SHAPE_MISMATCH' });
+  });
+
   it('rejects what is not a 2-D floating tensor', async () => {
     using x = await x2i.randn([2, 3, 4], { seed: 1 });
     await expect(probes().fp8QuantizeRows(x.handle, 'twin')).rejects.toThrow(/2-D floating tensor/);
@@ -93,6 +115,7 @@ describe('an FP8 layer', () => {
       const ref = await probes().fp8Linear(x.handle, w.handle, b.handle, 'twin64');
       const y = new Tensor(r.y), y64 = new Tensor(ref.y), dx = new Tensor(r.dx!);
       expect(y.dtype).toBe(dtype);
+      expect([r.path, r.backwardPath]).toEqual(['twin', 'dequantized']);  // the CPU
       expect(relErrOf(await f64(y), await f64(y64))).toBeLessThan(dtype === 'float32' ? 1e-6 : 8e-3);
       // the quantization really happened: y differs from the full-precision product by FP8's rounding
       const xv = await f64(x), wv = await f64(w), bv = await f64(b), yv = await f64(y);
@@ -115,6 +138,36 @@ describe('an FP8 layer', () => {
       expect(relErrOf(dxv, want)).toBeLessThan(dtype === 'float32' ? 1e-6 : 8e-3);
       for (const t of [x, w, b, dy, y, y64, dx]) t.dispose();
     });
+
+  it("the FP8 backward's reference: dx = q(dy · diag(scale)) · w8 in float64, with dy's row scales", async () => {
+    const M = 5, K = 32, N = 48;
+    using x = await x2i.randn([M, K], { seed: 1 });
+    using w = await x2i.randn([N, K], { seed: 2 });
+    using dy = await x2i.randn([M, N], { seed: 3 });
+    const ref = await probes().fp8Linear(x.handle, w.handle, undefined, 'twin64', dy.handle);
+    using dx = new Tensor(ref.dx!);
+    using w8 = new Tensor(ref.w8);
+    using scale = new Tensor(ref.scale);
+    expect([dx.dtype, ...dx.shape]).toEqual(['float64', M, K]);
+    // dy's quantization as the CUDA kernel does it (bit for bit its twin, fp8.gpu.test.mjs), then the product in float64
+    const g = await probes().fp8QuantizeRows(dy.handle, 'twin', scale.handle);
+    using g8 = new Tensor(g.q);
+    using gs = new Tensor(g.scale);
+    const gv = await f64(g8), gsv = await gs.toArray() as Float32Array, wv = await f64(w8), dxv = await f64(dx);
+    const want = new Float64Array(M * K);
+    for (let i = 0; i < M; i++)
+      for (let n = 0; n < N; n++)
+        for (let k = 0; k < K; k++) want[i * K + k] += gv[i * N + n] * gsv[i] * wv[n * K + k];
+    expect(relErrOf(dxv, want)).toBeLessThan(1e-12);
+    // against the exact gradient dy · (w8 · scale): e4m3's rounding of dy, no more
+    const dyv = await f64(dy), sv = await scale.toArray() as Float32Array, exact = new Float64Array(M * K);
+    for (let i = 0; i < M; i++)
+      for (let n = 0; n < N; n++)
+        for (let k = 0; k < K; k++) exact[i * K + k] += dyv[i * N + n] * sv[n] * wv[n * K + k];
+    const e = relErrOf(dxv, exact);
+    expect(e).toBeGreaterThan(1e-3);
+    expect(e).toBeLessThan(0.06);
+  });
 
   it('weights: one scale per output row (max|row| / 448)', async () => {
     using x = await x2i.randn([2, 32], { seed: 1 });
