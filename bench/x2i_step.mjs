@@ -82,6 +82,20 @@ async function trainingStep(transformer, checkpoint) {
 }
 result.runs.step = await trainingStep(flux, false);
 result.runs.step_checkpoint = await trainingStep(flux, true);
+// the step's encoders one by one (median of 5 after a warm-up, a device synchronisation at each end)
+result.runs.encoders = {};
+for (const [name, fn] of [['t5', () => t5.forward({ inputIds: ids.t5 })], ['clip', () => clip.forward({ inputIds: ids.clip })],
+  ['qwen', () => qwen.forward({ inputIds: ids.qwen })]]) {
+  const ts = [];
+  for (let i = 0; i < 6; i++) {
+    const s0 = now();
+    const r = await fn();
+    await x2i.cuda.synchronize(device);
+    ts.push(now() - s0);
+    for (const v of Object.values(r)) if (v instanceof x2i.Tensor) v.dispose();
+  }
+  result.runs.encoders[name] = median(ts.slice(1));
+}
 
 // ---- teacher generation: T5 + CLIP + 28 steps + VAE decode at 1024²
 const vae = await x2i.AutoencoderKL.fromConfig({}, { device, dtype, seed: 5 });
@@ -111,6 +125,9 @@ result.runs.generate = { ms: median(gts), all_ms: gts, vae_decode_ms: median(dts
 // --fp8: the training step and the generation with the transformer's block weights in FP8 (quantize: 'fp8', the same
 // seed; the step's backward on FP8 tensor cores)
 if (args.fp8) {
+  flux.dispose();  // the bf16 copy off the card first: the FP8 runs' peaks are their own
+  await new Promise((r) => setImmediate(r));
+  x2i.cuda.memory(device, { emptyCache: true });
   const flux8 = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize: 'fp8' });
   result.runs.step_fp8 = await trainingStep(flux8, false);
   const pipe8 = new x2i.FluxPipeline({ transformer: flux8, vae });
@@ -162,6 +179,7 @@ if (b.step_compile) console.log(`| training step, torch.compile (transformer, Al
 if (b.step_compile && R.step_fp8) console.log(`torch.compile / x2i training step time: bf16 ${f(b.step_compile.ms / R.step.ms, 3)}×, FP8 ${f(b.step_compile.ms / R.step_fp8.ms, 3)}×; ` +
   `eager / x2i: bf16 ${f(b.step.ms / R.step.ms, 3)}×, FP8 ${f(b.step.ms / R.step_fp8.ms, 3)}×`);
 if (R.step_fp8) console.log(`step parts (x2i, FP8): encoders ${f(R.step_fp8.encoders_ms)} ms, trainStep ${f(R.step_fp8.trainStep_ms)} ms; loss ${f(R.step_fp8.loss, 3)}, skipped ${R.step_fp8.skipped}`);
+console.log(`encoders alone (x2i): T5 ${f(R.encoders.t5)} ms, CLIP ${f(R.encoders.clip)} ms, Qwen ${f(R.encoders.qwen)} ms`);
 console.log(`step parts (x2i): encoders ${f(R.step.encoders_ms)} ms, trainStep ${f(R.step.trainStep_ms)} ms; loss ${f(R.step.loss, 3)}, skipped ${R.step.skipped}`);
 console.log(`generation parts (x2i): VAE decode 1024² ${f(R.generate.vae_decode_ms)} ms`);
 if (result.baselineError) console.log(`baseline failed:\n${result.baselineError}`);
