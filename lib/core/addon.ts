@@ -693,6 +693,8 @@ export interface AddonTesting {
       backwardPath: 'scaled_mm' | 'dequantized' }>;
   /** The FP8 backward's weight transposition (a 2-D CUDA tensor of 1-byte elements) → its transpose, contiguous. */
   fp8Transpose(x: NativeTensor): Promise<NativeTensor>;
+  /** The tanh GELU (and with dy its input gradient) by the row kernel of FLUX's MLP ranges or by LibTorch. */
+  geluTanhRows(x: NativeTensor, method: 'kernel' | 'twin', dy?: NativeTensor): Promise<{ y: NativeTensor; dx?: NativeTensor }>;
   /** Mean ms of one FP8 layer call (weight quantized once) and of the bf16 linear, back to back in the worker. */
   benchFp8Linear(x: NativeTensor, weight: NativeTensor, iters?: number): Promise<{ fp8Ms: number; bf16Ms: number; path: 'scaled_mm' | 'twin' }>;
   /** The transformer's captured denoising step (sample/euler.cc). */
@@ -715,7 +717,7 @@ export const ADDON_EXPORTS: Readonly<Record<keyof Addon, true>> = Object.freeze(
 export const ADDON_TESTING_EXPORTS: Readonly<Record<keyof AddonTesting, true>> = Object.freeze({
   noop: true, noopAsync: true, benchCopy: true, benchDistillTap: true, distillTap: true, narrowView: true, sdpaBackend: true,
   groupNorm: true, lowRankAdd: true, benchLowRankAdd: true, cudaProfiler: true, fp8QuantizeRows: true, fp8Linear: true,
-  benchFp8Linear: true, fp8Transpose: true, stepGraphState: true,
+  benchFp8Linear: true, fp8Transpose: true, geluTanhRows: true, stepGraphState: true,
 } satisfies Record<keyof AddonTesting, true>);
 
 /** Which members of a native class the contract declares: its statics and its instances' methods. */

@@ -83,4 +83,12 @@ std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x, const at
 // which also serves shapes the kernel does not take: widths not multiples of 4).
 at::Tensor transposeBytes(const at::Tensor& x);
 
+// The tanh GELU on column ranges of a layer's output (kernels/gelu.cu; twins at::gelu(x, "tanh") and
+// at::gelu_backward(dy, x, "tanh")): x [.., n] CUDA bf16 / fp16 / float32 with unit column stride and leading dims
+// that merge into one row stride (geluTanhRowsTakes); the result in a new tensor or in out (same shape, rows may be
+// strided); the backward's dx is a new contiguous tensor.
+bool geluTanhRowsTakes(const at::Tensor& x);
+at::Tensor geluTanhRows(const at::Tensor& x, const at::Tensor& out = {});
+at::Tensor geluTanhRowsBackward(const at::Tensor& dy, const at::Tensor& x);
+
 }  // namespace x2i::kernels

@@ -356,7 +356,8 @@ std::pair<at::Tensor, at::Tensor> doubleBlock(const Model& m, const DoubleBlock&
   auto [q, k, v] = qkvHeads(m, {{b.txt.qkv(modulate(txt, tm[0], tm[1], fast)), b.txt.qNorm, b.txt.kNorm},  // text first
                                  {b.img.qkv(modulate(img, im[0], im[1], fast)), b.img.qNorm, b.img.kNorm}}, rope);
   at::Tensor a = attention(q, k, v);
-  at::Tensor aImg = a.narrow(1, T, a.size(1) - T), aTxt = a.narrow(1, 0, T);
+  auto parts = a.split_with_sizes({T, a.size(1) - T}, 1);  // backward: one concatenation
+  at::Tensor aTxt = parts[0], aImg = parts[1];
   if (tap) {
     at::Tensor pImg = b.img.proj(aImg), pTxt = b.txt.proj(aTxt);
     tap(Tap::DoubleImg, index, pImg);

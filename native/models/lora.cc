@@ -6,6 +6,7 @@
 #include "kernels/kernels.h"
 #endif
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <cmath>
@@ -78,14 +79,44 @@ std::vector<const LoraSlot*> stackedSlots(const Linear& l, const at::Tensor& x) 
   return active;
 }
 
+#ifdef X2I_CUDA_KERNELS
+// the tanh GELU by the row kernel, forward and backward (its input a column range of the layer's output)
+struct GeluTanhRows : torch::autograd::Function<GeluTanhRows> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    ctx->save_for_backward({x});
+    return kernels::geluTanhRows(x);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    if (!g[0].defined()) return {at::Tensor()};
+    return {kernels::geluTanhRowsBackward(g[0], ctx->get_saved_variables()[0])};
+  }
+};
+#endif
+
+// gelu(y, tanh) (into out where given): in the fast precision on CUDA the row kernel (kernels/gelu.cu), which keeps
+// 16-byte accesses on a strided column range; else LibTorch
+at::Tensor geluTanh(const at::Tensor& y, const at::Tensor& out, bool fast) {
+#ifdef X2I_CUDA_KERNELS
+  if (fast && kernels::geluTanhRowsTakes(y) && (!out.defined() || kernels::geluTanhRowsTakes(out)) &&
+      std::getenv("X2I_NO_KERNELS") == nullptr)
+    return out.defined() ? kernels::geluTanhRows(y, out) : GeluTanhRows::apply(y);
+#endif
+  (void)fast;
+  if (out.defined()) {
+    at::Tensor o = out;
+    return at::gelu_out(o, y, "tanh");
+  }
+  return at::gelu(y, "tanh");
+}
+
 at::Tensor epilogueComposite(const at::Tensor& y, const Epilogue& e, bool fast) {
   if (e.out.defined()) {  // written where the caller wants it (not for autograd)
     at::Tensor o = e.out;
-    if (e.kind == Epilogue::GeluTanh) return at::gelu_out(o, y, "tanh");
+    if (e.kind == Epilogue::GeluTanh) return geluTanh(y, o, fast);
     if (e.kind == Epilogue::Gated) return fast ? at::addcmul_out(o, e.res, e.gate, y) : o.copy_(e.res + e.gate * y);
     return o.copy_(y);
   }
-  if (e.kind == Epilogue::GeluTanh) return at::gelu(y, "tanh");
+  if (e.kind == Epilogue::GeluTanh) return geluTanh(y, {}, fast);
   if (e.kind == Epilogue::Gated) return fast ? at::addcmul(e.res, e.gate, y) : e.res + e.gate * y;
   return y;
 }
@@ -140,8 +171,22 @@ std::vector<at::Tensor> Linear::operator()(const at::Tensor& x, const std::vecto
       kernelEpilogues = false;
   if (!active.empty() && kernelEpilogues) return stackedForward(*this, x, active, ranges);
   const at::Tensor y = (*this)(x);
+  // ranges that tile the output in order: one split, whose backward concatenates the ranges' gradients (narrowed
+  // views would each zero-fill y's shape, and autograd would sum them)
+  std::vector<int64_t> sizes;
+  int64_t end = 0;
+  for (const auto& e : ranges) {
+    if (e.from != end) break;
+    sizes.push_back(e.n < 0 ? y.size(-1) - e.from : e.n);
+    end += sizes.back();
+  }
+  const bool tiles = ranges.size() > 1 && sizes.size() == ranges.size() && end == y.size(-1);
+  const auto parts = tiles ? at::split_with_sizes(y, sizes, -1) : std::vector<at::Tensor>{};
   std::vector<at::Tensor> outs;
-  for (const auto& e : ranges) outs.push_back(epilogueComposite(y.narrow(-1, e.from, e.n < 0 ? y.size(-1) - e.from : e.n), e, fast));
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto& e = ranges[i];
+    outs.push_back(epilogueComposite(tiles ? parts[i] : y.narrow(-1, e.from, e.n < 0 ? y.size(-1) - e.from : e.n), e, fast));
+  }
   return outs;
 }
 

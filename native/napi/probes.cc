@@ -414,6 +414,47 @@ Napi::Value Fp8Transpose(const Napi::CallbackInfo& info) {
   });
 }
 
+// geluTanhRows(x, method 'kernel' | 'twin', dy?) → Promise<{ y, dx? }>: the tanh GELU of x (any view) by the row kernel
+// (kernels/gelu.cu) or LibTorch (at::gelu / at::gelu_backward), and with dy its input gradient
+Napi::Value GeluTanhRowsProbe(const Napi::CallbackInfo& info) {
+  return guardAsync(info, [&]() -> Napi::Value {
+    const at::Tensor x = TensorWrap::Get(info[0], "x");
+    const std::string method = argString(info, 1, "method");
+    const at::Tensor dy = info.Length() > 2 && info[2].IsObject() ? TensorWrap::Get(info[2], "dy") : at::Tensor();
+    if (method != "kernel" && method != "twin") fail("ERR_INVALID_ARG", "geluTanhRows: method must be 'kernel' or 'twin', found '" + method + "'");
+    if (dy.defined() && (dy.sizes() != x.sizes() || dy.scalar_type() != x.scalar_type() || dy.device() != x.device()))
+      fail("ERR_SHAPE_MISMATCH", "geluTanhRows: dy must match x " + shapeString(x.sizes()) + ", found " + shapeString(dy.sizes()));
+#ifdef X2I_CUDA_KERNELS
+    const bool takes = kernels::geluTanhRowsTakes(x);
+#else
+    const bool takes = false;
+#endif
+    if (method == "kernel" && (!takes || std::getenv("X2I_NO_KERNELS")))
+      fail("ERR_NOT_SUPPORTED", "geluTanhRows: the kernel takes CUDA bf16 / fp16 / float32 views with unit column stride in a build with the CUDA kernels, found " +
+                                    shapeString(x.sizes()) + " on " + x.device().str());
+    auto out = std::make_shared<std::array<at::Tensor, 2>>();
+    return queue(info.Env(), [=] {
+      c10::InferenceMode guard;
+#ifdef X2I_CUDA_KERNELS
+      if (method == "kernel") {
+        (*out)[0] = kernels::geluTanhRows(x);
+        if (dy.defined()) (*out)[1] = kernels::geluTanhRowsBackward(dy, x);
+      }
+#endif
+      if (method == "twin") {
+        (*out)[0] = at::gelu(x, "tanh");
+        if (dy.defined()) (*out)[1] = at::gelu_backward(dy, x, "tanh");
+      }
+      syncDevice(x);
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("y", TensorWrap::Wrap(env, (*out)[0]));
+      if ((*out)[1].defined()) o.Set("dx", TensorWrap::Wrap(env, (*out)[1]));
+      return o;
+    });
+  });
+}
+
 // stepGraphState(flux) → 'none' | 'fresh' | 'captured' | 'failed': the transformer's captured denoising
 // step (sample/euler.cc)
 Napi::Value StepGraphState(const Napi::CallbackInfo& info) {
@@ -439,6 +480,7 @@ Napi::Object testingExports(Napi::Env env) {
   t.Set("fp8Linear", Napi::Function::New(env, Fp8Linear));
   t.Set("benchFp8Linear", Napi::Function::New(env, BenchFp8Linear));
   t.Set("fp8Transpose", Napi::Function::New(env, Fp8Transpose));
+  t.Set("geluTanhRows", Napi::Function::New(env, GeluTanhRowsProbe));
   t.Set("stepGraphState", Napi::Function::New(env, StepGraphState));
   return t;
 }
