@@ -145,7 +145,7 @@ if (!args['no-accuracy']) {
     disposeAll(r.grad);
     for (const o of [ti, si]) { o.encoderHiddenStates.dispose(); o.pooledProjections.dispose(); }
     hs.dispose();
-    m.dispose();
+    await m.disposeAsync();  // the float32 model's 48 GB off the card before the next one loads
   }
   result.gradient_accuracy = {};
   for (const name of ['bf16', 'fp8', 'fp8_dequantized'])

@@ -125,8 +125,7 @@ result.runs.generate = { ms: median(gts), all_ms: gts, vae_decode_ms: median(dts
 // --fp8: the training step and the generation with the transformer's block weights in FP8 (quantize: 'fp8', the same
 // seed; the step's backward on FP8 tensor cores)
 if (args.fp8) {
-  flux.dispose();  // the bf16 copy off the card first: the FP8 runs' peaks are their own
-  await new Promise((r) => setImmediate(r));
+  await flux.disposeAsync();  // the bf16 copy off the card first: the FP8 runs' peaks are their own
   x2i.cuda.memory(device, { emptyCache: true });
   const flux8 = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize: 'fp8' });
   result.runs.step_fp8 = await trainingStep(flux8, false);

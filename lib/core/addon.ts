@@ -694,7 +694,7 @@ export interface AddonTesting {
   /** The FP8 backward's weight transposition (a 2-D CUDA tensor of 1-byte elements) → its transpose, contiguous. */
   fp8Transpose(x: NativeTensor): Promise<NativeTensor>;
   /** The tanh GELU (and with dy its input gradient) by the row kernel of FLUX's MLP ranges or by LibTorch. */
-  geluTanhRows(x: NativeTensor, method: 'kernel' | 'twin', dy?: NativeTensor): Promise<{ y: NativeTensor; dx?: NativeTensor }>;
+  geluTanhRows(x: NativeTensor, method: 'kernel' | 'twin', dy?: NativeTensor, out?: NativeTensor): Promise<{ y: NativeTensor; dx?: NativeTensor }>;
   /** Mean ms of one FP8 layer call (weight quantized once) and of the bf16 linear, back to back in the worker. */
   benchFp8Linear(x: NativeTensor, weight: NativeTensor, iters?: number): Promise<{ fp8Ms: number; bf16Ms: number; path: 'scaled_mm' | 'twin' }>;
   /** The transformer's captured denoising step (sample/euler.cc). */

@@ -7,6 +7,7 @@
 // - the weight transposed for the backward's GEMM (FP8 tensor cores take B column-major only): 64 × 64 byte tiles
 //   through shared memory, 4 bytes per thread access.
 #include "kernels/kernels.h"
+#include "kernels/vec8.cuh"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,20 +22,9 @@
 namespace x2i::kernels {
 namespace {
 
-constexpr int kThreads = 256, kVec = 8;
-
-template <typename T>
-__device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
-  if constexpr (sizeof(T) == 2) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int c = 0; c < kVec; ++c) v[c] = float(h[c]);
-  } else {
-#pragma unroll
-    for (int c = 0; c < kVec; ++c) v[c] = float(p[c]);
-  }
-}
+constexpr int kThreads = 256;
+using vec8::kVec;
+using vec8::load8;
 
 // nearest even, finite values beyond ±448 saturated, NaN kept (as the twin's clamp and cast)
 __device__ __forceinline__ uint8_t e4m3(float v) { return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3); }
@@ -99,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restri
 constexpr int kTile = 64;
 __global__ void __launch_bounds__(kThreads) transposeBytesKernel(const uint8_t* __restrict__ in, int64_t R, int64_t C,
                                                                  uint8_t* __restrict__ out) {
-  __shared__ uint8_t tile[kTile][kTile + 4];  // rows 4-byte aligned; the padding spreads the column reads over banks
+  __shared__ __align__(4) uint8_t tile[kTile][kTile + 4];  // rows 4-byte aligned; the padding spreads the column reads over banks
   const int64_t r0 = int64_t(blockIdx.y) * kTile, c0 = int64_t(blockIdx.x) * kTile;
   const int tx = threadIdx.x % (kTile / 4), ty = threadIdx.x / (kTile / 4);  // 16 words across, 16 rows per pass
   constexpr int kRows = kThreads / (kTile / 4);

@@ -4,6 +4,7 @@
 // 16-byte load and store (aligned views; else one at a time), forward and backward, with LibTorch's formulas in
 // float32 (twin: at::gelu(x, "tanh") and at::gelu_backward(dy, x, "tanh")).
 #include "kernels/kernels.h"
+#include "kernels/vec8.cuh"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,41 +18,18 @@
 namespace x2i::kernels {
 namespace {
 
-constexpr int kThreads = 256, kVec = 8;
+constexpr int kThreads = 256;
 constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;  // √(2/π)
-
-template <typename T>
-__device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {
-  if constexpr (sizeof(T) == 2) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int c = 0; c < kVec; ++c) v[c] = float(h[c]);
-  } else {
-#pragma unroll
-    for (int c = 0; c < kVec; ++c) v[c] = float(p[c]);
-  }
-}
-template <typename T>
-__device__ __forceinline__ void store8(T* p, const float (&v)[kVec]) {
-  if constexpr (sizeof(T) == 2) {
-    uint4 raw;
-    T* h = reinterpret_cast<T*>(&raw);
-#pragma unroll
-    for (int c = 0; c < kVec; ++c) h[c] = T(v[c]);
-    *reinterpret_cast<uint4*>(p) = raw;
-  } else {
-#pragma unroll
-    for (int c = 0; c < kVec; ++c) p[c] = T(v[c]);
-  }
-}
+using vec8::kVec;
+using vec8::load8;
+using vec8::store8;
 
 __device__ __forceinline__ float gelu(float x) {
-  const float inner = kBeta * (x + kKappa * (x * x * x));
+  const float inner = kBeta * (x + kKappa * (x * x * x));  // LibTorch's order: x³ first
   return 0.5f * x * (1.f + tanhf(inner));
 }
 __device__ __forceinline__ float geluGrad(float dy, float x) {
-  const float x2 = x * x, inner = kBeta * (x + kKappa * x2 * x), t = tanhf(inner);
+  const float x2 = x * x, inner = kBeta * (x + kKappa * (x2 * x)), t = tanhf(inner);
   const float left = 0.5f * x, right = 1.f + t;
   const float dInner = kBeta * (1.f + 3.f * kKappa * x2);
   return dy * (0.5f * right + left * (1.f - t * t) * dInner);
@@ -132,7 +110,7 @@ at::Tensor geluTanhRows(const at::Tensor& x, const at::Tensor& out) {
   TORCH_CHECK(geluTanhRowsTakes(x), "geluTanhRows: a CUDA bf16 / fp16 / float32 view with unit column stride");
   at::Tensor o = out.defined() ? out : at::empty(x.sizes(), x.options());
   TORCH_CHECK(o.sizes() == x.sizes() && geluTanhRowsTakes(o) && o.scalar_type() == x.scalar_type(), "geluTanhRows: out must match x");
-  launch(rows2d(x), at::Tensor(), rows2d(o));
+  if (x.numel() > 0) launch(rows2d(x), at::Tensor(), rows2d(o));
   return o;
 }
 
@@ -141,7 +119,7 @@ at::Tensor geluTanhRowsBackward(const at::Tensor& dy, const at::Tensor& x) {
               "geluTanhRowsBackward: dy and x of one shape and dtype");
   at::Tensor dx = at::empty(x.sizes(), x.options());
   const at::Tensor d = geluTanhRowsTakes(dy) ? dy : dy.contiguous();
-  launch(rows2d(x), rows2d(d), rows2d(dx));
+  if (x.numel() > 0) launch(rows2d(x), rows2d(d), rows2d(dx));
   return dx;
 }
 

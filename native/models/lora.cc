@@ -97,8 +97,9 @@ struct GeluTanhRows : torch::autograd::Function<GeluTanhRows> {
 // 16-byte accesses on a strided column range; else LibTorch
 at::Tensor geluTanh(const at::Tensor& y, const at::Tensor& out, bool fast) {
 #ifdef X2I_CUDA_KERNELS
-  if (fast && kernels::geluTanhRowsTakes(y) && (!out.defined() || kernels::geluTanhRowsTakes(out)) &&
-      std::getenv("X2I_NO_KERNELS") == nullptr)
+  const bool outFits = !out.defined() || (kernels::geluTanhRowsTakes(out) && out.scalar_type() == y.scalar_type() &&
+                                           out.sizes() == y.sizes());
+  if (fast && outFits && kernels::geluTanhRowsTakes(y) && std::getenv("X2I_NO_KERNELS") == nullptr)
     return out.defined() ? kernels::geluTanhRows(y, out) : GeluTanhRows::apply(y);
 #endif
   (void)fast;
@@ -171,8 +172,9 @@ std::vector<at::Tensor> Linear::operator()(const at::Tensor& x, const std::vecto
       kernelEpilogues = false;
   if (!active.empty() && kernelEpilogues) return stackedForward(*this, x, active, ranges);
   const at::Tensor y = (*this)(x);
-  // ranges that tile the output in order: one split, whose backward concatenates the ranges' gradients (narrowed
-  // views would each zero-fill y's shape, and autograd would sum them)
+  // ranges that tile the output in order: y itself for one, else one split, whose backward concatenates the ranges'
+  // gradients (narrowed views would each zero-fill y's shape, and autograd would sum them). The split's outputs are
+  // views of one op: none of their consumers may change them in place under autograd.
   std::vector<int64_t> sizes;
   int64_t end = 0;
   for (const auto& e : ranges) {
@@ -180,8 +182,8 @@ std::vector<at::Tensor> Linear::operator()(const at::Tensor& x, const std::vecto
     sizes.push_back(e.n < 0 ? y.size(-1) - e.from : e.n);
     end += sizes.back();
   }
-  const bool tiles = ranges.size() > 1 && sizes.size() == ranges.size() && end == y.size(-1);
-  const auto parts = tiles ? at::split_with_sizes(y, sizes, -1) : std::vector<at::Tensor>{};
+  const bool tiles = sizes.size() == ranges.size() && end == y.size(-1);
+  const auto parts = !tiles ? std::vector<at::Tensor>{} : ranges.size() == 1 ? std::vector<at::Tensor>{y} : at::split_with_sizes(y, sizes, -1);
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i < ranges.size(); ++i) {
     const auto& e = ranges[i];

@@ -338,7 +338,13 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
       fail("ERR_SHAPE_MISMATCH", "fp8Linear: x " + shapeString(x.sizes()) + " and weight " + shapeString(w.sizes()) + " do not multiply");
     auto out = std::make_shared<std::array<at::Tensor, 4>>();
     const bool scaledMm = method == "gemm" && fp8::usesScaledMm(w.size(0), x);
-    const bool backwardScaledMm = method == "gemm" && dy.defined() && fp8::backwardUsesScaledMm(w.size(1), dy.to(x.scalar_type()));
+    if (dy.defined()) {
+      std::vector<int64_t> want(x.sizes().begin(), x.sizes().end());
+      want.back() = w.size(0);
+      if (dy.sizes() != at::IntArrayRef(want))
+        fail("ERR_SHAPE_MISMATCH", "fp8Linear: dy must be " + shapeString(want) + ", found " + shapeString(dy.sizes()));
+    }
+    auto backwardScaledMm = std::make_shared<bool>(false);
     return queue(info.Env(), [=] {
       flux::Linear l;
       std::tie(l.w8, l.w8Scale) = fp8::quantizeWeight(w, x.device());
@@ -351,7 +357,11 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
         c10::AutoGradMode enable(dy.defined());
         const at::Tensor xi = dy.defined() ? x.detach().requires_grad_(true) : x;
         at::Tensor y = fp8::linear(l, xi);
-        if (dy.defined()) (*out)[3] = torch::autograd::grad({y}, {xi}, {dy.to(y.device(), y.scalar_type())})[0];
+        if (dy.defined()) {
+          const at::Tensor g = dy.to(y.device(), y.scalar_type());
+          *backwardScaledMm = fp8::backwardUsesScaledMm(w.size(1), g);
+          (*out)[3] = torch::autograd::grad({y}, {xi}, {g})[0];
+        }
         (*out)[0] = y.detach();
       }
       (*out)[1] = l.w8, (*out)[2] = l.w8Scale;
@@ -362,7 +372,7 @@ Napi::Value Fp8Linear(const Napi::CallbackInfo& info) {
       for (int i = 0; i < 4; ++i)
         if ((*out)[size_t(i)].defined()) o.Set(names[i], TensorWrap::Wrap(env, (*out)[size_t(i)]));
       o.Set("path", scaledMm ? "scaled_mm" : "twin");
-      o.Set("backwardPath", backwardScaledMm ? "scaled_mm" : "dequantized");
+      o.Set("backwardPath", *backwardScaledMm ? "scaled_mm" : "dequantized");
       return o;
     });
   });
@@ -414,18 +424,22 @@ Napi::Value Fp8Transpose(const Napi::CallbackInfo& info) {
   });
 }
 
-// geluTanhRows(x, method 'kernel' | 'twin', dy?) → Promise<{ y, dx? }>: the tanh GELU of x (any view) by the row kernel
-// (kernels/gelu.cu) or LibTorch (at::gelu / at::gelu_backward), and with dy its input gradient
+// geluTanhRows(x, method 'kernel' | 'twin', dy?, out?) → Promise<{ y, dx? }>: the tanh GELU of x (any view) by the row
+// kernel (kernels/gelu.cu) or LibTorch (at::gelu / at::gelu_backward), written into out where given (y is then out), and
+// with dy its input gradient
 Napi::Value GeluTanhRowsProbe(const Napi::CallbackInfo& info) {
   return guardAsync(info, [&]() -> Napi::Value {
     const at::Tensor x = TensorWrap::Get(info[0], "x");
     const std::string method = argString(info, 1, "method");
     const at::Tensor dy = info.Length() > 2 && info[2].IsObject() ? TensorWrap::Get(info[2], "dy") : at::Tensor();
+    const at::Tensor dst = info.Length() > 3 && info[3].IsObject() ? TensorWrap::Get(info[3], "out") : at::Tensor();
+    if (dst.defined() && (dst.sizes() != x.sizes() || dst.scalar_type() != x.scalar_type() || dst.device() != x.device()))
+      fail("ERR_SHAPE_MISMATCH", "geluTanhRows: out must match x " + shapeString(x.sizes()) + ", found " + shapeString(dst.sizes()));
     if (method != "kernel" && method != "twin") fail("ERR_INVALID_ARG", "geluTanhRows: method must be 'kernel' or 'twin', found '" + method + "'");
     if (dy.defined() && (dy.sizes() != x.sizes() || dy.scalar_type() != x.scalar_type() || dy.device() != x.device()))
       fail("ERR_SHAPE_MISMATCH", "geluTanhRows: dy must match x " + shapeString(x.sizes()) + ", found " + shapeString(dy.sizes()));
 #ifdef X2I_CUDA_KERNELS
-    const bool takes = kernels::geluTanhRowsTakes(x);
+    const bool takes = kernels::geluTanhRowsTakes(x) && (!dst.defined() || kernels::geluTanhRowsTakes(dst));
 #else
     const bool takes = false;
 #endif
@@ -437,12 +451,17 @@ Napi::Value GeluTanhRowsProbe(const Napi::CallbackInfo& info) {
       c10::InferenceMode guard;
 #ifdef X2I_CUDA_KERNELS
       if (method == "kernel") {
-        (*out)[0] = kernels::geluTanhRows(x);
+        (*out)[0] = kernels::geluTanhRows(x, dst);
         if (dy.defined()) (*out)[1] = kernels::geluTanhRowsBackward(dy, x);
       }
 #endif
       if (method == "twin") {
-        (*out)[0] = at::gelu(x, "tanh");
+        if (dst.defined()) {
+          at::Tensor o = dst;
+          (*out)[0] = at::gelu_out(o, x, "tanh");
+        } else {
+          (*out)[0] = at::gelu(x, "tanh");
+        }
         if (dy.defined()) (*out)[1] = at::gelu_backward(dy, x, "tanh");
       }
       syncDevice(x);

@@ -55,6 +55,23 @@ describe('tanh GELU by the row kernel = LibTorch, forward and backward', { skip 
         full.dispose();
       });
 
+  for (const dtype of ['bfloat16', 'float32'])
+    it(`${dtype}: written into a strided column range of another tensor (out), nothing outside it touched`, async () => {
+      const [M, n, pad] = [19, 1024, 40];
+      const x = await x2i.randn([M, n], { seed: 3, device: 'cuda', dtype });
+      const bufK = await x2i.randn([M, n + pad], { seed: 4, device: 'cuda', dtype });
+      const bufT = await x2i.randn([M, n + pad], { seed: 4, device: 'cuda', dtype });  // the same draws
+      const before = await f64(bufK);
+      const outK = new x2i.Tensor(probes().narrowView(bufK.handle, 1, 8, n)), outT = new x2i.Tensor(probes().narrowView(bufT.handle, 1, 8, n));
+      await probes().geluTanhRows(x.handle, 'kernel', undefined, outK.handle);
+      await probes().geluTanhRows(x.handle, 'twin', undefined, outT.handle);
+      const a = await f64(bufK), b = await f64(bufT);
+      assert.ok(maxRel(a, b) <= 2 * ulp[dtype], `out: ${maxRel(a, b)}`);
+      for (let r = 0; r < M; r++)
+        for (const c of [0, 7, n + 8, n + pad - 1]) assert.equal(a[r * (n + pad) + c], before[r * (n + pad) + c]);
+      for (const v of [x, bufK, bufT, outK, outT]) v.dispose();
+    });
+
   it('refuses what it does not take (a column stride, float64), so that no caller relies on it silently', async () => {
     const x = await x2i.randn([4, 6], { seed: 1, device: 'cuda', dtype: 'float64' });
     await assert.rejects(probes().geluTanhRows(x.handle, 'kernel'), { code: 'ERR_NOT_SUPPORTED' });

@@ -135,6 +135,30 @@ describe('an FP8 layer on tensor cores = the float64 product of its quantized op
       });
 });
 
+describe('X2I_FP8_BACKWARD=dequantize: the input gradient through the dequantized weights', { skip }, () => {
+  it('bf16 [64, 3072] · [9216, 3072]ᵀ: the path reported, dx = dy · (w8 · scale)', async () => {
+    const [M, K, N] = [64, 3072, 9216];
+    const x = await x2i.randn([M, K], { seed: 1, device: 'cuda', dtype: 'bfloat16' });
+    const w = await x2i.randn([N, K], { seed: 2, device: 'cuda', dtype: 'bfloat16' });
+    const dy = await x2i.randn([M, N], { seed: 4, device: 'cuda', dtype: 'bfloat16' });
+    process.env.X2I_FP8_BACKWARD = 'dequantize';
+    let r;
+    try { r = await probes().fp8Linear(x.handle, w.handle, undefined, 'gemm', dy.handle); } finally { delete process.env.X2I_FP8_BACKWARD; }
+    assert.equal(r.backwardPath, 'dequantized');
+    const dx = new x2i.Tensor(r.dx), w8 = new x2i.Tensor(r.w8), sc = new x2i.Tensor(r.scale);
+    const wd = await f64(w8), s = await sc.toArray(), dyv = await f64(dy), dxv = await f64(dx);
+    const rows = 4, want = new Float64Array(rows * K);  // the first rows in float64
+    for (let i = 0; i < rows; i++)
+      for (let n = 0; n < N; n++) {
+        const g = dyv[i * N + n] * s[n];
+        for (let k = 0; k < K; k++) want[i * K + k] += g * wd[n * K + k];
+      }
+    const e = relErrOf(dxv.subarray(0, rows * K), want);
+    assert.ok(e < 1e-2, `dx: relative error ${e}`);
+    for (const v of [x, w, dy, dx, w8, sc, new x2i.Tensor(r.y)]) v.dispose();
+  });
+});
+
 describe('FluxTransformer with quantize: fp8 on the GPU', { skip }, () => {
   it('the bf16 model of the same seed, quantized: close, half the weight memory, and faster per forward', async () => {
     const cfg = { num_layers: 2, num_single_layers: 4 };  // FLUX.1-dev widths, fewer blocks

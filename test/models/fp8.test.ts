@@ -169,6 +169,13 @@ describe('an FP8 layer', () => {
     expect(e).toBeLessThan(0.06);
   });
 
+  it('dy of the wrong shape is refused before anything runs', async () => {
+    using x = await x2i.randn([3, 32], { seed: 1 });
+    using w = await x2i.randn([16, 32], { seed: 2 });
+    using dy = await x2i.randn([3, 15], { seed: 3 });
+    await expect(probes().fp8Linear(x.handle, w.handle, undefined, 'gemm', dy.handle)).rejects.toMatchObject({ code: 'ERR_SHAPE_MISMATCH' });
+  });
+
   it('weights: one scale per output row (max|row| / 448)', async () => {
     using x = await x2i.randn([2, 32], { seed: 1 });
     using w = await x2i.randn([16, 32], { seed: 2 });
