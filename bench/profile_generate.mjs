@@ -8,7 +8,7 @@
 //   node bench/profile_generate.mjs [--mode none|unfused|fused] [--steps 1] [--warmup 2] [--iters 5] [--size 1024]
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { probes } from '../dist/testing.js';
+import { profiled } from './profiled.mjs';
 import { loadFrozenAdapter } from './frozen_adapter.mjs';
 
 const { values: args } = parseArgs({ options: {
@@ -37,20 +37,7 @@ const inputs = {
 const sync = async () => { if (onCuda) await x2i.cuda.synchronize(device); };
 const step = async () => (await flux.denoise(inputs, [0.75], [0.75, 0.7], { returnStepLatents: false })).latents.dispose();
 
-for (let i = 0; i < Number(args.warmup); i++) await step();
-await sync();
-probes().cudaProfiler(true);
-for (let i = 0; i < Number(args.steps); i++) await step();
-await sync();
-probes().cudaProfiler(false);
-const ts = [];
-for (let i = 0; i < Number(args.iters); i++) {
-  const t = performance.now();
-  await step();
-  await sync();
-  ts.push(performance.now() - t);
-}
-ts.sort((a, b) => a - b);
-console.log(`mode ${args.mode}: one denoising step at ${side}² median ${ts[Math.floor(ts.length / 2)]?.toFixed(2)} ms over ${ts.length}`);
+const t = await profiled(step, sync, { warmup: Number(args.warmup), steps: Number(args.steps), iters: Number(args.iters) });
+console.log(`mode ${args.mode}: one denoising step at ${side}² median ${t.medianMs?.toFixed(2)} ms over ${t.n}`);
 for (const t of Object.values(inputs)) t.dispose();
 flux.dispose();

@@ -8,7 +8,7 @@
 //   node bench/profile_step.mjs [--quantize none|fp8] [--steps 1] [--warmup 2] [--iters 5]
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
-import { probes } from '../dist/testing.js';
+import { profiled } from './profiled.mjs';
 
 const { values: args } = parseArgs({ options: {
   quantize: { type: 'string', default: 'fp8' }, steps: { type: 'string', default: '1' }, warmup: { type: 'string', default: '2' },
@@ -28,20 +28,7 @@ const teacher = { ...(await cond(10)), ...shared }, student = { ...(await cond(2
 const sync = () => x2i.cuda.synchronize(device);
 const step = async () => { const r = await flux.distillationStep(teacher, student); for (const g of Object.values(r.grad)) g.dispose(); };
 
-for (let i = 0; i < Number(args.warmup); i++) await step();
-await sync();
-probes().cudaProfiler(true);
-for (let i = 0; i < Number(args.steps); i++) await step();
-await sync();
-probes().cudaProfiler(false);
-const ts = [];
-for (let i = 0; i < Number(args.iters); i++) {
-  const t = performance.now();
-  await step();
-  await sync();
-  ts.push(performance.now() - t);
-}
-ts.sort((a, b) => a - b);
-console.log(`quantize ${args.quantize}: one distillation step median ${ts[Math.floor(ts.length / 2)]?.toFixed(2)} ms over ${ts.length}`);
+const t = await profiled(step, sync, { warmup: Number(args.warmup), steps: Number(args.steps), iters: Number(args.iters) });
+console.log(`quantize ${args.quantize}: one distillation step median ${t.medianMs?.toFixed(2)} ms over ${t.n}`);
 for (const t of new Set([...Object.values(teacher), ...Object.values(student)])) t.dispose();
 flux.dispose();

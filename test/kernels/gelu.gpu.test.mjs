@@ -7,15 +7,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as x2i from '../../dist/index.js';
 import { probes } from '../../dist/testing.js';
+import { f64 } from '../gpu_helpers.mjs';
 
 const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
 
-async function f64(t) {
-  const d = await t.to({ dtype: 'float64', device: 'cpu' });
-  const a = await d.toArray();
-  d.dispose();
-  return a;
-}
 // |a − b| relative to the size of what was summed: |b|, and for the gradient also |dy| (gelu'(x) = ½(1 + t) + ½x(1 − t²)·…
 // passes through zero near x = −0.75, where its two terms of size ~½ cancel)
 const maxRel = (a, b, dy) => {

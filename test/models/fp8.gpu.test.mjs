@@ -7,20 +7,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as x2i from '../../dist/index.js';
 import { probes } from '../../dist/testing.js';
+import { f64, relErrOf } from '../gpu_helpers.mjs';
 
 const skip = x2i.cuda.isAvailable() ? false : 'CUDA is not available';
 
-async function f64(t) {
-  const d = await t.to({ dtype: 'float64', device: 'cpu' });
-  const a = await d.toArray();
-  d.dispose();
-  return a;
-}
-function relErrOf(a, b) {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) num += (a[i] - b[i]) ** 2, den += b[i] ** 2;
-  return Math.sqrt(num / den);
-}
 // the raw e4m3 bytes of a float8 tensor, as float64 values (exact)
 const bits = (t) => f64(t);
 
