@@ -12,7 +12,7 @@ import { buildInfo, cuda, memory } from '../index.js';
 import type { DType } from '../core/tensor.js';
 import type { FluxImages } from '../sample/pipeline.js';
 import { SERVE_USAGE } from './serve.js';
-import { MEMORY_PRESETS, type MemoryPreset, type MemoryPresetName } from './memory_presets.js';
+import { MEMORY_PRESETS, isMemoryPresetName, type MemoryPreset } from './memory_presets.js';
 import { Progress, endProgressLine } from './progress.js';
 
 export { Progress, loadingBar, type LoadProgress, type ProgressOptions } from './progress.js';
@@ -488,8 +488,7 @@ async function generate(args: string[]): Promise<number> {
 
 /** --memory's preset (exit 2 naming the presets otherwise). */
 function memoryFlag(v: string): Readonly<MemoryPreset> | string {
-  return Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, v) ? MEMORY_PRESETS[v as MemoryPresetName]
-    : `--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v}"`;
+  return isMemoryPresetName(v) ? MEMORY_PRESETS[v] : `--memory: expected ${Object.keys(MEMORY_PRESETS).join(', ')}, got "${v}"`;
 }
 
 /** The flags every training command shares, each checked (exit 2 naming the flag on a bad value). */

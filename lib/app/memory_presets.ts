@@ -33,9 +33,13 @@ export const MEMORY_PRESETS: Readonly<Record<MemoryPresetName, Readonly<MemoryPr
     freeEncoderBeforeDenoising: true }),
 });
 
+/** Whether `name` names a preset (own keys only: not `toString` or `__proto__`). */
+export function isMemoryPresetName(name: unknown): name is MemoryPresetName {
+  return typeof name === 'string' && Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, name);
+}
+
 /** The preset of a name (ERR_INVALID_ARG naming the known ones otherwise). */
 export function memoryPreset(name: unknown): Readonly<MemoryPreset> {
-  if (typeof name !== 'string' || !Object.prototype.hasOwnProperty.call(MEMORY_PRESETS, name))
-    throw invalidArg('memory preset', Object.keys(MEMORY_PRESETS).map((k) => `'${k}'`).join(', '), name);
-  return MEMORY_PRESETS[name as MemoryPresetName];
+  if (!isMemoryPresetName(name)) throw invalidArg('memory preset', Object.keys(MEMORY_PRESETS).map((k) => `'${k}'`).join(', '), name);
+  return MEMORY_PRESETS[name];
 }

@@ -76,7 +76,9 @@ export interface FluxLoadOptions extends LoadingOptions {
    * model is never there at once: FLUX.1-dev takes 12 GB instead of 24 GB); activations are scaled per token at run time
    * and, for bf16 models on compute capability 8.9+ (Ada, Hopper), the GEMMs run on FP8 tensor cores (fp16 models, older
    * GPUs and CPUs: the same quantized numbers through a dequantized matmul). Embedders, final layer, norms and attention stay in `dtype` (bf16/fp16). The
-   * input gradient (X2I's frozen student, LoRA training) goes through the dequantized weights; training the weights
+   * input gradient (X2I's frozen student, LoRA training) runs on FP8 tensor cores too where the forward does (the output
+   * gradient quantized per token after the weight's row scales are folded in; `X2I_FP8_BACKWARD=dequantize`: through the
+   * dequantized weights, as elsewhere); training the weights
    * themselves (`trainStep`) and fusing LoRA adapters into them are refused. An option, off by default: bf16 is the
    * reference path (bench/RESULTS.md has its error against bf16).
    */
@@ -343,8 +345,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
       exactTimesteps: exactTimestepsFlag(opts.timestepPrecision), fp8 };
     // FP8: the tensors stay memory-mapped on the CPU (a dtype other than the file's costs a host copy) and move to the
     // device one by one inside load, each block weight quantized as it arrives
-    const tensors = await loadSafetensors(weights, fp8 ? { device: 'cpu', dtype, mmap: true, signal: opts.signal, onProgress: opts.onProgress }
-      : { device, dtype, signal: opts.signal, onProgress: opts.onProgress });
+    const tensors = await loadSafetensors(weights, { device: fp8 ? 'cpu' : device, dtype, mmap: fp8, signal: opts.signal, onProgress: opts.onProgress });
     if (configFile) layout = detectLayout(Object.keys(tensors), weights);
     try {
       const handles = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, t.handle]));

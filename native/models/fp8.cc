@@ -6,6 +6,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 
 namespace x2i::fp8 {
@@ -58,6 +60,20 @@ at::Tensor product(const at::Tensor& w8, const at::Tensor& scale, const at::Tens
   return twin(w8, scale, b, x, at::promote_types(at::kFloat, x.scalar_type()), false).to(x.scalar_type());
 }
 
+#ifdef X2I_CUDA_KERNELS
+// [1, K] float32 ones on `device`: the FP8 backward's unit scales of its second operand, made once per width and device
+// (every backward of every layer asks); kept for the process's life, never destroyed (a static CUDA tensor's destructor
+// would run after the allocator's at exit)
+at::Tensor onesRow(int64_t K, c10::Device device) {
+  static std::mutex mu;
+  static auto* made = new std::map<std::pair<int64_t, c10::DeviceIndex>, at::Tensor>();
+  std::lock_guard<std::mutex> lock(mu);
+  at::Tensor& t = (*made)[{K, device.index()}];
+  if (!t.defined()) t = at::ones({1, K}, at::TensorOptions().dtype(at::kFloat).device(device));
+  return t;
+}
+#endif
+
 // dx = dy · W for W = diag(scale) · w8 [N, K], dy [.., N]. On FP8 tensor cores (the forward's conditions, with N and K
 // swapped): the weight's row scales fold into dy's columns before its rows are quantized, so dx = q(dy · diag(scale)) · w8
 // with w8 transposed for the GEMM (tensor cores take the second operand column-major only) and dy's row scales in the
@@ -68,8 +84,7 @@ at::Tensor inputGradient(const at::Tensor& w8, const at::Tensor& scale, const at
 #ifdef X2I_CUDA_KERNELS
     auto [g8, gs] = quantizeRows(dy.reshape({-1, dy.size(-1)}), false, scale);
     const at::Tensor w8t = kernels::transposeBytes(w8);  // [K, N]
-    const at::Tensor ones = at::ones({1, K}, gs.options());
-    return rowsLike(at::_scaled_mm(g8, w8t.t(), gs, ones, std::nullopt, std::nullopt, at::kBFloat16, /*use_fast_accum=*/false), dy);
+    return rowsLike(at::_scaled_mm(g8, w8t.t(), gs, onesRow(K, dy.device()), std::nullopt, std::nullopt, at::kBFloat16, /*use_fast_accum=*/false), dy);
 #endif
   }
   return at::matmul(dy, dequantize(w8, scale, dy.scalar_type()));

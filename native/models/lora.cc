@@ -404,16 +404,18 @@ void applyScales(const flux::Model& m, const std::map<std::string, double>& scal
 
 void fuse(flux::Model& m) {
   // all refusals before anything merges: an adapter half merged would count twice
-  for (auto& [k, a] : m.adapters)
+  const auto all = linears(m);
+  for (auto& [k, a] : m.adapters) {
+    if (a->trainable) fail("ERR_NOT_SUPPORTED", "fuseLora: adapter '" + k + "' is being trained (save it and load it to fuse)");
     if (a->scale != a->fusedScale)
-      for (auto& [n, l] : linears(m))
+      for (auto& [n, l] : all)
         for (auto& slot : l->lora)
           if (slot.adapter == a && l->w8.defined())
             fail("ERR_NOT_SUPPORTED", "fuseLora: adapter '" + k + "' has parts on '" + n + "', whose weights are FP8 (quantize: "
                                       "'fp8'); adapters run unfused on FP8 layers");
+  }
   ++m.weightsVersion;
   for (auto& [k, a] : m.adapters) {
-    if (a->trainable) fail("ERR_NOT_SUPPORTED", "fuseLora: adapter '" + k + "' is being trained (save it and load it to fuse)");
     if (a->scale != a->fusedScale) mergeAdapter(m, a.get(), a->scale - a->fusedScale);
     a->fusedScale = a->scale;
   }
