@@ -17,11 +17,11 @@ export function promptIds(Tensor, device, T = 512) {
   return { t5: ids(T, 32128, 1), clip: ids(77, 49407, 2), qwen: ids(T, 150000, 3) };
 }
 
-// The teacher's conditioning of those ids: T5's last hidden state and CLIP's pooled output.
+// The teacher's conditioning of those ids: T5's last hidden state and CLIP's pooled output (the two encoders side
+// by side, as FluxPipeline.encodePrompt runs them).
 export async function teacherConditioning(t5, clip, ids) {
-  const a = await t5.forward({ inputIds: ids.t5 });
+  const [a, c] = await Promise.all([t5.forward({ inputIds: ids.t5 }), clip.forward({ inputIds: ids.clip })]);
   a.hiddenStates.dispose();
-  const c = await clip.forward({ inputIds: ids.clip });
   c.lastHiddenState.dispose();
   c.hiddenStates.dispose();
   return { encoderHiddenStates: a.lastHiddenState, pooledProjections: c.pooledOutput };

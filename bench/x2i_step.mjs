@@ -52,8 +52,8 @@ async function trainingStep(transformer, checkpoint) {
   let last;
   const one = async () => {
     const s0 = now();
-    const teacher = await teacherConditioning();
-    const { hiddenStates } = await qwen.forward({ inputIds: ids.qwen });
+    // the three encoders side by side (each on its own CUDA stream), as X2ITrainer runs them for captions and prompts
+    const [teacher, { hiddenStates }] = await Promise.all([teacherConditioning(), qwen.forward({ inputIds: ids.qwen })]);
     await x2i.cuda.synchronize(device);
     const s1 = now();
     try {
@@ -96,6 +96,17 @@ for (const [name, fn] of [['t5', () => t5.forward({ inputIds: ids.t5 })], ['clip
   }
   result.runs.encoders[name] = median(ts.slice(1));
 }
+{  // and the three side by side
+  const ts = [];
+  for (let i = 0; i < 6; i++) {
+    const s0 = now();
+    const rs = await Promise.all([t5.forward({ inputIds: ids.t5 }), clip.forward({ inputIds: ids.clip }), qwen.forward({ inputIds: ids.qwen })]);
+    await x2i.cuda.synchronize(device);
+    ts.push(now() - s0);
+    for (const r of rs) for (const v of Object.values(r)) if (v instanceof x2i.Tensor) v.dispose();
+  }
+  result.runs.encoders.sideBySide = median(ts.slice(1));
+}
 
 // ---- teacher generation: T5 + CLIP + 28 steps + VAE decode at 1024²
 const vae = await x2i.AutoencoderKL.fromConfig({}, { device, dtype, seed: 5 });
@@ -135,7 +146,12 @@ if (args.fp8) {
   const ts = [];
   for (let i = 0; i < genIters; i++) { const s = now(); await gen(pipe8); ts.push(now() - s); }
   result.runs.generate_fp8 = { ms: median(ts), all_ms: ts, peak_allocated_GiB: gib(x2i.cuda.memory(device).peakAllocated) };
-  flux8.dispose();
+  await flux8.disposeAsync();
+  // and with each FP8 weight also kept transposed (fp8TransposedWeights: no transposition per backward)
+  x2i.cuda.memory(device, { emptyCache: true });
+  const flux8t = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize: 'fp8', fp8TransposedWeights: true });
+  result.runs.step_fp8_transposed = await trainingStep(flux8t, false);
+  await flux8t.disposeAsync();
 }
 
 for (const m of [flux, t5, clip, qwen, alignNet, vae]) m.dispose();
@@ -166,6 +182,7 @@ const row = (name, x, y) => console.log(`| ${name} | ${f(x?.ms)} | ${f(x?.peak_a
 row('training step', R.step, b.step);
 row('training step, activation checkpointing', R.step_checkpoint, b.step_checkpoint);
 if (R.step_fp8) row('training step, FP8 block weights (quantize: fp8)', R.step_fp8, b.step);
+if (R.step_fp8_transposed) row('training step, FP8, weights also kept transposed (fp8TransposedWeights)', R.step_fp8_transposed, b.step);
 row('teacher generation 1024², 28 steps', R.generate, b.generate);
 if (R.generate_fp8) row('teacher generation, FP8 block weights (quantize: fp8)', R.generate_fp8, b.generate);
 if (b.generate_compile) {
@@ -175,10 +192,12 @@ if (b.generate_compile) {
 }
 if (b.step_compile) console.log(`| training step, torch.compile (transformer, AlignNet, loss; compiled in ${f(b.step_compile_s)} s) | | | ` +
   `${f(b.step_compile.ms)} | ${f(b.step_compile.peak_allocated_GiB, 2)} GiB | ${f(b.step_compile.ms / R.step.ms, 2)}× |`);
-if (b.step_compile && R.step_fp8) console.log(`torch.compile / x2i training step time: bf16 ${f(b.step_compile.ms / R.step.ms, 3)}×, FP8 ${f(b.step_compile.ms / R.step_fp8.ms, 3)}×; ` +
-  `eager / x2i: bf16 ${f(b.step.ms / R.step.ms, 3)}×, FP8 ${f(b.step.ms / R.step_fp8.ms, 3)}×`);
+if (b.step_compile && R.step_fp8) console.log(`torch.compile / x2i training step time: bf16 ${f(b.step_compile.ms / R.step.ms, 3)}×, FP8 ${f(b.step_compile.ms / R.step_fp8.ms, 3)}×` +
+  (R.step_fp8_transposed ? `, FP8 kept transposed ${f(b.step_compile.ms / R.step_fp8_transposed.ms, 3)}×` : '') + '; ' +
+  `eager / x2i: bf16 ${f(b.step.ms / R.step.ms, 3)}×, FP8 ${f(b.step.ms / R.step_fp8.ms, 3)}×` +
+  (R.step_fp8_transposed ? `, FP8 kept transposed ${f(b.step.ms / R.step_fp8_transposed.ms, 3)}×` : ''));
 if (R.step_fp8) console.log(`step parts (x2i, FP8): encoders ${f(R.step_fp8.encoders_ms)} ms, trainStep ${f(R.step_fp8.trainStep_ms)} ms; loss ${f(R.step_fp8.loss, 3)}, skipped ${R.step_fp8.skipped}`);
-console.log(`encoders alone (x2i): T5 ${f(R.encoders.t5)} ms, CLIP ${f(R.encoders.clip)} ms, Qwen ${f(R.encoders.qwen)} ms`);
+console.log(`encoders alone (x2i): T5 ${f(R.encoders.t5)} ms, CLIP ${f(R.encoders.clip)} ms, Qwen ${f(R.encoders.qwen)} ms; side by side ${f(R.encoders.sideBySide)} ms`);
 console.log(`step parts (x2i): encoders ${f(R.step.encoders_ms)} ms, trainStep ${f(R.step.trainStep_ms)} ms; loss ${f(R.step.loss, 3)}, skipped ${R.step.skipped}`);
 console.log(`generation parts (x2i): VAE decode 1024² ${f(R.generate.vae_decode_ms)} ms`);
 if (result.baselineError) console.log(`baseline failed:\n${result.baselineError}`);

@@ -124,6 +124,8 @@ export interface NativeFluxConfig {
   exactTimesteps?: boolean;
   /** The block layers' weights in FP8 e4m3 with per-row scales, their GEMMs in FP8 (default false). */
   fp8?: boolean;
+  /** Each FP8 weight also kept transposed for the input gradient (default false: transposed at every backward). */
+  fp8Transposed?: boolean;
 }
 
 /** The inputs of one FLUX forward; absent entries are undefined (napi/flux.cc parseInputs). */
@@ -163,6 +165,8 @@ export interface NativeFluxInfo {
   parameters: number;
   /** Whether the block layers hold FP8 weights. */
   fp8: boolean;
+  /** Whether they are also kept transposed (NativeFluxConfig.fp8Transposed). */
+  fp8Transposed: boolean;
 }
 
 export interface NativeDistillationStepResult {

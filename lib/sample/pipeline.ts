@@ -106,6 +106,25 @@ export interface FluxImages {
   toPng(i?: number): Promise<Buffer>;
 }
 
+/** FLUX's text conditioning: T5 (padded to `maxSequenceLength`, default 512, no mask) → sequence, CLIP (77) → pooled.
+ * The two encoders run side by side (on a GPU each on a CUDA stream of its own); if one fails, the other's outputs are
+ * disposed and the first error is thrown. */
+export async function encodeFluxPrompt(t5: T5Encoder, clip: ClipTextEncoder, prompt: string | string[],
+  opts: { tokenizer?: PromptTokenizer; tokenizer2?: PromptTokenizer; maxSequenceLength?: number } = {}): Promise<{
+    promptEmbeds: Tensor; pooledPromptEmbeds: Tensor }> {
+  const [a, b] = await Promise.allSettled([t5.encodePrompt(prompt, { tokenizer: opts.tokenizer2, maxLength: opts.maxSequenceLength ?? 512 }),
+    clip.encodePrompt(prompt, { tokenizer: opts.tokenizer })]);
+  const rest = [...(a.status === 'fulfilled' ? [a.value.hiddenStates] : []),
+    ...(b.status === 'fulfilled' ? [b.value.lastHiddenState, b.value.hiddenStates, ...(b.value.textEmbeds ? [b.value.textEmbeds] : [])] : [])];
+  for (const t of rest) t.dispose();
+  if (a.status === 'rejected' || b.status === 'rejected') {
+    if (a.status === 'fulfilled') a.value.lastHiddenState.dispose();
+    if (b.status === 'fulfilled') b.value.pooledOutput.dispose();
+    throw a.status === 'rejected' ? a.reason : (b as PromiseRejectedResult).reason;
+  }
+  return { promptEmbeds: a.value.lastHiddenState, pooledPromptEmbeds: b.value.pooledOutput };
+}
+
 export class FluxPipeline {
   readonly transformer: FluxTransformer;
   readonly vae: AutoencoderKL;
@@ -134,12 +153,8 @@ export class FluxPipeline {
     pooledPromptEmbeds: Tensor }> {
     if (!this.textEncoder || !this.textEncoder2)
       throw new X2IError('FluxPipeline: a prompt needs textEncoder (CLIP) and textEncoder2 (T5); or pass promptEmbeds', 'ERR_INVALID_ARG');
-    const t5 = await this.textEncoder2.encodePrompt(prompt, { tokenizer: this.tokenizer2, maxLength: opts.maxSequenceLength ?? 512 });
-    const clip = await this.textEncoder.encodePrompt(prompt, { tokenizer: this.tokenizer });
-    t5.hiddenStates.dispose();
-    clip.lastHiddenState.dispose();
-    clip.hiddenStates.dispose();
-    return { promptEmbeds: t5.lastHiddenState, pooledPromptEmbeds: clip.pooledOutput };
+    return encodeFluxPrompt(this.textEncoder2, this.textEncoder, prompt, { tokenizer: this.tokenizer, tokenizer2: this.tokenizer2,
+      maxSequenceLength: opts.maxSequenceLength });
   }
 
   /** The VAE's spatial factor (2^(blocks − 1); FLUX: 8). */

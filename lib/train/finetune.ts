@@ -28,7 +28,7 @@ import type { LightControl } from '../models/lightcontrol.js';
 import type { RgbImage } from '../models/qwen_vision.js';
 import { pythonRepr } from '../models/tokenizers.js';
 import { hostFloats } from '../models/lora.js';
-import { FluxPipeline } from '../sample/pipeline.js';
+import { FluxPipeline, encodeFluxPrompt } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
 import { imageForVae, type GenerateImageInput } from '../sample/image_input.js';
 import { ProcessGroup } from './distributed.js';
@@ -265,12 +265,8 @@ abstract class FlowFineTuner {
       if (!this.t5 || !this.clip)
         throw new X2IError("trainer: conditioning 'teacher' needs t5 and clip (or mllm and alignNet for the student's, or sample.conditioning)", 'ERR_INVALID_ARG');
       // FLUX's text conditioning: T5 (padded to 512) → sequence, CLIP → pooled (as FluxPipeline.encodePrompt)
-      const t5 = await this.t5.encodePrompt(sample.caption ?? '', { maxLength: 512 });
-      const clip = await this.clip.encodePrompt(sample.caption ?? '');
-      t5.hiddenStates.dispose();
-      clip.lastHiddenState.dispose();
-      clip.hiddenStates.dispose();
-      return { seq: t5.lastHiddenState, pooled: clip.pooledOutput };
+      const e = await encodeFluxPrompt(this.t5, this.clip, sample.caption ?? '');
+      return { seq: e.promptEmbeds, pooled: e.pooledPromptEmbeds };
     }
     if (!this.mllm || !this.alignNet)
       throw new X2IError("trainer: conditioning 'student' needs mllm (QwenVLEncoder or InternVLEncoder) and alignNet (or sample.conditioning)", 'ERR_INVALID_ARG');

@@ -13,7 +13,7 @@ import type { AlignNet } from '../models/alignnet.js';
 import type { Divergence } from './distill.js';
 import type { FluxCaptures, FluxInputs, FluxTransformer } from '../models/flux.js';
 import { loadSafetensors, saveSafetensors } from '../core/io.js';
-import { FluxPipeline } from '../sample/pipeline.js';
+import { FluxPipeline, encodeFluxPrompt } from '../sample/pipeline.js';
 import { FlowMatchEulerScheduler } from '../sample/scheduler.js';
 import { OPTIMIZER_DEFAULTS, checkOptimizerOptions, mulberry32, scheduledLearningRate, type OptimizerOptions } from './optimizer.js';
 import { MetricsLog, checkFinite, checkRunConfig, checkpointFolderName, commitCheckpoint, readRunJson, verifiedCheckpoint } from './checkpoints.js';
@@ -220,7 +220,16 @@ export class X2ITrainer {
     const role = this.role;
     const owned: Tensor[] = [];
     const own = <T extends Tensor>(t: T) => (owned.push(t), t);
+    // the student's prompt is encoded beside the teacher's half (the MLLM on its own CUDA stream); its tensors are
+    // owned as soon as they exist, and the step waits for it before it disposes what it owns
+    let studentEncoding: Promise<Tensor> | undefined;
     try {
+      if (role !== 'teacher' && 'prompt' in batch.student) {
+        if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
+        studentEncoding = encodeStudentPrompt(this.mllm, batch.student.prompt, { maxLength: 512 })  // X2I's training length
+          .then((r) => (own(r.attentionMask), own(r.hiddenStates)));
+        studentEncoding.catch(() => {});  // awaited below; a failure of the teacher's half comes first
+      }
       if (role === 'data' && !this.#synced) {  // every rank starts from rank 0's AlignNet
         await this.alignNet.broadcastWeights(o.parallel!.group, 0);
         this.#synced = true;
@@ -244,8 +253,9 @@ export class X2ITrainer {
         let tEhs: Tensor, tPooled: Tensor;
         if ('caption' in batch.teacher) {
           if (!this.t5 || !this.clip) throw new X2IError('X2ITrainer: captions need the t5 and clip encoders (or pass teacher features)', 'ERR_INVALID_ARG');
-          tEhs = own((await this.t5.encodePrompt(batch.teacher.caption)).lastHiddenState);
-          tPooled = own((await this.clip.encodePrompt(batch.teacher.caption)).pooledOutput);
+          const e = await encodeFluxPrompt(this.t5, this.clip, batch.teacher.caption);
+          tEhs = own(e.promptEmbeds);
+          tPooled = own(e.pooledPromptEmbeds);
         } else {
           ({ encoderHiddenStates: tEhs, pooledProjections: tPooled } = batch.teacher);
         }
@@ -273,15 +283,8 @@ export class X2ITrainer {
       }
 
       // ---- the student half: MLLM hidden states → AlignNet → the student pass with the fused loss
-      let hidden: Tensor;
-      if ('prompt' in batch.student) {
-        if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
-        const r = await encodeStudentPrompt(this.mllm, batch.student.prompt, { maxLength: 512 });  // X2I's training length
-        own(r.attentionMask);
-        hidden = own(r.hiddenStates);
-      } else {
-        hidden = batch.student.hiddenStates;
-      }
+      // (prompts were sent to the MLLM at the start of the step)
+      const hidden = studentEncoding ? await studentEncoding : (batch.student as { hiddenStates: Tensor }).hiddenStates;
       const student = await this.alignNet.forward(hidden);
       own(student.encoderHiddenStates);
       own(student.pooledProjections);
@@ -299,6 +302,7 @@ export class X2ITrainer {
       await this.alignNet.backward(hidden, r.grad);
       return await this.#advance(t0, B, r);
     } finally {
+      await studentEncoding?.catch(() => {});
       for (const t of owned) t.dispose();
     }
   }

@@ -1,8 +1,9 @@
 // FP8 for the FP8 linear layers (models/fp8.cc):
 // - activations (and, in the backward, the output gradient): each row of x [M, K], optionally times a float32 scale per
 //   column first (the weight's row scales, folded into the gradient), scaled by its own s = max|row| · (1/448) and rounded
-//   to float8_e4m3fn (nearest even), in one kernel: a block per row reads the row twice (the max, then the scaled values;
-//   the second read comes from cache) and writes 8 bytes per thread-step. Bit for bit the LibTorch twin
+//   to float8_e4m3fn (nearest even), in one kernel, a block per row. Rows of bf16 / fp16 up to 24576 wide stay in
+//   registers: every 16-byte load of the row is issued before the max is taken, so HBM sees one read of x and one
+//   write of q; wider or float32 rows are read twice (the second read from cache). Bit for bit the LibTorch twin
 //   fp8::quantizeRows(x, twin = true): s times the float nearest 1/448, x / s divided.
 // - the weight transposed for the backward's GEMM (FP8 tensor cores take B column-major only): 64 × 64 byte tiles
 //   through shared memory, 4 bytes per thread access.
@@ -33,16 +34,69 @@ __device__ __forceinline__ uint8_t e4m3(float v) { return __nv_cvt_float_to_fp8(
 __device__ __forceinline__ float maxNan(float a, float b) { return a != a || a > b ? a : b; }
 
 // the block's max of v (every thread gets it)
+template <int THREADS = kThreads>
 __device__ __forceinline__ float blockMax(float v) {
-  __shared__ float part[kThreads / 32];
+  __shared__ float part[THREADS / 32];
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = maxNan(v, __shfl_xor_sync(0xffffffffu, v, o));
   if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
   __syncthreads();
   v = part[0];
 #pragma unroll
-  for (int w = 1; w < kThreads / 32; ++w) v = maxNan(v, part[w]);
+  for (int w = 1; w < THREADS / 32; ++w) v = maxNan(v, part[w]);
   return v;
+}
+
+// s = max|row| · (the float nearest 1/448), as LibTorch divides a tensor by a scalar; NaN rows stay NaN
+__device__ __forceinline__ float rowScale(float m) { return (m != m ? m : fmaxf(m, 1e-12f)) * (1.f / 448.f); }
+
+// A row of a 2-byte type held in registers: thread t owns the 16-byte chunks t, t + kRowThreads, ... (at most C of
+// them); all loads are in flight before the max. K % 8 == 0 and 16-byte aligned rows.
+constexpr int kRowThreads = 128;
+template <typename T, int C>
+__global__ void __launch_bounds__(kRowThreads) quantizeRowsInRegisters(const T* __restrict__ x, int64_t ldx, int64_t K,
+                                                                       const float* __restrict__ cols,
+                                                                       uint8_t* __restrict__ q, float* __restrict__ scale) {
+  static_assert(sizeof(T) == 2, "16-byte chunks of eight 2-byte elements");
+  const T* row = x + int64_t(blockIdx.x) * ldx;
+  uint8_t* out = q + int64_t(blockIdx.x) * K;
+  auto col = [&](int c) { return (int64_t(c) * kRowThreads + threadIdx.x) * kVec; };
+  uint4 raw[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c)
+    if (col(c) < K) raw[c] = *reinterpret_cast<const uint4*>(row + col(c));
+  // the chunk's eight values as float32, times their column factors
+  auto values = [&](int c, float (&v)[kVec]) {
+    const T* h = reinterpret_cast<const T*>(&raw[c]);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) v[e] = float(h[e]);
+    if (cols) {
+      const float4 a = reinterpret_cast<const float4*>(cols + col(c))[0], b = reinterpret_cast<const float4*>(cols + col(c))[1];
+      v[0] *= a.x, v[1] *= a.y, v[2] *= a.z, v[3] *= a.w, v[4] *= b.x, v[5] *= b.y, v[6] *= b.z, v[7] *= b.w;
+    }
+  };
+  float amax = 0;
+#pragma unroll
+  for (int c = 0; c < C; ++c)
+    if (col(c) < K) {
+      float v[kVec];
+      values(c, v);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) amax = maxNan(fabsf(v[e]), amax);
+    }
+  const float s = rowScale(blockMax<kRowThreads>(amax));
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+#pragma unroll
+  for (int c = 0; c < C; ++c)
+    if (col(c) < K) {
+      float v[kVec];
+      values(c, v);
+      uint2 packed;
+      uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) b[e] = e4m3(v[e] / s);
+      *reinterpret_cast<uint2*>(out + col(c)) = packed;
+    }
 }
 
 // VEC: K % 8 == 0 and 16-byte aligned rows (8 elements per step), else one element per step
@@ -66,8 +120,7 @@ __global__ void __launch_bounds__(kThreads) quantizeRowsKernel(const T* __restri
       amax = maxNan(fabsf(scaled(float(row[j]), j)), amax);
     }
   }
-  // × the float nearest 1/448, as LibTorch divides a tensor by a scalar; NaN rows stay NaN
-  const float m = blockMax(amax), s = (m != m ? m : fmaxf(m, 1e-12f)) * (1.f / 448.f);
+  const float s = rowScale(blockMax(amax));
   if (threadIdx.x == 0) scale[blockIdx.x] = s;
   for (int64_t j = int64_t(threadIdx.x) * step; j < K; j += int64_t(kThreads) * step) {
     if constexpr (VEC) {
@@ -124,6 +177,20 @@ std::pair<at::Tensor, at::Tensor> quantizeRowsE4m3(const at::Tensor& x, const at
     const bool vec = K % kVec == 0 && xc.stride(0) % kVec == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
     auto* qp = reinterpret_cast<uint8_t*>(q.data_ptr());
     const float* cp = cols.defined() ? cols.data_ptr<float>() : nullptr;
+    if constexpr (sizeof(T) == 2) {
+      const int64_t chunks = (K / kVec + kRowThreads - 1) / kRowThreads;  // per thread
+      auto inRegisters = [&](auto c) {
+        if (!vec || chunks > decltype(c)::value || reinterpret_cast<uintptr_t>(cp) % 16 != 0) return false;
+        quantizeRowsInRegisters<T, decltype(c)::value>
+            <<<unsigned(M), kRowThreads, 0, stream>>>(p, xc.stride(0), K, cp, qp, s.data_ptr<float>());
+        return true;
+      };
+      using std::integral_constant;
+      if (inRegisters(integral_constant<int, 2>{}) || inRegisters(integral_constant<int, 4>{}) ||
+          inRegisters(integral_constant<int, 8>{}) || inRegisters(integral_constant<int, 12>{}) ||
+          inRegisters(integral_constant<int, 16>{}) || inRegisters(integral_constant<int, 24>{}))
+        return;
+    }
     if (vec) quantizeRowsKernel<T, true><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, cp, qp, s.data_ptr<float>());
     else quantizeRowsKernel<T, false><<<unsigned(M), kThreads, 0, stream>>>(p, xc.stride(0), K, cp, qp, s.data_ptr<float>());
   };

@@ -7,6 +7,8 @@
 // Both projections (text_projection, visual_projection) map the pooled outputs into the joint embedding space.
 #include "models/clip.h"
 
+#include "core/streams.h"
+
 namespace x2i::clip {
 namespace {
 
@@ -78,6 +80,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   if (S > c.maxPositions)
     fail("ERR_SHAPE_MISMATCH", "ClipTextEncoder.forward: " + std::to_string(S) + " tokens, at most " + std::to_string(c.maxPositions));
   const auto dev = m.tokenEmbed.device();
+  SideStream side(dev);  // beside T5 and the MLLM
   at::Tensor ids = in.ids.to(dev, at::kLong);
   if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
     fail("ERR_INVALID_ARG", "ClipTextEncoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");
@@ -94,7 +97,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   at::Tensor pos = c.eosTokenId == 2 ? ids.argmax(-1) : (ids == c.eosTokenId).to(at::kInt).argmax(-1);
   out.pooled = out.last.index({at::arange(B, ids.options()), pos});
   if (m.projection.defined()) out.embeds = at::linear(out.pooled, m.projection);
-  syncDevice(out.last);
+  side.finish({&out.last, &out.pooled, &out.hidden, &out.embeds});
   return out;
 }
 

@@ -27,6 +27,9 @@ struct Config {
   bool exactTimesteps = false;
   // the block layers' weights in FP8 e4m3 with per-row scales, their GEMMs in FP8 (models/fp8.h)
   bool fp8 = false;
+  // each FP8 weight also kept transposed, the input gradient's operand (no transposition per backward; twice the
+  // FP8 weights' memory)
+  bool fp8Transposed = false;
   int64_t headDim() const { return hidden / heads; }
 };
 
@@ -69,6 +72,7 @@ struct Linear {
   // FP8 layers (models/fp8.h): w8 [out, in] float8_e4m3fn and per-row scales w8Scale [out] float32 (w ≈ w8 · scale);
   // w is then undefined
   at::Tensor w8, w8Scale;
+  at::Tensor w8t;  // w8 transposed [in, out] (Config::fp8Transposed; else undefined: the backward transposes per call)
   std::vector<LoraSlot> lora;
   // With frozen adapters: W and their down-projections in one [out + Σr, in] storage (w and each slot's down are
   // views of it), the bias likewise, so that one GEMM gives W x + b and every u = down · x (models/lora.cc)

@@ -74,33 +74,45 @@ at::Tensor onesRow(int64_t K, c10::Device device) {
 }
 #endif
 
+// w8 [N, K] → [K, N] bytes (the CUDA tile kernel; LibTorch's copy elsewhere)
+at::Tensor transposed(const at::Tensor& w8) {
+#ifdef X2I_CUDA_KERNELS
+  if (w8.is_cuda()) return kernels::transposeBytes(w8);
+#endif
+  return w8.t().contiguous();
+}
+
 // dx = dy · W for W = diag(scale) · w8 [N, K], dy [.., N]. On FP8 tensor cores (the forward's conditions, with N and K
 // swapped): the weight's row scales fold into dy's columns before its rows are quantized, so dx = q(dy · diag(scale)) · w8
-// with w8 transposed for the GEMM (tensor cores take the second operand column-major only) and dy's row scales in the
-// epilogue. Elsewhere, or with X2I_FP8_BACKWARD=dequantize: dy times the dequantized weights.
-at::Tensor inputGradient(const at::Tensor& w8, const at::Tensor& scale, const at::Tensor& dy) {
+// with w8 transposed for the GEMM (tensor cores take the second operand column-major only: the layer's kept w8t, else
+// transposed here) and dy's row scales in the epilogue. Elsewhere, or with X2I_FP8_BACKWARD=dequantize: dy times the
+// dequantized weights.
+at::Tensor inputGradient(const at::Tensor& w8, const at::Tensor& kept, const at::Tensor& scale, const at::Tensor& dy) {
   const int64_t K = w8.size(1);
   if (backwardUsesScaledMm(K, dy)) {
 #ifdef X2I_CUDA_KERNELS
     auto [g8, gs] = quantizeRows(dy.reshape({-1, dy.size(-1)}), false, scale);
-    const at::Tensor w8t = kernels::transposeBytes(w8);  // [K, N]
+    const at::Tensor w8t = kept.defined() ? kept : transposed(w8);  // [K, N]
     return rowsLike(at::_scaled_mm(g8, w8t.t(), gs, onesRow(K, dy.device()), std::nullopt, std::nullopt, at::kBFloat16, /*use_fast_accum=*/false), dy);
 #endif
   }
   return at::matmul(dy, dequantize(w8, scale, dy.scalar_type()));
 }
 
-// y = W x + b with W in FP8; backward: dx = dy · W (the weights frozen)
+// y = W x + b with W in FP8; backward: dx = dy · W (the weights frozen; w8t: w8 transposed, kept by the layer, or undefined)
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static variable_list forward(AutogradContext* ctx, at::Tensor x, at::Tensor w8, at::Tensor scale,
-                               std::optional<at::Tensor> b) {
+                               std::optional<at::Tensor> b, std::optional<at::Tensor> w8t) {
     ctx->saved_data["w8"] = w8;
+    if (w8t) ctx->saved_data["w8t"] = *w8t;
     ctx->saved_data["scale"] = scale;
     return {product(w8, scale, b.value_or(at::Tensor()), x)};
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     const at::Tensor w8 = ctx->saved_data["w8"].toTensor(), scale = ctx->saved_data["scale"].toTensor();
-    return {inputGradient(w8, scale, g[0]), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto kept = ctx->saved_data.find("w8t");
+    const at::Tensor w8t = kept != ctx->saved_data.end() ? kept->second.toTensor() : at::Tensor();
+    return {inputGradient(w8, w8t, scale, g[0]), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -120,6 +132,11 @@ void quantize(flux::Linear& l, c10::Device device) {
   if (l.b.defined()) l.b = l.b.to(device);
 }
 
+void keepTransposed(flux::Linear& l) {
+  c10::NoGradGuard noGrad;
+  l.w8t = transposed(l.w8);
+}
+
 std::pair<at::Tensor, at::Tensor> quantizeRows(const at::Tensor& x, bool twin, const at::Tensor& colScale) {
   c10::NoGradGuard noGrad;
 #ifdef X2I_CUDA_KERNELS
@@ -135,7 +152,8 @@ std::pair<at::Tensor, at::Tensor> quantizeRows(const at::Tensor& x, bool twin, c
 }
 
 at::Tensor linear(const flux::Linear& l, const at::Tensor& x) {
-  return Fp8Linear::apply(x, l.w8, l.w8Scale, l.b.defined() ? std::optional<at::Tensor>(l.b) : std::nullopt)[0];
+  return Fp8Linear::apply(x, l.w8, l.w8Scale, l.b.defined() ? std::optional<at::Tensor>(l.b) : std::nullopt,
+                         l.w8t.defined() ? std::optional<at::Tensor>(l.w8t) : std::nullopt)[0];
 }
 
 at::Tensor linearTwin(const flux::Linear& l, const at::Tensor& x, at::ScalarType dt) {

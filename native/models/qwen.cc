@@ -7,6 +7,8 @@
 // CUDA): pads take position 1, and a query row with no visible key (every left pad) attends to all keys.
 #include "models/qwen.h"
 
+#include "core/streams.h"
+
 #include <algorithm>
 #include <limits>
 #include <tuple>
@@ -349,6 +351,7 @@ Outputs forward(const Model& m, const Inputs& in) {
     fail("ERR_NOT_SUPPORTED", "QwenVLEncoder.generate: one prompt at a time (inputIds [1, S]), got " + shapeString(in.ids.sizes()));
   const auto dev = m.embed.device();
   const auto dt = m.embed.scalar_type();
+  SideStream side(dev);  // beside FLUX's T5 and CLIP
   at::Tensor ids = in.ids.to(dev, at::kLong);
   if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
     fail("ERR_INVALID_ARG", "QwenVLEncoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");
@@ -431,7 +434,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   if (in.capture) out.hidden.select(1, c.layers).copy_(last);  // the last entry after the final norm
   else out.hidden = last.unsqueeze(1);
   if (in.maxNewTokens > 0) decode(m, in, P, mask, last.select(1, S - 1).unsqueeze(1), cacheK, cacheV, out);
-  syncDevice(x);
+  side.finish({&out.hidden, &out.answer});
   return out;
 }
 

@@ -1,8 +1,11 @@
 // T5 v1.1 encoder (FLUX's text_encoder_2, as transformers' T5EncoderModel): RMS norms without mean or
 // bias, unscaled attention with a relative-position bias computed once (block 0's table, shared by all
 // blocks), gated-GELU (tanh) feed-forward. Hidden states of every layer are written into one preallocated
-// [B, L+1, S, d] buffer.
+// [B, L+1, S, d] buffer. q, k and v are stacked at load into one weight, and so are wi_0 and wi_1: one GEMM each
+// (at 512 tokens, T5-XXL's 4096-wide GEMMs alone fill half of an H100's SMs).
 #include "models/t5.h"
+
+#include "core/streams.h"
 
 #include <cmath>
 
@@ -44,16 +47,14 @@ std::shared_ptr<Model> load(const Config& c, std::map<std::string, at::Tensor> w
     const std::string p = "encoder.block." + std::to_string(i) + ".layer.";
     Layer l;
     l.ln0 = w.take(p + "0.layer_norm.weight", {c.dModel});
-    l.q = w.take(p + "0.SelfAttention.q.weight", {inner, c.dModel});
-    l.k = w.take(p + "0.SelfAttention.k.weight", {inner, c.dModel});
-    l.v = w.take(p + "0.SelfAttention.v.weight", {inner, c.dModel});
+    l.qkv = at::cat({w.take(p + "0.SelfAttention.q.weight", {inner, c.dModel}), w.take(p + "0.SelfAttention.k.weight", {inner, c.dModel}),
+                     w.take(p + "0.SelfAttention.v.weight", {inner, c.dModel})});
     l.o = w.take(p + "0.SelfAttention.o.weight", {c.dModel, inner});
     l.ln1 = w.take(p + "1.layer_norm.weight", {c.dModel});
     if (c.gated) {
-      l.wi0 = w.take(p + "1.DenseReluDense.wi_0.weight", {c.dFf, c.dModel});
-      l.wi1 = w.take(p + "1.DenseReluDense.wi_1.weight", {c.dFf, c.dModel});
+      l.wi = at::cat({w.take(p + "1.DenseReluDense.wi_0.weight", {c.dFf, c.dModel}), w.take(p + "1.DenseReluDense.wi_1.weight", {c.dFf, c.dModel})});
     } else {
-      l.wi0 = w.take(p + "1.DenseReluDense.wi.weight", {c.dFf, c.dModel});
+      l.wi = w.take(p + "1.DenseReluDense.wi.weight", {c.dFf, c.dModel});
     }
     l.wo = w.take(p + "1.DenseReluDense.wo.weight", {c.dModel, c.dFf});
     m->layers.push_back(std::move(l));
@@ -71,6 +72,7 @@ Outputs forward(const Model& m, const Inputs& in) {
                                    dtypeName(in.ids.scalar_type()) + " " + shapeString(in.ids.sizes()));
   const int64_t B = in.ids.size(0), S = in.ids.size(1);
   const auto dev = m.embed.device();
+  SideStream side(dev);  // beside CLIP and the MLLM
   at::Tensor ids = in.ids.to(dev, at::kLong);
   if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
     fail("ERR_INVALID_ARG", "T5Encoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");
@@ -92,24 +94,25 @@ Outputs forward(const Model& m, const Inputs& in) {
   for (int64_t i = 0; i < c.layers; ++i) {
     const Layer& l = m.layers[size_t(i)];
     at::Tensor h = rmsNorm(x, l.ln0, c.eps);
-    auto heads = [&](const at::Tensor& w) { return at::linear(h, w).view({B, S, c.heads, c.dKv}).transpose(1, 2); };
-    at::Tensor a = at::scaled_dot_product_attention(heads(l.q), heads(l.k), heads(l.v), bias, 0.0, false, /*scale=*/1.0);
+    at::Tensor qkv = at::linear(h, l.qkv).view({B, S, 3, c.heads, c.dKv}).permute({2, 0, 3, 1, 4});  // [3, B, heads, S, dKv]
+    at::Tensor a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], bias, 0.0, false, /*scale=*/1.0);
     x = x + at::linear(a.transpose(1, 2).reshape({B, S, c.heads * c.dKv}), l.o);
     h = rmsNorm(x, l.ln1, c.eps);
     at::Tensor f;
     if (c.gated) {
-      at::Tensor g = at::linear(h, l.wi0);
+      at::Tensor gu = at::linear(h, l.wi);  // [B, S, 2·dFf]: the gate's and the up-projection's halves
+      at::Tensor g = gu.narrow(-1, 0, c.dFf);
       g = c.act == "relu" ? at::relu(g) : at::gelu(g, c.act == "gelu" ? "none" : "tanh");
-      f = g * at::linear(h, l.wi1);
+      f = g * gu.narrow(-1, c.dFf, c.dFf);
     } else {
-      f = at::relu(at::linear(h, l.wi0));
+      f = at::relu(at::linear(h, l.wi));
     }
     x = x + at::linear(f, l.wo);
     if (i + 1 < c.layers) out.hidden.select(1, i + 1).copy_(x);
   }
   out.last = rmsNorm(x, m.finalLn, c.eps);
   out.hidden.select(1, c.layers).copy_(out.last);  // the last entry is after the final norm
-  syncDevice(out.last);
+  side.finish({&out.last, &out.hidden});
   return out;
 }
 

@@ -16,7 +16,7 @@ struct Config {
   std::string act;
 };
 struct Layer {
-  at::Tensor ln0, q, k, v, o, ln1, wi0, wi1, wo;
+  at::Tensor ln0, qkv, o, ln1, wi, wo;  // qkv: q, k, v stacked [3·inner, d]; wi: wi_0 over wi_1 [2·dFf, d] (gated) or wi
 };
 struct Inputs {
   at::Tensor ids, mask;

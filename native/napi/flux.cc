@@ -32,6 +32,7 @@ flux::Config parseConfig(const Napi::Object& o) {
   c.fast = !o.Get("fast").IsBoolean() || o.Get("fast").ToBoolean();
   c.exactTimesteps = o.Get("exactTimesteps").IsBoolean() && o.Get("exactTimesteps").ToBoolean();
   c.fp8 = o.Get("fp8").IsBoolean() && o.Get("fp8").ToBoolean();
+  c.fp8Transposed = o.Get("fp8Transposed").IsBoolean() && o.Get("fp8Transposed").ToBoolean();
   Napi::Value axes = o.Get("axes");
   if (!axes.IsArray()) fail("ERR_CONFIG", "FluxTransformer config: 'axes' must be an array");
   c.axes.clear();
@@ -148,6 +149,7 @@ struct FluxSpec : ModelSpec<flux::Model> {
       m->forEachLinear([&](const flux::Linear& l) { if (l.w8.defined()) params += l.w8.numel(); });
       o.Set("parameters", double(params));
       o.Set("fp8", m->cfg.fp8);
+      o.Set("fp8Transposed", m->cfg.fp8Transposed && m->cfg.fp8);
       return o;
     });
   }

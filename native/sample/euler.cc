@@ -1,5 +1,7 @@
 #include "sample/euler.h"
 
+#include "core/streams.h"
+
 #include <c10/core/InferenceMode.h>
 #ifdef X2I_CUDA_KERNELS
 #include <ATen/cuda/CUDAGraph.h>
@@ -65,16 +67,6 @@ std::string graphKey(const flux::Model& m, flux::Inputs& p) {
     k << '|' << name << '=' << a->scale << '/' << a->fusedScale;
   }
   return k.str();
-}
-
-// `waiter`'s later work starts after what `done` has queued so far
-void waitFor(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done) {
-  if (waiter == done) return;
-  cudaEvent_t e;
-  C10_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  C10_CUDA_CHECK(cudaEventRecord(e, done.stream()));
-  C10_CUDA_CHECK(cudaStreamWaitEvent(waiter.stream(), e, 0));
-  C10_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait has happened
 }
 
 // The allocator's state after a capture that failed part way (capture_end did not get to end the pool's routing).

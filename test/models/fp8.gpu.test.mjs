@@ -16,7 +16,7 @@ const bits = (t) => f64(t);
 
 describe('FP8 activations: kernel = LibTorch twin, bit for bit', { skip }, () => {
   for (const dtype of ['bfloat16', 'float16', 'float32'])
-    for (const [M, K, strided] of [[1, 16, false], [7, 3072, false], [33, 15360, false], [5, 100, false], [64, 12288, true], [3, 24, true]])
+    for (const [M, K, strided] of [[1, 16, false], [7, 3072, false], [6, 9216, false], [33, 15360, false], [4, 21504, false], [3, 24584, false], [5, 100, false], [64, 12288, true], [3, 24, true]])
       it(`${dtype} [${M}, ${K}]${strided ? ' (a row-strided view)' : ''}`, async () => {
         const full = await x2i.randn([M, strided ? K + 40 : K], { seed: M + K, device: 'cuda', dtype });
         const x = strided ? new x2i.Tensor(probes().narrowView(full.handle, 1, 8, K)) : full;
@@ -34,12 +34,14 @@ describe('FP8 activations: kernel = LibTorch twin, bit for bit', { skip }, () =>
 
   // the backward's form: the weight's row scales as column factors of dy
   for (const dtype of ['bfloat16', 'float32'])
-    for (const [M, K] of [[5, 3072], [9, 100], [64, 15360]])
-      it(`${dtype} [${M}, ${K}] with column scales`, async () => {
+    for (const [M, K, offset] of [[5, 3072, 0], [9, 100, 0], [64, 15360, 0], [4, 21504, 0], [6, 3072, 1]])
+      it(`${dtype} [${M}, ${K}] with column scales${offset ? ' (scales not 16-byte aligned)' : ''}`, async () => {
         const x = await x2i.randn([M, K], { seed: M, device: 'cuda', dtype });
-        const cpu = x2i.Tensor.fromArray(new Float32Array(K).map((_, j) => 2 ** ((j % 9) - 4) * (1 + j / K)), [K]);
-        const c = await cpu.to({ device: 'cuda' });
+        const cpu = x2i.Tensor.fromArray(new Float32Array(K + offset).map((_, j) => 2 ** ((j % 9) - 4) * (1 + j / K)), [K + offset]);
+        const full = await cpu.to({ device: 'cuda' });
         cpu.dispose();
+        const c = offset ? new x2i.Tensor(probes().narrowView(full.handle, 0, offset, K)) : full;
+        if (c !== full) full.dispose();
         const k = await probes().fp8QuantizeRows(x.handle, 'kernel', c.handle);
         const t = await probes().fp8QuantizeRows(x.handle, 'twin', c.handle);
         const [qk, qt, sk, st] = [k.q, t.q, k.scale, t.scale].map((h) => new x2i.Tensor(h));
@@ -188,5 +190,41 @@ describe('FluxTransformer with quantize: fp8 on the GPU', { skip }, () => {
     for (const t of Object.values(ins)) t.dispose();
     bf.dispose();
     f8.dispose();
+  });
+});
+
+describe('fp8TransposedWeights: the kept transposed weights give the same training step', { skip }, () => {
+  it('distillationStep: loss and gradients bit for bit equal to the per-backward transposition; more weight memory', async () => {
+    const cfg = { num_layers: 1, num_single_layers: 2 };  // FLUX.1-dev widths, fewer blocks
+    const B = 1, T = 64, N = 256;
+    const ids = new Float32Array(N * 3);
+    for (let n = 0; n < N; n++) ids[3 * n + 1] = Math.floor(n / 16), ids[3 * n + 2] = n % 16;
+    const common = { hiddenStates: await x2i.randn([B, N, 64], { seed: 1, device: 'cuda', dtype: 'bfloat16' }),
+      timestep: x2i.Tensor.fromArray(new Float32Array([0.7]), [1]), guidance: x2i.Tensor.fromArray(new Float32Array([3.5]), [1]),
+      imgIds: x2i.Tensor.fromArray(ids, [N, 3]), txtIds: x2i.Tensor.fromArray(new Float32Array(T * 3), [T, 3]) };
+    const teacher = { ...common, encoderHiddenStates: await x2i.randn([B, T, 4096], { seed: 2, device: 'cuda', dtype: 'bfloat16' }),
+      pooledProjections: await x2i.randn([B, 768], { seed: 3, device: 'cuda', dtype: 'bfloat16' }) };
+    const student = { ...common, encoderHiddenStates: await x2i.randn([B, T, 4096], { seed: 4, device: 'cuda', dtype: 'bfloat16' }),
+      pooledProjections: await x2i.randn([B, 768], { seed: 5, device: 'cuda', dtype: 'bfloat16' }) };
+    const mem = () => x2i.cuda.memory('cuda').allocated;
+    const m0 = mem();
+    const plain = await x2i.FluxTransformer.fromConfig(cfg, { device: 'cuda', dtype: 'bfloat16', seed: 7, quantize: 'fp8' });
+    const m1 = mem();
+    const kept = await x2i.FluxTransformer.fromConfig(cfg, { device: 'cuda', dtype: 'bfloat16', seed: 7, quantize: 'fp8', fp8TransposedWeights: true });
+    const m2 = mem();
+    assert.equal(plain.fp8TransposedWeights, false);
+    assert.equal(kept.fp8TransposedWeights, true);
+    assert.ok((m2 - m1) > 1.5 * (m1 - m0), `weights: kept ${(m2 - m1) / 2 ** 30} GiB vs plain ${(m1 - m0) / 2 ** 30} GiB`);
+    const a = await plain.distillationStep(teacher, student), b = await kept.distillationStep(teacher, student);
+    assert.equal(b.loss, a.loss);
+    for (const k of ['encoderHiddenStates', 'pooledProjections']) {
+      const [ga, gb] = [await f64(a.grad[k]), await f64(b.grad[k])];
+      assert.ok(ga.some((v) => v !== 0), `${k}: a zero gradient`);
+      assert.deepEqual(gb, ga, k);
+    }
+    for (const r of [a, b]) for (const t of Object.values(r.grad)) t.dispose();
+    for (const t of new Set([...Object.values(teacher), ...Object.values(student)])) t.dispose();
+    plain.dispose();
+    kept.dispose();
   });
 });

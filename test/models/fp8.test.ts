@@ -248,6 +248,26 @@ describe('FluxTransformer with quantize: fp8', () => {
     for (const t of [base, adapted, off]) t.dispose();
   });
 
+  it('fp8TransposedWeights: reported, the same forward and input gradient; without FP8 it does nothing; a non-boolean is refused', async () => {
+    const cfg = { num_layers: 1, num_single_layers: 1, attention_head_dim: 16, num_attention_heads: 2, joint_attention_dim: 32,
+      pooled_projection_dim: 16, axes_dims_rope: [4, 6, 6], in_channels: 16 };
+    using a = await FluxTransformer.fromConfig(cfg, { seed: 3, quantize: 'fp8' });
+    using b = await FluxTransformer.fromConfig(cfg, { seed: 3, quantize: 'fp8', fp8TransposedWeights: true });
+    using c = await FluxTransformer.fromConfig(cfg, { seed: 3, fp8TransposedWeights: true });
+    expect([a.fp8TransposedWeights, b.fp8TransposedWeights, c.fp8TransposedWeights]).toEqual([false, true, false]);
+    const ins = { hiddenStates: await x2i.randn([1, 8, 16], { seed: 1 }), encoderHiddenStates: await x2i.randn([1, 4, 32], { seed: 2 }),
+      pooledProjections: await x2i.randn([1, 16], { seed: 3 }), timestep: Tensor.fromArray(new Float32Array([0.5]), [1]),
+      guidance: Tensor.fromArray(new Float32Array([3.5]), [1]), imgIds: Tensor.fromArray(new Float32Array(24), [8, 3]),
+      txtIds: Tensor.fromArray(new Float32Array(12), [4, 3]) };
+    using gradSample = await x2i.randn([1, 8, 16], { seed: 9 });
+    const ga = await a.forwardBackward(ins, { gradSample }), gb = await b.forwardBackward(ins, { gradSample });
+    expect(await gb.sample.toArray()).toEqual(await ga.sample.toArray());
+    expect(await gb.grad.encoderHiddenStates.toArray()).toEqual(await ga.grad.encoderHiddenStates.toArray());
+    for (const t of [...Object.values(ins), ga.sample, gb.sample, ...Object.values(ga.grad), ...Object.values(gb.grad)]) t.dispose();
+    await expect(FluxTransformer.fromConfig(cfg, { quantize: 'fp8', fp8TransposedWeights: 'yes' as unknown as boolean }))
+      .rejects.toMatchObject({ code: 'ERR_INVALID_ARG', message: /fp8TransposedWeights/ });
+  });
+
   it('an unknown quantize option is a clear error', async () => {
     await expect(FluxTransformer.fromPretrained(folder, { quantize: 'int4' as 'fp8' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG', message: /quantize/ });
     await expect(FluxTransformer.fromConfig({}, { quantize: 'fp4' as 'fp8' })).rejects.toThrow(/quantize/);

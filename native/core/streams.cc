@@ -1,0 +1,50 @@
+#include "core/streams.h"
+
+#ifdef X2I_CUDA_KERNELS
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace x2i {
+
+#ifdef X2I_CUDA_KERNELS
+void waitFor(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done) {
+  if (waiter == done) return;
+  cudaEvent_t e;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventRecord(e, done.stream()));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(waiter.stream(), e, 0));
+  C10_CUDA_CHECK(cudaEventDestroy(e));  // released once the wait has happened
+}
+
+struct SideStream::Impl {
+  c10::cuda::CUDAStream caller, side;
+  c10::cuda::CUDAStreamGuard guard;
+  Impl(c10::cuda::CUDAStream c, c10::cuda::CUDAStream s) : caller(c), side(s), guard(s) {}
+};
+
+SideStream::SideStream(const c10::Device& d) {
+  if (!d.is_cuda()) return;
+  const auto caller = c10::cuda::getCurrentCUDAStream(d.index());
+  const auto side = c10::cuda::getStreamFromPool(false, d.index());
+  waitFor(side, caller);
+  impl_ = std::make_unique<Impl>(caller, side);
+}
+
+SideStream::~SideStream() = default;
+
+void SideStream::finish(std::initializer_list<const at::Tensor*> outputs) {
+  if (!impl_) return;
+  for (const at::Tensor* t : outputs)
+    if (t->defined() && t->is_cuda()) t->record_stream(impl_->caller);
+  impl_->side.synchronize();
+}
+#else
+struct SideStream::Impl {};
+SideStream::SideStream(const c10::Device&) {}
+SideStream::~SideStream() = default;
+void SideStream::finish(std::initializer_list<const at::Tensor*>) {}
+#endif
+
+}  // namespace x2i

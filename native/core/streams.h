@@ -1,0 +1,37 @@
+// A model's forward on a stream of its own, so that independent models called from different worker threads
+// (FLUX's T5 and CLIP, the MLLM of X2I's student) overlap on the GPU: GEMMs of 512 tokens fill half an H100's SMs.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <initializer_list>
+#include <memory>
+#ifdef X2I_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace x2i {
+
+#ifdef X2I_CUDA_KERNELS
+// `waiter`'s later work starts after what `done` has queued so far
+void waitFor(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done);
+#endif
+
+// On CUDA, from construction to destruction the thread's current stream is one of LibTorch's pool, which first
+// waits for the work queued so far on the caller's stream. finish() waits for the side stream (the call's results
+// are complete when it returns, as after syncDevice) and marks the outputs as used by the caller's stream, so that
+// the caching allocator does not hand their memory back to the side stream while the caller's kernels read them.
+// On CPUs it does nothing.
+class SideStream {
+ public:
+  explicit SideStream(const c10::Device& device);
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  void finish(std::initializer_list<const at::Tensor*> outputs);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace x2i
