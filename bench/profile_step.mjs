@@ -5,18 +5,18 @@
 //       --log-file fp8.csv node bench/profile_step.mjs --quantize fp8
 // records exactly those steps' kernels (bench/ncu_summary.mjs sums them by kernel). Without a profiler it prints the
 // median step time of --iters more steps.
-//   node bench/profile_step.mjs [--quantize none|fp8] [--steps 1] [--warmup 2] [--iters 5]
+//   node bench/profile_step.mjs [--quantize none|fp8] [--transposed (fp8TransposedWeights)] [--steps 1] [--warmup 2] [--iters 5]
 import { parseArgs } from 'node:util';
 import * as x2i from '../dist/index.js';
 import { profiled } from './profiled.mjs';
 
 const { values: args } = parseArgs({ options: {
-  quantize: { type: 'string', default: 'fp8' }, steps: { type: 'string', default: '1' }, warmup: { type: 'string', default: '2' },
+  quantize: { type: 'string', default: 'fp8' }, transposed: { type: 'boolean', default: false }, steps: { type: 'string', default: '1' }, warmup: { type: 'string', default: '2' },
   iters: { type: 'string', default: '5' } } });
 if (!['none', 'fp8'].includes(args.quantize)) { console.error(`--quantize: expected none or fp8, got ${args.quantize}`); process.exit(2); }
 if (!x2i.cuda.isAvailable()) { console.error('bench/profile_step.mjs needs CUDA'); process.exit(1); }
 const device = 'cuda', dtype = 'bfloat16', T = 512, N = 4096;
-const flux = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize: args.quantize });
+const flux = await x2i.FluxTransformer.fromConfig({}, { device, dtype, seed: 0, quantize: args.quantize, fp8TransposedWeights: args.transposed });
 const cond = async (seed) => ({
   encoderHiddenStates: await x2i.randn([1, T, 4096], { seed, device, dtype }),
   pooledProjections: await x2i.randn([1, 768], { seed: seed + 1, device, dtype }),
@@ -29,6 +29,6 @@ const sync = () => x2i.cuda.synchronize(device);
 const step = async () => { const r = await flux.distillationStep(teacher, student); for (const g of Object.values(r.grad)) g.dispose(); };
 
 const t = await profiled(step, sync, { warmup: Number(args.warmup), steps: Number(args.steps), iters: Number(args.iters) });
-console.log(`quantize ${args.quantize}: one distillation step median ${t.medianMs?.toFixed(2)} ms over ${t.n}`);
+console.log(`quantize ${args.quantize}${args.transposed ? ' (kept transposed)' : ''}: one distillation step median ${t.medianMs?.toFixed(2)} ms over ${t.n}`);
 for (const t of new Set([...Object.values(teacher), ...Object.values(student)])) t.dispose();
 flux.dispose();

@@ -4,6 +4,10 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <map>
+#include <mutex>
+#include <string>
 #endif
 
 namespace x2i {
@@ -24,10 +28,22 @@ struct SideStream::Impl {
   Impl(c10::cuda::CUDAStream c, c10::cuda::CUDAStream s) : caller(c), side(s), guard(s) {}
 };
 
-SideStream::SideStream(const c10::Device& d) {
+namespace {
+// one pool stream per tag and device, for the process's life (never destroyed: the pool's streams live as long)
+c10::cuda::CUDAStream sideStreamOf(const char* tag, c10::DeviceIndex d) {
+  static std::mutex mu;
+  static auto* made = new std::map<std::pair<std::string, c10::DeviceIndex>, c10::cuda::CUDAStream>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = made->find({tag, d});
+  if (it == made->end()) it = made->emplace(std::make_pair(std::string(tag), d), c10::cuda::getStreamFromPool(false, d)).first;
+  return it->second;
+}
+}  // namespace
+
+SideStream::SideStream(const c10::Device& d, const char* tag) {
   if (!d.is_cuda()) return;
   const auto caller = c10::cuda::getCurrentCUDAStream(d.index());
-  const auto side = c10::cuda::getStreamFromPool(false, d.index());
+  const auto side = sideStreamOf(tag, d.index());
   waitFor(side, caller);
   impl_ = std::make_unique<Impl>(caller, side);
 }
@@ -42,7 +58,7 @@ void SideStream::finish(std::initializer_list<const at::Tensor*> outputs) {
 }
 #else
 struct SideStream::Impl {};
-SideStream::SideStream(const c10::Device&) {}
+SideStream::SideStream(const c10::Device&, const char*) {}
 SideStream::~SideStream() = default;
 void SideStream::finish(std::initializer_list<const at::Tensor*>) {}
 #endif

@@ -16,14 +16,15 @@ namespace x2i {
 void waitFor(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done);
 #endif
 
-// On CUDA, from construction to destruction the thread's current stream is one of LibTorch's pool, which first
-// waits for the work queued so far on the caller's stream. finish() waits for the side stream (the call's results
+// On CUDA, from construction to destruction the thread's current stream is the side stream of `tag` (one of
+// LibTorch's pool, the same for every call with that tag on that device, so that the caching allocator, which keeps
+// freed blocks per stream, reuses them), which first waits for the work queued so far on the caller's stream. finish() waits for the side stream (the call's results
 // are complete when it returns, as after syncDevice) and marks the outputs as used by the caller's stream, so that
 // the caching allocator does not hand their memory back to the side stream while the caller's kernels read them.
 // On CPUs it does nothing.
 class SideStream {
  public:
-  explicit SideStream(const c10::Device& device);
+  SideStream(const c10::Device& device, const char* tag);
   ~SideStream();
   SideStream(const SideStream&) = delete;
   SideStream& operator=(const SideStream&) = delete;

@@ -80,7 +80,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   if (S > c.maxPositions)
     fail("ERR_SHAPE_MISMATCH", "ClipTextEncoder.forward: " + std::to_string(S) + " tokens, at most " + std::to_string(c.maxPositions));
   const auto dev = m.tokenEmbed.device();
-  SideStream side(dev);  // beside T5 and the MLLM
+  SideStream side(dev, "clip");  // beside T5 and the MLLM
   at::Tensor ids = in.ids.to(dev, at::kLong);
   if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
     fail("ERR_INVALID_ARG", "ClipTextEncoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");

@@ -351,7 +351,7 @@ Outputs forward(const Model& m, const Inputs& in) {
     fail("ERR_NOT_SUPPORTED", "QwenVLEncoder.generate: one prompt at a time (inputIds [1, S]), got " + shapeString(in.ids.sizes()));
   const auto dev = m.embed.device();
   const auto dt = m.embed.scalar_type();
-  SideStream side(dev);  // beside FLUX's T5 and CLIP
+  SideStream side(dev, "mllm");  // beside FLUX's T5 and CLIP
   at::Tensor ids = in.ids.to(dev, at::kLong);
   if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
     fail("ERR_INVALID_ARG", "QwenVLEncoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");

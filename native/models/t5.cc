@@ -72,7 +72,7 @@ Outputs forward(const Model& m, const Inputs& in) {
                                    dtypeName(in.ids.scalar_type()) + " " + shapeString(in.ids.sizes()));
   const int64_t B = in.ids.size(0), S = in.ids.size(1);
   const auto dev = m.embed.device();
-  SideStream side(dev);  // beside CLIP and the MLLM
+  SideStream side(dev, "t5");  // beside CLIP and the MLLM
   at::Tensor ids = in.ids.to(dev, at::kLong);
   if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab))
     fail("ERR_INVALID_ARG", "T5Encoder.forward: token ids must be in [0, " + std::to_string(c.vocab) + ")");
