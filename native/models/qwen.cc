@@ -67,7 +67,10 @@ at::Tensor attention(const Config& c, const Layer& l, const at::Tensor& q, at::T
                      const at::Tensor& zeroRows = {}) {
   const int64_t g = c.heads / c.kvHeads;
   if (g > 1) k = k.repeat_interleave(g, 1), v = v.repeat_interleave(g, 1);
-  at::Tensor a = at::scaled_dot_product_attention(q, k, v, bias);
+  // no bias: the plain causal mask, which SDPA's fused kernels take as is_causal (an additive mask may send it to
+  // its float32 math path)
+  at::Tensor a = at::scaled_dot_product_attention(q, k, v, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, 0.0,
+                                                  /*is_causal=*/!bias.defined());
   if (zeroRows.defined()) a = a.masked_fill(zeroRows.unsqueeze(1), 0);
   return at::linear(a.transpose(1, 2).reshape({q.size(0), q.size(2), c.hidden}), l.ow);
 }
@@ -369,7 +372,9 @@ Outputs forward(const Model& m, const Inputs& in) {
                  : in.positions == "arange" ? at::arange(S, ids.options()).expand({3, B, S})
                                             : at::where(mask == 1, mask.cumsum(-1) - 1, at::ones_like(mask)).unsqueeze(0).expand({3, B, S});
   auto [cos, sin] = mrope(c, P, dt);
-  // additive mask: causal and key padding; rows that see no key at all are unmasked (x2i rule)
+  // additive mask: causal and key padding; rows that see no key at all are unmasked (x2i rule). Without padding
+  // the mask is the causal one alone: no bias (attention() asks SDPA for is_causal)
+  const bool padded = in.mask.defined() && !(mask == 1).all().item<bool>();
   const auto f = at::TensorOptions().dtype(dt).device(dev);
   at::Tensor causal = at::ones({S, S}, f.dtype(at::kBool)).tril();
   at::Tensor visible = causal.unsqueeze(0) & (mask == 1).unsqueeze(1);  // [B, S(q), S(k)]
@@ -377,7 +382,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   // attention output (what PyTorch's SDPA returns for a fully masked row, as transformers 5 relies on)
   const at::Tensor blind = ~visible.any(-1, true);  // [B, S, 1]
   visible = visible | blind;
-  at::Tensor bias = at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowestOf(dt));
+  const at::Tensor bias = padded ? at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowestOf(dt)) : at::Tensor();
   Outputs out;
   // all-layer capture: one [B, L+1, S, H] buffer; each layer's residual sum is computed into its slot (no
   // copy), the embeddings and the final norm are copied in;
@@ -415,7 +420,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   }
   if (in.capture) out.hidden.select(1, 0).copy_(x);
   std::vector<at::Tensor> cacheK, cacheV;  // generation: every layer's rotated keys and values
-  const at::Tensor zeroRows = in.padRule == "mask" ? blind : at::Tensor();
+  const at::Tensor zeroRows = padded && in.padRule == "mask" ? blind : at::Tensor();
   for (int64_t i = 0; i < c.layers; ++i) {
     const Layer& l = m.layers[size_t(i)];
     auto [q, k, v] = attentionInputs(c, l, x, cos, sin);

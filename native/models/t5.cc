@@ -31,6 +31,13 @@ at::Tensor buckets(int64_t S, int64_t numBuckets, int64_t maxDistance, c10::Devi
   return ret + at::where(a < maxExact, a, large);
 }
 
+// softmax(q kᵀ + bias) v, unscaled, the softmax in float32 (transformers' T5Attention): SDPA would take its float32
+// math path for the [1, heads, S, S] bias
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias) {
+  const at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) + bias;  // [B, heads, S, S]
+  return at::matmul(at::softmax(scores, -1, at::promote_types(at::kFloat, scores.scalar_type())).to(v.scalar_type()), v);
+}
+
 }  // namespace
 
 
@@ -95,7 +102,7 @@ Outputs forward(const Model& m, const Inputs& in) {
     const Layer& l = m.layers[size_t(i)];
     at::Tensor h = rmsNorm(x, l.ln0, c.eps);
     at::Tensor qkv = at::linear(h, l.qkv).view({B, S, 3, c.heads, c.dKv}).permute({2, 0, 3, 1, 4});  // [3, B, heads, S, dKv]
-    at::Tensor a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], bias, 0.0, false, /*scale=*/1.0);
+    at::Tensor a = attention(qkv[0], qkv[1], qkv[2], bias);
     x = x + at::linear(a.transpose(1, 2).reshape({B, S, c.heads * c.dKv}), l.o);
     h = rmsNorm(x, l.ln1, c.eps);
     at::Tensor f;
