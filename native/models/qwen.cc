@@ -58,9 +58,10 @@ std::array<at::Tensor, 3> attentionInputs(const Config& c, const Layer& l, const
                                           const at::Tensor& sin) {
   const int64_t B = x.size(0), S = x.size(1), hd = c.hidden / c.heads;
   const at::Tensor h = rmsNorm(x, l.inLn, c.eps);
-  at::Tensor q = at::linear(h, l.qw, l.qb).view({B, S, c.heads, hd}).transpose(1, 2);
-  at::Tensor k = at::linear(h, l.kw, l.kb).view({B, S, c.kvHeads, hd}).transpose(1, 2);
-  at::Tensor v = at::linear(h, l.vw, l.vb).view({B, S, c.kvHeads, hd}).transpose(1, 2);
+  const auto qkv = at::linear(h, l.qkvW, l.qkvB).split_with_sizes({c.heads * hd, c.kvHeads * hd, c.kvHeads * hd}, -1);
+  at::Tensor q = qkv[0].view({B, S, c.heads, hd}).transpose(1, 2);
+  at::Tensor k = qkv[1].view({B, S, c.kvHeads, hd}).transpose(1, 2);
+  at::Tensor v = qkv[2].view({B, S, c.kvHeads, hd}).transpose(1, 2);
   return {q * cos + rotateHalf(q) * sin, k * cos + rotateHalf(k) * sin, v};
 }
 at::Tensor attention(const Config& c, const Layer& l, const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& bias,
@@ -76,7 +77,8 @@ at::Tensor attention(const Config& c, const Layer& l, const at::Tensor& q, at::T
 }
 at::Tensor mlp(const Config& c, const Layer& l, const at::Tensor& x) {
   const at::Tensor h = rmsNorm(x, l.postLn, c.eps);
-  return at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+  const auto gu = at::linear(h, l.gateUp).chunk(2, -1);  // [B, S, I] each
+  return at::linear(at::silu(gu[0]) * gu[1], l.down);
 }
 
 // ---------------------------------------------------------------- vision tower
@@ -270,13 +272,14 @@ std::shared_ptr<Model> load(const FullConfig& full, std::map<std::string, at::Te
     const std::string p = "model.layers." + std::to_string(i) + ".";
     Layer l;
     l.inLn = w.take(p + "input_layernorm.weight", {H});
-    std::tie(l.qw, l.qb) = w.linear(p + "self_attn.q_proj", H, H);
-    std::tie(l.kw, l.kb) = w.linear(p + "self_attn.k_proj", kv, H);
-    std::tie(l.vw, l.vb) = w.linear(p + "self_attn.v_proj", kv, H);
+    // q, k and v as one GEMM (their weights and biases stacked), gate and up likewise
+    const auto [qw, qb] = w.linear(p + "self_attn.q_proj", H, H);
+    const auto [kw, kb] = w.linear(p + "self_attn.k_proj", kv, H);
+    const auto [vw, vb] = w.linear(p + "self_attn.v_proj", kv, H);
+    l.qkvW = at::cat({qw, kw, vw}), l.qkvB = at::cat({qb, kb, vb});
     l.ow = w.take(p + "self_attn.o_proj.weight", {H, H});
     l.postLn = w.take(p + "post_attention_layernorm.weight", {H});
-    l.gate = w.take(p + "mlp.gate_proj.weight", {I, H});
-    l.up = w.take(p + "mlp.up_proj.weight", {I, H});
+    l.gateUp = at::cat({w.take(p + "mlp.gate_proj.weight", {I, H}), w.take(p + "mlp.up_proj.weight", {I, H})});
     l.down = w.take(p + "mlp.down_proj.weight", {H, I});
     m->layers.push_back(std::move(l));
   }

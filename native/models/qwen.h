@@ -17,7 +17,7 @@ struct Config {
   std::array<int64_t, 3> mropeSection;
 };
 struct Layer {
-  at::Tensor inLn, qw, qb, kw, kb, vw, vb, ow, postLn, gate, up, down;
+  at::Tensor inLn, qkvW, qkvB, ow, postLn, gateUp, down;  // q, k, v stacked (weights and biases); gate over up
 };
 struct VisionConfig {
   bool present = false;

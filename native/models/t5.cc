@@ -12,10 +12,10 @@
 namespace x2i::t5 {
 namespace {
 
+// T5LayerNorm: normalise in float32 and round to the model dtype (at::rms_norm without a weight: one fused kernel
+// where LibTorch has it), then the weight in the model dtype
 at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  at::Tensor xf = x.to(at::promote_types(at::kFloat, x.scalar_type()));
-  at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
-  return y.to(w.scalar_type()) * w;
+  return at::rms_norm(x, {x.size(-1)}, std::nullopt, eps).to(w.scalar_type()) * w;
 }
 
 // Bidirectional relative-position buckets [S, S] as transformers computes them (float32 log, truncation).
