@@ -84,4 +84,30 @@ describe('FluxPipeline with text encoders', () => {
     await expect(pipe.generate({ prompt: 'x', height: 32, width: 32 })).rejects.toThrow(/needs textEncoder \(CLIP\) and textEncoder2 \(T5\)/);
     t5.dispose();
   });
+
+  it("the two encoders run together; when one fails, the other's outputs are disposed and its error is thrown", async () => {
+    let inFlight = 0, most = 0;
+    const slow = async <T>(make: () => Promise<T>) => {
+      most = Math.max(most, ++inFlight);
+      await new Promise((r) => setTimeout(r, 20));
+      inFlight--;
+      return make();
+    };
+    const t5Stub = { encodePrompt: () => slow(async () => ({ lastHiddenState: await x2i.randn([1, 3, 4]), hiddenStates: await x2i.randn([1, 2, 3, 4]) })) };
+    const clipOk = { encodePrompt: () => slow(async () => ({ lastHiddenState: await x2i.randn([1, 2, 2]), hiddenStates: await x2i.randn([1, 1, 2, 2]),
+      pooledOutput: await x2i.randn([1, 2]) })) };
+    const clipBad = { encodePrompt: () => slow(async () => { throw new x2i.X2IError('clip broke', 'ERR_INVALID_ARG'); }) };
+    const make = (clip: object) => new FluxPipeline({ transformer: pipe.transformer, vae: pipe.vae,
+      textEncoder: clip as x2i.ClipTextEncoder, textEncoder2: t5Stub as unknown as x2i.T5Encoder });
+    await settleGc();
+    const before = x2i.memory().tensors;
+    const e = await make(clipOk).encodePrompt('x');
+    expect(most).toBe(2);
+    expect([e.promptEmbeds.shape, e.pooledPromptEmbeds.shape]).toEqual([[1, 3, 4], [1, 2]]);
+    e.promptEmbeds.dispose();
+    e.pooledPromptEmbeds.dispose();
+    await expect(make(clipBad).encodePrompt('x')).rejects.toThrow(/clip broke/);
+    await settleGc();
+    expect(x2i.memory().tensors).toBe(before);
+  });
 });
