@@ -2,7 +2,8 @@
 // (every model's fromConfig): FLUX.1-dev-size transformer (one copy, shared by teacher and student), T5-XXL-size
 // and CLIP-L-size teacher encoders, a Qwen2.5-VL-7B-size MLLM and X2I's AlignNet; 1024² (4096 image tokens), 512
 // text tokens, batch 1.
-//   step = T5 + CLIP (teacher conditioning) + Qwen prefill with all 29 states + X2ITrainer.trainStep (teacher
+//   step = T5 + CLIP (teacher conditioning) + Qwen prefill with all 29 states, the three side by side (the baseline
+//          runs them one after another) + X2ITrainer.trainStep (teacher
 //          forward with its 76 taps, AlignNet, student forward + backward through the frozen transformer with the
 //          fused loss, AlignNet backward, clipping, AdamW on float32 masters)
 //   generation = T5 + CLIP + 28 Euler steps of the transformer + VAE decode at 1024²

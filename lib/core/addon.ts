@@ -165,7 +165,7 @@ export interface NativeFluxInfo {
   parameters: number;
   /** Whether the block layers hold FP8 weights. */
   fp8: boolean;
-  /** Whether they are also kept transposed (NativeFluxConfig.fp8Transposed). */
+  /** Whether they are also kept transposed (NativeFluxConfig.fp8Transposed, where the FP8 backward runs on tensor cores). */
   fp8Transposed: boolean;
 }
 

@@ -87,7 +87,9 @@ export interface FluxLoadOptions extends LoadingOptions {
    * With `quantize: 'fp8'`: also keep each FP8 weight transposed, the operand of the input gradient on FP8 tensor
    * cores (which take their second operand column-major only). false (default): each backward transposes the weight
    * it needs (a buffer of one layer). true: the FP8 block weights take twice their memory (FLUX.1-dev: about 22 GiB
-   * instead of 11.4, as much as bf16) for a faster training step (bench/RESULTS.md). Without FP8 it does nothing.
+   * instead of 11.4, as much as bf16) for a faster training step (bench/RESULTS.md). It does nothing where the input
+   * gradient cannot run on FP8 tensor cores (no FP8, CPUs, GPUs before compute capability 8.9, fp16 models):
+   * `flux.fp8TransposedWeights` says whether the copies were made.
    */
   fp8TransposedWeights?: boolean;
 }
@@ -308,7 +310,7 @@ export class FluxTransformer extends NativeModel<NativeFlux> {
   readonly precision: 'fast' | 'reference';
   /** 'fp8' where the block layers hold FP8 weights (FluxLoadOptions.quantize). */
   readonly quantize: 'none' | 'fp8';
-  /** Whether FP8 weights are also kept transposed (FluxLoadOptions.fp8TransposedWeights). */
+  /** Whether FP8 weights are also kept transposed (FluxLoadOptions.fp8TransposedWeights, where it applies). */
   readonly fp8TransposedWeights: boolean;
 
   private constructor(h: NativeFlux, config: FluxConfig, layout: Layout, precision: 'fast' | 'reference' = 'fast') {

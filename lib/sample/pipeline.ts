@@ -108,7 +108,7 @@ export interface FluxImages {
 
 /** FLUX's text conditioning: T5 (padded to `maxSequenceLength`, default 512, no mask) → sequence, CLIP (77) → pooled.
  * The two encoders run side by side (on a GPU each on a CUDA stream of its own); if one fails, the other's outputs are
- * disposed and the first error is thrown. */
+ * disposed and its error is thrown (T5's when both fail). */
 export async function encodeFluxPrompt(t5: T5Encoder, clip: ClipTextEncoder, prompt: string | string[],
   opts: { tokenizer?: PromptTokenizer; tokenizer2?: PromptTokenizer; maxSequenceLength?: number } = {}): Promise<{
     promptEmbeds: Tensor; pooledPromptEmbeds: Tensor }> {

@@ -224,8 +224,7 @@ export class X2ITrainer {
     // owned as soon as they exist, and the step waits for it before it disposes what it owns
     let studentEncoding: Promise<Tensor> | undefined;
     try {
-      if (role !== 'teacher' && 'prompt' in batch.student) {
-        if (!this.mllm) throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
+      if (role !== 'teacher' && 'prompt' in batch.student && this.mllm) {
         studentEncoding = encodeStudentPrompt(this.mllm, batch.student.prompt, { maxLength: 512 })  // X2I's training length
           .then((r) => (own(r.attentionMask), own(r.hiddenStates)));
         studentEncoding.catch(() => {});  // awaited below; a failure of the teacher's half comes first
@@ -284,6 +283,8 @@ export class X2ITrainer {
 
       // ---- the student half: MLLM hidden states → AlignNet → the student pass with the fused loss
       // (prompts were sent to the MLLM at the start of the step)
+      if (!studentEncoding && 'prompt' in batch.student)
+        throw new X2IError('X2ITrainer: prompts need the mllm (or pass hidden states)', 'ERR_INVALID_ARG');
       const hidden = studentEncoding ? await studentEncoding : (batch.student as { hiddenStates: Tensor }).hiddenStates;
       const student = await this.alignNet.forward(hidden);
       own(student.encoderHiddenStates);

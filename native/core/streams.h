@@ -16,12 +16,14 @@ namespace x2i {
 void waitFor(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done);
 #endif
 
-// On CUDA, from construction to destruction the thread's current stream is the side stream of `tag` (one of
-// LibTorch's pool, the same for every call with that tag on that device, so that the caching allocator, which keeps
-// freed blocks per stream, reuses them), which first waits for the work queued so far on the caller's stream. finish() waits for the side stream (the call's results
-// are complete when it returns, as after syncDevice) and marks the outputs as used by the caller's stream, so that
-// the caching allocator does not hand their memory back to the side stream while the caller's kernels read them.
-// On CPUs it does nothing.
+// On CUDA, from construction to destruction the thread's current stream is the side stream of `tag`: one per tag and
+// device for the process's life (so that the caching allocator, which keeps freed blocks per stream, reuses them),
+// made for this (no other code queues work on it). It first waits for the work queued so far on the caller's stream.
+// finish() waits for the side stream (the call's results are complete when it returns, as after syncDevice) and marks
+// the outputs as used by the caller's stream, so that the allocator does not hand their memory back to the side
+// stream while the caller's kernels read them. A forward that throws before finish() leaves the caller's stream
+// waiting for the side stream. Without the CUDA kernels (CPUs, CUDA builds without nvcc) finish() synchronises the
+// device.
 class SideStream {
  public:
   SideStream(const c10::Device& device, const char* tag);

@@ -3,7 +3,8 @@
 //   column first (the weight's row scales, folded into the gradient), scaled by its own s = max|row| · (1/448) and rounded
 //   to float8_e4m3fn (nearest even), in one kernel, a block per row. Rows of bf16 / fp16 up to 24576 wide stay in
 //   registers: every 16-byte load of the row is issued before the max is taken, so HBM sees one read of x and one
-//   write of q; wider or float32 rows are read twice (the second read from cache). Bit for bit the LibTorch twin
+//   write of q; other rows (wider, float32, K % 8 ≠ 0, rows or column factors not 16-byte aligned) are read twice
+//   (the second read from cache). Bit for bit the LibTorch twin
 //   fp8::quantizeRows(x, twin = true): s times the float nearest 1/448, x / s divided.
 // - the weight transposed for the backward's GEMM (FP8 tensor cores take B column-major only): 64 × 64 byte tiles
 //   through shared memory, 4 bytes per thread access.

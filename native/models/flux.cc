@@ -551,7 +551,7 @@ std::shared_ptr<Model> load(const Config& cfg, std::map<std::string, at::Tensor>
   m->forEachBlockLinear([&](Linear& l) {
     if (cfg.fp8) fp8::quantize(l, dev);  // one layer at a time, on the device
     if (l.w8.defined()) l.w8 = l.w8.to(dev), l.w8Scale = l.w8Scale.to(dev, at::kFloat), m->cfg.fp8 = true;
-    if (l.w8.defined() && cfg.fp8Transposed) fp8::keepTransposed(l);
+    if (l.w8.defined() && cfg.fp8Transposed) fp8::keepTransposed(l, dt);
   });
   auto fix = [&](at::Tensor& t) {
     if (t.defined() && at::isFloat8Type(t.scalar_type()))

@@ -132,9 +132,10 @@ void quantize(flux::Linear& l, c10::Device device) {
   if (l.b.defined()) l.b = l.b.to(device);
 }
 
-void keepTransposed(flux::Linear& l) {
+void keepTransposed(flux::Linear& l, at::ScalarType dtype) {
   c10::NoGradGuard noGrad;
-  l.w8t = transposed(l.w8);
+  const at::Tensor dy = at::empty({0, l.w8.size(0)}, l.w8.options().dtype(dtype));  // the output gradient's kind
+  if (usesScaledMm(l.w8.size(1), dy)) l.w8t = transposed(l.w8);
 }
 
 std::pair<at::Tensor, at::Tensor> quantizeRows(const at::Tensor& x, bool twin, const at::Tensor& colScale) {

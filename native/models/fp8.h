@@ -17,8 +17,9 @@ std::pair<at::Tensor, at::Tensor> quantizeWeight(const at::Tensor& w, c10::Devic
 // Quantizes the layer in place (w dropped, w8 / w8Scale set; the bias moved to `device`). LoRA adapters stay
 // unfused on top.
 void quantize(flux::Linear& l, c10::Device device);
-// Keeps w8 transposed too (l.w8t [in, out]): the input gradient's operand, made once instead of at every backward.
-void keepTransposed(flux::Linear& l);
+// Keeps w8 transposed too (l.w8t [in, out]): the input gradient's operand on FP8 tensor cores, made once instead of
+// at every backward; only where the backward of a `dtype` model can take that path (elsewhere it is never read).
+void keepTransposed(flux::Linear& l, at::ScalarType dtype);
 
 // x [M, K] → x8 [M, K] float8_e4m3fn and scale [M, 1] float32 (per-row amax / 448): the CUDA kernel where built,
 // else (or with `twin`) LibTorch ops. With colScale [K]: x times it (in float32) is quantized.

@@ -378,14 +378,17 @@ Outputs forward(const Model& m, const Inputs& in) {
   // additive mask: causal and key padding; rows that see no key at all are unmasked (x2i rule). Without padding
   // the mask is the causal one alone: no bias (attention() asks SDPA for is_causal)
   const bool padded = in.mask.defined() && !(mask == 1).all().item<bool>();
-  const auto f = at::TensorOptions().dtype(dt).device(dev);
-  at::Tensor causal = at::ones({S, S}, f.dtype(at::kBool)).tril();
-  at::Tensor visible = causal.unsqueeze(0) & (mask == 1).unsqueeze(1);  // [B, S(q), S(k)]
-  // rows that see no key at all (every left pad): 'x2i' lets them attend to every key; 'mask' gives them a zero
-  // attention output (what PyTorch's SDPA returns for a fully masked row, as transformers 5 relies on)
-  const at::Tensor blind = ~visible.any(-1, true);  // [B, S, 1]
-  visible = visible | blind;
-  const at::Tensor bias = padded ? at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowestOf(dt)) : at::Tensor();
+  at::Tensor bias, blind;
+  if (padded) {
+    const auto f = at::TensorOptions().dtype(dt).device(dev);
+    at::Tensor causal = at::ones({S, S}, f.dtype(at::kBool)).tril();
+    at::Tensor visible = causal.unsqueeze(0) & (mask == 1).unsqueeze(1);  // [B, S(q), S(k)]
+    // rows that see no key at all (every left pad): 'x2i' lets them attend to every key; 'mask' gives them a zero
+    // attention output (what PyTorch's SDPA returns for a fully masked row, as transformers 5 relies on)
+    blind = ~visible.any(-1, true);  // [B, S, 1]
+    visible = visible | blind;
+    bias = at::zeros({B, 1, S, S}, f).masked_fill(~visible.unsqueeze(1), lowestOf(dt));
+  }
   Outputs out;
   // all-layer capture: one [B, L+1, S, H] buffer; each layer's residual sum is computed into its slot (no
   // copy), the embeddings and the final norm are copied in;
@@ -423,7 +426,7 @@ Outputs forward(const Model& m, const Inputs& in) {
   }
   if (in.capture) out.hidden.select(1, 0).copy_(x);
   std::vector<at::Tensor> cacheK, cacheV;  // generation: every layer's rotated keys and values
-  const at::Tensor zeroRows = padded && in.padRule == "mask" ? blind : at::Tensor();
+  const at::Tensor zeroRows = in.padRule == "mask" ? blind : at::Tensor();
   for (int64_t i = 0; i < c.layers; ++i) {
     const Layer& l = m.layers[size_t(i)];
     auto [q, k, v] = attentionInputs(c, l, x, cos, sin);

@@ -149,7 +149,9 @@ struct FluxSpec : ModelSpec<flux::Model> {
       m->forEachLinear([&](const flux::Linear& l) { if (l.w8.defined()) params += l.w8.numel(); });
       o.Set("parameters", double(params));
       o.Set("fp8", m->cfg.fp8);
-      o.Set("fp8Transposed", m->cfg.fp8Transposed && m->cfg.fp8);
+      bool kept = false;
+      m->forEachLinear([&](const flux::Linear& l) { kept = kept || l.w8t.defined(); });
+      o.Set("fp8Transposed", kept);
       return o;
     });
   }

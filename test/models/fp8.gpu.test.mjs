@@ -213,8 +213,8 @@ describe('fp8TransposedWeights: the kept transposed weights give the same traini
     const kept = await x2i.FluxTransformer.fromConfig(cfg, { device: 'cuda', dtype: 'bfloat16', seed: 7, quantize: 'fp8', fp8TransposedWeights: true });
     const m2 = mem();
     assert.equal(plain.fp8TransposedWeights, false);
-    assert.equal(kept.fp8TransposedWeights, true);
-    assert.ok((m2 - m1) > 1.5 * (m1 - m0), `weights: kept ${(m2 - m1) / 2 ** 30} GiB vs plain ${(m1 - m0) / 2 ** 30} GiB`);
+    assert.equal(kept.fp8TransposedWeights, fp8Capable);  // kept only where the backward runs on FP8 tensor cores
+    if (fp8Capable) assert.ok((m2 - m1) > 1.5 * (m1 - m0), `weights: kept ${(m2 - m1) / 2 ** 30} GiB vs plain ${(m1 - m0) / 2 ** 30} GiB`);
     const a = await plain.distillationStep(teacher, student), b = await kept.distillationStep(teacher, student);
     assert.equal(b.loss, a.loss);
     for (const k of ['encoderHiddenStates', 'pooledProjections']) {
