@@ -83,30 +83,21 @@ async function trainingStep(transformer, checkpoint) {
 }
 result.runs.step = await trainingStep(flux, false);
 result.runs.step_checkpoint = await trainingStep(flux, true);
-// the step's encoders one by one (median of 5 after a warm-up, a device synchronisation at each end)
+// the step's encoders one by one, then the three side by side (median of 5 after a warm-up, a device synchronisation
+// at each end)
 result.runs.encoders = {};
-for (const [name, fn] of [['t5', () => t5.forward({ inputIds: ids.t5 })], ['clip', () => clip.forward({ inputIds: ids.clip })],
-  ['qwen', () => qwen.forward({ inputIds: ids.qwen })]]) {
+const encode = { t5: () => t5.forward({ inputIds: ids.t5 }), clip: () => clip.forward({ inputIds: ids.clip }),
+  qwen: () => qwen.forward({ inputIds: ids.qwen }) };
+for (const [name, fns] of [['t5', [encode.t5]], ['clip', [encode.clip]], ['qwen', [encode.qwen]], ['sideBySide', Object.values(encode)]]) {
   const ts = [];
   for (let i = 0; i < 6; i++) {
     const s0 = now();
-    const r = await fn();
-    await x2i.cuda.synchronize(device);
-    ts.push(now() - s0);
-    for (const v of Object.values(r)) if (v instanceof x2i.Tensor) v.dispose();
-  }
-  result.runs.encoders[name] = median(ts.slice(1));
-}
-{  // and the three side by side
-  const ts = [];
-  for (let i = 0; i < 6; i++) {
-    const s0 = now();
-    const rs = await Promise.all([t5.forward({ inputIds: ids.t5 }), clip.forward({ inputIds: ids.clip }), qwen.forward({ inputIds: ids.qwen })]);
+    const rs = await Promise.all(fns.map((fn) => fn()));
     await x2i.cuda.synchronize(device);
     ts.push(now() - s0);
     for (const r of rs) for (const v of Object.values(r)) if (v instanceof x2i.Tensor) v.dispose();
   }
-  result.runs.encoders.sideBySide = median(ts.slice(1));
+  result.runs.encoders[name] = median(ts.slice(1));
 }
 
 // ---- teacher generation: T5 + CLIP + 28 steps + VAE decode at 1024²

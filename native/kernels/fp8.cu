@@ -72,8 +72,10 @@ __global__ void __launch_bounds__(kRowThreads) quantizeRowsInRegisters(const T* 
 #pragma unroll
     for (int e = 0; e < kVec; ++e) v[e] = float(h[e]);
     if (cols) {
-      const float4 a = reinterpret_cast<const float4*>(cols + col(c))[0], b = reinterpret_cast<const float4*>(cols + col(c))[1];
-      v[0] *= a.x, v[1] *= a.y, v[2] *= a.z, v[3] *= a.w, v[4] *= b.x, v[5] *= b.y, v[6] *= b.z, v[7] *= b.w;
+      float f[kVec];
+      load8(cols + col(c), f);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) v[e] *= f[e];
     }
   };
   float amax = 0;

@@ -155,13 +155,11 @@ describe('FluxTransformer with quantize: fp8 on the GPU', { skip }, () => {
   it('the bf16 model of the same seed, quantized: close, half the weight memory, and faster per forward', async () => {
     const cfg = { num_layers: 2, num_single_layers: 4 };  // FLUX.1-dev widths, fewer blocks
     const B = 1, T = 512, N = 4096;
-    const ids = new Float32Array(N * 3);
-    for (let n = 0; n < N; n++) ids[3 * n + 1] = Math.floor(n / 64), ids[3 * n + 2] = n % 64;
     const ins = { hiddenStates: await x2i.randn([B, N, 64], { seed: 1, device: 'cuda', dtype: 'bfloat16' }),
       encoderHiddenStates: await x2i.randn([B, T, 4096], { seed: 2, device: 'cuda', dtype: 'bfloat16' }),
       pooledProjections: await x2i.randn([B, 768], { seed: 3, device: 'cuda', dtype: 'bfloat16' }),
       timestep: x2i.Tensor.fromArray(new Float32Array([1]), [1]), guidance: x2i.Tensor.fromArray(new Float32Array([4]), [1]),
-      imgIds: x2i.Tensor.fromArray(ids, [N, 3]), txtIds: x2i.Tensor.fromArray(new Float32Array(T * 3), [T, 3]) };
+      imgIds: x2i.FluxPipeline.imageIds(128, 128), txtIds: x2i.Tensor.fromArray(new Float32Array(T * 3), [T, 3]) };  // 64 × 64 tokens
     const mem = () => x2i.cuda.memory('cuda').allocated;
     const m0 = mem();
     const bf = await x2i.FluxTransformer.fromConfig(cfg, { device: 'cuda', dtype: 'bfloat16', seed: 7 });
@@ -197,11 +195,9 @@ describe('fp8TransposedWeights: the kept transposed weights give the same traini
   it('distillationStep: loss and gradients bit for bit equal to the per-backward transposition; more weight memory', async () => {
     const cfg = { num_layers: 1, num_single_layers: 2 };  // FLUX.1-dev widths, fewer blocks
     const B = 1, T = 64, N = 256;
-    const ids = new Float32Array(N * 3);
-    for (let n = 0; n < N; n++) ids[3 * n + 1] = Math.floor(n / 16), ids[3 * n + 2] = n % 16;
     const common = { hiddenStates: await x2i.randn([B, N, 64], { seed: 1, device: 'cuda', dtype: 'bfloat16' }),
       timestep: x2i.Tensor.fromArray(new Float32Array([0.7]), [1]), guidance: x2i.Tensor.fromArray(new Float32Array([3.5]), [1]),
-      imgIds: x2i.Tensor.fromArray(ids, [N, 3]), txtIds: x2i.Tensor.fromArray(new Float32Array(T * 3), [T, 3]) };
+      imgIds: x2i.FluxPipeline.imageIds(32, 32), txtIds: x2i.Tensor.fromArray(new Float32Array(T * 3), [T, 3]) };  // 16 × 16 tokens
     const teacher = { ...common, encoderHiddenStates: await x2i.randn([B, T, 4096], { seed: 2, device: 'cuda', dtype: 'bfloat16' }),
       pooledProjections: await x2i.randn([B, 768], { seed: 3, device: 'cuda', dtype: 'bfloat16' }) };
     const student = { ...common, encoderHiddenStates: await x2i.randn([B, T, 4096], { seed: 4, device: 'cuda', dtype: 'bfloat16' }),
